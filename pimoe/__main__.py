@@ -1,0 +1,3 @@
+from pimoe.cli import main
+
+raise SystemExit(main())
