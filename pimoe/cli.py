@@ -1,0 +1,50 @@
+"""`pimoe …` (also `python -m pimoe`).
+
+Each subcommand lives in its own module under pimoe/commands/ and exposes
+    HELP: str                        one line for `pimoe --help`
+    add_arguments(parser) -> None    its options
+    main(args) -> int                runs it; returns the exit code
+Heavy imports (numpy, numba, the model) happen inside main(), so `pimoe --help` stays instant.
+A PimoeError (bad input) is printed as one clear line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pimoe.errors import PimoeError
+
+# subcommand name -> module under pimoe.commands (add a line when a command lands)
+COMMANDS: dict[str, str] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pimoe",
+        description="Mixture-of-Experts LLMs on the Raspberry Pi: CPU vs VideoCore VI GPU (QPU) offload.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"pimoe.commands.{module_name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_module", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.main(args) or 0)
+    except PimoeError as exc:
+        print(f"pimoe {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pimoe {args.command}: interrupted", file=sys.stderr)
+        return 130
