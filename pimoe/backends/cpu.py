@@ -1,0 +1,41 @@
+"""The cpu backend: expert FFNs through pimoe.quant.matmul on the selected experts' stored blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pimoe import quant
+from pimoe.backends.base import Backend
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    # x / (1 + e^-x), as ggml's silu; float32 throughout. Large negative x gives exp overflow -> inf -> 0.
+    with np.errstate(over="ignore"):
+        return x / (np.float32(1.0) + np.exp(-x))
+
+
+def swiglu_ffn(gate, up, down, x: np.ndarray) -> np.ndarray:
+    """down(silu(gate x) * up x) for one expert; gate/up QTensor [ff, hidden], down [hidden, ff]; x [n, hidden]."""
+    g = quant.matmul(gate, x)            # [n, ff]
+    u = quant.matmul(up, x)              # [n, ff]
+    return quant.matmul(down, silu(g) * u)   # [n, hidden]
+
+
+class CPUBackend(Backend):
+    name = "cpu"
+
+    def expert_ffn(self, layer, x, expert_ids, expert_weights):
+        # x [T, hidden] f32; expert_ids [T, k]; expert_weights [T, k] -> [T, hidden]
+        w = self.experts[layer]
+        T, k = expert_ids.shape
+        y = np.zeros((T, k, x.shape[1]), dtype=np.float32)   # each chosen expert's output, router order
+        # Group tokens by expert so each expert's blocks are read once per call (prefill shares experts).
+        for e in np.unique(expert_ids):
+            rows, slots = np.nonzero(expert_ids == e)
+            y[rows, slots] = swiglu_ffn(w.gate[int(e)], w.up[int(e)], w.down[int(e)], x[rows])
+        # weight and sum in router order, in f32, as ggml does (mul by weights, then add the k views)
+        y *= expert_weights.astype(np.float32)[:, :, None]
+        out = y[:, 0].copy()
+        for j in range(1, k):
+            out += y[:, j]
+        return out

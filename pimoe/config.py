@@ -1,0 +1,173 @@
+"""ModelConfig: the hyperparameters of one MoE model, read from GGUF metadata.
+
+One frozen dataclass for every architecture; what differs between architectures lives in one table,
+ARCHS, so the forward pass asks the config ("is there a Q/K norm, over what?") instead of testing arch
+names. The keys and defaults are the ones llama.cpp reads (src/llama-model.cpp, src/models/<arch>.cpp):
+
+    {arch}.block_count, .embedding_length, .context_length, .feed_forward_length,
+    .attention.head_count, .attention.head_count_kv (default head_count),
+    .attention.key_length / .value_length (default embedding_length / head_count),
+    .attention.layer_norm_rms_epsilon, .rope.freq_base (default 10000),
+    .rope.dimension_count (default key_length), .expert_count, .expert_used_count,
+    .expert_feed_forward_length (qwen*: default feed_forward_length / expert_used_count),
+    .expert_shared_feed_forward_length (qwen2moe: default feed_forward_length)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from pimoe.errors import PimoeError
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What one GGUF architecture does differently (as llama.cpp's graph for it does)."""
+
+    rope_style: str        # "neox": rotate pairs (i, i + d/2); "normal": rotate adjacent pairs (2i, 2i+1)
+    qk_norm: str           # "none" | "head": RMSNorm per head (len head_dim) | "full": over the whole projection
+    norm_topk: bool        # renormalize the top-k router probabilities to sum to 1
+    shared_expert: bool    # qwen2moe: an always-on expert scaled by sigmoid(x . ffn_gate_inp_shexp)
+    expert_ff_key: str     # which key gives the expert FFN width
+    expert_ff_default: str  # "ff": feed_forward_length | "ff_per_used": feed_forward_length / expert_used_count
+    tied_output: bool      # output.weight may be missing: the token embedding is reused as the output head
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "qwen3moe": ArchSpec(rope_style="neox", qk_norm="head", norm_topk=True, shared_expert=False,
+                         expert_ff_key="expert_feed_forward_length", expert_ff_default="ff_per_used",
+                         tied_output=True),
+    "olmoe": ArchSpec(rope_style="neox", qk_norm="full", norm_topk=False, shared_expert=False,
+                      expert_ff_key="feed_forward_length", expert_ff_default="ff", tied_output=False),
+    "qwen2moe": ArchSpec(rope_style="neox", qk_norm="none", norm_topk=False, shared_expert=True,
+                         expert_ff_key="expert_feed_forward_length", expert_ff_default="ff_per_used",
+                         tied_output=False),
+    # Mixtral and other llama-style MoEs: arch "llama" with expert_count > 0
+    "llama": ArchSpec(rope_style="normal", qk_norm="none", norm_topk=True, shared_expert=False,
+                      expert_ff_key="feed_forward_length", expert_ff_default="ff", tied_output=True),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    n_layers: int
+    hidden: int            # embedding length
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int          # key/value length per head
+    n_experts: int
+    n_experts_used: int    # top-k
+    expert_ff: int         # FFN width of one routed expert
+    shared_ff: int         # FFN width of the shared expert, 0 when the arch has none
+    vocab_size: int
+    context_length: int    # trained context
+    rms_eps: float
+    rope_base: float
+    rope_dim: int          # leading dims of each head that are rotated
+    rope_freq_scale: float  # 1 / linear rope scaling factor
+    rope_style: str
+    qk_norm: str
+    norm_topk: bool
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def spec(self) -> ArchSpec:
+        return ARCHS[self.arch]
+
+    def describe(self) -> str:
+        return "\n".join(f"{f.name:16s} {getattr(self, f.name)}" for f in fields(self))
+
+    @classmethod
+    def from_metadata(cls, md: dict[str, object], where: str, vocab_size: int | None = None) -> "ModelConfig":
+        """Build the config from GGUF key/values (python values). `where` names the file for errors.
+
+        vocab_size: rows of token_embd when the caller knows them (the file's truth); otherwise
+        {arch}.vocab_size or the length of tokenizer.ggml.tokens.
+        """
+        arch = md.get("general.architecture")
+        if not isinstance(arch, str):
+            raise PimoeError(f"{where}: no 'general.architecture' key; is this a model file?")
+        if arch not in ARCHS:
+            raise PimoeError(f"{where}: architecture '{arch}' is not supported by pimoe "
+                             f"(supported: {', '.join(sorted(ARCHS))})")
+        spec = ARCHS[arch]
+
+        def get(key: str, default=None, kind=int):
+            full = f"{arch}.{key}"
+            value = md.get(full, default)
+            if value is None:
+                raise PimoeError(f"{where}: required metadata key '{full}' is missing")
+            if isinstance(value, (list, tuple)):
+                # per-layer arrays (some archs vary heads/ff per layer); pimoe needs them uniform
+                if len(set(value)) != 1:
+                    raise PimoeError(f"{where}: '{full}' varies per layer ({value}); pimoe needs one value")
+                value = value[0]
+            try:
+                return kind(value)
+            except (TypeError, ValueError):
+                raise PimoeError(f"{where}: metadata key '{full}' has value {value!r}, expected {kind.__name__}")
+
+        n_layers = get("block_count")
+        hidden = get("embedding_length")
+        n_heads = get("attention.head_count")
+        n_kv_heads = get("attention.head_count_kv", n_heads)
+        if n_heads <= 0 or n_kv_heads <= 0 or n_heads % n_kv_heads:
+            raise PimoeError(f"{where}: head_count {n_heads} is not a positive multiple of "
+                             f"head_count_kv {n_kv_heads}")
+        head_dim = get("attention.key_length", hidden // n_heads)
+        head_dim_v = get("attention.value_length", hidden // n_heads)
+        if head_dim_v != head_dim:
+            raise PimoeError(f"{where}: key_length {head_dim} != value_length {head_dim_v}; not supported")
+        n_experts = get("expert_count", 0)
+        n_used = get("expert_used_count", 0)
+        if n_experts <= 0 or not 0 < n_used <= n_experts:
+            raise PimoeError(f"{where}: '{arch}' model with expert_count={n_experts}, "
+                             f"expert_used_count={n_used}: pimoe runs Mixture-of-Experts models only")
+        ff = md.get(f"{arch}.feed_forward_length")
+        if spec.expert_ff_key == "feed_forward_length":
+            expert_ff = get("feed_forward_length")
+        else:
+            default = None
+            if ff is not None:
+                default = int(get("feed_forward_length")) // n_used
+            expert_ff = get(spec.expert_ff_key, default)
+        shared_ff = 0
+        if spec.shared_expert:
+            shared_ff = get("expert_shared_feed_forward_length", ff)
+
+        rope_dim = get("rope.dimension_count", head_dim)
+        if rope_dim != head_dim:
+            # every arch here asserts n_rot == head dim in llama.cpp's graph
+            raise PimoeError(f"{where}: rope.dimension_count {rope_dim} != head dim {head_dim}; not supported")
+        scaling = str(md.get(f"{arch}.rope.scaling.type", "linear"))
+        factor = float(md.get(f"{arch}.rope.scaling.factor", md.get(f"{arch}.rope.scale_linear", 0.0)) or 0.0)
+        if factor in (0.0, 1.0) or scaling == "none":
+            freq_scale = 1.0
+        elif scaling == "linear":
+            freq_scale = 1.0 / factor
+        else:
+            raise PimoeError(f"{where}: rope scaling '{scaling}' (factor {factor}) is not supported by pimoe")
+
+        if vocab_size is None:
+            vocab_size = md.get(f"{arch}.vocab_size")
+            if vocab_size is None:
+                tokens = md.get("tokenizer.ggml.tokens")
+                vocab_size = len(tokens) if isinstance(tokens, list) else 0
+        return cls(
+            arch=arch, n_layers=n_layers, hidden=hidden, n_heads=n_heads, n_kv_heads=n_kv_heads,
+            head_dim=head_dim, n_experts=n_experts, n_experts_used=n_used, expert_ff=expert_ff,
+            shared_ff=shared_ff, vocab_size=int(vocab_size),
+            context_length=get("context_length"),
+            rms_eps=get("attention.layer_norm_rms_epsilon", kind=float),
+            rope_base=get("rope.freq_base", 10000.0, kind=float), rope_dim=rope_dim,
+            rope_freq_scale=freq_scale, rope_style=spec.rope_style, qk_norm=spec.qk_norm,
+            norm_topk=spec.norm_topk,
+        )

@@ -1,0 +1,289 @@
+"""Synthetic MoE models: random weights in any supported format, written as GGUF files llama.cpp loads.
+
+make_model(path, arch, preset, qtype, n_layers) writes a file with exactly the metadata keys and
+tensor names llama.cpp reads for that architecture (see pimoe/config.py), a small real tokenizer
+(pimoe.tokenizer), and random weights scaled so activations stay O(1) through the layers: every
+matrix has std 1/sqrt(fan_in), the output head a little more so logits are O(1), norms are 1 + noise.
+The file is marked `pimoe.synthetic = true` so tools can say that its text is meaningless.
+
+Tensors are generated and written one at a time (a streamed GGUFWriter), so real-shape presets
+with many layers need only about one tensor of memory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from pimoe.config import ARCHS
+from pimoe.errors import PimoeError
+
+
+@dataclass(frozen=True)
+class Shape:
+    arch: str | None        # None: any arch (tiny); real presets fix theirs
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    n_experts: int
+    n_experts_used: int
+    expert_ff: int
+    shared_ff: int          # qwen2moe only
+    dense_ff: int           # {arch}.feed_forward_length where the arch has a separate expert width
+    vocab_size: int
+    context_length: int
+    rope_base: float
+    rms_eps: float
+    tied_output: bool = False
+
+
+def _tiny(block: int) -> Shape:
+    # The smallest useful shape; rows must hold whole quantization blocks, so with the 256-wide K
+    # types every row length (hidden, heads*head_dim, expert_ff) becomes 256.
+    wide = block > 64
+    return Shape(arch=None, n_layers=2, hidden=256 if wide else 64, n_heads=4, n_kv_heads=2,
+                 head_dim=64 if wide else 16, n_experts=8, n_experts_used=2,
+                 expert_ff=256 if wide else 64, shared_ff=256 if wide else 128,
+                 dense_ff=512 if wide else 128, vocab_size=1000, context_length=512,
+                 rope_base=1e6, rms_eps=1e-6)
+
+
+PRESETS: dict[str, Shape] = {
+    # Qwen3-30B-A3B (config.json of Qwen/Qwen3-30B-A3B)
+    "qwen3-30b-a3b": Shape(arch="qwen3moe", n_layers=48, hidden=2048, n_heads=32, n_kv_heads=4, head_dim=128,
+                           n_experts=128, n_experts_used=8, expert_ff=768, shared_ff=0, dense_ff=6144,
+                           vocab_size=151936, context_length=40960, rope_base=1e6, rms_eps=1e-6),
+    # OLMoE-1B-7B-0924 (allenai/OLMoE-1B-7B-0924)
+    "olmoe-1b-7b": Shape(arch="olmoe", n_layers=16, hidden=2048, n_heads=16, n_kv_heads=16, head_dim=128,
+                         n_experts=64, n_experts_used=8, expert_ff=1024, shared_ff=0, dense_ff=1024,
+                         vocab_size=50304, context_length=4096, rope_base=1e4, rms_eps=1e-5),
+    # Qwen1.5-MoE-A2.7B (Qwen/Qwen1.5-MoE-A2.7B)
+    "qwen1.5-moe-a2.7b": Shape(arch="qwen2moe", n_layers=24, hidden=2048, n_heads=16, n_kv_heads=16,
+                               head_dim=128, n_experts=60, n_experts_used=4, expert_ff=1408, shared_ff=5632,
+                               dense_ff=5632, vocab_size=151936, context_length=8192, rope_base=1e6,
+                               rms_eps=1e-6),
+    # Mixtral-8x7B (mistralai/Mixtral-8x7B-v0.1)
+    "mixtral-8x7b": Shape(arch="llama", n_layers=32, hidden=4096, n_heads=32, n_kv_heads=8, head_dim=128,
+                          n_experts=8, n_experts_used=2, expert_ff=14336, shared_ff=0, dense_ff=14336,
+                          vocab_size=32000, context_length=32768, rope_base=1e6, rms_eps=1e-5),
+}
+PRESET_NAMES = ("tiny",) + tuple(PRESETS)
+
+_TOKENIZER_STYLE = {"qwen3moe": ("gpt2", "qwen2"), "qwen2moe": ("gpt2", "qwen2"),
+                    "olmoe": ("gpt2", "olmo"), "llama": ("llama", None)}
+
+
+def resolve_shape(arch: str | None, preset: str, qtype, n_layers: int | None, overrides: dict) -> Shape:
+    from pimoe import quant
+    import gguf
+
+    if preset == "tiny":
+        shape = _tiny(gguf.GGML_QUANT_SIZES[qtype][0])
+        shape = replace(shape, arch=arch or "qwen3moe")
+        if shape.arch == "olmoe":      # llama.cpp sizes OLMoE's k_norm by hidden: no GQA
+            shape = replace(shape, n_kv_heads=shape.n_heads)
+    elif preset in PRESETS:
+        shape = PRESETS[preset]
+        if arch is not None and arch != shape.arch:
+            raise PimoeError(f"preset '{preset}' is a {shape.arch} model; it cannot be written as arch '{arch}'")
+    else:
+        raise PimoeError(f"unknown preset '{preset}' (known: {', '.join(PRESET_NAMES)})")
+    if shape.arch not in ARCHS:
+        raise PimoeError(f"unknown architecture '{shape.arch}' (known: {', '.join(sorted(ARCHS))})")
+    if n_layers is not None:
+        overrides = dict(overrides, n_layers=n_layers)
+    bad = set(overrides) - set(Shape.__dataclass_fields__)
+    if bad:
+        raise PimoeError(f"unknown model shape field(s) {sorted(bad)} (known: {sorted(Shape.__dataclass_fields__)})")
+    shape = replace(shape, **overrides)
+    if shape.n_layers <= 0:
+        raise PimoeError(f"n_layers must be positive, got {shape.n_layers}")
+    del quant
+    return shape
+
+
+def _qtype(q) -> "object":
+    import gguf
+    from pimoe import quant
+
+    if isinstance(q, str):
+        try:
+            q = gguf.GGMLQuantizationType[q.upper()]
+        except KeyError:
+            raise PimoeError(f"unknown weight type '{q}' (supported: "
+                             f"{', '.join(sorted(t.name for t in quant.SUPPORTED))})") from None
+    quant.check_supported(q, "make_model weight type")
+    return q
+
+
+class _GeneratedTensor:
+    """Duck-types the ndarray that GGUFWriter.write_tensor_data writes: nbytes and tofile(fout).
+
+    Generates a big expert tensor one expert at a time, so only one expert's bytes are in memory.
+    """
+
+    def __init__(self, nbytes: int, chunks):
+        self.nbytes = nbytes
+        self._chunks = chunks
+
+    def tofile(self, fout) -> None:
+        written = 0
+        for chunk in self._chunks():
+            chunk = np.ascontiguousarray(chunk)
+            chunk.tofile(fout)
+            written += chunk.nbytes
+        assert written == self.nbytes, (written, self.nbytes)
+
+
+def _tensor_plan(s: Shape) -> list[tuple[str, tuple[int, ...], str, float]]:
+    """(name, numpy shape, kind, std) for every tensor; kind: "matrix" (weight type), "norm", "bias", "f32"."""
+    spec = ARCHS[s.arch]
+    d, qd, kvd = s.hidden, s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim
+    E, ff = s.n_experts, s.expert_ff
+    plan = [("token_embd.weight", (s.vocab_size, d), "matrix", 1.0)]
+    for i in range(s.n_layers):
+        p = f"blk.{i}."
+        plan += [
+            (p + "attn_norm.weight", (d,), "norm", 0.1),
+            (p + "attn_q.weight", (qd, d), "matrix", d ** -0.5),
+            (p + "attn_k.weight", (kvd, d), "matrix", d ** -0.5),
+            (p + "attn_v.weight", (kvd, d), "matrix", d ** -0.5),
+            (p + "attn_output.weight", (d, qd), "matrix", qd ** -0.5),
+        ]
+        if s.arch == "qwen2moe":
+            plan += [(p + "attn_q.bias", (qd,), "bias", 0.2), (p + "attn_k.bias", (kvd,), "bias", 0.2),
+                     (p + "attn_v.bias", (kvd,), "bias", 0.2)]
+        if spec.qk_norm == "head":
+            plan += [(p + "attn_q_norm.weight", (s.head_dim,), "norm", 0.1),
+                     (p + "attn_k_norm.weight", (s.head_dim,), "norm", 0.1)]
+        elif spec.qk_norm == "full":
+            plan += [(p + "attn_q_norm.weight", (qd,), "norm", 0.1),
+                     (p + "attn_k_norm.weight", (kvd,), "norm", 0.1)]
+        plan += [
+            (p + "ffn_norm.weight", (d,), "norm", 0.1),
+            # the router stays F32 in real quantized files too (llama-quantize skips ffn_gate_inp)
+            (p + "ffn_gate_inp.weight", (E, d), "f32", 2.0 * d ** -0.5),
+            (p + "ffn_gate_exps.weight", (E, ff, d), "matrix", d ** -0.5),
+            (p + "ffn_up_exps.weight", (E, ff, d), "matrix", d ** -0.5),
+            (p + "ffn_down_exps.weight", (E, d, ff), "matrix", ff ** -0.5),
+        ]
+        if spec.shared_expert:
+            sff = s.shared_ff
+            plan += [
+                (p + "ffn_gate_inp_shexp.weight", (d,), "f32", d ** -0.5),
+                (p + "ffn_gate_shexp.weight", (sff, d), "matrix", d ** -0.5),
+                (p + "ffn_up_shexp.weight", (sff, d), "matrix", d ** -0.5),
+                (p + "ffn_down_shexp.weight", (d, sff), "matrix", sff ** -0.5),
+            ]
+    plan.append(("output_norm.weight", (d,), "norm", 0.1))
+    if not (s.tied_output and spec.tied_output):
+        plan.append(("output.weight", (s.vocab_size, d), "matrix", 2.0 * d ** -0.5))
+    return plan
+
+
+def _write_metadata(w, s: Shape, qtype, preset: str) -> None:
+    from pimoe.tokenizer import add_tokenizer_metadata, builtin_tokenizer_metadata
+
+    a = s.arch
+    w.add_name(f"pimoe synthetic {a} ({preset}, {qtype.name}, random weights)")
+    w.add_bool("pimoe.synthetic", True)
+    w.add_string("pimoe.preset", preset)
+    w.add_block_count(s.n_layers)
+    w.add_context_length(s.context_length)
+    w.add_embedding_length(s.hidden)
+    w.add_head_count(s.n_heads)
+    w.add_head_count_kv(s.n_kv_heads)
+    w.add_key_length(s.head_dim)
+    w.add_value_length(s.head_dim)
+    w.add_rope_dimension_count(s.head_dim)
+    w.add_rope_freq_base(s.rope_base)
+    w.add_layer_norm_rms_eps(s.rms_eps)
+    w.add_expert_count(s.n_experts)
+    w.add_expert_used_count(s.n_experts_used)
+    w.add_vocab_size(s.vocab_size)
+    if ARCHS[a].expert_ff_key == "feed_forward_length":
+        w.add_feed_forward_length(s.expert_ff)
+    else:
+        w.add_feed_forward_length(s.dense_ff)
+        w.add_expert_feed_forward_length(s.expert_ff)
+    if ARCHS[a].shared_expert:
+        w.add_expert_shared_feed_forward_length(s.shared_ff)
+    w.add_quantization_version(2)
+    style, pre = _TOKENIZER_STYLE[a]
+    md = builtin_tokenizer_metadata(style, s.vocab_size, **({"pre": pre} if pre else {}))
+    add_tokenizer_metadata(w, md)
+
+
+def make_model(path: str | os.PathLike, arch: str | None = None, preset: str = "tiny", qtype="F32",
+               n_layers: int | None = None, seed: int = 0, progress: bool = False, **overrides) -> Path:
+    """Write a random-weight MoE GGUF and return its path.
+
+    arch: qwen3moe | olmoe | qwen2moe | llama (Mixtral-style); default the preset's, or qwen3moe for tiny.
+    preset: "tiny" (hidden 64, or 256 with K-type weights), "qwen3-30b-a3b", "olmoe-1b-7b",
+            "qwen1.5-moe-a2.7b", "mixtral-8x7b" (real shapes; n_layers picks how many layers).
+    qtype: weight type of every matrix (name or gguf.GGMLQuantizationType); norms, biases and the
+           router stay F32 as in real quantized files.
+    overrides: any Shape field, e.g. hidden=128, n_experts=16, tied_output=True.
+    """
+    import gguf
+    from pimoe import quant
+
+    qtype = _qtype(qtype)
+    s = resolve_shape(arch, preset, qtype, n_layers, overrides)
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    for name, shp, kind, _ in _tensor_plan(s):
+        if kind == "matrix" and shp[-1] % block:
+            raise PimoeError(f"tensor '{name}' rows of {shp[-1]} values do not fit {qtype.name} blocks of "
+                             f"{block}; choose sizes that are multiples of {block}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    plan = _tensor_plan(s)
+
+    w = gguf.GGUFWriter(path, s.arch)
+    _write_metadata(w, s, qtype, preset)
+
+    def qt_of(kind):
+        return qtype if kind == "matrix" else gguf.GGMLQuantizationType.F32
+
+    for name, shp, kind, _ in plan:
+        t = qt_of(kind)
+        blk, tsize = gguf.GGML_QUANT_SIZES[t]
+        byte_shape = (*shp[:-1], shp[-1] // blk * tsize)
+        w.add_tensor_info(name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+
+    items = plan
+    if progress:
+        from tqdm import tqdm
+        items = tqdm(plan, desc=f"writing {path.name}", unit="tensor")
+    for name, shp, kind, std in items:
+        t = qt_of(kind)
+        blk, tsize = gguf.GGML_QUANT_SIZES[t]
+        nbytes = int(np.prod(shp[:-1], dtype=np.int64)) * (shp[-1] // blk * tsize)
+        # each tensor gets its own generator seeded from (seed, name): same file for the same seed,
+        # whatever the order or chunking
+        trng = np.random.default_rng([seed, *name.encode()])
+        if kind == "norm":
+            data = (1.0 + std * trng.standard_normal(shp)).astype(np.float32)
+            w.write_tensor_data(data.view(np.uint8))
+        elif kind in ("bias", "f32"):
+            data = (std * trng.standard_normal(shp)).astype(np.float32)
+            w.write_tensor_data(data.view(np.uint8))
+        elif len(shp) == 3:
+            def chunks(shp=shp, t=t, std=std, trng=trng, name=name):
+                for e in range(shp[0]):
+                    yield quant.random_qtensor(f"{name}[{e}]", t, shp[1:], trng, std=std).data
+            w.write_tensor_data(_GeneratedTensor(nbytes, chunks))
+        else:
+            w.write_tensor_data(quant.random_qtensor(name, t, shp, trng, std=std).data)
+    w.close()
+    del rng
+    return path
