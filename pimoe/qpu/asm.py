@@ -45,6 +45,9 @@ from pimoe.errors import PimoeError
 from pimoe.qpu import isa
 
 
+__all__ = ["AssembleError", "Assembly", "Register", "assemble", "get_label_positions", "qpu"]
+
+
 class AssembleError(PimoeError):
     """A kernel that cannot be assembled; the message names the kernel source line."""
 

@@ -120,8 +120,11 @@ def format_instr(instr: Instr) -> str:
                   mul_op_num_src(instr.mul.op), True)
     sigs = _signals(instr)
     if instr.sig.rotate:
-        n = instr.rot_amount
-        sigs.append("rot r5" if n == -1 else f"rot {n}")
+        if instr.raddr_b == 0:
+            sigs.append("rot r5")
+        else:
+            val = SMALL_IMMS[instr.raddr_b] if instr.raddr_b < len(SMALL_IMMS) else instr.raddr_b
+            sigs.append(f"rot {val - (1 << 32) if val & (1 << 31) else val}")
     if sigs:
         text = text.ljust(60) + "".join("; " + s for s in sigs)
     return text

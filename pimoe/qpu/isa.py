@@ -527,9 +527,10 @@ class Instr:
 
     @property
     def rot_amount(self) -> int | None:
-        """For sig.rotate: lanes to rotate the mul ALU's accumulator inputs by (result lane i takes source
-        lane (i - n) mod 16), or -1 meaning "by r5 (lane 0)". raddr_b 0 means r5, otherwise raddr_b is a
-        small-immediate index (1..15, or 16..31 = -16..-1 taken mod 16), as py-videocore6 encodes it."""
+        """For sig.rotate: the rotation amount of the mul ALU's accumulator inputs, in 0..15 (mod 16), or -1
+        meaning "by r5". raddr_b 0 means r5, otherwise raddr_b is a small-immediate index (1..15, or 16..31 =
+        -16..-1 taken mod 16), as py-videocore6 encodes `rotate(dst, src, n)`. The lane direction is defined
+        by the hardware tests in py-videocore6 (tests/test_signals.py); this field only gives the amount."""
         if not self.sig.rotate:
             return None
         if self.raddr_b == 0:
@@ -710,8 +711,7 @@ def _encode_add(a: AluOp) -> int:
     table_name = name
     if name in ("stvpmv", "stvpmd", "stvpmp"):
         table_name = "stvpm"
-        waddr = ("stvpmv", "stvpmd", "stvpmp").index(name)
-        magic = False
+        waddr = ("stvpmv", "stvpmd", "stvpmp").index(name)  # waddr selects the variant; the magic bit is kept
     elif name in ("ldvpmv_out", "ldvpmd_out", "ldvpmg_out"):
         table_name = name.replace("_out", "_in")
         magic = True
