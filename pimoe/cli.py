@@ -17,7 +17,9 @@ import sys
 from pimoe.errors import PimoeError
 
 # subcommand name -> module under pimoe.commands (add a line when a command lands)
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "run": "run", "info": "info", "make-model": "make_model",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
