@@ -721,9 +721,11 @@ def _encode_add(a: AluOp) -> int:
     if row is None:
         raise InvalidInstruction(f"{name!r} is not an add-ALU op")
     opcode = row[0]
-    if nsrc < 2:
+    # unused muxes are part of the opcode: keep a given value the op allows (fxcd/fycd accept several),
+    # else the first allowed one
+    if nsrc < 2 and mux_b not in row[2]:
         mux_b = _lowest(row[2])
-    if nsrc < 1:
+    if nsrc < 1 and mux_a not in row[3]:
         mux_a = _lowest(row[3])
 
     def _f32(u, what):
@@ -750,7 +752,7 @@ def _encode_add(a: AluOp) -> int:
             raise InvalidInstruction("vfpack: no output pack")
         opcode = (opcode & ~0xF) | (_f32(a.a_unpack, "a") << 2) | _f32(a.b_unpack, "b")
     elif name in _F32_ROUND:
-        mux_b |= _pack(a.output_pack)
+        mux_b = _lowest(row[2]) | _pack(a.output_pack)  # mux_b bits 1:0 hold the output pack
         au = _f32(a.a_unpack, "a")
         if au == 0:
             raise InvalidInstruction(f"{name}: abs unpack is not encodable")
@@ -765,7 +767,7 @@ def _encode_add(a: AluOp) -> int:
     elif name in ("itof", "utof"):
         if a.a_unpack is not None:
             raise InvalidInstruction(f"{name}: no input unpack")
-        mux_b |= _pack(a.output_pack)
+        mux_b = _lowest(row[2]) | _pack(a.output_pack)
     elif name in ("vfmin", "vfmax"):
         if a.output_pack is not None or a.b_unpack is not None:
             raise InvalidInstruction(f"{name}: only the a operand takes an unpack (ff, ll, hh, swp)")
@@ -788,9 +790,9 @@ def _encode_mul(m: AluOp) -> int:
     nsrc = mul_op_num_src(name)
     opcode = row[0]
     mux_a, mux_b = m.a, m.b
-    if nsrc < 2:
+    if nsrc < 2 and mux_b not in row[2]:
         mux_b = _lowest(row[2])
-    if nsrc < 1:
+    if nsrc < 1 and mux_a not in row[3]:
         mux_a = _lowest(row[3])
 
     def _f32(u, what):
