@@ -79,7 +79,6 @@ _TOKENIZER_STYLE = {"qwen3moe": ("gpt2", "qwen2"), "qwen2moe": ("gpt2", "qwen2")
 
 
 def resolve_shape(arch: str | None, preset: str, qtype, n_layers: int | None, overrides: dict) -> Shape:
-    from pimoe import quant
     import gguf
 
     if preset == "tiny":
@@ -103,7 +102,6 @@ def resolve_shape(arch: str | None, preset: str, qtype, n_layers: int | None, ov
     shape = replace(shape, **overrides)
     if shape.n_layers <= 0:
         raise PimoeError(f"n_layers must be positive, got {shape.n_layers}")
-    del quant
     return shape
 
 
@@ -138,6 +136,22 @@ class _GeneratedTensor:
             chunk.tofile(fout)
             written += chunk.nbytes
         assert written == self.nbytes, (written, self.nbytes)
+
+
+class _HoleTensor:
+    """All-zero tensor data written as a hole: seek past it (one byte is written to extend the file).
+
+    Zero bytes are valid blocks of every type (scales 0 -> weights 0). The file system stores no
+    data for the hole, so a real-shape 17 GB model takes a few MB of disk and is written instantly.
+    """
+
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+
+    def tofile(self, fout) -> None:
+        if self.nbytes:
+            fout.seek(self.nbytes - 1, os.SEEK_CUR)
+            fout.write(b"\0")
 
 
 def _tensor_plan(s: Shape) -> list[tuple[str, tuple[int, ...], str, float]]:
@@ -220,7 +234,8 @@ def _write_metadata(w, s: Shape, qtype, preset: str) -> None:
 
 
 def make_model(path: str | os.PathLike, arch: str | None = None, preset: str = "tiny", qtype="F32",
-               n_layers: int | None = None, seed: int = 0, progress: bool = False, **overrides) -> Path:
+               n_layers: int | None = None, seed: int = 0, progress: bool = False,
+               tensor_types: dict[str, object] | None = None, empty: bool = False, **overrides) -> Path:
     """Write a random-weight MoE GGUF and return its path.
 
     arch: qwen3moe | olmoe | qwen2moe | llama (Mixtral-style); default the preset's, or qwen3moe for tiny.
@@ -228,31 +243,43 @@ def make_model(path: str | os.PathLike, arch: str | None = None, preset: str = "
             "qwen1.5-moe-a2.7b", "mixtral-8x7b" (real shapes; n_layers picks how many layers).
     qtype: weight type of every matrix (name or gguf.GGMLQuantizationType); norms, biases and the
            router stay F32 as in real quantized files.
+    tensor_types: {name fragment: weight type} for matrices whose name contains the fragment, e.g.
+           {"output.weight": "Q6_K", "ffn_down_exps": "Q5_K"} (mixes like llama-quantize's Q4_K_M).
+    empty: all-zero matrices written as a sparse file (norms 1): instant and diskless even for real
+           shapes; for loader, memory and `pimoe info` tests (its logits are meaningless).
     overrides: any Shape field, e.g. hidden=128, n_experts=16, tied_output=True.
     """
     import gguf
     from pimoe import quant
 
     qtype = _qtype(qtype)
-    s = resolve_shape(arch, preset, qtype, n_layers, overrides)
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    per_name = {frag: _qtype(t) for frag, t in (tensor_types or {}).items()}
+    widest = max([qtype, *per_name.values()], key=lambda t: gguf.GGML_QUANT_SIZES[t][0])
+    s = resolve_shape(arch, preset, widest, n_layers, overrides)
+
+    def qt_of(name, kind):
+        if kind != "matrix":
+            return gguf.GGMLQuantizationType.F32
+        for frag, t in per_name.items():
+            if frag in name:
+                return t
+        return qtype
+
     for name, shp, kind, _ in _tensor_plan(s):
-        if kind == "matrix" and shp[-1] % block:
-            raise PimoeError(f"tensor '{name}' rows of {shp[-1]} values do not fit {qtype.name} blocks of "
+        t = qt_of(name, kind)
+        block = gguf.GGML_QUANT_SIZES[t][0]
+        if shp[-1] % block:
+            raise PimoeError(f"tensor '{name}' rows of {shp[-1]} values do not fit {t.name} blocks of "
                              f"{block}; choose sizes that are multiples of {block}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     plan = _tensor_plan(s)
 
     w = gguf.GGUFWriter(path, s.arch)
     _write_metadata(w, s, qtype, preset)
 
-    def qt_of(kind):
-        return qtype if kind == "matrix" else gguf.GGMLQuantizationType.F32
-
     for name, shp, kind, _ in plan:
-        t = qt_of(kind)
+        t = qt_of(name, kind)
         blk, tsize = gguf.GGML_QUANT_SIZES[t]
         byte_shape = (*shp[:-1], shp[-1] // blk * tsize)
         w.add_tensor_info(name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=t)
@@ -265,14 +292,16 @@ def make_model(path: str | os.PathLike, arch: str | None = None, preset: str = "
         from tqdm import tqdm
         items = tqdm(plan, desc=f"writing {path.name}", unit="tensor")
     for name, shp, kind, std in items:
-        t = qt_of(kind)
+        t = qt_of(name, kind)
         blk, tsize = gguf.GGML_QUANT_SIZES[t]
         nbytes = int(np.prod(shp[:-1], dtype=np.int64)) * (shp[-1] // blk * tsize)
         # each tensor gets its own generator seeded from (seed, name): same file for the same seed,
         # whatever the order or chunking
         trng = np.random.default_rng([seed, *name.encode()])
-        if kind == "norm":
-            data = (1.0 + std * trng.standard_normal(shp)).astype(np.float32)
+        if empty and kind != "norm":
+            w.write_tensor_data(_HoleTensor(nbytes))
+        elif kind == "norm":
+            data = (1.0 + (0.0 if empty else std) * trng.standard_normal(shp)).astype(np.float32)
             w.write_tensor_data(data.view(np.uint8))
         elif kind in ("bias", "f32"):
             data = (std * trng.standard_normal(shp)).astype(np.float32)
@@ -285,5 +314,4 @@ def make_model(path: str | os.PathLike, arch: str | None = None, preset: str = "
         else:
             w.write_tensor_data(quant.random_qtensor(name, t, shp, trng, std=std).data)
     w.close()
-    del rng
     return path
