@@ -669,8 +669,8 @@ class Tokenizer:
             chunks.append(piece)
         return b"".join(chunks).decode("utf-8", errors="replace")
 
-    def stream_decoder(self) -> "StreamDecoder":
-        return StreamDecoder(self)
+    def stream_decoder(self, show_unused: bool = False) -> "StreamDecoder":
+        return StreamDecoder(self, show_unused)
 
     # -- chat -----------------------------------------------------------------------------------
 
@@ -708,16 +708,25 @@ class Tokenizer:
 
 class StreamDecoder:
     """Turns generated ids into text as they arrive: holds back the bytes of a UTF-8 character that is
-    split across tokens, and skips control tokens (so "<|im_end|>" is not printed)."""
+    split across tokens, and skips control tokens (so "<|im_end|>" is not printed).
 
-    def __init__(self, tokenizer: Tokenizer):
+    show_unused: print unused (padding) tokens as their names, e.g. "[PAD5000]", instead of nothing.
+    A trained model never picks them; a random-weight one mostly does, and should not look silent.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, show_unused: bool = False):
         import codecs
 
         self.tokenizer = tokenizer
+        self.show_unused = show_unused
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, tid: int) -> str:
-        return self._utf8.decode(self.tokenizer.token_bytes(int(tid), special=False))
+        tid = int(tid)
+        if self.show_unused and 0 <= tid < self.tokenizer.vocab_size \
+                and self.tokenizer.token_types[tid] == TOKEN_UNUSED:
+            return self._utf8.decode(self.tokenizer.tokens[tid].encode("utf-8"))
+        return self._utf8.decode(self.tokenizer.token_bytes(tid, special=False))
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)

@@ -90,7 +90,7 @@ def test_run_chat_and_sentencepiece_model(models, capsys):
     assert "llama, 2 layers" in err
 
 
-def test_run_errors_are_one_clear_line(models, tmp_path, capsys):
+def test_run_errors_are_one_clear_line(models, tmp_path, capsys, monkeypatch):
     rc, out, err = _run(capsys, ["run", "-m", str(tmp_path / "nope.gguf")])
     assert rc == 2 and "nope.gguf: no such model file" in err and "Traceback" not in err
     long_prompt = "the experts read the weights " * 20
@@ -102,6 +102,11 @@ def test_run_errors_are_one_clear_line(models, tmp_path, capsys):
     assert rc == 2 and "not a GGUF file" in err
     rc, out, err = _run(capsys, ["run", "-m", str(models["qwen3moe"]), "--backend", "tpu"])
     assert rc == 2 and "unknown backend 'tpu'" in err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))   # a file where the cache directory should go
+    rc, out, err = _run(capsys, ["run", "-n", "1"])
+    assert rc == 2 and "cannot create the cache directory" in err and "XDG_CACHE_HOME" in err
 
 
 def _expected_params(cfg, tied: bool):

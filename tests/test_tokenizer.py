@@ -236,6 +236,11 @@ def test_stream_decoder_holds_split_characters():
     dec = qwen.stream_decoder()
     text = "".join(dec.push(i) for i in qwen.encode("a<|im_end|>b")) + dec.flush()
     assert text == "ab"   # control tokens are not printed
+    big = Tokenizer.from_gguf_metadata(builtin_tokenizer_metadata("gpt2", 5000), "padded")
+    pad = 4321
+    assert big.token_types[pad] == TOKEN_UNUSED and big.decode([pad]) == ""   # like llama.cpp: no text
+    assert big.stream_decoder(show_unused=True).push(pad) == "[PAD4321]"
+    assert big.stream_decoder().push(pad) == ""
 
 
 def test_chat_templates():

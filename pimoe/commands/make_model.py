@@ -73,7 +73,7 @@ def main(args) -> int:
     overrides = _parse_overrides(args.set)
     t0 = time.perf_counter()
     # write next to the target and rename at the end, so a failed run leaves no half-written model
-    tmp = out.with_name(f".{out.name}.partial")
+    tmp = out.with_name(f"{out.name}.partial")
     try:
         make_model(tmp, arch=arch, preset=args.preset, qtype=args.type, n_layers=args.layers, seed=args.seed,
                    progress=True, **overrides)

@@ -45,17 +45,25 @@ def cache_dir() -> Path:
 def default_model_path(progress=print) -> Path:
     """The built-in tiny model, written once per pimoe version into the cache directory."""
     import pimoe
+    from pimoe.errors import PimoeError
     from pimoe.synth import make_model
 
     path = cache_dir() / f"tiny-{DEFAULT_ARCH}-{DEFAULT_TYPE}-pimoe{pimoe.__version__}.gguf"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PimoeError(f"cannot create the cache directory {path.parent}: {exc.strerror or exc}; "
+                             f"set XDG_CACHE_HOME to a writable directory") from None
         progress(f"pimoe: making the built-in tiny model once: {path}")
         # write to a private name, then rename: a concurrent run never sees a half-written file
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             make_model(tmp, arch=DEFAULT_ARCH, preset=DEFAULT_PRESET, qtype=DEFAULT_TYPE, seed=0)
             os.replace(tmp, path)
+        except OSError as exc:
+            raise PimoeError(f"cannot write the built-in model to {path}: {exc.strerror or exc}; "
+                             f"set XDG_CACHE_HOME to a writable directory") from None
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -120,7 +128,7 @@ def main(args) -> int:
     out = sys.stdout
     out.write(text)
     out.flush()
-    decoder = tok.stream_decoder()
+    decoder = tok.stream_decoder(show_unused=True)
     n_gen = n_yield = 0
     t0 = time.perf_counter()
     t_first = t_last = None
