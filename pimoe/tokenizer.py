@@ -688,8 +688,13 @@ class Tokenizer:
         def raise_exception(message):
             raise TemplateError(message)
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        # the environment HF-style chat templates expect: trimmed blocks, {% break %}/{% continue %},
+        # raise_exception(), tojson that keeps non-ASCII text, strftime_now() for date-stamping templates
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
         env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = lambda fmt: __import__("datetime").datetime.now().strftime(fmt)
+        env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
         try:
             template = env.from_string(self.chat_template)
             return template.render(

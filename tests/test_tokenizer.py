@@ -259,6 +259,25 @@ def test_chat_templates():
     ids = spm.encode_chat([{"role": "user", "content": "Hi!"}])
     assert ids[0] == spm.bos_id and ids[1] != spm.bos_id   # the template's <s> is not doubled
 
+    # the template features real models' templates use: namespace, reversed slices, loop controls,
+    # string methods, tojson, raise_exception (this template is written for the test)
+    md = builtin_tokenizer_metadata("gpt2", 2000)
+    md["tokenizer.chat_template"] = (
+        "{%- set ns = namespace(last_user=-1) -%}"
+        "{%- for m in messages[::-1] -%}{%- if m.role == 'user' -%}"
+        "{%- set ns.last_user = messages|length - 1 - loop.index0 -%}{%- break -%}{%- endif -%}{%- endfor -%}"
+        "{%- for m in messages -%}"
+        "{%- if m.role not in ['user', 'assistant'] -%}{{- raise_exception('bad role ' + m.role) -}}{%- endif -%}"
+        "{%- if loop.index0 == ns.last_user -%}{{- '<|im_start|>' + m.role + '\n' + m.content.strip() + "
+        "' ' + {'n': 'é'}|tojson + '<|im_end|>' -}}{%- continue -%}{%- endif -%}"
+        "{{- m.content.upper() -}}{%- endfor -%}")
+    tok = Tokenizer.from_gguf_metadata(md, "fancy")
+    msgs2 = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+             {"role": "user", "content": " c "}]
+    assert tok.apply_chat_template(msgs2) == 'AB<|im_start|>user\nc {"n": "é"}<|im_end|>'
+    with pytest.raises(PimoeError, match="chat template failed: bad role tool"):
+        tok.apply_chat_template([{"role": "tool", "content": "x"}])
+
     md = builtin_tokenizer_metadata("gpt2", 2000)
     del md["tokenizer.chat_template"]
     with pytest.raises(PimoeError, match="no chat template"):
