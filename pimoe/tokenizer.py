@@ -49,21 +49,17 @@ LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-PRE_PATTERNS: dict[str, str] = {
-    "qwen2": QWEN2_PATTERN,
-    "deepseek-r1-qwen": QWEN2_PATTERN,
-    "stablelm2": QWEN2_PATTERN,
-    "megrez": QWEN2_PATTERN,
-    "default": GPT2_PATTERN,
-    "gpt-2": GPT2_PATTERN,
-    "olmo": GPT2_PATTERN,
-    "mpt": GPT2_PATTERN,
-    "phi-2": GPT2_PATTERN,
-    "llama3": LLAMA3_PATTERN,
-    "llama-bpe": LLAMA3_PATTERN,
-    "llama-v3": LLAMA3_PATTERN,
-    "dbrx": LLAMA3_PATTERN,
-    "smaug-bpe": LLAMA3_PATTERN,
+# llama.cpp's fallback split (pre "default", or no pre key): four regexes applied one after another,
+# each cutting every piece further (punctuation runs, GPT-2 words, digit runs, digit triples).
+DEFAULT_PATTERNS = (r"[\p{P}\$\+<=>\^~\|]+", GPT2_PATTERN, r"\p{N}+", r"[0-9][0-9][0-9]")
+# tokenizer.ggml.pre -> the regexes that split text into words, applied in order (as llama.cpp does)
+PRE_PATTERNS: dict[str, tuple[str, ...]] = {
+    "default": DEFAULT_PATTERNS,
+    **{name: (QWEN2_PATTERN,) for name in ("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez")},
+    **{name: (GPT2_PATTERN,) for name in ("gpt-2", "olmo", "mpt", "phi-2")},
+    **{name: (LLAMA3_PATTERN,) for name in ("llama3", "llama-bpe", "llama-v3", "dbrx", "smaug-bpe")},
+    # starcoder family: every digit on its own, then the GPT-2 split
+    **{name: (r"\p{N}", GPT2_PATTERN) for name in ("starcoder", "refact", "smollm", "codeshell")},
 }
 
 
@@ -491,7 +487,7 @@ class Tokenizer:
                            ignore_merges=self.pre in _IGNORE_MERGES_PRES)
         hf = HFTokenizer(model)
         hf.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(PRE_PATTERNS[self.pre]), behavior="isolated"),
+            *(pre_tokenizers.Split(Regex(p), behavior="isolated") for p in PRE_PATTERNS[self.pre]),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
         hf.decoder = decoders.ByteLevel()

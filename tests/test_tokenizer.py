@@ -16,8 +16,8 @@ import pytest
 from pimoe.errors import PimoeError
 from pimoe.gguf_file import GGUFFile
 from pimoe.synth import make_model
-from pimoe.tokenizer import (TOKEN_BYTE, TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_USER_DEFINED, Tokenizer,
-                             add_tokenizer_metadata, builtin_tokenizer_metadata)
+from pimoe.tokenizer import (PRE_PATTERNS, TOKEN_BYTE, TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_USER_DEFINED,
+                             Tokenizer, add_tokenizer_metadata, builtin_tokenizer_metadata)
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -72,7 +72,7 @@ def synth_files(tmp_path_factory):
     return {arch: make_model(d / f"{arch}.gguf", arch=arch, preset="tiny") for arch, _, _ in ARCH_STYLES}
 
 
-def _vocab_only_file(path, style, vocab_size, pre=None):
+def _vocab_only_file(path, style, vocab_size, pre=None, drop=()):
     """A GGUF holding only tokenizer metadata (plus the few llama hparams llama.cpp reads first)."""
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(128)
@@ -83,6 +83,7 @@ def _vocab_only_file(path, style, vocab_size, pre=None):
     w.add_layer_norm_rms_eps(1e-6)
     w.add_vocab_size(vocab_size)
     md = builtin_tokenizer_metadata(style, vocab_size, **({"pre": pre} if pre else {}))
+    md = {k: v for k, v in md.items() if k not in drop}
     add_tokenizer_metadata(w, md)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -132,6 +133,19 @@ def _llama_detokenize(ref, ids: list[int]) -> str:
     got = llama_cpp.llama_detokenize(ref._model.vocab, arr, len(ids), buf, n, False, True)
     assert 0 <= got <= n
     return buf.raw[:got].decode("utf-8", errors="replace")
+
+
+@pytest.mark.llama
+@pytest.mark.parametrize("pre", sorted(PRE_PATTERNS) + [None])
+def test_ids_equal_llama_cpp_for_every_pre_tokenizer(tmp_path, pre):
+    """Every tokenizer.ggml.pre pimoe accepts splits words as llama.cpp does (None: the key is absent,
+    which llama.cpp treats as 'default')."""
+    path = tmp_path / "vocab.gguf"
+    md = _vocab_only_file(path, "gpt2", 3000, pre or "qwen2", drop=() if pre else ("tokenizer.ggml.pre",))
+    tok = Tokenizer.from_gguf_metadata(md, str(path))
+    assert tok.pre == (pre or "default")
+    bad = _compare(tok, _llama_vocab(path))
+    assert not bad, "\n".join(bad[:10])
 
 
 @pytest.mark.llama
