@@ -22,17 +22,94 @@ from pimoe.errors import PimoeError
 GGUF_MAGIC = b"GGUF"
 
 
+# byte sizes of GGUF scalar value types (gguf.GGUFValueType: 8 = string, 9 = array)
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _diagnose(path: Path) -> str:
+    """Walk the GGUF header by hand to say where a file that gguf.GGUFReader rejected goes wrong."""
+    import struct
+
+    import gguf
+
+    size = path.stat().st_size
+    f = open(path, "rb")
+    pos = 0
+
+    def take(n: int, what: str) -> bytes:
+        nonlocal pos
+        b = f.read(n)
+        if len(b) < n:
+            raise PimoeError(f"{path}: truncated: the file ends at byte {size} inside {what} "
+                             f"(at byte {pos}, {n} bytes needed)")
+        pos += n
+        return b
+
+    def u32(what):
+        return struct.unpack("<I", take(4, what))[0]
+
+    def u64(what):
+        return struct.unpack("<Q", take(8, what))[0]
+
+    def skip_value(vtype: int, what: str):
+        if vtype == 8:
+            take(u64(what), what)
+        elif vtype == 9:
+            sub, count = u32(what), u64(what)
+            if sub in _SCALAR_SIZES:
+                take(_SCALAR_SIZES[sub] * count, what)
+            else:
+                for _ in range(count):
+                    skip_value(sub, what)
+        elif vtype in _SCALAR_SIZES:
+            take(_SCALAR_SIZES[vtype], what)
+        else:
+            raise PimoeError(f"{path}: corrupt: {what} has unknown value type {vtype} (byte {pos})")
+
+    with f:
+        take(4, "the magic")
+        version = u32("the header")
+        n_tensors, n_kv = u64("the header"), u64("the header")
+        if version not in (2, 3) or n_tensors > 1 << 24 or n_kv > 1 << 24:
+            raise PimoeError(f"{path}: corrupt header (version {version}, {n_tensors} tensors, {n_kv} keys)")
+        alignment = 32
+        for i in range(n_kv):
+            key = take(u64(f"key {i}"), f"key {i}").decode("utf-8", "replace")
+            vtype = u32(f"metadata '{key}'")
+            if key == "general.alignment" and vtype == 4:
+                alignment = u32(f"metadata '{key}'")
+            else:
+                skip_value(vtype, f"metadata '{key}'")
+        infos = []
+        for i in range(n_tensors):
+            name = take(u64(f"tensor info {i}"), f"tensor info {i}").decode("utf-8", "replace")
+            dims = [u64(f"tensor info '{name}'") for _ in range(u32(f"tensor info '{name}'"))]
+            qtype, offset = u32(f"tensor info '{name}'"), u64(f"tensor info '{name}'")
+            infos.append((name, dims, qtype, offset))
+        start = -(-pos // alignment) * alignment
+        for name, dims, qtype, offset in infos:
+            try:
+                block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
+            except (ValueError, KeyError):
+                raise PimoeError(f"{path}: tensor '{name}' has unknown type id {qtype}") from None
+            end = start + offset + int(np.prod(dims, dtype=np.int64)) // block * type_size
+            if end > size:
+                raise PimoeError(f"{path}: truncated: tensor '{name}' needs bytes up to {end} but the file "
+                                 f"has only {size} (incomplete download or copy?)")
+    return ""
+
+
 def _open_reader(path: Path):
-    # GGUFReader raises ValueError/IndexError/KeyError/struct errors from deep inside when the header
-    # or tensor table runs past the end of the file; turn all of them into one message about the file.
+    # GGUFReader fails with numpy errors from deep inside when the header or the tensor data runs
+    # past the end of the file; say instead where the file ends and what was being read.
     import gguf
 
     try:
         return gguf.GGUFReader(path, "r")
     except Exception as exc:  # noqa: BLE001 - any failure to parse is a broken file, not a pimoe bug
-        size = path.stat().st_size
-        raise PimoeError(f"{path}: not a readable GGUF file ({size} bytes; truncated or corrupt?): "
-                         f"{type(exc).__name__}: {exc}") from None
+        detail = f"{type(exc).__name__}: {exc}"
+    _diagnose(path)   # raises a precise PimoeError when it can tell what is wrong
+    raise PimoeError(f"{path}: not a readable GGUF file ({path.stat().st_size} bytes; corrupt?): {detail}")
 
 
 class GGUFFile:
