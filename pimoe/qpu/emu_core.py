@@ -1,0 +1,1343 @@
+"""The compiled (numba) interpreter of V3D 4.2 QPU instructions over pre-decoded tables.
+
+State lives in flat numpy arrays so the host can inspect it and re-enter after a budget slice:
+
+    acc   uint32 [CTX, 6, 16]   accumulators r0..r5 of each thread context (CTX = 8 QPUs x 4 slots)
+    rf    uint32 [8, 64, 16]    each QPU's physical register file; a thread owns 64/threads of it
+    fa/fb uint8  [CTX, 16]      condition flags A and B per lane
+    ist   int64  [CTX, N_IST]   scalar state of a context (the I_* columns: pc, uniform pointers, …)
+    cnt   int64  [CTX, N_CNT]   counters (the C_* columns)
+    tmud  uint32 [CTX, 4, 16]   TMU store data written before the address
+    fifo  uint32 [CTX, FIFO_MAX, 16]  TMU load results waiting for ldtmu (a ring)
+    rtop  uint32 [CTX, 16]      the multop -> umul24 high-part register
+    disp  int64  [N_DISP]       the dispatch (D_* columns)
+    bar   int64  [n_supergroups] threads arrived at the barrier of each supergroup
+    fault int64  [8]            first fault: code, context, pc, two arguments (host formats it)
+
+A context runs until it yields (thread switch, barrier, end) or its slice is used up; contexts are
+visited round-robin, which is how the QPUs' threads interleave for any race-free kernel.
+Lane values are handled as int64 inside the loop (masked to 32 bits on store) so numba never mixes
+signed/unsigned types; float ops compute in float64 and round once to float32 (correct rounding for
++, -, *), then flush denormals like the hardware.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from pimoe.qpu.emu_decode import (
+    F_A_MAGIC, F_A_MUXA, F_A_MUXB, F_A_NSRC, F_A_OP, F_A_PACK, F_A_UNA, F_A_UNB, F_A_WADDR, F_AC, F_APF, F_AUF,
+    F_BR_BDI, F_BR_BDU, F_BR_COND, F_BR_LINK, F_BR_OFFSET, F_BR_RADDR, F_BR_UB, F_KIND, F_M_MAGIC, F_M_MUXA,
+    F_M_MUXB, F_M_NSRC, F_M_OP, F_M_PACK, F_M_UNA, F_M_UNB, F_M_WADDR, F_MC, F_MPF, F_MUF, F_RADDR_A, F_RADDR_B, F_ROT,
+    F_SIG, F_SIG_ADDR, F_SIG_MAGIC, F_SMIMM, KIND_BRANCH, KIND_INVALID, S_LDTMU, S_LDUNIF, S_LDUNIFA,
+    S_LDUNIFARF, S_LDUNIFRF, S_ROTATE, S_SMIMM, S_THRSW, S_UNSUPPORTED, ADD_OP, MUL_OP, A_UNSUPPORTED,
+    M_UNSUPPORTED,
+)
+
+N_QPUS = 8
+SLOTS = 4
+CTX = N_QPUS * SLOTS
+FIFO_MAX = 16
+
+# ---- ist columns -----------------------------------------------------------------------------------------
+(I_STATUS, I_PC, I_UNIF, I_UNIFA, I_LR, I_ICOUNT, I_SW_LEFT, I_SW_END, I_SW_LAST, I_FINAL, I_BR_LEFT,
+ I_BR_TARGET, I_BR_UNIF, I_LAST_SFU, I_LAST_UNIFA, I_TMUD_N, I_FIFO_HEAD, I_FIFO_N, I_BAR_PENDING, I_BATCH,
+ I_QPU, I_TFIELD, I_RFBASE, I_NREGS, I_PREVW0, I_PREVW1, I_PREVW2, I_SG, I_FIFO_CAP, I_SW_CHAIN) = range(30)
+N_IST = 30
+ST_EMPTY, ST_RUN, ST_WAIT, ST_DONE = 0, 1, 2, 3
+
+# ---- counters --------------------------------------------------------------------------------------------
+(C_INSTR, C_TMU_RD, C_TMU_RD_BYTES, C_TMU_WR, C_TMU_WR_BYTES, C_SFU, C_THRSW, C_UNIF, C_TMUWT, C_BRANCH,
+ C_BARRIER, C_LDTMU) = range(12)
+N_CNT = 12
+COUNTER_NAMES = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_writes", "tmu_write_bytes", "sfu_ops",
+                 "thread_switches", "uniforms_read", "tmuwt", "branches_taken", "barriers", "ldtmu")
+
+# ---- dispatch --------------------------------------------------------------------------------------------
+(D_ENTRY, D_UNIF, D_NBATCH, D_MODE, D_NEXT, D_WGX, D_WGY, D_WGZ, D_WGSIZE, D_WGS_PER_SG, D_BPS, D_NCODE,
+ D_SINGLE_SEG, D_REGCHECK, D_CODE_BASE, D_MEM_BASE, D_SLICE, D_IID_SHIFT) = range(18)
+N_DISP = 18
+
+# ---- faults ----------------------------------------------------------------------------------------------
+(FLT_NONE, FLT_INVALID_WORD, FLT_PC_RANGE, FLT_MEM_RANGE, FLT_MEM_ALIGN, FLT_R4_TOO_SOON, FLT_MULTI_UNIT,
+ FLT_ROTATE_SRC, FLT_UNIFA_TOO_SOON, FLT_THRSW_IN_BRANCH, FLT_BRANCH_IN_BRANCH, FLT_SFU_IN_THRSW,
+ FLT_THRSW_TOO_CLOSE, FLT_LDTMU_EMPTY, FLT_FIFO_OVERFLOW, FLT_TMUD_OVERFLOW, FLT_UNSUPPORTED, FLT_REG_RANGE,
+ FLT_BARRIER_DEADLOCK, FLT_BUDGET, FLT_ROTATE_MUX, FLT_BRANCH_TARGET, FLT_R4_WRITE_TOO_SOON, FLT_SFU_TOO_SOON,
+ FLT_BRANCH_IN_THRSW, FLT_TWO_LAST_THRSW) = range(26)
+# FLT_UNSUPPORTED argument 1: what was unsupported
+UNS_ADD_OP, UNS_MUL_OP, UNS_SIGNAL, UNS_MAGIC, UNS_TMU_CONFIG, UNS_BRANCH = range(6)
+
+MASK32 = 0xFFFFFFFF
+
+_A = ADD_OP
+_M = MUL_OP
+# add ops as plain ints for numba
+A_NOP, A_FADD, A_FADDNF, A_VFPACK, A_ADD, A_SUB, A_FSUB, A_MIN, A_MAX, A_UMIN, A_UMAX = (
+    _A["nop"], _A["fadd"], _A["faddnf"], _A["vfpack"], _A["add"], _A["sub"], _A["fsub"], _A["min"], _A["max"],
+    _A["umin"], _A["umax"])
+A_SHL, A_SHR, A_ASR, A_ROR, A_FMIN, A_FMAX, A_VFMIN, A_AND, A_OR, A_XOR, A_VADD, A_VSUB = (
+    _A["shl"], _A["shr"], _A["asr"], _A["ror"], _A["fmin"], _A["fmax"], _A["vfmin"], _A["and"], _A["or"],
+    _A["xor"], _A["vadd"], _A["vsub"])
+A_NOT, A_NEG, A_RECIP, A_TIDX, A_EIDX, A_LR, A_VFLA, A_VFLNA, A_VFLB, A_VFLNB, A_BARRIERID, A_TMUWT = (
+    _A["not"], _A["neg"], _A["recip"], _A["tidx"], _A["eidx"], _A["lr"], _A["vfla"], _A["vflna"], _A["vflb"],
+    _A["vflnb"], _A["barrierid"], _A["tmuwt"])
+A_RSQRT, A_EXP, A_LOG, A_SIN, A_RSQRT2, A_FCMP, A_VFMAX, A_FROUND, A_FTOIN, A_FTRUNC, A_FTOIZ = (
+    _A["rsqrt"], _A["exp"], _A["log"], _A["sin"], _A["rsqrt2"], _A["fcmp"], _A["vfmax"], _A["fround"],
+    _A["ftoin"], _A["ftrunc"], _A["ftoiz"])
+A_FFLOOR, A_FTOUZ, A_FCEIL, A_FDX, A_FDY, A_ITOF, A_CLZ, A_UTOF = (
+    _A["ffloor"], _A["ftouz"], _A["fceil"], _A["fdx"], _A["fdy"], _A["itof"], _A["clz"], _A["utof"])
+M_NOP, M_ADD, M_SUB, M_UMUL24, M_VFMUL, M_SMUL24, M_MULTOP, M_FMOV, M_MOV, M_FMUL = (
+    _M["nop"], _M["add"], _M["sub"], _M["umul24"], _M["vfmul"], _M["smul24"], _M["multop"], _M["fmov"],
+    _M["mov"], _M["fmul"])
+
+# SFU functions by magic waddr 19..24 (and by the add-ALU op codes)
+SFU_RECIP, SFU_RSQRT, SFU_EXP, SFU_LOG, SFU_SIN, SFU_RSQRT2 = 0, 1, 2, 3, 4, 5
+
+
+# ==========================================================================================================
+# bit helpers
+
+
+@njit(cache=True)
+def _ftz(u):
+    """Flush a denormal f32 (as int64 bits) to a zero of the same sign: the QPU does not keep denormals."""
+    if (u & 0x7F800000) == 0:
+        return u & 0x80000000
+    return u
+
+
+@njit(cache=True)
+def f16_to_f32_bits(h):
+    s = (h >> 15) & 1
+    e = (h >> 10) & 0x1F
+    m = h & 0x3FF
+    if e == 0:
+        if m == 0:
+            return s << 31
+        e = 1
+        while (m & 0x400) == 0:
+            m <<= 1
+            e -= 1
+        m &= 0x3FF
+        return (s << 31) | ((e + 112) << 23) | (m << 13)
+    if e == 31:
+        return (s << 31) | 0x7F800000 | (m << 13)
+    return (s << 31) | ((e + 112) << 23) | (m << 13)
+
+
+@njit(cache=True)
+def f32_to_f16_bits(u):
+    """f32 bits -> f16 bits, round to nearest even; NaN stays NaN, overflow goes to inf."""
+    s = (u >> 16) & 0x8000
+    e = (u >> 23) & 0xFF
+    m = u & 0x7FFFFF
+    if e == 255:
+        return s | 0x7C00 | (0x200 if m != 0 else 0)
+    if e == 0:
+        return s
+    E = e - 127 + 15
+    if E >= 31:
+        return s | 0x7C00
+    if E <= 0:
+        if E < -10:
+            return s
+        m |= 0x800000
+        shift = 14 - E
+        half = m >> shift
+        rem = m & ((1 << shift) - 1)
+        halfway = 1 << (shift - 1)
+        if rem > halfway or (rem == halfway and (half & 1) == 1):
+            half += 1
+        return s | half
+    half = (E << 10) | (m >> 13)
+    rem = m & 0x1FFF
+    if rem > 0x1000 or (rem == 0x1000 and (half & 1) == 1):
+        half += 1
+    return s | half
+
+
+@njit(cache=True)
+def _unpack_f32(u, code):
+    """Apply an f32 input unpack (0 none, 1 abs, 2 f16 low half, 3 f16 high half) and flush denormals."""
+    if code == 1:
+        u = u & 0x7FFFFFFF
+    elif code == 2:
+        u = f16_to_f32_bits(u & 0xFFFF)
+    elif code == 3:
+        u = f16_to_f32_bits((u >> 16) & 0xFFFF)
+    return _ftz(u)
+
+
+@njit(cache=True)
+def _unpack_f16x2(u, code):
+    """Apply a 2x16 input unpack (0 none, 4 ff: f32 -> f16 in both halves, 5 ll, 6 hh, 7 swp)."""
+    if code == 4:
+        h = f32_to_f16_bits(_ftz(u))
+        return h | (h << 16)
+    if code == 5:
+        return (u & 0xFFFF) | ((u & 0xFFFF) << 16)
+    if code == 6:
+        return (u >> 16) | (u & 0xFFFF0000)
+    if code == 7:
+        return ((u & 0xFFFF) << 16) | (u >> 16)
+    return u
+
+
+@njit(cache=True)
+def _bits_f(u, sb):
+    sb[0] = u
+    return np.float64(sb.view(np.float32)[0])
+
+
+@njit(cache=True)
+def _f_bits(x, sb):
+    sb.view(np.float32)[0] = np.float32(x)
+    return _ftz(np.int64(sb[0]))
+
+
+@njit(cache=True)
+def _f16_f(h, sb):
+    return _bits_f(f16_to_f32_bits(h), sb)
+
+
+@njit(cache=True)
+def _f_f16(x, sb):
+    sb.view(np.float32)[0] = np.float32(x)
+    return f32_to_f16_bits(_ftz(np.int64(sb[0])))
+
+
+@njit(cache=True)
+def _fmin(x, y):
+    if math.isnan(x):
+        return y
+    if math.isnan(y):
+        return x
+    if x == y:  # -0 counts as below +0
+        return x if math.copysign(1.0, x) < 0 else y
+    return x if x < y else y
+
+
+@njit(cache=True)
+def _fmax(x, y):
+    if math.isnan(x):
+        return y
+    if math.isnan(y):
+        return x
+    if x == y:
+        return y if math.copysign(1.0, x) < 0 else x
+    return x if x > y else y
+
+
+@njit(cache=True)
+def _sfu(fn, x):
+    """The special-function unit on a float64 input (already an f32 value)."""
+    if fn == SFU_RECIP:
+        if x == 0.0:
+            return math.copysign(math.inf, x)
+        return 1.0 / x
+    if fn == SFU_RSQRT or fn == SFU_RSQRT2:
+        if x == 0.0:
+            return math.copysign(math.inf, x)
+        if x < 0.0:
+            return math.nan
+        return 1.0 / math.sqrt(x)
+    if fn == SFU_EXP:  # 2^x
+        if x > 200.0:
+            return math.inf
+        return 2.0 ** x
+    if fn == SFU_LOG:  # log2
+        if x == 0.0:
+            return -math.inf
+        if x < 0.0:
+            return math.nan
+        return math.log2(x)
+    # SIN: sin(pi x)
+    if math.isinf(x):
+        return math.nan
+    return math.sin(math.pi * (x - 2.0 * math.floor(x * 0.5)))
+
+
+@njit(cache=True)
+def _f_to_int(x, mode, unsigned):
+    """float -> integer bits: mode 0 round half even, 1 truncate; saturating; NaN -> 0."""
+    if math.isnan(x):
+        return 0
+    if mode == 0:
+        r = np.rint(x)
+    else:
+        r = np.trunc(x)
+    if unsigned:
+        if r <= 0.0:
+            return 0
+        if r >= 4294967295.0:
+            return 0xFFFFFFFF
+        return np.int64(r)
+    if r <= -2147483648.0:
+        return 0x80000000
+    if r >= 2147483647.0:
+        return 0x7FFFFFFF
+    return np.int64(r) & MASK32
+
+
+@njit(cache=True)
+def _s32(u):
+    return u - 4294967296 if u & 0x80000000 else u
+
+
+@njit(cache=True)
+def _clz(u):
+    if u == 0:
+        return 32
+    n = 0
+    while (u & 0x80000000) == 0:
+        u <<= 1
+        n += 1
+    return n
+
+
+# ==========================================================================================================
+# ALU ops.  Inputs a, b: int64[16] (already muxed, rotated); out int64[16]; carry int64[16].
+# Returns 1 when the result is a float (flags use float tests), 0 for an integer result, -1 unsupported.
+
+
+@njit(cache=True)
+def _add_alu(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb, sb, ta, tb):
+    for l in range(16):
+        carry[l] = 0
+    if op == A_FADD or op == A_FADDNF or op == A_FSUB or op == A_FMIN or op == A_FMAX or op == A_FCMP:
+        for l in range(16):
+            x = _bits_f(_unpack_f32(a[l], una), sb)
+            y = _bits_f(_unpack_f32(b[l], unb), sb)
+            if op == A_FSUB or op == A_FCMP:
+                r = x - y
+            elif op == A_FMIN:
+                r = _fmin(x, y)
+            elif op == A_FMAX:
+                r = _fmax(x, y)
+            else:
+                r = x + y
+            out[l] = _f_bits(r, sb)
+        return 1
+    if op == A_ADD:
+        for l in range(16):
+            s = a[l] + b[l]
+            out[l] = s & MASK32
+            carry[l] = s >> 32
+        return 0
+    if op == A_SUB:
+        for l in range(16):
+            out[l] = (a[l] - b[l]) & MASK32
+            carry[l] = 1 if a[l] < b[l] else 0
+        return 0
+    if op == A_MIN or op == A_MAX:
+        for l in range(16):
+            x = _s32(a[l])
+            y = _s32(b[l])
+            carry[l] = 1 if x > y else 0
+            if op == A_MIN:
+                out[l] = a[l] if x < y else b[l]
+            else:
+                out[l] = a[l] if x > y else b[l]
+        return 0
+    if op == A_UMIN or op == A_UMAX:
+        for l in range(16):
+            carry[l] = 1 if a[l] > b[l] else 0
+            if op == A_UMIN:
+                out[l] = a[l] if a[l] < b[l] else b[l]
+            else:
+                out[l] = a[l] if a[l] > b[l] else b[l]
+        return 0
+    if op == A_SHL:
+        for l in range(16):
+            out[l] = (a[l] << (b[l] & 31)) & MASK32
+        return 0
+    if op == A_SHR:
+        for l in range(16):
+            out[l] = a[l] >> (b[l] & 31)
+        return 0
+    if op == A_ASR:
+        for l in range(16):
+            out[l] = (_s32(a[l]) >> (b[l] & 31)) & MASK32
+        return 0
+    if op == A_ROR:
+        for l in range(16):
+            s = b[l] & 31
+            out[l] = ((a[l] >> s) | (a[l] << (32 - s))) & MASK32 if s else a[l]
+        return 0
+    if op == A_AND:
+        for l in range(16):
+            out[l] = a[l] & b[l]
+        return 0
+    if op == A_OR:
+        for l in range(16):
+            out[l] = a[l] | b[l]
+        return 0
+    if op == A_XOR:
+        for l in range(16):
+            out[l] = a[l] ^ b[l]
+        return 0
+    if op == A_NOT:
+        for l in range(16):
+            out[l] = (~a[l]) & MASK32
+        return 0
+    if op == A_NEG:
+        for l in range(16):
+            out[l] = (-a[l]) & MASK32
+        return 0
+    if op == A_VADD or op == A_VSUB:  # two independent 16-bit lanes, wrapping
+        for l in range(16):
+            lo_a, hi_a = a[l] & 0xFFFF, a[l] >> 16
+            lo_b, hi_b = b[l] & 0xFFFF, b[l] >> 16
+            if op == A_VADD:
+                lo, hi = lo_a + lo_b, hi_a + hi_b
+            else:
+                lo, hi = lo_a - lo_b, hi_a - hi_b
+            out[l] = (lo & 0xFFFF) | ((hi & 0xFFFF) << 16)
+        return 0
+    if op == A_VFPACK:
+        for l in range(16):
+            lo = f32_to_f16_bits(_unpack_f32(a[l], una))
+            hi = f32_to_f16_bits(_unpack_f32(b[l], unb))
+            out[l] = lo | (hi << 16)
+        return 0
+    if op == A_VFMIN or op == A_VFMAX:
+        for l in range(16):
+            x2 = _unpack_f16x2(a[l], una)
+            y2 = b[l]
+            res = 0
+            for half in range(2):
+                hx = (x2 >> (16 * half)) & 0xFFFF
+                hy = (y2 >> (16 * half)) & 0xFFFF
+                x = _f16_f(hx, sb)
+                y = _f16_f(hy, sb)
+                r = _fmin(x, y) if op == A_VFMIN else _fmax(x, y)
+                res |= _f_f16(r, sb) << (16 * half)
+            out[l] = res
+        return 0
+    if op == A_RECIP or op == A_RSQRT or op == A_EXP or op == A_LOG or op == A_SIN or op == A_RSQRT2:
+        fn = SFU_RECIP
+        if op == A_RSQRT:
+            fn = SFU_RSQRT
+        elif op == A_EXP:
+            fn = SFU_EXP
+        elif op == A_LOG:
+            fn = SFU_LOG
+        elif op == A_SIN:
+            fn = SFU_SIN
+        elif op == A_RSQRT2:
+            fn = SFU_RSQRT2
+        for l in range(16):
+            out[l] = _f_bits(_sfu(fn, _bits_f(_ftz(a[l]), sb)), sb)
+        return 1
+    if op == A_TIDX:
+        for l in range(16):
+            out[l] = (qpu << 2) | tfield
+        return 0
+    if op == A_EIDX:
+        for l in range(16):
+            out[l] = l
+        return 0
+    if op == A_LR:
+        for l in range(16):
+            out[l] = lr & MASK32
+        return 0
+    if op == A_VFLA or op == A_VFLNA or op == A_VFLB or op == A_VFLNB:
+        for l in range(16):
+            f = fa[l] if (op == A_VFLA or op == A_VFLNA) else fb[l]
+            if op == A_VFLNA or op == A_VFLNB:
+                f = 1 - f
+            out[l] = f
+        return 0
+    if op == A_BARRIERID or op == A_TMUWT:
+        for l in range(16):
+            out[l] = 0
+        return 0
+    if op == A_FROUND or op == A_FTRUNC or op == A_FFLOOR or op == A_FCEIL:
+        for l in range(16):
+            x = _bits_f(_unpack_f32(a[l], una), sb)
+            if math.isnan(x) or math.isinf(x):
+                r = x
+            elif op == A_FROUND:
+                r = np.rint(x)
+            elif op == A_FTRUNC:
+                r = np.trunc(x)
+            elif op == A_FFLOOR:
+                r = np.floor(x)
+            else:
+                r = np.ceil(x)
+            if r == 0.0:
+                r = math.copysign(0.0, x)
+            out[l] = _f_bits(r, sb)
+        return 1
+    if op == A_FDX or op == A_FDY:
+        for l in range(16):
+            ta[l] = _unpack_f32(a[l], una)
+        for l in range(16):
+            if op == A_FDX:
+                hi_l, lo_l = l | 1, l & ~1
+            else:
+                hi_l, lo_l = (l & ~3) + 2 + (l & 1), (l & ~3) + (l & 1)
+            out[l] = _f_bits(_bits_f(ta[hi_l], sb) - _bits_f(ta[lo_l], sb), sb)
+        return 1
+    if op == A_FTOIN or op == A_FTOIZ or op == A_FTOUZ:
+        for l in range(16):
+            x = _bits_f(_unpack_f32(a[l], una), sb)
+            out[l] = _f_to_int(x, 0 if op == A_FTOIN else 1, op == A_FTOUZ)
+        return 0
+    if op == A_ITOF:
+        for l in range(16):
+            out[l] = _f_bits(np.float64(_s32(a[l])), sb)
+        return 1
+    if op == A_UTOF:
+        for l in range(16):
+            out[l] = _f_bits(np.float64(a[l]), sb)
+        return 1
+    if op == A_CLZ:
+        for l in range(16):
+            out[l] = _clz(a[l])
+        return 0
+    return -1
+
+
+@njit(cache=True)
+def _mul_alu(op, a, b, una, unb, out, carry, rtop_c, sb):
+    for l in range(16):
+        carry[l] = 0
+    if op == M_ADD:
+        for l in range(16):
+            s = a[l] + b[l]
+            out[l] = s & MASK32
+            carry[l] = s >> 32
+        return 0
+    if op == M_SUB:
+        for l in range(16):
+            out[l] = (a[l] - b[l]) & MASK32
+            carry[l] = 1 if a[l] < b[l] else 0
+        return 0
+    if op == M_MOV:
+        for l in range(16):
+            out[l] = a[l]
+        return 0
+    if op == M_FMOV:
+        for l in range(16):
+            out[l] = _unpack_f32(a[l], una)
+        return 1
+    if op == M_FMUL:
+        for l in range(16):
+            x = _bits_f(_unpack_f32(a[l], una), sb)
+            y = _bits_f(_unpack_f32(b[l], unb), sb)
+            out[l] = _f_bits(x * y, sb)
+        return 1
+    if op == M_UMUL24:
+        for l in range(16):
+            out[l] = ((a[l] & 0xFFFFFF) * (b[l] & 0xFFFFFF) + np.int64(rtop_c[l])) & MASK32
+            rtop_c[l] = 0
+        return 0
+    if op == M_SMUL24:
+        for l in range(16):
+            x = a[l] & 0xFFFFFF
+            y = b[l] & 0xFFFFFF
+            if x & 0x800000:
+                x -= 0x1000000
+            if y & 0x800000:
+                y -= 0x1000000
+            out[l] = (x * y) & MASK32
+        return 0
+    if op == M_MULTOP:
+        # the part of the 32x32 product that umul24 does not compute; umul24 adds it (32-bit imul idiom)
+        for l in range(16):
+            full = (a[l] * b[l]) & MASK32
+            low = ((a[l] & 0xFFFFFF) * (b[l] & 0xFFFFFF)) & MASK32
+            rtop_c[l] = (full - low) & MASK32
+            out[l] = rtop_c[l]
+        return 0
+    if op == M_VFMUL:
+        for l in range(16):
+            x2 = _unpack_f16x2(a[l], una)
+            y2 = b[l]
+            res = 0
+            for half in range(2):
+                x = _f16_f((x2 >> (16 * half)) & 0xFFFF, sb)
+                y = _f16_f((y2 >> (16 * half)) & 0xFFFF, sb)
+                res |= _f_f16(x * y, sb) << (16 * half)
+            out[l] = res
+        return 0
+    return -1
+
+
+@njit(cache=True)
+def _lane_on(cond, fa_l, fb_l):
+    if cond == 0:
+        return True
+    if cond == 1:
+        return fa_l != 0
+    if cond == 2:
+        return fb_l != 0
+    if cond == 3:
+        return fa_l == 0
+    return fb_l == 0
+
+
+@njit(cache=True)
+def _flag_update(c, res, is_float, carry, pf, uf, fa, fb, sb):
+    """Push (pf 1..3: B <- A, A <- Z/N/C) or update (uf 1..12: A <- A and/nor F) the flags from a result."""
+    for l in range(16):
+        r = res[l]
+        if is_float == 1:
+            x = _bits_f(r, sb)
+            z = 1 if x == 0.0 else 0
+            n = 1 if x < 0.0 else 0
+            cf = 1 if x <= 0.0 else 0
+        else:
+            z = 1 if r == 0 else 0
+            n = 1 if (r & 0x80000000) != 0 else 0
+            cf = 1 if carry[l] != 0 else 0
+        if pf != 0:
+            fb[c, l] = fa[c, l]
+            fa[c, l] = z if pf == 1 else (n if pf == 2 else cf)
+        else:
+            k = (uf - 1) // 4
+            j = (uf - 1) % 4
+            f = z if k == 0 else (n if k == 1 else cf)
+            a_old = fa[c, l]
+            if j == 0:
+                v = a_old & f
+            elif j == 1:
+                v = a_old & (1 - f)
+            elif j == 2:
+                v = (1 - a_old) & f
+            else:
+                v = (1 - a_old) & (1 - f)
+            fa[c, l] = v
+
+
+# ==========================================================================================================
+# memory
+
+
+@njit(cache=True)
+def _mem_check(addr, nbytes, align, mem8, disp, fault, c, pc, lane):
+    off = addr - disp[D_MEM_BASE]
+    if off < 0 or off + nbytes > mem8.shape[0]:
+        fault[0] = FLT_MEM_RANGE
+        fault[1] = c
+        fault[2] = pc
+        fault[3] = addr
+        fault[4] = lane
+        return -1
+    if align > 1 and (addr % align) != 0:
+        fault[0] = FLT_MEM_ALIGN
+        fault[1] = c
+        fault[2] = pc
+        fault[3] = addr
+        fault[4] = align
+        return -1
+    return off
+
+
+@njit(cache=True)
+def _read_unif(c, ptr_col, ist, mem8, mem32, disp, fault, cnt, pc):
+    addr = ist[c, ptr_col]
+    off = _mem_check(addr, 4, 4, mem8, disp, fault, c, pc, -1)
+    if off < 0:
+        return 0
+    ist[c, ptr_col] = addr + 4
+    cnt[c, C_UNIF] += 1
+    return np.int64(mem32[off >> 2])
+
+
+# ==========================================================================================================
+# writes
+
+
+@njit(cache=True)
+def _fault(fault, code, c, pc, a1, a2):
+    if fault[0] == 0:
+        fault[0] = code
+        fault[1] = c
+        fault[2] = pc
+        fault[3] = a1
+        fault[4] = a2
+
+
+@njit(cache=True)
+def _merge_pack(old, v, pack):
+    """Output pack: 1 = f16 into the low half (high kept), 2 = f16 into the high half (low kept)."""
+    h = f32_to_f16_bits(v)
+    if pack == 1:
+        return (old & 0xFFFF0000) | h
+    return (old & 0xFFFF) | (h << 16)
+
+
+@njit(cache=True)
+def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp,
+           fault, sb, curw):
+    """Write 16 lanes to a destination (register file, accumulator or magic register, with side effects)."""
+    qpu = ist[c, I_QPU]
+    if not magic:
+        if disp[D_REGCHECK] != 0 and waddr >= ist[c, I_NREGS]:
+            _fault(fault, FLT_REG_RANGE, c, pc, waddr, ist[c, I_NREGS])
+            return
+        p = ist[c, I_RFBASE] + waddr
+        if p >= 64:
+            p -= 64
+        for l in range(16):
+            if _lane_on(cond, fa[c, l], fb[c, l]):
+                v = vals[l]
+                if pack != 0:
+                    v = _merge_pack(np.int64(rf[qpu, p, l]), v, pack)
+                rf[qpu, p, l] = v
+        _note_write(curw, 8 + waddr)
+        return
+    if waddr <= 4:
+        for l in range(16):
+            if _lane_on(cond, fa[c, l], fb[c, l]):
+                v = vals[l]
+                if pack != 0:
+                    v = _merge_pack(np.int64(acc[c, waddr, l]), v, pack)
+                acc[c, waddr, l] = v
+        _note_write(curw, waddr)
+        return
+    if waddr == 5:  # r5 holds one value per quad: a write broadcasts each quad's first lane
+        for l in range(16):
+            if _lane_on(cond, fa[c, l], fb[c, l]):
+                v = vals[l & 12]
+                if pack != 0:
+                    v = _merge_pack(np.int64(acc[c, 5, l]), v, pack)
+                acc[c, 5, l] = v
+        _note_write(curw, 5)
+        return
+    if waddr == 6:  # "-": no write
+        return
+    if waddr == 55:  # r5rep: lane 0 to every lane of r5
+        v0 = vals[0]
+        for l in range(16):
+            acc[c, 5, l] = v0
+        _note_write(curw, 5)
+        return
+    if waddr == 9:  # unifa: the second uniform stream's address, from lane 0
+        ist[c, I_UNIFA] = vals[0]
+        ist[c, I_LAST_UNIFA] = ist[c, I_ICOUNT]
+        return
+    if waddr == 11:  # tmud
+        n = ist[c, I_TMUD_N]
+        if n >= 4:
+            _fault(fault, FLT_TMUD_OVERFLOW, c, pc, n + 1, 0)
+            return
+        for l in range(16):
+            tmud[c, n, l] = vals[l]
+        ist[c, I_TMUD_N] = n + 1
+        return
+    if waddr == 12 or waddr == 13:  # tmua / tmuau
+        cfg = 0xFFFFFFFF
+        if waddr == 13:
+            cfg = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
+            if fault[0] != 0:
+                return
+        _tmu_access(c, pc, vals, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault)
+        return
+    if waddr == 16 or waddr == 17 or waddr == 18:  # sync / syncu / syncb: barrier
+        ist[c, I_BAR_PENDING] = 1
+        cnt[c, C_BARRIER] += 1
+        return
+    if 19 <= waddr <= 24:  # SFU: result lands in r4
+        fn = waddr - 19
+        for l in range(16):
+            if _lane_on(cond, fa[c, l], fb[c, l]):
+                acc[c, 4, l] = _f_bits(_sfu(fn, _bits_f(_ftz(vals[l]), sb)), sb)
+        cnt[c, C_SFU] += 1
+        ist[c, I_LAST_SFU] = ist[c, I_ICOUNT]
+        return
+    _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MAGIC, waddr)
+
+
+@njit(cache=True)
+def _note_write(curw, code):
+    for i in range(3):
+        if curw[i] < 0:
+            curw[i] = code
+            return
+
+
+@njit(cache=True)
+def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault):
+    """A TMU general access: a store when data was written to tmud first, else a load into the FIFO.
+
+    Config word (Mesa's general TMU lookup): bits 2:0 type (0 s8, 1 s16, 2..4 vec2..vec4 of 32 bits,
+    5 u8, 6 u16, 7 u32), bit 7 per-pixel (1) or per-quad (0), bits 6:3 the operation (plain access only).
+    """
+    ttype = cfg & 7
+    if ((cfg >> 7) & 1) == 0:
+        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_TMU_CONFIG, cfg)
+        return
+    if ttype == 0 or ttype == 5:
+        size = 1
+    elif ttype == 1 or ttype == 6:
+        size = 2
+    else:
+        size = 4
+    nd = ist[c, I_TMUD_N]
+    active = 0
+    if nd > 0:  # store
+        if size < 4 and nd > 1:
+            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_TMU_CONFIG, cfg)
+            return
+        for l in range(16):
+            if not _lane_on(cond, fa[c, l], fb[c, l]):
+                continue
+            active += 1
+            base = addrs[l]
+            for k in range(nd):
+                a = base + 4 * k
+                off = _mem_check(a, size, size, mem8, disp, fault, c, pc, l)
+                if off < 0:
+                    return
+                v = np.int64(tmud[c, k, l])
+                if size == 4:
+                    mem32[off >> 2] = v
+                else:
+                    for bi in range(size):
+                        mem8[off + bi] = (v >> (8 * bi)) & 0xFF
+        ist[c, I_TMUD_N] = 0
+        cnt[c, C_TMU_WR] += 1
+        cnt[c, C_TMU_WR_BYTES] += active * size * nd
+        return
+    ncomp = ttype if 2 <= ttype <= 4 else 1
+    if ist[c, I_FIFO_N] + ncomp > ist[c, I_FIFO_CAP]:
+        _fault(fault, FLT_FIFO_OVERFLOW, c, pc, ist[c, I_FIFO_N] + ncomp, ist[c, I_FIFO_CAP])
+        return
+    for k in range(ncomp):
+        slot = (ist[c, I_FIFO_HEAD] + ist[c, I_FIFO_N] + k) % FIFO_MAX
+        for l in range(16):
+            v = 0
+            if _lane_on(cond, fa[c, l], fb[c, l]):
+                a = addrs[l] + 4 * k
+                off = _mem_check(a, size, size, mem8, disp, fault, c, pc, l)
+                if off < 0:
+                    return
+                if size == 4:
+                    v = np.int64(mem32[off >> 2])
+                elif size == 2:
+                    v = np.int64(mem8[off]) | (np.int64(mem8[off + 1]) << 8)
+                    if ttype == 1 and (v & 0x8000):
+                        v |= 0xFFFF0000
+                else:
+                    v = np.int64(mem8[off])
+                    if ttype == 0 and (v & 0x80):
+                        v |= 0xFFFFFF00
+                if k == 0:
+                    active += 1
+            fifo[c, slot, l] = v
+    ist[c, I_FIFO_N] += ncomp
+    cnt[c, C_TMU_RD] += 1
+    cnt[c, C_TMU_RD_BYTES] += active * size * ncomp
+
+
+# ==========================================================================================================
+# operand reads
+
+
+@njit(cache=True)
+def _read_mux(c, mux, row, acc, rf, ist, disp, fault, pc, out):
+    if mux <= 5:
+        for l in range(16):
+            out[l] = acc[c, mux, l]
+        return
+    if mux == 7 and (row[F_SIG] & S_SMIMM) != 0:
+        v = np.int64(row[F_SMIMM]) & MASK32
+        for l in range(16):
+            out[l] = v
+        return
+    idx = row[F_RADDR_A] if mux == 6 else row[F_RADDR_B]
+    if disp[D_REGCHECK] != 0 and idx >= ist[c, I_NREGS]:
+        _fault(fault, FLT_REG_RANGE, c, pc, idx, ist[c, I_NREGS])
+        return
+    p = ist[c, I_RFBASE] + idx
+    if p >= 64:
+        p -= 64
+    qpu = ist[c, I_QPU]
+    for l in range(16):
+        out[l] = rf[qpu, p, l]
+
+
+@njit(cache=True)
+def _uses_mux(row, mux):
+    na = row[F_A_NSRC]
+    nm = row[F_M_NSRC]
+    if (na >= 1 and row[F_A_MUXA] == mux) or (na >= 2 and row[F_A_MUXB] == mux):
+        return True
+    if (nm >= 1 and row[F_M_MUXA] == mux) or (nm >= 2 and row[F_M_MUXB] == mux):
+        return True
+    return False
+
+
+@njit(cache=True)
+def _prev_wrote(ist, c, code):
+    return ist[c, I_PREVW0] == code or ist[c, I_PREVW1] == code or ist[c, I_PREVW2] == code
+
+
+@njit(cache=True)
+def _mux_code(row, mux):
+    if mux <= 5:
+        return mux
+    if mux == 6:
+        return 8 + row[F_RADDR_A]
+    return 8 + row[F_RADDR_B]
+
+
+# ==========================================================================================================
+# dispatch: starting a batch in a context
+
+
+@njit(cache=True)
+def start_batch(c, b, acc, rf, fa, fb, ist, tmud, fifo, rtop, disp):
+    mode = disp[D_MODE]
+    qpu = c // SLOTS
+    slot = c % SLOTS
+    tfield = slot * (4 // mode)
+    for col in range(N_IST):
+        ist[c, col] = 0
+    ist[c, I_STATUS] = ST_RUN
+    ist[c, I_PC] = disp[D_ENTRY]
+    ist[c, I_UNIF] = disp[D_UNIF]
+    ist[c, I_BATCH] = b
+    ist[c, I_QPU] = qpu
+    ist[c, I_TFIELD] = tfield
+    ist[c, I_RFBASE] = tfield * 16
+    ist[c, I_NREGS] = 64 // mode
+    ist[c, I_LAST_SFU] = -100
+    ist[c, I_LAST_UNIFA] = -100
+    ist[c, I_BR_UNIF] = -1
+    ist[c, I_PREVW0] = -1
+    ist[c, I_PREVW1] = -1
+    ist[c, I_PREVW2] = -1
+    ist[c, I_FINAL] = disp[D_SINGLE_SEG]
+    ist[c, I_FIFO_CAP] = FIFO_MAX // mode
+    ist[c, I_SG] = b // disp[D_BPS]
+    for r in range(6):
+        for l in range(16):
+            acc[c, r, l] = 0
+    for l in range(16):
+        fa[c, l] = 0
+        fb[c, l] = 0
+        rtop[c, l] = 0
+    nregs = 64 // mode
+    for r in range(nregs):
+        for l in range(16):
+            rf[qpu, tfield * 16 + r, l] = 0
+    # compute payload: rf0 = wg_x | wg_y << 16, rf2 = wg_z | local invocation index << 16 (scaled)
+    bps = disp[D_BPS]
+    wg_size = disp[D_WGSIZE]
+    sg = b // bps
+    for l in range(16):
+        inv = (b % bps) * 16 + l
+        wg_in_sg = inv // wg_size
+        local = inv % wg_size
+        wg = sg * disp[D_WGS_PER_SG] + wg_in_sg
+        wx = wg % disp[D_WGX]
+        wy = (wg // disp[D_WGX]) % disp[D_WGY]
+        wz = (wg // (disp[D_WGX] * disp[D_WGY])) % disp[D_WGZ]
+        rf[qpu, tfield * 16 + 0, l] = (wx & 0xFFFF) | ((wy & 0xFFFF) << 16)
+        if nregs > 2:
+            rf[qpu, tfield * 16 + 2, l] = (wz & 0xFFFF) | (((local << disp[D_IID_SHIFT]) & 0xFFFF) << 16)
+
+
+# ==========================================================================================================
+# the interpreter
+
+
+@njit(cache=True)
+def _finish_switch(c, ist, cnt, bar, disp, fa):
+    """The thread switch after a thrsw's delay slots: end the program, or enter the final segment."""
+    cnt[c, C_THRSW] += 1
+    if ist[c, I_SW_END] != 0:
+        ist[c, I_STATUS] = ST_DONE
+        return
+    if ist[c, I_SW_LAST] != 0:
+        ist[c, I_FINAL] = 1
+
+
+@njit(cache=True)
+def _arrive_barrier(c, ist, bar, disp):
+    sg = ist[c, I_SG]
+    ist[c, I_STATUS] = ST_WAIT
+    bar[sg] += 1
+    first = sg * disp[D_BPS]
+    group = min(disp[D_BPS], disp[D_NBATCH] - first)
+    if bar[sg] >= group:
+        bar[sg] = 0
+        for k in range(CTX):
+            if ist[k, I_STATUS] == ST_WAIT and ist[k, I_SG] == sg:
+                ist[k, I_STATUS] = ST_RUN
+                ist[k, I_BAR_PENDING] = 0
+
+
+@njit(cache=True)
+def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar, fault, budget):
+    """Run the dispatch until every batch is done, a fault, or `budget` instructions; returns the number
+    of instructions executed in this call."""
+    sb = np.zeros(1, dtype=np.uint32)
+    a_in = np.zeros(16, dtype=np.int64)
+    b_in = np.zeros(16, dtype=np.int64)
+    ma_in = np.zeros(16, dtype=np.int64)
+    mb_in = np.zeros(16, dtype=np.int64)
+    tmp = np.zeros(16, dtype=np.int64)
+    a_out = np.zeros(16, dtype=np.int64)
+    m_out = np.zeros(16, dtype=np.int64)
+    a_carry = np.zeros(16, dtype=np.int64)
+    m_carry = np.zeros(16, dtype=np.int64)
+    sig_val = np.zeros(16, dtype=np.int64)
+    ta = np.zeros(16, dtype=np.int64)
+    tb = np.zeros(16, dtype=np.int64)
+    curw = np.zeros(3, dtype=np.int64)
+    fa_old = np.zeros(16, dtype=np.uint8)
+    fb_old = np.zeros(16, dtype=np.uint8)
+    ncode = disp[D_NCODE]
+    code_base = disp[D_CODE_BASE]
+    slice_len = disp[D_SLICE]
+    executed = 0
+    while True:
+        any_run = False
+        for c in range(CTX):
+            if ist[c, I_STATUS] != ST_RUN:
+                continue
+            any_run = True
+            n = 0
+            while n < slice_len:
+                pc = ist[c, I_PC]
+                if pc < 0 or pc >= ncode:
+                    _fault(fault, FLT_PC_RANGE, c, pc, code_base + 8 * pc, 0)
+                    return executed
+                row = tab[pc]
+                kind = row[F_KIND]
+                ic = ist[c, I_ICOUNT]
+                curw[0] = -1
+                curw[1] = -1
+                curw[2] = -1
+                if kind == KIND_INVALID:
+                    _fault(fault, FLT_INVALID_WORD, c, pc, 0, 0)
+                    return executed
+                if kind == KIND_BRANCH:
+                    if ist[c, I_BR_LEFT] > 0:
+                        _fault(fault, FLT_BRANCH_IN_BRANCH, c, pc, 0, 0)
+                        return executed
+                    if ist[c, I_SW_LEFT] > 0:
+                        _fault(fault, FLT_BRANCH_IN_THRSW, c, pc, 0, 0)
+                        return executed
+                    bc = row[F_BR_COND]
+                    taken = True
+                    if bc == 1:
+                        taken = fa[c, 0] != 0
+                    elif bc == 2:
+                        taken = fa[c, 0] == 0
+                    elif bc >= 3:
+                        nset = 0
+                        for l in range(16):
+                            nset += fa[c, l]
+                        if bc == 3:
+                            taken = nset == 16
+                        elif bc == 4:
+                            taken = nset < 16
+                        elif bc == 5:
+                            taken = nset > 0
+                        else:
+                            taken = nset == 0
+                    if taken:
+                        my_addr = code_base + 8 * pc
+                        bdi = row[F_BR_BDI]
+                        off = np.int64(row[F_BR_OFFSET])
+                        if bdi == 0:
+                            target = off & MASK32
+                        elif bdi == 1:
+                            target = (my_addr + 32 + off) & MASK32
+                        elif bdi == 2:
+                            target = ist[c, I_LR]
+                        else:
+                            _read_mux(c, 6, row, acc, rf, ist, disp, fault, pc, tmp)
+                            if fault[0] != 0:
+                                return executed
+                            target = tmp[0]
+                        rel = target - code_base
+                        if rel < 0 or (rel & 7) != 0 or rel // 8 >= ncode:
+                            _fault(fault, FLT_BRANCH_TARGET, c, pc, target, 0)
+                            return executed
+                        ist[c, I_BR_TARGET] = rel // 8
+                        ist[c, I_BR_LEFT] = 4
+                        ist[c, I_BR_UNIF] = -1
+                        if row[F_BR_LINK] != 0:
+                            ist[c, I_LR] = my_addr + 32
+                        if row[F_BR_UB] != 0:
+                            bdu = row[F_BR_BDU]
+                            if bdu == 0 or bdu == 1:
+                                v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
+                                if fault[0] != 0:
+                                    return executed
+                                if bdu == 0:
+                                    ist[c, I_BR_UNIF] = v
+                                else:
+                                    ist[c, I_BR_UNIF] = (ist[c, I_UNIF] + _s32(v)) & MASK32
+                            elif bdu == 3:
+                                # hardware takes the new uniform address from lane 1 of the register
+                                _read_mux(c, 6, row, acc, rf, ist, disp, fault, pc, tmp)
+                                if fault[0] != 0:
+                                    return executed
+                                ist[c, I_BR_UNIF] = tmp[1]
+                            else:
+                                _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_BRANCH, bdu)
+                                return executed
+                        cnt[c, C_BRANCH] += 1
+                else:
+                    # ---------------- ALU instruction ----------------
+                    sigb = row[F_SIG]
+                    aop = row[F_A_OP]
+                    mop = row[F_M_OP]
+                    if (sigb & S_UNSUPPORTED) != 0:
+                        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_SIGNAL, 0)
+                        return executed
+                    if aop == A_UNSUPPORTED:
+                        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_ADD_OP, 0)
+                        return executed
+                    if mop == M_UNSUPPORTED:
+                        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MUL_OP, 0)
+                        return executed
+                    # which units this instruction starts (at most one of TMU / SFU / barrier / ldtmu)
+                    units = 0
+                    sfu = False
+                    writes_r4 = False
+                    for half in range(2):
+                        op = aop if half == 0 else mop
+                        if op == 0:
+                            continue
+                        base = F_A_OP if half == 0 else F_M_OP
+                        if row[base + 4] != 0:
+                            w = row[base + 3]
+                            if (10 <= w <= 13) or (32 <= w <= 46):
+                                units += 1
+                            elif 19 <= w <= 24:
+                                units += 1
+                                sfu = True
+                            elif 16 <= w <= 18:
+                                units += 1
+                            elif w == 4:
+                                writes_r4 = True
+                    if (sigb & S_LDTMU) != 0:
+                        units += 1
+                    if ((sigb & (S_LDTMU | S_LDUNIFRF | S_LDUNIFARF)) != 0 and row[F_SIG_MAGIC] != 0
+                            and row[F_SIG_ADDR] == 4):
+                        writes_r4 = True
+                    if units > 1:
+                        _fault(fault, FLT_MULTI_UNIT, c, pc, units, 0)
+                        return executed
+                    if ic - ist[c, I_LAST_SFU] < 2:
+                        if _uses_mux(row, 4):
+                            _fault(fault, FLT_R4_TOO_SOON, c, pc, ic - ist[c, I_LAST_SFU], 0)
+                            return executed
+                        if writes_r4:
+                            _fault(fault, FLT_R4_WRITE_TOO_SOON, c, pc, 0, 0)
+                            return executed
+                        if sfu:
+                            _fault(fault, FLT_SFU_TOO_SOON, c, pc, 0, 0)
+                            return executed
+                    if sfu and ist[c, I_SW_LEFT] > 0:
+                        _fault(fault, FLT_SFU_IN_THRSW, c, pc, 0, 0)
+                        return executed
+                    if (sigb & (S_LDUNIFA | S_LDUNIFARF)) != 0 and ic - ist[c, I_LAST_UNIFA] < 3:
+                        _fault(fault, FLT_UNIFA_TOO_SOON, c, pc, ic - ist[c, I_LAST_UNIFA], 0)
+                        return executed
+                    # thread switch signal
+                    if (sigb & S_THRSW) != 0:
+                        if ist[c, I_SW_LEFT] == 2:
+                            # a second thrsw right after one marks it as the last thread switch
+                            if ist[c, I_FINAL] != 0 or ist[c, I_SW_LAST] != 0:
+                                _fault(fault, FLT_TWO_LAST_THRSW, c, pc, 0, 0)
+                                return executed
+                            ist[c, I_SW_LAST] = 1
+                        elif ist[c, I_SW_LEFT] == 1:
+                            # a thrsw in the last delay slot of another (py-videocore6's tests do this):
+                            # it starts the next switch as soon as this one is done
+                            ist[c, I_SW_CHAIN] = 1
+                        else:
+                            if ist[c, I_BR_LEFT] > 0:
+                                _fault(fault, FLT_THRSW_IN_BRANCH, c, pc, 0, 0)
+                                return executed
+                            ist[c, I_SW_LEFT] = 3
+                            ist[c, I_SW_END] = ist[c, I_FINAL]
+                            ist[c, I_SW_LAST] = 0
+                    # operands
+                    na = row[F_A_NSRC]
+                    nm = row[F_M_NSRC]
+                    if aop != 0:
+                        if na >= 1:
+                            _read_mux(c, row[F_A_MUXA], row, acc, rf, ist, disp, fault, pc, a_in)
+                        if na >= 2:
+                            _read_mux(c, row[F_A_MUXB], row, acc, rf, ist, disp, fault, pc, b_in)
+                    if mop != 0:
+                        if nm >= 1:
+                            _read_mux(c, row[F_M_MUXA], row, acc, rf, ist, disp, fault, pc, ma_in)
+                        if nm >= 2:
+                            _read_mux(c, row[F_M_MUXB], row, acc, rf, ist, disp, fault, pc, mb_in)
+                    if fault[0] != 0:
+                        return executed
+                    if (sigb & S_ROTATE) != 0 and mop != 0:
+                        rot = row[F_ROT]
+                        if rot == -2:
+                            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_SIGNAL, 1)
+                            return executed
+                        if rot == -1:
+                            if _prev_wrote(ist, c, 5):
+                                _fault(fault, FLT_ROTATE_SRC, c, pc, 5, 0)
+                                return executed
+                            rot = np.int64(acc[c, 5, 0]) & 15
+                        for k in range(nm):
+                            mux = row[F_M_MUXA] if k == 0 else row[F_M_MUXB]
+                            if mux == 7:
+                                _fault(fault, FLT_ROTATE_MUX, c, pc, 0, 0)
+                                return executed
+                            if _prev_wrote(ist, c, _mux_code(row, mux)):
+                                _fault(fault, FLT_ROTATE_SRC, c, pc, _mux_code(row, mux), 0)
+                                return executed
+                            src = ma_in if k == 0 else mb_in
+                            for l in range(16):
+                                tmp[l] = src[l]
+                            if mux <= 5:  # accumulators rotate across all 16 lanes
+                                for l in range(16):
+                                    src[l] = tmp[(l - rot) & 15]
+                            else:  # a register-file operand rotates within each quad
+                                for l in range(16):
+                                    src[l] = tmp[(l & 12) | ((l - rot) & 3)]
+                    # compute
+                    a_float = 0
+                    m_float = 0
+                    if aop != 0:
+                        a_float = _add_alu(aop, a_in, b_in, row[F_A_UNA], row[F_A_UNB], a_out, a_carry, c,
+                                           ist[c, I_QPU], ist[c, I_TFIELD], ist[c, I_LR], fa[c], fb[c], sb,
+                                           ta, tb)
+                        if a_float < 0:
+                            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_ADD_OP, 0)
+                            return executed
+                        if aop == A_TMUWT:
+                            cnt[c, C_TMUWT] += 1
+                        elif (A_RSQRT <= aop <= A_RSQRT2) or aop == A_RECIP:
+                            cnt[c, C_SFU] += 1
+                    if mop != 0:
+                        m_float = _mul_alu(mop, ma_in, mb_in, row[F_M_UNA], row[F_M_UNB], m_out, m_carry,
+                                           rtop[c], sb)
+                        if m_float < 0:
+                            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MUL_OP, 0)
+                            return executed
+                    # conditions read the flags from before this instruction's pushes/updates
+                    for l in range(16):
+                        fa_old[l] = fa[c, l]
+                        fb_old[l] = fb[c, l]
+                    if aop != 0 and (row[F_APF] != 0 or row[F_AUF] != 0):
+                        _flag_update(c, a_out, a_float, a_carry, row[F_APF], row[F_AUF], fa, fb, sb)
+                    if mop != 0 and (row[F_MPF] != 0 or row[F_MUF] != 0):
+                        _flag_update(c, m_out, m_float, m_carry, row[F_MPF], row[F_MUF], fa, fb, sb)
+                    # writes use the old flags: swap them in for the duration
+                    for l in range(16):
+                        tb[l] = fa[c, l]
+                        ta[l] = fb[c, l]
+                        fa[c, l] = fa_old[l]
+                        fb[c, l] = fb_old[l]
+                    if aop != 0:
+                        _write(c, pc, row[F_A_WADDR], row[F_A_MAGIC] != 0, a_out, row[F_AC], row[F_A_PACK],
+                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, curw)
+                    if mop != 0 and fault[0] == 0:
+                        _write(c, pc, row[F_M_WADDR], row[F_M_MAGIC] != 0, m_out, row[F_MC], row[F_M_PACK],
+                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, curw)
+                    for l in range(16):
+                        fa[c, l] = tb[l]
+                        fb[c, l] = ta[l]
+                    if fault[0] != 0:
+                        return executed
+                    # signals that load a value
+                    if (sigb & S_LDUNIF) != 0:
+                        v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
+                        if fault[0] != 0:
+                            return executed
+                        for l in range(16):
+                            acc[c, 5, l] = v
+                        _note_write(curw, 5)
+                    if (sigb & S_LDUNIFA) != 0:
+                        v = _read_unif(c, I_UNIFA, ist, mem8, mem32, disp, fault, cnt, pc)
+                        if fault[0] != 0:
+                            return executed
+                        for l in range(16):
+                            acc[c, 5, l] = v
+                        _note_write(curw, 5)
+                    if (sigb & (S_LDUNIFRF | S_LDUNIFARF | S_LDTMU)) != 0:
+                        if (sigb & S_LDTMU) != 0:
+                            if ist[c, I_FIFO_N] == 0:
+                                _fault(fault, FLT_LDTMU_EMPTY, c, pc, 0, 0)
+                                return executed
+                            h = ist[c, I_FIFO_HEAD]
+                            for l in range(16):
+                                sig_val[l] = fifo[c, h, l]
+                            ist[c, I_FIFO_HEAD] = (h + 1) % FIFO_MAX
+                            ist[c, I_FIFO_N] -= 1
+                            cnt[c, C_LDTMU] += 1
+                        else:
+                            col = I_UNIF if (sigb & S_LDUNIFRF) != 0 else I_UNIFA
+                            v = _read_unif(c, col, ist, mem8, mem32, disp, fault, cnt, pc)
+                            if fault[0] != 0:
+                                return executed
+                            for l in range(16):
+                                sig_val[l] = v
+                        _write(c, pc, row[F_SIG_ADDR], row[F_SIG_MAGIC] != 0, sig_val, 0, 0, acc, rf, fa, fb,
+                               ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, curw)
+                        if fault[0] != 0:
+                            return executed
+                # ---------------- end of instruction: delay slots, switches ----------------
+                ist[c, I_ICOUNT] = ic + 1
+                cnt[c, C_INSTR] += 1
+                n += 1
+                ist[c, I_PREVW0] = curw[0]
+                ist[c, I_PREVW1] = curw[1]
+                ist[c, I_PREVW2] = curw[2]
+                nxt = pc + 1
+                if ist[c, I_BR_LEFT] > 0:
+                    ist[c, I_BR_LEFT] -= 1
+                    if ist[c, I_BR_LEFT] == 0:
+                        nxt = ist[c, I_BR_TARGET]
+                        if ist[c, I_BR_UNIF] >= 0:
+                            ist[c, I_UNIF] = ist[c, I_BR_UNIF]
+                            ist[c, I_BR_UNIF] = -1
+                ist[c, I_PC] = nxt
+                yielded = False
+                if ist[c, I_SW_LEFT] > 0:
+                    ist[c, I_SW_LEFT] -= 1
+                    if ist[c, I_SW_LEFT] == 0:
+                        _finish_switch(c, ist, cnt, bar, disp, fa)
+                        yielded = True
+                        if ist[c, I_SW_CHAIN] != 0:
+                            ist[c, I_SW_CHAIN] = 0
+                            ist[c, I_SW_LEFT] = 2
+                            ist[c, I_SW_END] = ist[c, I_FINAL]
+                            ist[c, I_SW_LAST] = 0
+                if ist[c, I_STATUS] == ST_RUN and ist[c, I_BAR_PENDING] != 0 and ist[c, I_SW_LEFT] == 0:
+                    _arrive_barrier(c, ist, bar, disp)
+                    yielded = True
+                if ist[c, I_STATUS] == ST_DONE:
+                    # the slot takes the next batch waiting for a QPU thread
+                    if disp[D_NEXT] < disp[D_NBATCH]:
+                        start_batch(c, disp[D_NEXT], acc, rf, fa, fb, ist, tmud, fifo, rtop, disp)
+                        disp[D_NEXT] += 1
+                    yielded = True
+                if yielded:
+                    break
+            executed += n
+            if executed >= budget:
+                return executed
+        if not any_run:
+            waiting = 0
+            for k in range(CTX):
+                if ist[k, I_STATUS] == ST_WAIT:
+                    waiting += 1
+                    if fault[0] == 0:
+                        sg = ist[k, I_SG]
+                        group = min(disp[D_BPS], disp[D_NBATCH] - sg * disp[D_BPS])
+                        _fault(fault, FLT_BARRIER_DEADLOCK, k, ist[k, I_PC], bar[sg], group)
+            return executed

@@ -1,0 +1,446 @@
+"""An instruction-level emulator of the VideoCore VI QPUs (V3D 4.2) behind py-videocore6's Driver API.
+
+    from pimoe.qpu import EmuDriver
+    with EmuDriver(data_area_size=1 << 20) as drv:
+        code = drv.program(kernel, num_qpus=8)           # a @qpu kernel (+ its kwargs) or a list of words
+        x = drv.alloc((8, 16), dtype=np.float32)          # an ndarray living in the emulated GPU memory
+        unif = drv.alloc(2, dtype=np.uint32); unif[:] = [x.addresses()[0, 0], 8]
+        drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=8)
+        drv.last_counters.instructions.sum()             # what the dispatch did (EmuCounters)
+
+Memory is one byte buffer holding a code area then a data area, as py-videocore6 lays out its single
+buffer object; bus addresses start at `BUS_BASE`. `execute` pre-decodes the code area once (cached) and
+runs the compiled interpreter in pimoe.qpu.emu_core. The emulated machine: 8 QPUs; a dispatch of
+`thread` 16-lane batches puts batch b on QPU b % 8 as thread b // 8, with 1, 2 or 4 threads per QPU
+(1 if thread <= 8, 2 if <= 16, else 4, or `threads_per_qpu=`), each thread owning 64/threads registers
+of its QPU's register file; batches beyond 8 x threads wait for a thread to end. `tidx` reads
+qpu << 2 | thread, where thread counts in quarters of the register file (0 or 2 in 2-thread mode).
+Any fault stops the dispatch with a PimoeError naming the QPU, thread, PC and the disassembled
+instruction.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pimoe.errors import PimoeError
+from pimoe.qpu import emu_core as core
+from pimoe.qpu.emu_decode import N_FIELDS, DecodedProgram
+
+DEFAULT_CODE_AREA_SIZE = 1024 * 1024
+DEFAULT_DATA_AREA_SIZE = 32 * 1024 * 1024
+BUS_BASE = 0x10000000  # bus address of the first byte of emulated memory (address 0 faults)
+CHUNK_INSTRUCTIONS = 4_000_000  # the interpreter returns to python this often (timeout, progress)
+
+
+class DriverError(PimoeError):
+    """Misuse of the driver (closed, out of memory, bad dispatch parameters)."""
+
+
+class QPUFault(PimoeError):
+    """A kernel did something the hardware would not survive (or a hazard that breaks real kernels)."""
+
+
+class Array(np.ndarray):
+    """An ndarray living in the emulated GPU memory; `addresses()` gives each element's 32-bit bus address.
+
+    Views (slices, reshapes, transposes) know their own address; results that are copies (x + 1, x.copy())
+    are plain arrays in host memory and have no address.
+    """
+
+    def __new__(cls, *args, phyaddr: int, **kwargs):
+        obj = super().__new__(cls, *args, **kwargs)
+        buf = kwargs["buffer"]
+        obj._mem_lo = buf.__array_interface__["data"][0]  # host pointer of bus address BUS_BASE
+        obj._mem_hi = obj._mem_lo + buf.nbytes
+        obj.address = phyaddr
+        return obj
+
+    def __array_finalize__(self, obj) -> None:
+        lo = getattr(obj, "_mem_lo", None)
+        hi = getattr(obj, "_mem_hi", None)
+        self._mem_lo, self._mem_hi, self.address = lo, hi, None
+        if lo is not None:
+            ptr = self.__array_interface__["data"][0]
+            if lo <= ptr < hi:
+                self.address = BUS_BASE + ptr - lo
+
+    def addresses(self) -> np.ndarray:
+        """uint32 array of the same shape: the bus address of every element (strided views too)."""
+        if self.address is None:
+            raise DriverError("this array does not live in QPU memory (it was copied out of it)")
+        start = int(self.address)
+        if self.flags.c_contiguous:
+            return np.arange(start, start + self.nbytes, self.itemsize, dtype=np.uint64).astype(
+                np.uint32).reshape(self.shape)
+        addr = np.full(self.shape, start, dtype=np.int64)
+        for axis, (n, stride) in enumerate(zip(self.shape, self.strides)):
+            shape = [1] * self.ndim
+            shape[axis] = n
+            addr += (np.arange(n, dtype=np.int64) * stride).reshape(shape)
+        return addr.astype(np.uint32)
+
+
+@dataclass
+class EmuCounters:
+    """What one `execute` did. Per-thread arrays are [8 QPUs, 4 thread slots] (summed over the batches a
+    slot ran); the scalar totals are sums over them. This is the timing model's input."""
+
+    threads_per_qpu: int
+    batches: int
+    wall_seconds: float
+    per_thread: dict[str, np.ndarray] = field(repr=False)
+
+    @property
+    def instructions(self) -> np.ndarray:
+        return self.per_thread["instructions"]
+
+    @property
+    def total_instructions(self) -> int:
+        return int(self.per_thread["instructions"].sum())
+
+    def total(self, name: str) -> int:
+        return int(self.per_thread[name].sum())
+
+    def __getattr__(self, name: str):
+        per = self.__dict__.get("per_thread")
+        if per is not None and name in per:
+            return int(per[name].sum())
+        raise AttributeError(name)
+
+    def as_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {name: int(v.sum()) for name, v in self.per_thread.items()}
+        d["instructions_per_qpu"] = self.per_thread["instructions"].sum(axis=1).tolist()
+        d.update(threads_per_qpu=self.threads_per_qpu, batches=self.batches, wall_seconds=self.wall_seconds)
+        return d
+
+
+_FAULT_TEXT = {
+    core.FLT_INVALID_WORD: "invalid instruction word",
+    core.FLT_PC_RANGE: "program counter left the code area (ran off the end of the program, or a missing "
+                       "program-end thrsw)",
+    core.FLT_MEM_RANGE: "memory access outside the driver's memory",
+    core.FLT_MEM_ALIGN: "misaligned memory access",
+    core.FLT_R4_TOO_SOON: "r4 read too soon after an SFU write (the result arrives 2 instructions later)",
+    core.FLT_MULTI_UNIT: "more than one of TMU write / SFU write / barrier / ldtmu in one instruction",
+    core.FLT_ROTATE_SRC: "rotate source (or the r5 rotate amount) written by the previous instruction",
+    core.FLT_UNIFA_TOO_SOON: "ldunifa less than 3 instructions after the write to unifa",
+    core.FLT_THRSW_IN_BRANCH: "thrsw in a branch delay slot",
+    core.FLT_BRANCH_IN_BRANCH: "branch in a branch delay slot",
+    core.FLT_SFU_IN_THRSW: "SFU write in a thrsw delay slot (the result would land in the other thread)",
+    core.FLT_THRSW_TOO_CLOSE: "thrsw in the delay slots of another thrsw",
+    core.FLT_LDTMU_EMPTY: "ldtmu with no TMU load outstanding (the hardware would hang)",
+    core.FLT_FIFO_OVERFLOW: "too many TMU load results outstanding for this thread's FIFO (16 / threads "
+                            "entries; the hardware would stall forever)",
+    core.FLT_TMUD_OVERFLOW: "more than 4 tmud writes before the address",
+    core.FLT_UNSUPPORTED: "not modelled by the emulator",
+    core.FLT_REG_RANGE: "register outside this thread's part of the register file",
+    core.FLT_BARRIER_DEADLOCK: "barrier deadlock: not every thread of the supergroup can reach the barrier",
+    core.FLT_BUDGET: "instruction budget exhausted (runaway program?)",
+    core.FLT_ROTATE_MUX: "rotate with a register-file operand read through raddr_b (which holds the amount)",
+    core.FLT_BRANCH_TARGET: "branch target outside the code area or not 8-byte aligned",
+    core.FLT_R4_WRITE_TOO_SOON: "r4 written too soon after an SFU write",
+    core.FLT_SFU_TOO_SOON: "SFU write too soon after another SFU write",
+    core.FLT_BRANCH_IN_THRSW: "branch in a thrsw delay slot",
+    core.FLT_TWO_LAST_THRSW: "second last-thrsw marker (two thrsw pairs)",
+}
+_UNSUPPORTED_TEXT = {core.UNS_ADD_OP: "add-ALU op", core.UNS_MUL_OP: "mul-ALU op", core.UNS_SIGNAL: "signal",
+                     core.UNS_MAGIC: "magic write address", core.UNS_TMU_CONFIG: "TMU config word",
+                     core.UNS_BRANCH: "uniform branch destination"}
+
+
+def _auto_threads_per_qpu(batches: int) -> int:
+    return 1 if batches <= core.N_QPUS else (2 if batches <= 2 * core.N_QPUS else 4)
+
+
+class Dispatcher:
+    """py-videocore6's compute_shader_dispatcher(): dispatches run one after another."""
+
+    def __init__(self, drv: "EmuDriver", timeout_sec: float):
+        self._drv, self._timeout = drv, timeout_sec
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def dispatch(self, code, local_invocation=None, uniforms=None, workgroup=(1, 1, 1), wgs_per_sg=16,
+                 thread=1, **kwargs):
+        return self._drv.execute(code, local_invocation, uniforms, timeout_sec=self._timeout, workgroup=workgroup,
+                                 wgs_per_sg=wgs_per_sg, thread=thread, **kwargs)
+
+
+class EmuDriver:
+    """py-videocore6's Driver, emulated: alloc / program / execute over an in-process QPU model."""
+
+    def __init__(self, *, code_area_size: int = DEFAULT_CODE_AREA_SIZE, data_area_size: int = DEFAULT_DATA_AREA_SIZE,
+                 check_registers: bool = True):
+        if code_area_size <= 0 or code_area_size % 8 or data_area_size < 0:
+            raise DriverError(f"code_area_size {code_area_size} must be a positive multiple of 8 and "
+                              f"data_area_size {data_area_size} non-negative")
+        self.code_area_size = int(code_area_size)
+        self.data_area_size = int(data_area_size)
+        total = self.code_area_size + self.data_area_size
+        total = (total + 3) // 4 * 4
+        if BUS_BASE + total > 1 << 32:
+            raise DriverError(f"{total} bytes of QPU memory do not fit the 32-bit bus address space")
+        self.code_area_base = 0
+        self.data_area_base = self.code_area_size
+        self.code_pos = self.code_area_base
+        self.data_pos = self.data_area_base
+        self.check_registers = check_registers
+        self.memory = np.zeros(total, dtype=np.uint8)
+        self._mem32 = self.memory.view(np.uint32)
+        self._blocks: list[tuple[int, DecodedProgram]] = []  # (word offset, decoded block)
+        self.last_counters: EmuCounters | None = None
+        self._closed = False
+
+    # ---- py-videocore6 API ---------------------------------------------------------------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        return False
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DriverError("the driver is closed")
+
+    def alloc(self, *args, **kwargs) -> Array:
+        """Allocate an Array in the data area (same arguments as np.ndarray(shape, dtype))."""
+        self._check_open()
+        offset = self.data_pos
+        arr = Array(*args, phyaddr=BUS_BASE + offset, buffer=self.memory, offset=offset, **kwargs)
+        if self.data_pos + arr.nbytes > self.data_area_base + self.data_area_size:
+            raise DriverError(f"data area too small: {arr.nbytes} more bytes requested, "
+                              f"{self.data_area_base + self.data_area_size - self.data_pos} left "
+                              f"(EmuDriver(data_area_size=...))")
+        self.data_pos += arr.nbytes
+        return arr
+
+    def program(self, prog, *args, **kwargs) -> Array:
+        """Assemble a @qpu kernel (with its arguments) or take a list of 64-bit words; place it in the
+        code area and return it as an Array of uint64 (its addresses() give the code address)."""
+        self._check_open()
+        if callable(prog):
+            from pimoe.qpu.asm import assemble
+
+            words = assemble(prog, *args, **kwargs)
+        elif isinstance(prog, (list, tuple, np.ndarray)):
+            words = [int(w) for w in prog]
+        else:
+            raise DriverError(f"program() takes a @qpu kernel or a list of words, not {type(prog).__name__}")
+        if not words:
+            raise DriverError("program() got an empty program")
+        for i, w in enumerate(words):
+            if not 0 <= w < 1 << 64:
+                raise DriverError(f"program word {i} ({w!r}) is not a 64-bit unsigned value")
+        offset = self.code_pos
+        n = len(words)
+        if offset + 8 * n > self.code_area_base + self.code_area_size:
+            raise DriverError(f"code area too small for {n} more instructions (EmuDriver(code_area_size=...))")
+        code = Array(shape=n, dtype=np.uint64, phyaddr=BUS_BASE + offset, buffer=self.memory, offset=offset)
+        code[:] = np.array(words, dtype=np.uint64)
+        self.code_pos += 8 * n
+        self._blocks.append((offset // 8, DecodedProgram(np.asarray(code))))
+        return code
+
+    def dump_code(self, code, *, file=sys.stdout) -> None:
+        for w in code:
+            print(f"{int(w):#018x}", file=file)
+
+    def dump_program(self, prog, *args, file=sys.stdout, **kwargs) -> None:
+        from pimoe.qpu.asm import assemble
+
+        self.dump_code(assemble(prog, *args, **kwargs), file=file)
+
+    def compute_shader_dispatcher(self, timeout_sec: float = 10) -> Dispatcher:
+        self._check_open()
+        return Dispatcher(self, timeout_sec)
+
+    def execute(self, code, local_invocation=None, uniforms=None, timeout_sec: float = 10,
+                workgroup=(1, 1, 1), wgs_per_sg: int = 16, thread: int = 1, propagate_nan: bool = False,
+                single_seg: bool = False, threading: bool = False, *, threads_per_qpu: int | None = None,
+                max_instructions: int | None = None, progress: bool = True) -> EmuCounters:
+        """Run `thread` 16-lane batches of `code` to completion; returns (and keeps in last_counters) the
+        EmuCounters. Extensions over py-videocore6: threads_per_qpu (1/2/4), max_instructions."""
+        self._check_open()
+        if isinstance(local_invocation, (int, np.integer)) and uniforms is None:
+            # the older py-videocore6 signature: execute(code, uniforms, ...)
+            local_invocation, uniforms = None, int(local_invocation)
+        local = (16, 1, 1) if local_invocation is None else tuple(int(v) for v in local_invocation)
+        wg = tuple(int(v) for v in workgroup)
+        if len(local) != 3 or len(wg) != 3 or min(local) < 1 or min(wg) < 1:
+            raise DriverError(f"local_invocation {local_invocation} and workgroup {workgroup} must be 3 "
+                              f"positive sizes")
+        thread = int(thread)
+        if thread < 1:
+            raise DriverError(f"thread={thread}: need at least one batch")
+        mode = int(threads_per_qpu) if threads_per_qpu is not None else _auto_threads_per_qpu(thread)
+        if mode not in (1, 2, 4):
+            raise DriverError(f"threads_per_qpu={threads_per_qpu}: the QPU runs 1, 2 or 4 threads")
+        entry = self._entry_index(code)
+        table, errors = self._decoded_table()
+        wg_size = local[0] * local[1] * local[2]
+        bps = max(1, -(-int(wgs_per_sg) * wg_size // 16))
+        pow2 = max(1 << (wg_size - 1).bit_length(), 64)
+        iid_shift = max(0, 16 - int(math.log2(pow2)))
+
+        disp = np.zeros(core.N_DISP, dtype=np.int64)
+        disp[core.D_ENTRY] = entry
+        disp[core.D_UNIF] = 0 if uniforms is None else int(uniforms) & 0xFFFFFFFF
+        disp[core.D_NBATCH] = thread
+        disp[core.D_MODE] = mode
+        disp[core.D_WGX], disp[core.D_WGY], disp[core.D_WGZ] = wg
+        disp[core.D_WGSIZE] = wg_size
+        disp[core.D_WGS_PER_SG] = int(wgs_per_sg)
+        disp[core.D_BPS] = bps
+        disp[core.D_NCODE] = len(table)
+        disp[core.D_SINGLE_SEG] = int(bool(single_seg))
+        disp[core.D_REGCHECK] = int(self.check_registers)
+        disp[core.D_CODE_BASE] = BUS_BASE + self.code_area_base
+        disp[core.D_MEM_BASE] = BUS_BASE
+        disp[core.D_SLICE] = 4096
+        disp[core.D_IID_SHIFT] = iid_shift
+
+        acc = np.zeros((core.CTX, 6, 16), dtype=np.uint32)
+        rf = np.zeros((core.N_QPUS, 64, 16), dtype=np.uint32)
+        fa = np.zeros((core.CTX, 16), dtype=np.uint8)
+        fb = np.zeros((core.CTX, 16), dtype=np.uint8)
+        ist = np.zeros((core.CTX, core.N_IST), dtype=np.int64)
+        cnt = np.zeros((core.CTX, core.N_CNT), dtype=np.int64)
+        tmud = np.zeros((core.CTX, 4, 16), dtype=np.uint32)
+        fifo = np.zeros((core.CTX, core.FIFO_MAX, 16), dtype=np.uint32)
+        rtop = np.zeros((core.CTX, 16), dtype=np.uint32)
+        bar = np.zeros(max(1, -(-thread // bps)), dtype=np.int64)
+        fault = np.zeros(8, dtype=np.int64)
+        resident = min(thread, core.N_QPUS * mode)
+        for b in range(resident):
+            c = (b % core.N_QPUS) * core.SLOTS + b // core.N_QPUS
+            core.start_batch(c, b, acc, rf, fa, fb, ist, tmud, fifo, rtop, disp)
+        disp[core.D_NEXT] = resident
+
+        budget = int(max_instructions) if max_instructions is not None else 1 << 62
+        start = time.monotonic()
+        executed = 0
+        bar_ui = None
+        try:
+            while True:
+                chunk = min(CHUNK_INSTRUCTIONS, budget - executed)
+                executed += core.run(table, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, self.memory,
+                                     self._mem32, disp, bar, fault, chunk)
+                if fault[0] != 0:
+                    break
+                if not np.any((ist[:, core.I_STATUS] == core.ST_RUN) | (ist[:, core.I_STATUS] == core.ST_WAIT)):
+                    break
+                elapsed = time.monotonic() - start
+                if executed >= budget:
+                    fault[:5] = (core.FLT_BUDGET, self._running_ctx(ist), 0, budget, 0)
+                    fault[2] = ist[fault[1], core.I_PC]
+                    break
+                if elapsed > timeout_sec:
+                    raise QPUFault(self._fault_message(
+                        np.array([core.FLT_BUDGET, self._running_ctx(ist), ist[self._running_ctx(ist), core.I_PC],
+                                  executed, 0, 0, 0, 0]), ist, table, errors,
+                        extra=f"timeout: still running after {elapsed:.1f} s and {executed} instructions "
+                              f"(execute(timeout_sec=...))"))
+                if progress and elapsed > 2.0 and bar_ui is None:
+                    from tqdm import tqdm
+
+                    bar_ui = tqdm(desc="emulating QPU instructions", unit=" instr", unit_scale=True,
+                                  initial=executed, file=sys.stderr)
+                elif bar_ui is not None:
+                    bar_ui.update(executed - bar_ui.n)
+        finally:
+            if bar_ui is not None:
+                bar_ui.close()
+        wall = time.monotonic() - start
+        per_thread = {name: cnt[:, i].reshape(core.N_QPUS, core.SLOTS).copy()
+                      for i, name in enumerate(core.COUNTER_NAMES)}
+        self.last_counters = EmuCounters(threads_per_qpu=mode, batches=thread, wall_seconds=wall,
+                                         per_thread=per_thread)
+        if fault[0] != 0:
+            raise QPUFault(self._fault_message(fault, ist, table, errors))
+        return self.last_counters
+
+    # ---- internals ------------------------------------------------------------------------------------
+    def _entry_index(self, code) -> int:
+        addr = getattr(code, "address", None)
+        if addr is None:
+            addr = int(np.asarray(code.addresses()).reshape(-1)[0])
+        rel = int(addr) - (BUS_BASE + self.code_area_base)
+        if rel < 0 or rel % 8 or rel >= self.code_pos:
+            raise DriverError(f"code at address 0x{int(addr):08x} is not a program of this driver")
+        return rel // 8
+
+    def _decoded_table(self) -> tuple[np.ndarray, dict[int, str]]:
+        """The decoded code area (re-decoding a block whose words the host changed since program())."""
+        n = self.code_pos // 8
+        table = np.zeros((n, N_FIELDS), dtype=np.int32)
+        table[:, 0] = 2  # gaps decode as invalid
+        errors: dict[int, str] = {}
+        words = self.memory[: self.code_pos].view(np.uint64)
+        for k, (start, block) in enumerate(self._blocks):
+            cur = words[start: start + len(block.words)]
+            if not np.array_equal(cur, block.words):
+                block = DecodedProgram(cur)
+                self._blocks[k] = (start, block)
+            table[start: start + len(block.words)] = block.table
+            for i, e in block.errors.items():
+                errors[start + i] = e
+        return table, errors
+
+    @staticmethod
+    def _running_ctx(ist) -> int:
+        running = np.nonzero(ist[:, core.I_STATUS] == core.ST_RUN)[0]
+        return int(running[0]) if len(running) else 0
+
+    def _fault_message(self, fault, ist, table, errors, extra: str | None = None) -> str:
+        from pimoe.qpu.disasm import disassemble_word
+
+        code, c, pc, a1, a2 = (int(v) for v in fault[:5])
+        qpu, slot = divmod(c, core.SLOTS)
+        batch = int(ist[c, core.I_BATCH])
+        words = self.memory[: self.code_pos].view(np.uint64)
+        where = f"QPU {qpu} thread {slot} (batch {batch}), PC {pc}"
+        if 0 <= pc < len(words):
+            word = int(words[pc])
+            try:
+                text = disassemble_word(word)
+            except Exception as exc:  # an invalid word: say why it does not decode
+                text = errors.get(pc, str(exc))
+            where += f" (address 0x{BUS_BASE + 8 * pc:08x}, word 0x{word:016x}: {text})"
+        what = extra or _FAULT_TEXT.get(code, f"fault {code}")
+        if code == core.FLT_MEM_RANGE:
+            what += f": address 0x{a1 & 0xFFFFFFFF:08x} in lane {a2}; memory is 0x{BUS_BASE:08x}.." \
+                    f"0x{BUS_BASE + len(self.memory):08x}"
+        elif code == core.FLT_MEM_ALIGN:
+            what += f": address 0x{a1 & 0xFFFFFFFF:08x} is not {a2}-byte aligned"
+        elif code == core.FLT_UNSUPPORTED:
+            what = f"{_UNSUPPORTED_TEXT.get(a1, '?')} {'' if a1 != core.UNS_MAGIC else a2} " + what
+            if a1 == core.UNS_TMU_CONFIG:
+                what += f" (config 0x{a2 & 0xFFFFFFFF:08x}: only per-pixel plain loads/stores)"
+        elif code == core.FLT_REG_RANGE:
+            what += f": rf{a1}, but in {ist[c, core.I_NREGS] and 64 // int(ist[c, core.I_NREGS])}-thread mode " \
+                    f"a thread has rf0..rf{a2 - 1}"
+        elif code == core.FLT_BARRIER_DEADLOCK:
+            what += f" ({a1} of {a2} threads arrived; the rest cannot run: too few thread slots, or they ended)"
+        elif code == core.FLT_BUDGET and extra is None:
+            what += f" after {a1} instructions"
+        elif code == core.FLT_BRANCH_TARGET:
+            what += f": 0x{a1 & 0xFFFFFFFF:08x}"
+        elif code == core.FLT_INVALID_WORD:
+            what += f": {errors.get(pc, '')}"
+        elif code == core.FLT_FIFO_OVERFLOW:
+            what += f" ({a1} > {a2})"
+        return f"QPU fault at {where}: {what}"
