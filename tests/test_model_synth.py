@@ -1,0 +1,67 @@
+"""pimoe.synth.make_model: shapes, types, determinism, and errors for impossible requests."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+
+from pimoe.errors import PimoeError
+from pimoe.gguf_file import GGUFFile
+from pimoe.synth import make_model
+
+
+def test_same_seed_same_file_other_seed_other_weights(tmp_path):
+    a = make_model(tmp_path / "a.gguf", arch="olmoe", qtype="Q5_1", seed=3)
+    b = make_model(tmp_path / "b.gguf", arch="olmoe", qtype="Q5_1", seed=3)
+    c = make_model(tmp_path / "c.gguf", arch="olmoe", qtype="Q5_1", seed=4)
+    assert a.read_bytes() == b.read_bytes()
+    fa, fc = GGUFFile(a), GGUFFile(c)
+    assert not np.array_equal(fa.tensors["blk.0.attn_q.weight"].data, fc.tensors["blk.0.attn_q.weight"].data)
+
+
+@pytest.mark.parametrize("qtype, hidden", [("Q4_0", 64), ("Q4_K", 256), ("BF16", 64)])
+def test_tiny_preset_fits_the_block_size(tmp_path, qtype, hidden):
+    f = GGUFFile(make_model(tmp_path / "m.gguf", qtype=qtype))
+    assert f.config.hidden == hidden
+    assert f.tensors["blk.1.ffn_down_exps.weight"].qtype.name == qtype
+    assert f.tensors["blk.1.ffn_gate_inp.weight"].qtype.name == "F32"       # the router stays F32
+    assert f.tensors["blk.1.ffn_norm.weight"].qtype.name == "F32"
+
+
+def test_weights_have_the_intended_scale(tmp_path):
+    # std 1/sqrt(fan_in) keeps activations O(1) through the layers (so logits comparisons mean something)
+    f = GGUFFile(make_model(tmp_path / "m.gguf", qtype="Q6_K"))
+    w = f.tensors["blk.0.ffn_up_exps.weight"][0].dequantize()          # [ff, hidden=256]
+    assert 0.5 / 16 < w.std() < 2 / 16
+
+
+def test_qwen2moe_has_shared_expert_and_qkv_biases(tmp_path):
+    f = GGUFFile(make_model(tmp_path / "m.gguf", arch="qwen2moe"))
+    for name in ("ffn_gate_inp_shexp", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp", "attn_q.bias"):
+        assert f"blk.0.{name}.weight" in f.tensors or f"blk.0.{name}" in f.tensors
+    assert f.config.shared_ff == 128 and f.tensors["blk.0.ffn_gate_inp_shexp.weight"].shape == (64,)
+
+
+def test_real_preset_with_few_layers(tmp_path):
+    f = GGUFFile(make_model(tmp_path / "o.gguf", preset="olmoe-1b-7b", qtype="Q8_0", n_layers=1, empty=True))
+    c = f.config
+    assert (c.arch, c.n_layers, c.hidden, c.n_heads, c.n_experts, c.n_experts_used, c.expert_ff, c.vocab_size) == \
+        ("olmoe", 1, 2048, 16, 64, 8, 1024, 50304)
+
+
+def test_errors(tmp_path):
+    with pytest.raises(PimoeError, match="unknown preset 'huge'"):
+        make_model(tmp_path / "x.gguf", preset="huge")
+    with pytest.raises(PimoeError, match="unknown architecture 'gpt2'"):
+        make_model(tmp_path / "x.gguf", arch="gpt2")
+    with pytest.raises(PimoeError, match="unknown weight type 'Q9_9'"):
+        make_model(tmp_path / "x.gguf", qtype="Q9_9")
+    with pytest.raises(PimoeError, match="IQ2_XS"):
+        make_model(tmp_path / "x.gguf", qtype=gguf.GGMLQuantizationType.IQ2_XS)
+    with pytest.raises(PimoeError, match="preset 'olmoe-1b-7b' is a olmoe model"):
+        make_model(tmp_path / "x.gguf", arch="qwen3moe", preset="olmoe-1b-7b")
+    with pytest.raises(PimoeError, match="do not fit Q4_K blocks of 256"):
+        make_model(tmp_path / "x.gguf", qtype="Q4_K", hidden=128)
+    with pytest.raises(PimoeError, match="unknown model shape field"):
+        make_model(tmp_path / "x.gguf", hiden=128)
