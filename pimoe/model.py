@@ -187,6 +187,12 @@ class Model:
         self.file = gguf_file
         cfg = self.config = gguf_file.config
         f = gguf_file
+        # tensors that would change the computation in ways pimoe does not implement: refuse, not ignore
+        for name, why in (("rope_freqs.weight", "per-frequency RoPE factors (llama3-style rope scaling)"),
+                          ("blk.0.attn_qkv.weight", "a fused QKV projection"),
+                          ("blk.0.exp_probs_b.bias", "an expert selection bias")):
+            if f.has(name):
+                raise PimoeError(f"{f.path}: tensor '{name}' means {why}, which pimoe does not implement")
         self.token_embd = f.tensor("token_embd.weight", (cfg.vocab_size, cfg.hidden))
         self.output_norm = _vector(f, "output_norm.weight", cfg.hidden)
         if f.has("output.weight") or not cfg.spec.tied_output:

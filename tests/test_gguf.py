@@ -14,11 +14,12 @@ from pimoe.model import load_model
 from pimoe.synth import make_model
 
 
-def rewrite(src, dst, arch=None, drop=(), set_md=None, drop_md=(), retype=None):
+def rewrite(src, dst, arch=None, drop=(), set_md=None, drop_md=(), retype=None, add=None):
     """Copy a GGUF file through gguf.GGUFReader/GGUFWriter with changes (to make broken files).
 
     arch: new general.architecture; drop: tensor names to leave out; set_md: {key: (value, GGUFValueType)};
-    drop_md: keys to leave out; retype: {tensor: GGMLQuantizationType} -- data replaced by zero blocks.
+    drop_md: keys to leave out; retype: {tensor: GGMLQuantizationType} -- data replaced by zero blocks;
+    add: {tensor: f32 array} extra tensors.
     """
     r = gguf.GGUFReader(src)
     w = gguf.GGUFWriter(dst, arch or r.fields["general.architecture"].contents())
@@ -40,6 +41,8 @@ def rewrite(src, dst, arch=None, drop=(), set_md=None, drop_md=(), retype=None):
         if qtype != t.tensor_type:
             raw = np.zeros(int(np.prod(shape)) // block * size, np.uint8)
         w.add_tensor(t.name, raw.reshape(*shape[:-1], -1), raw_dtype=qtype)
+    for name, array in (add or {}).items():
+        w.add_tensor(name, np.asarray(array, np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -184,3 +187,10 @@ def test_real_size_qwen3_30b_a3b_opens_without_reading_weights(tmp_path):
     assert 30.4e9 < s["total_params"] < 30.6e9
     assert 2.9e9 < s["active_params"] < 3.4e9
     assert s["tensor_types"]["Q4_K"] == 48 * 7 + 2
+
+
+def test_tensors_pimoe_cannot_honour_are_refused(tiny, tmp_path):
+    # llama3-style RoPE frequency factors would change every attention score: refuse, do not ignore
+    p = rewrite(tiny, tmp_path / "rf.gguf", add={"rope_freqs.weight": np.ones(8)})
+    with pytest.raises(PimoeError, match="rope_freqs.weight.*RoPE"):
+        load_model(p)
