@@ -66,14 +66,21 @@ class Where:
     def __init__(self, filename: str, lineno: int, function: str):
         self.filename, self.lineno, self.function = filename, lineno, function
 
+    _internal: dict[str, bool] = {}  # co_filename -> belongs to this module (abspath is slow: cache it)
+
     @classmethod
     def here(cls) -> "Where":
         frame = sys._getframe(1)
+        internal = cls._internal
         while frame is not None:
-            fn = os.path.normcase(os.path.abspath(frame.f_code.co_filename))
-            if fn != _THIS_FILE and not frame.f_code.co_filename.startswith("<frozen"):
+            name = frame.f_code.co_filename
+            inside = internal.get(name)
+            if inside is None:
+                inside = internal[name] = (os.path.normcase(os.path.abspath(name)) == _THIS_FILE
+                                           or name.startswith("<frozen"))
+            if not inside:
                 # functools.partial frames are C, so the first foreign Python frame is the caller
-                return cls(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+                return cls(name, frame.f_lineno, frame.f_code.co_name)
             frame = frame.f_back
         return cls("?", 0, "?")
 
