@@ -629,3 +629,26 @@ def test_bad_program_names_the_line(kernel, message):
     assert message in text
     assert f"test_qpu_asm.py:{_line_of(kernel)} in {kernel.__name__}()" in text
     assert "# <-" in text  # the offending source line itself is quoted
+
+
+def test_words_from_field_arithmetic():
+    """Two words built by hand from the field layout (FACTS.md / Mesa qpu_pack.c), independent of isa.py."""
+    @qpu
+    def k(asm):
+        L.top
+        mov(tmua, rf1).add(rf1, rf1, rf4)
+        nop()
+        b(R.top, cond="na0")
+    w = assemble(k)
+    dual = ((1 << 58)                     # mul op 1: add
+            | (1 << 44) | (12 << 32)      # add ALU writes magic 12 (tmua)
+            | (1 << 38)                   # mul ALU writes rf1 (no magic bit)
+            | (182 << 24)                 # add op 182: or (py-videocore6's mov is `bor dst, src, src`)
+            | (7 << 21) | (6 << 18)       # mul muxes: b = raddr_b (rf4), a = raddr_a (rf1)
+            | (6 << 15) | (6 << 12)       # add muxes: both raddr_a (rf1)
+            | (1 << 6) | 4)               # raddr_a = 1, raddr_b = 4
+    assert w[0] == dual == 0x0400104CB6FB6044
+    offset = ((0 - 2 - 4) * 8) & 0xFFFFFFFF  # target = branch + 4 instructions + offset
+    branch = ((0b10 << 56) | (((offset & 0xFFFFFF) >> 3) << 35) | (3 << 32) | ((offset >> 24) << 24)
+              | (1 << 15) | (1 << 12))  # cond na0 = 3; bdu = 1 as py-videocore6 writes it; bdi = 1 (relative)
+    assert w[2] == branch
