@@ -19,6 +19,7 @@ from pimoe.errors import PimoeError
 # subcommand name -> module under pimoe.commands (add a line when a command lands)
 COMMANDS: dict[str, str] = {
     "run": "run", "info": "info", "make-model": "make_model",
+    "disasm": "disasm",
 }
 
 
