@@ -652,3 +652,45 @@ def test_words_from_field_arithmetic():
     branch = ((0b10 << 56) | (((offset & 0xFFFFFF) >> 3) << 35) | (3 << 32) | ((offset >> 24) << 24)
               | (1 << 15) | (1 << 12))  # cond na0 = 3; bdu = 1 as py-videocore6 writes it; bdi = 1 (relative)
     assert w[2] == branch
+
+
+def test_condition_combinations_cond_field():
+    """Dual-issue conditions from py-videocore6's tests/test_condition_codes.py; the 7-bit cond field
+    (bits 52:46) as Mesa's v3d_qpu_flags_pack lays it out: AC|MPF = 0b01 cc pp, MC|APF = 0b011 cc pp,
+    MC|AC = 0b1 mm aa, MC|AUF = 0b1 mm uuuu (conds ifa..ifnb = 0..3, push 1..3, updates 4..15)."""
+    @qpu
+    def k(asm):
+        mov(r0, 5, cond="ifa").sub(r3, r0, 5, cond="pushn")
+        sub(null, r0, 5, cond="pushn").mov(r0, 5, cond="ifa")
+        mov(r0, 0, cond="ifna").mov(r3, 0, cond="ifna")
+        sub(null, r0, 5, cond="andn").mov(r3, 5, cond="ifa")
+        band(null, r0, 2, cond="pushz")
+        nop().mov(r0, 1, cond="ifb")
+        sub(null, r0, 1, cond="norc")
+    cond = [(w >> 46) & 0x7F for w in assemble(k)]
+    assert cond == [(1 << 5) | (0 << 2) | 2, (3 << 4) | (0 << 2) | 2, (1 << 6) | (2 << 4) | 2,
+                    (1 << 6) | (0 << 4) | 8, 1, (3 << 4) | (1 << 2), 15]
+
+
+def test_unifa_and_sfu_kernels():
+    # shapes of py-videocore6's tests/test_unifa.py and tests/test_sfu.py
+    @qpu
+    def k(asm):
+        mov(unifa, rf1)
+        nop()
+        nop()
+        L.l1
+        nop(sig=ldunifa)
+        mov(tmud, r5, sig=ldunifa)
+        b(R.l1, cond="always").unif_addr(rf1)
+        mov(recip, r1)
+        exp(rf2, r1)
+        mov(tmud, r4)
+    i = [decode(w) for w in assemble(k)]
+    assert (i[0].add.op, i[0].add.waddr, i[0].add.magic_write) == ("or", 9, True)  # unifa
+    assert i[3].sig.ldunifa and (i[3].word >> 53) & 0x1F == 24
+    assert i[4].sig.ldunifa and i[4].add.waddr == 11
+    br = i[5].branch
+    assert br.ub and br.bdu == "rf" and br.raddr_a == 1 and br.signed_offset == (3 - 5 - 4) * 8
+    assert i[6].add.waddr == 19 and i[6].add.magic_write  # the recip SFU register
+    assert i[7].add.op == "exp" and i[7].add.waddr == 2 and not i[7].add.magic_write
