@@ -530,7 +530,9 @@ class Instr:
         """For sig.rotate: the rotation amount of the mul ALU's accumulator inputs, in 0..15 (mod 16), or -1
         meaning "by r5". raddr_b 0 means r5, otherwise raddr_b is a small-immediate index (1..15, or 16..31 =
         -16..-1 taken mod 16), as py-videocore6 encodes `rotate(dst, src, n)`. The lane direction is defined
-        by the hardware tests in py-videocore6 (tests/test_signals.py); this field only gives the amount."""
+        by the hardware tests in py-videocore6 (tests/test_signals.py); this field only gives the amount.
+        py-videocore6 emits `rotate` with an accumulator source and `quad_rotate` with a register-file source
+        (mul mux A/B); both are `nop ; mov dst, src` with this signal."""
         if not self.sig.rotate:
             return None
         if self.raddr_b == 0:
