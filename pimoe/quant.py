@@ -4,6 +4,8 @@
     check_supported(qtype, where)  PimoeError for anything else, naming the tensor
     QTensor                        a (memory-mapped) tensor in its stored block format
     matmul(w, x)                   x @ w.T the way llama.cpp's CPU backend computes it
+    matmul_experts(w, x, ids)      the same for a batch of (expert, activation row) pairs, one call
+    matmul_reference(w, x)         the pure-numpy dequantize-then-matmul path the kernels are checked against
     from_float(name, a, qtype)     quantize an f32 array (synthetic models)
     random_qtensor(name, qtype, shape, rng, std)   valid random blocks of any supported type
 
@@ -15,6 +17,7 @@ order rather than to ~1e-2.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,9 +157,44 @@ def matmul_reference(w: QTensor, x: np.ndarray) -> np.ndarray:
     return y
 
 
+# "numba" (default): the fused kernels of pimoe.kernels.fused; "numpy": the reference path above.
+KERNELS = os.environ.get("PIMOE_KERNELS", "numba")
+
+
 def matmul(w: QTensor, x: np.ndarray) -> np.ndarray:
     """w 2-D [out, in]; x f32 [T, in] -> f32 [T, out], as llama.cpp's CPU backend computes x @ w.T."""
-    return matmul_reference(w, x)
+    x = _check_matmul(w, x)
+    if KERNELS == "numpy":
+        return matmul_reference(w, x)
+    from pimoe.kernels import dispatch
+
+    return dispatch.matmul(w.qtype, w.data, x)
+
+
+def matmul_experts(w: QTensor, x: np.ndarray, expert_ids) -> np.ndarray:
+    """w 3-D [experts, out, in]; x f32 [N, in]; expert_ids int [N] -> f32 [N, out], row i = w[ids[i]] @ x[i].
+
+    One parallel kernel call for all selected experts: each expert's rows are read once and applied
+    to every activation row routed to it (decode: k experts x 1 token; prompt: tokens grouped).
+    """
+    if len(w.shape) != 3:
+        raise PimoeError(f"matmul_experts: tensor '{w.name}' has shape {w.shape}; expected [experts, out, in]")
+    ids = np.asarray(expert_ids, dtype=np.int64).reshape(-1)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != w.shape[2] or x.shape[0] != ids.shape[0]:
+        raise PimoeError(f"matmul_experts: tensor '{w.name}' is {w.shape} but x has shape {x.shape} "
+                         f"and expert_ids {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= w.shape[0]):
+        raise PimoeError(f"matmul_experts: tensor '{w.name}' has {w.shape[0]} experts; ids out of range")
+    if KERNELS == "numpy":
+        out = np.empty((x.shape[0], w.shape[1]), np.float32)
+        for e in np.unique(ids):
+            sel = np.flatnonzero(ids == e)
+            out[sel] = matmul_reference(w[int(e)], x[sel])
+        return out
+    from pimoe.kernels import dispatch
+
+    return dispatch.matmul_experts(w.qtype, w.data, x, ids)
 
 
 def from_float(name: str, array, qtype) -> QTensor:

@@ -1,0 +1,118 @@
+"""Glue between QTensor-level calls and the numba kernels in fused.py.
+
+Prepares the activations the way ggml does for the weight type (once per call, shared by every
+weight row and expert), builds the expert-group work list, and passes arrays with fixed dtypes,
+layouts and read-only flags so numba compiles (and caches) one specialization per kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+
+from pimoe.kernels import actquant, fused
+
+INT_KIND = {
+    QT.Q8_0: fused.K_Q8_0, QT.Q4_0: fused.K_Q4_0, QT.Q5_0: fused.K_Q5_0,
+    QT.Q4_1: fused.K_Q4_1, QT.Q5_1: fused.K_Q5_1,
+    QT.Q2_K: fused.K_Q2_K, QT.Q3_K: fused.K_Q3_K, QT.Q4_K: fused.K_Q4_K,
+    QT.Q5_K: fused.K_Q5_K, QT.Q6_K: fused.K_Q6_K,
+}
+FLOAT_KIND = {QT.F32: fused.K_F32, QT.F16: fused.K_F16, QT.BF16: fused.K_BF16}
+FAST_TYPES = frozenset(INT_KIND) | frozenset(FLOAT_KIND)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    v = np.asarray(a)
+    if not v.flags.c_contiguous:
+        v = np.ascontiguousarray(v)
+    v = v.view()
+    v.flags.writeable = False
+    return v
+
+
+class PreparedActivations:
+    """x quantized for one vec_dot_type; reusable for every weight of that weight type (e.g. gate and up)."""
+
+    def __init__(self, x: np.ndarray, qtype: QT):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        self.n_rows, self.n = x.shape
+        vt = actquant.VEC_DOT_TYPE[qtype]
+        self.vec_dot_type = vt
+        T, n = x.shape
+        if vt in (QT.F32, QT.F16, QT.BF16):
+            if vt == QT.F32:
+                self.xf = x
+            elif vt == QT.F16:
+                self.xf = x.astype(np.float16).astype(np.float32)
+            else:
+                self.xf = actquant.round_bf16(x)
+            return
+        self.xq = np.empty((T, n), np.int8)
+        if vt in (QT.Q8_0, QT.Q8_1):
+            self.block = 32
+            d = np.empty((T, n // 32), np.float32)
+            s = np.empty((T, n // 32), np.float32)
+            fused.quantize_rows_q8_0(x, self.xq, d, s)
+            self.xd = d.astype(np.float16).astype(np.float32)  # ggml stores d as f16
+            # Q8_1's s = f16(d_f32 * sum(q)); unused for Q8_0
+            self.xs = (d * s).astype(np.float16).astype(np.float32) if vt == QT.Q8_1 else s
+            self.xbs = np.zeros((T, 1), np.int16)
+        else:
+            self.block = 256
+            self.xd = np.empty((T, n // 256), np.float32)
+            self.xbs = np.empty((T, n // 16), np.int16)
+            fused.quantize_rows_q8_k(x, self.xq, self.xd, self.xbs)
+            self.xs = self.xd  # unused by the K kernels
+
+
+def _groups(expert_ids: np.ndarray):
+    """ids int [N] -> (rows int64 [N] sorted by expert, starts int64 [G+1], experts int64 [G])."""
+    ids = np.asarray(expert_ids, dtype=np.int64)
+    rows = np.argsort(ids, kind="stable").astype(np.int64)
+    sorted_ids = ids[rows]
+    if len(ids) == 0:
+        return rows, np.zeros(1, np.int64), np.zeros(0, np.int64)
+    cut = np.flatnonzero(np.diff(sorted_ids)) + 1
+    starts = np.concatenate([[0], cut, [len(ids)]]).astype(np.int64)
+    return rows, starts, sorted_ids[starts[:-1]].astype(np.int64)
+
+
+_ONE_GROUP_CACHE: dict[int, tuple] = {}
+
+
+def _single_group(T: int):
+    g = _ONE_GROUP_CACHE.get(T)
+    if g is None:
+        g = (np.arange(T, dtype=np.int64), np.array([0, T], np.int64), np.zeros(1, np.int64))
+        if T <= 64:
+            _ONE_GROUP_CACHE[T] = g
+    return g
+
+
+def run(qtype: QT, w3: np.ndarray, acts: PreparedActivations, rows, starts, experts) -> np.ndarray:
+    """w3 uint8 [E, O, rb]; returns f32 [N, O] for the activation rows of `acts`."""
+    out = np.zeros((acts.n_rows, w3.shape[1]), np.float32)
+    if acts.n_rows == 0:
+        return out
+    w3 = _readonly(w3)
+    if qtype in FLOAT_KIND:
+        fused.float_matmul(FLOAT_KIND[qtype], w3, acts.xf, rows, starts, experts, out)
+    else:
+        fused.quant_matmul(INT_KIND[qtype], w3, acts.xq, acts.xd, acts.xs, acts.xbs,
+                           rows, starts, experts, fused.F16_TABLE, out)
+    return out
+
+
+def matmul(qtype: QT, w2: np.ndarray, x: np.ndarray, acts: PreparedActivations | None = None) -> np.ndarray:
+    """w2 uint8 [O, rb]; x f32 [T, n] -> f32 [T, O]."""
+    acts = acts or PreparedActivations(x, qtype)
+    rows, starts, experts = _single_group(acts.n_rows)
+    return run(qtype, w2[None], acts, rows, starts, experts)
+
+
+def matmul_experts(qtype: QT, w3: np.ndarray, x: np.ndarray, expert_ids, acts: PreparedActivations | None = None):
+    """w3 uint8 [E, O, rb]; x f32 [N, n]; expert_ids int [N] -> f32 [N, O], row i = w3[ids[i]] @ x[i]."""
+    acts = acts or PreparedActivations(x, qtype)
+    rows, starts, experts = _groups(expert_ids)
+    return run(qtype, w3, acts, rows, starts, experts)
