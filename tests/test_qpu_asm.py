@@ -596,7 +596,36 @@ def _bad_pack_on_int_op(asm):
     add(r0.pack("l"), r1, r2)  # <-
 
 
+@qpu
+def _bad_write_signal_without_register(asm):
+    nop(sig=ldtmu)  # <-
+
+
+@qpu
+def _bad_rotate_amount(asm):
+    rotate(r0, r1, 20)  # <-
+
+
+@qpu
+def _bad_branch_cond(asm):
+    b(R.x, cond="sometimes")  # <-
+
+
+@qpu
+def _helper_with_error(asm):
+    fmul(r0, 1.5, r1)  # <-
+
+
+@qpu
+def _bad_in_nested_kernel(asm):
+    nop()
+    _helper_with_error(asm)
+
+
 @pytest.mark.parametrize("kernel,message", [
+    (_bad_write_signal_without_register, 'signal "ldtmu" requires a destination register'),
+    (_bad_rotate_amount, "rotate amount 20 must be an int in -16..15 or r5"),
+    (_bad_branch_cond, "unknown branch condition 'sometimes'"),
     (_bad_three_rf_reads, "too many register-file reads"),
     (_bad_add_op_chained, "is an add-ALU op"),
     (_bad_cond_with_write_signal, "cannot be used with signal ldtmu"),
@@ -620,6 +649,7 @@ def _bad_pack_on_int_op(asm):
     (_bad_signal_twice, 'signal "thrsw" is given twice'),
     (_bad_rotate_with_smimm, "conflicts with small immediate 3"),
     (_bad_pack_on_int_op, "add takes no output pack"),
+    (_bad_in_nested_kernel, "1.5 is not a small immediate"),
 ], ids=lambda v: v.__name__ if callable(v) else "")
 def test_bad_program_names_the_line(kernel, message):
     with pytest.raises(AssembleError) as exc:
@@ -627,7 +657,9 @@ def test_bad_program_names_the_line(kernel, message):
     text = str(exc.value)
     assert isinstance(exc.value, PimoeError)
     assert message in text
-    assert f"test_qpu_asm.py:{_line_of(kernel)} in {kernel.__name__}()" in text
+    # an error inside a kernel called by a kernel points into the called kernel's own line
+    where = _helper_with_error if kernel is _bad_in_nested_kernel else kernel
+    assert f"test_qpu_asm.py:{_line_of(where)} in {where.__name__}()" in text
     assert "# <-" in text  # the offending source line itself is quoted
 
 
