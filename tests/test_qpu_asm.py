@@ -726,3 +726,60 @@ def test_unifa_and_sfu_kernels():
     assert br.ub and br.bdu == "rf" and br.raddr_a == 1 and br.signed_offset == (3 - 5 - 4) * 8
     assert i[6].add.waddr == 19 and i[6].add.magic_write  # the recip SFU register
     assert i[7].add.op == "exp" and i[7].add.waddr == 2 and not i[7].add.magic_write
+
+
+@qpu
+def _load_params(asm, regs):
+    # py-videocore6 examples/sgemm.py load_params (8 threads), written again: a kernel called by a kernel
+    tidx(r0, sig=ldunifrf(rf0))
+    shr(r0, r0, 2)
+    mov(r1, 0b1111)
+    band(r3, r0, r1, sig=ldunifrf(rf1))
+    shl(r0, rf1, 2)
+    umul24(r0, r0, r3)
+    eidx(r1).add(r0, r0, rf0)
+    shl(r1, r1, 2)
+    shl(r3, 4, 4).add(r0, r0, r1)
+    mov(tmua, r0, sig=thrsw).add(r0, r0, r3)
+    nop()
+    nop()
+    nop(sig=ldtmu(r1))
+    for i, reg in enumerate(regs):
+        if i == 0:
+            mov(r5rep, r1)
+        else:
+            rotate(r5rep, r1, -i)
+        mov(reg, r5)
+
+
+@qpu
+def _sgemm_inner(asm):
+    _load_params(asm, [rf32, rf33, rf34])
+    for i in range(2):
+        mov(rf[i], 0.0).mov(rf[i + 16], 0.0)
+    with loop as lk:
+        nop(sig=ldtmu(r0))
+        mov(r5rep, r0)
+        nop(sig=ldtmu(r4))
+        nop().fmul(r3, r5, r4)
+        for i in range(1, 3):
+            rotate(r5rep, r0, -i)
+            fadd(rf[i - 1], rf[i - 1], r3).fmul(r3, r5, r4)
+        sub(rf48, rf48, 1, cond="pushz")
+        lk.b(cond="anyna")
+        nop()
+        nop()
+        nop()
+    mov(r0, rf42).fmul(r3, rf[16], rf42, sig=ldtmu(rf[31]))
+
+
+def test_sgemm_style_kernel():
+    words = assemble(_sgemm_inner)
+    text = [t.rstrip() for t in disassemble(words)]
+    assert len(words) == 13 + 6 + 2 + 4 + 4 + 1 + 1 + 3 + 1
+    assert text[5] == "nop                           ; umul24 r0, r0, r3"
+    assert text[15] == "nop                           ; mov r5rep, r1               ; rot -1"
+    assert text[19] == "or rf0, 0, 0                  ; mov rf16, 0"
+    assert text[26] == "fadd rf0, r3, rf0             ; fmul r3, r5, r4"  # fadd orders its operands
+    assert text[30] == "b.anyna  -104"  # back to instruction 21: (21 - 30 - 4) * 8
+    assert text[34] == "or r0, rf42, rf42             ; fmul r3, rf16, rf42         ; ldtmu.rf31"
