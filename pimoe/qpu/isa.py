@@ -24,7 +24,7 @@ Input muxes (`AluOp.a` / `AluOp.b`): 0..5 read accumulator r0..r5, 6 (MUX_A) rea
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from pimoe.errors import PimoeError
 
@@ -878,7 +878,7 @@ def encode(instr: Instr) -> int:
 NOP_WORD = encode(Instr())  # nop ; nop, both writing the "-" magic address (0x3c003186bb800000)
 
 __all__ = [
-    "AluOp", "Branch", "Flags", "Instr", "InvalidInstruction", "Sig", "decode", "encode", "replace",
+    "AluOp", "Branch", "Flags", "Instr", "InvalidInstruction", "Sig", "decode", "encode",
     "MAGIC_WADDR_NAMES", "SMALL_IMMS", "SMALL_IMM_INDEX", "ADD_OP_NAMES", "MUL_OP_NAMES",
     "add_op_num_src", "add_op_has_dst", "mul_op_num_src", "mul_op_has_dst",
 ]
