@@ -5,6 +5,7 @@
     QTensor                        a (memory-mapped) tensor in its stored block format
     matmul(w, x)                   x @ w.T the way llama.cpp's CPU backend computes it
     matmul_experts(w, x, ids)      the same for a batch of (expert, activation row) pairs, one call
+    moe_swiglu(gate, up, down, x, ids, weights)   one layer's routed experts in three kernel calls
     matmul_reference(w, x)         the pure-numpy dequantize-then-matmul path the kernels are checked against
     from_float(name, a, qtype)     quantize an f32 array (synthetic models)
     random_qtensor(name, qtype, shape, rng, std)   valid random blocks of any supported type
@@ -195,6 +196,54 @@ def matmul_experts(w: QTensor, x: np.ndarray, expert_ids) -> np.ndarray:
     from pimoe.kernels import dispatch
 
     return dispatch.matmul_experts(w.qtype, w.data, x, ids)
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    # x / (1 + e^-x) in f32, as ggml's silu; e^-x overflowing to inf gives the right limit 0
+    with np.errstate(over="ignore"):
+        return x / (np.float32(1.0) + np.exp(-x))
+
+
+def moe_swiglu(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray, expert_ids: np.ndarray,
+               expert_weights: np.ndarray) -> np.ndarray:
+    """The whole routed-expert FFN of one layer in three kernel calls.
+
+    gate, up: [E, ff, hidden]; down: [E, hidden, ff]; x f32 [T, hidden]; expert_ids int [T, k];
+    expert_weights f32 [T, k].  Returns f32 [T, hidden] = sum_j w[t,j] * down_e(silu(gate_e x_t) * up_e x_t)
+    with ggml's order of operations (weights applied after down, then the k outputs added in router
+    order).  x is quantized once for gate and up (same vec_dot_type), the k copies per token share it.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    ids = np.asarray(expert_ids, dtype=np.int64)
+    T, k = ids.shape
+    E, ff, hidden = gate.shape
+    if up.shape != gate.shape or down.shape != (E, hidden, ff) or x.shape != (T, hidden):
+        raise PimoeError(f"moe_swiglu: shapes gate {gate.shape}, up {up.shape}, down {down.shape}, x {x.shape}, "
+                         f"expert_ids {ids.shape} do not fit together")
+    if ids.size and (ids.min() < 0 or ids.max() >= E):
+        raise PimoeError(f"moe_swiglu: tensor '{gate.name}' has {E} experts; ids out of range")
+    flat = ids.reshape(-1)  # pair p = t*k + j
+    tok = np.repeat(np.arange(T), k)
+    if KERNELS == "numpy":
+        xs = x[tok]
+        g = matmul_experts(gate, xs, flat)
+        u = matmul_experts(up, xs, flat)
+        y = matmul_experts(down, _silu(g) * u, flat)
+    else:
+        from pimoe.kernels import dispatch
+
+        acts = dispatch.take_rows(dispatch.PreparedActivations(x, gate.qtype), tok)
+        g = dispatch.matmul_experts(gate.qtype, gate.data, None, flat, acts)
+        if up.qtype == gate.qtype:
+            u = dispatch.matmul_experts(up.qtype, up.data, None, flat, acts)
+        else:
+            u = dispatch.matmul_experts(up.qtype, up.data, x[tok], flat)
+        y = dispatch.matmul_experts(down.qtype, down.data, _silu(g) * u, flat)
+    y = y.reshape(T, k, hidden) * np.asarray(expert_weights, np.float32)[:, :, None]
+    out = y[:, 0].copy()
+    for j in range(1, k):
+        out += y[:, j]
+    return out
 
 
 def from_float(name: str, array, qtype) -> QTensor:

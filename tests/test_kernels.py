@@ -107,3 +107,27 @@ def test_kernel_rejects_nothing_silently_on_bad_shapes():
     w = quant.random_qtensor("blk.3.attn_output", QT.Q8_0, (8, 64), np.random.default_rng(0))
     with pytest.raises(PimoeError, match="blk.3.attn_output"):
         quant.matmul(w, np.zeros((1, 63), np.float32))
+
+
+@pytest.mark.parametrize("kernels", ["numba", "numpy"])
+@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q8_0], ids=lambda t: t.name)
+def test_moe_swiglu_equals_per_expert_reference(qtype, kernels, monkeypatch):
+    monkeypatch.setattr(quant, "KERNELS", kernels)
+    rng = np.random.default_rng(21)
+    E, ff, hidden, T, k = 6, 256, 512, 3, 4
+    gate = quant.random_qtensor("g", qtype, (E, ff, hidden), rng, std=0.05)
+    up = quant.random_qtensor("u", qtype, (E, ff, hidden), rng, std=0.05)
+    down = quant.random_qtensor("d", QT.Q6_K, (E, hidden, ff), rng, std=0.05)
+    x = rng.standard_normal((T, hidden)).astype(np.float32)
+    ids = np.array([[0, 3, 5, 1], [3, 2, 0, 4], [5, 5 - 1, 1, 0]])
+    wts = rng.random((T, k)).astype(np.float32)
+    y = quant.moe_swiglu(gate, up, down, x, ids, wts)
+    ref = np.zeros((T, hidden), np.float32)
+    for t in range(T):
+        for j in range(k):
+            e = int(ids[t, j])
+            g = quant.matmul_reference(gate[e], x[t:t + 1])
+            u = quant.matmul_reference(up[e], x[t:t + 1])
+            h = g / (1 + np.exp(-g)) * u
+            ref[t] += wts[t, j] * quant.matmul_reference(down[e], h)[0]
+    assert _rel_err(y, ref) < 1e-4

@@ -66,6 +66,17 @@ class PreparedActivations:
             self.xs = self.xd  # unused by the K kernels
 
 
+def take_rows(acts: PreparedActivations, idx: np.ndarray) -> PreparedActivations:
+    """A PreparedActivations whose row i is acts' row idx[i] (a token repeated for each of its experts)."""
+    new = object.__new__(PreparedActivations)
+    new.__dict__.update(acts.__dict__)
+    for name in ("xf", "xq", "xd", "xs", "xbs"):
+        if hasattr(acts, name):
+            setattr(new, name, np.ascontiguousarray(getattr(acts, name)[idx]))
+    new.n_rows = len(idx)
+    return new
+
+
 def _groups(expert_ids: np.ndarray):
     """ids int [N] -> (rows int64 [N] sorted by expert, starts int64 [G+1], experts int64 [G])."""
     ids = np.asarray(expert_ids, dtype=np.int64)
@@ -111,7 +122,8 @@ def matmul(qtype: QT, w2: np.ndarray, x: np.ndarray, acts: PreparedActivations |
     return run(qtype, w2[None], acts, rows, starts, experts)
 
 
-def matmul_experts(qtype: QT, w3: np.ndarray, x: np.ndarray, expert_ids, acts: PreparedActivations | None = None):
+def matmul_experts(qtype: QT, w3: np.ndarray, x: np.ndarray | None, expert_ids,
+                   acts: PreparedActivations | None = None):
     """w3 uint8 [E, O, rb]; x f32 [N, n]; expert_ids int [N] -> f32 [N, O], row i = w3[ids[i]] @ x[i]."""
     acts = acts or PreparedActivations(x, qtype)
     rows, starts, experts = _groups(expert_ids)
