@@ -220,11 +220,12 @@ class EmuDriver:
         """Allocate an Array in the data area (same arguments as np.ndarray(shape, dtype))."""
         self._check_open()
         offset = self.data_pos
-        arr = Array(*args, phyaddr=BUS_BASE + offset, buffer=self.memory, offset=offset, **kwargs)
-        if self.data_pos + arr.nbytes > self.data_area_base + self.data_area_size:
-            raise DriverError(f"data area too small: {arr.nbytes} more bytes requested, "
-                              f"{self.data_area_base + self.data_area_size - self.data_pos} left "
+        left = self.data_area_base + self.data_area_size - offset
+        probe = np.ndarray(*args, **kwargs) if "buffer" not in kwargs else None  # size only, no data
+        if probe is not None and probe.nbytes > left:
+            raise DriverError(f"data area too small: {probe.nbytes} more bytes requested, {left} left "
                               f"(EmuDriver(data_area_size=...))")
+        arr = Array(*args, phyaddr=BUS_BASE + offset, buffer=self.memory, offset=offset, **kwargs)
         self.data_pos += arr.nbytes
         return arr
 

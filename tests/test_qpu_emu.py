@@ -1,0 +1,1033 @@
+"""The emulator as an executable ISA spec: every ALU op against a numpy definition, flags, branches, TMU,
+SFU, rotate/broadcast, thread modes and every fault.
+
+Reference semantics come from numpy plus the hardware-verified facts in py-videocore6's tests (rotate
+directions, quad rotate of register-file operands, r5 quad broadcast, flag update truth tables, uniform
+branch from register lane 1, fcmp = a - b, shifts mod 32). Denormals: the QPU flushes them to zero,
+so the reference flushes f32 inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pimoe.errors import PimoeError
+from pimoe.qpu import EmuDriver, QPUFault, qpu
+from pimoe.qpu.isa import encode, Instr
+
+# ---------------------------------------------------------------------------------------------------------
+# lane values
+
+F_EDGE = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-40, -1e-40, 3.0e38, -2.5, 1.5, 0.5, -0.75, 1e-20,
+                   65504.0, 7.0, -3.25], dtype=np.float32)
+I_EDGE = np.array([0, 1, 0xFFFFFFFF, 0x80000000, 0x7FFFFFFF, 31, 32, 33, 63, 0xFFFF, 0x10000, 5, 0xDEADBEEF,
+                   0x00FFFFFF, 0x01000000, 12345], dtype=np.uint32)
+
+
+def f32(x):
+    return np.asarray(x, dtype=np.float32)
+
+
+def bits(x):
+    return np.asarray(x, dtype=np.float32).view(np.uint32)
+
+
+def ftz(x):
+    x = f32(x).copy()
+    u = x.view(np.uint32)
+    den = (u & 0x7F800000) == 0
+    u[den] &= 0x80000000
+    return x
+
+
+def f16_lo(u):
+    return (u & 0xFFFF).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+def f16_hi(u):
+    return (u >> 16).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+def to_f16_bits(x):
+    with np.errstate(over="ignore"):
+        return f32(x).astype(np.float16).view(np.uint16).astype(np.uint32)
+
+
+def same_float(got_u, want_f, ignore_zero_sign=False):
+    got = got_u.view(np.float32)
+    want = f32(want_f)
+    nan = np.isnan(want)
+    if ignore_zero_sign:
+        return bool(np.all(np.isnan(got[nan])) and np.array_equal(got[~nan], want[~nan]))
+    return bool(np.all(np.isnan(got[nan])) and np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a kernel harness: r1, r2 = two 16-lane inputs; each emitter computes r0; r0 is stored as one output row
+
+
+@qpu
+def k_ops(asm, *, emitters):
+    eidx(r0, sig=ldunifrf(rf0))
+    nop(sig=ldunifrf(rf1))
+    nop(sig=ldunifrf(rf2))
+    shl(r0, r0, 2)
+    add(rf0, rf0, r0)
+    add(rf1, rf1, r0)
+    add(rf2, rf2, r0)
+    mov(tmua, rf0)
+    mov(tmua, rf1)
+    shl(r3, 4, 4)
+    nop(sig=ldtmu(r1))
+    nop(sig=ldtmu(r2))
+    for emit in emitters:
+        mov(r0, 0)
+        emit()
+        mov(tmud, r0)
+        mov(tmua, rf2)
+        tmuwt().add(rf2, rf2, r3)
+    _end(asm)
+
+
+def _end(asm):
+    nop(sig=thrsw)
+    nop(sig=thrsw)
+    nop()
+    nop()
+    nop(sig=thrsw)
+    nop()
+    nop()
+    nop()
+
+
+def run_ops(emitters, a, b):
+    """Run k_ops on inputs a, b (any 4-byte dtype, 16 lanes); returns uint32 [len(emitters), 16]."""
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_ops, emitters=emitters)
+        x = drv.alloc((2, 16), dtype=np.uint32)
+        y = drv.alloc((len(emitters), 16), dtype=np.uint32)
+        unif = drv.alloc(3, dtype=np.uint32)
+        x[0] = np.asarray(a).view(np.uint32)
+        x[1] = np.asarray(b).view(np.uint32)
+        y[:] = 0xCCCCCCCC
+        unif[:] = [x.addresses()[0, 0], x.addresses()[1, 0], y.addresses()[0, 0]]
+        drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
+        return np.array(y)
+
+
+def _g():
+    """The DSL namespace while a kernel is being assembled (the @qpu kernel's module globals)."""
+    return globals()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# float ops with pack / unpack
+
+F_UNPACK = {None: lambda u: ftz(u.view(np.float32)), "abs": lambda u: ftz(np.abs(u.view(np.float32))),
+            "l": lambda u: ftz(f16_lo(u)), "h": lambda u: ftz(f16_hi(u))}
+F_BINARY = {"fadd": np.add, "faddnf": np.add, "fsub": np.subtract, "fmul": np.multiply, "fcmp": np.subtract,
+            "fmin": np.fmin, "fmax": np.fmax}
+
+
+def _float_inputs(rng):
+    a = np.concatenate([F_EDGE[:8], rng.standard_normal(8).astype(np.float32)])
+    b = np.concatenate([rng.standard_normal(8).astype(np.float32), F_EDGE[8:]])
+    b[2] = -0.0
+    return a, b
+
+
+@pytest.mark.parametrize("op", sorted(F_BINARY))
+def test_float_binary_ops_with_pack_unpack(op):
+    rng = np.random.default_rng(1)
+    a, b = _float_inputs(rng)
+    # half-precision halves for the l/h unpacks: lo = a-ish, hi = b-ish values
+    h = to_f16_bits(rng.standard_normal(16)) | (to_f16_bits(rng.standard_normal(16)) << 16)
+    cases = []
+    for un1 in (None, "abs", "l", "h"):
+        for un2 in (None, "abs", "l", "h"):
+            for pk in (None, "l", "h"):
+                cases.append((un1, un2, pk))
+
+    def emitter(un1, un2, pk):
+        def emit():
+            g = _g()
+            dst = g["r0"] if pk is None else g["r0"].pack(pk)
+            s1 = g["r1"] if un1 is None else g["r1"].unpack(un1)
+            s2 = g["r2"] if un2 is None else g["r2"].unpack(un2)
+            if op == "fmul":
+                g["nop"]().fmul(dst, s1, s2)
+            else:
+                g[op](dst, s1, s2)
+        return emit
+
+    # full f32 inputs for none/abs, packed halves for l/h: run twice and pick per case
+    y_f = run_ops([emitter(*c) for c in cases], a, b)
+    y_h = run_ops([emitter(*c) for c in cases], h, h.copy())
+    for k, (un1, un2, pk) in enumerate(cases):
+        half = un1 in ("l", "h") or un2 in ("l", "h")
+        ua = (h if half else a.view(np.uint32))
+        ub = (h if half else b.view(np.uint32))
+        y = y_h[k] if half else y_f[k]
+        with np.errstate(all="ignore"):
+            want = ftz(F_BINARY[op](F_UNPACK[un1](ua), F_UNPACK[un2](ub)).astype(np.float32))
+        msg = f"{op}(r0{'.' + pk if pk else ''}, r1{'.' + un1 if un1 else ''}, r2{'.' + un2 if un2 else ''})"
+        if pk is None:
+            assert same_float(y, want, ignore_zero_sign=op in ("fmin", "fmax")), msg
+        else:
+            got16 = (y & 0xFFFF) if pk == "l" else (y >> 16)
+            other = (y >> 16) if pk == "l" else (y & 0xFFFF)
+            want16 = to_f16_bits(want)
+            nan = np.isnan(want)
+            assert np.array_equal(got16[~nan], want16[~nan]) or op in ("fmin", "fmax") and np.array_equal(
+                got16[~nan] & 0x7FFF, want16[~nan] & 0x7FFF), msg
+            assert np.all(other == 0), msg + ": the other half must be kept (it was 0)"
+
+
+def test_fmin_fmax_pick_the_number_over_nan():
+    a = f32([np.nan, 1.0, -np.inf, 2.0] * 4)
+    b = f32([3.0, np.nan, 5.0, np.inf] * 4)
+    g = _g
+    y = run_ops([lambda: g()["fmin"](g()["r0"], g()["r1"], g()["r2"]),
+                 lambda: g()["fmax"](g()["r0"], g()["r1"], g()["r2"])], a, b)
+    assert same_float(y[0], np.fmin(a, b)) and same_float(y[1], np.fmax(a, b))
+
+
+def test_float_unary_and_conversions():
+    rng = np.random.default_rng(2)
+    a = np.concatenate([f32([0.5, 1.5, 2.5, -0.5, -1.5, 3e9, -3e9, np.nan]),
+                        (rng.standard_normal(8) * 100).astype(np.float32)])
+    ints = I_EDGE.copy()
+    g = _g
+    names = ["fround", "ftrunc", "ffloor", "fceil", "ftoin", "ftoiz", "ftouz", "fmov"]
+    ems = []
+    for n in names:
+        if n == "fmov":
+            ems.append(lambda: g()["nop"]().fmov(g()["r0"], g()["r1"]))
+        else:
+            ems.append(lambda n=n: g()[n](g()["r0"], g()["r1"]))
+    ems += [lambda: g()["itof"](g()["r0"], g()["r2"]), lambda: g()["utof"](g()["r0"], g()["r2"]),
+            lambda: g()["clz"](g()["r0"], g()["r2"])]
+    y = run_ops(ems, a, ints)
+    af = ftz(a)
+    with np.errstate(all="ignore"):
+        assert same_float(y[0], np.rint(af))
+        assert same_float(y[1], np.trunc(af))
+        assert same_float(y[2], np.floor(af))
+        assert same_float(y[3], np.ceil(af))
+        finite = ~np.isnan(af)
+        sat = lambda v: np.clip(v.astype(np.float64), -2.0 ** 31, 2.0 ** 31 - 1)  # noqa: E731  (saturating)
+        assert np.array_equal(y[4][finite].view(np.int32), sat(np.rint(af[finite])).astype(np.int32))
+        assert np.array_equal(y[5][finite].view(np.int32), sat(np.trunc(af[finite])).astype(np.int32))
+        assert np.array_equal(y[6][finite], np.clip(np.trunc(af[finite]).astype(np.float64), 0, 2.0 ** 32 - 1).astype(np.uint32))
+        assert y[4][~finite][0] == 0 and y[5][~finite][0] == 0
+    assert same_float(y[7], af)
+    assert same_float(y[8], ints.view(np.int32).astype(np.float32))
+    assert same_float(y[9], ints.astype(np.float32))
+    clz = np.array([32 - int(v).bit_length() for v in ints], dtype=np.uint32)
+    assert np.array_equal(y[10], clz)
+
+
+def test_fdx_fdy_lane_pairs():
+    a = (np.arange(16) ** 2).astype(np.float32)
+    g = _g
+    y = run_ops([lambda: g()["fdx"](g()["r0"], g()["r1"]), lambda: g()["fdy"](g()["r0"], g()["r1"])], a, a)
+    fdx = (a[1::2] - a[0::2]).repeat(2)
+    quads = a.reshape(4, 4)
+    fdy = np.concatenate([np.tile(q[2:4] - q[0:2], 2) for q in quads])
+    assert same_float(y[0], fdx) and same_float(y[1], fdy)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# integer ops
+
+def _s(u):
+    return (np.asarray(u).astype(np.uint64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32).astype(np.int64)
+
+
+I_BINARY = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b,
+    "imin": lambda a, b: np.where(_s(a) < _s(b), a, b), "imax": lambda a, b: np.where(_s(a) > _s(b), a, b),
+    "umin": np.minimum, "umax": np.maximum,
+    "shl": lambda a, b: a << (b & 31), "shr": lambda a, b: a >> (b & 31),
+    "asr": lambda a, b: (_s(a) >> (b & 31)).astype(np.int64),
+    "ror": lambda a, b: (a >> (b & 31)) | (a << ((32 - (b & 31)) & 31)),
+    "band": np.bitwise_and, "bor": np.bitwise_or, "bxor": np.bitwise_xor,
+}
+
+
+@pytest.mark.parametrize("alu", ["add", "mul"])
+def test_integer_ops(alu):
+    a = np.concatenate([I_EDGE[:8], I_EDGE[8:]])
+    b = I_EDGE[::-1].copy()
+    g = _g
+    if alu == "add":
+        names = list(I_BINARY)
+        ems = [lambda n=n: g()[n](g()["r0"], g()["r1"], g()["r2"]) for n in names]
+        ems += [lambda: g()["bnot"](g()["r0"], g()["r1"]), lambda: g()["neg"](g()["r0"], g()["r1"])]
+    else:
+        names = ["add", "sub"]
+        ems = [lambda n=n: getattr(g()["nop"](), n)(g()["r0"], g()["r1"], g()["r2"]) for n in names]
+        ems += [lambda: g()["nop"]().umul24(g()["r0"], g()["r1"], g()["r2"]),
+                lambda: g()["nop"]().smul24(g()["r0"], g()["r1"], g()["r2"]),
+                lambda: g()["nop"]().mov(g()["r0"], g()["r1"])]
+    y = run_ops(ems, a, b)
+    a64, b64 = a.astype(np.int64), b.astype(np.int64)
+    for k, n in enumerate(names):
+        want = (I_BINARY[n](a64, b64) & 0xFFFFFFFF).astype(np.uint32)
+        assert np.array_equal(y[k], want), n
+    if alu == "add":
+        assert np.array_equal(y[-2], ~a) and np.array_equal(y[-1], (-a64 & 0xFFFFFFFF).astype(np.uint32))
+    else:
+        assert np.array_equal(y[2], (((a64 & 0xFFFFFF) * (b64 & 0xFFFFFF)) & 0xFFFFFFFF).astype(np.uint32))
+        sx = lambda v: ((v & 0xFFFFFF) ^ 0x800000) - 0x800000  # noqa: E731  (sign-extend 24 bits)
+        assert np.array_equal(y[3], ((sx(a64) * sx(b64)) & 0xFFFFFFFF).astype(np.uint32))
+        assert np.array_equal(y[4], a)
+
+
+def test_multop_umul24_is_a_32bit_multiply():
+    a = I_EDGE.copy()
+    b = (I_EDGE[::-1] * 7 + 3).astype(np.uint32)
+    g = _g
+
+    def emit():
+        g()["nop"]().multop(g()["null"], g()["r1"], g()["r2"])
+        g()["nop"]().umul24(g()["r0"], g()["r1"], g()["r2"])
+
+    y = run_ops([emit], a, b)
+    assert np.array_equal(y[0], ((a.astype(np.uint64) * b.astype(np.uint64)) & 0xFFFFFFFF).astype(np.uint32))
+
+
+def test_2x16_float_ops():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(16).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    hb = to_f16_bits(rng.standard_normal(16)) | (to_f16_bits(rng.standard_normal(16)) << 16)
+    g = _g
+    ems = [lambda: g()["vfpack"](g()["r0"], g()["r1"], g()["r2"])]
+    y = run_ops(ems, a, b)
+    assert np.array_equal(y[0], to_f16_bits(a) | (to_f16_bits(b) << 16))
+    # vfmin/vfmax/vfmul: a operand unpacks: r32 (f32 -> f16 both halves), rl2h, rh2l, swap; b is 2 x f16
+    ha = to_f16_bits(rng.standard_normal(16)) | (to_f16_bits(rng.standard_normal(16)) << 16)
+    un = {"rl2h": lambda u: (u & 0xFFFF) * 0x10001, "rh2l": lambda u: (u >> 16) * 0x10001,
+          "swap": lambda u: ((u & 0xFFFF) << 16) | (u >> 16)}
+    ops = {"vfmin": np.minimum, "vfmax": np.maximum, "vfmul": np.multiply}
+    cases = [(op, m) for op in ops for m in un]
+    ems = []
+    for op, m in cases:
+        if op == "vfmul":
+            ems.append(lambda m=m: g()["nop"]().vfmul(g()["r0"], g()["r1"].unpack(m), g()["r2"]))
+        else:
+            ems.append(lambda op=op, m=m: g()[op](g()["r0"], g()["r1"].unpack(m), g()["r2"]))
+    y = run_ops(ems, ha, hb)
+    for k, (op, m) in enumerate(cases):
+        ua = un[m](ha.astype(np.uint64)).astype(np.uint32)
+        lo = ops[op](f16_lo(ua), f16_lo(hb))
+        hi = ops[op](f16_hi(ua), f16_hi(hb))
+        assert np.array_equal(y[k], to_f16_bits(lo) | (to_f16_bits(hi) << 16)), (op, m)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# flags and conditions (scenarios of py-videocore6's hardware tests, expectations derived in numpy)
+
+@qpu
+def k_flags(asm, *, steps):
+    eidx(r0, sig=ldunifrf(rf2))
+    shl(r0, r0, 2)
+    add(rf2, rf2, r0)
+    shl(r3, 4, 4)
+    for step in steps:
+        step()
+        mov(tmud, r0)
+        mov(tmua, rf2)
+        tmuwt().add(rf2, rf2, r3)
+    _end(asm)
+
+
+def run_steps(steps):
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_flags, steps=steps)
+        y = drv.alloc((len(steps), 16), dtype=np.uint32)
+        unif = drv.alloc(1, dtype=np.uint32)
+        unif[0] = y.addresses()[0, 0]
+        drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
+        return np.array(y)
+
+
+LANE = np.arange(16)
+
+
+def test_push_flags_and_conditions():
+    g = _g
+
+    def push_then_if(push, cond, k, alu):
+        def step():
+            G = g()
+            G["eidx"](G["r0"])
+            G["sub"](G["r0"], G["r0"], k, cond=push)
+            G["mov"](G["r0"], 0)
+            if alu == "add":
+                G["mov"](G["r0"], 1, cond=cond)
+            else:
+                G["nop"]().mov(G["r0"], 1, cond=cond)
+        return step
+
+    cases = [(p, c, k, alu) for p in ("pushz", "pushn", "pushc") for c in ("ifa", "ifna") for k in (0, 5, 10)
+             for alu in ("add", "mul")]
+    y = run_steps([push_then_if(*c) for c in cases])
+    diff = LANE - 0  # eidx - k as a 32-bit value
+    for i, (p, c, k, alu) in enumerate(cases):
+        r = (LANE - k) & 0xFFFFFFFF
+        flag = {"pushz": r == 0, "pushn": (r >> 31) == 1, "pushc": LANE < k}[p]
+        want = flag if c == "ifa" else ~flag
+        assert np.array_equal(y[i], want.astype(np.uint32)), (p, c, k, alu)
+    del diff
+
+
+def test_push_moves_a_into_b_and_updates_touch_only_a():
+    g = _g
+    ups = ["andz", "andnz", "nornz", "norz", "andn", "andnn", "nornn", "norn", "andc", "andnc", "nornc", "norc"]
+
+    def step_update(uf, cond):
+        def step():
+            G = g()
+            G["eidx"](G["r0"])
+            G["sub"](G["null"], G["r0"], 3, cond="pushz")       # B will hold this (lane 3)
+            G["band"](G["null"], G["r0"], 1, cond="pushz")      # A = even lanes, B = lane 3
+            G["sub"](G["r0"], G["r0"], 5, cond=uf)              # A = A op F(eidx - 5)
+            G["mov"](G["r0"], 0)
+            G["mov"](G["r0"], 1, cond=cond)
+        return step
+
+    y = run_steps([step_update(u, "ifa") for u in ups] + [step_update("andz", "ifb")])
+    A = LANE % 2 == 0
+    r = (LANE - 5) & 0xFFFFFFFF
+    F = {"z": r == 0, "n": (r >> 31) == 1, "c": LANE < 5}
+    for i, u in enumerate(ups):
+        suffix = u[3:]                       # z nz n nn c nc: the tested condition X on the result
+        x = F[suffix[-1]] if len(suffix) == 1 else ~F[suffix[-1]]
+        # and: A = A and X; nor: A = not (A or X) (truth tables of py-videocore6's hardware test)
+        want = (A & x) if u.startswith("and") else (~A & ~x)
+        assert np.array_equal(y[i], want.astype(np.uint32)), u
+    assert np.array_equal(y[-1], (LANE == 3).astype(np.uint32)), "B must keep the flag pushed before"
+
+
+def test_conditions_use_flags_from_before_the_instruction():
+    g = _g
+
+    def step():
+        G = g()
+        G["eidx"](G["r0"])
+        G["sub"](G["null"], G["r0"], 10, cond="pushz")       # A = lane 10
+        G["eidx"](G["r0"])
+        G["sub"](G["null"], G["r0"], 5, cond="pushn").mov(G["r0"], 5, cond="ifa")  # mul sees old A
+        G["mov"](G["r0"], 0, cond="ifa")                      # now A = (eidx - 5 < 0)
+
+    y = run_steps([step])
+    want = np.where(LANE == 10, 5, LANE)
+    want[LANE < 5] = 0
+    assert np.array_equal(y[0], want.astype(np.uint32))
+
+
+def test_float_flags():
+    g = _g
+
+    def step(cond_push, x):
+        def s():
+            G = g()
+            G["eidx"](G["r0"])
+            G["itof"](G["r0"], G["r0"])
+            G["fsub"](G["null"], G["r0"], x, cond=cond_push)
+            G["mov"](G["r0"], 0)
+            G["mov"](G["r0"], 1, cond="ifa")
+        return s
+
+    y = run_steps([step("pushz", 4.0), step("pushn", 4.0), step("pushc", 4.0)])
+    assert np.array_equal(y[0], (LANE == 4).astype(np.uint32))
+    assert np.array_equal(y[1], (LANE < 4).astype(np.uint32))
+    assert np.array_equal(y[2], (LANE <= 4).astype(np.uint32))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# branches
+
+
+@qpu
+def k_branches(asm, *, absolute_target):
+    eidx(r0, sig=ldunifrf(rf0))       # out address
+    nop(sig=ldunifrf(rf1))            # code address of L.reg_target
+    shl(r0, r0, 2)
+    add(rf0, rf0, r0)
+    shl(r3, 4, 4)
+    mov(r2, 1)
+    shl(rf9, r2, 9)                   # bit 9 marks code that must be skipped
+    shl(rf6, r2, 6)
+    shl(rf4, r2, 4)
+    shl(rf5, r2, 5)
+    mov(r1, 0)
+    b(R.rel, cond="always")
+    add(r1, r1, 1)                    # delay slots always execute
+    add(r1, r1, 2)
+    add(r1, r1, 4)
+    bor(r1, r1, rf9)                 # skipped
+    L.rel
+    b(absolute_target, absolute=True, cond="always")
+    nop()
+    nop()
+    nop()
+    bor(r1, r1, rf9)                 # skipped
+    L.abs_target
+    b(rf1, cond="always")
+    nop()
+    nop()
+    nop()
+    bor(r1, r1, rf9)
+    L.reg_target
+    b(R.sub, cond="always", set_link=True)
+    nop()
+    nop()
+    nop()
+    add(r1, r1, 8)                    # the subroutine returns here
+    # conditional: flags A = lane < 3; a0 taken, alla not taken, anya taken, allna not taken
+    eidx(r2)
+    sub(null, r2, 3, cond="pushc")
+    b(R.c1, cond="alla")
+    nop()
+    nop()
+    nop()
+    bor(r1, r1, rf4)                  # executed: alla is false
+    L.c1
+    b(R.c2, cond="a0")
+    nop()
+    nop()
+    nop()
+    bor(r1, r1, rf9)
+    L.c2
+    b(R.c3, cond="allna")
+    nop()
+    nop()
+    nop()
+    bor(r1, r1, rf5)                  # executed
+    L.c3
+    b(R.c4, cond="anyna")
+    nop()
+    nop()
+    nop()
+    bor(r1, r1, rf9)
+    L.c4
+    mov(tmud, r1)
+    mov(tmua, rf0)
+    tmuwt()
+    _end(asm)
+    L.sub
+    bor(r1, r1, rf6)
+    b(link, cond="always")
+    nop()
+    nop()
+    nop()
+
+
+def test_branch_forms_and_delay_slots():
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        probe = drv.program(k_branches, absolute_target=0)
+        from pimoe.qpu.asm import get_label_positions  # label positions of the same program
+        labels = dict(get_label_positions(k_branches, absolute_target=0))
+        base = int(probe.addresses()[0]) + 8 * len(probe)
+        code = drv.program(k_branches, absolute_target=base + labels["abs_target"])
+        y = drv.alloc(16, dtype=np.uint32)
+        unif = drv.alloc(2, dtype=np.uint32)
+        unif[:] = [y.addresses()[0], base + labels["reg_target"]]
+        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
+        assert np.all(y == 1 + 2 + 4 + 64 + 8 + 16 + 32)
+        assert c.branches_taken == 7
+
+
+@qpu
+def k_uniform_branch(asm, *, mode):
+    eidx(r0, sig=ldunifrf(rf0))
+    nop(sig=ldunifrf(rf1))           # for mode "reg": lane 1 of rf1 is used -> load a vector
+    shl(r0, r0, 2)
+    add(rf0, rf0, r0)
+    add(rf1, rf1, r0)
+    mov(tmua, rf1)
+    nop(sig=ldtmu(rf2))
+    if mode == "rel":
+        b(R.t, cond="always").unif_addr()
+    elif mode == "abs":
+        b(R.t, cond="always").unif_addr(absolute=True)
+    else:
+        b(R.t, cond="always").unif_addr(rf2)
+    nop()
+    nop()
+    nop()
+    L.t
+    nop(sig=ldunifrf(tmud))
+    mov(tmua, rf0)
+    tmuwt()
+    _end(asm)
+
+
+@pytest.mark.parametrize("mode", ["rel", "abs", "reg"])
+def test_uniform_stream_branches(mode):
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_uniform_branch, mode=mode)
+        y = drv.alloc(16, dtype=np.uint32)
+        vec = drv.alloc(16, dtype=np.uint32)
+        unif = drv.alloc(8, dtype=np.uint32)
+        unif[:] = [y.addresses()[0], vec.addresses()[0], 0, 5, 6, 7, 8, 9]
+        if mode == "rel":
+            unif[2] = 8          # read at unif[2]; the stream continues 8 bytes after it: unif[5]
+            want = 7
+        elif mode == "abs":
+            unif[2] = unif.addresses()[4]
+            want = 6
+        else:
+            vec[:] = 0xBAD
+            vec[1] = unif.addresses()[6]   # the hardware takes lane 1
+            want = 8
+        drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
+        assert np.all(y == want)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TMU
+
+
+@qpu
+def k_tmu_config(asm, *, ncomp):
+    eidx(r0, sig=ldunifrf(rf0))      # src
+    nop(sig=ldunifrf(rf1))           # dst
+    shl(r1, r0, 4)                   # 16 bytes per lane (vec4 rows)
+    add(rf0, rf0, r1)
+    add(rf1, rf1, r1)
+    mov(tmuau, rf0)                  # config word from the uniform stream
+    for i in range(ncomp):
+        nop(sig=ldtmu(rf[10 + i]))
+    for i in range(ncomp):
+        mov(tmud, rf[10 + i])
+    mov(tmua, rf1)                   # a vector store of ncomp words
+    tmuwt()
+    _end(asm)
+
+
+@pytest.mark.parametrize("ncomp", [2, 3, 4])
+def test_tmu_vector_load_and_store(ncomp):
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_tmu_config, ncomp=ncomp)
+        x = drv.alloc((16, 4), dtype=np.uint32)
+        y = drv.alloc((16, 4), dtype=np.uint32)
+        unif = drv.alloc(3, dtype=np.uint32)
+        x[:] = np.arange(64, dtype=np.uint32).reshape(16, 4) * 3 + 1
+        y[:] = 0
+        unif[:] = [x.addresses()[0, 0], y.addresses()[0, 0], 0xFFFFFF00 | (1 << 7) | ncomp]
+        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
+        assert np.array_equal(y[:, :ncomp], x[:, :ncomp]) and np.all(y[:, ncomp:] == 0)
+        assert c.tmu_read_bytes == 16 * 4 * ncomp and c.tmu_write_bytes == 16 * 4 * ncomp
+
+
+@qpu
+def k_tmu_narrow(asm, *, cfgs):
+    eidx(r0, sig=ldunifrf(rf0))      # byte base
+    shl(r1, r0, 1)                   # 2 bytes per lane
+    add(rf0, rf0, r1)
+    for _ in cfgs:
+        mov(tmuau, rf0)
+    nop(sig=ldunifrf(rf1))           # out
+    shl(r0, r0, 2)
+    add(rf1, rf1, r0)
+    shl(r3, 4, 4)
+    for _ in cfgs:
+        nop(sig=ldtmu(r1))
+        mov(tmud, r1)
+        mov(tmua, rf1)
+        tmuwt().add(rf1, rf1, r3)
+    _end(asm)
+
+
+def test_tmu_8_and_16_bit_loads_sign_and_zero_extend():
+    types = {0: np.int8, 1: np.int16, 5: np.uint8, 6: np.uint16}
+    cfgs = list(types)
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_tmu_narrow, cfgs=cfgs)
+        x = drv.alloc(32, dtype=np.uint8)
+        unif = drv.alloc(2 + len(cfgs), dtype=np.uint32)
+        y = drv.alloc((len(cfgs), 16), dtype=np.uint32)
+        x[:] = np.array([0x80, 0xFF, 0x7F, 0x01] * 8, dtype=np.uint8)
+        unif[0] = x.addresses()[0]
+        unif[1:1 + len(cfgs)] = [0xFFFFFF80 | t for t in cfgs]
+        unif[1 + len(cfgs)] = y.addresses()[0, 0]
+        drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
+        for k, t in enumerate(cfgs):
+            dt = types[t]
+            raw = np.array(x).view(np.uint8)
+            vals = np.array([raw[2 * l: 2 * l + np.dtype(dt).itemsize].view(dt)[0] for l in range(16)])
+            assert np.array_equal(y[k], vals.astype(np.int64).astype(np.uint32)), dt
+
+
+@qpu
+def k_store_then_load(asm):
+    eidx(r0, sig=ldunifrf(rf0))
+    shl(r0, r0, 2)
+    add(rf0, rf0, r0)
+    eidx(r1)
+    add(r1, r1, 12)
+    mov(tmud, r1)
+    mov(tmua, rf0)
+    tmuwt()                          # the store is done before the load below is issued
+    mov(tmua, rf0)
+    nop(sig=ldtmu(r2))
+    add(r2, r2, 1)
+    mov(tmud, r2)
+    mov(tmua, rf0)
+    tmuwt()
+    _end(asm)
+
+
+def test_store_tmuwt_load_sees_the_store():
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_store_then_load)
+        y = drv.alloc(16, dtype=np.uint32)
+        unif = drv.alloc(1, dtype=np.uint32)
+        y[:] = 7
+        unif[0] = y.addresses()[0]
+        drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
+        assert np.array_equal(y, LANE + 13)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SFU, rotate, broadcast
+
+
+@qpu
+def k_sfu(asm):
+    eidx(r0, sig=ldunifrf(rf0))
+    nop(sig=ldunifrf(rf1))
+    shl(r0, r0, 2)
+    add(rf0, rf0, r0)
+    add(rf1, rf1, r0)
+    shl(r3, 4, 4)
+    mov(tmua, rf0)
+    nop(sig=ldtmu(r1))
+    for unit in ("recip", "rsqrt", "exp", "log", "sin", "rsqrt2"):
+        mov(globals()[unit], r1)
+        nop()
+        nop()
+        mov(tmud, r4)                    # r4 is ready two instructions after the SFU write
+        mov(tmua, rf1)
+        tmuwt().add(rf1, rf1, r3)
+    _end(asm)
+
+
+def test_sfu_accuracy():
+    x = np.array([0.1, 0.5, 1.0, 1.5, 2.0, 3.0, 7.5, 10.0, 0.01, 0.25, 0.75, 4.0, 5.5, 100.0, 0.3, 1.7],
+                 dtype=np.float32)
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_sfu)
+        xa = drv.alloc(16, dtype=np.float32)
+        y = drv.alloc((6, 16), dtype=np.float32)
+        unif = drv.alloc(2, dtype=np.uint32)
+        xa[:] = x
+        unif[:] = [xa.addresses()[0], y.addresses()[0, 0]]
+        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
+        x64 = x.astype(np.float64)
+        np.testing.assert_allclose(y[0], 1 / x64, rtol=1e-4)
+        np.testing.assert_allclose(y[1], 1 / np.sqrt(x64), rtol=1e-4)
+        np.testing.assert_allclose(y[2], 2 ** x64, rtol=1e-4)
+        np.testing.assert_allclose(y[3], np.log2(x64), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(y[4], np.sin(np.pi * x64), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(y[5], 1 / np.sqrt(x64), rtol=1e-4)
+        assert c.sfu_ops == 6
+
+
+@qpu
+def k_rotate(asm):
+    eidx(r0, sig=ldunifrf(rf0))
+    shl(r0, r0, 2)
+    add(rf0, rf0, r0)
+    shl(r3, 4, 4)
+    eidx(r0)
+    shl(r0, r0, 1)
+    add(r0, r0, 7)
+    mov(rf5, r0)
+    nop()                                        # the rotated source must not be written just before
+    for n in (1, -1, 5, -15):
+        nop().add(r1, r0, r0, sig=rot(n))        # accumulator: full 16-lane rotate
+        mov(tmud, r1)
+        mov(tmua, rf0)
+        tmuwt().add(rf0, rf0, r3)
+        nop().add(r1, rf5, rf5, sig=rot(n))      # register file: rotate within each quad
+        mov(tmud, r1)
+        mov(tmua, rf0)
+        tmuwt().add(rf0, rf0, r3)
+    mov(r5, 3)
+    nop()
+    nop().mov(r1, r0, sig=rot(r5))               # amount from r5
+    mov(tmud, r1)
+    mov(tmua, rf0)
+    tmuwt().add(rf0, rf0, r3)
+    nop().mov(r5rep, r0, sig=rot(2))             # r5rep: lane 0 of the rotated value to every lane
+    mov(tmud, r5)
+    mov(tmua, rf0)
+    tmuwt().add(rf0, rf0, r3)
+    nop().mov(r5, r0)                            # r5: one value per quad (its first lane)
+    mov(tmud, r5)
+    mov(tmua, rf0)
+    tmuwt().add(rf0, rf0, r3)
+    _end(asm)
+
+
+def test_rotate_quad_rotate_and_broadcasts():
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_rotate)
+        y = drv.alloc((11, 16), dtype=np.uint32)
+        unif = drv.alloc(1, dtype=np.uint32)
+        unif[0] = y.addresses()[0, 0]
+        drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
+    x = 2 * LANE + 7
+    for k, n in enumerate((1, -1, 5, -15)):
+        full = x[(LANE - n) % 16]                      # lane i takes lane i - n
+        quad = x[(LANE & ~3) | ((LANE - n) % 4)]
+        assert np.array_equal(y[2 * k], 2 * full), n
+        assert np.array_equal(y[2 * k + 1], 2 * quad), n
+    assert np.array_equal(y[8], x[(LANE - 3) % 16])
+    assert np.all(y[9] == x[(0 - 2) % 16])
+    assert np.array_equal(y[10], x[LANE & ~3])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# threads, tidx, payload
+
+
+@qpu
+def k_ids(asm):
+    tidx(r0, sig=ldunifrf(rf3))
+    mov(rf4, rf0)                   # payload: wg x/y
+    mov(rf5, rf2)                   # payload: wg z / local index
+    # row = batch-ish index from tidx: qpu + 8 * (thread quarter)
+    shr(r1, r0, 2)
+    band(r1, r1, 7)
+    band(r2, r0, 3)
+    shl(r2, r2, 3)
+    add(r1, r1, r2)                 # 0..31 unique per (qpu, thread slot)
+    shl(r1, r1, 8)                  # 256 bytes per row: tidx, rf0, rf2, pad
+    eidx(r2)
+    shl(r2, r2, 2)
+    add(r1, r1, r2)
+    add(r1, r1, rf3)
+    shl(r3, 4, 4)
+    mov(tmud, r0)
+    mov(tmua, r1).add(r1, r1, r3)
+    mov(tmud, rf4)
+    mov(tmua, r1).add(r1, r1, r3)
+    mov(tmud, rf5)
+    mov(tmua, r1)
+    tmuwt()
+    _end(asm)
+
+
+@pytest.mark.parametrize("threads,mode", [(8, 1), (16, 2), (32, 4)])
+def test_tidx_and_thread_modes(threads, mode):
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_ids)
+        y = drv.alloc((32, 4, 16), dtype=np.uint32)
+        unif = drv.alloc(1, dtype=np.uint32)
+        y[:] = 0xFFFFFFFF
+        unif[0] = y.addresses()[0, 0, 0]
+        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=threads,
+                        workgroup=(threads, 1, 1), wgs_per_sg=16)
+        assert c.threads_per_qpu == mode
+        seen = set()
+        for row in range(32):
+            if y[row, 0, 0] == 0xFFFFFFFF:
+                continue
+            t = int(y[row, 0, 0])
+            qpu, quarter = t >> 2, t & 3
+            assert quarter % (4 // mode) == 0
+            seen.add((qpu, quarter))
+        assert len(seen) == threads
+        # batch b runs on QPU b % 8, slot b // 8: its workgroup id (local 16 -> one workgroup per batch)
+        for qpu, quarter in seen:
+            slot = quarter // (4 // mode)
+            batch = qpu + 8 * slot
+            row = qpu + 8 * quarter
+            assert np.all(y[row, 1] & 0xFFFF == batch)
+        assert np.all(c.instructions.sum(axis=1) > 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# faults: each names QPU, thread, PC and the instruction
+
+NOP = encode(Instr())
+
+
+def _words(kernel, **kw):
+    from pimoe.qpu import assemble
+    return assemble(kernel, **kw)
+
+
+def expect_fault(kernel, pattern, thread=1, uniforms=None, **execute_kw):
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(kernel)
+        buf = drv.alloc(64, dtype=np.uint32)
+        unif = drv.alloc(4, dtype=np.uint32)
+        unif[:] = [buf.addresses()[0], 0, 0, 0] if uniforms is None else uniforms(buf)
+        with pytest.raises(QPUFault, match=pattern) as info:
+            drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=thread,
+                        **execute_kw)
+        msg = str(info.value)
+        assert "QPU 0 thread 0" in msg and "PC" in msg
+        assert "word 0x" in msg or "left the code area" in msg
+        return msg
+
+
+@qpu
+def f_r4_too_soon(asm):
+    mov(recip, 2.0)
+    mov(r0, r4)          # the result arrives 2 instructions after the SFU write
+    _end(asm)
+
+
+@qpu
+def f_two_units(asm):
+    nop(sig=ldunifrf(rf0))
+    mov(tmua, rf0)
+    mov(exp, 1.0, sig=ldtmu(r1))
+    _end(asm)
+
+
+@qpu
+def f_rotate_source(asm):
+    eidx(r0)
+    nop().mov(r1, r0, sig=rot(1))
+    _end(asm)
+
+
+@qpu
+def f_unifa(asm):
+    nop(sig=ldunifrf(rf0))
+    mov(unifa, rf0)
+    nop()
+    nop(sig=ldunifa)
+    _end(asm)
+
+
+@qpu
+def f_thrsw_in_branch_delay(asm):
+    b(R.x, cond="always")
+    nop(sig=thrsw)
+    nop()
+    nop()
+    L.x
+    _end(asm)
+
+
+@qpu
+def f_branch_in_delay(asm):
+    b(R.x, cond="always")
+    b(R.x, cond="always")
+    nop()
+    nop()
+    L.x
+    nop()
+    nop()
+    nop()
+    _end(asm)
+
+
+@qpu
+def f_out_of_range(asm):
+    mov(tmua, 0)         # bus address 0 is below the driver's memory
+    nop(sig=ldtmu(r1))
+    _end(asm)
+
+
+@qpu
+def f_runaway(asm):
+    L.top
+    b(R.top, cond="always")
+    nop()
+    nop()
+    nop()
+
+
+@qpu
+def f_ldtmu_empty(asm):
+    nop(sig=ldtmu(r0))
+    _end(asm)
+
+
+@qpu
+def f_barrier(asm):
+    barrierid(syncb, sig=thrsw)
+    nop()
+    nop()
+    _end(asm)
+
+
+@qpu
+def f_regs(asm):
+    mov(rf40, 1)
+    _end(asm)
+
+
+@qpu
+def f_no_end(asm):
+    nop()
+    nop()
+
+
+@qpu
+def f_invalid(asm):
+    raw(0)               # mul op 0 with a non-branch signal: not an instruction
+    _end(asm)
+
+
+@qpu
+def f_misaligned(asm):
+    nop(sig=ldunifrf(rf0))
+    add(r0, rf0, 2)
+    mov(tmua, r0)
+    nop(sig=ldtmu(r1))
+    _end(asm)
+
+
+@pytest.mark.parametrize("kernel,pattern", [
+    (f_r4_too_soon, "r4 read too soon"),
+    (f_two_units, "more than one of TMU"),
+    (f_rotate_source, "rotate source"),
+    (f_unifa, "ldunifa less than 3"),
+    (f_thrsw_in_branch_delay, "thrsw in a branch delay slot"),
+    (f_branch_in_delay, "branch in a branch delay slot"),
+    (f_ldtmu_empty, "ldtmu with no TMU load"),
+    (f_invalid, "invalid instruction"),
+    (f_no_end, "left the code area"),
+])
+def test_faults_name_the_hazard(kernel, pattern):
+    msg = expect_fault(kernel, pattern)
+    if kernel is f_r4_too_soon:
+        assert "PC 1" in msg and "or r0, r4, r4" in msg
+
+
+def test_faults_memory_runaway_barrier_registers():
+    msg = expect_fault(f_out_of_range, "outside the driver's memory")
+    assert "address 0x00000000" in msg
+    expect_fault(f_misaligned, "not 4-byte aligned")
+    msg = expect_fault(f_runaway, "instruction budget", max_instructions=10_000)
+    assert "b" in msg
+    # 17 threads in one supergroup of 32 batches but only 16 thread slots (2 per QPU): deadlock
+    expect_fault(f_barrier, "barrier deadlock", thread=17, threads_per_qpu=2, wgs_per_sg=32)
+    expect_fault(f_regs, "rf40", thread=16)  # 2 threads per QPU: rf0..rf31 only
+
+
+def test_driver_errors():
+    with EmuDriver(data_area_size=1024) as drv:
+        with pytest.raises(PimoeError, match="data area too small"):
+            drv.alloc(2048, dtype=np.uint8)
+        a = drv.alloc((4, 4), dtype=np.uint32)
+        assert int(a[1:].addresses()[0, 0]) == int(a.addresses()[1, 0])
+        assert int(a.T.addresses()[0, 1]) == int(a.addresses()[1, 0])
+        assert (a + 1).address is None
+        with pytest.raises(PimoeError, match="not a 64-bit"):
+            drv.program([1 << 64])
+    with pytest.raises(PimoeError, match="closed"):
+        drv.alloc(4, dtype=np.uint32)
