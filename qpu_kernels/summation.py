@@ -35,6 +35,7 @@ def thread_id_shift(threads: int) -> int:
     return 2 if threads <= 8 else (1 if threads <= 16 else 0)
 
 
+@qpu
 def emit_thread_id(asm, dst, threads: int) -> None:
     """dst = this thread's index 0..threads-1 (bits 4:shift of tidx)."""
     s = thread_id_shift(threads)
@@ -43,6 +44,7 @@ def emit_thread_id(asm, dst, threads: int) -> None:
     shr(dst, dst, _imm_shift(27 + s))
 
 
+@qpu
 def emit_program_end(asm) -> None:
     """The end of a program: the last-thrsw pair, its delay slots, then the final thrsw and its slots."""
     nop(sig=thrsw)
