@@ -75,38 +75,43 @@ def test_routing_record_per_layer(arch, tiny_model):
     assert cfg.norm_topk == (arch in ("qwen3moe", "llama"))
 
 
-class RecordingExperts:
-    """Wraps an expert QTensor [E, ff, d]: records which experts are indexed (w[e]) by the backend."""
+def _poison_unrouted_experts(backend, routing):
+    """Replace every expert tensor by a copy whose experts that no token chose are all NaN (F32 bytes 0xFF)."""
+    from pimoe.quant import QTensor
 
-    def __init__(self, t, seen):
-        self.t, self.seen = t, seen
+    for i, w in enumerate(backend.experts):
+        used = set(routing[i].expert_ids.ravel().tolist())
+        for attr in ("gate", "up", "down"):
+            t = getattr(w, attr)
+            data = np.array(t.data)
+            for e in set(range(t.shape[0])) - used:
+                data[e] = 0xFF
+            setattr(w, attr, QTensor(t.name, t.qtype, t.shape, data))
+    return backend
 
-    def __getitem__(self, e):
-        self.seen.add(int(e))
-        return self.t[e]
 
-
-def test_cpu_backend_reads_only_the_routed_experts_and_matches_dense_numpy(tiny_model):
-    m = load_model(tiny_model("qwen3moe", "F32"))
-    be = m.backend
-    assert isinstance(be, CPUBackend)
-    seen = {i: set() for i in range(m.config.n_layers)}
-    dense = [(w.gate.dequantize(), w.up.dequantize(), w.down.dequantize()) for w in be.experts]
-    for i, w in enumerate(be.experts):
-        w.gate, w.up, w.down = (RecordingExperts(t, seen[i]) for t in (w.gate, w.up, w.down))
+@pytest.mark.parametrize("backend", ["cpu", "cpu-reference"])
+def test_expert_backends_read_only_the_routed_experts_and_match_dense_numpy(tiny_model, backend):
+    m = load_model(tiny_model("qwen3moe", "F32"), backend=backend)
+    toks = [5, 6, 7]
+    before = m.logits(toks)
+    dense = [(w.gate.dequantize(), w.up.dequantize(), w.down.dequantize()) for w in m.backend.experts]
+    assert all(len(set(r.expert_ids.ravel().tolist())) < m.config.n_experts for r in m.routing)
+    # an expert nobody chose is now NaN: touching it anywhere (even times a zero weight) would show
+    _poison_unrouted_experts(m.backend, m.routing)
     calls = []
-    real = be.expert_ffn
+    real = m.backend.expert_ffn
 
     def spy(layer, x, ids, weights):
         out = real(layer, x, ids, weights)
         calls.append((layer, x.copy(), ids.copy(), weights.copy(), out))
         return out
 
-    be.expert_ffn = spy
-    m.logits([5, 6, 7])
+    m.backend.expert_ffn = spy
+    after = m.logits(toks)
+    np.testing.assert_array_equal(after, before)
     assert [c[0] for c in calls] == list(range(m.config.n_layers))
     for layer, x, ids, weights, out in calls:
-        assert seen[layer] == set(ids.ravel().tolist())      # no other expert's blocks were touched
         g, u, d = dense[layer]
         ref = np.zeros_like(x)
         for t in range(x.shape[0]):
@@ -114,6 +119,14 @@ def test_cpu_backend_reads_only_the_routed_experts_and_matches_dense_numpy(tiny_
                 h = g[e] @ x[t]
                 ref[t] += wt * (d[e] @ (h / (1 + np.exp(-h)) * (u[e] @ x[t])))
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q5_1", "BF16"])
+def test_fused_and_reference_expert_backends_agree(tiny_model, qtype):
+    toks = list(range(40, 52))
+    a = load_model(tiny_model("olmoe", qtype), backend="cpu").logits(toks)
+    b = load_model(tiny_model("olmoe", qtype), backend="cpu-reference").logits(toks)
+    np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_backend_registry(tiny_model):

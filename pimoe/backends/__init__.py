@@ -11,6 +11,7 @@ from pimoe.errors import PimoeError
 
 _REGISTRY: dict[str, object] = {
     "cpu": "pimoe.backends.cpu:CPUBackend",
+    "cpu-reference": "pimoe.backends.cpu:CPUReferenceBackend",
 }
 
 

@@ -22,14 +22,27 @@ def swiglu_ffn(gate, up, down, x: np.ndarray) -> np.ndarray:
 
 
 class CPUBackend(Backend):
+    """Routed experts through pimoe.quant.moe_swiglu: per layer three kernel calls (gate, up, down) that
+    read each selected expert's stored blocks once and apply them to every token routed to it."""
+
     name = "cpu"
 
     def expert_ffn(self, layer, x, expert_ids, expert_weights):
         # x [T, hidden] f32; expert_ids [T, k]; expert_weights [T, k] -> [T, hidden]
         w = self.experts[layer]
+        return quant.moe_swiglu(w.gate, w.up, w.down, x, expert_ids, expert_weights)
+
+
+class CPUReferenceBackend(Backend):
+    """The same computation spelled out expert by expert with quant.matmul on w[e] views (for checking)."""
+
+    name = "cpu-reference"
+
+    def expert_ffn(self, layer, x, expert_ids, expert_weights):
+        w = self.experts[layer]
         T, k = expert_ids.shape
         y = np.zeros((T, k, x.shape[1]), dtype=np.float32)   # each chosen expert's output, router order
-        # Group tokens by expert so each expert's blocks are read once per call (prefill shares experts).
+        # group tokens by expert so each expert's blocks are read once per call (prefill shares experts)
         for e in np.unique(expert_ids):
             rows, slots = np.nonzero(expert_ids == e)
             y[rows, slots] = swiglu_ffn(w.gate[int(e)], w.up[int(e)], w.down[int(e)], x[rows])
