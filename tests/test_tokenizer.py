@@ -315,3 +315,33 @@ def test_bad_metadata_gives_clear_errors():
     tok = Tokenizer.from_gguf_metadata(md, "m.gguf")
     with pytest.raises(PimoeError, match="outside the vocabulary"):
         tok.decode([1000])
+
+
+@pytest.mark.llama
+@pytest.mark.parametrize("style,pre", [("llama", None), ("gpt2", "qwen2"), ("gpt2", "olmo"), ("gpt2", "default")])
+def test_ids_equal_llama_cpp_on_random_strings(tmp_path, style, pre):
+    """Seeded random strings over a small alphabet (runs of spaces, tabs, newlines, '▁', apostrophes, digits,
+    multi-byte characters); the SentencePiece vocabulary gets many equal scores so tie-breaking is exercised."""
+    import random
+
+    rng = random.Random(1)
+    pool = list("aabbcc \u2581xy\u00e9\u4f60\U0001f642\n\t'0123") + [" "] * 3
+    texts = ["".join(rng.choice(pool) for _ in range(rng.randint(1, 40))) for _ in range(200)]
+    path = tmp_path / "vocab.gguf"
+    md = _vocab_only_file(path, style, 1500, pre, drop=("tokenizer.ggml.scores",) if style == "llama" else ())
+    if style == "llama":   # scores with ties: 7 distinct values for 1241 pieces
+        md["tokenizer.ggml.scores"] = [0.0 if i < 259 else float(-(i % 7)) for i in range(1500)]
+        w = gguf.GGUFWriter(str(path), "llama")
+        for add in (w.add_context_length, w.add_embedding_length, w.add_feed_forward_length):
+            add(128)
+        w.add_block_count(1)
+        w.add_head_count(4)
+        w.add_layer_norm_rms_eps(1e-6)
+        add_tokenizer_metadata(w, md)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    tok = Tokenizer.from_gguf_metadata(md, str(path))
+    bad = _compare(tok, _llama_vocab(path), texts)
+    assert not bad, "\n".join(bad[:10])
