@@ -1,0 +1,419 @@
+"""`pimoe bench cpu`: pimoe's CPU path against llama.cpp on the same file, with the napkin math.
+
+What it measures, in one run, on this machine:
+  1. the read bandwidth ceiling: numpy summing a 512 MB array (1 thread) and a numba parallel byte
+     sum with the benchmark's thread count; the larger is the ceiling;
+  2. the expert GEMVs alone (Qwen3-30B-A3B expert shapes 768x2048 gate/up and 2048x768 down, Q4_K and
+     Q8_0), cycling over 128 experts so the weights come from DRAM, not cache: us per GEMV and GB/s;
+  3. whole models: synthetic GGUFs of the Qwen3-30B-A3B shape with a few layers (Q8_0, and a
+     Q4_K_M-like mix: Q4_K with Q6_K output head and Q6_K attn_v/ffn_down_exps in the layers
+     llama-quantize's use_more_bits picks), each run by pimoe and by llama.cpp (llama-cpp-python) in
+     separate worker processes with the same thread count: prompt tokens/s (pp: one forward over P
+     tokens, all-position logits in both engines), decode tokens/s (tg: N single-token forwards),
+     GB/s of weights read per decode token, peak RSS, and how close the two engines' logits are.
+
+Timings on a shared machine are noisy: every figure is the median of repeats (tg: per-token times),
+and the comparison is the ratio inside one run. A result record (JSON) is written under results/
+with a new timestamped name; nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HELP = "CPU kernels and whole-model decode/prompt speed: pimoe vs llama.cpp on the same synthetic GGUF"
+
+DEFAULT_CACHE = Path(os.environ.get("PIMOE_CACHE", Path.home() / ".cache" / "pimoe")) / "bench"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--threads", "-t", type=int, default=min(2, os.cpu_count() or 1),
+                        help="threads for both engines (default: 2 or the CPU count)")
+    parser.add_argument("--layers", type=int, default=4, help="layers of the Qwen3-30B-A3B-shaped model (default 4)")
+    parser.add_argument("--models", default="Q8_0,Q4_K_M",
+                        help="comma list of weight mixes: Q8_0, Q4_K_M, Q4_K, Q6_K, F16 … (default Q8_0,Q4_K_M)")
+    parser.add_argument("--prompt", type=int, default=32, help="prompt tokens for pp (default 32)")
+    parser.add_argument("--decode", type=int, default=16, help="decode tokens for tg (default 16)")
+    parser.add_argument("--reps", type=int, default=3, help="repeats of pp (default 3)")
+    parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp (pimoe only)")
+    parser.add_argument("--micro-only", action="store_true", help="only the bandwidth and GEMV microbenchmarks")
+    parser.add_argument("--no-micro", action="store_true", help="skip the GEMV microbenchmark")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+                        help=f"where the synthetic models are written once and reused (default {DEFAULT_CACHE})")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="directory for the JSON record")
+
+
+# --- environment ------------------------------------------------------------------------------------
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(threads: int) -> dict:
+    import numba
+
+    env = {"cpu": _cpu_name(), "machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": threads,
+           "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+           "git_commit": _git_commit(), "load_average": os.getloadavg()}
+    try:
+        import llama_cpp
+
+        env["llama_cpp_python"] = llama_cpp.__version__
+    except ImportError:
+        env["llama_cpp_python"] = None
+    return env
+
+
+# --- 1. read bandwidth -------------------------------------------------------------------------------
+
+def _numba_read_kernel():
+    from numba import njit, prange
+
+    @njit(cache=True, parallel=True)
+    def read_bytes(a, out):  # a uint8 [rows, cols]: every byte read once, summed per row
+        for r in prange(a.shape[0]):
+            row = a[r]
+            s = np.int32(0)
+            for k in range(row.shape[0]):
+                s = np.int32(s + np.int32(row[k]))
+            out[r] = s
+
+    return read_bytes
+
+
+def read_bandwidth(threads: int, mbytes: int = 512, reps: int = 5) -> dict:
+    """GB/s of plain sequential reads: numpy sum (1 thread) and a numba parallel byte sum."""
+    import numba
+
+    numba.set_num_threads(threads)
+    a = np.ones(mbytes * (1 << 20) // 4, np.float32)
+    t_np = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a.sum()
+        t_np.append(time.perf_counter() - t0)
+    b = a.view(np.uint8).reshape(-1, 1 << 16)
+    out = np.zeros(b.shape[0], np.int32)
+    kernel = _numba_read_kernel()
+    kernel(b[:4], out[:4])
+    t_nb = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        kernel(b, out)
+        t_nb.append(time.perf_counter() - t0)
+    gb = a.nbytes / 1e9
+    res = {"bytes": a.nbytes, "numpy_sum_1thread_GBps": gb / float(np.median(t_np)),
+           "numba_read_GBps": gb / float(np.median(t_nb)), "numba_threads": threads,
+           "numpy_best_GBps": gb / min(t_np), "numba_best_GBps": gb / min(t_nb)}
+    res["ceiling_GBps"] = max(res["numpy_sum_1thread_GBps"], res["numba_read_GBps"])
+    return res
+
+
+# --- 2. expert GEMV microbenchmark ------------------------------------------------------------------
+
+def gemv_micro(threads: int, ceiling: float, n_experts: int = 128, sweeps: int = 5) -> list[dict]:
+    import numba
+    from gguf import GGMLQuantizationType as QT
+
+    from pimoe import quant
+
+    numba.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    for qtype in (QT.Q4_K, QT.Q8_0):
+        for out_rows, in_len, what in ((768, 2048, "gate/up 768x2048"), (2048, 768, "down 2048x768")):
+            w = quant.random_qtensor("bench", qtype, (n_experts, out_rows, in_len), rng)
+            x = rng.standard_normal((1, in_len)).astype(np.float32)
+            quant.matmul(w[0], x)  # compile / load the cached kernels
+            per = []
+            for _ in range(sweeps):
+                t0 = time.perf_counter()
+                for e in range(n_experts):
+                    quant.matmul(w[e], x)
+                per.append((time.perf_counter() - t0) / n_experts)
+            t = float(np.median(per))
+            nbytes = w.nbytes // n_experts
+            gbps = nbytes / t / 1e9
+            rows.append({"qtype": qtype.name, "shape": what, "out": out_rows, "in": in_len,
+                         "bytes_per_gemv": nbytes, "us_median": t * 1e6, "us_best": min(per) * 1e6,
+                         "GBps": gbps, "GBps_best": nbytes / min(per) / 1e9,
+                         "fraction_of_ceiling": gbps / ceiling, "threads": threads})
+            print(f"  {qtype.name:5s} {what:18s} {t * 1e6:8.1f} us  {gbps:6.2f} GB/s  "
+                  f"({100 * gbps / ceiling:4.1f} % of {ceiling:.1f} GB/s)", flush=True)
+    return rows
+
+
+# --- 3. whole models ----------------------------------------------------------------------------------
+
+def _more_bits_layers(n_layers: int) -> list[int]:
+    """Layers where llama-quantize's Q4_K_M gives attn_v / ffn_down the larger type (use_more_bits)."""
+    return [i for i in range(n_layers)
+            if i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2]
+
+
+def model_recipe(mix: str, n_layers: int) -> tuple[str, dict[str, str]]:
+    """(default type, per-name-fragment types) for a weight mix name."""
+    if mix.upper() == "Q4_K_M":
+        types = {"output.weight": "Q6_K"}
+        for i in _more_bits_layers(n_layers):
+            types[f"blk.{i}.attn_v."] = "Q6_K"
+            types[f"blk.{i}.ffn_down_exps."] = "Q6_K"
+        return "Q4_K", types
+    return mix.upper(), {}
+
+
+def ensure_model(cache_dir: Path, mix: str, n_layers: int) -> Path:
+    from pimoe.synth import make_model
+
+    qtype, types = model_recipe(mix, n_layers)
+    path = cache_dir / f"qwen3-30b-a3b-{n_layers}L-{mix.upper()}.gguf"
+    if not path.exists():
+        print(f"writing {path} (once; reused by later runs)", flush=True)
+        tmp = path.with_suffix(".part")
+        make_model(tmp, preset="qwen3-30b-a3b", qtype=qtype, n_layers=n_layers, tensor_types=types,
+                   progress=True)
+        tmp.rename(path)
+    return path
+
+
+def weight_bytes_per_token(path: Path) -> dict:
+    """Bytes of weights one decode token reads: every matrix, k/E of each expert tensor, one embedding row."""
+    from pimoe.gguf_file import GGUFFile
+
+    f = GGUFFile(path)
+    cfg = f.config
+    total = dense = experts = 0
+    for name, t in f.tensors.items():
+        total += t.nbytes
+        if name == "token_embd.weight":
+            dense += t.row_bytes
+        elif "_exps" in name:
+            experts += t.nbytes * cfg.n_experts_used // cfg.n_experts
+        else:
+            dense += t.nbytes
+    return {"file_bytes": path.stat().st_size, "tensor_bytes": total, "bytes_per_token": dense + experts,
+            "dense_bytes_per_token": dense, "expert_bytes_per_token": experts,
+            "params": int(sum(int(np.prod(t.shape)) for t in f.tensors.values())),
+            "vocab": cfg.vocab_size}
+
+
+def _run_worker(engine: str, path: Path, threads: int, prompt: list[int], n_decode: int, reps: int,
+                tmpdir: str) -> dict:
+    spec = {"engine": engine, "path": str(path), "threads": threads, "prompt": prompt, "n_decode": n_decode,
+            "reps": reps, "logits_out": os.path.join(tmpdir, f"{engine}.npy")}
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, "-m", "pimoe.cpubench", "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"engine": engine, "error": (proc.stderr or proc.stdout).strip().splitlines()[-5:]}
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["logits_file"] = spec["logits_out"]
+    return res
+
+
+def _worker(spec: dict) -> dict:
+    """Runs in its own process: load, warm up, time pp and tg, report peak RSS."""
+    engine, path, threads = spec["engine"], spec["path"], spec["threads"]
+    prompt, n_decode, reps = spec["prompt"], spec["n_decode"], spec["reps"]
+    decode_tokens = [(prompt[i % len(prompt)] * 7 + 3) % 1000 for i in range(n_decode)]
+    t0 = time.perf_counter()
+    if engine == "pimoe":
+        import numba
+
+        import pimoe
+
+        numba.set_num_threads(threads)
+        model = pimoe.load_model(path)
+        # fault in every page of the mapping once (llama.cpp does the same at load with MAP_POPULATE),
+        # so neither engine's timings include first-touch page faults
+        for t in model.file.tensors.values():
+            flat = t.data.reshape(-1)
+            int(flat[::4096].sum())
+        load_s = time.perf_counter() - t0
+        model.forward(prompt[:2])  # warm-up: loads the cached kernels
+        model.forward(decode_tokens[:2])
+        model.reset()
+
+        def run_prompt():
+            model.reset()
+            return model.forward(prompt)[-1]
+
+        def run_token(tok):
+            model.forward([tok])
+    else:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(model_path=path, n_ctx=len(prompt) + n_decode + 8, n_batch=max(512, len(prompt)),
+                              n_ubatch=max(512, len(prompt)), n_threads=threads, n_threads_batch=threads,
+                              logits_all=True, flash_attn=False, verbose=False,
+                              type_k=0, type_v=0)  # F32 KV cache like pimoe's (GGML_TYPE_F32 = 0)
+        load_s = time.perf_counter() - t0
+        llm.eval(prompt[:2])
+        llm.eval(decode_tokens[:2])
+        llm.reset()
+
+        def run_prompt():
+            llm.reset()
+            llm.eval(prompt)
+            return np.array(llm.scores[len(prompt) - 1], dtype=np.float32)
+
+        def run_token(tok):
+            llm.eval([tok])
+
+    pp = []
+    last_logits = None
+    for _ in range(reps):
+        t1 = time.perf_counter()
+        last_logits = run_prompt()
+        pp.append(time.perf_counter() - t1)
+    tg = []
+    for tok in decode_tokens:
+        t1 = time.perf_counter()
+        run_token(tok)
+        tg.append(time.perf_counter() - t1)
+    np.save(spec["logits_out"], np.asarray(last_logits, np.float32))
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"engine": engine, "threads": threads, "load_s": load_s, "pp_tokens": len(prompt),
+            "pp_s": pp, "pp_tps": len(prompt) / float(np.median(pp)), "tg_tokens": n_decode, "tg_s": tg,
+            "tg_tps": 1.0 / float(np.median(tg)), "tg_tps_mean": n_decode / float(np.sum(tg)),
+            "tg_sd_s": float(np.std(tg)), "peak_rss_bytes": rss_kb * 1024}
+
+
+def bench_model(path: Path, mix: str, args, ceiling: float, tmpdir: str) -> dict:
+    info = weight_bytes_per_token(path)
+    rng = np.random.default_rng(1)
+    prompt = [int(t) for t in rng.integers(10, min(info["vocab"], 1000), size=args.prompt)]
+    engines = ["pimoe"] + ([] if args.no_llama else ["llama.cpp"])
+    runs = {}
+    for engine in engines:
+        print(f"  {engine:9s} running ({args.threads} threads) …", flush=True)
+        r = _run_worker(engine, path, args.threads, prompt, args.decode, args.reps, tmpdir)
+        if "error" not in r:
+            r["tg_GBps"] = info["bytes_per_token"] * r["tg_tps"] / 1e9
+            r["tg_fraction_of_ceiling"] = r["tg_GBps"] / ceiling
+        runs[engine] = r
+    rec = {"model": path.name, "mix": mix, "weights": info, "runs": runs}
+    p, l = runs.get("pimoe", {}), runs.get("llama.cpp", {})
+    if "tg_tps" in p and "tg_tps" in l:
+        rec["ratio_tg"] = p["tg_tps"] / l["tg_tps"]
+        rec["ratio_pp"] = p["pp_tps"] / l["pp_tps"]
+        a, b = np.load(p["logits_file"]), np.load(l["logits_file"])
+        rec["last_logits_max_abs_diff"] = float(np.abs(a - b).max())
+        rec["last_logits_scale"] = float(np.abs(b).max())
+        rec["same_argmax"] = bool(int(a.argmax()) == int(b.argmax()))
+    for r in runs.values():
+        r.pop("logits_file", None)
+    return rec
+
+
+def _table(records: list[dict], threads: int) -> str:
+    head = "| model | size | params | engine | threads | test | t/s | GB/s |\n|---|---|---|---|---|---|---|---|"
+    lines = [head]
+    for rec in records:
+        w = rec["weights"]
+        for engine, r in rec["runs"].items():
+            if "error" in r:
+                lines.append(f"| {rec['model']} | | | {engine} | {threads} | error | {r['error'][-1]} | |")
+                continue
+            size = f"{w['file_bytes'] / 2**30:.2f} GiB"
+            params = f"{w['params'] / 1e9:.2f} B"
+            pp_sd = float(np.std([r["pp_tokens"] / s for s in r["pp_s"]]))
+            tg_rates = [1.0 / s for s in r["tg_s"]]
+            lines.append(f"| {rec['mix']} | {size} | {params} | {engine} | {threads} | pp{r['pp_tokens']} | "
+                         f"{r['pp_tps']:.2f} ± {pp_sd:.2f} | |")
+            lines.append(f"| {rec['mix']} | {size} | {params} | {engine} | {threads} | tg{r['tg_tokens']} | "
+                         f"{r['tg_tps']:.2f} ± {float(np.std(tg_rates)):.2f} | {r['tg_GBps']:.2f} |")
+    return "\n".join(lines)
+
+
+def _new_record_path(results: Path) -> Path:
+    results.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path = results / f"cpu-bench-{stamp}.json"
+    n = 1
+    while path.exists():
+        path = results / f"cpu-bench-{stamp}-{n}.json"
+        n += 1
+    return path
+
+
+def main(args) -> int:
+    from pimoe.errors import PimoeError
+
+    if args.threads < 1:
+        raise PimoeError(f"--threads must be at least 1, got {args.threads}")
+    record = {"kind": "cpu-bench", "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "environment": environment(args.threads),
+              "command": "pimoe bench cpu " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["bench", "cpu"] else [])}
+    print(f"CPU: {record['environment']['cpu']}, {args.threads} threads, load {record['environment']['load_average']}")
+    bw = read_bandwidth(args.threads)
+    record["read_bandwidth"] = bw
+    ceiling = bw["ceiling_GBps"]
+    print(f"read bandwidth: numpy sum (1 thread) {bw['numpy_sum_1thread_GBps']:.1f} GB/s, "
+          f"numba read ({args.threads} threads) {bw['numba_read_GBps']:.1f} GB/s -> ceiling {ceiling:.1f} GB/s")
+    if not args.no_micro:
+        print("expert GEMVs (decode, 1 token; 128 experts cycled so weights stream from DRAM):")
+        record["gemv"] = gemv_micro(args.threads, ceiling)
+    record["models"] = []
+    if not args.micro_only:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            for mix in [m.strip() for m in args.models.split(",") if m.strip()]:
+                path = ensure_model(args.cache_dir, mix, args.layers)
+                print(f"model {path.name}:", flush=True)
+                rec = bench_model(path, mix, args, ceiling, tmpdir)
+                record["models"].append(rec)
+                for engine, r in rec["runs"].items():
+                    if "error" in r:
+                        print(f"  {engine}: error: {' | '.join(r['error'])}")
+                        continue
+                    print(f"  {engine:9s} pp{r['pp_tokens']} {r['pp_tps']:7.2f} t/s   tg{r['tg_tokens']} "
+                          f"{r['tg_tps']:6.2f} t/s = {r['tg_GBps']:.2f} GB/s of weights "
+                          f"({100 * r['tg_fraction_of_ceiling']:.0f} % of ceiling)   peak RSS "
+                          f"{r['peak_rss_bytes'] / 2**30:.2f} GiB (file {rec['weights']['file_bytes'] / 2**30:.2f} GiB)")
+                if "ratio_tg" in rec:
+                    print(f"  pimoe / llama.cpp: decode {rec['ratio_tg']:.2f}x, prompt {rec['ratio_pp']:.2f}x; "
+                          f"last-token logits max |diff| {rec['last_logits_max_abs_diff']:.2e} "
+                          f"(max |logit| {rec['last_logits_scale']:.2f}), same argmax: {rec['same_argmax']}")
+        if record["models"]:
+            print()
+            print(_table(record["models"], args.threads))
+    out = _new_record_path(args.results)
+    out.write_text(json.dumps(record, indent=1))
+    print(f"\nrecord written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        print(json.dumps(_worker(json.loads(sys.argv[2]))))
+    else:
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="python -m pimoe.cpubench", description=HELP)
+        add_arguments(parser)
+        sys.exit(main(parser.parse_args()))
