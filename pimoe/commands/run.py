@@ -33,6 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for sampling")
     parser.add_argument("--chat", action="store_true",
                         help="wrap the prompt as a user message with the model's chat template")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="skip the untimed warm-up pass (then the first timings include JIT compilation)")
     parser.add_argument("-c", "--ctx", type=int, default=None, metavar="N",
                         help="context length (KV cache size); default: the model's, at most 4096")
 
@@ -124,6 +126,16 @@ def main(args) -> int:
     _note(f"pimoe: {path.name}: {cfg.arch}, {cfg.n_layers} layers, {cfg.n_experts} experts "
           f"({cfg.n_experts_used} active), loaded in {t_load:.2f} s; backend {args.backend}; "
           f"prompt {len(ids)} tokens")
+
+    if not args.no_warmup and args.n_predict > 0:
+        # pimoe's kernels are compiled (numba) on their first call: a two-token pass and a one-token
+        # decode step compile both code paths, so the timings below measure running, not compiling
+        t_warm = time.perf_counter()
+        model.logits(ids[:2])
+        model.forward(ids[:1])
+        model.reset()
+        _note(f"pimoe: warm-up (kernel compilation, first page-in) {time.perf_counter() - t_warm:.2f} s, "
+              f"not counted below")
 
     out = sys.stdout
     out.write(text)
