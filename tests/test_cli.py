@@ -53,11 +53,13 @@ def test_run_default_model_says_it_is_random_and_reports_speed(cache_home, capsy
     assert "pimoe run -m /path/to/model.gguf" in err           # how to point it at a real GGUF
     assert "making the built-in tiny model once" in err
     assert "prompt:" in err and "generation: 8 tokens, 7 decode steps" in err and err.count("tokens/s") == 2
+    assert "warm-up" in err and "not counted" in err
     cached = list((cache_home / "pimoe").glob("*.gguf"))
     assert len(cached) == 1 and pimoe.__version__ in cached[0].name
     # the second run reuses the cached file
-    rc, out2, err2 = _run(capsys, ["run", "-n", "8"])
+    rc, out2, err2 = _run(capsys, ["run", "-n", "8", "--no-warmup"])
     assert rc == 0 and "making the built-in" not in err2 and out2 == out   # greedy: same text again
+    assert "warm-up" not in err2
 
 
 def test_run_streams_exactly_what_the_model_generates(models, capsys):
