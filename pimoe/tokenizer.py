@@ -18,7 +18,6 @@ vocabulary loader does, so that the ids equal llama.cpp's (tests/test_tokenizer*
 from __future__ import annotations
 
 import json
-import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -315,8 +314,6 @@ _ID_KEYS = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "token
 
 def add_tokenizer_metadata(writer, md: dict[str, object]) -> None:
     """Write tokenizer.* keys from `md` into a gguf.GGUFWriter with the types llama.cpp expects."""
-    import gguf
-
     for key, value in md.items():
         if key in _ID_KEYS:
             writer.add_uint32(key, int(value))
@@ -334,7 +331,6 @@ def add_tokenizer_metadata(writer, md: dict[str, object]) -> None:
             writer.add_uint32(key, value)
         else:
             raise TypeError(f"tokenizer metadata key {key!r} has unexpected value type {type(value).__name__}")
-    del gguf  # imported only to fail early with a clear ImportError if the package is missing
 
 
 # ----------------------------------------------------------------------------------------------

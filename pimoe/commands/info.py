@@ -84,7 +84,7 @@ def main(args) -> int:
 
     if args.model is None:
         path = default_model_path()
-        print(f"(no -m given: the built-in tiny synthetic model)")
+        print("(no -m given: the built-in tiny synthetic model)")
     else:
         path = Path(args.model)
         if not path.exists():
