@@ -77,6 +77,21 @@ def test_opens_tiny_model_memory_mapped(tiny):
     np.testing.assert_array_equal(up.dequantize(), gguf.quants.dequantize(t.data, t.tensor_type))
 
 
+@pytest.mark.parametrize("arch, qtype", [("qwen2moe", "Q5_K"), ("llama", "BF16"), ("olmoe", "F16")])
+def test_header_parser_agrees_with_gguf_reader(tmp_path, arch, qtype):
+    # pimoe parses the header itself (GGUFReader is ~50x slower on big vocabularies): same answers
+    p = make_model(tmp_path / "m.gguf", arch=arch, qtype=qtype)
+    ours, r = GGUFFile(p), gguf.GGUFReader(p)
+    theirs = {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
+    assert ours.metadata == theirs and list(ours.metadata) == list(theirs)
+    assert ours.version == r.fields["GGUF.version"].contents()
+    assert [t.name for t in r.tensors] == list(ours.tensors)
+    for t in r.tensors:
+        q = ours.tensors[t.name]
+        assert q.shape == tuple(int(d) for d in reversed(t.shape.tolist())) and q.qtype == t.tensor_type
+        assert np.array_equal(q.data.reshape(-1), np.asarray(r.data[t.data_offset:t.data_offset + t.n_bytes]))
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(PimoeError, match="no such file"):
         GGUFFile(tmp_path / "nope.gguf")
@@ -168,7 +183,6 @@ def _rss_mb() -> float:
     return int(line.split()[1]) / 1024
 
 
-@pytest.mark.slow
 def test_real_size_qwen3_30b_a3b_opens_without_reading_weights(tmp_path):
     # The full Qwen3-30B-A3B shape at Q4_K: 17 GB. Written as a sparse file (zero weights, no disk),
     # then opened: only metadata is read, the weights stay mapped, untouched.
@@ -179,7 +193,7 @@ def test_real_size_qwen3_30b_a3b_opens_without_reading_weights(tmp_path):
     before = _rss_mb()
     f = GGUFFile(p)
     grown = _rss_mb() - before
-    assert grown < 1024, f"opening grew the resident set by {grown:.0f} MB"
+    assert grown < 200, f"opening grew the resident set by {grown:.0f} MB"     # measured: ~12 MB
     cfg = f.config
     assert (cfg.n_layers, cfg.n_experts, cfg.n_experts_used, cfg.expert_ff, cfg.vocab_size) == (48, 128, 8, 768, 151936)
     s = f.stats()
