@@ -64,12 +64,22 @@ class PreparedActivations:
             self.xbs = np.empty((T, n // 16), np.int16)
             fused.quantize_rows_q8_k(x, self.xq, self.xd, self.xbs)
             self.xs = self.xd  # unused by the K kernels
+        self._xr = None
+
+    def rounded(self) -> np.ndarray:
+        """f32 [T, n]: the activation values the integer dot uses, d_x * q_x (row-dequantizing path)."""
+        if self._xr is None:
+            T, n = self.xq.shape
+            nb = self.xd.shape[1]
+            self._xr = (self.xq.reshape(T, nb, -1).astype(np.float32) * self.xd[:, :, None]).reshape(T, n)
+        return self._xr
 
 
 def take_rows(acts: PreparedActivations, idx: np.ndarray) -> PreparedActivations:
     """A PreparedActivations whose row i is acts' row idx[i] (a token repeated for each of its experts)."""
     new = object.__new__(PreparedActivations)
     new.__dict__.update(acts.__dict__)
+    new._xr = None
     for name in ("xf", "xq", "xd", "xs", "xbs"):
         if hasattr(acts, name):
             setattr(new, name, np.ascontiguousarray(getattr(acts, name)[idx]))
@@ -101,6 +111,9 @@ def _single_group(T: int):
     return g
 
 
+_NO_ROWS = np.zeros((1, 1), np.float32)  # placeholder for xr when no weight row serves many tokens
+
+
 def run(qtype: QT, w3: np.ndarray, acts: PreparedActivations, rows, starts, experts) -> np.ndarray:
     """w3 uint8 [E, O, rb]; returns f32 [N, O] for the activation rows of `acts`."""
     out = np.zeros((acts.n_rows, w3.shape[1]), np.float32)
@@ -110,7 +123,9 @@ def run(qtype: QT, w3: np.ndarray, acts: PreparedActivations, rows, starts, expe
     if qtype in FLOAT_KIND:
         fused.float_matmul(FLOAT_KIND[qtype], w3, acts.xf, rows, starts, experts, out)
     else:
-        fused.quant_matmul(INT_KIND[qtype], w3, acts.xq, acts.xd, acts.xs, acts.xbs,
+        many = len(starts) > 1 and int(np.diff(starts).max()) >= fused.MULTI_TOKEN
+        xr = acts.rounded() if many else _NO_ROWS
+        fused.quant_matmul(INT_KIND[qtype], w3, acts.xq, acts.xd, acts.xs, acts.xbs, xr,
                            rows, starts, experts, fused.F16_TABLE, out)
     return out
 

@@ -31,6 +31,7 @@ K_Q8_0, K_Q4_0, K_Q5_0, K_Q4_1, K_Q5_1, K_Q2_K, K_Q3_K, K_Q4_K, K_Q5_K, K_Q6_K =
 # float kinds
 K_F32, K_F16, K_BF16 = 0, 1, 2
 
+MULTI_TOKEN = 6  # from this many tokens on one weight row, dequantize the row once (measured crossover ~4-6)
 ROW_CHUNK = 8  # output rows per work item: small enough to balance 2..4 threads on 768-row experts
 
 
@@ -269,14 +270,169 @@ def _row_q6_k(b, xq, xd, lut):
     return acc
 
 
+# --- row dequantization, for prompts (many tokens per weight row) -------------------------------
+# With T tokens on one weight row, converting the row once to f32 and doing T plain f32 dots with the
+# rounded activations (x_rt = d_x * q_x, exactly the values ggml's integer dot uses) costs one decode
+# instead of T.  Same products as the integer path, summed in another order: equal within f32
+# rounding.  The Q4_1/Q5_1 minimum stays on ggml's per-block s_x (returned in mv, added per token).
+
+@njit(cache=True)
+def _dequant_row(kind, b, f, mv, lut):
+    n = f.shape[0]
+    if kind == K_Q8_0:
+        for i in range(n // 32):
+            d = _f16(b, i * 34, lut)
+            qs = b[i * 34 + 2:i * 34 + 34]
+            fo = f[i * 32:i * 32 + 32]
+            for l in range(32):
+                fo[l] = d * np.float32(np.int8(qs[l]))
+    elif kind == K_Q4_0 or kind == K_Q4_1:
+        ts = 18 if kind == K_Q4_0 else 20
+        off = 8 if kind == K_Q4_0 else 0
+        for i in range(n // 32):
+            d = _f16(b, i * ts, lut)
+            if kind == K_Q4_1:
+                mv[i] = _f16(b, i * ts + 2, lut)
+            qs = b[i * ts + ts - 16:i * ts + ts]
+            fo = f[i * 32:i * 32 + 32]
+            for l in range(16):
+                v = np.int32(qs[l])
+                fo[l] = d * np.float32((v & 15) - off)
+                fo[16 + l] = d * np.float32((v >> 4) - off)
+    elif kind == K_Q5_0 or kind == K_Q5_1:
+        ts = 22 if kind == K_Q5_0 else 24
+        off = 16 if kind == K_Q5_0 else 0
+        for i in range(n // 32):
+            blk = b[i * ts:i * ts + ts]
+            d = _f16(blk, 0, lut)
+            if kind == K_Q5_1:
+                mv[i] = _f16(blk, 2, lut)
+            h0 = ts - 20
+            qh = np.int32(blk[h0]) | (np.int32(blk[h0 + 1]) << 8) | (np.int32(blk[h0 + 2]) << 16) | (np.int32(blk[h0 + 3]) << 24)
+            qs = blk[ts - 16:ts]
+            fo = f[i * 32:i * 32 + 32]
+            for l in range(16):
+                v = np.int32(qs[l])
+                fo[l] = d * np.float32(((v & 15) | (((qh >> l) & 1) << 4)) - off)
+                fo[16 + l] = d * np.float32(((v >> 4) | (((qh >> (l + 16)) & 1) << 4)) - off)
+    elif kind == K_Q2_K:
+        for i in range(n // 256):
+            blk = b[i * 84:i * 84 + 84]
+            d = _f16(blk, 80, lut)
+            dmin = _f16(blk, 82, lut)
+            fo = f[i * 256:i * 256 + 256]
+            for h in range(2):
+                for j in range(4):
+                    for half in range(2):
+                        s = np.int32(blk[h * 8 + 2 * j + half])
+                        dl = d * np.float32(s & 15)
+                        ml = dmin * np.float32(s >> 4)
+                        qs = blk[16 + h * 32 + half * 16:16 + h * 32 + half * 16 + 16]
+                        base = h * 128 + j * 32 + half * 16
+                        for l in range(16):
+                            fo[base + l] = dl * np.float32((np.int32(qs[l]) >> (2 * j)) & 3) - ml
+    elif kind == K_Q3_K:
+        for i in range(n // 256):
+            blk = b[i * 110:i * 110 + 110]
+            d = _f16(blk, 108, lut)
+            s = blk[96:108]
+            fo = f[i * 256:i * 256 + 256]
+            for h in range(2):
+                for j in range(4):
+                    bit = h * 4 + j
+                    for half in range(2):
+                        k = h * 8 + 2 * j + half
+                        lo = np.int32(s[k & 7])
+                        lo = (lo & 15) if k < 8 else (lo >> 4)
+                        hi = (np.int32(s[8 + (k & 3)]) >> (2 * (k >> 2))) & 3
+                        dl = d * np.float32((lo | (hi << 4)) - 32)
+                        qs = blk[32 + h * 32 + half * 16:32 + h * 32 + half * 16 + 16]
+                        hm = blk[half * 16:half * 16 + 16]
+                        base = h * 128 + j * 32 + half * 16
+                        for l in range(16):
+                            q = ((np.int32(qs[l]) >> (2 * j)) & 3) - 4 + 4 * ((np.int32(hm[l]) >> bit) & 1)
+                            fo[base + l] = dl * np.float32(q)
+    elif kind == K_Q4_K or kind == K_Q5_K:
+        five = kind == K_Q5_K
+        ts = 176 if five else 144
+        for i in range(n // 256):
+            blk = b[i * ts:i * ts + ts]
+            d = _f16(blk, 0, lut)
+            dmin = _f16(blk, 2, lut)
+            s = blk[4:16]
+            qh = blk[16:48]
+            qs = blk[48:176] if five else blk[16:144]
+            fo = f[i * 256:i * 256 + 256]
+            for j in range(8):
+                if j < 4:
+                    sc = np.int32(s[j]) & 63
+                    mn = np.int32(s[j + 4]) & 63
+                else:
+                    sc = (np.int32(s[j + 4]) & 15) | ((np.int32(s[j - 4]) >> 6) << 4)
+                    mn = (np.int32(s[j + 4]) >> 4) | ((np.int32(s[j]) >> 6) << 4)
+                dl = d * np.float32(sc)
+                ml = dmin * np.float32(mn)
+                c = j >> 1
+                sh = 4 * (j & 1)
+                q4 = qs[c * 32:c * 32 + 32]
+                for l in range(32):
+                    q = (np.int32(q4[l]) >> sh) & 15
+                    if five:
+                        q |= ((np.int32(qh[l]) >> j) & 1) << 4
+                    fo[j * 32 + l] = dl * np.float32(q) - ml
+    else:  # Q6_K
+        for i in range(n // 256):
+            blk = b[i * 210:i * 210 + 210]
+            d = _f16(blk, 208, lut)
+            fo = f[i * 256:i * 256 + 256]
+            for h in range(2):
+                ql = blk[h * 64:h * 64 + 64]
+                qh = blk[128 + h * 32:128 + h * 32 + 32]
+                for k in range(4):
+                    part = k & 1
+                    nib = 4 * (k >> 1)
+                    for half in range(2):
+                        dl = d * np.float32(np.int8(blk[192 + h * 8 + 2 * k + half]))
+                        base = h * 128 + k * 32 + half * 16
+                        for l in range(16):
+                            ll = half * 16 + l
+                            q = ((np.int32(ql[part * 32 + ll]) >> nib) & 15) | (((np.int32(qh[ll]) >> (2 * k)) & 3) << 4)
+                            fo[base + l] = dl * np.float32(q - 32)
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _fdot(a, b):
+    acc = np.float32(0.0)
+    for i in range(a.shape[0]):
+        acc += a[i] * b[i]
+    return acc
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _fdot4(a, b0, b1, b2, b3):
+    # four tokens against one row: four independent FMA chains (one chain alone is latency-bound)
+    c0 = np.float32(0.0)
+    c1 = np.float32(0.0)
+    c2 = np.float32(0.0)
+    c3 = np.float32(0.0)
+    for i in range(a.shape[0]):
+        v = a[i]
+        c0 += v * b0[i]
+        c1 += v * b1[i]
+        c2 += v * b2[i]
+        c3 += v * b3[i]
+    return c0, c1, c2, c3
+
+
 @njit(cache=True, parallel=True)
-def quant_matmul(kind, w, xq, xd, xs, xbs, rows, groups, gexp, lut, out):
+def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out):
     """Integer-activation matmul over expert groups.
 
     w uint8 [E, O, rb]; xq int8 [N, n] activation codes;
     xd f32 [N, n/block] activation scales; xs f32 [N, n/32] (Q8_1 sums, else unused);
-    xbs int16 [N, n/16] (Q8_K 16-sums, else unused); rows/groups/gexp as in the module doc;
-    out f32 [N, O].
+    xbs int16 [N, n/16] (Q8_K 16-sums, else unused); xr f32 [N, n] the rounded activations
+    d_x*q_x (used when a weight row serves MULTI_TOKEN or more tokens); rows/groups/gexp as in the
+    module doc; out f32 [N, O].
     """
     O = w.shape[1]
     n_chunks = (O + ROW_CHUNK - 1) // ROW_CHUNK
@@ -287,6 +443,30 @@ def quant_matmul(kind, w, xq, xd, xs, xbs, rows, groups, gexp, lut, out):
         r1 = min(O, r0 + ROW_CHUNK)
         e = gexp[g]
         sc = np.empty(16, np.int32)
+        if groups[g + 1] - groups[g] >= MULTI_TOKEN:
+            n = xq.shape[1]
+            f = np.empty(n, np.float32)
+            mv = np.zeros(n // 32, np.float32)
+            affine = kind == K_Q4_1 or kind == K_Q5_1
+            k0, k1 = groups[g], groups[g + 1]
+            for o in range(r0, r1):
+                _dequant_row(kind, w[e, o], f, mv, lut)
+                k = k0
+                while k + 4 <= k1:
+                    t0, t1, t2, t3 = rows[k], rows[k + 1], rows[k + 2], rows[k + 3]
+                    v0, v1, v2, v3 = _fdot4(f, xr[t0], xr[t1], xr[t2], xr[t3])
+                    out[t0, o] = v0
+                    out[t1, o] = v1
+                    out[t2, o] = v2
+                    out[t3, o] = v3
+                    k += 4
+                while k < k1:
+                    out[rows[k], o] = _fdot(f, xr[rows[k]])
+                    k += 1
+                if affine:
+                    for k in range(k0, k1):
+                        out[rows[k], o] += _fdot(mv, xs[rows[k]])
+            continue
         for o in range(r0, r1):
             b = w[e, o]
             for k in range(groups[g], groups[g + 1]):
