@@ -1,0 +1,77 @@
+"""pimoe.cpubench: its napkin math, its recipe, and one small end-to-end run against llama.cpp."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from pimoe import cpubench
+
+
+def test_more_bits_layers_follow_llama_quantize_rule():
+    # use_more_bits(i, n): i < n/8 or i >= 7n/8 or (i - n/8) % 3 == 2
+    assert cpubench._more_bits_layers(48) == [0, 1, 2, 3, 4, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41,
+                                              42, 43, 44, 45, 46, 47]
+    assert cpubench._more_bits_layers(4) == [2, 3]
+    qtype, types = cpubench.model_recipe("Q4_K_M", 4)
+    assert qtype == "Q4_K" and types["output.weight"] == "Q6_K"
+    assert types["blk.3.ffn_down_exps."] == "Q6_K" and "blk.0.ffn_down_exps." not in types
+    assert cpubench.model_recipe("q8_0", 4) == ("Q8_0", {})
+
+
+@pytest.fixture(scope="module")
+def tiny_q8(tmp_path_factory):
+    from pimoe.synth import make_model
+
+    return make_model(tmp_path_factory.mktemp("bench") / "tiny-q8.gguf", preset="tiny", qtype="Q8_0")
+
+
+def test_weight_bytes_per_token_counts_k_of_e_experts(tiny_q8):
+    from pimoe.gguf_file import GGUFFile
+
+    f = GGUFFile(tiny_q8)
+    cfg = f.config
+    info = cpubench.weight_bytes_per_token(tiny_q8)
+    exps = sum(t.nbytes for n, t in f.tensors.items() if "_exps" in n)
+    emb = f.tensors["token_embd.weight"]
+    dense = sum(t.nbytes for n, t in f.tensors.items() if "_exps" not in n) - emb.nbytes + emb.row_bytes
+    assert info["expert_bytes_per_token"] == exps * cfg.n_experts_used // cfg.n_experts
+    assert info["bytes_per_token"] == dense + info["expert_bytes_per_token"]
+    assert info["file_bytes"] > info["tensor_bytes"] > info["bytes_per_token"]
+
+
+def test_read_bandwidth_and_gemv_micro_report_consistent_numbers():
+    bw = cpubench.read_bandwidth(threads=1, mbytes=32, reps=2)
+    assert bw["ceiling_GBps"] == max(bw["numpy_sum_1thread_GBps"], bw["numba_read_GBps"]) > 0.1
+    rows = cpubench.gemv_micro(threads=1, ceiling=bw["ceiling_GBps"], n_experts=4, sweeps=2)
+    assert [(r["qtype"], r["out"], r["in"]) for r in rows] == [
+        ("Q4_K", 768, 2048), ("Q4_K", 2048, 768), ("Q8_0", 768, 2048), ("Q8_0", 2048, 768)]
+    for r in rows:
+        assert r["bytes_per_gemv"] == {"Q4_K": 144 * 6144, "Q8_0": 34 * 49152}[r["qtype"]]
+        assert r["GBps"] == pytest.approx(r["bytes_per_gemv"] / (r["us_median"] * 1e-6) / 1e9)
+
+
+@pytest.mark.slow
+@pytest.mark.llama
+def test_bench_model_runs_both_engines_and_agrees(tiny_q8, tmp_path):
+    args = argparse.Namespace(prompt=6, decode=3, reps=1, threads=1, no_llama=False)
+    rec = cpubench.bench_model(tiny_q8, "Q8_0", args, ceiling=10.0, tmpdir=str(tmp_path))
+    for engine in ("pimoe", "llama.cpp"):
+        r = rec["runs"][engine]
+        assert "error" not in r, r
+        assert r["pp_tps"] > 0 and r["tg_tps"] > 0 and len(r["tg_s"]) == 3
+        assert r["peak_rss_bytes"] > 0
+    # same file, same activation quantization: the last prompt token's logits agree closely
+    assert rec["last_logits_max_abs_diff"] < 1e-2 * max(rec["last_logits_scale"], 1.0)
+    assert rec["same_argmax"]
+    json.dumps(rec)  # the record is plain JSON
+    table = cpubench._table([rec], 1)
+    assert "pp6" in table and "tg3" in table
+
+
+def test_new_record_path_never_overwrites(tmp_path):
+    a = cpubench._new_record_path(tmp_path)
+    a.write_text("{}")
+    b = cpubench._new_record_path(tmp_path)
+    assert a != b and not b.exists()
