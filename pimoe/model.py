@@ -181,6 +181,8 @@ class Model:
     reset()         empties the cache
     generate(prompt, max_tokens, temperature=0.0, seed=None) streams token ids
     routing         the last forward call's router decisions: one LayerRouting per layer
+    routing_history every forward call's `routing` since the last reset (so a whole generate() run)
+    close()         releases the backend (also `with load_model(...) as model:`)
     """
 
     def __init__(self, gguf_file: GGUFFile, backend: str = "cpu", n_ctx: int | None = None, **backend_opts):
@@ -211,6 +213,7 @@ class Model:
         self.v_cache = np.zeros(shape, dtype=np.float32)
         self.pos = 0
         self.routing: list[LayerRouting] = []
+        self.routing_history: list[list[LayerRouting]] = []
         self.tokenizer = self._load_tokenizer()
 
     def _load_tokenizer(self):
@@ -225,6 +228,16 @@ class Model:
     def reset(self) -> None:
         self.pos = 0
         self.routing = []
+        self.routing_history = []
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def logits(self, tokens: Iterable[int]) -> np.ndarray:
         self.reset()
@@ -244,6 +257,7 @@ class Model:
             x = x + self._moe(i, layer, h, routing)
         self.pos += T
         self.routing = routing
+        self.routing_history.append(routing)
         x = rmsnorm(x, self.output_norm, cfg.rms_eps)
         return quant.matmul(self.output, x)                   # [T, vocab]
 
@@ -260,14 +274,16 @@ class Model:
             prompt = self.tokenizer.encode(prompt)
         rng = np.random.default_rng(seed)
         eos = getattr(self.tokenizer, "eos_id", None) if stop_at_eos else None
+        if max_tokens <= 0:
+            return
         logits = self.logits(prompt)[-1]
-        for _ in range(max_tokens):
+        for i in range(max_tokens):
             tok = _sample(logits, temperature, rng)
             if eos is not None and tok == eos:
                 return
             yield tok
-            if self.pos >= self.n_ctx:
-                return
+            if i == max_tokens - 1 or self.pos >= self.n_ctx:
+                return      # the last token is not fed back: nothing would read its logits
             logits = self.forward([tok])[-1]
 
     # -- internals ----------------------------------------------------------------------------------------

@@ -208,3 +208,14 @@ def test_tensors_pimoe_cannot_honour_are_refused(tiny, tmp_path):
     p = rewrite(tiny, tmp_path / "rf.gguf", add={"rope_freqs.weight": np.ones(8)})
     with pytest.raises(PimoeError, match="rope_freqs.weight.*RoPE"):
         load_model(p)
+
+
+def test_yarn_rope_scaling_is_refused(tiny, tmp_path):
+    S, F = gguf.GGUFValueType.STRING, gguf.GGUFValueType.FLOAT32
+    p = rewrite(tiny, tmp_path / "yarn.gguf", set_md={"qwen3moe.rope.scaling.type": ("yarn", S),
+                                                       "qwen3moe.rope.scaling.factor": (4.0, F)})
+    with pytest.raises(PimoeError, match="rope scaling 'yarn'"):
+        GGUFFile(p)
+    p = rewrite(tiny, tmp_path / "lin.gguf", set_md={"qwen3moe.rope.scaling.type": ("linear", S),
+                                                      "qwen3moe.rope.scaling.factor": (2.0, F)})
+    assert GGUFFile(p).config.rope_freq_scale == 0.5

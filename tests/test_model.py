@@ -196,6 +196,15 @@ def test_generate_greedy_is_argmax_and_sampling_is_seeded(tiny_model):
     assert a == b and a != c
 
 
+def test_routing_history_covers_a_whole_generation(tiny_model):
+    with load_model(tiny_model("qwen2moe")) as m:
+        out = list(m.generate([3, 4, 5], 4, stop_at_eos=False))
+        assert [len(step[0].expert_ids) for step in m.routing_history] == [3, 1, 1, 1]   # prompt, then 1 per token
+        assert len(out) == 4 and all(len(step) == m.config.n_layers for step in m.routing_history)
+        m.reset()
+        assert m.routing_history == [] and m.routing == []
+
+
 def test_generate_from_text_uses_the_files_tokenizer(tiny_model):
     m = load_model(tiny_model("qwen3moe"))
     text = "The cat sat on the mat."
