@@ -161,3 +161,19 @@ def test_real_shape_one_layer_q4_k_matches_llama_cpp(preset, tmp_path):
     assert (per_position <= EXACT).mean() >= 0.75, per_position
     assert per_position.max() <= FLIP_BOUND_QUANT
     assert (ours.argmax(-1) == theirs.argmax(-1)).mean() >= 0.95
+
+
+def test_f32_linear_rope_scaling_matches_llama_cpp(tiny_model, llama_ref, tmp_path):
+    import gguf
+
+    from test_gguf import rewrite
+
+    S, F = gguf.GGUFValueType.STRING, gguf.GGUFValueType.FLOAT32
+    path = rewrite(tiny_model("llama", "F32"), tmp_path / "lin.gguf",
+                   set_md={"llama.rope.scaling.type": ("linear", S), "llama.rope.scaling.factor": (4.0, F)})
+    model, ref = load(path), llama_ref(path)
+    assert model.config.rope_freq_scale == 0.25
+    toks = tokens(24, model.config.vocab_size, seed=8)
+    ours = model.logits(toks)
+    assert np.abs(ours - ref.logits(toks)).max() <= EXACT
+    assert np.abs(ours - load(tiny_model("llama", "F32")).logits(toks)).max() > 1e-3    # it did change something
