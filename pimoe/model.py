@@ -13,9 +13,9 @@
         x = x + backend.expert_ffn(layer, h, ids, weights) (+ sigmoid(g . h) * shared_ffn(h) for qwen2moe)
     logits = W_out (rmsnorm(x) * output_norm)
 
-Every weight multiplication goes through pimoe.quant.matmul on the stored blocks (it reproduces
-llama.cpp's activation quantization, so logits match llama.cpp's CPU backend closely); the small 1-D
-tensors (norms, biases) are dequantized once at load. Attention runs in f32 like llama.cpp with an F32
+Every weight multiplication works on the stored blocks through pimoe.quant (matmul here, moe_swiglu in
+the cpu backend), which reproduces llama.cpp's activation quantization, so logits match llama.cpp's CPU
+backend closely; only the small 1-D tensors (norms, biases) are dequantized, once, at load. Attention runs in f32 like llama.cpp with an F32
 KV cache. The routed experts go through the backend seam, so the model never knows where they run.
 """
 
