@@ -101,7 +101,7 @@ SFU_RECIP, SFU_RSQRT, SFU_EXP, SFU_LOG, SFU_SIN, SFU_RSQRT2 = 0, 1, 2, 3, 4, 5
 # bit helpers
 
 
-@njit(cache=True)
+@njit(cache=True, inline='always')
 def _ftz(u):
     """Flush a denormal f32 (as int64 bits) to a zero of the same sign: the QPU does not keep denormals."""
     if (u & 0x7F800000) == 0:
@@ -159,7 +159,7 @@ def f32_to_f16_bits(u):
     return s | half
 
 
-@njit(cache=True)
+@njit(cache=True, inline='always')
 def _unpack_f32(u, code):
     """Apply an f32 input unpack (0 none, 1 abs, 2 f16 low half, 3 f16 high half) and flush denormals."""
     if code == 1:
@@ -186,26 +186,26 @@ def _unpack_f16x2(u, code):
     return u
 
 
-@njit(cache=True)
-def _bits_f(u, sb):
+@njit(cache=True, inline='always')
+def _bits_f(u, sb, sf):
     sb[0] = u
-    return np.float64(sb.view(np.float32)[0])
+    return np.float64(sf[0])
 
 
-@njit(cache=True)
-def _f_bits(x, sb):
-    sb.view(np.float32)[0] = np.float32(x)
+@njit(cache=True, inline='always')
+def _f_bits(x, sb, sf):
+    sf[0] = np.float32(x)
     return _ftz(np.int64(sb[0]))
 
 
 @njit(cache=True)
-def _f16_f(h, sb):
-    return _bits_f(f16_to_f32_bits(h), sb)
+def _f16_f(h, sb, sf):
+    return _bits_f(f16_to_f32_bits(h), sb, sf)
 
 
 @njit(cache=True)
-def _f_f16(x, sb):
-    sb.view(np.float32)[0] = np.float32(x)
+def _f_f16(x, sb, sf):
+    sf[0] = np.float32(x)
     return f32_to_f16_bits(_ftz(np.int64(sb[0])))
 
 
@@ -303,14 +303,16 @@ def _clz(u):
 # Returns 1 when the result is a float (flags use float tests), 0 for an integer result, -1 unsupported.
 
 
-@njit(cache=True)
-def _add_alu(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb, sb, ta, tb):
+@njit(cache=True, inline='always')
+def _add_alu_common(op, a, b, una, unb, out, carry, sb, sf):
+    """The frequent add-ALU ops, inlined into the interpreter loop (no call, no array refcounting);
+    returns -2 for the others, which _add_alu_rare computes."""
     for l in range(16):
         carry[l] = 0
     if op == A_FADD or op == A_FADDNF or op == A_FSUB or op == A_FMIN or op == A_FMAX or op == A_FCMP:
         for l in range(16):
-            x = _bits_f(_unpack_f32(a[l], una), sb)
-            y = _bits_f(_unpack_f32(b[l], unb), sb)
+            x = _bits_f(_unpack_f32(a[l], una), sb, sf)
+            y = _bits_f(_unpack_f32(b[l], unb), sb, sf)
             if op == A_FSUB or op == A_FCMP:
                 r = x - y
             elif op == A_FMIN:
@@ -319,7 +321,7 @@ def _add_alu(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb, sb,
                 r = _fmax(x, y)
             else:
                 r = x + y
-            out[l] = _f_bits(r, sb)
+            out[l] = _f_bits(r, sb, sf)
         return 1
     if op == A_ADD:
         for l in range(16):
@@ -379,6 +381,13 @@ def _add_alu(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb, sb,
         for l in range(16):
             out[l] = a[l] ^ b[l]
         return 0
+    return -2
+
+
+@njit(cache=True)
+def _add_alu_rare(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb, sb, sf, ta, tb):
+    for l in range(16):
+        carry[l] = 0
     if op == A_NOT:
         for l in range(16):
             out[l] = (~a[l]) & MASK32
@@ -411,10 +420,10 @@ def _add_alu(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb, sb,
             for half in range(2):
                 hx = (x2 >> (16 * half)) & 0xFFFF
                 hy = (y2 >> (16 * half)) & 0xFFFF
-                x = _f16_f(hx, sb)
-                y = _f16_f(hy, sb)
+                x = _f16_f(hx, sb, sf)
+                y = _f16_f(hy, sb, sf)
                 r = _fmin(x, y) if op == A_VFMIN else _fmax(x, y)
-                res |= _f_f16(r, sb) << (16 * half)
+                res |= _f_f16(r, sb, sf) << (16 * half)
             out[l] = res
         return 0
     if op == A_RECIP or op == A_RSQRT or op == A_EXP or op == A_LOG or op == A_SIN or op == A_RSQRT2:
@@ -430,7 +439,7 @@ def _add_alu(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb, sb,
         elif op == A_RSQRT2:
             fn = SFU_RSQRT2
         for l in range(16):
-            out[l] = _f_bits(_sfu(fn, _bits_f(_ftz(a[l]), sb)), sb)
+            out[l] = _f_bits(_sfu(fn, _bits_f(_ftz(a[l]), sb, sf)), sb, sf)
         return 1
     if op == A_TIDX:
         for l in range(16):
@@ -457,7 +466,7 @@ def _add_alu(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb, sb,
         return 0
     if op == A_FROUND or op == A_FTRUNC or op == A_FFLOOR or op == A_FCEIL:
         for l in range(16):
-            x = _bits_f(_unpack_f32(a[l], una), sb)
+            x = _bits_f(_unpack_f32(a[l], una), sb, sf)
             if math.isnan(x) or math.isinf(x):
                 r = x
             elif op == A_FROUND:
@@ -470,7 +479,7 @@ def _add_alu(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb, sb,
                 r = np.ceil(x)
             if r == 0.0:
                 r = math.copysign(0.0, x)
-            out[l] = _f_bits(r, sb)
+            out[l] = _f_bits(r, sb, sf)
         return 1
     if op == A_FDX or op == A_FDY:
         for l in range(16):
@@ -480,20 +489,20 @@ def _add_alu(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb, sb,
                 hi_l, lo_l = l | 1, l & ~1
             else:
                 hi_l, lo_l = (l & ~3) + 2 + (l & 1), (l & ~3) + (l & 1)
-            out[l] = _f_bits(_bits_f(ta[hi_l], sb) - _bits_f(ta[lo_l], sb), sb)
+            out[l] = _f_bits(_bits_f(ta[hi_l], sb, sf) - _bits_f(ta[lo_l], sb, sf), sb, sf)
         return 1
     if op == A_FTOIN or op == A_FTOIZ or op == A_FTOUZ:
         for l in range(16):
-            x = _bits_f(_unpack_f32(a[l], una), sb)
+            x = _bits_f(_unpack_f32(a[l], una), sb, sf)
             out[l] = _f_to_int(x, 0 if op == A_FTOIN else 1, op == A_FTOUZ)
         return 0
     if op == A_ITOF:
         for l in range(16):
-            out[l] = _f_bits(np.float64(_s32(a[l])), sb)
+            out[l] = _f_bits(np.float64(_s32(a[l])), sb, sf)
         return 1
     if op == A_UTOF:
         for l in range(16):
-            out[l] = _f_bits(np.float64(a[l]), sb)
+            out[l] = _f_bits(np.float64(a[l]), sb, sf)
         return 1
     if op == A_CLZ:
         for l in range(16):
@@ -502,8 +511,8 @@ def _add_alu(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb, sb,
     return -1
 
 
-@njit(cache=True)
-def _mul_alu(op, a, b, una, unb, out, carry, rtop_c, sb):
+@njit(cache=True, inline='always')
+def _mul_alu(op, a, b, una, unb, out, carry, rtop_c, sb, sf):
     for l in range(16):
         carry[l] = 0
     if op == M_ADD:
@@ -527,9 +536,9 @@ def _mul_alu(op, a, b, una, unb, out, carry, rtop_c, sb):
         return 1
     if op == M_FMUL:
         for l in range(16):
-            x = _bits_f(_unpack_f32(a[l], una), sb)
-            y = _bits_f(_unpack_f32(b[l], unb), sb)
-            out[l] = _f_bits(x * y, sb)
+            x = _bits_f(_unpack_f32(a[l], una), sb, sf)
+            y = _bits_f(_unpack_f32(b[l], unb), sb, sf)
+            out[l] = _f_bits(x * y, sb, sf)
         return 1
     if op == M_UMUL24:
         for l in range(16):
@@ -555,20 +564,26 @@ def _mul_alu(op, a, b, una, unb, out, carry, rtop_c, sb):
             out[l] = rtop_c[l]
         return 0
     if op == M_VFMUL:
-        for l in range(16):
-            x2 = _unpack_f16x2(a[l], una)
-            y2 = b[l]
-            res = 0
-            for half in range(2):
-                x = _f16_f((x2 >> (16 * half)) & 0xFFFF, sb)
-                y = _f16_f((y2 >> (16 * half)) & 0xFFFF, sb)
-                res |= _f_f16(x * y, sb) << (16 * half)
-            out[l] = res
-        return 0
+        return _vfmul(a, b, una, out, sb, sf)
     return -1
 
 
 @njit(cache=True)
+def _vfmul(a, b, una, out, sb, sf):
+    """Two f16 multiplies per lane (the a operand unpacked by una)."""
+    for l in range(16):
+        x2 = _unpack_f16x2(a[l], una)
+        y2 = b[l]
+        res = 0
+        for half in range(2):
+            x = _f16_f((x2 >> (16 * half)) & 0xFFFF, sb, sf)
+            y = _f16_f((y2 >> (16 * half)) & 0xFFFF, sb, sf)
+            res |= _f_f16(x * y, sb, sf) << (16 * half)
+        out[l] = res
+    return 0
+
+
+@njit(cache=True, inline='always')
 def _lane_on(cond, fa_l, fb_l):
     if cond == 0:
         return True
@@ -582,12 +597,12 @@ def _lane_on(cond, fa_l, fb_l):
 
 
 @njit(cache=True)
-def _flag_update(c, res, is_float, carry, pf, uf, fa, fb, sb):
+def _flag_update(c, res, is_float, carry, pf, uf, fa, fb, sb, sf):
     """Push (pf 1..3: B <- A, A <- Z/N/C) or update (uf 1..12: A <- A and/nor F) the flags from a result."""
     for l in range(16):
         r = res[l]
         if is_float == 1:
-            x = _bits_f(r, sb)
+            x = _bits_f(r, sb, sf)
             z = 1 if x == 0.0 else 0
             n = 1 if x < 0.0 else 0
             cf = 1 if x <= 0.0 else 0
@@ -674,7 +689,7 @@ def _merge_pack(old, v, pack):
 
 @njit(cache=True)
 def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp,
-           fault, sb, curw):
+           fault, sb, sf, curw):
     """Write 16 lanes to a destination (register file, accumulator or magic register, with side effects)."""
     qpu = ist[c, I_QPU]
     if not magic:
@@ -684,6 +699,11 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
         p = ist[c, I_RFBASE] + waddr
         if p >= 64:
             p -= 64
+        if cond == 0 and pack == 0:
+            for l in range(16):
+                rf[qpu, p, l] = vals[l]
+            _note_write(curw, 8 + waddr)
+            return
         for l in range(16):
             if _lane_on(cond, fa[c, l], fb[c, l]):
                 v = vals[l]
@@ -693,6 +713,11 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
         _note_write(curw, 8 + waddr)
         return
     if waddr <= 4:
+        if cond == 0 and pack == 0:
+            for l in range(16):
+                acc[c, waddr, l] = vals[l]
+            _note_write(curw, waddr)
+            return
         for l in range(16):
             if _lane_on(cond, fa[c, l], fb[c, l]):
                 v = vals[l]
@@ -747,14 +772,39 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
         fn = waddr - 19
         for l in range(16):
             if _lane_on(cond, fa[c, l], fb[c, l]):
-                acc[c, 4, l] = _f_bits(_sfu(fn, _bits_f(_ftz(vals[l]), sb)), sb)
+                acc[c, 4, l] = _f_bits(_sfu(fn, _bits_f(_ftz(vals[l]), sb, sf)), sb, sf)
         cnt[c, C_SFU] += 1
         ist[c, I_LAST_SFU] = ist[c, I_ICOUNT]
         return
     _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MAGIC, waddr)
 
 
-@njit(cache=True)
+@njit(cache=True, inline='always')
+def _fast_write(c, waddr, magic, vals, cond, pack, acc, rf, ist, disp, curw):
+    """The common write (register file or r0..r4, unconditional, unpacked) without a call; returns False
+    when the general _write must handle it."""
+    if cond != 0 or pack != 0:
+        return False
+    if magic:
+        if waddr > 4:
+            return False
+        for l in range(16):
+            acc[c, waddr, l] = vals[l]
+        _note_write(curw, waddr)
+        return True
+    if disp[D_REGCHECK] != 0 and waddr >= ist[c, I_NREGS]:
+        return False
+    p = ist[c, I_RFBASE] + waddr
+    if p >= 64:
+        p -= 64
+    qpu = ist[c, I_QPU]
+    for l in range(16):
+        rf[qpu, p, l] = vals[l]
+    _note_write(curw, 8 + waddr)
+    return True
+
+
+@njit(cache=True, inline='always')
 def _note_write(curw, code):
     for i in range(3):
         if curw[i] < 0:
@@ -840,7 +890,7 @@ def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem
 # operand reads
 
 
-@njit(cache=True)
+@njit(cache=True, inline='always')
 def _read_mux(c, mux, row, acc, rf, ist, disp, fault, pc, out):
     if mux <= 5:
         for l in range(16):
@@ -863,7 +913,7 @@ def _read_mux(c, mux, row, acc, rf, ist, disp, fault, pc, out):
         out[l] = rf[qpu, p, l]
 
 
-@njit(cache=True)
+@njit(cache=True, inline='always')
 def _uses_mux(row, mux):
     na = row[F_A_NSRC]
     nm = row[F_M_NSRC]
@@ -874,12 +924,12 @@ def _uses_mux(row, mux):
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, inline='always')
 def _prev_wrote(ist, c, code):
     return ist[c, I_PREVW0] == code or ist[c, I_PREVW1] == code or ist[c, I_PREVW2] == code
 
 
-@njit(cache=True)
+@njit(cache=True, inline='always')
 def _mux_code(row, mux):
     if mux <= 5:
         return mux
@@ -980,6 +1030,7 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
     """Run the dispatch until every batch is done, a fault, or `budget` instructions; returns the number
     of instructions executed in this call."""
     sb = np.zeros(1, dtype=np.uint32)
+    sf = sb.view(np.float32)
     a_in = np.zeros(16, dtype=np.int64)
     b_in = np.zeros(16, dtype=np.int64)
     ma_in = np.zeros(16, dtype=np.int64)
@@ -1212,9 +1263,12 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                     a_float = 0
                     m_float = 0
                     if aop != 0:
-                        a_float = _add_alu(aop, a_in, b_in, row[F_A_UNA], row[F_A_UNB], a_out, a_carry, c,
+                        a_float = _add_alu_common(aop, a_in, b_in, row[F_A_UNA], row[F_A_UNB], a_out, a_carry, sb,
+                                                  sf)
+                        if a_float == -2:
+                            a_float = _add_alu_rare(aop, a_in, b_in, row[F_A_UNA], row[F_A_UNB], a_out, a_carry, c,
                                            ist[c, I_QPU], ist[c, I_TFIELD], ist[c, I_LR], fa[c], fb[c], sb,
-                                           ta, tb)
+                                           sf, ta, tb)
                         if a_float < 0:
                             _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_ADD_OP, 0)
                             return executed
@@ -1224,33 +1278,41 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             cnt[c, C_SFU] += 1
                     if mop != 0:
                         m_float = _mul_alu(mop, ma_in, mb_in, row[F_M_UNA], row[F_M_UNB], m_out, m_carry,
-                                           rtop[c], sb)
+                                           rtop[c], sb, sf)
                         if m_float < 0:
                             _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MUL_OP, 0)
                             return executed
                     # conditions read the flags from before this instruction's pushes/updates
-                    for l in range(16):
-                        fa_old[l] = fa[c, l]
-                        fb_old[l] = fb[c, l]
+                    flags_change = ((aop != 0 and (row[F_APF] != 0 or row[F_AUF] != 0))
+                                    or (mop != 0 and (row[F_MPF] != 0 or row[F_MUF] != 0)))
+                    if flags_change:
+                        for l in range(16):
+                            fa_old[l] = fa[c, l]
+                            fb_old[l] = fb[c, l]
                     if aop != 0 and (row[F_APF] != 0 or row[F_AUF] != 0):
-                        _flag_update(c, a_out, a_float, a_carry, row[F_APF], row[F_AUF], fa, fb, sb)
+                        _flag_update(c, a_out, a_float, a_carry, row[F_APF], row[F_AUF], fa, fb, sb, sf)
                     if mop != 0 and (row[F_MPF] != 0 or row[F_MUF] != 0):
-                        _flag_update(c, m_out, m_float, m_carry, row[F_MPF], row[F_MUF], fa, fb, sb)
+                        _flag_update(c, m_out, m_float, m_carry, row[F_MPF], row[F_MUF], fa, fb, sb, sf)
                     # writes use the old flags: swap them in for the duration
-                    for l in range(16):
-                        tb[l] = fa[c, l]
-                        ta[l] = fb[c, l]
-                        fa[c, l] = fa_old[l]
-                        fb[c, l] = fb_old[l]
-                    if aop != 0:
+                    if flags_change:
+                        for l in range(16):
+                            tb[l] = fa[c, l]
+                            ta[l] = fb[c, l]
+                            fa[c, l] = fa_old[l]
+                            fb[c, l] = fb_old[l]
+                    if aop != 0 and not _fast_write(c, row[F_A_WADDR], row[F_A_MAGIC] != 0, a_out, row[F_AC],
+                                                    row[F_A_PACK], acc, rf, ist, disp, curw):
                         _write(c, pc, row[F_A_WADDR], row[F_A_MAGIC] != 0, a_out, row[F_AC], row[F_A_PACK],
-                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, curw)
-                    if mop != 0 and fault[0] == 0:
+                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw)
+                    if mop != 0 and fault[0] == 0 and not _fast_write(c, row[F_M_WADDR], row[F_M_MAGIC] != 0,
+                                                                      m_out, row[F_MC], row[F_M_PACK], acc, rf,
+                                                                      ist, disp, curw):
                         _write(c, pc, row[F_M_WADDR], row[F_M_MAGIC] != 0, m_out, row[F_MC], row[F_M_PACK],
-                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, curw)
-                    for l in range(16):
-                        fa[c, l] = tb[l]
-                        fb[c, l] = ta[l]
+                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw)
+                    if flags_change:
+                        for l in range(16):
+                            fa[c, l] = tb[l]
+                            fb[c, l] = ta[l]
                     if fault[0] != 0:
                         return executed
                     # signals that load a value
@@ -1287,7 +1349,7 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             for l in range(16):
                                 sig_val[l] = v
                         _write(c, pc, row[F_SIG_ADDR], row[F_SIG_MAGIC] != 0, sig_val, 0, 0, acc, rf, fa, fb,
-                               ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, curw)
+                               ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw)
                         if fault[0] != 0:
                             return executed
                 # ---------------- end of instruction: delay slots, switches ----------------
