@@ -13,9 +13,10 @@ to later layers and positions.  Such flips are rare for the coarse grids and com
 So each quantized model is checked three ways:
 
   * exactness where no flip happened: of 12 independent 2-token sequences (1 token for F16), at least
-    half must match to 1e-4 (measured: 75-100 %).  Without llama.cpp's activation rounding none do (measured 0 %);
+    half must match to 1e-4 (measured: 83-100 %).  Without llama.cpp's activation rounding none do
+    (measured 0 %);
   * a bound on a long sequence's worst logit that allows a few flips (measured maxima over 4 archs:
-    F16 3e-3, BF16 2.1e-2, quantized 0.18, for logits of magnitude ~10);
+    F16 3.5e-3, BF16 2.1e-2, quantized 0.18, for logits of magnitude ~10);
   * the same greedy next token at >= 95 % of positions.
 """
 
@@ -101,7 +102,6 @@ def test_weight_type_matches_llama_cpp(arch, qtype, tiny_model, llama_ref):
     path = tiny_model(arch, qtype)
     exact_frac, err, agree = _compare_quantized(path, llama_ref, qtype)
     bound = FLIP_BOUND.get(qtype, FLIP_BOUND_QUANT)
-    print(f"{arch:9s} {qtype:5s} exact {exact_frac:.2f} max err {err:.3g} argmax {agree:.2f}")
     msg = f"{arch} {qtype}: exact short sequences {exact_frac:.2f}, max err {err:.3g}, argmax agree {agree:.2f}"
     assert exact_frac >= 0.5, msg
     assert err <= bound, msg
