@@ -1031,3 +1031,109 @@ def test_driver_errors():
             drv.program([1 << 64])
     with pytest.raises(PimoeError, match="closed"):
         drv.alloc(4, dtype=np.uint32)
+
+
+@qpu
+def f_sfu_in_thrsw_slot(asm):
+    nop(sig=thrsw)
+    mov(exp, 1.0)
+    nop()
+    _end(asm)
+
+
+@qpu
+def f_fifo_overflow(asm):
+    nop(sig=ldunifrf(rf0))
+    for _ in range(17):
+        mov(tmua, rf0)
+    _end(asm)
+
+
+@qpu
+def f_tmud_overflow(asm):
+    for _ in range(5):
+        mov(tmud, 1)
+    _end(asm)
+
+
+@qpu
+def f_vpm(asm):
+    mov(vpm, 1)
+    _end(asm)
+
+
+@qpu
+def f_rf_write_after_end(asm):
+    nop(sig=thrsw)
+    nop(sig=thrsw)
+    nop()
+    nop()
+    nop(sig=thrsw)
+    mov(rf3, 1)           # the register file belongs to the next thread already
+    nop()
+    nop()
+
+
+@pytest.mark.parametrize("kernel,pattern", [
+    (f_sfu_in_thrsw_slot, "SFU write in a thrsw delay slot"),
+    (f_fifo_overflow, "too many TMU load results"),
+    (f_tmud_overflow, "more than 4 tmud"),
+    (f_vpm, "magic write address 14 not modelled"),
+    (f_rf_write_after_end, "delay slots of the program-end thrsw"),
+])
+def test_more_faults(kernel, pattern):
+    expect_fault(kernel, pattern)
+
+
+def test_timeout_stops_a_runaway_kernel(monkeypatch):
+    from pimoe.qpu import emulator
+    monkeypatch.setattr(emulator, "CHUNK_INSTRUCTIONS", 50_000)
+    expect_fault(f_runaway, "timeout", timeout_sec=0.0)
+
+
+@qpu
+def k_write_n(asm, *, n):
+    eidx(r0, sig=ldunifrf(rf0))
+    shl(r0, r0, 2)
+    mov(tmud, n)
+    add(tmua, rf0, r0)
+    tmuwt()
+    _end(asm)
+
+
+def test_py_videocore6_call_forms():
+    """execute(code, uniforms, thread=...) (the older positional form) and compute_shader_dispatcher."""
+    with EmuDriver(data_area_size=1 << 12) as drv:
+        a = drv.program(k_write_n, n=2)
+        b = drv.program(k_write_n, n=3)
+        data = drv.alloc((2, 16), dtype=np.uint32)
+        unif = drv.alloc(2, dtype=np.uint32)
+        data[:] = 0
+        unif[:] = data.addresses()[:, 0]
+        drv.execute(a, unif.addresses()[0])
+        assert np.all(data[0] == 2) and np.all(data[1] == 0)
+        with drv.compute_shader_dispatcher() as csd:
+            csd.dispatch(b, (16, 1, 1), unif.addresses()[0])
+            csd.dispatch(a, (16, 1, 1), unif.addresses()[1])
+        assert np.all(data[0] == 3) and np.all(data[1] == 2)
+        # words from elsewhere (a list) run the same as a kernel
+        from pimoe.qpu import assemble
+        c = drv.program(assemble(k_write_n, n=5))
+        drv.execute(c, local_invocation=(16, 1, 1), uniforms=unif.addresses()[1])
+        assert np.all(data[1] == 5)
+
+
+def test_open_driver():
+    from pimoe.qpu import open_driver
+    from pimoe.qpu.driver import hardware_available
+    with open_driver("emu", data_area_size=1024) as drv:
+        assert isinstance(drv, EmuDriver)
+    ok, why = hardware_available()
+    if not ok:
+        assert why
+        with open_driver("auto", data_area_size=1024) as drv:
+            assert isinstance(drv, EmuDriver)
+        with pytest.raises(PimoeError, match="hardware is not usable"):
+            open_driver("hw")
+    with pytest.raises(PimoeError, match="choose one of"):
+        open_driver("gpu")

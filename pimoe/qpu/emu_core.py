@@ -66,7 +66,7 @@ N_DISP = 18
  FLT_ROTATE_SRC, FLT_UNIFA_TOO_SOON, FLT_THRSW_IN_BRANCH, FLT_BRANCH_IN_BRANCH, FLT_SFU_IN_THRSW,
  FLT_THRSW_TOO_CLOSE, FLT_LDTMU_EMPTY, FLT_FIFO_OVERFLOW, FLT_TMUD_OVERFLOW, FLT_UNSUPPORTED, FLT_REG_RANGE,
  FLT_BARRIER_DEADLOCK, FLT_BUDGET, FLT_ROTATE_MUX, FLT_BRANCH_TARGET, FLT_R4_WRITE_TOO_SOON, FLT_SFU_TOO_SOON,
- FLT_BRANCH_IN_THRSW, FLT_TWO_LAST_THRSW) = range(26)
+ FLT_BRANCH_IN_THRSW, FLT_TWO_LAST_THRSW, FLT_RF_AFTER_END) = range(27)
 # FLT_UNSUPPORTED argument 1: what was unsupported
 UNS_ADD_OP, UNS_MUL_OP, UNS_SIGNAL, UNS_MAGIC, UNS_TMU_CONFIG, UNS_BRANCH = range(6)
 
@@ -1195,6 +1195,12 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                     if sfu and ist[c, I_SW_LEFT] > 0:
                         _fault(fault, FLT_SFU_IN_THRSW, c, pc, 0, 0)
                         return executed
+                    if ist[c, I_SW_END] != 0 and 0 < ist[c, I_SW_LEFT] <= 2:
+                        # the delay slots of the program-end thrsw: the register file is being given up
+                        if ((aop != 0 and row[F_A_MAGIC] == 0) or (mop != 0 and row[F_M_MAGIC] == 0)
+                                or ((sigb & (S_LDTMU | S_LDUNIFRF | S_LDUNIFARF)) != 0 and row[F_SIG_MAGIC] == 0)):
+                            _fault(fault, FLT_RF_AFTER_END, c, pc, 0, 0)
+                            return executed
                     if (sigb & (S_LDUNIFA | S_LDUNIFARF)) != 0 and ic - ist[c, I_LAST_UNIFA] < 3:
                         _fault(fault, FLT_UNIFA_TOO_SOON, c, pc, ic - ist[c, I_LAST_UNIFA], 0)
                         return executed

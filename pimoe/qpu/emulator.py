@@ -148,6 +148,7 @@ _FAULT_TEXT = {
     core.FLT_SFU_TOO_SOON: "SFU write too soon after another SFU write",
     core.FLT_BRANCH_IN_THRSW: "branch in a thrsw delay slot",
     core.FLT_TWO_LAST_THRSW: "second last-thrsw marker (two thrsw pairs)",
+    core.FLT_RF_AFTER_END: "register-file write in the delay slots of the program-end thrsw",
 }
 _UNSUPPORTED_TEXT = {core.UNS_ADD_OP: "add-ALU op", core.UNS_MUL_OP: "mul-ALU op", core.UNS_SIGNAL: "signal",
                      core.UNS_MAGIC: "magic write address", core.UNS_TMU_CONFIG: "TMU config word",
