@@ -195,6 +195,9 @@ class Model:
                           ("blk.0.exp_probs_b.bias", "an expert selection bias")):
             if f.has(name):
                 raise PimoeError(f"{f.path}: tensor '{name}' means {why}, which pimoe does not implement")
+        if not f.has("blk.0.ffn_up_exps.weight") and f.has("blk.0.ffn_up.0.weight"):
+            raise PimoeError(f"{f.path}: experts are stored one tensor each (blk.N.ffn_up.E.weight), the old "
+                             f"Mixtral layout; convert the model again with a current llama.cpp (merged *_exps)")
         self.token_embd = f.tensor("token_embd.weight", (cfg.vocab_size, cfg.hidden))
         self.output_norm = _vector(f, "output_norm.weight", cfg.hidden)
         if f.has("output.weight") or not cfg.spec.tied_output:

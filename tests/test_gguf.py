@@ -219,3 +219,11 @@ def test_yarn_rope_scaling_is_refused(tiny, tmp_path):
     p = rewrite(tiny, tmp_path / "lin.gguf", set_md={"qwen3moe.rope.scaling.type": ("linear", S),
                                                       "qwen3moe.rope.scaling.factor": (2.0, F)})
     assert GGUFFile(p).config.rope_freq_scale == 0.5
+
+
+def test_old_per_expert_mixtral_layout_gets_a_hint(tmp_path):
+    src = make_model(tmp_path / "mix.gguf", arch="llama")
+    p = rewrite(src, tmp_path / "old.gguf", drop=("blk.0.ffn_up_exps.weight",),
+                add={"blk.0.ffn_up.0.weight": np.zeros((64, 64))})
+    with pytest.raises(PimoeError, match="old Mixtral layout"):
+        load_model(p)
