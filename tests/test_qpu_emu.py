@@ -1137,3 +1137,14 @@ def test_open_driver():
             open_driver("hw")
     with pytest.raises(PimoeError, match="choose one of"):
         open_driver("gpu")
+
+
+def test_denormals_are_flushed():
+    a = f32([1e-40, -1e-40, 1e-20, 1.0] * 4)
+    b = f32([0.0, 0.0, 1e-20, 1e-40] * 4)
+    g = _g
+    y = run_ops([lambda: g()["fadd"](g()["r0"], g()["r1"], g()["r2"]),
+                 lambda: g()["nop"]().fmul(g()["r0"], g()["r1"], g()["r2"])], a, b)
+    # denormal inputs read as zero (keeping their sign); a denormal product is written as zero
+    assert same_float(y[0], f32([0.0, 0.0, 2e-20, 1.0] * 4))  # (-0) + (+0) = +0
+    assert same_float(y[1], f32([0.0, -0.0, 0.0, 0.0] * 4))

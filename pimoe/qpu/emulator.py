@@ -17,6 +17,25 @@ of its QPU's register file; batches beyond 8 x threads wait for a thread to end.
 qpu << 2 | thread, where thread counts in quarters of the register file (0 or 2 in 2-thread mode).
 Any fault stops the dispatch with a PimoeError naming the QPU, thread, PC and the disassembled
 instruction.
+
+Modelling decisions (hardware-verified where py-videocore6's tests show it, else stated):
+- Results of both ALUs and of signals are written at the end of the instruction (the next one reads
+  them); conditions read the flags from before the instruction. r5 holds one value per quad, so any
+  write to r5 stores each quad's first lane (py-videocore6's quad-broadcast test); r5rep stores lane 0.
+- Rotate (mul ALU only): accumulator operands rotate across 16 lanes, register-file operands within
+  each quad; lane i takes lane i - n. Uniform branches from a register take lane 1 (py-videocore6's test).
+- Floats: denormal inputs and results are flushed to zero (sign kept); +, -, * correctly rounded;
+  fmin/fmax return the non-NaN operand; fcmp computes a - b. Flags of float results: Z = (x == 0),
+  N = (x < 0), C = (x <= 0) (Mesa tests fge with fcmp + pushc). Integer C: carry of add, borrow of sub,
+  a > b for min/max. ftoin/ftoiz/ftouz saturate, NaN -> 0. vadd/vsub: wrapping 16-bit halves (not
+  verified on hardware). multop + umul24 give the 32-bit product (Mesa's imul idiom).
+- SFU (recip, rsqrt, rsqrt2, exp = 2^x, log = log2, sin = sin(pi x)): float64 math rounded to f32, more
+  accurate than the hardware's ~1e-4; the r4 result may be read 2 instructions after the write.
+- TMU: loads and stores happen when the address is written (stores are therefore visible to later
+  loads even without tmuwt, which real hardware does not promise); config words (tmuau) select 8/16-bit
+  signed/unsigned or 32-bit vec1..4 per-pixel accesses; per-quad and atomic operations fault. The result
+  FIFO holds 16 / threads entries per thread (Broadcom's V3D FIFO sizes are per QPU, split by threads).
+- A not-taken branch with a uniform destination does not consume the uniform.
 """
 
 from __future__ import annotations
