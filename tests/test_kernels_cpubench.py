@@ -43,7 +43,8 @@ def test_weight_bytes_per_token_counts_k_of_e_experts(tiny_q8):
 
 def test_read_bandwidth_and_gemv_micro_report_consistent_numbers():
     bw = cpubench.read_bandwidth(threads=1, mbytes=32, reps=2)
-    assert bw["ceiling_GBps"] == max(bw["numpy_sum_1thread_GBps"], bw["numba_read_GBps"]) > 0.1
+    assert bw["ceiling_GBps"] == max(bw["numpy_best_GBps"], bw["numba_best_GBps"]) > 0.1
+    assert bw["numpy_best_GBps"] >= bw["numpy_sum_1thread_GBps"]
     rows = cpubench.gemv_micro(threads=1, ceiling=bw["ceiling_GBps"], n_experts=4, sweeps=2)
     assert [(r["qtype"], r["out"], r["in"]) for r in rows] == [
         ("Q4_K", 768, 2048), ("Q4_K", 2048, 768), ("Q8_0", 768, 2048), ("Q8_0", 2048, 768)]
