@@ -1148,3 +1148,17 @@ def test_denormals_are_flushed():
     # denormal inputs read as zero (keeping their sign); a denormal product is written as zero
     assert same_float(y[0], f32([0.0, 0.0, 2e-20, 1.0] * 4))  # (-0) + (+0) = +0
     assert same_float(y[1], f32([0.0, -0.0, 0.0, 0.0] * 4))
+
+
+def test_register_check_can_be_relaxed():
+    """py-videocore6's 16-thread barrier test uses rf32 and passes on hardware: with
+    check_registers=False every thread gets 64 private registers instead of a fault."""
+    with EmuDriver(data_area_size=1 << 12, check_registers=False) as drv:
+        code = drv.program(k_write_n, n=9)
+        buf = drv.alloc((16, 16), dtype=np.uint32)
+        unif = drv.alloc(1, dtype=np.uint32)
+        unif[0] = buf.addresses()[0, 0]
+        drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=16)
+        assert np.all(buf[0] == 9)
+        code = drv.program(f_regs)
+        drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=16)

@@ -3,7 +3,8 @@
 State lives in flat numpy arrays so the host can inspect it and re-enter after a budget slice:
 
     acc   uint32 [CTX, 6, 16]   accumulators r0..r5 of each thread context (CTX = 8 QPUs x 4 slots)
-    rf    uint32 [8, 64, 16]    each QPU's physical register file; a thread owns 64/threads of it
+    rf    uint32 [CTX, 64, 16]  register file of each context: a thread may use 64/threads of its QPU's 64
+                                registers (rf index checked); beyond that (check off) it gets private ones
     fa/fb uint8  [CTX, 16]      condition flags A and B per lane
     ist   int64  [CTX, N_IST]   scalar state of a context (the I_* columns: pc, uniform pointers, …)
     cnt   int64  [CTX, N_CNT]   counters (the C_* columns)
@@ -691,25 +692,22 @@ def _merge_pack(old, v, pack):
 def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp,
            fault, sb, sf, curw):
     """Write 16 lanes to a destination (register file, accumulator or magic register, with side effects)."""
-    qpu = ist[c, I_QPU]
     if not magic:
         if disp[D_REGCHECK] != 0 and waddr >= ist[c, I_NREGS]:
             _fault(fault, FLT_REG_RANGE, c, pc, waddr, ist[c, I_NREGS])
             return
-        p = ist[c, I_RFBASE] + waddr
-        if p >= 64:
-            p -= 64
+        p = waddr
         if cond == 0 and pack == 0:
             for l in range(16):
-                rf[qpu, p, l] = vals[l]
+                rf[c, p, l] = vals[l]
             _note_write(curw, 8 + waddr)
             return
         for l in range(16):
             if _lane_on(cond, fa[c, l], fb[c, l]):
                 v = vals[l]
                 if pack != 0:
-                    v = _merge_pack(np.int64(rf[qpu, p, l]), v, pack)
-                rf[qpu, p, l] = v
+                    v = _merge_pack(np.int64(rf[c, p, l]), v, pack)
+                rf[c, p, l] = v
         _note_write(curw, 8 + waddr)
         return
     if waddr <= 4:
@@ -794,12 +792,9 @@ def _fast_write(c, waddr, magic, vals, cond, pack, acc, rf, ist, disp, curw):
         return True
     if disp[D_REGCHECK] != 0 and waddr >= ist[c, I_NREGS]:
         return False
-    p = ist[c, I_RFBASE] + waddr
-    if p >= 64:
-        p -= 64
-    qpu = ist[c, I_QPU]
+    p = waddr
     for l in range(16):
-        rf[qpu, p, l] = vals[l]
+        rf[c, p, l] = vals[l]
     _note_write(curw, 8 + waddr)
     return True
 
@@ -905,12 +900,9 @@ def _read_mux(c, mux, row, acc, rf, ist, disp, fault, pc, out):
     if disp[D_REGCHECK] != 0 and idx >= ist[c, I_NREGS]:
         _fault(fault, FLT_REG_RANGE, c, pc, idx, ist[c, I_NREGS])
         return
-    p = ist[c, I_RFBASE] + idx
-    if p >= 64:
-        p -= 64
-    qpu = ist[c, I_QPU]
+    p = idx
     for l in range(16):
-        out[l] = rf[qpu, p, l]
+        out[l] = rf[c, p, l]
 
 
 @njit(cache=True, inline='always')
@@ -956,7 +948,6 @@ def start_batch(c, b, acc, rf, fa, fb, ist, tmud, fifo, rtop, disp):
     ist[c, I_BATCH] = b
     ist[c, I_QPU] = qpu
     ist[c, I_TFIELD] = tfield
-    ist[c, I_RFBASE] = tfield * 16
     ist[c, I_NREGS] = 64 // mode
     ist[c, I_LAST_SFU] = -100
     ist[c, I_LAST_UNIFA] = -100
@@ -975,9 +966,9 @@ def start_batch(c, b, acc, rf, fa, fb, ist, tmud, fifo, rtop, disp):
         fb[c, l] = 0
         rtop[c, l] = 0
     nregs = 64 // mode
-    for r in range(nregs):
+    for r in range(64):
         for l in range(16):
-            rf[qpu, tfield * 16 + r, l] = 0
+            rf[c, r, l] = 0
     # compute payload: rf0 = wg_x | wg_y << 16, rf2 = wg_z | local invocation index << 16 (scaled)
     bps = disp[D_BPS]
     wg_size = disp[D_WGSIZE]
@@ -990,9 +981,9 @@ def start_batch(c, b, acc, rf, fa, fb, ist, tmud, fifo, rtop, disp):
         wx = wg % disp[D_WGX]
         wy = (wg // disp[D_WGX]) % disp[D_WGY]
         wz = (wg // (disp[D_WGX] * disp[D_WGY])) % disp[D_WGZ]
-        rf[qpu, tfield * 16 + 0, l] = (wx & 0xFFFF) | ((wy & 0xFFFF) << 16)
+        rf[c, 0, l] = (wx & 0xFFFF) | ((wy & 0xFFFF) << 16)
         if nregs > 2:
-            rf[qpu, tfield * 16 + 2, l] = (wz & 0xFFFF) | (((local << disp[D_IID_SHIFT]) & 0xFFFF) << 16)
+            rf[c, 2, l] = (wz & 0xFFFF) | (((local << disp[D_IID_SHIFT]) & 0xFFFF) << 16)
 
 
 # ==========================================================================================================

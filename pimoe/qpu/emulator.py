@@ -13,7 +13,9 @@ buffer object; bus addresses start at `BUS_BASE`. `execute` pre-decodes the code
 runs the compiled interpreter in pimoe.qpu.emu_core. The emulated machine: 8 QPUs; a dispatch of
 `thread` 16-lane batches puts batch b on QPU b % 8 as thread b // 8, with 1, 2 or 4 threads per QPU
 (1 if thread <= 8, 2 if <= 16, else 4, or `threads_per_qpu=`), each thread owning 64/threads registers
-of its QPU's register file; batches beyond 8 x threads wait for a thread to end. `tidx` reads
+of its QPU's register file (a register beyond that faults; with EmuDriver(check_registers=False) each
+thread gets 64 private registers instead, which is what py-videocore6's 16-thread barrier test, using
+rf32, needs to pass as it does on hardware); batches beyond 8 x threads wait for a thread to end. `tidx` reads
 qpu << 2 | thread, where thread counts in quarters of the register file (0 or 2 in 2-thread mode).
 Any fault stops the dispatch with a PimoeError naming the QPU, thread, PC and the disassembled
 instruction.
@@ -335,7 +337,7 @@ class EmuDriver:
         disp[core.D_IID_SHIFT] = iid_shift
 
         acc = np.zeros((core.CTX, 6, 16), dtype=np.uint32)
-        rf = np.zeros((core.N_QPUS, 64, 16), dtype=np.uint32)
+        rf = np.zeros((core.CTX, 64, 16), dtype=np.uint32)
         fa = np.zeros((core.CTX, 16), dtype=np.uint8)
         fb = np.zeros((core.CTX, 16), dtype=np.uint8)
         ist = np.zeros((core.CTX, core.N_IST), dtype=np.int64)
