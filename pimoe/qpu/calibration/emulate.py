@@ -1,0 +1,119 @@
+"""Emulate the calibration kernels at small sizes and extrapolate their counts to the published sizes.
+
+The published runs are far too big for the emulator (sgemm 1024^3 is ~100 M QPU instructions), but every
+calibration kernel is loops with fixed bodies, so each per-thread counter is EXACTLY linear in the loop
+trip counts: count = c . features, with features (1, trips) for the streaming kernels and
+(1, i trips, tiles, tiles x Q) for the sgemm (outer loop, tile loop, k loop). The coefficients are solved
+from a few small runs, a further run the solve did not use must be reproduced exactly (to the instruction),
+and only then are they evaluated at the published size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pimoe.errors import PimoeError
+
+
+@dataclass
+class Sample:
+    features: tuple[float, ...]
+    per_thread: dict[str, np.ndarray]
+    batches: int
+    threads_per_qpu: int
+
+
+def _sample(features, counters) -> Sample:
+    return Sample(tuple(float(f) for f in features), {k: np.asarray(v, np.int64) for k, v in
+                                                      counters.per_thread.items()},
+                  int(counters.batches), int(counters.threads_per_qpu))
+
+
+def extrapolate(fit_samples: list[Sample], check_sample: Sample, target: tuple[float, ...]) -> dict[str, object]:
+    """Solve count = c . features per counter and thread slot from fit_samples, require check_sample to be
+    reproduced exactly, return the counters at `target` (the dict form pimoe.qpu.timing.predict takes)."""
+    x = np.array([s.features for s in fit_samples], dtype=np.float64)       # [samples, features]
+    if np.linalg.matrix_rank(x) < x.shape[1]:
+        raise PimoeError(f"extrapolate: the fit samples' features {x.tolist()} do not determine the coefficients")
+    names = list(fit_samples[0].per_thread)
+    out: dict[str, list] = {}
+    for name in names:
+        y = np.stack([s.per_thread[name].reshape(-1) for s in fit_samples]).astype(np.float64)  # [samples, slots]
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)                        # [features, slots]
+        fitted = np.rint(x @ coef)
+        if not np.array_equal(fitted, y):
+            raise PimoeError(f"extrapolate: counter '{name}' is not linear in the features {x.tolist()}")
+        want = check_sample.per_thread[name].reshape(-1)
+        got = np.rint(np.asarray(check_sample.features) @ coef)
+        if not np.array_equal(got, want):
+            raise PimoeError(f"extrapolate: counter '{name}' at {check_sample.features} is {want.tolist()}, the "
+                             f"linear fit says {got.tolist()}: the kernel's counts are not linear in its trips")
+        at = np.rint(np.asarray(target, dtype=np.float64) @ coef).reshape(fit_samples[0].per_thread[name].shape)
+        out[name] = at.astype(np.int64).tolist()
+    return {"batches": fit_samples[0].batches, "threads_per_qpu": fit_samples[0].threads_per_qpu,
+            "per_thread": out}
+
+
+def _stream_samples(run, per_trip_bytes: int, trips_list, published_bytes: int):
+    from pimoe.qpu.emulator import EmuDriver
+
+    samples = []
+    for trips in trips_list:
+        nbytes = per_trip_bytes * trips
+        with EmuDriver(data_area_size=2 * nbytes + (1 << 16)) as drv:
+            counters = run(drv, nbytes=nbytes)[0]
+        samples.append(_sample((1, trips), counters))
+    if published_bytes % per_trip_bytes:
+        raise PimoeError(f"published size {published_bytes} is not a whole number of {per_trip_bytes}-byte trips")
+    return samples, (1, published_bytes // per_trip_bytes)
+
+
+def _sgemm_features(p: int, q: int, r: int) -> tuple[int, int, int, int]:
+    i_trips = p // 2 // 16                 # tile rows of a thread's 512 x 256 block (P/2 x R/4 in general)
+    tiles = i_trips * (r // 4 // 16)
+    return (1, i_trips, tiles, tiles * q)
+
+
+def emulate_all(progress: bool = True) -> dict[str, dict[str, object]]:
+    """Counts of every calibration kernel at its published size, with the small runs they came from."""
+    from qpu_kernels import calibration as ck
+    from qpu_kernels import memset as mk
+    from pimoe.qpu.emulator import EmuDriver
+    from pimoe.qpu.calibration import load_published
+
+    pub = load_published()["kernels"]
+    result: dict[str, dict[str, object]] = {}
+    steps = ["summation", "memset", "scopy", "sgemm"]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(steps), desc="emulating calibration kernels", unit="kernel")
+    stream = {
+        "summation": (ck.run_stream_sum, ck.ROW * ck.IN_FLIGHT * 32 * ck.N_QPUS, pub["summation"]["bytes_read"]),
+        "memset": (mk.run, 4 * 16 * mk.DEFAULT_UNROLL * mk.N_QPUS, pub["memset"]["bytes_written"]),
+        "scopy": (ck.run_scopy, ck.ROW * ck.IN_FLIGHT * ck.N_QPUS, pub["scopy"]["bytes_read"]),
+    }
+    for name in ("summation", "memset", "scopy"):
+        run, per_trip, published_bytes = stream[name]
+        samples, target = _stream_samples(run, per_trip, (1, 2, 3), published_bytes)
+        result[name] = {"features": ["1", "trips"], "samples": [list(s.features) for s in samples],
+                        "target": list(target), "counters": extrapolate(samples[:2], samples[2], target)}
+        if bar:
+            bar.update()
+    sizes = [(32, 4, 64), (64, 4, 64), (32, 8, 64), (32, 4, 128), (64, 8, 128)]   # the last one: the check
+    samples = []
+    for p, q, r in sizes:
+        with EmuDriver(data_area_size=4 * (p * q + q * r + p * r) + (1 << 16)) as drv:
+            counters = ck.run_sgemm(drv, p=p, q=q, r=r)[0]
+        samples.append(_sample(_sgemm_features(p, q, r), counters))
+    size = pub["sgemm"]["size"]
+    target = _sgemm_features(size["p"], size["q"], size["r"])
+    result["sgemm"] = {"features": ["1", "i_trips", "tiles", "tiles*Q"], "sizes": [list(s) for s in sizes],
+                       "samples": [list(s.features) for s in samples], "target": list(target),
+                       "counters": extrapolate(samples[:4], samples[4], target)}
+    if bar:
+        bar.update()
+        bar.close()
+    return result

@@ -1,0 +1,185 @@
+"""Predicted Raspberry Pi 4 time of a QPU dispatch, from what the emulator counted. Always PREDICTED.
+
+    from pimoe.qpu.timing import predict
+    counters = drv.execute(code, ...)                 # EmuDriver: EmuCounters of that dispatch
+    p = predict(counters)                              # Prediction(seconds, bound, breakdown, label)
+    print(p.label, p.seconds, p.bound)                 # "predicted (Pi 4 QPU timing model)", 0.0185, "memory"
+
+The model (V3D 4.2 on BCM2711, 2 slices x 4 QPUs at 500 MHz). A dispatch takes
+
+    dispatch_overhead + max(compute, memory, sfu)
+
+- compute = max over QPUs of
+    issue:   4 cycles per instruction, summed over the QPU's threads (a 16-lane instruction runs on 4
+             physical lanes for 4 cycles; the threads of a QPU share its one issue slot),
+    latency: for each thread, its own issue cycles plus `waits x L`: a thread that switches out (thrsw)
+             with loads in flight, or waits for its stores (tmuwt), is not runnable for one memory round
+             trip L; the other threads of its QPU issue meanwhile, which is how 2 or 4 threads hide
+             latency -- until the QPU's issue slot is full (the issue term),
+    queue:   loads issued by a QPU x L / 8: at most 8 loads in flight per QPU (the TMU request queue
+             depth py-videocore6's summation relies on), so even a kernel that never waits cannot
+             stream faster than 8 loads per round trip.
+- memory = TMU bytes read / read bandwidth + TMU bytes written / write bandwidth: reads and writes share
+  one DRAM interface, so a copy pays both (the scopy figure checks exactly this).
+- sfu = SFU ops of a slice x cycles per op (one SFU per slice shared by its 4 QPUs).
+
+Bytes are the bytes the lanes asked for (EmuCounters tmu_read_bytes / tmu_write_bytes). The model has no
+cache: a gather whose lanes hit separate lines costs more DRAM traffic than counted, and data re-read from
+the TMU/L2 caches less; neither matters for the streaming calibration kernels, and the sgemm's gathers are
+absorbed into L (it is fitted on that kernel).
+
+Parameters come from published facts, or are fitted to py-videocore6's published Pi 4 measurements by
+pimoe.qpu.calibration (`python -m pimoe.qpu.calibration`); tests/test_timing.py checks that the values
+below are what that fit gives from the counts stored in pimoe/qpu/calibration/counts.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Mapping
+
+import numpy as np
+
+from pimoe.errors import PimoeError
+
+PREDICTED_LABEL = "predicted (Pi 4 QPU timing model)"
+BOUNDS = ("issue", "latency", "memory", "sfu", "dispatch")
+
+
+@dataclass(frozen=True)
+class QPUTimingParams:
+    # V3D clock: 500 MHz on a Pi 4 with force_turbo=1 -- py-videocore6 README (pctr_gpu_clock: 500.53 MHz;
+    # its peak formula 500 MHz x 2 slices x 4 QPUs x 4 lanes x 2 ops = 32 GFLOPS).
+    clock_hz: float = 500e6
+    # 2 slices x 4 QPUs (same README formula; FACTS.md).
+    n_qpus: int = 8
+    qpus_per_slice: int = 4
+    # a 16-lane instruction occupies the QPU's 4 physical lanes for 4 cycles (README formula: 4 physical
+    # cores per QPU, so 16 lanes take 4 cycles).
+    cycles_per_instruction: float = 4.0
+    # loads in flight per QPU: py-videocore6 examples/summation.py keeps 8 TMU loads outstanding ("the
+    # eight-depth TMU read request queue") and is its fastest read kernel.
+    tmu_queue_depth: int = 8
+    # memory round trip seen by a waiting thread, in V3D cycles: FITTED to the sgemm figure (0.5546 s
+    # for 1024^3 on 8 QPUs x 1 thread, 2 waits per k step). See pimoe/qpu/calibration.
+    wait_latency_cycles: float = 167.5
+    # TMU/DRAM ceilings in bytes/s: read FITTED to summation (7241 MB/s), write FITTED to memset
+    # (3751 MB/s); scopy (2424 MB/s, reads + writes) is predicted from these two, not fitted.
+    read_bandwidth: float = 7.261e9
+    write_bandwidth: float = 3.762e9
+    # SFU: one per slice; assumed 4 cycles of SFU time per 16-lane op (4 lanes per cycle, like the ALUs).
+    # No published figure exercises the SFU, so this is an ASSUMPTION, not calibrated.
+    sfu_cycles_per_op: float = 4.0
+    # time from execute() to the end of a dispatch beyond the kernel itself (ioctl submit, job start,
+    # cache flush, wait). py-videocore6's benchmarks/test_dispatch.py measures it but publishes no figure;
+    # ASSUMED 50 us. (raspberrypi/linux issue 3460 reported 30 ms per dispatch from a cache clean in early
+    # 2020 kernels; it was fixed, and the README's 17.9 ms memset shows the published figures are newer.)
+    dispatch_overhead_s: float = 50e-6
+    # thread switches the emulator counts for the program-end sequence of every batch; they wait for
+    # nothing (measured: an empty program counts 2 per batch).
+    end_thread_switches: int = 2
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+PI4 = QPUTimingParams()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A predicted time; never a measurement. breakdown: seconds of each term (the max of them wins)."""
+
+    seconds: float
+    bound: str
+    breakdown: dict[str, float] = field(default_factory=dict)
+    label: str = PREDICTED_LABEL
+
+    def as_dict(self) -> dict[str, object]:
+        return {"label": self.label, "predicted_seconds": self.seconds, "bound": self.bound,
+                "breakdown_seconds": dict(self.breakdown)}
+
+
+_NEEDED = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_write_bytes", "sfu_ops", "thread_switches",
+           "tmuwt")
+
+
+def _per_thread(counters) -> tuple[dict[str, np.ndarray], int]:
+    """(per-thread counter arrays [QPUs, thread slots], batches) from EmuCounters or a dict of them."""
+    if hasattr(counters, "per_thread"):
+        per, batches = counters.per_thread, int(counters.batches)
+    elif isinstance(counters, Mapping) and "per_thread" in counters:
+        per, batches = counters["per_thread"], int(counters["batches"])
+    else:
+        raise PimoeError(f"predict() needs EmuCounters (or a dict with 'per_thread' and 'batches'), not "
+                         f"{type(counters).__name__}")
+    out = {}
+    for name in _NEEDED:
+        if name not in per:
+            raise PimoeError(f"predict(): counters lack '{name}'")
+        arr = np.asarray(per[name], dtype=np.float64)
+        if arr.ndim != 2:
+            raise PimoeError(f"predict(): counter '{name}' must be [QPUs, thread slots], got shape {arr.shape}")
+        if np.any(arr < 0):
+            raise PimoeError(f"predict(): counter '{name}' has negative entries")
+        out[name] = arr
+    return out, batches
+
+
+def thread_waits(per: dict[str, np.ndarray], batches: int, params: QPUTimingParams = PI4) -> np.ndarray:
+    """Memory round trips each thread slot waits for: its thrsw (minus the program-end ones) + tmuwt."""
+    instr = per["instructions"]
+    used = instr > 0
+    n_used = max(1, int(used.sum()))
+    batches_per_slot = np.where(used, max(batches, n_used) / n_used, 0.0)
+    switches = np.maximum(per["thread_switches"] - params.end_thread_switches * batches_per_slot, 0.0)
+    return switches + per["tmuwt"]
+
+
+def predict(counters, *, params: QPUTimingParams = PI4, clock_hz: float | None = None,
+            dispatches: int = 1) -> Prediction:
+    """Predicted Pi 4 time of the dispatch(es) that produced `counters` (see the module docstring).
+
+    clock_hz overrides params.clock_hz (e.g. a V3D without force_turbo); dispatches counts the overhead
+    that many times when the counters are the sum of several executes."""
+    if clock_hz is not None:
+        params = replace(params, clock_hz=float(clock_hz))
+    if params.clock_hz <= 0 or params.read_bandwidth <= 0 or params.write_bandwidth <= 0:
+        raise PimoeError(f"timing parameters must be positive: {params}")
+    if dispatches < 1:
+        raise PimoeError(f"dispatches={dispatches}: at least one")
+    per, batches = _per_thread(counters)
+    cpi, lat = params.cycles_per_instruction, params.wait_latency_cycles
+    instr = per["instructions"]                                   # [QPUs, slots]
+    issue_q = cpi * instr.sum(axis=1)                             # [QPUs] cycles
+    chain = cpi * instr + thread_waits(per, batches, params) * lat
+    latency_q = np.maximum(chain.max(axis=1), per["tmu_reads"].sum(axis=1) * lat / params.tmu_queue_depth)
+    slices = -(-instr.shape[0] // params.qpus_per_slice)
+    sfu_q = per["sfu_ops"].sum(axis=1)
+    sfu_slice = np.array([sfu_q[s * params.qpus_per_slice:(s + 1) * params.qpus_per_slice].sum()
+                          for s in range(slices)])
+    clock = params.clock_hz
+    terms = {
+        "issue": float(issue_q.max()) / clock,
+        "latency": float(latency_q.max()) / clock,
+        "memory_read": float(per["tmu_read_bytes"].sum()) / params.read_bandwidth,
+        "memory_write": float(per["tmu_write_bytes"].sum()) / params.write_bandwidth,
+        "sfu": float(sfu_slice.max() * params.sfu_cycles_per_op) / clock,
+    }
+    compute = float(np.maximum(issue_q, latency_q).max()) / clock
+    memory = terms["memory_read"] + terms["memory_write"]
+    overhead = params.dispatch_overhead_s * dispatches
+    candidates = {"issue": terms["issue"], "latency": compute if compute > terms["issue"] else 0.0,
+                  "memory": memory, "sfu": terms["sfu"]}
+    bound = max(candidates, key=candidates.get)
+    body = max(compute, memory, terms["sfu"])
+    if overhead > body:
+        bound = "dispatch"
+    breakdown = dict(terms, memory=memory, compute=compute, dispatch_overhead=overhead)
+    return Prediction(seconds=overhead + body, bound=bound, breakdown=breakdown)
+
+
+def counters_to_dict(counters) -> dict[str, object]:
+    """A JSON-able form of EmuCounters that predict() accepts back (per-thread arrays as lists)."""
+    return {"batches": int(counters.batches), "threads_per_qpu": int(counters.threads_per_qpu),
+            "per_thread": {k: np.asarray(v).astype(np.int64).tolist() for k, v in counters.per_thread.items()}}
