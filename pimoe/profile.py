@@ -136,16 +136,23 @@ class Profiler:
 
     def qpu_dispatch(self, counters, kernel: str = "kernel", **tags) -> None:
         """Record one QPU execute in the innermost region: the counts are summed under qpu.* and the whole
-        dispatch (as_dict() of EmuCounters, or a plain dict) is kept for the timing model."""
+        dispatch (EmuCounters, kept per thread as pimoe.qpu.timing.predict() wants it, or a plain dict of
+        totals) is kept for the timing model. On hardware pass the measured seconds as a tag."""
         if not self._stack:
             return
-        d = counters.as_dict() if hasattr(counters, "as_dict") else dict(counters)
+        if hasattr(counters, "per_thread"):
+            per = {k: [[int(x) for x in row] for row in v] for k, v in counters.per_thread.items()}
+            totals = {k: int(sum(map(sum, v))) for k, v in per.items()}
+            d = {"batches": int(counters.batches), "threads_per_qpu": int(counters.threads_per_qpu),
+                 "per_thread": per, "emulator_seconds": float(counters.wall_seconds)}
+        else:
+            d = dict(counters)
+            totals = {k: v for k, v in d.items() if isinstance(v, (int, float)) and k != "wall_seconds"}
         r = self._stack[-1]
         if r.dispatches is None:
             r.dispatches = []
         r.dispatches.append(dict(d, kernel=kernel, **tags))
-        r.count(**{"qpu." + k: v for k, v in d.items() if isinstance(v, (int, float)) and k != "wall_seconds"},
-                qpu_dispatches=1)
+        r.count(**{"qpu." + k: v for k, v in totals.items()}, qpu_dispatches=1)
 
     def reset(self) -> None:
         self.regions = []
@@ -341,3 +348,42 @@ def overhead(n: int = 20000) -> dict[str, float]:
     module_off = (time.perf_counter() - t0) / n
     on = loop(Profiler())
     return {"empty_loop_s": empty, "off_s": off - empty, "module_off_s": module_off - empty, "on_s": on - empty}
+
+
+# -- Pi 4 predictions (helper P's pimoe.qpu.timing), always labelled predicted by the callers ------------
+
+def _timing():
+    try:
+        from pimoe.qpu import timing
+    except ImportError:
+        return None
+    return timing
+
+
+def predict_qpu(dispatch) -> dict | None:
+    """The timing model's full prediction (label, predicted_seconds, bound, breakdown_seconds) of one
+    dispatch, or None when this tree has no timing model."""
+    timing = _timing()
+    if timing is None:
+        return None
+    return timing.predict(dispatch).as_dict()
+
+
+def predict_qpu_seconds(dispatch) -> float | None:
+    """Predicted Pi 4 seconds of one QPU dispatch from its emulator counts (EmuCounters, or the dict
+    Profiler.qpu_dispatch keeps), or None when this tree has no timing model."""
+    timing = _timing()
+    if timing is None:
+        return None
+    return float(timing.predict(dispatch).seconds)
+
+
+def predict_cpu_seconds(weight_bytes: float, flops: float, threads: int = 4) -> float | None:
+    """Predicted Pi 4 CPU seconds of a region that streams `weight_bytes` and does `flops`, or None when
+    the timing model has no CPU part."""
+    timing = _timing()
+    fn = getattr(timing, "predict_cpu", None) if timing is not None else None
+    if fn is None:
+        return None
+    p = fn(weight_bytes, flops, threads=threads)
+    return float(getattr(p, "seconds", p))

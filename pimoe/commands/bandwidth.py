@@ -1,0 +1,81 @@
+"""`pimoe bandwidth`: CPU read/copy/triad over sizes and 1..N threads, the QPU streaming kernels
+(measured on a Pi 4's GPU, else predicted for a Pi 4 from the emulator's counts), CPU + QPU at once.
+Writes a results record (JSON + CSV) under results/. See pimoe/bandwidth.py for what each kernel does."""
+
+from __future__ import annotations
+
+HELP = "memory bandwidth: CPU read/copy/triad x threads x sizes, QPU streaming kernels, both at once"
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    from pimoe.errors import PimoeError
+
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower().rstrip("ib").rstrip("b") if part.strip() else ""
+        if not part:
+            continue
+        mult = units.get(part[-1], 1)
+        num = part[:-1] if part[-1] in units else part
+        try:
+            out.append(int(float(num) * mult))
+        except ValueError:
+            raise PimoeError(f"bad size '{part}' (examples: 64K, 1M, 128M)") from None
+    return tuple(out)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--sizes", default="32K,256K,2M,16M,128M",
+                        help="CPU bytes per array, comma list with K/M/G (default 32K,256K,2M,16M,128M)")
+    parser.add_argument("--threads", default=None,
+                        help="CPU thread counts, comma list (default 1..all numba threads)")
+    parser.add_argument("--kernels", default="read,copy,triad", help="CPU kernels (default read,copy,triad)")
+    parser.add_argument("--qpu-sizes", default="64K,1M,4M",
+                        help="QPU bytes per kernel run (default 64K,1M,4M; the emulator runs each)")
+    parser.add_argument("--qpu", default="auto", choices=("auto", "emu", "hw"),
+                        help="QPU driver: the GPU when present (auto), the emulator, or require hardware")
+    parser.add_argument("--no-qpu", action="store_true", help="CPU only")
+    parser.add_argument("--reps", type=int, default=5, help="timed repeats per point, median reported (default 5)")
+    parser.add_argument("--small", action="store_true", help="CI-sized run (64K,1M,4M CPU; 64K QPU; 3 reps)")
+    parser.add_argument("--results", default="results", help="directory for the record (default results/)")
+    parser.add_argument("--no-record", action="store_true", help="print only, write no record")
+
+
+def main(args) -> int:
+    from pimoe import bandwidth
+    from pimoe.errors import PimoeError
+    from pimoe.records import environment, write_record
+
+    sizes = _sizes(args.sizes)
+    qsizes = _sizes(args.qpu_sizes)
+    reps = args.reps
+    if args.small:
+        sizes, qsizes, reps = bandwidth.SMALL_SIZES, (1 << 16,), 3
+    if reps < 1:
+        raise PimoeError(f"--reps must be at least 1, got {reps}")
+    threads = None
+    if args.threads:
+        try:
+            threads = [int(t) for t in args.threads.split(",") if t.strip()]
+        except ValueError:
+            raise PimoeError(f"--threads: comma list of integers, got '{args.threads}'") from None
+    kernels = tuple(k.strip() for k in args.kernels.split(",") if k.strip())
+    env = environment()
+    print(f"CPU: {env['cpu']}, {env['cpu_count']} CPUs, load average {env['load_average'][0]:.2f} "
+          f"(a busy machine lowers the multi-thread figures)")
+    rows = bandwidth.cpu_bandwidth(sizes, threads, kernels, reps=reps)
+    qrows = [] if args.no_qpu else bandwidth.qpu_bandwidth(qsizes, driver=args.qpu)
+    both = [] if args.no_qpu else bandwidth.concurrent_bandwidth(rows, qrows, driver=args.qpu)
+    print(bandwidth.table_text(rows + qrows + both))
+    if any(r["source"] == "predicted" for r in qrows):
+        print("qpu rows marked predicted: the kernels ran in the emulator (checked against numpy) and the "
+              "Pi 4 time comes from pimoe.qpu.timing; they are not measurements.")
+    if not args.no_record:
+        rec = {"kind": "bandwidth", "environment": env, "cpu": rows, "qpu": qrows, "concurrent": both,
+               "settings": {"sizes": list(sizes), "qpu_sizes": list(qsizes), "reps": reps, "kernels": kernels,
+                            "threads": threads, "qpu_driver": args.qpu},
+               "ceilings_pi4": {"dram_peak_GBps": bandwidth.PI4_DRAM_PEAK_GBPS}}
+        path, csv_path = write_record(rec, args.results, "bandwidth", table=rows + qrows + both)
+        print(f"record written: {path} (+ {csv_path.name})")
+    return 0
