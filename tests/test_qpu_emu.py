@@ -1162,3 +1162,39 @@ def test_register_check_can_be_relaxed():
         assert np.all(buf[0] == 9)
         code = drv.program(f_regs)
         drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=16)
+
+
+@qpu
+def k_payload_row(asm):
+    # row = workgroup x id from the compute payload (rf0 low half); writes tidx to buf[row]
+    nop(sig=ldunifrf(rf3))
+    shl(r0, rf0, -16)                 # shift amounts are taken mod 32: -16 shifts by 16
+    shr(r0, r0, -16)
+    shl(r0, r0, 6)                    # 64 bytes per row
+    eidx(r1)
+    shl(r1, r1, 2)
+    add(r0, r0, r1)
+    add(r0, r0, rf3)
+    tidx(r2)
+    mov(tmud, r2)
+    mov(tmua, r0)
+    tmuwt()
+    _end(asm)
+
+
+def test_more_batches_than_thread_slots_queue_for_a_free_slot():
+    with EmuDriver(data_area_size=1 << 14) as drv:
+        code = drv.program(k_payload_row)
+        buf = drv.alloc((24, 16), dtype=np.uint32)
+        unif = drv.alloc(1, dtype=np.uint32)
+        buf[:] = 0xFFFFFFFF
+        unif[0] = buf.addresses()[0, 0]
+        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=24,
+                        workgroup=(24, 1, 1), threads_per_qpu=2)
+        assert np.all(buf != 0xFFFFFFFF)             # every batch ran and found its workgroup id
+        assert np.all(buf[:, 0][:, None] == buf)      # tidx is uniform across lanes
+        # the first 16 batches start at once, batch b on QPU b % 8; the rest take whichever thread slot
+        # frees first (any QPU, 2-thread mode register quarters 0 or 2)
+        assert np.array_equal(buf[:16, 0] >> 2, np.arange(16) % 8)
+        assert np.all((buf[16:, 0] >> 2) < 8) and np.all((buf[16:, 0] & 3) % 2 == 0)
+        assert c.batches == 24 and c.threads_per_qpu == 2
