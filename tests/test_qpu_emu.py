@@ -14,7 +14,6 @@ import pytest
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import EmuDriver, QPUFault, qpu
-from pimoe.qpu.isa import encode, Instr
 
 # ---------------------------------------------------------------------------------------------------------
 # lane values
@@ -856,14 +855,6 @@ def test_tidx_and_thread_modes(threads, mode):
 
 # ---------------------------------------------------------------------------------------------------------
 # faults: each names QPU, thread, PC and the instruction
-
-NOP = encode(Instr())
-
-
-def _words(kernel, **kw):
-    from pimoe.qpu import assemble
-    return assemble(kernel, **kw)
-
 
 def expect_fault(kernel, pattern, thread=1, uniforms=None, **execute_kw):
     with EmuDriver(data_area_size=1 << 16) as drv:
