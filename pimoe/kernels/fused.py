@@ -24,7 +24,129 @@ Pi's aarch64, with caching (cache=True) so a second start does not recompile.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# --- integer dot products as portable LLVM vector IR ------------------------------------------
+# (kept in this file on purpose: numba's cache is invalidated by edits to the file that holds a
+# cached function, not by edits to modules it calls, so the intrinsics live beside their users)
+#
+# Small integer dot products written as portable LLVM vector IR (numba intrinsics).
+#
+# numba's auto-vectorizer handles plain loops, but the short (16/32-weight) integer dots inside a
+# quantized block come out scalar or in 64-bit lanes, because numba widens every integer op to intp
+# and cannot prove the block's arrays do not alias. These intrinsics state the operation directly as
+# LLVM vector IR: load <W x i8>, unpack codes with shifts and masks, sign-extend, multiply, and
+# llvm.vector.reduce.add. That IR is target-independent: LLVM lowers it to AVX2/AVX-512(VNNI)
+# instructions on x86 and to NEON (smull/sadalp/addv) on the Pi's Cortex-A72, so the same source is
+# fast on both. (Measured on x86: Q8_0 GEMV 6.5 -> 14.8 GB/s per core.)
+#
+#     dot_s8_32(w, woff, x, xoff)   sum_{l<32} int8(w[woff+l]) * x[xoff+l]            (Q8_0)
+#     dot_code_W(w, off_lo, sh_lo, mask_lo, off_hi, sh_hi, mask_hi, shl_hi, bias, x, xoff), W = 16, 32:
+#         code_l = ((w[off_lo+l] >> sh_lo) & mask_lo) | (((w[off_hi+l] >> sh_hi) & mask_hi) << shl_hi)
+#         returns sum_l (code_l - bias) * x[xoff+l]                                (Q4_0, Q2..Q6_K)
+# w is the uint8 row (any uint8/int8 array), x the int8 activation codes; results are exact int32.
+
+
+def _vec_ptr(context, builder, arrtype, arrval, offset, vtype):
+    arr = context.make_array(arrtype)(context, builder, arrval)
+    base = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+    return builder.bitcast(builder.gep(base, [offset]), vtype.as_pointer())
+
+
+def _reduce_add(builder, vec, width):
+    i32 = ir.IntType(32)
+    fnty = ir.FunctionType(i32, [ir.VectorType(i32, width)])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.vector.reduce.add.v{width}i32")
+    return builder.call(fn, [vec])
+
+
+def _splat(builder, value, width, itype):
+    v = builder.trunc(value, itype) if value.type.width > itype.width else builder.zext(value, itype)
+    vec = ir.Constant(ir.VectorType(itype, width), ir.Undefined)
+    vec = builder.insert_element(vec, v, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+
+
+@intrinsic
+def dot_s8_32(typingctx, w, woff, x, xoff):
+    sig = types.int32(w, woff, x, xoff)
+
+    def codegen(context, builder, signature, args):
+        wv, wo, xv, xo = args
+        wt, _, xt, _ = signature.args
+        v8 = ir.VectorType(ir.IntType(8), 32)
+        v32 = ir.VectorType(ir.IntType(32), 32)
+        a = builder.load(_vec_ptr(context, builder, wt, wv, wo, v8), align=1)
+        b = builder.load(_vec_ptr(context, builder, xt, xv, xo, v8), align=1)
+        prod = builder.mul(builder.sext(a, v32), builder.sext(b, v32))
+        return _reduce_add(builder, prod, 32)
+
+    return sig, codegen
+
+
+def _make_dot_code(width):
+    @intrinsic
+    def dot_code(typingctx, w, off_lo, sh_lo, mask_lo, off_hi, sh_hi, mask_hi, shl_hi, bias, x, xoff):
+        sig = types.int32(w, off_lo, sh_lo, mask_lo, off_hi, sh_hi, mask_hi, shl_hi, bias, x, xoff)
+
+        def codegen(context, builder, signature, args):
+            wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, xv, xo = args
+            wt = signature.args[0]
+            xt = signature.args[9]
+            i8 = ir.IntType(8)
+            v8 = ir.VectorType(i8, width)
+            v32 = ir.VectorType(ir.IntType(32), width)
+            # codes are built in 8-bit lanes (all fit: 0..63 minus a bias <= 32), then the same
+            # signed 8-bit multiply-accumulate pattern as Q8_0
+            lo = builder.load(_vec_ptr(context, builder, wt, wv, olo, v8), align=1)
+            hi = builder.load(_vec_ptr(context, builder, wt, wv, ohi, v8), align=1)
+            lo = builder.and_(builder.lshr(lo, _splat(builder, slo, width, i8)), _splat(builder, mlo, width, i8))
+            hi = builder.and_(builder.lshr(hi, _splat(builder, shi, width, i8)), _splat(builder, mhi, width, i8))
+            code = builder.or_(lo, builder.shl(hi, _splat(builder, shl, width, i8)))
+            code = builder.sub(code, _splat(builder, bs, width, i8))
+            xs = builder.sext(builder.load(_vec_ptr(context, builder, xt, xv, xo, v8), align=1), v32)
+            return _reduce_add(builder, builder.mul(builder.sext(code, v32), xs), width)
+
+        return sig, codegen
+
+    return dot_code
+
+
+dot_code_32 = _make_dot_code(32)
+dot_code_16 = _make_dot_code(16)
+
+
+@intrinsic
+def dot_code_32s(typingctx, w, off_lo, sh_lo, mask_lo, off_hi, sh_hi, mask_hi, shl_hi, bias, x, xoff, s0, s1):
+    """dot_code_32 with integer scale s0 on weights 0..15 and s1 on 16..31 (two 16-weight groups)."""
+    sig = types.int32(w, off_lo, sh_lo, mask_lo, off_hi, sh_hi, mask_hi, shl_hi, bias, x, xoff, s0, s1)
+
+    def codegen(context, builder, signature, args):
+        wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, xv, xo, a0, a1 = args
+        wt = signature.args[0]
+        xt = signature.args[9]
+        i8, i32 = ir.IntType(8), ir.IntType(32)
+        v8 = ir.VectorType(i8, 32)
+        v32 = ir.VectorType(i32, 32)
+        lo = builder.load(_vec_ptr(context, builder, wt, wv, olo, v8), align=1)
+        hi = builder.load(_vec_ptr(context, builder, wt, wv, ohi, v8), align=1)
+        lo = builder.and_(builder.lshr(lo, _splat(builder, slo, 32, i8)), _splat(builder, mlo, 32, i8))
+        hi = builder.and_(builder.lshr(hi, _splat(builder, shi, 32, i8)), _splat(builder, mhi, 32, i8))
+        code = builder.sub(builder.or_(lo, builder.shl(hi, _splat(builder, shl, 32, i8))), _splat(builder, bs, 32, i8))
+        xs = builder.sext(builder.load(_vec_ptr(context, builder, xt, xv, xo, v8), align=1), v32)
+        prod = builder.mul(builder.sext(code, v32), xs)
+        # scales: lanes 0..15 get s0, 16..31 get s1
+        v16 = ir.VectorType(i32, 16)
+        sa = _splat(builder, a0, 16, i32)
+        sb = _splat(builder, a1, 16, i32)
+        scales = builder.shuffle_vector(sa, sb, ir.Constant(v16.__class__(i32, 32), list(range(32))))
+        return _reduce_add(builder, builder.mul(prod, scales), 32)
+
+    return sig, codegen
+
 
 # weight kinds understood by the integer kernel (codes shared with pimoe.kernels.dispatch)
 K_Q8_0, K_Q4_0, K_Q5_0, K_Q4_1, K_Q5_1, K_Q2_K, K_Q3_K, K_Q4_K, K_Q5_K, K_Q6_K = range(10)
@@ -61,30 +183,20 @@ def _f16(b, off, lut):
 
 @njit(cache=True)
 def _row_q8_0(b, xq, xd, lut):
-    lanes = np.zeros(32, np.float32)
+    acc = np.float32(0.0)
     for i in range(xd.shape[0]):
-        f = _f16(b, i * 34, lut) * xd[i]
-        qs = b[i * 34 + 2:i * 34 + 34]
-        xx = xq[i * 32:i * 32 + 32]
-        for l in range(32):
-            lanes[l] += f * (np.float32(np.int8(qs[l])) * np.float32(xx[l]))
-    return lanes.sum()
+        acc += _f16(b, i * 34, lut) * xd[i] * np.float32(dot_s8_32(b, i * 34 + 2, xq, i * 32))
+    return acc
 
 
 @njit(cache=True)
 def _row_q4_0(b, xq, xd, lut):
-    lo = np.zeros(16, np.float32)
-    hi = np.zeros(16, np.float32)
+    acc = np.float32(0.0)
     for i in range(xd.shape[0]):
-        f = _f16(b, i * 18, lut) * xd[i]
-        qs = b[i * 18 + 2:i * 18 + 18]
-        xa = xq[i * 32:i * 32 + 16]
-        xb = xq[i * 32 + 16:i * 32 + 32]
-        for l in range(16):
-            v = np.int32(qs[l])
-            lo[l] += f * (np.float32((v & 15) - 8) * np.float32(xa[l]))
-            hi[l] += f * (np.float32((v >> 4) - 8) * np.float32(xb[l]))
-    return lo.sum() + hi.sum()
+        o = i * 18 + 2  # low nibbles are weights 0..15, high nibbles 16..31; code - 8
+        s = dot_code_16(b, o, 0, 15, o, 0, 0, 0, 8, xq, i * 32) + dot_code_16(b, o, 4, 15, o, 0, 0, 0, 8, xq, i * 32 + 16)
+        acc += _f16(b, i * 18, lut) * xd[i] * np.float32(s)
+    return acc
 
 
 @njit(cache=True)
@@ -107,18 +219,12 @@ def _row_q5_0(b, xq, xd, lut):
 
 @njit(cache=True)
 def _row_q4_1(b, xq, xd, xs, lut):
-    lanes = np.zeros(32, np.float32)
-    macc = np.float32(0.0)
+    acc = np.float32(0.0)
     for i in range(xd.shape[0]):
-        f = _f16(b, i * 20, lut) * xd[i]
-        macc += _f16(b, i * 20 + 2, lut) * xs[i]  # m_w * s_x
-        qs = b[i * 20 + 4:i * 20 + 20]
-        xx = xq[i * 32:i * 32 + 32]
-        for l in range(16):
-            v = np.int32(qs[l])
-            lanes[l] += f * (np.float32(v & 15) * np.float32(xx[l]))
-            lanes[16 + l] += f * (np.float32(v >> 4) * np.float32(xx[16 + l]))
-    return lanes.sum() + macc
+        o = i * 20 + 4
+        s = dot_code_16(b, o, 0, 15, o, 0, 0, 0, 0, xq, i * 32) + dot_code_16(b, o, 4, 15, o, 0, 0, 0, 0, xq, i * 32 + 16)
+        acc += _f16(b, i * 20, lut) * xd[i] * np.float32(s) + _f16(b, i * 20 + 2, lut) * xs[i]  # + m_w * s_x
+    return acc
 
 
 @njit(cache=True)
@@ -145,25 +251,18 @@ def _row_q5_1(b, xq, xd, xs, lut):
 def _row_q2_k(b, xq, xd, xbs, lut):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
-        blk = b[i * 84:i * 84 + 84]
-        sc = blk[0:16]
-        qs = blk[16:80]
-        xx = xq[i * 256:i * 256 + 256]
-        bs = xbs[i * 16:i * 16 + 16]
+        o = i * 84
         isum = np.int32(0)
         msum = np.int32(0)
-        for j in range(16):
-            msum = np.int32(msum + (np.int32(sc[j]) >> 4) * np.int32(bs[j]))
-        for h in range(2):
-            for j in range(4):
-                sa = np.int32(sc[h * 8 + 2 * j]) & 15
-                sb = np.int32(sc[h * 8 + 2 * j + 1]) & 15
-                xo = h * 128 + j * 32
-                for l in range(16):
-                    qa = (np.int32(qs[h * 32 + l]) >> (2 * j)) & 3
-                    qb = (np.int32(qs[h * 32 + 16 + l]) >> (2 * j)) & 3
-                    isum = np.int32(isum + sa * (qa * np.int32(xx[xo + l])) + sb * (qb * np.int32(xx[xo + 16 + l])))
-        acc += xd[i] * (_f16(blk, 80, lut) * np.float32(isum) - _f16(blk, 82, lut) * np.float32(msum))
+        for g in range(16):
+            msum = np.int32(msum + (np.int32(b[o + g]) >> 4) * np.int32(xbs[i * 16 + g]))
+        for p in range(8):  # 32 weights h*128 + j*32 + l (p = 4h + j): bits 2j of qs[h*32 + l], groups 2p, 2p+1
+            h, j = p >> 2, p & 3
+            qo = o + 16 + h * 32
+            sa = np.int32(b[o + 2 * p]) & 15
+            sb = np.int32(b[o + 2 * p + 1]) & 15
+            isum = np.int32(isum + dot_code_32s(b, qo, 2 * j, 3, qo, 0, 0, 0, 0, xq, i * 256 + p * 32, sa, sb))
+        acc += xd[i] * (_f16(b, o + 80, lut) * np.float32(isum) - _f16(b, o + 82, lut) * np.float32(msum))
     return acc
 
 
@@ -171,75 +270,49 @@ def _row_q2_k(b, xq, xd, xbs, lut):
 def _row_q3_k(b, xq, xd, lut, sc):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
-        blk = b[i * 110:i * 110 + 110]
-        hm = blk[0:32]
-        qs = blk[32:96]
-        s = blk[96:108]
-        for j in range(16):
-            lo = np.int32(s[j & 7])
-            lo = (lo & 15) if j < 8 else (lo >> 4)
-            hi = (np.int32(s[8 + (j & 3)]) >> (2 * (j >> 2))) & 3
-            sc[j] = (lo | (hi << 4)) - 32
-        xx = xq[i * 256:i * 256 + 256]
+        o = i * 110
+        for g in range(16):  # 6-bit scales: low 4 bits in bytes 96..103, high 2 bits in 104..107
+            lo = np.int32(b[o + 96 + (g & 7)])
+            lo = (lo & 15) if g < 8 else (lo >> 4)
+            hi = (np.int32(b[o + 104 + (g & 3)]) >> (2 * (g >> 2))) & 3
+            sc[g] = (lo | (hi << 4)) - 32
         isum = np.int32(0)
-        for h in range(2):
-            for j in range(4):
-                sa = sc[h * 8 + 2 * j]
-                sb = sc[h * 8 + 2 * j + 1]
-                bit = h * 4 + j
-                xo = h * 128 + j * 32
-                for l in range(16):
-                    qa = ((np.int32(qs[h * 32 + l]) >> (2 * j)) & 3) - 4 + 4 * ((np.int32(hm[l]) >> bit) & 1)
-                    qb = ((np.int32(qs[h * 32 + 16 + l]) >> (2 * j)) & 3) - 4 + 4 * ((np.int32(hm[16 + l]) >> bit) & 1)
-                    isum = np.int32(isum + sa * (qa * np.int32(xx[xo + l])) + sb * (qb * np.int32(xx[xo + 16 + l])))
-        acc += xd[i] * _f16(blk, 108, lut) * np.float32(isum)
+        for p in range(8):  # 32 weights p = 4h + j; code = (2 bits of qs) | (hmask bit 4h+j << 2), minus 4
+            h, j = p >> 2, p & 3
+            isum = np.int32(isum + dot_code_32s(b, o + 32 + h * 32, 2 * j, 3, o, p, 1, 2, 4, xq, i * 256 + p * 32,
+                                                sc[2 * p], sc[2 * p + 1]))
+        acc += xd[i] * _f16(b, o + 108, lut) * np.float32(isum)
     return acc
 
 
 @njit(cache=True)
 def _row_q45_k(b, xq, xd, xbs, lut, five):
     ts = 176 if five else 144
+    qs_off = 48 if five else 16
+    hmask = 1 if five else 0  # Q5_K: bit j of qh[l] is the 5th bit of weight l of sub-block j
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
-        blk = b[i * ts:i * ts + ts]
-        s = blk[4:16]
-        bs = xbs[i * 16:i * 16 + 16]
-        msum = np.int32(0)
-        for j in range(4):
-            m_lo = np.int32(s[4 + j]) & 63
-            m_hi = (np.int32(s[8 + j]) >> 4) | ((np.int32(s[4 + j]) >> 6) << 4)
-            msum = np.int32(msum + m_lo * (np.int32(bs[2 * j]) + np.int32(bs[2 * j + 1]))
-                            + m_hi * (np.int32(bs[8 + 2 * j]) + np.int32(bs[9 + 2 * j])))
-        xx = xq[i * 256:i * 256 + 256]
+        o = i * ts
         isum = np.int32(0)
-        if five:
-            qh = blk[16:48]
-            qs = blk[48:176]
-        else:
-            qh = blk[16:48]  # unused
-            qs = blk[16:144]
-        for c in range(4):
-            j0 = 2 * c
-            j1 = 2 * c + 1
-            s0 = (np.int32(s[j0]) & 63) if j0 < 4 else ((np.int32(s[j0 + 4]) & 15) | ((np.int32(s[j0 - 4]) >> 6) << 4))
-            s1 = (np.int32(s[j1]) & 63) if j1 < 4 else ((np.int32(s[j1 + 4]) & 15) | ((np.int32(s[j1 - 4]) >> 6) << 4))
-            if five:
-                for l in range(32):
-                    v = np.int32(qs[c * 32 + l])
-                    h = np.int32(qh[l])
-                    q0 = (v & 15) | (((h >> j0) & 1) << 4)
-                    q1 = (v >> 4) | (((h >> j1) & 1) << 4)
-                    isum = np.int32(isum + s0 * (q0 * np.int32(xx[c * 64 + l])) + s1 * (q1 * np.int32(xx[c * 64 + 32 + l])))
+        msum = np.int32(0)
+        for j in range(8):
+            if j < 4:
+                sc = np.int32(b[o + 4 + j]) & 63
+                mn = np.int32(b[o + 8 + j]) & 63
             else:
-                for l in range(32):
-                    v = np.int32(qs[c * 32 + l])
-                    isum = np.int32(isum + s0 * ((v & 15) * np.int32(xx[c * 64 + l])) + s1 * ((v >> 4) * np.int32(xx[c * 64 + 32 + l])))
-        acc += xd[i] * (_f16(blk, 0, lut) * np.float32(isum) - _f16(blk, 2, lut) * np.float32(msum))
+                sc = (np.int32(b[o + 8 + j]) & 15) | ((np.int32(b[o + j]) >> 6) << 4)
+                mn = (np.int32(b[o + 8 + j]) >> 4) | ((np.int32(b[o + 4 + j]) >> 6) << 4)
+            msum = np.int32(msum + mn * (np.int32(xbs[i * 16 + 2 * j]) + np.int32(xbs[i * 16 + 2 * j + 1])))
+            qo = o + qs_off + (j >> 1) * 32  # sub-block j: nibble j&1 of the 32 bytes of chunk j>>1
+            d = dot_code_32(b, qo, 4 * (j & 1), 15, o + 16, j, hmask, 4, 0, xq, i * 256 + j * 32)
+            isum = np.int32(isum + sc * d)
+        acc += xd[i] * (_f16(b, o, lut) * np.float32(isum) - _f16(b, o + 2, lut) * np.float32(msum))
     return acc
 
 
 @njit(cache=True)
 def _row_q6_k(b, xq, xd, lut):
+    # plain loop: measured faster than dot_code_32s here (6.2 vs 4.8 GB/s per core on x86)
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
         blk = b[i * 210:i * 210 + 210]
