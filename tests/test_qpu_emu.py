@@ -2,8 +2,8 @@
 SFU, rotate/broadcast, thread modes and every fault.
 
 Reference semantics come from numpy plus the hardware-verified facts in py-videocore6's tests (rotate
-directions, quad rotate of register-file operands, r5 quad broadcast, flag update truth tables, uniform
-branch from register lane 1, fcmp = a - b, shifts mod 32). Denormals: the QPU flushes them to zero,
+directions, quad rotate of register-file operands, r5 quad broadcast, flag update truth tables, unifa
+and register uniform branches from lane 0, fcmp = a - b, shifts mod 32). Denormals: the QPU flushes them to zero,
 so the reference flushes f32 inputs and outputs.
 """
 
@@ -544,7 +544,7 @@ def test_branch_forms_and_delay_slots():
 @qpu
 def k_uniform_branch(asm, *, mode):
     eidx(r0, sig=ldunifrf(rf0))
-    nop(sig=ldunifrf(rf1))           # for mode "reg": lane 1 of rf1 is used -> load a vector
+    nop(sig=ldunifrf(rf1))           # for mode "reg": a vector whose lane 0 is the new address
     shl(r0, r0, 2)
     add(rf0, rf0, r0)
     add(rf1, rf1, r0)
@@ -582,7 +582,7 @@ def test_uniform_stream_branches(mode):
             want = 6
         else:
             vec[:] = 0xBAD
-            vec[1] = unif.addresses()[6]   # the hardware takes lane 1
+            vec[0] = unif.addresses()[6]   # lane 0, like unifa (py-videocore6's test_unifa)
             want = 8
         drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
         assert np.all(y == want)

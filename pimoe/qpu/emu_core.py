@@ -1122,11 +1122,12 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                                 else:
                                     ist[c, I_BR_UNIF] = (ist[c, I_UNIF] + _s32(v)) & MASK32
                             elif bdu == 3:
-                                # hardware takes the new uniform address from lane 1 of the register
+                                # the new uniform address is lane 0 of the register, as for unifa (see the
+                                # emulator docstring for py-videocore6's conflicting lane-1 test)
                                 _read_mux(c, 6, row, acc, rf, ist, disp, fault, pc, tmp)
                                 if fault[0] != 0:
                                     return executed
-                                ist[c, I_BR_UNIF] = tmp[1]
+                                ist[c, I_BR_UNIF] = tmp[0]
                             else:
                                 _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_BRANCH, bdu)
                                 return executed

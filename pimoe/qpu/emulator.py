@@ -25,7 +25,11 @@ Modelling decisions (hardware-verified where py-videocore6's tests show it, else
   them); conditions read the flags from before the instruction. r5 holds one value per quad, so any
   write to r5 stores each quad's first lane (py-videocore6's quad-broadcast test); r5rep stores lane 0.
 - Rotate (mul ALU only): accumulator operands rotate across 16 lanes, register-file operands within
-  each quad; lane i takes lane i - n. Uniform branches from a register take lane 1 (py-videocore6's test).
+  each quad; lane i takes lane i - n.
+- Branch targets and uniform-stream addresses read from a register use lane 0 (like unifa). The
+  evidence conflicts: py-videocore6's test_unifa needs lane 0 for `b(...).unif_addr(reg)`, while its
+  test_uniform_branch_reg puts the address only in lane 1 (there the register was written by ldtmu in
+  the instruction just before the branch). pimoe follows test_unifa.
 - Floats: denormal inputs and results are flushed to zero (sign kept); +, -, * correctly rounded;
   fmin/fmax return the non-NaN operand; fcmp computes a - b. Flags of float results: Z = (x == 0),
   N = (x < 0), C = (x <= 0) (Mesa tests fge with fcmp + pushc). Integer C: carry of add, borrow of sub,
