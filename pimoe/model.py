@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pimoe import quant
+from pimoe import profile, quant
 from pimoe.backends import get_backend
 from pimoe.backends.cpu import swiglu_ffn
 from pimoe.config import ModelConfig
@@ -250,19 +250,25 @@ class Model:
         ids = self._check_tokens(tokens)
         cfg = self.config
         T = len(ids)
-        positions = np.arange(self.pos, self.pos + T)
-        cos, sin = rope_tables(positions, cfg.rope_dim, cfg.rope_base, cfg.rope_freq_scale)
-        x = np.stack([self.token_embd[int(t)].dequantize() for t in ids]).astype(np.float32)  # [T, hidden]
-        routing = []
-        for i, layer in enumerate(self.layers):
-            x = x + self._attention(i, layer, rmsnorm(x, layer.attn_norm, cfg.rms_eps), cos, sin)
-            h = rmsnorm(x, layer.ffn_norm, cfg.rms_eps)
-            x = x + self._moe(i, layer, h, routing)
-        self.pos += T
-        self.routing = routing
-        self.routing_history.append(routing)
-        x = rmsnorm(x, self.output_norm, cfg.rms_eps)
-        return quant.matmul(self.output, x)                   # [T, vocab]
+        # profiler regions (pimoe.profile): no-ops unless a profiler is active; bytes = weights read
+        prof = profile.current()
+        with prof.region("forward", tokens=T, pos=self.pos):
+            with prof.region("embedding", bytes=T * self.token_embd.row_bytes):
+                positions = np.arange(self.pos, self.pos + T)
+                cos, sin = rope_tables(positions, cfg.rope_dim, cfg.rope_base, cfg.rope_freq_scale)
+                x = np.stack([self.token_embd[int(t)].dequantize() for t in ids]).astype(np.float32)  # [T, hidden]
+            routing = []
+            for i, layer in enumerate(self.layers):
+                with prof.region("layer", layer=i):
+                    x = x + self._attention(i, layer, rmsnorm(x, layer.attn_norm, cfg.rms_eps), cos, sin)
+                    x = x + self._moe(i, layer, x, routing)
+            self.pos += T
+            self.routing = routing
+            self.routing_history.append(routing)
+            with prof.region("output_head", bytes=self.output.nbytes,
+                             flops=2 * T * self.output.shape[0] * self.output.shape[1]):
+                x = rmsnorm(x, self.output_norm, cfg.rms_eps)
+                return quant.matmul(self.output, x)           # [T, vocab]
 
     def generate(self, prompt, max_tokens: int, temperature: float = 0.0, seed: int | None = None,
                  stop_at_eos: bool = True) -> Iterator[int]:
@@ -281,7 +287,8 @@ class Model:
             return
         logits = self.logits(prompt)[-1]
         for i in range(max_tokens):
-            tok = _sample(logits, temperature, rng)
+            with profile.current().region("sampling"):
+                tok = _sample(logits, temperature, rng)
             if eos is not None and tok == eos:
                 return
             yield tok
@@ -305,6 +312,18 @@ class Model:
         return ids
 
     def _attention(self, i: int, layer: LayerWeights, h: np.ndarray, cos, sin) -> np.ndarray:
+        cfg, a = self.config, layer.attn
+        T, H, Hkv, hd = h.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        prof = profile.current()
+        if not prof.enabled:
+            return self._attention_body(i, layer, h, cos, sin)
+        S = self.pos + T                  # keys attended (scores and A.V: 2 x 2 x T x S x H x hd FLOPs)
+        with prof.region("attention", layer=i, bytes=profile.matrix_bytes(a.q, a.k, a.v, a.o),
+                         flops=profile.matrix_flops(T, a.q, a.k, a.v, a.o) + 4 * T * S * H * hd,
+                         kv_bytes=4 * (2 * T + 2 * S) * Hkv * hd):   # f32 K,V written for T, read for S
+            return self._attention_body(i, layer, h, cos, sin)
+
+    def _attention_body(self, i: int, layer: LayerWeights, h: np.ndarray, cos, sin) -> np.ndarray:
         cfg, a = self.config, layer.attn
         T, H, Hkv, hd = h.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         q = quant.matmul(a.q, h)          # [T, H*hd]
@@ -345,16 +364,33 @@ class Model:
             out = out + a.o_bias
         return out
 
-    def _moe(self, i: int, layer: LayerWeights, h: np.ndarray, routing: list) -> np.ndarray:
+    def _moe(self, i: int, layer: LayerWeights, x: np.ndarray, routing: list) -> np.ndarray:
         cfg = self.config
-        r = route(quant.matmul(layer.router, h), cfg.n_experts_used, cfg.norm_topk)
+        prof = profile.current()
+        T = x.shape[0]
+        with prof.region("router", layer=i, bytes=layer.router.nbytes,
+                         flops=2 * T * layer.router.shape[0] * layer.router.shape[1]):
+            h = rmsnorm(x, layer.ffn_norm, cfg.rms_eps)
+            r = route(quant.matmul(layer.router, h), cfg.n_experts_used, cfg.norm_topk)
         routing.append(r)
-        out = self.backend.expert_ffn(i, h, r.expert_ids, r.weights)   # [T, hidden]
+        with prof.region("experts", layer=i) as region:
+            if prof.enabled:   # only the experts the router chose are read (each once per forward)
+                w = self.backend.experts[i] if hasattr(self.backend, "experts") else None
+                if w is not None:
+                    tensors = (w.gate, w.up, w.down)
+                    region.count(bytes=profile.expert_bytes(tensors, r.expert_ids),
+                                 flops=profile.expert_flops(tensors, r.expert_ids))
+            out = self.backend.expert_ffn(i, h, r.expert_ids, r.weights)   # [T, hidden]
         if layer.shexp_gate is not None:
             # qwen2moe shared expert: always on, scaled per token by sigmoid(g . h)
-            g = quant.matmul(layer.shexp_gate_inp, h)                  # [T, 1]
-            gate = np.float32(1.0) / (np.float32(1.0) + np.exp(-g))
-            out = out + swiglu_ffn(layer.shexp_gate, layer.shexp_up, layer.shexp_down, h) * gate
+            with prof.region("shared_expert", layer=i,
+                             bytes=profile.matrix_bytes(layer.shexp_gate_inp, layer.shexp_gate, layer.shexp_up,
+                                                        layer.shexp_down),
+                             flops=profile.matrix_flops(T, layer.shexp_gate_inp, layer.shexp_gate,
+                                                        layer.shexp_up, layer.shexp_down)):
+                g = quant.matmul(layer.shexp_gate_inp, h)                  # [T, 1]
+                gate = np.float32(1.0) / (np.float32(1.0) + np.exp(-g))
+                out = out + swiglu_ffn(layer.shexp_gate, layer.shexp_up, layer.shexp_down, h) * gate
         return out
 
 
