@@ -16,6 +16,19 @@ Hooks (what the model and the backends call; all cheap no-ops while no profiler 
     profile.qpu_dispatch(counters, kernel="expert_ffn")   # one QPU execute's EmuCounters (or a dict)
     if profile.enabled(): ...                    # guard for counter arithmetic that is not free
 
+For a QPU backend (pimoe/backends/qpu.py), inside expert_ffn, the model has already opened "experts"
+(and put the routed experts' weight bytes and FLOPs on it), so the backend only splits the time:
+
+    prof = profile.current()
+    with prof.region("upload"): ...                  # activations / ids / weights into driver arrays
+    with prof.region("dispatch"): ...                # uniforms, code, anything before execute()
+    with prof.region("compute"):
+        counters = drv.execute(...)
+        prof.qpu_dispatch(counters, kernel="expert_ffn")   # emulator: EmuCounters; hardware: {} + seconds=
+    with prof.region("readback"): ...                # results back into numpy
+Do not put `bytes` on those sub-regions (the weights would be counted twice); use other counter names
+(e.g. upload_bytes=) for activation traffic.
+
 Region names used by pimoe (the report groups by the path of names, e.g. "forward/layer/experts/compute"):
     forward > embedding, layer > (attention, router, experts, shared_expert), output_head;  sampling
     experts (qpu backend) > upload, dispatch, compute, readback
