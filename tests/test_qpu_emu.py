@@ -718,7 +718,7 @@ def k_sfu(asm):
 
 
 def test_sfu_accuracy():
-    x = np.array([0.1, 0.5, 1.0, 1.5, 2.0, 3.0, 7.5, 10.0, 0.01, 0.25, 0.75, 4.0, 5.5, 100.0, 0.3, 1.7],
+    x = np.array([0.1, 0.5, 1.0, 1.5, 2.0, 3.0, 7.5, 10.0, 0.01, 0.25, 0.45, 4.0, 5.5, 100.0, 0.3, 0.49],
                  dtype=np.float32)
     with EmuDriver(data_area_size=1 << 16) as drv:
         code = drv.program(k_sfu)
@@ -733,7 +733,9 @@ def test_sfu_accuracy():
         np.testing.assert_allclose(y[1], 1 / np.sqrt(x64), rtol=1e-4)
         np.testing.assert_allclose(y[2], 2 ** x64, rtol=1e-4)
         np.testing.assert_allclose(y[3], np.log2(x64), rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(y[4], np.sin(np.pi * x64), rtol=1e-4, atol=1e-5)
+        # sin(pi x) on [-0.5, 0.5], saturating to +-1 outside (hardware, py-videocore6's test_sfu)
+        sin_ref = np.where(x64 > 0.5, 1.0, np.where(x64 < -0.5, -1.0, np.sin(np.pi * x64)))
+        np.testing.assert_allclose(y[4], sin_ref, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(y[5], 1 / np.sqrt(x64), rtol=1e-4)
         assert c.sfu_ops == 6
 
@@ -1189,3 +1191,40 @@ def test_more_batches_than_thread_slots_queue_for_a_free_slot():
         assert np.array_equal(buf[:16, 0] >> 2, np.arange(16) % 8)
         assert np.all((buf[16:, 0] >> 2) < 8) and np.all((buf[16:, 0] & 3) % 2 == 0)
         assert c.batches == 24 and c.threads_per_qpu == 2
+
+
+@qpu
+def k_sfu_add_ops(asm):
+    eidx(r0, sig=ldunifrf(rf0))
+    nop(sig=ldunifrf(rf1))
+    shl(r0, r0, 2)
+    add(rf0, rf0, r0)
+    add(rf1, rf1, r0)
+    shl(r3, 4, 4)
+    mov(tmua, rf0)
+    nop(sig=ldtmu(r1))
+    for unit in ("recip", "exp", "sin"):
+        globals()[unit](rf2, r1)         # the add-ALU form writes its destination directly
+        mov(tmud, rf2)
+        mov(tmua, rf1)
+        tmuwt().add(rf1, rf1, r3)
+    _end(asm)
+
+
+def test_sfu_add_alu_forms_and_negative_inputs():
+    x = np.linspace(-2.0, 2.0, 16).astype(np.float32)
+    x[8] = 0.3
+    with EmuDriver(data_area_size=1 << 14) as drv:
+        code = drv.program(k_sfu_add_ops)
+        xa = drv.alloc(16, dtype=np.float32)
+        y = drv.alloc((3, 16), dtype=np.float32)
+        unif = drv.alloc(2, dtype=np.uint32)
+        xa[:] = x
+        unif[:] = [xa.addresses()[0], y.addresses()[0, 0]]
+        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(y[0], 1 / x64, rtol=1e-4)
+    np.testing.assert_allclose(y[1], 2 ** x64, rtol=1e-4)
+    sin_ref = np.where(x64 > 0.5, 1.0, np.where(x64 < -0.5, -1.0, np.sin(np.pi * x64)))
+    np.testing.assert_allclose(y[2], sin_ref, rtol=1e-4, atol=1e-6)
+    assert c.sfu_ops == 3

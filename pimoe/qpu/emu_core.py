@@ -255,10 +255,14 @@ def _sfu(fn, x):
         if x < 0.0:
             return math.nan
         return math.log2(x)
-    # SIN: sin(pi x)
-    if math.isinf(x):
-        return math.nan
-    return math.sin(math.pi * (x - 2.0 * math.floor(x * 0.5)))
+    # SIN: sin(pi x) on [-0.5, 0.5]; outside it the hardware returns -1 / +1 (py-videocore6's test_sfu)
+    if math.isnan(x):
+        return x
+    if x < -0.5:
+        return -1.0
+    if x > 0.5:
+        return 1.0
+    return math.sin(math.pi * x)
 
 
 @njit(cache=True)

@@ -35,8 +35,10 @@ Modelling decisions (hardware-verified where py-videocore6's tests show it, else
   N = (x < 0), C = (x <= 0) (Mesa tests fge with fcmp + pushc). Integer C: carry of add, borrow of sub,
   a > b for min/max. ftoin/ftoiz/ftouz saturate, NaN -> 0. vadd/vsub: wrapping 16-bit halves (not
   verified on hardware). multop + umul24 give the 32-bit product (Mesa's imul idiom).
-- SFU (recip, rsqrt, rsqrt2, exp = 2^x, log = log2, sin = sin(pi x)): float64 math rounded to f32, more
-  accurate than the hardware's ~1e-4; the r4 result may be read 2 instructions after the write.
+- SFU (recip, rsqrt, rsqrt2, exp = 2^x, log = log2, sin = sin(pi x) for |x| <= 0.5 and -1 / +1 beyond,
+  as py-videocore6's test_sfu shows): float64 math rounded to f32, more accurate than the hardware's
+  ~1e-4; the r4 result may be read 2 instructions after the write; the add-ALU forms (exp(rf2, r1))
+  write their destination like any op.
 - TMU: loads and stores happen when the address is written (stores are therefore visible to later
   loads even without tmuwt, which real hardware does not promise); config words (tmuau) select 8/16-bit
   signed/unsigned or 32-bit vec1..4 per-pixel accesses; per-quad and atomic operations fault. The result
