@@ -40,6 +40,7 @@ from typing import Mapping
 
 import numpy as np
 
+from pimoe.cpumodel import PI4_CPU, CPUParams, CPUPrediction, predict_cpu, predict_decode_step  # noqa: F401
 from pimoe.errors import PimoeError
 
 PREDICTED_LABEL = "predicted (Pi 4 QPU timing model)"
@@ -104,12 +105,34 @@ _NEEDED = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_write_bytes", "sf
            "tmuwt")
 
 
+def _spread_totals(totals: Mapping, n_qpus: int) -> tuple[dict[str, np.ndarray], int]:
+    """Per-thread arrays from dispatch totals, assuming the work was spread evenly over the batches
+    (all QPUs, `threads_per_qpu` threads each): an approximation for callers that kept only totals."""
+    mode = int(totals.get("threads_per_qpu", 1))
+    batches = int(totals.get("batches", n_qpus * mode))
+    if mode not in (1, 2, 4) or batches < 1:
+        raise PimoeError(f"predict(): totals with threads_per_qpu={mode}, batches={batches}")
+    slots = np.zeros((n_qpus, 4))
+    for b in range(batches):
+        slots[b % n_qpus, (b // n_qpus) % mode] += 1
+    share = slots / slots.sum()
+    per = {}
+    for name in _NEEDED:
+        if name not in totals:
+            raise PimoeError(f"predict(): counters lack '{name}'")
+        per[name] = float(totals[name]) * share
+    return per, batches
+
+
 def _per_thread(counters) -> tuple[dict[str, np.ndarray], int]:
-    """(per-thread counter arrays [QPUs, thread slots], batches) from EmuCounters or a dict of them."""
+    """(per-thread counter arrays [QPUs, thread slots], batches) from EmuCounters, the dict form
+    (counters_to_dict / Profiler.qpu_dispatch), or a dict of totals (spread evenly, see _spread_totals)."""
     if hasattr(counters, "per_thread"):
         per, batches = counters.per_thread, int(counters.batches)
     elif isinstance(counters, Mapping) and "per_thread" in counters:
         per, batches = counters["per_thread"], int(counters["batches"])
+    elif isinstance(counters, Mapping) and "instructions" in counters:
+        per, batches = _spread_totals(counters, PI4.n_qpus)
     else:
         raise PimoeError(f"predict() needs EmuCounters (or a dict with 'per_thread' and 'batches'), not "
                          f"{type(counters).__name__}")
@@ -128,8 +151,7 @@ def _per_thread(counters) -> tuple[dict[str, np.ndarray], int]:
 
 def thread_waits(per: dict[str, np.ndarray], batches: int, params: QPUTimingParams = PI4) -> np.ndarray:
     """Memory round trips each thread slot waits for: its thrsw (minus the program-end ones) + tmuwt."""
-    instr = per["instructions"]
-    used = instr > 0
+    used = (per["instructions"] > 0) | (per["thread_switches"] > 0)
     n_used = max(1, int(used.sum()))
     batches_per_slot = np.where(used, max(batches, n_used) / n_used, 0.0)
     switches = np.maximum(per["thread_switches"] - params.end_thread_switches * batches_per_slot, 0.0)

@@ -75,6 +75,18 @@ def plot(rows: list[dict], loo: list[dict], png: Path, svg: Path) -> None:
     plt.close(fig)
 
 
+def _latency_bound(counts: dict, published: dict, params) -> dict:
+    """Little's law on the summation: with 8 loads in flight per QPU it streams its published rate only if
+    the round trip is at most published time x clock x 8 / loads per QPU. The sgemm-fitted latency must be
+    below that, or the two fits contradict each other."""
+    import numpy as np
+
+    reads = np.asarray(counts["summation"]["counters"]["per_thread"]["tmu_reads"]).sum(axis=1).max()
+    bound = published["kernels"]["summation"]["seconds"] * params.clock_hz * params.tmu_queue_depth / reads
+    return {"summation_max_latency_cycles": float(bound), "fitted_latency_cycles": params.wait_latency_cycles,
+            "consistent": bool(params.wait_latency_cycles <= bound)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pimoe.qpu.calibration", description=__doc__.split("\n")[0])
     ap.add_argument("--no-emulate", action="store_true", help="use the stored counts.json")
@@ -109,6 +121,7 @@ def main(argv=None) -> int:
         "parameters": params.as_dict(),
         "shipped_parameters": timing.PI4.as_dict(),
         "table": rows, "leave_one_out": loo,
+        "latency_consistency": _latency_bound(counts, published, params),
         "published_source": published["source"],
         "counts": counts,
     }
@@ -124,6 +137,9 @@ def main(argv=None) -> int:
     print("  leave-one-out:")
     for r in loo:
         print(f"    {r['held_out']:10s} predicted/published = {r['ratio']:.3f} (bandwidths from {r['fitted_from']})")
+    lb = record["latency_consistency"]
+    print(f"  latency: fitted {lb['fitted_latency_cycles']:.1f} cycles <= {lb['summation_max_latency_cycles']:.1f} "
+          f"allowed by the summation's rate with 8 loads in flight: {lb['consistent']}")
     print(f"wrote {base}.json, .png, .svg")
     return 0
 
