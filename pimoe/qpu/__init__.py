@@ -3,5 +3,16 @@
 from pimoe.qpu.asm import AssembleError, Assembly, assemble, get_label_positions, qpu
 from pimoe.qpu.disasm import disassemble
 from pimoe.qpu.isa import Instr, InvalidInstruction, decode, encode
-from pimoe.qpu.emulator import Array, EmuCounters, EmuDriver, QPUFault
-from pimoe.qpu.driver import open_driver
+
+# the emulator pulls in numba: load it on first use so `pimoe disasm` and the assembler stay light
+_EMULATOR_NAMES = {"Array": "pimoe.qpu.emulator", "EmuCounters": "pimoe.qpu.emulator",
+                   "EmuDriver": "pimoe.qpu.emulator", "QPUFault": "pimoe.qpu.emulator",
+                   "open_driver": "pimoe.qpu.driver"}
+
+
+def __getattr__(name):
+    if name in _EMULATOR_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(_EMULATOR_NAMES[name]), name)
+    raise AttributeError(f"module 'pimoe.qpu' has no attribute {name!r}")
