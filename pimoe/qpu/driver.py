@@ -61,7 +61,25 @@ class HardwareDriver:
             from pimoe.qpu.asm import assemble
 
             prog = assemble(prog, *args, **kwargs)
-        return self._drv.program([int(w) for w in prog])
+        words = [int(w) for w in prog]
+        try:
+            return self._drv.program(words)  # py-videocore6 >= 2024 takes a word list
+        except (TypeError, AttributeError):
+            # older py-videocore6 only calls `prog(asm)` on its Assembly list: hand it the words that way
+            return self._drv.program(lambda asm: asm.extend(words))
+
+    def execute(self, code, local_invocation=None, uniforms=None, timeout_sec=10, workgroup=(1, 1, 1),
+                wgs_per_sg=16, thread=1, **kwargs):
+        import inspect
+
+        params = inspect.signature(self._drv.execute).parameters
+        if "local_invocation" in params:
+            return self._drv.execute(code, local_invocation=local_invocation, uniforms=uniforms,
+                                     timeout_sec=timeout_sec, workgroup=workgroup, wgs_per_sg=wgs_per_sg,
+                                     thread=thread, **kwargs)
+        # older py-videocore6: its `workgroup` argument is the local size (16, 1, 1) by default
+        return self._drv.execute(code, uniforms=uniforms, timeout_sec=timeout_sec,
+                                 workgroup=local_invocation or (16, 1, 1), wgs_per_sg=wgs_per_sg, thread=thread)
 
     def __getattr__(self, name):
         return getattr(self._drv, name)
