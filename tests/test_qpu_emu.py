@@ -1228,3 +1228,45 @@ def test_sfu_add_alu_forms_and_negative_inputs():
     sin_ref = np.where(x64 > 0.5, 1.0, np.where(x64 < -0.5, -1.0, np.sin(np.pi * x64)))
     np.testing.assert_allclose(y[2], sin_ref, rtol=1e-4, atol=1e-6)
     assert c.sfu_ops == 3
+
+
+def test_hardware_adapter_with_a_stand_in_py_videocore6(monkeypatch):
+    """open_driver('hw') wraps py-videocore6's Driver: pimoe assembles, the real driver gets the words."""
+    import sys
+    import types
+
+    from pimoe.qpu import assemble, driver
+
+    calls = {}
+
+    class FakeDriver:
+        def __init__(self, **kw):
+            calls["init"] = kw
+
+        def program(self, prog):
+            if callable(prog):          # the older API: only callables
+                raise TypeError("old API")
+            calls["words"] = list(prog)
+            return "code"
+
+        def execute(self, code, local_invocation=None, uniforms=None, timeout_sec=10, workgroup=(1, 1, 1),
+                    wgs_per_sg=16, thread=1):
+            calls["execute"] = (code, local_invocation, uniforms, thread)
+
+        def close(self):
+            calls["closed"] = True
+
+    pkg = types.ModuleType("videocore6")
+    mod = types.ModuleType("videocore6.driver")
+    mod.Driver = FakeDriver
+    monkeypatch.setitem(sys.modules, "videocore6", pkg)
+    monkeypatch.setitem(sys.modules, "videocore6.driver", mod)
+    monkeypatch.setattr(driver.glob, "glob", lambda pattern: ["/dev/dri/card0"])
+    with driver.open_driver("hw", data_area_size=4096) as drv:
+        assert isinstance(drv, driver.HardwareDriver)
+        assert drv.program(k_write_n, n=4) == "code"
+        drv.execute("code", local_invocation=(16, 1, 1), uniforms=123, thread=8)
+    assert calls["init"] == {"data_area_size": 4096}
+    assert calls["words"] == assemble(k_write_n, n=4)
+    assert calls["execute"] == ("code", (16, 1, 1), 123, 8)
+    assert calls["closed"]
