@@ -193,3 +193,25 @@ def test_emulated_memcpy_more_threads_hide_its_waits():
     for p in t.values():
         assert p.bound == "memory"
         assert p.seconds == pytest.approx(floor + PI4.dispatch_overhead_s)
+
+
+def test_declared_loads_in_flight_replace_thread_switches():
+    """A kernel that loads and immediately waits (no thrsw) pays a round trip per load once declared."""
+    c = counters(instructions=1000, tmu_reads=10_000, tmu_read_bytes=64_000)
+    lat = PI4.wait_latency_cycles
+    default = predict(c)                                  # no thrsw: only the 8-deep queue limits it
+    assert body(default) == pytest.approx(10_000 * lat / 8 / 500e6)
+    one = predict(c, loads_in_flight=1)
+    assert body(one) == pytest.approx((4 * 1000 + 10_000 * lat) / 500e6)
+    four = predict(c, loads_in_flight=4)
+    assert body(one) > body(four) > body(default)
+    with pytest.raises(PimoeError, match="loads_in_flight"):
+        predict(c, loads_in_flight=0)
+
+
+def test_dram_read_bytes_override_the_counted_reads():
+    c = counters(tmu_reads=10, tmu_read_bytes=8_000_000)    # 64 MB counted, e.g. a vector all QPUs re-read
+    full = predict(c)
+    cached = predict(c, dram_read_bytes=8_000_000)
+    assert full.bound == cached.bound == "memory"
+    assert body(cached) == pytest.approx(body(full) / 8)

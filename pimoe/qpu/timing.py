@@ -159,22 +159,38 @@ def thread_waits(per: dict[str, np.ndarray], batches: int, params: QPUTimingPara
 
 
 def predict(counters, *, params: QPUTimingParams = PI4, clock_hz: float | None = None,
-            dispatches: int = 1) -> Prediction:
+            dispatches: int = 1, loads_in_flight: float | None = None,
+            dram_read_bytes: float | None = None) -> Prediction:
     """Predicted Pi 4 time of the dispatch(es) that produced `counters` (see the module docstring).
 
     clock_hz overrides params.clock_hz (e.g. a V3D without force_turbo); dispatches counts the overhead
-    that many times when the counters are the sum of several executes."""
+    that many times when the counters are the sum of several executes.
+    loads_in_flight: the kernel author's statement of how many loads a thread has in flight when it
+    waits for one (ldtmu right after its load: 1). By default a thread waits only where it executes thrsw
+    (or tmuwt), which is right for kernels that thrsw after their loads and for pipelined kernels that keep
+    8 in flight; a kernel that calls ldtmu soon after its load WITHOUT thrsw stalls anyway, and the
+    counters cannot see that: pass loads_in_flight, and thread waits become tmu_reads / loads_in_flight
+    (+ tmuwt) instead of its thread switches.
+    dram_read_bytes: bytes that really come from DRAM when some counted reads hit the GPU caches (e.g. a
+    vector every QPU re-reads); default: all counted bytes."""
     if clock_hz is not None:
         params = replace(params, clock_hz=float(clock_hz))
     if params.clock_hz <= 0 or params.read_bandwidth <= 0 or params.write_bandwidth <= 0:
         raise PimoeError(f"timing parameters must be positive: {params}")
     if dispatches < 1:
         raise PimoeError(f"dispatches={dispatches}: at least one")
+    if loads_in_flight is not None and not 1 <= loads_in_flight <= params.tmu_queue_depth * 2:
+        raise PimoeError(f"loads_in_flight={loads_in_flight}: between 1 and the TMU FIFO depth "
+                         f"{params.tmu_queue_depth * 2}")
     per, batches = _per_thread(counters)
     cpi, lat = params.cycles_per_instruction, params.wait_latency_cycles
     instr = per["instructions"]                                   # [QPUs, slots]
     issue_q = cpi * instr.sum(axis=1)                             # [QPUs] cycles
-    chain = cpi * instr + thread_waits(per, batches, params) * lat
+    if loads_in_flight is None:
+        waits = thread_waits(per, batches, params)
+    else:
+        waits = per["tmu_reads"] / float(loads_in_flight) + per["tmuwt"]
+    chain = cpi * instr + waits * lat
     latency_q = np.maximum(chain.max(axis=1), per["tmu_reads"].sum(axis=1) * lat / params.tmu_queue_depth)
     slices = -(-instr.shape[0] // params.qpus_per_slice)
     sfu_q = per["sfu_ops"].sum(axis=1)
@@ -184,7 +200,8 @@ def predict(counters, *, params: QPUTimingParams = PI4, clock_hz: float | None =
     terms = {
         "issue": float(issue_q.max()) / clock,
         "latency": float(latency_q.max()) / clock,
-        "memory_read": float(per["tmu_read_bytes"].sum()) / params.read_bandwidth,
+        "memory_read": float(per["tmu_read_bytes"].sum() if dram_read_bytes is None else dram_read_bytes)
+        / params.read_bandwidth,
         "memory_write": float(per["tmu_write_bytes"].sum()) / params.write_bandwidth,
         "sfu": float(sfu_slice.max() * params.sfu_cycles_per_op) / clock,
     }
