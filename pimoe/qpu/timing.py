@@ -23,6 +23,12 @@ The model (V3D 4.2 on BCM2711, 2 slices x 4 QPUs at 500 MHz). A dispatch takes
   one DRAM interface, so a copy pays both (the scopy figure checks exactly this).
 - sfu = SFU ops of a slice x cycles per op (one SFU per slice shared by its 4 QPUs).
 
+Why a thrsw with loads in flight counts as one round trip even with 1 thread per QPU: the sgemm figure
+then gives L = 167 cycles (2 thrsw per k step); counting only one wait per k step would need L = 335
+cycles, but the summation streams 7.24 GB/s with 8 loads in flight per QPU, which by Little's law allows
+at most 283 cycles. Only the first reading fits both published figures. (The record written by
+`python -m pimoe.qpu.calibration` repeats this check.)
+
 Bytes are the bytes the lanes asked for (EmuCounters tmu_read_bytes / tmu_write_bytes). The model has no
 cache: a gather whose lanes hit separate lines costs more DRAM traffic than counted, and data re-read from
 the TMU/L2 caches less; neither matters for the streaming calibration kernels, and the sgemm's gathers are
@@ -68,8 +74,9 @@ class QPUTimingParams:
     # (3751 MB/s); scopy (2424 MB/s, reads + writes) is predicted from these two, not fitted.
     read_bandwidth: float = 7.261e9
     write_bandwidth: float = 3.762e9
-    # SFU: one per slice; assumed 4 cycles of SFU time per 16-lane op (4 lanes per cycle, like the ALUs).
-    # No published figure exercises the SFU, so this is an ASSUMPTION, not calibrated.
+    # SFU: one per slice (as on VideoCore IV: Broadcom's VideoCore IV 3D Architecture Reference Guide);
+    # assumed 4 cycles of SFU time per 16-lane op (4 lanes per cycle, like the ALUs). No published figure
+    # exercises the SFU, so this is an ASSUMPTION, not calibrated.
     sfu_cycles_per_op: float = 4.0
     # time from execute() to the end of a dispatch beyond the kernel itself (ioctl submit, job start,
     # cache flush, wait). py-videocore6's benchmarks/test_dispatch.py measures it but publishes no figure;
