@@ -400,3 +400,26 @@ def predict_cpu_seconds(weight_bytes: float, flops: float, threads: int = 4) -> 
         return None
     p = fn(weight_bytes, flops, threads=threads)
     return float(getattr(p, "seconds", p))
+
+
+def pi4_ceilings() -> dict | None:
+    """The Pi 4 ceilings the timing model uses (for rooflines; stored in records so plots never recompute):
+    CPU DRAM bandwidths and FLOP peaks, QPU read/write bandwidth and FLOP peak, DRAM on paper."""
+    timing = _timing()
+    if timing is None:
+        return None
+    out = {"dram_peak_GBps": 12.8, "source": "pimoe.qpu.timing / pimoe.cpumodel parameters; DRAM peak = "
+                                             "LPDDR4-3200 x 32 bit"}
+    qpu = getattr(timing, "PI4", None)
+    if qpu is not None:
+        out["qpu_read_GBps"] = qpu.read_bandwidth / 1e9
+        out["qpu_write_GBps"] = qpu.write_bandwidth / 1e9
+        # 2 flops (add + mul ALU) x 4 physical lanes per QPU per cycle (FACTS.md: 32 GFLOPS at 500 MHz)
+        out["qpu_peak_GFLOPS"] = qpu.clock_hz * qpu.n_qpus * 4 * 2 / 1e9
+    cpu = getattr(timing, "PI4_CPU", None)
+    if cpu is not None:
+        out["cpu_decode_GBps"] = cpu.decode_bandwidth / 1e9
+        out["cpu_stream_copy_GBps"] = cpu.stream_copy_bandwidth / 1e9
+        out["cpu_fp32_GFLOPS"] = cpu.fp32_flops / 1e9
+        out["cpu_fp64_GFLOPS"] = cpu.fp64_flops / 1e9
+    return out

@@ -43,7 +43,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from pimoe import bandwidth
+    from pimoe import bandwidth, profile
     from pimoe.errors import PimoeError
     from pimoe.records import environment, write_record
 
@@ -75,7 +75,7 @@ def main(args) -> int:
         rec = {"kind": "bandwidth", "environment": env, "cpu": rows, "qpu": qrows, "concurrent": both,
                "settings": {"sizes": list(sizes), "qpu_sizes": list(qsizes), "reps": reps, "kernels": kernels,
                             "threads": threads, "qpu_driver": args.qpu},
-               "ceilings_pi4": {"dram_peak_GBps": bandwidth.PI4_DRAM_PEAK_GBPS}}
+               "pi4_ceilings": profile.pi4_ceilings()}
         path, csv_path = write_record(rec, args.results, "bandwidth", table=rows + qrows + both)
         print(f"record written: {path} (+ {csv_path.name})")
     return 0

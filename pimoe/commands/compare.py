@@ -1,0 +1,111 @@
+"""`pimoe compare`: the same prompt CPU-only and with QPU offload; a llama-bench-like table with GB/s, the
+per-region breakdown of a decode token, and the Pi 4 prediction; a results record and a Perfetto trace.
+
+    pimoe compare                                   # built-in tiny model, cpu vs qpu, pp16/tg8 x3
+    pimoe compare -m model.gguf -p 512 -n 128       # llama-bench's pp512 / tg128
+    pimoe compare --shape qwen3-30b-a3b --layers 2  # synthetic real-shape model, scaled to 48 layers
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HELP = "CPU-only vs QPU offload on one model: t/s, GB/s, per-region time, Pi 4 prediction, record + trace"
+
+
+def add_arguments(parser) -> None:
+    from pimoe.compare import SHAPES
+
+    parser.add_argument("-m", "--model", metavar="MODEL.gguf", help="GGUF model (default: the built-in tiny model)")
+    parser.add_argument("--shape", choices=SHAPES, help="a synthetic model of this real shape instead of -m")
+    parser.add_argument("--layers", type=int, default=2, help="layers of the --shape model (default 2)")
+    parser.add_argument("--type", default="Q8_0", help="weight type of the --shape model (default Q8_0)")
+    parser.add_argument("-p", "--n-prompt", type=int, default=16, metavar="N", help="prompt tokens, ppN (default 16)")
+    parser.add_argument("-n", "--n-gen", type=int, default=8, metavar="N", help="generated tokens, tgN (default 8)")
+    parser.add_argument("-r", "--reps", type=int, default=3, help="repetitions, t/s mean ± sd (default 3)")
+    parser.add_argument("--backends", default="cpu,qpu", help="comma list, first is the reference (default cpu,qpu)")
+    parser.add_argument("--qpu", default=None, choices=("auto", "emu", "hw"),
+                        help="QPU driver for the qpu backend (default: the backend's own default, auto)")
+    parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all numba threads)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where --shape models are written once (default ~/.cache/pimoe/compare)")
+    parser.add_argument("--results", default="results", help="directory for the record and trace (default results/)")
+    parser.add_argument("--no-record", action="store_true", help="print only: no record, no trace")
+
+
+def _note(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(args) -> int:
+    import json
+
+    import numba
+
+    from pimoe import compare as cmp
+    from pimoe.backends import available_backends
+    from pimoe.commands.run import cache_dir, default_model_path
+    from pimoe.errors import PimoeError
+    from pimoe.records import write_record
+
+    if args.threads is not None:
+        if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
+            raise PimoeError(f"--threads must be 1..{numba.config.NUMBA_NUM_THREADS}, got {args.threads}")
+        numba.set_num_threads(args.threads)
+    if args.model and args.shape:
+        raise PimoeError("give either -m MODEL.gguf or --shape, not both")
+    if args.shape:
+        path = cmp.shape_model_path(args.shape, args.layers, args.type, args.cache_dir or cache_dir() / "compare")
+        _note(f"pimoe compare: synthetic {args.shape} model with {args.layers} of its layers, {args.type}: {path}")
+    elif args.model:
+        path = Path(args.model)
+        if not path.exists():
+            raise PimoeError(f"{path}: no such model file")
+    else:
+        path = default_model_path(progress=_note)
+        _note(f"pimoe compare: no model given (-m), using the built-in tiny model {path}")
+
+    wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
+    have = set(available_backends())
+    backends = [b for b in wanted if b in have]
+    for b in wanted:
+        if b not in have:
+            _note(f"pimoe compare: backend '{b}' is not in this pimoe (available: {', '.join(sorted(have))}); "
+                  f"skipped")
+    if not backends:
+        raise PimoeError(f"none of the backends {wanted} exists (available: {', '.join(sorted(have))})")
+    opts = {"qpu": {"driver": args.qpu}} if args.qpu and "qpu" in backends else {}
+
+    result = cmp.compare(path, backends, args.n_prompt, args.n_gen, args.reps, shape=args.shape,
+                         backend_opts=opts)
+    rec, rows = cmp.to_record(result, {"command": "pimoe " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["compare"]
+                                       else "pimoe compare"})
+    print(cmp.table_text(rows))
+    print()
+    print(f"per decode token (mean over {args.reps} x {args.n_gen} steps; Pi 4 figures are predicted):")
+    print(cmp.regions_text(result))
+    status = 0
+    for r in result["runs"][1:]:
+        a = r["agreement"]
+        if a["same_tokens"]:
+            print(f"tokens: {r['backend']} = {result['runs'][0]['backend']} ({a['n_tokens']} greedy tokens); "
+                  f"logits max |diff| {a['logits_max_abs_diff']:.2e} ({a['logits_max_rel_diff']:.1e} of max |logit|)")
+        else:
+            status = 1
+            print(f"tokens DIFFER: {r['backend']} vs {result['runs'][0]['backend']} from token "
+                  f"{a['first_difference']} (reference top-2 logit gap there "
+                  f"{a.get('reference_top2_gap_at_difference', float('nan')):.2e}, logits max |diff| "
+                  f"{a['logits_max_abs_diff']:.2e})")
+    if result["layers_full"] != result["layers_run"]:
+        print(f"scaled rows: per-layer regions x {result['layers_full']}/{result['layers_run']} + embedding, "
+              f"output head and sampling once (see pimoe/compare.py)")
+    if not args.no_record:
+        json_path, csv_path = write_record(rec, args.results, "compare", table=rows)
+        trace = json_path.with_suffix(".trace.json")
+        events = []
+        for i, r in enumerate(result["runs"]):
+            events += r["profiler"].trace_events(pid=i + 1, process_name=f"pimoe {cmp.backend_label(r)} (measured)")
+        trace.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+        print(f"record written: {json_path} (+ {csv_path.name}); trace: {trace} (open in ui.perfetto.dev)")
+    return status
