@@ -20,6 +20,7 @@ from pimoe.errors import PimoeError
 COMMANDS: dict[str, str] = {
     "run": "run", "info": "info", "make-model": "make_model",
     "disasm": "disasm",
+    "compare": "compare", "bandwidth": "bandwidth", "plot": "plot",
 }
 
 
