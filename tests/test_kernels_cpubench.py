@@ -56,13 +56,16 @@ def test_read_bandwidth_and_gemv_micro_report_consistent_numbers():
 @pytest.mark.slow
 @pytest.mark.llama
 def test_bench_model_runs_both_engines_and_agrees(tiny_q8, tmp_path):
-    args = argparse.Namespace(prompt=6, decode=3, reps=1, threads=1, no_llama=False)
+    args = argparse.Namespace(prompt=6, decode=3, reps=1, threads=1, no_llama=False, rounds=2)
     rec = cpubench.bench_model(tiny_q8, "Q8_0", args, ceiling=10.0, tmpdir=str(tmp_path))
     for engine in ("pimoe", "llama.cpp"):
         r = rec["runs"][engine]
         assert "error" not in r, r
         assert r["pp_tps"] > 0 and r["tg_tps"] > 0 and len(r["tg_s"]) == 3
         assert r["peak_rss_bytes"] > 0
+        assert len(r["all_rounds_tg_tps"]) == 2 and r["tg_tps"] == max(r["all_rounds_tg_tps"])
+        assert r["tg_cpu_tps"] > 0
+    assert rec["ratio_tg_cpu_time"] > 0
     # same file, same activation quantization: the last prompt token's logits agree closely
     assert rec["last_logits_max_abs_diff"] < 1e-2 * max(rec["last_logits_scale"], 1.0)
     assert rec["same_argmax"]
