@@ -1,0 +1,609 @@
+"""The GEMV kernel generator shared by gemv_f32, gemv_quant, expert_ffn and gemm_experts.
+
+One kernel, specialised at assembly time by (weight layout kind, columns, tokens T, mode):
+
+    mode "sum"     y[t, rows] = sum_e scale_e * W_e[rows, :] @ x_e[t, :]   (a list of entries per item)
+    mode "swiglu"  h[t, rows] = w_t * silu(Wg[rows] @ x[t]) * (Wu[rows] @ x[t])  (gate and up together)
+
+Work split: an *item* is 16 consecutive weight rows (one per lane) of one matrix (or of gate and up);
+the host deals items to the QPU threads (one thread per QPU, all 64 registers and the whole 16-entry TMU
+FIFO) through a per-thread table: thread t reads [item count, item list address] at table + 64 t, and
+each item's 16-word descriptor with one TMU load, broadcasting the fields it needs.
+
+Inner loop, one 32-column block per iteration (8 columns for f32): every lane streams its own row's
+block words through the TMU (32-bit loads at ptr + 0/4/8/12, the pointer stepped every 4 words), keeping
+up to 16 loads in flight across block boundaries (software pipelining: the load for word g + depth is
+issued right after word g is consumed; the last iteration is peeled so nothing is fetched past the row).
+The activations are the same for all 16 lanes, so they come through the second uniform stream (unifa /
+ldunifarf) as broadcast values: no load, no rotate, one signal per value. The host (or the swiglu
+epilogue, for the down projection) lays x out as the kernel reads it, per 32-column block:
+
+    quantized kinds: [Xlo_t for t] [Xhi_t for t] then x[i, t] i-major  (Xlo/Xhi: sums of x over the
+                     block's two 16-column halves; the layout needs them, see qpu_layout)
+    f32:             x[i, t] i-major
+
+The block body is a list of operations packed into dual-issue instructions by gemv_sched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from pimoe.errors import PimoeError
+from pimoe.qpu import qpu
+from pimoe.qpu.asm import language
+from qpu_kernels.gemv_sched import Op, schedule, emit
+from qpu_kernels.qpu_layout import BLOCK, E1, M4, M8, ROW_GROUP, LayoutSpec
+from qpu_kernels.summation import emit_program_end, emit_thread_id
+
+FIFO_DEPTH = 16          # TMU result FIFO entries of a thread in 1-thread-per-QPU mode
+MAX_THREADS = 8          # one thread per QPU
+ITEM_WORDS = 16          # words per item / entry descriptor (one 16-lane TMU load)
+NEG_LOG2E = -1.0 / math.log(2.0)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    kind: str            # "f32" | "q4" | "q8"
+    nsub: int            # scale pairs per 32-column block (0 for f32)
+    cols: int            # input length (multiple of 32)
+    tokens: int          # T: activation vectors sharing the weights
+    mode: str            # "sum" | "swiglu"
+    header_out: bool = False   # swiglu: write h with block-sum headers (the down weights are quantized)
+
+    @property
+    def spec(self) -> LayoutSpec:
+        return LayoutSpec(self.kind, self.nsub)
+
+    @property
+    def n_mats(self) -> int:
+        return 2 if self.mode == "swiglu" else 1
+
+    @property
+    def block_cols(self) -> int:
+        return 8 if self.kind == "f32" else BLOCK
+
+    @property
+    def words_per_block(self) -> int:
+        """Words per lane (row) per loop block, per matrix."""
+        return 8 if self.kind == "f32" else self.spec.block_words
+
+    @property
+    def n_blocks(self) -> int:
+        return self.cols // self.block_cols
+
+    @property
+    def x_words(self) -> int:
+        """Words of one x stream (all T tokens)."""
+        nb32 = self.cols // BLOCK
+        per = 32 * self.tokens + (0 if self.kind == "f32" else 2 * self.tokens)
+        return nb32 * per
+
+
+def x_stream_words(cols: int, tokens: int, quantized: bool) -> int:
+    return cols // BLOCK * (32 * tokens + (2 * tokens if quantized else 0))
+
+
+def make_x_stream(x: np.ndarray, quantized: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """x f32 [T, cols] (cols a multiple of 32) -> the stream the kernel reads: per block
+    ([Xlo_t], [Xhi_t] if quantized) then x[i, t] i-major. Returns f32 [words]."""
+    T, cols = x.shape
+    blocks = x.reshape(T, cols // BLOCK, BLOCK).transpose(1, 2, 0)          # [nb, 32, T]
+    body = blocks.reshape(cols // BLOCK, BLOCK * T)
+    if quantized:
+        halves = x.reshape(T, cols // BLOCK, 2, 16).sum(axis=3, dtype=np.float32)  # [T, nb, 2]
+        head = halves.transpose(1, 2, 0).reshape(cols // BLOCK, 2 * T)
+        body = np.concatenate([head, body], axis=1)
+    flat = body.reshape(-1).astype(np.float32)
+    if out is not None:
+        out[: flat.size] = flat
+        return out
+    return flat
+
+
+# ---- register allocation -----------------------------------------------------------------------------
+
+class Regs:
+    """Names of the register-file registers a kernel variant uses (rf0..rf63 in 1-thread mode)."""
+
+    def __init__(self, cfg: KernelConfig):
+        self.next = 0
+        T, nm = cfg.tokens, cfg.n_mats
+        take = self.take
+        for name in ("TAB", "NITEMS", "ITP", "CNT", "NBM1", "LANE4", "MASK", "EXPO", "K16", "K4", "K8", "K12",
+                     "K1", "K64", "XADDR", "NL2E"):
+            setattr(self, name, take())
+        self.RB = [take() for _ in range(nm)]        # row bytes of each matrix
+        self.LRB = [take() for _ in range(nm)]       # lane * row bytes
+        self.PTR = [take() for _ in range(nm)]
+        if cfg.mode == "sum":
+            self.NENT, self.ENTP, self.OUTP, self.OUTS, self.SCAL = (take() for _ in range(5))
+            self.TOT = [take() for _ in range(T)]
+        else:
+            self.HADDR, self.HSUM = take(), take()
+            self.WT = [take() for _ in range(T)]
+        self.A = [[take() for _ in range(T)] for _ in range(nm)]
+        if cfg.kind != "f32":
+            ns = cfg.nsub
+            if nm * T == 1:
+                self.S = [["r4"]]          # one block sum: an accumulator saves register-file reads
+            else:
+                self.S = [[take() for _ in range(T)] for _ in range(nm)]
+            self.TMPV = take()
+            self.PX = take()
+            self.XL = [take() for _ in range(T)]
+            self.XH = [take() for _ in range(T)]
+            self.SC = [[take() for _ in range(cfg.spec.scale_words)] for _ in range(nm)]
+            self.CPOOL = [take() for _ in range(min(8, 64 - self.next - 4))]
+        else:
+            self.CPOOL = ["r0", "r1", "r2"]
+        left = 64 - self.next
+        if left < 3:
+            raise PimoeError(f"gemv kernel {cfg}: needs more than 64 registers; use fewer tokens per tile")
+        self.XPOOL = [take() for _ in range(min(8, left))]
+
+    def take(self) -> str:
+        n = self.next
+        self.next += 1
+        return f"rf{n}"
+
+
+# ---- the block body ----------------------------------------------------------------------------------
+
+class _Pool:
+    def __init__(self, regs):
+        self.regs, self.i = list(regs), 0
+
+    def get(self) -> str:
+        r = self.regs[self.i % len(self.regs)]
+        self.i += 1
+        return r
+
+
+def _load_plan(cfg: KernelConfig):
+    """Per block, the TMU loads in FIFO order: (matrix, word index in the block)."""
+    nw = cfg.words_per_block
+    sw = 0 if cfg.kind == "f32" else cfg.spec.scale_words
+    order = [(m, j) for m in range(cfg.n_mats) for j in range(sw)]
+    order += [(m, j) for j in range(sw, nw) for m in range(cfg.n_mats)]
+    return order
+
+
+def _issue_ops(cfg: KernelConfig, R: Regs, m: int, j: int) -> list[Op]:
+    """The TMU request for word j of the block of matrix m (pointer steps included)."""
+    nw = cfg.words_per_block
+    ptr = R.PTR[m]
+    ops = []
+    if j % 4 == 0 and j > 0:
+        ops.append(Op("any", "add", ptr, (ptr, R.K16), alts=[]))
+    off = 4 * (j % 4)
+    konst = {0: None, 4: R.K4, 8: R.K8, 12: R.K12}[off]
+    alts = [("add", (ptr, konst))] if konst else [("mov", (ptr,))]
+    ops.append(Op("any", "add", "tmua", (ptr, off), reads=("@fifo",), writes=("@tmuq",), alts=alts))
+    ops[-1].reads += ("@tmuq",)
+    if j == nw - 1:
+        step = 16 if nw % 4 == 0 else 4 * (nw % 4)
+        kreg = {16: R.K16, 4: R.K4, 8: R.K8, 12: R.K12}[step]
+        ops.append(Op("any", "add", ptr, (ptr, kreg)))
+    return ops
+
+
+def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_next_head: bool,
+              count: bool) -> list[Op]:
+    """Operations of one block in program order. Loads of this block with FIFO index >= depth are
+    issued here (issue_current_tail), and the next block's first `depth` loads (issue_next_head)."""
+    plan = _load_plan(cfg)
+    W = len(plan)
+    depth = min(W, FIFO_DEPTH)
+    T = cfg.tokens
+    ops: list[Op] = []
+    if count:
+        ops.append(Op("add", "sub", R.CNT, (R.CNT, 1), cond="pushz", writes=("@flags",),
+                      alts=[("sub", (R.CNT, R.K1))]))
+    # issue schedule: after consuming FIFO entry n, issue load n + depth (of this block or the next)
+    after: dict[int, list[Op]] = {}
+    for g in range(depth, W + depth):
+        n = g - depth
+        if g < W and issue_current_tail:
+            after.setdefault(n, []).extend(_issue_ops(cfg, R, *plan[g]))
+        elif g >= W and issue_next_head:
+            after.setdefault(n, []).extend(_issue_ops(cfg, R, *plan[g - W]))
+    cpool = _Pool(R.CPOOL)
+    word_reg: dict[tuple[int, int], str] = {}
+    fifo_n = 0
+
+    def ldtmu(m, j, dst):
+        nonlocal fifo_n
+        ops.append(Op("sig", "ldtmu", dst, reads=("@fifo", "@tmuq"), writes=("@fifo",)))
+        word_reg[(m, j)] = dst
+        ops.extend(after.get(fifo_n, []))
+        fifo_n += 1
+
+    xpool = _Pool(R.XPOOL)
+
+    def ldx(dst=None):
+        dst = dst or xpool.get()
+        ops.append(Op("sig", "ldunifarf", dst, reads=("@unifa", "@unifa_addr"), writes=("@unifa",)))
+        return dst
+
+    def ldx_r5():
+        # x through the second uniform stream into r5: every lane gets the value, no register-file read
+        ops.append(Op("sig", "ldunifa", None, reads=("@unifa", "@unifa_addr"), writes=("@unifa", "r5")))
+        return "r5"
+
+    if cfg.kind == "f32":
+        # one weight per word; the x value is shared by the matrices
+        for j in range(8):
+            cs = []
+            for m in range(cfg.n_mats):
+                c = cpool.get()
+                ldtmu(m, j, c)
+                cs.append(c)
+            for t in range(T):
+                xv = ldx_r5()
+                for m in range(cfg.n_mats):
+                    ops.append(Op("mul", "fmul", "r3", (cs[m], xv)))
+                    ops.append(Op("add", "fadd", R.A[m][t], (R.A[m][t], "r3")))
+        return ops
+
+    spec = cfg.spec
+    sw = spec.scale_words
+    # scales first (FIFO order), then the x block header
+    for (m, j) in plan[: sw * cfg.n_mats]:
+        ldtmu(m, j, R.SC[m][j])
+    for t in range(T):
+        ldx(R.XL[t])
+    for t in range(T):
+        ldx(R.XH[t])
+    code_plan = plan[sw * cfg.n_mats:]
+    pair_pool = _Pool(["r0", "r1", "r2", R.PX])
+    per_word = 8 if cfg.kind == "q4" else 4
+    sub_len = BLOCK // cfg.nsub
+
+    def finalize(sub: int):
+        if cfg.nsub == 1:
+            for t in range(T):
+                ops.append(Op("add", "fadd", R.XL[t], (R.XL[t], R.XH[t])))
+        for m in range(cfg.n_mats):
+            d, mn = R.SC[m][2 * sub], R.SC[m][2 * sub + 1]
+            for t in range(T):
+                X = R.XL[t] if (cfg.nsub == 1 or sub == 0) else R.XH[t]
+                s = R.S[m][t]
+                # A += D (S - X) + M X
+                ops.append(Op("add", "fsub", "r3", (s, X)))
+                ops.append(Op("mul", "fmul", "r3", ("r3", d)))
+                ops.append(Op("mul", "fmul", R.TMPV, (X, mn)))
+                ops.append(Op("add", "fadd", R.A[m][t], (R.A[m][t], "r3")))
+                ops.append(Op("add", "fadd", R.A[m][t], (R.A[m][t], R.TMPV)))
+
+    # code words in FIFO order; matrices interleaved word by word, so each x value is loaded once
+    groups = [code_plan[i: i + cfg.n_mats] for i in range(0, len(code_plan), cfg.n_mats)]
+    for (m, j) in groups[0]:
+        ldtmu(m, j, cpool.get())
+    for gi, group in enumerate(groups):
+        w = group[0][1] - sw
+        if gi + 1 < len(groups):        # the next word's loads one word ahead of its use
+            for (m, j) in groups[gi + 1]:
+                ldtmu(m, j, cpool.get())
+        npairs = per_word // 2
+
+        def extract(p):
+            """Ops turning code pair p of every matrix's word into two f16 (1 + c/k) halves."""
+            out = []
+            for (m, j) in group:
+                c = word_reg[(m, j)]
+                P = pair_pool.get()
+                src = c
+                if cfg.kind == "q4" and p in (1, 2):
+                    amt = 4 * p
+                    ops.append(Op("add", "ror", P, (c, amt), alts=[("ror", (c, {4: R.K4, 8: R.K8}[amt]))]))
+                    src = P
+                elif cfg.kind == "q4" and p == 3:
+                    ops.append(Op("mul", "umul24", P, (c, R.K16)))
+                    src = P
+                elif cfg.kind == "q8" and p == 1:
+                    ops.append(Op("add", "ror", P, (c, 8), alts=[("ror", (c, R.K8))]))
+                    src = P
+                ops.append(Op("add", "band", P, (src, R.MASK)))
+                ops.append(Op("any", "add", P, (P, R.EXPO)))
+                out.append(P)
+            return out
+
+        # software pipelined in program order: pair p + 1 is extracted before pair p is multiplied
+        pending = extract(0)
+        for p in range(npairs):
+            pairs = pending
+            if p + 1 < npairs:
+                pending = extract(p + 1)
+            base = w * per_word + 2 * p
+            for h in range(2):
+                i = base + h
+                for t in range(T):
+                    xv = ldx_r5()
+                    for mi, (m, j) in enumerate(group):
+                        s = R.S[m][t]
+                        if i % sub_len == 0:
+                            ops.append(Op("mul", "fmul", s, ((pairs[mi], "lh"[h]), xv)))
+                        else:
+                            ops.append(Op("mul", "fmul", "r3", ((pairs[mi], "lh"[h]), xv)))
+                            ops.append(Op("add", "fadd", s, (s, "r3")))
+        last_i = w * per_word + per_word - 1
+        if (last_i + 1) % sub_len == 0:
+            finalize(last_i // sub_len)
+    return ops
+
+
+def schedule_block(cfg: KernelConfig, R: Regs, **kw):
+    return schedule(block_ops(cfg, R, **kw))
+
+
+def prologue_issue_ops(cfg: KernelConfig, R: Regs) -> list[Op]:
+    plan = _load_plan(cfg)
+    depth = min(len(plan), FIFO_DEPTH)
+    ops = []
+    for (m, j) in plan[:depth]:
+        ops.extend(_issue_ops(cfg, R, m, j))
+    return ops
+
+
+# ---- the kernel --------------------------------------------------------------------------------------
+
+@qpu
+def emit_bcast(asm, dst, vec, lane: int):
+    """dst = vec[lane] in all lanes (rotate to lane 0 through r5rep)."""
+    if lane == 0:
+        mov(r5rep, vec)
+    else:
+        rotate(r5rep, vec, -lane)
+    mov(dst, r5)
+
+
+@qpu
+def qpu_gemv(asm, *, cfg: KernelConfig, threads: int = MAX_THREADS):
+    """See the module docstring. Uniforms: table address, NB-1, MASK, EXPO, K16, -log2(e), row bytes of
+    each matrix."""
+    lang = language(asm)
+    R = Regs(cfg)
+    g = lambda name: lang[name]  # noqa: E731
+    rfr = lambda name: lang[name]  # noqa: E731
+    T = cfg.tokens
+    nm = cfg.n_mats
+    for name in ("TAB", "NBM1", "MASK", "EXPO", "K16", "NL2E"):
+        nop(sig=ldunifrf(rfr(getattr(R, name))))
+    for m in range(nm):
+        nop(sig=ldunifrf(rfr(R.RB[m])))
+    emit_thread_id(asm, r0, threads)
+    shl(r0, r0, 6)
+    eidx(r1)
+    shl(r1, r1, 2)
+    mov(rfr(R.LANE4), r1)
+    add(r0, r0, rfr(R.TAB))
+    add(tmua, r0, r1)
+    eidx(r3).mov(rfr(R.K4), 4)
+    for m in range(nm):
+        umul24(rfr(R.LRB[m]), r3, rfr(R.RB[m]))
+    nop(sig=ldtmu(r2))
+    mov(rfr(R.K8), 8)
+    mov(rfr(R.K12), 12)
+    mov(rfr(R.K1), 1)
+    shl(rfr(R.K64), rfr(R.K4), 4)
+    emit_bcast(asm, rfr(R.NITEMS), r2, 0)
+    emit_bcast(asm, rfr(R.ITP), r2, 1)
+    mov(null, rfr(R.NITEMS), cond="pushz")
+    b(R_ := getattr(lang["R"], "done"), cond="alla")
+    nop()
+    nop()
+    nop()
+    with loop as item_loop:
+        # ---- item descriptor
+        add(tmua, rfr(R.ITP), rfr(R.LANE4))
+        nop(sig=ldtmu(r2))
+        add(rfr(R.ITP), rfr(R.ITP), rfr(R.K64))
+        if cfg.mode == "sum":
+            # [n_entries, entries address, out address, out token stride]
+            emit_bcast(asm, rfr(R.NENT), r2, 0)
+            emit_bcast(asm, rfr(R.ENTP), r2, 1)
+            emit_bcast(asm, rfr(R.OUTP), r2, 2)
+            emit_bcast(asm, rfr(R.OUTS), r2, 3)
+            for t in range(T):
+                mov(rfr(R.TOT[t]), 0)
+            with loop as entry_loop:
+                add(tmua, rfr(R.ENTP), rfr(R.LANE4))
+                nop(sig=ldtmu(r2))
+                add(rfr(R.ENTP), rfr(R.ENTP), rfr(R.K64))
+                # [weights address (row group), x stream address, scale]
+                emit_bcast(asm, r0, r2, 0)
+                add(rfr(R.PTR[0]), r0, rfr(R.LRB[0]))
+                emit_bcast(asm, rfr(R.XADDR), r2, 1)
+                emit_bcast(asm, rfr(R.SCAL), r2, 2)
+                _emit_entry(asm, lang, cfg, R)
+                for t in range(T):
+                    nop().fmul(r0, rfr(R.A[0][t]), rfr(R.SCAL))
+                    fadd(rfr(R.TOT[t]), rfr(R.TOT[t]), r0)
+                sub(rfr(R.NENT), rfr(R.NENT), 1, cond="pushz")
+                entry_loop.b(cond="anyna")
+                nop()
+                nop()
+                nop()
+            # y[t, row] at out + t * stride + 4 * lane
+            add(r1, rfr(R.OUTP), rfr(R.LANE4))
+            for t in range(T):
+                mov(tmud, rfr(R.TOT[t]))
+                mov(tmua, r1).add(r1, r1, rfr(R.OUTS))
+        else:
+            # [gate rows, up rows, x stream, h address (token 0, lane 0), h block-sum address, w_t ...]
+            emit_bcast(asm, r0, r2, 0)
+            add(rfr(R.PTR[0]), r0, rfr(R.LRB[0]))
+            emit_bcast(asm, r0, r2, 1)
+            add(rfr(R.PTR[1]), r0, rfr(R.LRB[1]))
+            emit_bcast(asm, rfr(R.XADDR), r2, 2)
+            emit_bcast(asm, rfr(R.HADDR), r2, 3)
+            emit_bcast(asm, rfr(R.HSUM), r2, 4)
+            for t in range(T):
+                emit_bcast(asm, rfr(R.WT[t]), r2, 5 + t)
+            _emit_entry(asm, lang, cfg, R)
+            _emit_swiglu_epilogue(asm, lang, cfg, R)
+        sub(rfr(R.NITEMS), rfr(R.NITEMS), 1, cond="pushz")
+        item_loop.b(cond="anyna")
+        nop()
+        nop()
+        nop()
+    L.done
+    tmuwt()
+    emit_program_end(asm)
+
+
+def _emit_entry(asm, lang, cfg: KernelConfig, R: Regs):
+    """One (row group, x stream) pass: accumulators A[m][t] = W_m[16 rows] @ x_t."""
+    rf = lambda name: lang[name]  # noqa: E731
+    mov, nop, fmov = lang["mov"], lang["nop"], lang["fmov"]
+    mov(lang["unifa"], rf(R.XADDR))
+    for m in range(cfg.n_mats):
+        for t in range(cfg.tokens):
+            mov(rf(R.A[m][t]), 0)
+    mov(rf(R.CNT), rf(R.NBM1))
+    nop()
+    emit(lang, schedule(prologue_issue_ops(cfg, R)))
+    nb = cfg.n_blocks
+    if nb > 1:
+        body = schedule_block(cfg, R, issue_current_tail=True, issue_next_head=True, count=True)
+        while len(body) < 4:
+            from qpu_kernels.gemv_sched import Bundle
+            body.append(Bundle())
+        with lang["loop"] as block_loop:
+            emit(lang, body[:-3])
+            block_loop.b(cond="anyna")
+            emit(lang, body[-3:])
+    tail = schedule_block(cfg, R, issue_current_tail=True, issue_next_head=False, count=False)
+    emit(lang, tail)
+
+
+def _emit_swiglu_epilogue(asm, lang, cfg: KernelConfig, R: Regs):
+    """h_t = w_t * silu(g_t) * u_t for the 16 rows; silu(g) = g / (1 + 2^(-g log2 e)) on the SFU."""
+    rf = lambda name: lang[name]  # noqa: E731
+    L_ = lang
+    nop, mov, fadd, eidx, add = L_["nop"], L_["mov"], L_["fadd"], L_["eidx"], L_["add"]
+    r0, r1, r2, r3, r4 = (L_[f"r{i}"] for i in range(5))
+    T = cfg.tokens
+    # lane l of token t: h + 4 * (T * l + t)
+    eidx(r3)
+    nop().umul24(r3, r3, 4 * T if 4 * T < 16 else rf(R.K16))
+    if 4 * T >= 16:
+        pass  # T == 4: 16 bytes per lane (K16)
+    add(r3, r3, rf(R.HADDR))
+    for t in range(T):
+        g, u = rf(R.A[0][t]), rf(R.A[1][t])
+        nop().fmul(r0, g, rf(R.NL2E))
+        mov(L_["exp"], r0)
+        nop()
+        nop()
+        fadd(r1, r4, 1.0)
+        mov(L_["recip"], r1)
+        nop()
+        nop()
+        nop().fmul(r2, g, r4)
+        nop().fmul(r2, r2, u)
+        nop().fmul(r2, r2, rf(R.WT[t]))
+        mov(L_["tmud"], r2)
+        mov(L_["tmua"], r3).add(r3, r3, 4)
+        if cfg.header_out:
+            # 16-lane sum by rotations (every lane ends with the total); lane 0 stores it
+            mov(r0, r2)
+            for k in (1, 2, 4, 8):
+                nop()
+                L_["rotate"](r1, r0, k)
+                fadd(r0, r0, r1)
+            eidx(r1, cond="pushz")
+            mov(L_["tmud"], r0)
+            add(L_["tmua"], rf(R.HSUM), 4 * t if 4 * t < 16 else rf(R.K16), cond="ifa")
+
+
+@lru_cache(maxsize=None)
+def kernel_words(cfg: KernelConfig, threads: int = MAX_THREADS) -> tuple[int, ...]:
+    from pimoe.qpu import assemble
+
+    return tuple(assemble(qpu_gemv, cfg=cfg, threads=threads))
+
+
+def uniforms_for(cfg: KernelConfig, table_addr: int, row_bytes: list[int]) -> list[int]:
+    mask = M4 if cfg.kind == "q4" else M8
+    return [table_addr, cfg.n_blocks - 1, mask, E1, 16, int(np.float32(NEG_LOG2E).view(np.uint32))] + \
+        [int(rb) for rb in row_bytes]
+
+
+# ---- host side ---------------------------------------------------------------------------------------
+
+class Programs:
+    """Assembled kernels per (config, threads), placed once in a driver's code area."""
+
+    def __init__(self, drv):
+        self.drv = drv
+        self._code: dict = {}
+
+    def get(self, cfg: KernelConfig, threads: int):
+        key = (cfg, threads)
+        if key not in self._code:
+            self._code[key] = self.drv.program(list(kernel_words(cfg, threads)))
+        return self._code[key]
+
+
+class Scratch:
+    """A bump allocator over one driver buffer, reset per dispatch (tables, x streams, outputs)."""
+
+    def __init__(self, drv, nbytes: int):
+        self.buf = drv.alloc(nbytes // 4, dtype=np.uint32)
+        self.base = int(self.buf.addresses()[0])
+        self.pos = 0
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def take(self, words: int, align_words: int = 16) -> tuple[np.ndarray, int]:
+        start = -(-self.pos // align_words) * align_words
+        end = start + words
+        if end > self.buf.size:
+            raise PimoeError(f"QPU scratch buffer too small: {end * 4} bytes needed, {self.buf.size * 4} "
+                             f"allocated")
+        self.pos = end
+        return self.buf[start:end], self.base + 4 * start
+
+
+def deal_items(n_items: int, threads: int) -> list[list[int]]:
+    """Items round-robin over the threads."""
+    return [list(range(t, n_items, threads)) for t in range(threads)]
+
+
+def write_tables(scratch: Scratch, items: list[list[int]], threads: int) -> int:
+    """items: per item its descriptor words (<= 16). Writes the per-thread tables; returns the table
+    address."""
+    per_thread = deal_items(len(items), threads)
+    table, table_addr = scratch.take(16 * threads)
+    table[:] = 0
+    desc, desc_addr = scratch.take(16 * max(1, len(items)))
+    desc[:] = 0
+    row = 0
+    for t, mine in enumerate(per_thread):
+        table[16 * t] = len(mine)
+        table[16 * t + 1] = desc_addr + 64 * row
+        for i in mine:
+            words = items[i]
+            desc[16 * row: 16 * row + len(words)] = words
+            row += 1
+    return table_addr
+
+
+def f32_bits(v: float) -> int:
+    return int(np.float32(v).view(np.uint32))
+
+
+def execute(drv, programs: Programs, cfg: KernelConfig, threads: int, scratch: Scratch, table_addr: int,
+            row_bytes: list[int]):
+    unif, unif_addr = scratch.take(16)
+    vals = uniforms_for(cfg, table_addr, row_bytes)
+    unif[: len(vals)] = vals
+    code = programs.get(cfg, threads)
+    return drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif_addr, thread=threads, timeout_sec=600)
