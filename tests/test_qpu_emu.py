@@ -1270,3 +1270,27 @@ def test_hardware_adapter_with_a_stand_in_py_videocore6(monkeypatch):
     assert calls["words"] == assemble(k_write_n, n=4)
     assert calls["execute"] == ("code", (16, 1, 1), 123, 8)
     assert calls["closed"]
+
+
+@qpu
+def f_load_before_tmuwt(asm):
+    eidx(r0, sig=ldunifrf(rf0))
+    shl(r0, r0, 2)
+    add(rf0, rf0, r0)
+    mov(tmud, 1)
+    mov(tmua, rf0)
+    mov(tmua, rf0)                   # reads the word just stored, without tmuwt
+    nop(sig=ldtmu(r1))
+    _end(asm)
+
+
+def test_load_of_an_unwaited_store_faults():
+    msg = expect_fault(f_load_before_tmuwt, "without a tmuwt")
+    assert "lane 0" in msg
+    with EmuDriver(data_area_size=1 << 12, check_memory_order=False) as drv:
+        code = drv.program(f_load_before_tmuwt)
+        buf = drv.alloc(16, dtype=np.uint32)
+        unif = drv.alloc(1, dtype=np.uint32)
+        unif[0] = buf.addresses()[0]
+        drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
+        assert np.all(buf == 1)

@@ -46,8 +46,10 @@ FIFO_MAX = 16
 # ---- ist columns -----------------------------------------------------------------------------------------
 (I_STATUS, I_PC, I_UNIF, I_UNIFA, I_LR, I_ICOUNT, I_SW_LEFT, I_SW_END, I_SW_LAST, I_FINAL, I_BR_LEFT,
  I_BR_TARGET, I_BR_UNIF, I_LAST_SFU, I_LAST_UNIFA, I_TMUD_N, I_FIFO_HEAD, I_FIFO_N, I_BAR_PENDING, I_BATCH,
- I_QPU, I_TFIELD, I_RFBASE, I_NREGS, I_PREVW0, I_PREVW1, I_PREVW2, I_SG, I_FIFO_CAP, I_SW_CHAIN) = range(30)
-N_IST = 30
+ I_QPU, I_TFIELD, I_RFBASE, I_NREGS, I_PREVW0, I_PREVW1, I_PREVW2, I_SG, I_FIFO_CAP, I_SW_CHAIN,
+ I_PEND_N, I_PEND_HEAD, I_PEND_LO, I_PEND_HI) = range(34)
+N_IST = 34
+PEND_MAX = 128  # words of un-waited stores remembered per thread (older ones count as landed)
 ST_EMPTY, ST_RUN, ST_WAIT, ST_DONE = 0, 1, 2, 3
 
 # ---- counters --------------------------------------------------------------------------------------------
@@ -59,15 +61,15 @@ COUNTER_NAMES = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_writes", "t
 
 # ---- dispatch --------------------------------------------------------------------------------------------
 (D_ENTRY, D_UNIF, D_NBATCH, D_MODE, D_NEXT, D_WGX, D_WGY, D_WGZ, D_WGSIZE, D_WGS_PER_SG, D_BPS, D_NCODE,
- D_SINGLE_SEG, D_REGCHECK, D_CODE_BASE, D_MEM_BASE, D_SLICE, D_IID_SHIFT) = range(18)
-N_DISP = 18
+ D_SINGLE_SEG, D_REGCHECK, D_CODE_BASE, D_MEM_BASE, D_SLICE, D_IID_SHIFT, D_MEMCHECK) = range(19)
+N_DISP = 19
 
 # ---- faults ----------------------------------------------------------------------------------------------
 (FLT_NONE, FLT_INVALID_WORD, FLT_PC_RANGE, FLT_MEM_RANGE, FLT_MEM_ALIGN, FLT_R4_TOO_SOON, FLT_MULTI_UNIT,
  FLT_ROTATE_SRC, FLT_UNIFA_TOO_SOON, FLT_THRSW_IN_BRANCH, FLT_BRANCH_IN_BRANCH, FLT_SFU_IN_THRSW,
  FLT_THRSW_TOO_CLOSE, FLT_LDTMU_EMPTY, FLT_FIFO_OVERFLOW, FLT_TMUD_OVERFLOW, FLT_UNSUPPORTED, FLT_REG_RANGE,
  FLT_BARRIER_DEADLOCK, FLT_BUDGET, FLT_ROTATE_MUX, FLT_BRANCH_TARGET, FLT_R4_WRITE_TOO_SOON, FLT_SFU_TOO_SOON,
- FLT_BRANCH_IN_THRSW, FLT_TWO_LAST_THRSW, FLT_RF_AFTER_END) = range(27)
+ FLT_BRANCH_IN_THRSW, FLT_TWO_LAST_THRSW, FLT_RF_AFTER_END, FLT_LOAD_BEFORE_TMUWT) = range(28)
 # FLT_UNSUPPORTED argument 1: what was unsupported
 UNS_ADD_OP, UNS_MUL_OP, UNS_SIGNAL, UNS_MAGIC, UNS_TMU_CONFIG, UNS_BRANCH = range(6)
 
@@ -694,7 +696,7 @@ def _merge_pack(old, v, pack):
 
 @njit(cache=True)
 def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp,
-           fault, sb, sf, curw):
+           fault, sb, sf, curw, pend):
     """Write 16 lanes to a destination (register file, accumulator or magic register, with side effects)."""
     if not magic:
         if disp[D_REGCHECK] != 0 and waddr >= ist[c, I_NREGS]:
@@ -764,7 +766,7 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
             cfg = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
             if fault[0] != 0:
                 return
-        _tmu_access(c, pc, vals, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault)
+        _tmu_access(c, pc, vals, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, pend)
         return
     if waddr == 16 or waddr == 17 or waddr == 18:  # sync / syncu / syncb: barrier
         ist[c, I_BAR_PENDING] = 1
@@ -812,7 +814,34 @@ def _note_write(curw, code):
 
 
 @njit(cache=True)
-def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault):
+def _pending_store(c, ist, pend, word):
+    """Remember a word this thread stored and has not waited for (tmuwt); the oldest falls out."""
+    n = ist[c, I_PEND_N]
+    if n < PEND_MAX:
+        pend[c, (ist[c, I_PEND_HEAD] + n) % PEND_MAX] = word
+        ist[c, I_PEND_N] = n + 1
+    else:
+        pend[c, ist[c, I_PEND_HEAD]] = word
+        ist[c, I_PEND_HEAD] = (ist[c, I_PEND_HEAD] + 1) % PEND_MAX
+    if n == 0 or word < ist[c, I_PEND_LO]:
+        ist[c, I_PEND_LO] = word
+    if n == 0 or word + 4 > ist[c, I_PEND_HI]:
+        ist[c, I_PEND_HI] = word + 4
+
+
+@njit(cache=True)
+def _is_pending(c, ist, pend, word):
+    if ist[c, I_PEND_N] == 0 or word < ist[c, I_PEND_LO] or word >= ist[c, I_PEND_HI]:
+        return False
+    h = ist[c, I_PEND_HEAD]
+    for k in range(ist[c, I_PEND_N]):
+        if pend[c, (h + k) % PEND_MAX] == word:
+            return True
+    return False
+
+
+@njit(cache=True)
+def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, pend):
     """A TMU general access: a store when data was written to tmud first, else a load into the FIFO.
 
     Config word (Mesa's general TMU lookup): bits 2:0 type (0 s8, 1 s16, 2..4 vec2..vec4 of 32 bits,
@@ -845,6 +874,8 @@ def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem
                 if off < 0:
                     return
                 v = np.int64(tmud[c, k, l])
+                if disp[D_MEMCHECK] != 0:
+                    _pending_store(c, ist, pend, a & ~3)
                 if size == 4:
                     mem32[off >> 2] = v
                 else:
@@ -855,6 +886,7 @@ def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem
         cnt[c, C_TMU_WR_BYTES] += active * size * nd
         return
     ncomp = ttype if 2 <= ttype <= 4 else 1
+    check_pending = disp[D_MEMCHECK] != 0 and ist[c, I_PEND_N] > 0
     if ist[c, I_FIFO_N] + ncomp > ist[c, I_FIFO_CAP]:
         _fault(fault, FLT_FIFO_OVERFLOW, c, pc, ist[c, I_FIFO_N] + ncomp, ist[c, I_FIFO_CAP])
         return
@@ -866,6 +898,9 @@ def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem
                 a = addrs[l] + 4 * k
                 off = _mem_check(a, size, size, mem8, disp, fault, c, pc, l)
                 if off < 0:
+                    return
+                if check_pending and _is_pending(c, ist, pend, a & ~3):
+                    _fault(fault, FLT_LOAD_BEFORE_TMUWT, c, pc, a, l)
                     return
                 if size == 4:
                     v = np.int64(mem32[off >> 2])
@@ -1021,7 +1056,7 @@ def _arrive_barrier(c, ist, bar, disp):
 
 
 @njit(cache=True)
-def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar, fault, budget):
+def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar, fault, budget, pend):
     """Run the dispatch until every batch is done, a fault, or `budget` instructions; returns the number
     of instructions executed in this call."""
     sb = np.zeros(1, dtype=np.uint32)
@@ -1276,6 +1311,7 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             return executed
                         if aop == A_TMUWT:
                             cnt[c, C_TMUWT] += 1
+                            ist[c, I_PEND_N] = 0  # every store of this thread has landed
                         elif (A_RSQRT <= aop <= A_RSQRT2) or aop == A_RECIP:
                             cnt[c, C_SFU] += 1
                     if mop != 0:
@@ -1305,12 +1341,12 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                     if aop != 0 and not _fast_write(c, row[F_A_WADDR], row[F_A_MAGIC] != 0, a_out, row[F_AC],
                                                     row[F_A_PACK], acc, rf, ist, disp, curw):
                         _write(c, pc, row[F_A_WADDR], row[F_A_MAGIC] != 0, a_out, row[F_AC], row[F_A_PACK],
-                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw)
+                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
                     if mop != 0 and fault[0] == 0 and not _fast_write(c, row[F_M_WADDR], row[F_M_MAGIC] != 0,
                                                                       m_out, row[F_MC], row[F_M_PACK], acc, rf,
                                                                       ist, disp, curw):
                         _write(c, pc, row[F_M_WADDR], row[F_M_MAGIC] != 0, m_out, row[F_MC], row[F_M_PACK],
-                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw)
+                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
                     if flags_change:
                         for l in range(16):
                             fa[c, l] = tb[l]
@@ -1351,7 +1387,7 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             for l in range(16):
                                 sig_val[l] = v
                         _write(c, pc, row[F_SIG_ADDR], row[F_SIG_MAGIC] != 0, sig_val, 0, 0, acc, rf, fa, fb,
-                               ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw)
+                               ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
                         if fault[0] != 0:
                             return executed
                 # ---------------- end of instruction: delay slots, switches ----------------

@@ -39,8 +39,9 @@ Modelling decisions (hardware-verified where py-videocore6's tests show it, else
   as py-videocore6's test_sfu shows): float64 math rounded to f32, more accurate than the hardware's
   ~1e-4; the r4 result may be read 2 instructions after the write; the add-ALU forms (exp(rf2, r1))
   write their destination like any op.
-- TMU: loads and stores happen when the address is written (stores are therefore visible to later
-  loads even without tmuwt, which real hardware does not promise); config words (tmuau) select 8/16-bit
+- TMU: loads and stores happen when the address is written; since the hardware only promises a store
+  is visible after tmuwt, a load of a word the same thread stored without a tmuwt in between faults
+  (the last 128 stored words are remembered); config words (tmuau) select 8/16-bit
   signed/unsigned or 32-bit vec1..4 per-pixel accesses; per-quad and atomic operations fault. The result
   FIFO holds 16 / threads entries per thread (Broadcom's V3D FIFO sizes are per QPU, split by threads).
 - A not-taken branch with a uniform destination does not consume the uniform.
@@ -176,6 +177,8 @@ _FAULT_TEXT = {
     core.FLT_BRANCH_IN_THRSW: "branch in a thrsw delay slot",
     core.FLT_TWO_LAST_THRSW: "second last-thrsw marker (two thrsw pairs)",
     core.FLT_RF_AFTER_END: "register-file write in the delay slots of the program-end thrsw",
+    core.FLT_LOAD_BEFORE_TMUWT: "load of a word this thread stored without a tmuwt in between (the store "
+                                "need not be visible yet; EmuDriver(check_memory_order=False) allows it)",
 }
 _UNSUPPORTED_TEXT = {core.UNS_ADD_OP: "add-ALU op", core.UNS_MUL_OP: "mul-ALU op", core.UNS_SIGNAL: "signal",
                      core.UNS_MAGIC: "magic write address", core.UNS_TMU_CONFIG: "TMU config word",
@@ -208,7 +211,7 @@ class EmuDriver:
     """py-videocore6's Driver, emulated: alloc / program / execute over an in-process QPU model."""
 
     def __init__(self, *, code_area_size: int = DEFAULT_CODE_AREA_SIZE, data_area_size: int = DEFAULT_DATA_AREA_SIZE,
-                 check_registers: bool = True):
+                 check_registers: bool = True, check_memory_order: bool = True):
         if code_area_size <= 0 or code_area_size % 8 or data_area_size < 0:
             raise DriverError(f"code_area_size {code_area_size} must be a positive multiple of 8 and "
                               f"data_area_size {data_area_size} non-negative")
@@ -223,6 +226,7 @@ class EmuDriver:
         self.code_pos = self.code_area_base
         self.data_pos = self.data_area_base
         self.check_registers = check_registers
+        self.check_memory_order = check_memory_order
         self.memory = np.zeros(total, dtype=np.uint8)
         self._mem32 = self.memory.view(np.uint32)
         self._blocks: list[tuple[int, DecodedProgram]] = []  # (word offset, decoded block)
@@ -341,6 +345,7 @@ class EmuDriver:
         disp[core.D_MEM_BASE] = BUS_BASE
         disp[core.D_SLICE] = 4096
         disp[core.D_IID_SHIFT] = iid_shift
+        disp[core.D_MEMCHECK] = int(self.check_memory_order)
 
         acc = np.zeros((core.CTX, 6, 16), dtype=np.uint32)
         rf = np.zeros((core.CTX, 64, 16), dtype=np.uint32)
@@ -353,6 +358,7 @@ class EmuDriver:
         rtop = np.zeros((core.CTX, 16), dtype=np.uint32)
         bar = np.zeros(max(1, -(-thread // bps)), dtype=np.int64)
         fault = np.zeros(8, dtype=np.int64)
+        pend = np.zeros((core.CTX, core.PEND_MAX), dtype=np.int64)
         resident = min(thread, core.N_QPUS * mode)
         for b in range(resident):
             c = (b % core.N_QPUS) * core.SLOTS + b // core.N_QPUS
@@ -367,7 +373,7 @@ class EmuDriver:
             while True:
                 chunk = min(CHUNK_INSTRUCTIONS, budget - executed)
                 executed += core.run(table, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, self.memory,
-                                     self._mem32, disp, bar, fault, chunk)
+                                     self._mem32, disp, bar, fault, chunk, pend)
                 if fault[0] != 0:
                     break
                 if not np.any((ist[:, core.I_STATUS] == core.ST_RUN) | (ist[:, core.I_STATUS] == core.ST_WAIT)):
@@ -470,6 +476,8 @@ class EmuDriver:
             what += f": 0x{a1 & 0xFFFFFFFF:08x}"
         elif code == core.FLT_INVALID_WORD:
             what += f": {errors.get(pc, '')}"
+        elif code == core.FLT_LOAD_BEFORE_TMUWT:
+            what += f": address 0x{a1 & 0xFFFFFFFF:08x} in lane {a2}"
         elif code == core.FLT_FIFO_OVERFLOW:
             what += f" ({a1} > {a2})"
         return f"QPU fault at {where}: {what}"
