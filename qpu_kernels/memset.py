@@ -48,18 +48,17 @@ def qpu_memset(asm, *, unroll: int = DEFAULT_UNROLL):
     stores = unroll // 4
     with loop as l:
         for i in range(stores):
-            mov(tmud, reg_fill)
-            mov(tmud, reg_fill)
             if i == stores - 1:
                 # the loop test rides in the last store, its last 3 instructions fill the delay slots
+                mov(tmud, reg_fill)
                 mov(tmud, reg_fill).sub(reg_trips, reg_trips, r3, cond='pushz')
                 l.b(cond='anyna')
                 mov(tmud, reg_fill)
+                mov(tmud, reg_fill)
                 mov(tmua, reg_dst).add(reg_dst, reg_dst, reg_stride)
-                nop()
             else:
-                mov(tmud, reg_fill)
-                mov(tmud, reg_fill)
+                for _ in range(4):
+                    mov(tmud, reg_fill)
                 mov(tmua, reg_dst).add(reg_dst, reg_dst, reg_stride)
     tmuwt()                             # the stores complete before the program ends
     emit_program_end(asm)
