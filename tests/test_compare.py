@@ -1,0 +1,115 @@
+"""`pimoe compare`: runs on the default model, checks tokens agree, scales to the full model, records."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pimoe import compare
+from pimoe.backends import register_backend
+from pimoe.backends.cpu import CPUBackend
+from pimoe.cli import main as cli_main
+
+
+@pytest.fixture
+def cache_home(tmp_path_factory, monkeypatch):
+    """The built-in model is made (once per session) in a private cache, not the user's."""
+    home = tmp_path_factory.getbasetemp() / "xdg-cache"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home
+
+
+class _SkewedBackend(CPUBackend):
+    """A deliberately wrong backend: the cpu result plus a large offset on one coordinate."""
+
+    name = "test-skewed"
+
+    def expert_ffn(self, layer, x, expert_ids, expert_weights):
+        out = super().expert_ffn(layer, x, expert_ids, expert_weights)
+        out[:, 0] += 50.0
+        return out
+
+
+def test_compare_default_model_cli(cache_home, tmp_path, capsys):
+    rc = cli_main(["compare", "-p", "4", "-n", "3", "-r", "2", "--backends", "cpu,cpu-reference,qpu",
+                   "--results", str(tmp_path)])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "| tg3 |" in out.out and "| pp4 |" in out.out
+    assert "tokens: cpu-reference = cpu (4 greedy tokens)" in out.out
+    rec_path = next(p for p in tmp_path.glob("compare-*.json") if not p.name.endswith(".trace.json"))
+    rec = json.loads(rec_path.read_text())
+    assert rec["kind"] == "compare" and rec["environment"]["model"]["synthetic"]
+    backends = [r["backend"] for r in rec["runs"]]
+    assert backends[:2] == ["cpu", "cpu-reference"]
+    for run in rec["runs"]:
+        assert len(run["pp_s"]) == 2 and len(run["tg_s"]) == 2
+        regions = run["tg_regions"]
+        # per decode token: one forward, one sampling; every layer once
+        assert regions["tg/forward"]["calls"] == 1 and regions["tg/sampling"]["calls"] == 1
+        assert regions["tg/forward/layer"]["calls"] == rec["layers_run"]
+        # routing record: every token of every repetition routed to k experts in every layer
+        usage = np.asarray(run["expert_usage"])
+        k = rec["model"]["shape"]["n_experts_used"]
+        assert usage.shape == (rec["layers_run"], rec["model"]["shape"]["n_experts"])
+        assert (usage.sum(axis=1) == 2 * (4 + 3) * k).all()
+    trace = json.loads(rec_path.with_suffix(".trace.json").read_text())
+    assert {e["pid"] for e in trace["traceEvents"]} == set(range(1, len(backends) + 1))
+    assert (tmp_path / rec["table_csv"]).exists()
+    assert any(row["source"] == "predicted" for row in rec["table"])
+
+
+def test_compare_flags_different_tokens(cache_home, tmp_path, capsys):
+    register_backend("test-skewed", _SkewedBackend)
+    rc = cli_main(["compare", "-p", "3", "-n", "4", "-r", "1", "--backends", "cpu,test-skewed", "--no-record"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "tokens DIFFER: test-skewed vs cpu" in out
+
+
+def test_scale_to_full_model():
+    run = {"tg_regions": {"tg": {"seconds": 10.0, "bytes": 0},
+                          "tg/forward": {"seconds": 9.5},
+                          "tg/forward/embedding": {"seconds": 0.5, "bytes": 100},
+                          "tg/forward/layer": {"seconds": 6.0},
+                          "tg/forward/layer/attention": {"seconds": 2.0, "bytes": 1000},
+                          "tg/forward/layer/experts": {"seconds": 3.5, "bytes": 3000},
+                          "tg/forward/output_head": {"seconds": 3.0, "bytes": 2000},
+                          "tg/sampling": {"seconds": 0.5}},
+           "tg_predicted": {"tg": 1.0, "tg/forward/layer": 0.4}}
+    s = compare.scale_to_full(run, L_run=2, L_full=48)
+    assert s["factor"] == 24
+    assert s["seconds_per_token"] == pytest.approx(10.0 + 23 * 6.0)
+    assert s["bytes_per_token"] == 100 + 2000 + 24 * 4000
+    assert s["predicted_seconds_per_token"] == pytest.approx(1.0 + 23 * 0.4)
+
+
+def test_predicted_regions_use_qpu_counts_for_qpu_subtrees():
+    """A region that ran dispatches is predicted from them, not from its weight bytes as CPU work."""
+    from pimoe import profile
+    from pimoe.qpu import timing
+
+    per = {name: [[0] * 4 for _ in range(8)] for name in
+           ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_write_bytes", "sfu_ops", "thread_switches", "tmuwt")}
+    for q in range(8):
+        per["instructions"][q][0] = 1000
+        per["tmu_read_bytes"][q][0] = 1 << 20
+    dispatch = {"batches": 8, "threads_per_qpu": 1, "per_thread": per}
+    prof = profile.Profiler()
+    with profile.activate(prof):
+        with profile.region("tg"):
+            with profile.region("attention", bytes=3_350_000, flops=10):
+                pass
+            with profile.region("experts", bytes=8 << 20, flops=10):
+                with profile.region("compute"):
+                    profile.qpu_dispatch(dispatch, kernel="t")
+    pred = compare.predict_regions(prof, lambda r: r.name == "tg", steps=1)
+    q = timing.predict(dispatch).seconds
+    c = timing.predict_cpu(3_350_000, 10, threads=4).seconds
+    assert pred["tg/experts/compute"] == pytest.approx(q)
+    assert pred["tg/experts"] == pytest.approx(q)          # not + 8 MiB / CPU bandwidth
+    assert pred["tg/attention"] == pytest.approx(c) == pytest.approx(1e-3, rel=0.05)
+    assert pred["tg"] == pytest.approx(q + c)
