@@ -141,8 +141,6 @@ def qpu_scopy(asm):
                 mov(tmud, r0).sub(reg_trips, reg_trips, r3, cond='pushz')
             else:
                 mov(tmud, r0)
-            if k == IN_FLIGHT - 1:
-                pass
             mov(tmua, reg_dst).add(reg_dst, reg_dst, reg_stride)
             if k == IN_FLIGHT - 2:
                 l.b(cond='anyna')        # the last row's 3 instructions are the delay slots

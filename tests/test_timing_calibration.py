@@ -55,6 +55,15 @@ def test_stored_counts_do_the_published_work(counts, published):
         assert counts[k]["counters"]["batches"] == 8 and counts[k]["counters"]["threads_per_qpu"] == 1
 
 
+@pytest.mark.parametrize("kernel, published_loop", [("summation", 513), ("scopy", 33), ("memset", 41)])
+def test_loop_length_matches_the_published_kernel(kernel, published_loop, counts):
+    """Instructions per loop trip equal (within one) those of py-videocore6's kernel, counted from its
+    source: summation 8 + 31*16 + 5 + 1 + 3 per 256 loads, scopy 8 + 6*3 + 3 + 1 + 3, memset 7*5 + 2 + 1 + 3."""
+    trips = counts[kernel]["target"][1]
+    per_qpu = np.sum(counts[kernel]["counters"]["per_thread"]["instructions"], axis=1)
+    assert abs(per_qpu[0] / trips - published_loop) <= 1.0 + 100 / trips
+
+
 def test_emulation_reproduces_the_stored_counts(counts):
     """Re-emulating the kernels (seconds) gives exactly the committed counts.json."""
     fresh = emulate.emulate_all(progress=False)
