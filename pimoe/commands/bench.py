@@ -10,7 +10,9 @@ import importlib
 HELP = "microbenchmarks: the QPU emulator's speed, the CPU kernels against llama.cpp, …"
 
 # target name -> (module, one-line help)
-TARGETS: dict[str, tuple[str, str]] = {}
+TARGETS: dict[str, tuple[str, str]] = {
+    "emulator": ("pimoe.qpu.bench", "QPU emulator: instructions emulated per second"),
+}
 
 
 def add_arguments(parser) -> None:
