@@ -15,7 +15,10 @@ The model (V3D 4.2 on BCM2711, 2 slices x 4 QPUs at 500 MHz). A dispatch takes
     latency: for each thread, its own issue cycles plus `waits x L`: a thread that switches out (thrsw)
              with loads in flight, or waits for its stores (tmuwt), is not runnable for one memory round
              trip L; the other threads of its QPU issue meanwhile, which is how 2 or 4 threads hide
-             latency -- until the QPU's issue slot is full (the issue term),
+             latency -- until the QPU's issue slot is full (the issue term). The counters cannot tell
+             whether loads were in flight at a thrsw, so every thrsw but the program-end ones counts
+             (a kernel that yields with nothing outstanding is over-charged), and a kernel that waits
+             in ldtmu without a thrsw is under-charged unless predict(loads_in_flight=...) says so,
     queue:   loads issued by a QPU x L / 8: at most 8 loads in flight per QPU (the TMU request queue
              depth py-videocore6's summation relies on), so even a kernel that never waits cannot
              stream faster than 8 loads per round trip.
