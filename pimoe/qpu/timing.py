@@ -32,7 +32,8 @@ cycles, but the summation streams 7.24 GB/s with 8 loads in flight per QPU, whic
 at most 283 cycles. Only the first reading fits both published figures. (The record written by
 `python -m pimoe.qpu.calibration` repeats this check.)
 
-Bytes are the bytes the lanes asked for (EmuCounters tmu_read_bytes / tmu_write_bytes). The model has no
+Bytes are the bytes the lanes asked for (EmuCounters tmu_read_bytes / tmu_write_bytes, plus 4 bytes per
+uniform read, since a kernel may stream data through the uniform stream). The model has no
 cache: a gather whose lanes hit separate lines costs more DRAM traffic than counted, and data re-read from
 the TMU/L2 caches less; neither matters for the streaming calibration kernels, and the sgemm's gathers are
 absorbed into L (it is fitted on that kernel).
@@ -113,6 +114,8 @@ class Prediction:
 
 _NEEDED = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_write_bytes", "sfu_ops", "thread_switches",
            "tmuwt")
+_OPTIONAL = ("uniforms_read",)   # 0 when a caller's counters lack them
+UNIFORM_BYTES = 4                # a uniform (ldunif/ldunifa) is one 32-bit word read from memory
 
 
 def _spread_totals(totals: Mapping, n_qpus: int) -> tuple[dict[str, np.ndarray], int]:
@@ -127,10 +130,10 @@ def _spread_totals(totals: Mapping, n_qpus: int) -> tuple[dict[str, np.ndarray],
         slots[b % n_qpus, (b // n_qpus) % mode] += 1
     share = slots / slots.sum()
     per = {}
-    for name in _NEEDED:
-        if name not in totals:
+    for name in _NEEDED + _OPTIONAL:
+        if name not in totals and name in _NEEDED:
             raise PimoeError(f"predict(): counters lack '{name}'")
-        per[name] = float(totals[name]) * share
+        per[name] = float(totals.get(name, 0)) * share
     return per, batches
 
 
@@ -147,9 +150,13 @@ def _per_thread(counters) -> tuple[dict[str, np.ndarray], int]:
         raise PimoeError(f"predict() needs EmuCounters (or a dict with 'per_thread' and 'batches'), not "
                          f"{type(counters).__name__}")
     out = {}
-    for name in _NEEDED:
+    shape = np.shape(per["instructions"]) if "instructions" in per else None
+    for name in _NEEDED + _OPTIONAL:
         if name not in per:
-            raise PimoeError(f"predict(): counters lack '{name}'")
+            if name in _NEEDED:
+                raise PimoeError(f"predict(): counters lack '{name}'")
+            out[name] = np.zeros(shape)
+            continue
         arr = np.asarray(per[name], dtype=np.float64)
         if arr.ndim != 2:
             raise PimoeError(f"predict(): counter '{name}' must be [QPUs, thread slots], got shape {arr.shape}")
@@ -210,8 +217,9 @@ def predict(counters, *, params: QPUTimingParams = PI4, clock_hz: float | None =
     terms = {
         "issue": float(issue_q.max()) / clock,
         "latency": float(latency_q.max()) / clock,
-        "memory_read": float(per["tmu_read_bytes"].sum() if dram_read_bytes is None else dram_read_bytes)
-        / params.read_bandwidth,
+        # uniforms are memory reads too (a kernel may stream data through ldunifa); TMU bytes otherwise
+        "memory_read": float(per["tmu_read_bytes"].sum() + UNIFORM_BYTES * per["uniforms_read"].sum()
+                             if dram_read_bytes is None else dram_read_bytes) / params.read_bandwidth,
         "memory_write": float(per["tmu_write_bytes"].sum()) / params.write_bandwidth,
         "sfu": float(sfu_slice.max() * params.sfu_cycles_per_op) / clock,
     }
