@@ -36,11 +36,14 @@ Bytes are the bytes the lanes asked for (EmuCounters tmu_read_bytes / tmu_write_
 uniform read, since a kernel may stream data through the uniform stream). The model has no
 cache: a gather whose lanes hit separate lines costs more DRAM traffic than counted, and data re-read from
 the TMU/L2 caches less; neither matters for the streaming calibration kernels, and the sgemm's gathers are
-absorbed into L (it is fitted on that kernel).
+absorbed into L (it is fitted on that kernel). A caller that knows its DRAM traffic (e.g. a vector every
+QPU re-reads from cache) passes predict(dram_read_bytes=...).
 
 Parameters come from published facts, or are fitted to py-videocore6's published Pi 4 measurements by
-pimoe.qpu.calibration (`python -m pimoe.qpu.calibration`); tests/test_timing.py checks that the values
-below are what that fit gives from the counts stored in pimoe/qpu/calibration/counts.json.
+pimoe.qpu.calibration (`python -m pimoe.qpu.calibration`); tests/test_timing_calibration.py checks that
+the values below are what that fit gives from the counts stored in pimoe/qpu/calibration/counts.json.
+
+The Pi 4 CPU model lives in pimoe.cpumodel and is re-exported here (predict_cpu, predict_decode_step).
 """
 
 from __future__ import annotations
