@@ -1,0 +1,182 @@
+"""The qpu backend: routed expert FFNs as QPU kernels (qpu_kernels.expert_ffn), router and attention on the CPU.
+
+At load every layer's gate/up/down expert tensors are repacked once into QPU memory in the kernels'
+layout (qpu_kernels.qpu_layout: lossless, no dequantized CPU copy is kept); each expert_ffn call is two
+dispatches per layer (gate+up+SiLU, then down + the weighted sum over the k experts). The driver comes
+from pimoe.qpu.open_driver: "hw" the VideoCore VI through py-videocore6 on a Pi 4, "emu" pimoe's
+emulator, "auto" the first that works.
+
+On the Pi the V3D buffers come out of system RAM (the CMA pool), so the memory the model needs is worked
+out before anything is allocated (`qpu_memory_plan`) and loading stops with a PimoeError when it does
+not fit (CmaFree on the hardware, MemAvailable for the emulator, or `memory_limit=` bytes).
+
+    load_model(path, backend="qpu", qpu="emu", threads=8, memory_limit=None)
+    load_model(path, backend="qpu-reference")   # the same arithmetic in numpy (f32 activations, no
+                                                 # activation quantization): what the QPU must equal
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from pimoe.backends.base import Backend
+from pimoe.errors import PimoeError
+
+BUS_LIMIT = (1 << 32) - (1 << 28)   # the emulated/hardware bus addresses are 32-bit (emulator starts at 256 MiB)
+CODE_AREA = 4 << 20                 # room for every kernel variant a model uses
+MAX_TOKENS_PER_CALL = 64            # prompt chunks per expert_ffn call (bounds the scratch buffer)
+
+
+@dataclass(frozen=True)
+class QPUMemoryPlan:
+    weights: int       # bytes of all layers' expert tensors in QPU layout
+    scratch: int       # x/h streams, tables, outputs of one call
+    code: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.scratch + self.code
+
+    def describe(self) -> str:
+        mib = 1 << 20
+        return (f"{self.total / mib:.1f} MiB of QPU memory ({self.weights / mib:.1f} MiB expert weights in QPU "
+                f"layout, {self.scratch / mib:.1f} MiB scratch, {self.code / mib:.1f} MiB code)")
+
+
+def qpu_memory_plan(gguf_file, config, experts) -> QPUMemoryPlan:
+    from qpu_kernels.expert_ffn import ExpertFFN, QPUMatrices
+
+    weights = 0
+    for lw in experts:
+        for t in (lw.gate, lw.up, lw.down):
+            weights += QPUMatrices.nbytes_for(t)
+    scratch = ExpertFFN.scratch_bytes(config.hidden, config.expert_ff, config.n_experts_used, MAX_TOKENS_PER_CALL)
+    return QPUMemoryPlan(weights, scratch, CODE_AREA)
+
+
+def _meminfo_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def available_qpu_memory(kind: str) -> tuple[int, str]:
+    """(bytes, where the figure comes from) that QPU buffers may take on this machine."""
+    if kind == "hw":
+        cma = _meminfo_bytes("CmaFree")
+        if cma is not None:
+            return cma, "CmaFree in /proc/meminfo (V3D buffers come from the CMA pool)"
+    avail = _meminfo_bytes("MemAvailable")
+    if avail is None:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return avail, "MemAvailable in /proc/meminfo"
+
+
+class QPUBackend(Backend):
+    name = "qpu"
+
+    def __init__(self, gguf_file, config, qpu: str = "auto", threads: int = 8, memory_limit: int | None = None,
+                 progress: bool = True, **opts):
+        super().__init__(gguf_file, config, **opts)
+        from pimoe.qpu import open_driver
+        from pimoe.qpu.driver import hardware_available
+        from qpu_kernels.expert_ffn import ExpertFFN, QPUMatrices
+        from qpu_kernels.gemv_kernel import MAX_THREADS, Programs, Scratch
+
+        if not 1 <= int(threads) <= MAX_THREADS:
+            raise PimoeError(f"qpu backend: threads={threads}; the kernels run 1..{MAX_THREADS} threads "
+                             f"(one per QPU)")
+        kind = qpu
+        if kind == "auto":
+            kind = "hw" if hardware_available()[0] else "emu"
+        self.plan = qpu_memory_plan(gguf_file, config, self.experts)
+        if memory_limit is not None:
+            limit, source = int(memory_limit), "memory_limit"
+        else:
+            limit, source = available_qpu_memory(kind)
+        where = f"{gguf_file.path}" if hasattr(gguf_file, "path") else "model"
+        if self.plan.total > min(limit, BUS_LIMIT):
+            cap = min(limit, BUS_LIMIT)
+            what = source if limit <= BUS_LIMIT else "the 32-bit GPU bus address space"
+            raise PimoeError(f"{where}: the qpu backend needs {self.plan.describe()}, but only "
+                             f"{cap / (1 << 20):.1f} MiB are available ({what}). Use fewer layers, a smaller "
+                             f"weight type, or the cpu backend" +
+                             (" (on a Pi, raise the CMA pool: dtoverlay=vc4-kms-v3d,cma-512)" if kind == "hw" else ""))
+        self.driver_kind = kind
+        self.threads = int(threads)
+        self.drv = open_driver(kind, data_area_size=self.plan.weights + self.plan.scratch + (1 << 20),
+                               code_area_size=self.plan.code)
+        try:
+            layers = range(config.n_layers)
+            if progress and config.n_layers * config.n_experts > 256:
+                from tqdm import tqdm
+
+                layers = tqdm(layers, desc="repacking experts into QPU memory", unit=" layer")
+            self.mats = []
+            for i in layers:
+                lw = self.experts[i]
+                self.mats.append(tuple(QPUMatrices.upload(self.drv, t) for t in (lw.gate, lw.up, lw.down)))
+            self.programs = Programs(self.drv)
+            self.scratch = Scratch(self.drv, self.plan.scratch)
+            self.runner = ExpertFFN(self.drv, self.programs, self.scratch, self.threads)
+        except Exception:
+            self.drv.close()
+            raise
+        self.stats = {"dispatches": 0, "instructions": 0, "tmu_read_bytes": 0, "tmu_write_bytes": 0,
+                      "sfu_ops": 0, "emulated_seconds": 0.0}
+
+    def expert_ffn(self, layer, x, expert_ids, expert_weights):
+        # x [T, hidden] f32; expert_ids [T, k]; expert_weights [T, k] -> [T, hidden]
+        gate, up, down = self.mats[layer]
+        out = np.empty((x.shape[0], self.config.hidden), np.float32)
+        for s in range(0, x.shape[0], MAX_TOKENS_PER_CALL):
+            e = s + MAX_TOKENS_PER_CALL
+            self.runner.counters.clear()
+            out[s:e] = self.runner(gate, up, down, np.ascontiguousarray(x[s:e], np.float32), expert_ids[s:e],
+                                   expert_weights[s:e])
+            for c in self.runner.counters:
+                self.stats["dispatches"] += 1
+                if c is None:     # the hardware driver has no counters
+                    continue
+                for key in ("instructions", "tmu_read_bytes", "tmu_write_bytes", "sfu_ops"):
+                    self.stats[key] += c.total(key) if key != "instructions" else c.total_instructions
+                self.stats["emulated_seconds"] += c.wall_seconds
+        return out
+
+    def close(self) -> None:
+        drv = getattr(self, "drv", None)
+        if drv is not None:
+            drv.close()
+            self.drv = None
+
+
+class QPUReferenceBackend(Backend):
+    """What the qpu backend computes, in numpy: dequantized weights (one expert at a time), f32
+    activations without llama.cpp's activation quantization, f32 SiLU, weighted sum in router order."""
+
+    name = "qpu-reference"
+
+    def expert_ffn(self, layer, x, expert_ids, expert_weights):
+        w = self.experts[layer]
+        T, k = expert_ids.shape
+        y = np.zeros((T, k, self.config.hidden), np.float32)
+        x64 = x.astype(np.float64)
+        for e in np.unique(expert_ids):           # each selected expert dequantized once, one at a time
+            rows, slots = np.nonzero(expert_ids == e)
+            g = x64[rows] @ w.gate[int(e)].dequantize().astype(np.float64).T
+            u = x64[rows] @ w.up[int(e)].dequantize().astype(np.float64).T
+            h = g / (1.0 + np.exp(-g)) * u
+            y[rows, slots] = (h @ w.down[int(e)].dequantize().astype(np.float64).T).astype(np.float32)
+        y *= expert_weights.astype(np.float32)[:, :, None]
+        out = y[:, 0].copy()
+        for j in range(1, k):
+            out += y[:, j]
+        return out
