@@ -12,6 +12,8 @@ from pimoe.errors import PimoeError
 _REGISTRY: dict[str, object] = {
     "cpu": "pimoe.backends.cpu:CPUBackend",
     "cpu-reference": "pimoe.backends.cpu:CPUReferenceBackend",
+    "qpu": "pimoe.backends.qpu:QPUBackend",
+    "qpu-reference": "pimoe.backends.qpu:QPUReferenceBackend",
 }
 
 
