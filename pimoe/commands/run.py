@@ -28,6 +28,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("-n", "--n-predict", type=int, default=64, metavar="N",
                         help="number of tokens to generate (default 64)")
     parser.add_argument("--backend", default="cpu", help="where the expert FFNs run (default cpu)")
+    parser.add_argument("--qpu", choices=("auto", "emu", "hw"), default="auto",
+                        help="with --backend qpu: the VideoCore VI GPU (hw), pimoe's emulator (emu), or the GPU "
+                             "when present (auto, default)")
     parser.add_argument("--temperature", type=float, default=0.0, metavar="T",
                         help="sampling temperature; 0 = greedy (default 0)")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for sampling")
@@ -97,7 +100,8 @@ def main(args) -> int:
             raise PimoeError(f"{path}: no such model file")
 
     t_load = time.perf_counter()
-    model = pimoe.load_model(path, backend=args.backend, n_ctx=args.ctx)
+    backend_opts = {"qpu": args.qpu} if args.backend == "qpu" else {}
+    model = pimoe.load_model(path, backend=args.backend, n_ctx=args.ctx, **backend_opts)
     t_load = time.perf_counter() - t_load
     if is_synthetic(model.file):
         _note("pimoe: NOTE: this is a random-weight synthetic model: its output is gibberish by design "
