@@ -1,0 +1,343 @@
+# %% [markdown]
+# # Memory bandwidth: the ceiling on decode speed
+#
+# Generating one token at a time multiplies every active weight by one vector: each weight byte is used
+# for about two floating-point operations and never again. That is far below what either processor can
+# compute per byte, so **decode speed = memory bandwidth / bytes read per token** (notebook 1 counted the
+# bytes). This notebook measures and predicts the bandwidth side:
+#
+# 1. the CPU microbenchmarks (read, copy, triad) over sizes and threads -- **measured on this machine**,
+#    which is not a Pi; the Pi 4's CPU figures are published measurements, shown beside them;
+# 2. the QPU streaming kernels (summation, memcpy, memset) run in pimoe's emulator, checked against
+#    numpy, with the Pi 4 time **predicted** by the timing model from the emulator's counts;
+# 3. CPU and QPU at once: with no Pi here, only an upper bound;
+# 4. a roofline: why every decode matmul sits on the bandwidth slope, for every weight format;
+# 5. the decode ceilings this implies for Qwen3-30B-A3B and OLMoE-1B-7B on a Pi 4, CPU alone and with the
+#    experts streamed by the QPU.
+#
+# Results are written as a `bandwidth` record (JSON + CSV) in a new temporary directory, and the figures
+# are drawn from that record. Runs in about a minute.
+
+# %%
+# %matplotlib inline
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from pimoe import bandwidth, profile
+from pimoe.records import environment, read_record, write_record
+
+OUT = Path(tempfile.mkdtemp(prefix="pimoe-nb03-"))
+print("outputs go to", OUT)
+env = environment()
+print(f"this machine: {env['cpu']}, {env['cpu_count']} CPUs, load average {env['load_average'][0]:.2f} "
+      f"(other work on the machine lowers the multi-thread figures)")
+
+# %% [markdown]
+# ## 1. CPU: read, copy, triad over sizes and threads (measured here)
+#
+# `pimoe.bandwidth.cpu_bandwidth` runs compiled (numba) loops that touch every byte once: `read` sums an
+# array (bytes = n), `copy` writes it to another (2n, the STREAM convention), `triad` computes
+# `a = b + s*c` (3n). Small sizes live in the caches, large ones measure DRAM. Each point is the median of
+# a few timings of at least 20 ms. This machine is shared (see the load average above): figures with more
+# threads than idle cores are unreliable here, one more reason the Pi 4 side below uses only published
+# measurements and predictions.
+
+# %%
+SIZES = (1 << 16, 1 << 20, 1 << 24, 1 << 26)          # 64 KiB .. 64 MiB per array
+THREADS = sorted({1, env["cpu_count"] or 1})
+t0 = time.perf_counter()
+cpu_rows = bandwidth.cpu_bandwidth(SIZES, THREADS, ("read", "copy", "triad"), reps=3, progress=False)
+print(f"{len(cpu_rows)} CPU points in {time.perf_counter() - t0:.1f} s")
+print(bandwidth.table_text(cpu_rows))
+
+MOVED = {"read": 1, "copy": 2, "triad": 3}
+for r in cpu_rows:
+    assert r["source"] == "measured" and r["bytes_moved"] == MOVED[r["kernel"]] * r["bytes"]
+    assert abs(r["GBps"] - r["bytes_moved"] / r["seconds"] / 1e9) < 1e-9 * r["GBps"] + 1e-12
+
+# %% [markdown]
+# **Check, independently**: numpy's own copy (`np.copyto`, not pimoe's kernel) of the largest array,
+# timed here. The two should agree within the noise of a shared machine (a factor of a few).
+
+# %%
+big = SIZES[-1]
+src = np.ones(big // 4, np.float32)
+dst = np.empty_like(src)
+np.copyto(dst, src)
+times = []
+for _ in range(5):
+    t0 = time.perf_counter()
+    np.copyto(dst, src)
+    times.append(time.perf_counter() - t0)
+numpy_copy = 2 * big / min(times) / 1e9
+pimoe_copy = max(r["GBps_best"] for r in cpu_rows if r["kernel"] == "copy" and r["bytes"] == big)
+print(f"copy {big >> 20} MiB: numpy {numpy_copy:.1f} GB/s, pimoe's kernel {pimoe_copy:.1f} GB/s (best of each)")
+assert 0.1 < pimoe_copy / numpy_copy < 10
+
+# %% [markdown]
+# ## 2. QPU: the streaming kernels in the emulator, Pi 4 time predicted
+#
+# `pimoe.bandwidth.qpu_bandwidth` runs `qpu_kernels/summation.py` (read), `memcpy.py` (copy) and `memset.py`
+# (write); each run is checked against numpy inside the kernel's `run`. With no GPU here the time is the
+# timing model's **prediction** for a Pi 4 from the emulator's exact counts (`source: predicted`). The
+# summation also runs on 1..8 QPUs and with 2 and 4 threads per QPU (16, 32 batches): threads are how a
+# QPU hides memory latency.
+
+# %%
+QPU_SIZES = (1 << 16, 1 << 20, 1 << 22)
+t0 = time.perf_counter()
+qpu_rows = bandwidth.qpu_bandwidth(QPU_SIZES, progress=False)
+sweep = []
+for threads in (1, 2, 4, 8, 16, 32):
+    sweep += bandwidth.qpu_bandwidth((1 << 22,), kernels=("summation",), threads=threads, progress=False)
+print(f"{len(qpu_rows) + len(sweep)} emulated QPU runs in {time.perf_counter() - t0:.1f} s")
+print(bandwidth.table_text(qpu_rows + sweep))
+for r in sweep:
+    print(f"summation 4 MiB, {r['threads']:2d} threads: {r['GBps']:.2f} GB/s predicted, bound by {r['bound']}")
+
+for r in qpu_rows + sweep:
+    assert r["source"] == "predicted" and r["prediction"]["label"].startswith("predicted")
+    assert abs(r["GBps"] - r["bytes_moved"] / r["seconds"] / 1e9) < 1e-9
+    assert r["counters"]["tmu_read_bytes"] >= (r["bytes"] if r["kernel"] != "memset" else 0)
+best_read = max(r["GBps"] for r in sweep)
+# the timing model's read bandwidth was fitted to py-videocore6's published summation, 7241 MB/s on a Pi 4
+# (FACTS.md): this checks that fit through our own kernel, it is not an independent validation
+print(f"best predicted streaming read: {best_read:.2f} GB/s; published py-videocore6 summation: 7.24 GB/s")
+assert abs(best_read / 7.241 - 1) < 0.25
+
+# %% [markdown]
+# ## 3. CPU and QPU at once
+#
+# Both processors share one LPDDR4 interface (12.8 GB/s on paper). On a Pi 4 `concurrent_bandwidth`
+# runs a CPU read loop while the QPU sums and measures both. Here there is no QPU, so the contention
+# cannot be measured: what it returns is only an **upper bound**, the sum of the two alone, capped by the
+# DRAM's paper figure.
+
+# %%
+both_rows = bandwidth.concurrent_bandwidth(cpu_rows, sweep)
+for r in both_rows:
+    print(f"{r['device']} {r['kernel']}: <= {r['GBps']:.2f} GB/s ({r['source']}: {r['bound']})")
+    assert r["source"] == "bound" and r["GBps"] <= bandwidth.PI4_DRAM_PEAK_GBPS
+
+# %% [markdown]
+# ### The record, and the figures drawn from it
+
+# %%
+record = {"kind": "bandwidth", "environment": env, "cpu": cpu_rows, "qpu": qpu_rows + sweep,
+          "concurrent": both_rows, "pi4_ceilings": profile.pi4_ceilings(),
+          "settings": {"sizes": list(SIZES), "qpu_sizes": list(QPU_SIZES), "threads": THREADS, "reps": 3}}
+rec_path, csv_path = write_record(record, OUT, "bandwidth", table=cpu_rows + qpu_rows + sweep + both_rows)
+rec = read_record(rec_path)
+print("record:", rec_path.name, "+", csv_path.name)
+ceil = rec["pi4_ceilings"]
+
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+ax = axes[0]
+colors = {"read": "tab:blue", "copy": "tab:orange", "triad": "tab:green"}
+for kernel in colors:
+    for t in THREADS:
+        pts = [(r["bytes"], r["GBps"]) for r in rec["cpu"] if r["kernel"] == kernel and r["threads"] == t]
+        ax.plot(*zip(*pts), "o-" if t == 1 else "s--", color=colors[kernel], label=f"{kernel}, {t} thread(s)")
+ax.set_xscale("log", base=2)
+ax.set_xlabel("bytes per array")
+ax.set_ylabel("GB/s")
+ax.set_title(f"CPU, MEASURED on this machine ({env['cpu'][:40]})", fontsize=9)
+ax.legend(fontsize=7)
+ax.grid(alpha=0.3)
+
+ax = axes[1]
+markers = {"summation": "o", "memcpy": "s", "memset": "^"}
+for kernel, m in markers.items():
+    pts = [(r["bytes"], r["GBps"]) for r in rec["qpu"] if r["kernel"] == kernel and r.get("threads") == 8]
+    ax.plot(*zip(*pts), m + "--", mfc="none", label=f"QPU {kernel}, 8 QPUs (predicted)")
+multi = [r for r in rec["qpu"] if r["kernel"] == "summation" and r["threads"] in (16, 32)]
+for r in multi:
+    ax.plot(r["bytes"], r["GBps"], "o", mfc="none", ms=9, color="k")
+ax.annotate("summation, 8 QPUs x " + " / ".join(f"{r['threads'] // 8} threads: {r['GBps']:.2f}" for r in multi),
+            (multi[0]["bytes"], multi[0]["GBps"]), xytext=(-250, 8), textcoords="offset points", fontsize=7)
+for y, what, style in ((ceil["dram_peak_GBps"], "DRAM on paper", "r:"),
+                       (ceil["cpu_stream_copy_GBps"], "CPU STREAM copy, 1 thread (published)", "b-."),
+                       (ceil["cpu_decode_GBps"], "CPU LLM decode, implied (published)", "b:")):
+    ax.axhline(y, color=style[0], ls=style[1:], lw=1)
+    ax.text(QPU_SIZES[0], y, f" {what}: {y:.2f}", fontsize=7, va="bottom", color=style[0])
+for r in rec["concurrent"]:
+    ax.axhline(r["GBps"], color="purple", lw=1, ls="--")
+    ax.text(QPU_SIZES[0], r["GBps"], f" CPU+QPU upper bound: {r['GBps']:.2f}", fontsize=7, va="bottom",
+            color="purple")
+ax.set_xscale("log", base=2)
+ax.set_ylim(0, ceil["dram_peak_GBps"] * 1.1)
+ax.set_xlabel("bytes per kernel run")
+ax.set_ylabel("GB/s")
+ax.set_title("Pi 4: QPU PREDICTED (timing model), CPU published", fontsize=9)
+ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.55, 0.88))
+plt.tight_layout()
+plt.show()
+
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.plot([r["threads"] for r in sweep], [r["GBps"] for r in sweep], "o--", mfc="none")
+for r in sweep:
+    ax.annotate(r["bound"], (r["threads"], r["GBps"]), xytext=(3, -11), textcoords="offset points", fontsize=7)
+ax.axhline(ceil["qpu_read_GBps"], color="g", ls=":", label=f"model's read ceiling {ceil['qpu_read_GBps']:.2f}")
+ax.set_xscale("log", base=2)
+ax.set_xticks([1, 2, 4, 8, 16, 32], ["1", "2", "4", "8", "8x2", "8x4"])
+ax.set_xlabel("QPU threads (QPUs x threads per QPU)")
+ax.set_ylabel("GB/s, predicted")
+ax.set_title("QPU summation, 4 MiB: bandwidth vs threads (predicted Pi 4)", fontsize=9)
+ax.legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 4. Roofline: every decode matmul is on the bandwidth slope
+#
+# A matrix-vector product does 2 FLOPs per weight. Per **byte** that is `2 / bytes-per-weight`: 0.5 for
+# F32, 1.9 for Q8_0, 3.6 for Q4_K. The ridge point of a processor (peak FLOP/s / bandwidth) is where it
+# stops being memory bound. The CPU's ridge is right of every weight format at batch 1; the QPU's is right
+# of all but the 2-bit Q2_K. And the QPU's "peak" counts only the multiply and the add: a kernel that must
+# unpack quantized weights with integer ops first spends extra instructions per weight, which moves its
+# real ridge to the left. Ceilings from the record (`pi4_ceilings`: the timing model's QPU parameters, the
+# CPU model's published figures; the CPU's fp32 peak is an assumption stated in `pimoe/cpumodel.py`).
+
+# %%
+import gguf
+
+FORMATS = ["F32", "F16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q4_0", "Q2_K"]
+intensity = {}
+for name in FORMATS:
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]]
+    intensity[name] = 2 * block / size                  # FLOPs per weight byte for a matrix-vector product
+assert intensity["F32"] == 0.5 and abs(intensity["Q8_0"] - 2 * 32 / 34) < 1e-12
+
+ridge_cpu = ceil["cpu_fp32_GFLOPS"] / ceil["cpu_decode_GBps"]
+ridge_qpu = ceil["qpu_peak_GFLOPS"] / ceil["qpu_read_GBps"]
+print(f"ridge points: CPU {ridge_cpu:.1f} FLOP/byte, QPU {ridge_qpu:.1f} FLOP/byte")
+for name, i in intensity.items():
+    print(f"  {name:5s} {i:5.2f} FLOP/byte -> CPU at most {min(i * ceil['cpu_decode_GBps'], ceil['cpu_fp32_GFLOPS']):5.1f} "
+          f"GFLOP/s, QPU at most {min(i * ceil['qpu_read_GBps'], ceil['qpu_peak_GFLOPS']):5.1f} GFLOP/s")
+assert all(i < ridge_cpu for i in intensity.values())                  # CPU: memory bound for every format
+beyond = [name for name, i in intensity.items() if i >= ridge_qpu]
+print("formats past the QPU's ridge (compute bound there even at peak):", beyond)
+assert beyond == ["Q2_K"]
+
+x = np.logspace(-1.5, 2, 300)
+fig, ax = plt.subplots(figsize=(8, 4.8))
+ax.plot(x, np.minimum(x * ceil["cpu_decode_GBps"], ceil["cpu_fp32_GFLOPS"]), color="tab:blue", lw=2,
+        label=f"Pi 4 CPU: {ceil['cpu_decode_GBps']} GB/s (decode, published), {ceil['cpu_fp32_GFLOPS']} GFLOP/s")
+ax.plot(x, np.minimum(x * ceil["qpu_read_GBps"], ceil["qpu_peak_GFLOPS"]), color="tab:green", lw=2,
+        label=f"Pi 4 QPU: {ceil['qpu_read_GBps']:.2f} GB/s (model), {ceil['qpu_peak_GFLOPS']} GFLOP/s")
+ax.plot(x, x * ceil["dram_peak_GBps"], "r:", lw=1, label=f"DRAM on paper, {ceil['dram_peak_GBps']} GB/s")
+for i in sorted(set(intensity.values())):
+    names = "/".join(n for n, v in intensity.items() if v == i)       # Q4_K and Q4_0 share 4.5 bits/weight
+    ax.axvline(i, color="gray", lw=0.6, ls="--")
+    ax.text(i, 0.06, names, rotation=90, fontsize=7, va="bottom", ha="right", color="gray")
+summ = max(sweep, key=lambda r: r["GBps"])
+ax.plot(0.25, summ["GBps"] / 4, "o", mfc="none", color="tab:green", ms=8,
+        label=f"QPU summation, {summ['threads']} threads (predicted; 1 int add per 4 bytes)")
+ax.set_xscale("log")
+ax.set_yscale("log")
+ax.set_ylim(0.05, 60)
+ax.set_xlabel("arithmetic intensity (FLOP per weight byte)")
+ax.set_ylabel("GFLOP/s")
+ax.set_title("Roofline of a decode step (batch 1): dashed lines are the weight formats", fontsize=9)
+ax.legend(fontsize=7, loc="upper left")
+ax.grid(True, which="both", alpha=0.2)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 5. The decode ceiling for Qwen3-30B-A3B and OLMoE-1B-7B on a Pi 4
+#
+# Bytes per decode token at the real shapes (synthetic models of the published shape, written sparse
+# with `empty=True` like in notebook 1: full size on paper, no disk). Then three ceilings:
+#
+# * **CPU alone**: all bytes at the CPU's decode bandwidth (published, 3.2-3.5 GB/s implied by llama.cpp
+#   speeds; the CPU model uses 3.35).
+# * **QPU streams the experts, one after the other**: the CPU reads attention, router and head at its
+#   decode bandwidth, the QPU the routed experts at the best predicted streaming read above.
+# * **Both at once, perfectly overlapped**: the slower side sets the time, and the total is capped by the
+#   CPU+QPU bound from section 3.
+#
+# These are upper bounds that assume the expert kernel streams as fast as the summation kernel; for
+# quantized weights the QPU also has to unpack every weight (no int8/fp16 arithmetic on VideoCore VI),
+# which may make it instruction bound. Notebook 2 runs the real expert kernels.
+
+# %%
+from pimoe.commands.info import read_per_token
+from pimoe.cpubench import weight_bytes_per_token
+from pimoe.gguf_file import GGUFFile
+from pimoe.synth import make_model
+
+cpu_bw = ceil["cpu_decode_GBps"] * 1e9
+qpu_bw = best_read * 1e9
+both_bw = both_rows[0]["GBps"] * 1e9 if both_rows else None
+ceilings = []
+for preset, label in (("qwen3-30b-a3b", "Qwen3-30B-A3B"), ("olmoe-1b-7b", "OLMoE-1B-7B")):
+    for qtype in ("Q4_K", "Q8_0"):
+        path = make_model(OUT / f"{preset}-{qtype}.gguf", preset=preset, qtype=qtype, empty=True)
+        groups = read_per_token(GGUFFile(path))
+        experts = groups["experts (routed)"]["active_bytes"]
+        rest = sum(g["active_bytes"] for name, g in groups.items() if name != "experts (routed)")
+        # independent count of the same bytes (pimoe.cpubench's own accounting)
+        other = weight_bytes_per_token(path)
+        assert abs(other["expert_bytes_per_token"] - experts) < 1 and abs(other["dense_bytes_per_token"] - rest) < 1
+        total = experts + rest
+        row = dict(model=label, weights=qtype, GB_per_token=total / 1e9, experts_share=experts / total,
+                   cpu_only=cpu_bw / total,
+                   qpu_experts_serial=1 / (rest / cpu_bw + experts / qpu_bw),
+                   overlapped=1 / max(rest / cpu_bw, experts / qpu_bw, total / both_bw if both_bw else 0))
+        ceilings.append(row)
+        path.unlink()
+print(f"bandwidths: CPU {cpu_bw / 1e9:.2f} GB/s (published, decode), QPU {qpu_bw / 1e9:.2f} GB/s (predicted), "
+      f"both <= {both_bw / 1e9 if both_bw else float('nan'):.2f} GB/s (bound)\n")
+print(f"{'model':14s} {'weights':7s} {'GB/token':>8s} {'experts':>8s} {'CPU only':>9s} {'+QPU serial':>12s} "
+      f"{'+QPU overlap':>13s}  (tokens/s, upper bounds)")
+for r in ceilings:
+    print(f"{r['model']:14s} {r['weights']:7s} {r['GB_per_token']:8.2f} {r['experts_share']:8.0%} "
+          f"{r['cpu_only']:9.2f} {r['qpu_experts_serial']:12.2f} {r['overlapped']:13.2f}")
+for r in ceilings:
+    assert r["overlapped"] >= r["cpu_only"] and r["overlapped"] >= r["qpu_experts_serial"]
+    assert abs(r["cpu_only"] * r["GB_per_token"] * 1e9 - cpu_bw) < 1e-3 * cpu_bw
+
+fig, ax = plt.subplots(figsize=(9, 3.6))
+labels = [f"{r['model']}\n{r['weights']}" for r in ceilings]
+xs = np.arange(len(ceilings))
+for j, (key, what) in enumerate((("cpu_only", "CPU alone (published bandwidth)"),
+                                 ("qpu_experts_serial", "experts on the QPU, serial (predicted QPU)"),
+                                 ("overlapped", "CPU and QPU overlapped (bound)"))):
+    vals = [r[key] for r in ceilings]
+    ax.bar(xs + (j - 1) * 0.27, vals, 0.27, label=what, hatch="" if j == 0 else "//", alpha=1 if j == 0 else 0.7)
+    for xv, v in zip(xs + (j - 1) * 0.27, vals):
+        ax.text(xv, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+ax.set_xticks(xs, labels, fontsize=8)
+ax.set_ylabel("decode tokens/s (upper bound)")
+ax.set_title("Pi 4 decode ceilings: bandwidth / bytes per token", fontsize=9)
+ax.legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Reading the numbers: the routed experts are most of the bytes a token reads (the `experts` column), so
+# giving them to a second reader with its own path to DRAM can only help if the two really stream at the
+# same time -- and the total can never beat the 12.8 GB/s on paper. Whether the QPU's expert kernels get
+# close to the summation kernel's rate is what notebook 2 measures.
+#
+# ### The library's own figures
+#
+# `pimoe plot results/bandwidth-….json` draws the standard figures from a record; the same call from
+# Python (`pimoe.plots.plot_records`) writes PNG and SVG next to it:
+
+# %%
+from IPython.display import Image, display
+
+from pimoe import plots
+
+made = plots.plot_records([rec_path], out_dir=OUT)
+print([p.name for p in made])
+assert any(p.suffix == ".png" for p in made)
+for p in made:
+    if p.suffix == ".png":
+        display(Image(filename=str(p)))
