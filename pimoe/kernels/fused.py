@@ -198,12 +198,53 @@ def q6k_block_dot(typingctx, w, o, x, xo):
     return sig, codegen
 
 
+def _make_deq_code(width):
+    @intrinsic
+    def deq_code(typingctx, w, off_lo, sh_lo, mask_lo, off_hi, sh_hi, mask_hi, shl_hi, bias, out, ooff, scale, mn):
+        """out[ooff:ooff+W] = scale * (code - bias) - mn, codes unpacked as in dot_code; one vector store."""
+        sig = types.none(w, off_lo, sh_lo, mask_lo, off_hi, sh_hi, mask_hi, shl_hi, bias, out, ooff, scale, mn)
+
+        def codegen(context, builder, signature, args):
+            wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, ov, oo, sc, mnv = args
+            wt = signature.args[0]
+            ot = signature.args[9]
+            i8, f32 = ir.IntType(8), ir.FloatType()
+            v8 = ir.VectorType(i8, width)
+            vf = ir.VectorType(f32, width)
+            lo = builder.load(_vec_ptr(context, builder, wt, wv, olo, v8), align=1)
+            hi = builder.load(_vec_ptr(context, builder, wt, wv, ohi, v8), align=1)
+            lo = builder.and_(builder.lshr(lo, _splat(builder, slo, width, i8)), _splat(builder, mlo, width, i8))
+            hi = builder.and_(builder.lshr(hi, _splat(builder, shi, width, i8)), _splat(builder, mhi, width, i8))
+            code = builder.sub(builder.or_(lo, builder.shl(hi, _splat(builder, shl, width, i8))),
+                               _splat(builder, bs, width, i8))
+            val = builder.fsub(builder.fmul(_fsplat(builder, sc, width), builder.sitofp(code, vf)),
+                               _fsplat(builder, mnv, width))
+            arr = context.make_array(ot)(context, builder, ov)
+            ptr = builder.bitcast(builder.gep(arr.data, [oo]), vf.as_pointer())
+            builder.store(val, ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return deq_code
+
+
+def _fsplat(builder, value, width):
+    vt = ir.VectorType(ir.FloatType(), width)
+    vec = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+
+
+deq_code_32 = _make_deq_code(32)
+deq_code_16 = _make_deq_code(16)
+
+
 # weight kinds understood by the integer kernel (codes shared with pimoe.kernels.dispatch)
 K_Q8_0, K_Q4_0, K_Q5_0, K_Q4_1, K_Q5_1, K_Q2_K, K_Q3_K, K_Q4_K, K_Q5_K, K_Q6_K = range(10)
 # float kinds
 K_F32, K_F16, K_BF16 = 0, 1, 2
 
-MULTI_TOKEN = 6  # from this many tokens on one weight row, dequantize the row once (measured crossover ~4-6)
+MULTI_TOKEN = 10  # from this many tokens on one weight row, dequantize the row once (measured crossover ~10-12)
 ROW_CHUNK = 8  # output rows per work item: small enough to balance 2..4 threads on 768-row experts
 
 
@@ -377,26 +418,21 @@ def _row_q6_k(b, xq, xd, lut):
 @njit(cache=True)
 def _dequant_row(kind, b, f, mv, lut):
     n = f.shape[0]
+    zero = np.float32(0.0)
     if kind == K_Q8_0:
         for i in range(n // 32):
-            d = _f16(b, i * 34, lut)
-            qs = b[i * 34 + 2:i * 34 + 34]
-            fo = f[i * 32:i * 32 + 32]
-            for l in range(32):
-                fo[l] = d * np.float32(np.int8(qs[l]))
+            o = i * 34 + 2  # int8 codes: (code >> 0) & 0xff, no bias
+            deq_code_32(b, o, 0, 255, o, 0, 0, 0, 0, f, i * 32, _f16(b, i * 34, lut), zero)
     elif kind == K_Q4_0 or kind == K_Q4_1:
         ts = 18 if kind == K_Q4_0 else 20
-        off = 8 if kind == K_Q4_0 else 0
+        bias = 8 if kind == K_Q4_0 else 0
         for i in range(n // 32):
             d = _f16(b, i * ts, lut)
             if kind == K_Q4_1:
                 mv[i] = _f16(b, i * ts + 2, lut)
-            qs = b[i * ts + ts - 16:i * ts + ts]
-            fo = f[i * 32:i * 32 + 32]
-            for l in range(16):
-                v = np.int32(qs[l])
-                fo[l] = d * np.float32((v & 15) - off)
-                fo[16 + l] = d * np.float32((v >> 4) - off)
+            o = i * ts + ts - 16
+            deq_code_16(b, o, 0, 15, o, 0, 0, 0, bias, f, i * 32, d, zero)
+            deq_code_16(b, o, 4, 15, o, 0, 0, 0, bias, f, i * 32 + 16, d, zero)
     elif kind == K_Q5_0 or kind == K_Q5_1:
         ts = 22 if kind == K_Q5_0 else 24
         off = 16 if kind == K_Q5_0 else 0
@@ -415,87 +451,53 @@ def _dequant_row(kind, b, f, mv, lut):
                 fo[16 + l] = d * np.float32(((v >> 4) | (((qh >> (l + 16)) & 1) << 4)) - off)
     elif kind == K_Q2_K:
         for i in range(n // 256):
-            blk = b[i * 84:i * 84 + 84]
-            d = _f16(blk, 80, lut)
-            dmin = _f16(blk, 82, lut)
-            fo = f[i * 256:i * 256 + 256]
-            for h in range(2):
-                for j in range(4):
-                    for half in range(2):
-                        s = np.int32(blk[h * 8 + 2 * j + half])
-                        dl = d * np.float32(s & 15)
-                        ml = dmin * np.float32(s >> 4)
-                        qs = blk[16 + h * 32 + half * 16:16 + h * 32 + half * 16 + 16]
-                        base = h * 128 + j * 32 + half * 16
-                        for l in range(16):
-                            fo[base + l] = dl * np.float32((np.int32(qs[l]) >> (2 * j)) & 3) - ml
+            o = i * 84
+            d = _f16(b, o + 80, lut)
+            dmin = _f16(b, o + 82, lut)
+            for g in range(16):
+                s = np.int32(b[o + g])
+                h, j, half = g >> 3, (g >> 1) & 3, g & 1
+                qo = o + 16 + h * 32 + half * 16
+                deq_code_16(b, qo, 2 * j, 3, qo, 0, 0, 0, 0, f, i * 256 + g * 16,
+                            d * np.float32(s & 15), dmin * np.float32(s >> 4))
     elif kind == K_Q3_K:
         for i in range(n // 256):
-            blk = b[i * 110:i * 110 + 110]
-            d = _f16(blk, 108, lut)
-            s = blk[96:108]
-            fo = f[i * 256:i * 256 + 256]
-            for h in range(2):
-                for j in range(4):
-                    bit = h * 4 + j
-                    for half in range(2):
-                        k = h * 8 + 2 * j + half
-                        lo = np.int32(s[k & 7])
-                        lo = (lo & 15) if k < 8 else (lo >> 4)
-                        hi = (np.int32(s[8 + (k & 3)]) >> (2 * (k >> 2))) & 3
-                        dl = d * np.float32((lo | (hi << 4)) - 32)
-                        qs = blk[32 + h * 32 + half * 16:32 + h * 32 + half * 16 + 16]
-                        hm = blk[half * 16:half * 16 + 16]
-                        base = h * 128 + j * 32 + half * 16
-                        for l in range(16):
-                            q = ((np.int32(qs[l]) >> (2 * j)) & 3) - 4 + 4 * ((np.int32(hm[l]) >> bit) & 1)
-                            fo[base + l] = dl * np.float32(q)
+            o = i * 110
+            d = _f16(b, o + 108, lut)
+            for g in range(16):
+                lo = np.int32(b[o + 96 + (g & 7)])
+                lo = (lo & 15) if g < 8 else (lo >> 4)
+                hi = (np.int32(b[o + 104 + (g & 3)]) >> (2 * (g >> 2))) & 3
+                h, j, half = g >> 3, (g >> 1) & 3, g & 1
+                deq_code_16(b, o + 32 + h * 32 + half * 16, 2 * j, 3, o + half * 16, h * 4 + j, 1, 2, 4,
+                            f, i * 256 + g * 16, d * np.float32((lo | (hi << 4)) - 32), zero)
     elif kind == K_Q4_K or kind == K_Q5_K:
         five = kind == K_Q5_K
         ts = 176 if five else 144
+        qs_off = 48 if five else 16
+        hmask = 1 if five else 0
         for i in range(n // 256):
-            blk = b[i * ts:i * ts + ts]
-            d = _f16(blk, 0, lut)
-            dmin = _f16(blk, 2, lut)
-            s = blk[4:16]
-            qh = blk[16:48]
-            qs = blk[48:176] if five else blk[16:144]
-            fo = f[i * 256:i * 256 + 256]
+            o = i * ts
+            d = _f16(b, o, lut)
+            dmin = _f16(b, o + 2, lut)
             for j in range(8):
                 if j < 4:
-                    sc = np.int32(s[j]) & 63
-                    mn = np.int32(s[j + 4]) & 63
+                    sc = np.int32(b[o + 4 + j]) & 63
+                    mn = np.int32(b[o + 8 + j]) & 63
                 else:
-                    sc = (np.int32(s[j + 4]) & 15) | ((np.int32(s[j - 4]) >> 6) << 4)
-                    mn = (np.int32(s[j + 4]) >> 4) | ((np.int32(s[j]) >> 6) << 4)
-                dl = d * np.float32(sc)
-                ml = dmin * np.float32(mn)
-                c = j >> 1
-                sh = 4 * (j & 1)
-                q4 = qs[c * 32:c * 32 + 32]
-                for l in range(32):
-                    q = (np.int32(q4[l]) >> sh) & 15
-                    if five:
-                        q |= ((np.int32(qh[l]) >> j) & 1) << 4
-                    fo[j * 32 + l] = dl * np.float32(q) - ml
+                    sc = (np.int32(b[o + 8 + j]) & 15) | ((np.int32(b[o + j]) >> 6) << 4)
+                    mn = (np.int32(b[o + 8 + j]) >> 4) | ((np.int32(b[o + 4 + j]) >> 6) << 4)
+                deq_code_32(b, o + qs_off + (j >> 1) * 32, 4 * (j & 1), 15, o + 16, j, hmask, 4, 0,
+                            f, i * 256 + j * 32, d * np.float32(sc), dmin * np.float32(mn))
     else:  # Q6_K
         for i in range(n // 256):
-            blk = b[i * 210:i * 210 + 210]
-            d = _f16(blk, 208, lut)
-            fo = f[i * 256:i * 256 + 256]
-            for h in range(2):
-                ql = blk[h * 64:h * 64 + 64]
-                qh = blk[128 + h * 32:128 + h * 32 + 32]
-                for k in range(4):
-                    part = k & 1
-                    nib = 4 * (k >> 1)
-                    for half in range(2):
-                        dl = d * np.float32(np.int8(blk[192 + h * 8 + 2 * k + half]))
-                        base = h * 128 + k * 32 + half * 16
-                        for l in range(16):
-                            ll = half * 16 + l
-                            q = ((np.int32(ql[part * 32 + ll]) >> nib) & 15) | (((np.int32(qh[ll]) >> (2 * k)) & 3) << 4)
-                            fo[base + l] = dl * np.float32(q - 32)
+            o = i * 210
+            d = _f16(b, o + 208, lut)
+            for g in range(16):
+                h, k, half = g >> 3, (g >> 1) & 3, g & 1
+                deq_code_16(b, o + h * 64 + (k & 1) * 32 + half * 16, 4 * (k >> 1), 15,
+                            o + 128 + h * 32 + half * 16, 2 * k, 3, 4, 32,
+                            f, i * 256 + g * 16, d * np.float32(np.int8(b[o + 192 + g])), zero)
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
