@@ -36,7 +36,7 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 
-ROW_BYTES = 1 << 16          # each array is [rows, 64 KiB]; prange splits rows over threads
+ROW_BYTES = 1 << 16          # each array is [rows, 64 KiB] (one row if smaller); prange splits rows over threads
 DEFAULT_SIZES = (1 << 15, 1 << 18, 1 << 21, 1 << 24, 1 << 27)     # bytes per array: 32 KiB .. 128 MiB
 SMALL_SIZES = (1 << 16, 1 << 20, 1 << 22)
 PI4_DRAM_PEAK_GBPS = 12.8    # LPDDR4-3200 x 32 bit (FACTS.md)
@@ -97,8 +97,9 @@ def cpu_bandwidth(sizes=DEFAULT_SIZES, threads=None, kernels=("read", "copy", "t
     if any(t < 1 or t > max_t for t in threads):
         raise PimoeError(f"threads {threads}: numba can use 1..{max_t} threads here")
     for s in sizes:
-        if s < ROW_BYTES or s % ROW_BYTES:
-            raise PimoeError(f"size {s}: CPU bandwidth sizes must be multiples of {ROW_BYTES} bytes")
+        if s < 4096 or s % min(ROW_BYTES, s) or s % 4096:
+            raise PimoeError(f"size {s}: CPU bandwidth sizes must be multiples of 4 KiB, and of {ROW_BYTES} "
+                             f"bytes above that")
     read, copy, triad = _cpu_kernels()
     bad = set(kernels) - {"read", "copy", "triad"}
     if bad:
@@ -111,8 +112,9 @@ def cpu_bandwidth(sizes=DEFAULT_SIZES, threads=None, kernels=("read", "copy", "t
         for size, t, k in jobs:
             if size not in arrays:
                 arrays.clear()
-                n_rows = size // ROW_BYTES
-                a = np.ones((n_rows, ROW_BYTES // 4), np.float32)
+                row = min(ROW_BYTES, size)
+                n_rows = size // row
+                a = np.ones((n_rows, row // 4), np.float32)
                 arrays[size] = (a, np.zeros_like(a), np.full_like(a, 2.0), np.zeros(n_rows, np.int32))
             a, b, c, sums = arrays[size]
             numba.set_num_threads(t)
@@ -139,7 +141,10 @@ def cpu_bandwidth(sizes=DEFAULT_SIZES, threads=None, kernels=("read", "copy", "t
 # -- QPU ---------------------------------------------------------------------------------------------------
 
 QPU_KERNELS = ("summation", "memcpy", "memset")
-QPU_DEFAULT_SIZES = (1 << 16, 1 << 20, 1 << 22)
+QPU_DEFAULT_SIZES = (1 << 16, 1 << 20, 1 << 24)
+# 16-lane threads of a dispatch: 8 = one per QPU, 32 = four per QPU (hides TMU latency); memset's launcher
+# always uses 8
+QPU_THREADS = (8, 32)
 
 
 def _qpu_kernel_run(name: str):
@@ -164,7 +169,7 @@ def _qpu_bytes_moved(name: str, nbytes: int) -> int:
     return 2 * nbytes if name == "memcpy" else nbytes
 
 
-def qpu_bandwidth(sizes=QPU_DEFAULT_SIZES, kernels=QPU_KERNELS, threads: int = 8, driver: str = "auto",
+def qpu_bandwidth(sizes=QPU_DEFAULT_SIZES, kernels=QPU_KERNELS, threads=QPU_THREADS, driver: str = "auto",
                   progress: bool = True) -> list[dict]:
     """Rows {device: qpu, kernel, threads, bytes, bytes_moved, seconds, GBps, source: measured|predicted,
     counters}. On the emulator `seconds` is the predicted Pi 4 time (pimoe.qpu.timing)."""
@@ -173,10 +178,11 @@ def qpu_bandwidth(sizes=QPU_DEFAULT_SIZES, kernels=QPU_KERNELS, threads: int = 8
 
     hw = driver == "hw" or (driver == "auto" and hardware_available()[0])
     rows = []
-    jobs = [(k, s) for k in kernels for s in sizes]
+    threads = (threads,) if isinstance(threads, int) else tuple(threads)
+    jobs = [(k, s, t) for k in kernels for t in (threads if k != "memset" else (8,)) for s in sizes]
     bar = _bar(len(jobs), "qpu bandwidth" + ("" if hw else " (emulated)"), progress)
     try:
-        for name, size in jobs:
+        for name, size, threads in jobs:
             run = _qpu_kernel_run(name)
             if run is None:
                 rows.append({"device": "qpu", "kernel": name, "bytes": size, "source": "missing",

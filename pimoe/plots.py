@@ -67,16 +67,16 @@ def plot_bandwidth(rec: dict, out_dir: Path) -> list[Path]:
         rows.sort(key=lambda r: r["bytes"])
         ax.plot([r["bytes"] for r in rows], [r["GBps"] for r in rows], marker=markers.get(kernel, "o"),
                 label=f"CPU {kernel}, {threads} thread{'s' if threads > 1 else ''} (measured, this machine)")
-    qgroups: dict[str, list] = {}
+    qgroups: dict[tuple, list] = {}
     for r in rec.get("qpu", []):
         if r.get("GBps"):
-            qgroups.setdefault(r["kernel"], []).append(r)
-    for kernel, rows in sorted(qgroups.items()):
+            qgroups.setdefault((r["kernel"], r.get("threads", 8)), []).append(r)
+    for (kernel, threads), rows in sorted(qgroups.items()):
         rows.sort(key=lambda r: r["bytes"])
         src = rows[0]["source"]
         ax.plot([r["bytes"] for r in rows], [r["GBps"] for r in rows], "--" if src == "predicted" else "-",
                 marker="D", mfc="none" if src == "predicted" else None,
-                label=f"QPU {kernel} ({'predicted Pi 4' if src == 'predicted' else 'measured Pi 4'})")
+                label=f"QPU {kernel}, {threads} threads ({'PREDICTED Pi 4' if src == 'predicted' else 'measured Pi 4'})")
     for r in rec.get("concurrent", []):
         if r.get("GBps"):
             ax.axhline(r["GBps"], color="k", ls=":", lw=1)

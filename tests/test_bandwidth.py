@@ -44,6 +44,8 @@ def test_cpu_rows():
 def test_bad_sizes_and_threads():
     with pytest.raises(PimoeError, match="multiples"):
         bandwidth.cpu_bandwidth(sizes=(1000,), threads=[1], progress=False)
+    with pytest.raises(PimoeError, match="multiples"):
+        bandwidth.cpu_bandwidth(sizes=(3 << 15,), threads=[1], progress=False)
     with pytest.raises(PimoeError, match="threads"):
         bandwidth.cpu_bandwidth(sizes=(1 << 16,), threads=[99], progress=False)
 

@@ -31,13 +31,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", default=None,
                         help="CPU thread counts, comma list (default 1..all numba threads)")
     parser.add_argument("--kernels", default="read,copy,triad", help="CPU kernels (default read,copy,triad)")
-    parser.add_argument("--qpu-sizes", default="64K,1M,4M",
-                        help="QPU bytes per kernel run (default 64K,1M,4M; the emulator runs each)")
+    parser.add_argument("--qpu-sizes", default="64K,1M,16M",
+                        help="QPU bytes per kernel run (default 64K,1M,16M; the emulator runs each)")
+    parser.add_argument("--qpu-threads", default="8,32",
+                        help="QPU 16-lane threads per dispatch: 8 = 1 per QPU, 16 = 2, 32 = 4 (default 8,32)")
     parser.add_argument("--qpu", default="auto", choices=("auto", "emu", "hw"),
                         help="QPU driver: the GPU when present (auto), the emulator, or require hardware")
     parser.add_argument("--no-qpu", action="store_true", help="CPU only")
     parser.add_argument("--reps", type=int, default=5, help="timed repeats per point, median reported (default 5)")
-    parser.add_argument("--small", action="store_true", help="CI-sized run (64K,1M,4M CPU; 64K QPU; 3 reps)")
+    parser.add_argument("--small", action="store_true", help="CI-sized run (64K,1M,4M CPU; 64K QPU on 8 threads; 3 reps)")
     parser.add_argument("--results", default="results", help="directory for the record (default results/)")
     parser.add_argument("--no-record", action="store_true", help="print only, write no record")
 
@@ -65,7 +67,13 @@ def main(args) -> int:
     print(f"CPU: {env['cpu']}, {env['cpu_count']} CPUs, load average {env['load_average'][0]:.2f} "
           f"(a busy machine lowers the multi-thread figures)")
     rows = bandwidth.cpu_bandwidth(sizes, threads, kernels, reps=reps)
-    qrows = [] if args.no_qpu else bandwidth.qpu_bandwidth(qsizes, driver=args.qpu)
+    try:
+        qthreads = tuple(int(t) for t in args.qpu_threads.split(",") if t.strip())
+    except ValueError:
+        raise PimoeError(f"--qpu-threads: comma list of integers, got '{args.qpu_threads}'") from None
+    if args.small:
+        qthreads = (8,)
+    qrows = [] if args.no_qpu else bandwidth.qpu_bandwidth(qsizes, threads=qthreads, driver=args.qpu)
     both = [] if args.no_qpu else bandwidth.concurrent_bandwidth(rows, qrows, driver=args.qpu)
     print(bandwidth.table_text(rows + qrows + both))
     if any(r["source"] == "predicted" for r in qrows):
@@ -73,7 +81,7 @@ def main(args) -> int:
               "Pi 4 time comes from pimoe.qpu.timing; they are not measurements.")
     if not args.no_record:
         rec = {"kind": "bandwidth", "environment": env, "cpu": rows, "qpu": qrows, "concurrent": both,
-               "settings": {"sizes": list(sizes), "qpu_sizes": list(qsizes), "reps": reps, "kernels": kernels,
+               "settings": {"sizes": list(sizes), "qpu_sizes": list(qsizes), "qpu_threads": list(qthreads) if not args.no_qpu else [], "reps": reps, "kernels": kernels,
                             "threads": threads, "qpu_driver": args.qpu},
                "pi4_ceilings": profile.pi4_ceilings()}
         path, csv_path = write_record(rec, args.results, "bandwidth", table=rows + qrows + both)
