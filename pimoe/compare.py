@@ -128,10 +128,16 @@ def run_backend(path, backend: str, prompt: list[int], n_gen: int, reps: int, ba
         tg_summary = _per_step(prof.summary(lambda r: r.name == "tg"), steps)
         pp_summary = _per_step(prof.summary(lambda r: r.name == "pp"), reps)
         pred = predict_regions(prof, lambda r: r.name == "tg", steps)
+        notes = []
+        if hasattr(model.backend, "driver_kind") and not any(r.dispatches for r in prof.regions):
+            # a QPU backend that did not report its dispatches to the profiler: a CPU-based prediction
+            # of its experts would be wrong, so there is none
+            pred = None
+            notes.append("the QPU backend reported no dispatches to the profiler: no Pi 4 prediction")
         return {"backend": backend, "load_s": load_s, "warmup_s": warm_s, "pp_s": pp_s, "tg_s": tg_s,
                 "n_prompt": len(prompt), "n_gen": n_gen, "tokens": tokens, "logits": logits_trace,
                 "tg_regions": tg_summary, "pp_regions": pp_summary, "tg_predicted": pred,
-                "expert_usage": usage, "profiler": prof,
+                "expert_usage": usage, "profiler": prof, "notes": notes, "driver": getattr(model.backend, "driver_kind", None),
                 "threads": _threads(), "model": model}
     finally:
         model.close()
@@ -172,10 +178,15 @@ def predict_regions(prof: profile.Profiler, where, steps: int) -> dict | None:
         if not keep[r.index] or not r.end:
             continue
         if has_qpu[r.index]:
-            own[r.index] = sum(profile.predict_qpu_seconds(d) for d in (r.dispatches or ()))
+            parts = [profile.predict_qpu_seconds(d) for d in (r.dispatches or ())]
         elif r.counters.get("bytes") or r.counters.get("flops"):
-            own[r.index] = profile.predict_cpu_seconds(r.counters.get("bytes", 0), r.counters.get("flops", 0),
-                                                       threads=PI4_CPU_THREADS)
+            parts = [profile.predict_cpu_seconds(r.counters.get("bytes", 0), r.counters.get("flops", 0),
+                                                 threads=PI4_CPU_THREADS)]
+        else:
+            parts = []
+        if any(p is None for p in parts):
+            return None      # no counts to predict from (hardware dispatch, or no CPU model): no prediction
+        own[r.index] = sum(parts)
     incl = list(own)
     for r in reversed(regions):
         if keep[r.index] and r.parent >= 0:

@@ -388,6 +388,8 @@ def predict_qpu_seconds(dispatch) -> float | None:
     timing = _timing()
     if timing is None:
         return None
+    if isinstance(dispatch, dict) and "per_thread" not in dispatch:
+        return None      # a hardware dispatch (no emulator counts): nothing to predict from
     return float(timing.predict(dispatch).seconds)
 
 

@@ -75,7 +75,7 @@ def main(args) -> int:
                   f"skipped")
     if not backends:
         raise PimoeError(f"none of the backends {wanted} exists (available: {', '.join(sorted(have))})")
-    opts = {"qpu": {"driver": args.qpu}} if args.qpu and "qpu" in backends else {}
+    opts = {"qpu": {"qpu": args.qpu}} if args.qpu and "qpu" in backends else {}
 
     result = cmp.compare(path, backends, args.n_prompt, args.n_gen, args.reps, shape=args.shape,
                          backend_opts=opts)
@@ -97,6 +97,9 @@ def main(args) -> int:
                   f"{a['first_difference']} (reference top-2 logit gap there "
                   f"{a.get('reference_top2_gap_at_difference', float('nan')):.2e}, logits max |diff| "
                   f"{a['logits_max_abs_diff']:.2e})")
+    for r in result["runs"]:
+        for note in r.get("notes", []):
+            print(f"note ({cmp.backend_label(r)}): {note}")
     if result["layers_full"] != result["layers_run"]:
         print(f"scaled rows: per-layer regions x {result['layers_full']}/{result['layers_run']} + embedding, "
               f"output head and sampling once (see pimoe/compare.py)")
