@@ -160,8 +160,9 @@ def _per_step(summary: dict, steps: int) -> dict:
     return out
 
 
-def predict_regions(prof: profile.Profiler, where, steps: int) -> dict | None:
-    """Predicted Pi 4 seconds per step by region path (inclusive), or None without a timing model.
+def predict_each(prof: profile.Profiler, where) -> list[float] | None:
+    """Predicted Pi 4 seconds of every region (inclusive of its children; 0 outside `where`), or None
+    without a timing model.
 
     A region whose subtree ran QPU dispatches: the timing model's time of its own dispatches (its
     weight bytes are the QPU's to read); any other region: Pi 4 CPU time of its own bytes and FLOPs."""
@@ -191,15 +192,51 @@ def predict_regions(prof: profile.Profiler, where, steps: int) -> dict | None:
     for r in reversed(regions):
         if keep[r.index] and r.parent >= 0:
             incl[r.parent] += incl[r.index]
+    return incl
+
+
+def predict_regions(prof: profile.Profiler, where, steps: int) -> dict | None:
+    """Predicted Pi 4 seconds per step by region path (inclusive), or None (see predict_each)."""
+    incl = predict_each(prof, where)
+    if incl is None:
+        return None
+    keep = profile._subtree_filter(prof.regions, where)
     out: dict[str, float] = {}
     paths: dict[int, str] = {}
-    for r in regions:
+    for r in prof.regions:
         if not keep[r.index] or not r.end:
             continue
         path = r.name if r.parent < 0 else paths[r.parent] + "/" + r.name
         paths[r.index] = path
         out[path] = out.get(path, 0.0) + incl[r.index] / steps
     return out
+
+
+def predicted_trace_events(prof: profile.Profiler, where, pid: int, process_name: str) -> list[dict]:
+    """A Perfetto timeline of the Pi 4 PREDICTION: the selected steps back to back, each region as long
+    as predicted, children laid out in order from their parent's start."""
+    incl = predict_each(prof, where)
+    if incl is None:
+        return []
+    regions = prof.regions
+    keep = profile._subtree_filter(regions, where)
+    start = [0.0] * len(regions)
+    cursor_top = 0.0
+    next_child = {}
+    events = [{"name": "process_name", "ph": "M", "pid": pid, "tid": 1, "args": {"name": process_name}}]
+    for r in regions:
+        if not keep[r.index] or not r.end:
+            continue
+        if r.parent < 0:
+            start[r.index] = cursor_top
+            cursor_top += incl[r.index]
+        else:
+            start[r.index] = next_child.get(r.parent, start[r.parent])
+            next_child[r.parent] = start[r.index] + incl[r.index]
+        args = dict(r.tags, predicted=True)
+        events.append({"name": r.name, "cat": "predicted", "ph": "X", "pid": pid, "tid": 1,
+                       "ts": start[r.index] * 1e6, "dur": incl[r.index] * 1e6, "args": args})
+    return events
 
 
 # -- the comparison --------------------------------------------------------------------------------------

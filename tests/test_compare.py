@@ -57,7 +57,17 @@ def test_compare_default_model_cli(cache_home, tmp_path, capsys):
         assert usage.shape == (rec["layers_run"], rec["model"]["shape"]["n_experts"])
         assert (usage.sum(axis=1) == 2 * (4 + 3) * k).all()
     trace = json.loads(rec_path.with_suffix(".trace.json").read_text())
-    assert {e["pid"] for e in trace["traceEvents"]} == set(range(1, len(backends) + 1))
+    pids = {e["pid"] for e in trace["traceEvents"]}
+    assert set(range(1, len(backends) + 1)) <= pids                    # measured timelines
+    predicted = [e for e in trace["traceEvents"] if e.get("cat") == "predicted"]
+    assert predicted and all(e["pid"] > len(backends) for e in predicted)
+    # the predicted decode steps are laid back to back, each as long as its prediction
+    steps = sorted((e for e in predicted if e["name"] == "tg" and e["pid"] == len(backends) + 1),
+                   key=lambda e: e["ts"])
+    assert len(steps) == 2 * 3
+    for a, b in zip(steps, steps[1:]):
+        assert b["ts"] == pytest.approx(a["ts"] + a["dur"])
+    assert sum(e["dur"] for e in steps) / len(steps) == pytest.approx(rec["runs"][0]["tg_predicted"]["tg"] * 1e6)
     assert (tmp_path / rec["table_csv"]).exists()
     assert any(row["source"] == "predicted" for row in rec["table"])
 

@@ -107,8 +107,13 @@ def main(args) -> int:
         json_path, csv_path = write_record(rec, args.results, "compare", table=rows)
         trace = json_path.with_suffix(".trace.json")
         events = []
+        n = len(result["runs"])
         for i, r in enumerate(result["runs"]):
             events += r["profiler"].trace_events(pid=i + 1, process_name=f"pimoe {cmp.backend_label(r)} (measured)")
+            if r.get("tg_predicted"):
+                events += cmp.predicted_trace_events(r["profiler"], lambda reg: reg.name == "tg", pid=n + i + 1,
+                                                     process_name=f"pimoe {r['backend']} on a Pi 4, PREDICTED "
+                                                                  f"(decode steps only)")
         trace.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
         print(f"record written: {json_path} (+ {csv_path.name}); trace: {trace} (open in ui.perfetto.dev)")
     return status
