@@ -607,3 +607,8 @@ def execute(drv, programs: Programs, cfg: KernelConfig, threads: int, scratch: S
     unif[: len(vals)] = vals
     code = programs.get(cfg, threads)
     return drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif_addr, thread=threads, timeout_sec=600)
+
+
+def loads_in_flight(cfg: KernelConfig) -> int:
+    """TMU loads a thread keeps in flight in the block loop (the timing model's loads_in_flight)."""
+    return min(len(_load_plan(cfg)), FIFO_DEPTH)

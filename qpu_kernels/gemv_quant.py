@@ -98,6 +98,21 @@ def run(drv, qtype, rows: int, cols: int, *, tokens: int = 1, threads: int = 8, 
     return err, g.last_counters, seconds
 
 
+def predicted(counters, qtype, cols: int, tokens: int = 1):
+    """The timing model's Pi 4 prediction for a GEMV dispatch (None when pimoe.qpu.timing is absent).
+    The kernel keeps min(words per block, 16) loads in flight per thread and never thread-switches, so
+    that is the loads_in_flight the model is told."""
+    try:
+        from pimoe.qpu.timing import predict
+    except ImportError:
+        return None
+    from qpu_kernels.gemv_kernel import loads_in_flight
+
+    spec = lay.spec_for(qtype)
+    cfg = KernelConfig(spec.kind, spec.nsub, lay.padded_cols(cols), tokens, "sum")
+    return predict(counters, loads_in_flight=loads_in_flight(cfg))
+
+
 def describe(counters, rows: int, cols: int, tokens: int, qtype, seconds: float) -> str:
     from gguf import GGMLQuantizationType as QT
 
@@ -106,13 +121,10 @@ def describe(counters, rows: int, cols: int, tokens: int, qtype, seconds: float)
     text = (f"{counters.total_instructions} instructions = {ipw:.2f} per weight{'-token' if tokens > 1 else ''} "
             f"(16 lanes), {counters.tmu_read_bytes} TMU bytes read ({spec.bits_per_weight:g} bits/weight layout, "
             f"GGUF {QT(qtype).name}), {seconds:.3f} s emulated")
-    try:
-        from pimoe.qpu.timing import predict
-
-        p = predict(counters)
-        text += f"; {p.label}: {p.seconds * 1e3:.3f} ms, {counters.tmu_read_bytes / p.seconds / 1e9:.2f} GB/s ({p.bound}-bound)"
-    except ImportError:
-        pass
+    p = predicted(counters, qtype, cols, tokens)
+    if p is not None:
+        text += (f"; {p.label}: {p.seconds * 1e3:.3f} ms, {counters.tmu_read_bytes / p.seconds / 1e9:.2f} GB/s "
+                 f"({p.bound}-bound)")
     return text
 
 

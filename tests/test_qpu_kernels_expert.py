@@ -134,3 +134,31 @@ def test_pack_rejects_partial_blocks():
     assert words.shape == (16, 64)
     with pytest.raises(PimoeError):
         lay.pack_matrix(np.zeros((16, 18), np.uint8), QT.Q4_0, 16, 40)
+
+
+def test_kernelbench_writes_a_new_record(tmp_path, capsys):
+    import argparse
+    import json
+
+    from pimoe.qpu import kernelbench
+
+    ap = argparse.ArgumentParser()
+    kernelbench.add_arguments(ap)
+    args = ap.parse_args(["--types", "Q4_0", "--shapes", "qwen3", "--tokens", "1", "--no-expert",
+                          "--results", str(tmp_path)])
+    assert kernelbench.main(args) == 0
+    assert kernelbench.main(args) == 0                    # a second run never overwrites the first
+    files = sorted(tmp_path.glob("kernel-bench-*.json"))
+    assert len(files) == 2
+    rec = json.loads(files[0].read_text())
+    rows = {(r["shape"], r["tokens"]): r for r in rec["gemv"]}
+    r = rows[("qwen3-30b-a3b up/gate", 1)]
+    assert r["rows"] == 768 and r["cols"] == 2048 and r["max_rel_error"] < 1e-5
+    assert r["bytes_read_per_token"] >= 768 * 2048 * 6 / 8          # the 6-bit layout is read once
+    assert 1.0 < r["instructions_per_weight"] < 2.5
+    if r["predicted"] is not None:
+        assert r["predicted"]["label"].startswith("predicted")
+    assert "predicted" in capsys.readouterr().out
+    bad = ap.parse_args(["--tokens", "9", "--results", str(tmp_path)])
+    with pytest.raises(PimoeError, match="tokens"):
+        kernelbench.main(bad)
