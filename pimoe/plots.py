@@ -65,8 +65,10 @@ def plot_bandwidth(rec: dict, out_dir: Path) -> list[Path]:
     markers = {"read": "o", "copy": "s", "triad": "^"}
     for (kernel, threads), rows in sorted(groups.items()):
         rows.sort(key=lambda r: r["bytes"])
-        ax.plot([r["bytes"] for r in rows], [r["GBps"] for r in rows], marker=markers.get(kernel, "o"),
-                label=f"CPU {kernel}, {threads} thread{'s' if threads > 1 else ''} (measured, this machine)")
+        ax.plot([r["bytes"] for r in rows], [r.get("GBps_best") or r["GBps"] for r in rows],
+                marker=markers.get(kernel, "o"),
+                label=f"CPU {kernel}, {threads} thread{'s' if threads > 1 else ''} (measured here, best of "
+                      f"{rec.get('settings', {}).get('reps', '?')})")
     qgroups: dict[tuple, list] = {}
     for r in rec.get("qpu", []):
         if r.get("GBps"):
@@ -80,8 +82,7 @@ def plot_bandwidth(rec: dict, out_dir: Path) -> list[Path]:
     for r in rec.get("concurrent", []):
         if r.get("GBps"):
             ax.axhline(r["GBps"], color="k", ls=":", lw=1)
-            ax.text(ax.get_xlim()[0] if cpu else 1, r["GBps"], f" CPU+QPU {r['source']}: {r['GBps']:.1f} GB/s",
-                    va="bottom", fontsize=8)
+            ax.text(1 << 15, r["GBps"], f" Pi 4 CPU+QPU {r['source']}: {r['GBps']:.1f} GB/s", va="top", fontsize=8)
     ceil = rec.get("pi4_ceilings") or {}
     if ceil.get("dram_peak_GBps"):
         ax.axhline(ceil["dram_peak_GBps"], color="r", ls="-.", lw=1)
@@ -91,8 +92,9 @@ def plot_bandwidth(rec: dict, out_dir: Path) -> list[Path]:
     ax.set_xlabel("bytes per array")
     ax.set_ylabel("GB/s")
     env = rec.get("environment", {})
-    ax.set_title(f"Memory bandwidth — CPU: {env.get('cpu', '?')} (load {env.get('load_average', ['?'])[0]}); "
-                 f"QPU: Pi 4", fontsize=9)
+    load = env.get("load_average") or [float("nan")]
+    ax.set_title(f"Memory bandwidth — CPU measured on {env.get('cpu', '?')} ({env.get('cpu_count', '?')} CPUs, "
+                 f"load {load[0]:.1f}); QPU: Pi 4 predicted from emulator counts", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, out_dir, _stem(rec) + "-bandwidth")
@@ -134,43 +136,60 @@ def _segments(regions: dict, step: str = "tg") -> dict[str, float]:
     return out
 
 
+LAYER_SEGMENTS = ("attention", "router", "experts", "upload", "dispatch", "compute", "readback", "shared_expert")
+
+
 def plot_breakdown(rec: dict, out_dir: Path) -> list[Path]:
+    """Stacked bars per backend: measured here | Pi 4 predicted (plus, for a --shape run, the prediction
+    scaled to the full model: per-layer regions x layers_full / layers_run)."""
     plt = _plt()
     runs = rec["runs"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.7 * len(runs)), squeeze=False)
+    factor = rec["layers_full"] / rec["layers_run"]
+    n_bars = len(runs) * (2 if factor != 1 else 1)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 1.6 + 0.6 * n_bars), squeeze=False)
     for ax, kind in zip(axes[0], ("measured", "predicted")):
         labels = []
-        for i, run in enumerate(runs):
+        y = 0
+        for run in runs:
             regs = run["tg_regions"] if kind == "measured" else run.get("tg_predicted")
             if not regs:
                 continue
+            bars = [(_label(run) if kind == "measured" else f"{run['backend']} (Pi 4)", 1.0)]
+            if kind == "predicted" and factor != 1:
+                bars.append((f"{run['backend']} (Pi 4) x{rec['layers_full']}L", factor))
             seg = _segments(regs)
-            left = 0.0
-            for name in REGION_ORDER:
-                ms = seg.get(name, 0.0) * 1e3
-                if ms <= 0:
-                    continue
-                ax.barh(i, ms, left=left, color=COLORS[name], edgecolor="white",
-                        label=name if name not in ax.get_legend_handles_labels()[1] else None,
-                        hatch="//" if kind == "predicted" else None)
-                left += ms
-            labels.append((i, _label(run)))
-        ax.set_yticks([i for i, _ in labels], [l for _, l in labels])
+            for label, f in bars:
+                left = 0.0
+                for name in REGION_ORDER:
+                    ms = seg.get(name, 0.0) * 1e3 * (f if name in LAYER_SEGMENTS else 1.0)
+                    if ms <= 0:
+                        continue
+                    ax.barh(y, ms, left=left, color=COLORS[name], edgecolor="white",
+                            label=name if name not in ax.get_legend_handles_labels()[1] else None,
+                            hatch="//" if kind == "predicted" else None)
+                    left += ms
+                ax.text(left, y, f" {left:.3g} ms", va="center", fontsize=7)
+                labels.append((y, label))
+                y += 1
+        ax.set_yticks([i for i, _ in labels], [l for _, l in labels], fontsize=8)
         ax.set_xlabel("ms per decode token")
-        ax.set_title("measured on this machine" if kind == "measured" else "Pi 4, PREDICTED (timing model)",
-                     fontsize=9)
+        ax.set_title("measured on this machine" if kind == "measured" else
+                     "Pi 4, PREDICTED (timing model)" + (f"; x{rec['layers_full']}L = scaled to the full model"
+                                                         if factor != 1 else ""), fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
+        ax.margins(x=0.15)
+        ax.invert_yaxis()
     handles, names = axes[0][0].get_legend_handles_labels()
     h2, n2 = axes[0][1].get_legend_handles_labels()
     for h, n in zip(h2, n2):
         if n not in names:
             handles.append(h)
             names.append(n)
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 8), fontsize=7,
-               bbox_to_anchor=(0.5, -0.15))
+    fig.legend(handles, names, loc="upper center", ncol=min(len(names), 8), fontsize=7,
+               bbox_to_anchor=(0.5, 0.0))
     m = rec["model"]
-    fig.suptitle(f"Per-decode-token time by region — {m['file']} ({rec['layers_run']} layers run)", fontsize=10,
-                 y=1.08)
+    fig.suptitle(f"Per-decode-token time by region — {m['file']} ({rec['layers_run']} layers run)", fontsize=10)
+    fig.tight_layout()
     return _save(fig, out_dir, _stem(rec) + "-breakdown")
 
 
