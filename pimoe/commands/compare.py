@@ -14,9 +14,10 @@ from pathlib import Path
 HELP = "CPU-only vs QPU offload on one model: t/s, GB/s, per-region time, Pi 4 prediction, record + trace"
 
 
-def add_arguments(parser) -> None:
-    from pimoe.compare import SHAPES
+SHAPES = ("qwen3-30b-a3b", "olmoe-1b-7b")     # = pimoe.compare.SHAPES (not imported: --help stays instant)
 
+
+def add_arguments(parser) -> None:
     parser.add_argument("-m", "--model", metavar="MODEL.gguf", help="GGUF model (default: the built-in tiny model)")
     parser.add_argument("--shape", choices=SHAPES, help="a synthetic model of this real shape instead of -m")
     parser.add_argument("--layers", type=int, default=2, help="layers of the --shape model (default 2)")
