@@ -357,6 +357,11 @@ def summary_rows(result: dict) -> list[dict]:
                              bytes_per_token=bytes_tok, GBps=bytes_tok * ptps / 1e9))
         sc = r["scaled"]
         if sc["factor"] != 1:
+            # the full model's size and parameters: the blk.* tensors x factor, the rest once
+            f = sc["factor"]
+            full = dict(base, size_bytes=m["file_bytes"] + (f - 1) * m.get("layer_weight_bytes", 0),
+                        params=m["params"] + (f - 1) * m.get("layer_params", 0))
+            base = dict(full, model=f"{m['file']} x{sc['layers_full']}L")
             rows.append(dict(base, backend=backend_label(r), test=f"tg{r['n_gen']} x{sc['layers_full']}L",
                              source="measured, scaled", tps_mean=sc["tps"], tps_sd=None,
                              bytes_per_token=sc["bytes_per_token"],
@@ -374,8 +379,9 @@ def table_text(rows: list[dict]) -> str:
     out = ["| model | size | params | backend | threads | test | t/s | GB/s | source |",
            "|---|---:|---:|---|---:|---|---:|---:|---|"]
     for r in rows:
-        size = f"{r['size_bytes'] / 2**20:.2f} MiB" if r.get("size_bytes") else ""
-        params = f"{r['params'] / 1e6:.2f} M"
+        size = r.get("size_bytes")
+        size = (f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.2f} MiB") if size else ""
+        params = f"{r['params'] / 1e9:.2f} B" if r["params"] >= 1e9 else f"{r['params'] / 1e6:.2f} M"
         tps = f"{r['tps_mean']:.2f}" + (f" ± {r['tps_sd']:.2f}" if r.get("tps_sd") is not None else "")
         gb = f"{r['GBps']:.3f}" if r.get("GBps") is not None else ""
         out.append(f"| {r['model']} | {size} | {params} | {r['backend']} | {r['threads']} | {r['test']} | "

@@ -107,16 +107,21 @@ def model_info(model) -> dict:
     f = getattr(model, "file", model)
     cfg = f.config
     types: dict[str, int] = {}
-    params = 0
-    for t in f.tensors.values():
+    params = layer_params = layer_bytes = 0
+    for name, t in f.tensors.items():
         types[t.qtype.name] = types.get(t.qtype.name, 0) + int(t.nbytes)
-        params += int(np.prod(t.shape))
+        n = int(np.prod(t.shape))
+        params += n
+        if name.startswith("blk."):
+            layer_params += n
+            layer_bytes += int(t.nbytes)
     shape = {k: getattr(cfg, k) for k in ("arch", "n_layers", "hidden", "n_heads", "n_kv_heads", "head_dim",
                                           "n_experts", "n_experts_used", "expert_ff", "vocab_size")
              if hasattr(cfg, k)}
     path = Path(f.path)
     return {"file": path.name, "file_bytes": path.stat().st_size if path.exists() else None,
             "params": params, "weight_bytes_by_type": types, "shape": shape,
+            "layer_params": layer_params, "layer_weight_bytes": layer_bytes,     # the blk.* tensors
             "synthetic": bool(f.metadata.get("pimoe.synthetic", False))}
 
 
