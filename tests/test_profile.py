@@ -70,8 +70,9 @@ def test_bytes_per_decode_token_by_hand(mixed_model):
 
 
 def test_regions_cover_the_token(tiny_model):
-    """Stated error: the named regions cover all but < 10 % of each forward, and forward + sampling are
-    within 5 % (+ 0.5 ms) of the wall time measured outside the model."""
+    """Stated error: the named regions cover >= 95 % of each forward and >= 90 % of each layer (measured:
+    99.8 % both, tiny and Qwen3-shaped models), and forward + sampling are within 5 % (+ 0.5 ms) of the
+    wall time measured outside the model (measured: 99.9 %)."""
     model = pimoe.load_model(tiny_model("qwen3moe", "F32"))
     model.logits([1, 2, 3])
     model.forward([4])
@@ -88,10 +89,10 @@ def test_regions_cover_the_token(tiny_model):
     assert fwd["calls"] == 12                    # the prompt + 11 decode steps (the last token is not fed back)
     children = sum(v["seconds"] for p, v in s.items() if p.count("/") == 1 and p.startswith("forward/"))
     assert children <= fwd["seconds"]
-    assert children >= 0.90 * fwd["seconds"], s
+    assert children >= 0.95 * fwd["seconds"], s
     layer = s["forward/layer"]
     layer_children = sum(v["seconds"] for p, v in s.items() if p.count("/") == 2 and p.startswith("forward/layer/"))
-    assert layer_children >= 0.85 * layer["seconds"], s
+    assert layer_children >= 0.90 * layer["seconds"], s
     inside = fwd["seconds"] + s["sampling"]["seconds"]
     assert inside <= outside
     assert inside >= 0.95 * outside - 5e-4, (inside, outside)
