@@ -36,7 +36,8 @@ import numpy as np
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
 from pimoe.qpu.asm import language
-from qpu_kernels.gemv_sched import Op, schedule, emit
+from qpu_kernels.gemv_sched import Op, emit
+from qpu_kernels.gemv_sched import schedule_best as schedule
 from qpu_kernels.qpu_layout import BLOCK, E1, M4, M8, ROW_GROUP, LayoutSpec
 from qpu_kernels.summation import emit_program_end, emit_thread_id
 
@@ -75,6 +76,20 @@ class KernelConfig:
     @property
     def n_blocks(self) -> int:
         return self.cols // self.block_cols
+
+    @property
+    def unroll(self) -> int:
+        """Blocks per loop iteration: enough that 16 loads can be in flight (the FIFO depth), and a
+        divisor of the block count."""
+        per_block = self.words_per_block * self.n_mats
+        u = max(1, -(-FIFO_DEPTH // per_block))
+        while self.n_blocks % u:
+            u -= 1
+        return u
+
+    @property
+    def iterations(self) -> int:
+        return self.n_blocks // self.unroll
 
     @property
     def x_words(self) -> int:
@@ -135,6 +150,7 @@ class Regs:
                 self.S = [[take() for _ in range(T)] for _ in range(nm)]
             self.TMPV = take()
             self.PX = take()
+            self.PX2 = take()
             self.XL = [take() for _ in range(T)]
             self.XH = [take() for _ in range(T)]
             self.SC = [[take() for _ in range(cfg.spec.scale_words)] for _ in range(nm)]
@@ -165,17 +181,20 @@ class _Pool:
 
 
 def _load_plan(cfg: KernelConfig):
-    """Per block, the TMU loads in FIFO order: (matrix, word index in the block)."""
+    """Per loop iteration (cfg.unroll blocks), the TMU loads in FIFO order: (matrix, word index within
+    the iteration's words of that matrix's row)."""
     nw = cfg.words_per_block
     sw = 0 if cfg.kind == "f32" else cfg.spec.scale_words
-    order = [(m, j) for m in range(cfg.n_mats) for j in range(sw)]
-    order += [(m, j) for j in range(sw, nw) for m in range(cfg.n_mats)]
+    order = []
+    for b in range(cfg.unroll):
+        order += [(m, b * nw + j) for m in range(cfg.n_mats) for j in range(sw)]
+        order += [(m, b * nw + j) for j in range(sw, nw) for m in range(cfg.n_mats)]
     return order
 
 
 def _issue_ops(cfg: KernelConfig, R: Regs, m: int, j: int) -> list[Op]:
-    """The TMU request for word j of the block of matrix m (pointer steps included)."""
-    nw = cfg.words_per_block
+    """The TMU request for word j of the iteration of matrix m (pointer steps included)."""
+    nw = cfg.words_per_block * cfg.unroll
     ptr = R.PTR[m]
     ops = []
     if j % 4 == 0 and j > 0:
@@ -203,7 +222,7 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
     ops: list[Op] = []
     if count:
         ops.append(Op("add", "sub", R.CNT, (R.CNT, 1), cond="pushz", writes=("@flags",),
-                      alts=[("sub", (R.CNT, R.K1))]))
+                      alts=[("sub", (R.CNT, R.K1))], priority=1000))
     # issue schedule: after consuming FIFO entry n, issue load n + depth (of this block or the next)
     after: dict[int, list[Op]] = {}
     for g in range(depth, W + depth):
@@ -235,16 +254,23 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
         ops.append(Op("sig", "ldunifa", None, reads=("@unifa", "@unifa_addr"), writes=("@unifa", "r5")))
         return "r5"
 
+    alt = [0]
+
+    def ldx_alt():
+        # alternate r5 and a register-file pool so one x value can load while the previous is in use
+        alt[0] ^= 1
+        return ldx_r5()
+
     if cfg.kind == "f32":
         # one weight per word; the x value is shared by the matrices
-        for j in range(8):
+        for j in range(8 * cfg.unroll):
             cs = []
             for m in range(cfg.n_mats):
                 c = cpool.get()
                 ldtmu(m, j, c)
                 cs.append(c)
             for t in range(T):
-                xv = ldx_r5()
+                xv = ldx_alt()
                 for m in range(cfg.n_mats):
                     ops.append(Op("mul", "fmul", "r3", (cs[m], xv)))
                     ops.append(Op("add", "fadd", R.A[m][t], (R.A[m][t], "r3")))
@@ -252,14 +278,8 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
 
     spec = cfg.spec
     sw = spec.scale_words
-    # scales first (FIFO order), then the x block header
-    for (m, j) in plan[: sw * cfg.n_mats]:
-        ldtmu(m, j, R.SC[m][j])
-    for t in range(T):
-        ldx(R.XL[t])
-    for t in range(T):
-        ldx(R.XH[t])
-    code_plan = plan[sw * cfg.n_mats:]
+    nw = cfg.words_per_block
+    per_block = nw * cfg.n_mats
     pair_pool = _Pool(["r0", "r1", "r2", R.PX])
     per_word = 8 if cfg.kind == "q4" else 4
     sub_len = BLOCK // cfg.nsub
@@ -280,60 +300,70 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
                 ops.append(Op("add", "fadd", R.A[m][t], (R.A[m][t], "r3")))
                 ops.append(Op("add", "fadd", R.A[m][t], (R.A[m][t], R.TMPV)))
 
-    # code words in FIFO order; matrices interleaved word by word, so each x value is loaded once
-    groups = [code_plan[i: i + cfg.n_mats] for i in range(0, len(code_plan), cfg.n_mats)]
-    for (m, j) in groups[0]:
-        ldtmu(m, j, cpool.get())
-    for gi, group in enumerate(groups):
-        w = group[0][1] - sw
-        if gi + 1 < len(groups):        # the next word's loads one word ahead of its use
-            for (m, j) in groups[gi + 1]:
-                ldtmu(m, j, cpool.get())
-        npairs = per_word // 2
+    for b in range(cfg.unroll):
+        plan_b = plan[b * per_block:(b + 1) * per_block]
+        # scales first (FIFO order), then the x block header
+        for (m, j) in plan_b[: sw * cfg.n_mats]:
+            ldtmu(m, j, R.SC[m][j - b * nw])
+        for t in range(T):
+            ldx(R.XL[t])
+        for t in range(T):
+            ldx(R.XH[t])
+        code_plan = plan_b[sw * cfg.n_mats:]
+        # code words in FIFO order; matrices interleaved word by word, so each x value is loaded once
+        groups = [code_plan[i: i + cfg.n_mats] for i in range(0, len(code_plan), cfg.n_mats)]
+        for (m, j) in groups[0]:
+            ldtmu(m, j, cpool.get())
+        for gi, group in enumerate(groups):
+            w = group[0][1] - b * nw - sw
+            if gi + 1 < len(groups):        # the next word's loads one word ahead of its use
+                for (m, j) in groups[gi + 1]:
+                    ldtmu(m, j, cpool.get())
+            npairs = per_word // 2
 
-        def extract(p):
-            """Ops turning code pair p of every matrix's word into two f16 (1 + c/k) halves."""
-            out = []
-            for (m, j) in group:
-                c = word_reg[(m, j)]
-                P = pair_pool.get()
-                src = c
-                if cfg.kind == "q4" and p in (1, 2):
-                    amt = 4 * p
-                    ops.append(Op("add", "ror", P, (c, amt), alts=[("ror", (c, {4: R.K4, 8: R.K8}[amt]))]))
-                    src = P
-                elif cfg.kind == "q4" and p == 3:
-                    ops.append(Op("mul", "umul24", P, (c, R.K16)))
-                    src = P
-                elif cfg.kind == "q8" and p == 1:
-                    ops.append(Op("add", "ror", P, (c, 8), alts=[("ror", (c, R.K8))]))
-                    src = P
-                ops.append(Op("add", "band", P, (src, R.MASK)))
-                ops.append(Op("any", "add", P, (P, R.EXPO)))
-                out.append(P)
-            return out
+            def extract(p, group=group):
+                """Ops turning code pair p of every matrix's word into two f16 (1 + c/k) halves."""
+                out = []
+                for (m, j) in group:
+                    c = word_reg[(m, j)]
+                    P = pair_pool.get()
+                    src = c
+                    if cfg.kind == "q4" and p in (1, 2):
+                        amt = 4 * p
+                        ops.append(Op("add", "ror", P, (c, amt), alts=[("ror", (c, {4: R.K4, 8: R.K8}[amt]))]))
+                        src = P
+                    elif cfg.kind == "q4" and p == 3:
+                        ops.append(Op("mul", "umul24", P, (c, R.K16)))
+                        src = P
+                    elif cfg.kind == "q8" and p == 1:
+                        ops.append(Op("add", "ror", P, (c, 8), alts=[("ror", (c, R.K8))]))
+                        src = P
+                    ops.append(Op("add", "band", P, (src, R.MASK)))
+                    ops.append(Op("any", "add", P, (P, R.EXPO)))
+                    out.append(P)
+                return out
 
-        # software pipelined in program order: pair p + 1 is extracted before pair p is multiplied
-        pending = extract(0)
-        for p in range(npairs):
-            pairs = pending
-            if p + 1 < npairs:
-                pending = extract(p + 1)
-            base = w * per_word + 2 * p
-            for h in range(2):
-                i = base + h
-                for t in range(T):
-                    xv = ldx_r5()
-                    for mi, (m, j) in enumerate(group):
-                        s = R.S[m][t]
-                        if i % sub_len == 0:
-                            ops.append(Op("mul", "fmul", s, ((pairs[mi], "lh"[h]), xv)))
-                        else:
-                            ops.append(Op("mul", "fmul", "r3", ((pairs[mi], "lh"[h]), xv)))
-                            ops.append(Op("add", "fadd", s, (s, "r3")))
-        last_i = w * per_word + per_word - 1
-        if (last_i + 1) % sub_len == 0:
-            finalize(last_i // sub_len)
+            # software pipelined in program order: pair p + 1 is extracted before pair p is multiplied
+            pending = extract(0)
+            for p in range(npairs):
+                pairs = pending
+                if p + 1 < npairs:
+                    pending = extract(p + 1)
+                base = w * per_word + 2 * p
+                for h in range(2):
+                    i = base + h
+                    for t in range(T):
+                        xv = ldx_alt()
+                        for mi, (m, j) in enumerate(group):
+                            s = R.S[m][t]
+                            if i % sub_len == 0:
+                                ops.append(Op("mul", "fmul", s, ((pairs[mi], "lh"[h]), xv)))
+                            else:
+                                ops.append(Op("mul", "fmul", "r3", ((pairs[mi], "lh"[h]), xv)))
+                                ops.append(Op("add", "fadd", s, (s, "r3")))
+            last_i = w * per_word + per_word - 1
+            if (last_i + 1) % sub_len == 0:
+                finalize(last_i // sub_len)
     return ops
 
 
@@ -468,11 +498,13 @@ def _emit_entry(asm, lang, cfg: KernelConfig, R: Regs):
     mov(rf(R.CNT), rf(R.NBM1))
     nop()
     emit(lang, schedule(prologue_issue_ops(cfg, R)))
-    nb = cfg.n_blocks
+    nb = cfg.iterations
     if nb > 1:
         body = schedule_block(cfg, R, issue_current_tail=True, issue_next_head=True, count=True)
-        while len(body) < 4:
-            from qpu_kernels.gemv_sched import Bundle
+        from qpu_kernels.gemv_sched import Bundle
+
+        flag_at = max(i for i, bd in enumerate(body) if bd.add is not None and bd.add[0].cond == "pushz")
+        while len(body) < 4 or flag_at >= len(body) - 3:   # the branch must see the counter's flags
             body.append(Bundle())
         with lang["loop"] as block_loop:
             emit(lang, body[:-3])
@@ -531,7 +563,7 @@ def kernel_words(cfg: KernelConfig, threads: int = MAX_THREADS) -> tuple[int, ..
 
 def uniforms_for(cfg: KernelConfig, table_addr: int, row_bytes: list[int]) -> list[int]:
     mask = M4 if cfg.kind == "q4" else M8
-    return [table_addr, cfg.n_blocks - 1, mask, E1, 16, int(np.float32(NEG_LOG2E).view(np.uint32))] + \
+    return [table_addr, cfg.iterations - 1, mask, E1, 16, int(np.float32(NEG_LOG2E).view(np.uint32))] + \
         [int(rb) for rb in row_bytes]
 
 

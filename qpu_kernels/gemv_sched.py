@@ -59,6 +59,7 @@ class Op:
     writes: tuple = ()
     latency: int = 1
     alts: list = field(default_factory=list)
+    priority: int = 0          # added to the op's height in list scheduling (e.g. the loop counter)
 
     def forms(self):
         yield self.name, self.srcs
@@ -217,3 +218,81 @@ def emit(lang: dict, bundles: list[Bundle]) -> int:
             op, name, srcs = b.mul
             call(getattr(inst, name), op, srcs)
     return len(bundles)
+
+
+def schedule_list(ops: list[Op]) -> list[Bundle]:
+    """Cycle-by-cycle list scheduling: each instruction is filled with the ready ops of greatest height
+    (longest latency path to the end of the block), program order breaking ties. Dependencies are the
+    same as Scheduler's: read-after-write waits for the latency, write-after-read may share the
+    instruction, write-after-write comes strictly later."""
+    n = len(ops)
+    preds: list[list[tuple[int, int]]] = [[] for _ in range(n)]   # (pred index, min distance)
+    last_writer: dict[str, int] = {}
+    readers: dict[str, list[int]] = {}
+    for i, op in enumerate(ops):
+        srcs = set()
+        for _, forms_srcs in op.forms():
+            srcs.update(op.src_regs(forms_srcs))
+        for r in srcs:
+            if r in last_writer:
+                w = last_writer[r]
+                preds[i].append((w, ops[w].latency))
+        for r in op.dst_regs():
+            for rd in readers.get(r, []):
+                if rd != i:
+                    preds[i].append((rd, 0))
+            if r in last_writer:
+                preds[i].append((last_writer[r], 1))
+        for r in srcs:
+            readers.setdefault(r, []).append(i)
+        for r in op.dst_regs():
+            last_writer[r] = i
+            readers[r] = []
+    succs: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for i, ps in enumerate(preds):
+        for p, d in ps:
+            succs[p].append((i, d))
+    height = [0] * n
+    for i in range(n - 1, -1, -1):
+        height[i] = max([d + height[s] for s, d in succs[i]], default=0) + ops[i].priority
+    placed = [-1] * n
+    remaining = set(range(n))
+    bundles: list[Bundle] = []
+    cycle = 0
+    dummy = Scheduler()
+    while remaining:
+        b = Bundle()
+        bundles.append(b)
+        progress = True
+        while progress:
+            progress = False
+            ready = [i for i in remaining
+                     if all(placed[p] >= 0 and placed[p] + d <= cycle for p, d in preds[i])]
+            ready.sort(key=lambda i: (-height[i], i))
+            for i in ready:
+                op = ops[i]
+                units = ("mul", "add") if op.unit == "any" else (op.unit,)
+                done = False
+                for name, srcs in op.forms():
+                    for unit in units:
+                        if unit == "mul" and name not in MUL_OPS:
+                            continue
+                        if _fits(b, op, unit, name, srcs):
+                            dummy._commit(b, cycle, op, unit, name, srcs)
+                            placed[i] = cycle
+                            remaining.discard(i)
+                            done = progress = True
+                            break
+                    if done:
+                        break
+                if done:
+                    break       # re-evaluate readiness: a same-cycle write-after-read may now be ready
+        cycle += 1
+    return bundles
+
+
+def schedule_best(ops: list[Op]) -> list[Bundle]:
+    """The shorter of the in-order greedy and the list schedule (both respect every rule)."""
+    a = Scheduler().run(ops)
+    b = schedule_list(ops)
+    return a if len(a) <= len(b) else b

@@ -87,7 +87,7 @@ def test_token_tiles_cut_instructions_per_weight():
     for T in (1, 2, 4):
         cfg = KernelConfig("q4", 1, 2048, T, "sum")
         body = schedule(block_ops(cfg, Regs(cfg), issue_current_tail=True, issue_next_head=True, count=True))
-        per[T] = len(body) / (32 * T)
+        per[T] = len(body) / (32 * T * cfg.unroll)
     assert per[4] < per[2] < per[1]
     assert per[4] < 2.0
 
