@@ -211,8 +211,11 @@ def _issue_ops(cfg: KernelConfig, R: Regs, m: int, j: int) -> list[Op]:
     return ops
 
 
+VARIANTS = ((4, False), (3, False), (5, False), (4, True))   # (pair registers, alternate x registers)
+
+
 def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_next_head: bool,
-              count: bool) -> list[Op]:
+              count: bool, variant: tuple[int, bool] = VARIANTS[0]) -> list[Op]:
     """Operations of one block in program order. Loads of this block with FIFO index >= depth are
     issued here (issue_current_tail), and the next block's first `depth` loads (issue_next_head)."""
     plan = _load_plan(cfg)
@@ -257,9 +260,10 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
     alt = [0]
 
     def ldx_alt():
-        # alternate r5 and a register-file pool so one x value can load while the previous is in use
+        # optionally alternate r5 and a register-file pool so one x value can load while the previous
+        # one is in use (it costs register-file reads, so it only sometimes pays)
         alt[0] ^= 1
-        return ldx_r5()
+        return ldx_r5() if (alt[0] or not variant[1]) else ldx()
 
     if cfg.kind == "f32":
         # one weight per word; the x value is shared by the matrices
@@ -280,7 +284,7 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
     sw = spec.scale_words
     nw = cfg.words_per_block
     per_block = nw * cfg.n_mats
-    pair_pool = _Pool(["r0", "r1", "r2", R.PX])
+    pair_pool = _Pool(["r0", "r1", "r2", R.PX, R.PX2][: variant[0]])
     per_word = 8 if cfg.kind == "q4" else 4
     sub_len = BLOCK // cfg.nsub
 
@@ -368,7 +372,13 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
 
 
 def schedule_block(cfg: KernelConfig, R: Regs, **kw):
-    return schedule(block_ops(cfg, R, **kw))
+    """The shortest schedule over a few register-assignment variants (tried at assembly time)."""
+    best = None
+    for v in VARIANTS:
+        b = schedule(block_ops(cfg, R, variant=v, **kw))
+        if best is None or len(b) < len(best):
+            best = b
+    return best
 
 
 def prologue_issue_ops(cfg: KernelConfig, R: Regs) -> list[Op]:
