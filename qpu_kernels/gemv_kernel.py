@@ -284,6 +284,8 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
     sw = spec.scale_words
     nw = cfg.words_per_block
     per_block = nw * cfg.n_mats
+    if variant[0] < 2 * cfg.n_mats:
+        raise PimoeError(f"{variant[0]} pair registers cannot hold pairs p and p + 1 of {cfg.n_mats} matrices")
     pair_pool = _Pool(["r0", "r1", "r2", R.PX, R.PX2][: variant[0]])
     per_word = 8 if cfg.kind == "q4" else 4
     sub_len = BLOCK // cfg.nsub
@@ -375,6 +377,8 @@ def schedule_block(cfg: KernelConfig, R: Regs, **kw):
     """The shortest schedule over a few register-assignment variants (tried at assembly time)."""
     best = None
     for v in VARIANTS:
+        if v[0] < 2 * cfg.n_mats:     # pair p + 1 is extracted while pair p is in use: 2 pairs per matrix
+            continue
         b = schedule(block_ops(cfg, R, variant=v, **kw))
         if best is None or len(b) < len(best):
             best = b
