@@ -244,41 +244,48 @@ deq_code_32 = _make_deq_code(32)
 deq_code_16 = _make_deq_code(16)
 
 
-@intrinsic
-def qk45_block_dot(typingctx, w, qo, qho, hmask, x, xo, packed_scales):
-    """sum over one Q4_K/Q5_K super-block of sc_j * q * x, exact int32.
+def _make_qk_block_dot(five):
+    @intrinsic
+    def qk_block_dot(typingctx, w, qo, qho, x, xo, packed_scales):
+        """sum over one Q4_K (five=False) / Q5_K super-block of sc_j * q * x, exact int32.
 
-    q: nibbles of w[qo:qo+128] (sub-block j: nibble j&1 of the 32 bytes of chunk j>>1), plus bit j
-    of w[qho + l] as bit 4 when hmask is 1 (Q5_K); packed_scales: the 8 six-bit scales, scale j in
-    byte j of an int64 (a register, no store/reload).  sc*q fits 16 bits, so weights are formed in
-    16-bit lanes (pmaddwd / smlal pattern); one <32 x i32> accumulator, one reduction."""
-    sig = types.int32(w, qo, qho, hmask, x, xo, packed_scales)
+        q: nibbles of w[qo:qo+128] (sub-block j: nibble j&1 of the 32 bytes of chunk j>>1), for Q5_K
+        plus bit j of w[qho + l] as bit 4; packed_scales: the 8 six-bit scales, scale j in byte j of
+        an int64 (a register, no store/reload).  sc*q fits 16 bits, so weights are formed in 16-bit
+        lanes (the pmaddwd / smlal pattern); one <32 x i32> accumulator, one reduction."""
+        sig = types.int32(w, qo, qho, x, xo, packed_scales)
 
-    def codegen(context, builder, signature, args):
-        wv, qov, qhov, hm, xv, xov, ps = args
-        wt, xt = signature.args[0], signature.args[4]
-        i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
-        v8 = ir.VectorType(i8, 32)
-        v16 = ir.VectorType(i16, 32)
-        v32 = ir.VectorType(i32, 32)
-        scales = builder.zext(builder.bitcast(ps, ir.VectorType(i8, 8)), ir.VectorType(i16, 8))
-        qh = builder.load(_vec_ptr(context, builder, wt, wv, qhov, v8), align=1)
-        hmv = _splat(builder, hm, 32, i8)
-        acc = ir.Constant(v32, [0] * 32)
-        for j in range(8):
-            q4 = builder.load(_vec_ptr(context, builder, wt, wv,
-                                       builder.add(qov, ir.Constant(qov.type, (j >> 1) * 32)), v8), align=1)
-            code = builder.and_(builder.lshr(q4, ir.Constant(v8, [4 * (j & 1)] * 32)), ir.Constant(v8, [15] * 32))
-            hb = builder.and_(builder.lshr(qh, ir.Constant(v8, [j] * 32)), hmv)
-            code = builder.or_(code, builder.shl(hb, ir.Constant(v8, [4] * 32)))
-            xs = builder.sext(builder.load(_vec_ptr(context, builder, xt, xv,
-                                                    builder.add(xov, ir.Constant(xov.type, j * 32)), v8), align=1), v32)
-            sc = builder.shuffle_vector(scales, scales, ir.Constant(v32, [j] * 32))
-            wq = builder.mul(builder.zext(code, v16), sc)
-            acc = builder.add(acc, builder.mul(builder.sext(wq, v32), xs))
-        return _reduce_add(builder, acc, 32)
+        def codegen(context, builder, signature, args):
+            wv, qov, qhov, xv, xov, ps = args
+            wt, xt = signature.args[0], signature.args[3]
+            i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+            v8 = ir.VectorType(i8, 32)
+            v16 = ir.VectorType(i16, 32)
+            v32 = ir.VectorType(i32, 32)
+            scales = builder.zext(builder.bitcast(ps, ir.VectorType(i8, 8)), ir.VectorType(i16, 8))
+            qh = builder.load(_vec_ptr(context, builder, wt, wv, qhov, v8), align=1) if five else None
+            acc = ir.Constant(v32, [0] * 32)
+            for j in range(8):
+                q4 = builder.load(_vec_ptr(context, builder, wt, wv,
+                                           builder.add(qov, ir.Constant(qov.type, (j >> 1) * 32)), v8), align=1)
+                code = builder.and_(builder.lshr(q4, ir.Constant(v8, [4 * (j & 1)] * 32)), ir.Constant(v8, [15] * 32))
+                if five:
+                    hb = builder.and_(builder.lshr(qh, ir.Constant(v8, [j] * 32)), ir.Constant(v8, [1] * 32))
+                    code = builder.or_(code, builder.shl(hb, ir.Constant(v8, [4] * 32)))
+                xs = builder.sext(builder.load(_vec_ptr(context, builder, xt, xv,
+                                                        builder.add(xov, ir.Constant(xov.type, j * 32)), v8),
+                                               align=1), v32)
+                sc = builder.shuffle_vector(scales, scales, ir.Constant(v32, [j] * 32))
+                wq = builder.mul(builder.zext(code, v16), sc)
+                acc = builder.add(acc, builder.mul(builder.sext(wq, v32), xs))
+            return _reduce_add(builder, acc, 32)
 
-    return sig, codegen
+        return sig, codegen
+
+    return qk_block_dot
+
+
+q5k_block_dot = _make_qk_block_dot(True)  # (the Q4_K form measured slower than dot_code_32)
 
 
 # weight kinds understood by the integer kernel (codes shared with pimoe.kernels.dispatch)
@@ -419,14 +426,12 @@ def _row_q3_k(b, xq, xd, lut, sc):
 
 
 @njit(cache=True)
-def _row_q4_k(b, xq, xd, xbs, lut, five):
-    # per-sub-block dot_code_32: measured faster than qk45_block_dot for Q4_K (8.1 vs 6.3 GB/s/core)
-    ts = 176 if five else 144
-    qs_off = 48 if five else 16
-    hmask = 1 if five else 0  # Q5_K: bit j of qh[l] is the 5th bit of weight l of sub-block j
+def _row_q4_k(b, xq, xd, xbs, lut):
+    # per-sub-block dot_code_32 and integer scales: measured faster for Q4_K than the 16-bit
+    # super-block form that wins for Q5_K/Q6_K (8.1 vs 6.4 GB/s per core on x86)
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
-        o = i * ts
+        o = i * 144
         isum = np.int32(0)
         msum = np.int32(0)
         for j in range(8):
@@ -437,22 +442,19 @@ def _row_q4_k(b, xq, xd, xbs, lut, five):
                 sc = (np.int32(b[o + 8 + j]) & 15) | ((np.int32(b[o + j]) >> 6) << 4)
                 mn = (np.int32(b[o + 8 + j]) >> 4) | ((np.int32(b[o + 4 + j]) >> 6) << 4)
             msum = np.int32(msum + mn * (np.int32(xbs[i * 16 + 2 * j]) + np.int32(xbs[i * 16 + 2 * j + 1])))
-            qo = o + qs_off + (j >> 1) * 32  # sub-block j: nibble j&1 of the 32 bytes of chunk j>>1
-            d = dot_code_32(b, qo, 4 * (j & 1), 15, o + 16, j, hmask, 4, 0, xq, i * 256 + j * 32)
+            qo = o + 16 + (j >> 1) * 32  # sub-block j: nibble j&1 of the 32 bytes of chunk j>>1
+            d = dot_code_32(b, qo, 4 * (j & 1), 15, qo, 0, 0, 0, 0, xq, i * 256 + j * 32)
             isum = np.int32(isum + sc * d)
         acc += xd[i] * (_f16(b, o, lut) * np.float32(isum) - _f16(b, o + 2, lut) * np.float32(msum))
     return acc
 
 
 @njit(cache=True)
-def _row_q5_k(b, xq, xd, xbs, lut, five):
-    # super-block intrinsic: measured faster for Q5_K (8.3 vs 6.1 GB/s/core)
-    ts = 176 if five else 144
-    qs_off = 48 if five else 16
-    hmask = 1 if five else 0  # Q5_K: bit j of qh[l] is the 5th bit of weight l of sub-block j
+def _row_q5_k(b, xq, xd, xbs, lut):
+    # the 16-bit super-block intrinsic: measured faster for Q5_K (8.3 vs 6.1 GB/s per core)
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
-        o = i * ts
+        o = i * 176
         msum = np.int32(0)
         packed = np.int64(0)
         for j in range(8):
@@ -464,7 +466,7 @@ def _row_q5_k(b, xq, xd, xbs, lut, five):
                 mn = (np.int32(b[o + 8 + j]) >> 4) | ((np.int32(b[o + 4 + j]) >> 6) << 4)
             packed |= sc << (8 * j)
             msum = np.int32(msum + mn * (np.int32(xbs[i * 16 + 2 * j]) + np.int32(xbs[i * 16 + 2 * j + 1])))
-        isum = qk45_block_dot(b, o + qs_off, o + 16, hmask, xq, i * 256, packed)
+        isum = q5k_block_dot(b, o + 48, o + 16, xq, i * 256, packed)
         acc += xd[i] * (_f16(b, o, lut) * np.float32(isum) - _f16(b, o + 2, lut) * np.float32(msum))
     return acc
 
@@ -654,9 +656,9 @@ def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out):
                 elif kind == K_Q3_K:
                     v = _row_q3_k(b, xq[t], xd[t], lut, sc)
                 elif kind == K_Q4_K:
-                    v = _row_q4_k(b, xq[t], xd[t], xbs[t], lut, False)
+                    v = _row_q4_k(b, xq[t], xd[t], xbs[t], lut)
                 elif kind == K_Q5_K:
-                    v = _row_q5_k(b, xq[t], xd[t], xbs[t], lut, True)
+                    v = _row_q5_k(b, xq[t], xd[t], xbs[t], lut)
                 else:
                     v = _row_q6_k(b, xq[t], xd[t], lut)
                 out[t, o] = v
