@@ -296,3 +296,38 @@ def schedule_best(ops: list[Op]) -> list[Bundle]:
     a = Scheduler().run(ops)
     b = schedule_list(ops)
     return a if len(a) <= len(b) else b
+
+
+def check_schedule(ops: list[Op], bundles: list[Bundle]) -> None:
+    """Raise AssertionError unless `bundles` holds every op once and every read sees the same writer as
+    in program order (reads of an instruction happen before its writes; a value is visible `latency`
+    instructions after its writer)."""
+    where: dict[int, int] = {}
+    chosen: dict[int, tuple] = {}
+    for i, b in enumerate(bundles):
+        for slot in (b.add, b.mul, b.sig):
+            if slot is not None:
+                assert id(slot[0]) not in where, "op scheduled twice"
+                where[id(slot[0])] = i
+                chosen[id(slot[0])] = slot[2]
+    assert len(where) == len(ops), f"{len(ops) - len(where)} ops missing from the schedule"
+    want: list[dict[str, int]] = []          # per op: register -> program-order writer index (-1 = before)
+    last: dict[str, int] = {}
+    for k, op in enumerate(ops):
+        want.append({r: last.get(r, -1) for r in op.src_regs(chosen[id(op)])})
+        for r in op.dst_regs():
+            last[r] = k
+    writes: dict[str, list[tuple[int, int]]] = {}   # register -> [(bundle, op index)] in bundle order
+    for k, op in enumerate(ops):
+        for r in op.dst_regs():
+            writes.setdefault(r, []).append((where[id(op)], k))
+    for k, op in enumerate(ops):
+        at = where[id(op)]
+        for r, w in want[k].items():
+            seen = -1
+            for (bw, kw) in sorted(writes.get(r, [])):
+                if bw + ops[kw].latency <= at:
+                    seen = kw
+            if w >= 0:
+                assert where[id(ops[w])] + ops[w].latency <= at, f"op {k} reads {r} before op {w} wrote it"
+            assert seen == w, f"op {k} ({op.name}) reads {r} from op {seen}, program order says op {w}"

@@ -162,3 +162,34 @@ def test_kernelbench_writes_a_new_record(tmp_path, capsys):
     bad = ap.parse_args(["--tokens", "9", "--results", str(tmp_path)])
     with pytest.raises(PimoeError, match="tokens"):
         kernelbench.main(bad)
+
+
+@pytest.mark.parametrize("kind,nsub,T,mode", [("q4", 1, 1, "sum"), ("q8", 2, 1, "sum"), ("q4", 2, 3, "sum"),
+                                              ("q8", 1, 1, "swiglu"), ("q4", 1, 2, "swiglu"), ("f32", 0, 4, "sum")])
+def test_every_schedule_keeps_program_order_semantics(kind, nsub, T, mode):
+    """Both schedulers, every register variant: each read sees the writer program order says it sees."""
+    from qpu_kernels import gemv_kernel as G
+    from qpu_kernels.gemv_sched import Scheduler, check_schedule, schedule_list
+
+    cfg = KernelConfig(kind, nsub, 512, T, mode)
+    R = Regs(cfg)
+    for v in G.VARIANTS:
+        if v[0] < 2 * cfg.n_mats:
+            with pytest.raises(PimoeError):
+                block_ops(cfg, R, issue_current_tail=True, issue_next_head=True, count=True, variant=v)
+            continue
+        for tail in (True, False):
+            ops = block_ops(cfg, R, issue_current_tail=True, issue_next_head=tail, count=tail, variant=v)
+            check_schedule(ops, Scheduler().run(ops))
+            check_schedule(ops, schedule_list(ops))
+
+
+def test_schedule_checker_catches_a_reordering():
+    from qpu_kernels.gemv_sched import check_schedule, schedule_list
+
+    cfg = KernelConfig("q4", 1, 512, 1, "sum")
+    ops = block_ops(cfg, Regs(cfg), issue_current_tail=True, issue_next_head=True, count=True)
+    b = schedule_list(ops)
+    b[10], b[11] = b[11], b[10]
+    with pytest.raises(AssertionError, match="reads"):
+        check_schedule(ops, b)
