@@ -11,14 +11,16 @@ Work layout.  One parallel call serves a whole matmul, or a batch of experts:
     rows   int64 [N]  activation rows in expert order; groups [G+1] start offsets into rows;
     gexp   int64 [G]  the expert of each group
     out    f32 [N, O]
-and prange runs over (group, chunk of output rows). Each worker decodes one weight row at a time into
-a small integer buffer (int8 codes plus integer sub-block scales, in L1) and dots it with every
-activation row of its group, so a weight row is read from memory once per call however many tokens
-use it (prompt processing), and decoding is never materialized beyond one row.
+and prange runs over (group, chunk of output rows). Decode (few tokens per weight row): each weight
+row is dotted straight from its blocks with every activation row of its group (integer dots per
+block, f32 scale per block); the row stays in L1 while the tokens reuse it. Prompts (MULTI_TOKEN or
+more tokens on one row): the row is dequantized once to an f32 buffer (one row, never the matrix)
+and dotted in f32 with the rounded activations, four tokens per pass.
 
 Integer arithmetic is exact, so the only differences from ggml are the float summation order and
-ggml's use of FMA; numba is used because it compiles to the same machine code on x86 and on the
-Pi's aarch64, with caching (cache=True) so a second start does not recompile.
+ggml's use of FMA. numba compiles for x86 and the Pi's aarch64 alike (cache=True: a second start
+loads machine code instead of compiling, ~1 s). The hot block dots are numba intrinsics emitting
+portable LLVM vector IR (below), because numba's own vectorizer leaves them scalar.
 """
 
 from __future__ import annotations
