@@ -27,7 +27,7 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from qpu_kernels import qpu_layout as lay
-from qpu_kernels.gemv_kernel import (BLOCK, KernelConfig, Programs, Scratch, execute, f32_bits, make_x_stream,
+from qpu_kernels.gemv_kernel import (BLOCK, KernelConfig, base_address, Programs, Scratch, execute, f32_bits, make_x_stream,
                                      write_tables, x_stream_words)
 
 DEFAULT_THREADS = 8
@@ -47,7 +47,7 @@ class QPUMatrices:
         return self.spec.row_words(self.cols) * 4
 
     def addr(self, e: int, row: int = 0) -> int:
-        return int(self.buf.address) + (e * self.buf.shape[1] + row) * self.row_bytes
+        return base_address(self.buf) + (e * self.buf.shape[1] + row) * self.row_bytes
 
     @classmethod
     def upload(cls, drv, qtensor) -> "QPUMatrices":

@@ -602,7 +602,7 @@ class Scratch:
 
     def __init__(self, drv, nbytes: int):
         self.buf = drv.alloc(nbytes // 4, dtype=np.uint32)
-        self.base = int(self.buf.addresses()[0])
+        self.base = base_address(self.buf)
         self.pos = 0
 
     def reset(self) -> None:
@@ -616,6 +616,15 @@ class Scratch:
                              f"allocated")
         self.pos = end
         return self.buf[start:end], self.base + 4 * start
+
+
+def base_address(arr) -> int:
+    """Bus address of a driver array's first element, without building the whole addresses() table
+    (pimoe's emulator keeps it as .address; py-videocore6's arrays answer addresses() on a view)."""
+    a = getattr(arr, "address", None)
+    if a is None:
+        a = np.asarray(arr.reshape(-1)[:1].addresses()).reshape(-1)[0]
+    return int(a)
 
 
 def deal_items(n_items: int, threads: int) -> list[list[int]]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from qpu_kernels import qpu_layout as lay
-from qpu_kernels.gemv_kernel import (KernelConfig, Programs, Scratch, execute, f32_bits, make_x_stream,
+from qpu_kernels.gemv_kernel import (KernelConfig, base_address, Programs, Scratch, execute, f32_bits, make_x_stream,
                                      write_tables, x_stream_words)
 
 REAL_SHAPES = {"qwen3-30b-a3b up/gate": (768, 2048), "qwen3-30b-a3b down": (2048, 768),
@@ -73,7 +73,7 @@ class QPUGemv:
         row_bytes = spec.row_words(cols) * 4
         items = []
         for g in range(rp // 16):
-            ents[16 * g: 16 * g + 3] = [int(buf.address) + 16 * g * row_bytes, xaddr, f32_bits(1.0)]
+            ents[16 * g: 16 * g + 3] = [base_address(buf) + 16 * g * row_bytes, xaddr, f32_bits(1.0)]
             items.append([1, eaddr + 64 * g, oaddr + 64 * g, 4 * rp])
         table = write_tables(self.scratch, items, self.threads)
         self.last_counters = execute(self.drv, self.programs, cfg, self.threads, self.scratch, table, [row_bytes])
