@@ -193,3 +193,17 @@ def test_schedule_checker_catches_a_reordering():
     b[10], b[11] = b[11], b[10]
     with pytest.raises(AssertionError, match="reads"):
         check_schedule(ops, b)
+
+
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_gemv_f32_v1_baseline(threads):
+    from qpu_kernels.gemv_f32 import gemv_f32_reference, gemv_f32_simple
+
+    rng = np.random.default_rng(threads)
+    w = rng.standard_normal((48, 40)).astype(np.float32)
+    x = rng.standard_normal(40).astype(np.float32)
+    with EmuDriver(data_area_size=1 << 20) as drv:
+        y, c = gemv_f32_simple(drv, w, x, threads=threads)
+    ref = gemv_f32_reference(w, x)
+    assert np.max(np.abs(y - ref)) / np.max(np.abs(ref)) < 1e-5
+    assert c.tmu_read_bytes == 48 * 40 * 4 + 64 * threads + 64 * 3   # weights + table rows + 3 descriptors
