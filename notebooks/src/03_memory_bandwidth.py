@@ -223,8 +223,36 @@ beyond = [name for name, i in intensity.items() if i >= ridge_qpu]
 print("formats past the QPU's ridge (compute bound there even at peak):", beyond)
 assert beyond == ["Q2_K"]
 
+# %% [markdown]
+# **The qpu backend's kernels on the roofline.** `pimoe.qpu.kernelbench.bench_gemv` runs one of the qpu
+# backend's GEMV kernels in the emulator on an expert matrix of Qwen3-30B-A3B's shape (768 x 2048, gate/up),
+# checks it against numpy, and predicts its Pi 4 time. Its intensity is the FLOPs over the bytes the kernel
+# really reads: the backend's QPU layout stores each format with its own bits per weight (printed), which
+# is not always the file's. With 4 tokens sharing the weights (a prompt), each byte feeds 4x the FLOPs.
+
+# %%
+from pimoe.qpu.kernelbench import bench_gemv
+
+kernel_pts = []
+for name in ("F32", "Q8_0", "Q4_K"):
+    for tokens in (1, 4):
+        r = bench_gemv(gguf.GGMLQuantizationType[name], 768, 2048, tokens, 8)
+        flops = 2 * 768 * 2048 * tokens
+        pred = r["predicted"]
+        kernel_pts.append(dict(type=name, tokens=tokens, intensity=flops / r["tmu_read_bytes"],
+                               gflops=flops / pred["seconds"] / 1e9, bound=pred["bound"],
+                               layout_bits=r["layout_bits_per_weight"], instr_per_weight=r["instructions_per_weight"]))
+        assert r["max_rel_error"] < 1e-5 and pred["label"].startswith("predicted")
+for k in kernel_pts:
+    print(f"gemv {k['type']:5s} x{k['tokens']} token(s): layout {k['layout_bits']:4.1f} bits/weight, "
+          f"{k['instr_per_weight']:.2f} instructions/weight, {k['intensity']:5.2f} FLOP/byte read, "
+          f"{k['gflops']:5.2f} GFLOP/s predicted ({k['bound']} bound)")
+    roof = min(k["intensity"] * ceil["qpu_read_GBps"], ceil["qpu_peak_GFLOPS"])
+    assert k["gflops"] <= roof * 1.001                       # nothing predicted above the model's own roof
+
+# %%
 x = np.logspace(-1.5, 2, 300)
-fig, ax = plt.subplots(figsize=(8, 4.8))
+fig, ax = plt.subplots(figsize=(12, 4.8))
 ax.plot(x, np.minimum(x * ceil["cpu_decode_GBps"], ceil["cpu_fp32_GFLOPS"]), color="tab:blue", lw=2,
         label=f"Pi 4 CPU: {ceil['cpu_decode_GBps']} GB/s (decode, published), {ceil['cpu_fp32_GFLOPS']} GFLOP/s")
 ax.plot(x, np.minimum(x * ceil["qpu_read_GBps"], ceil["qpu_peak_GFLOPS"]), color="tab:green", lw=2,
@@ -237,18 +265,26 @@ for i in sorted(set(intensity.values())):
 summ = max(sweep, key=lambda r: r["GBps"])
 ax.plot(0.25, summ["GBps"] / 4, "o", mfc="none", color="tab:green", ms=8,
         label=f"QPU summation, {summ['threads']} threads (predicted; 1 int add per 4 bytes)")
+for k, m in zip(kernel_pts, ["s", "D", "^", "v", "p", "h"]):
+    ax.plot(k["intensity"], k["gflops"], m, mfc="none", color="tab:red" if k["tokens"] == 1 else "tab:purple",
+            ms=7, label=f"qpu gemv {k['type']} x{k['tokens']} tok (predicted)")
 ax.set_xscale("log")
 ax.set_yscale("log")
 ax.set_ylim(0.05, 60)
 ax.set_xlabel("arithmetic intensity (FLOP per weight byte)")
 ax.set_ylabel("GFLOP/s")
-ax.set_title("Roofline of a decode step (batch 1): dashed lines are the weight formats", fontsize=9)
-ax.legend(fontsize=7, loc="upper left")
+ax.set_title("Roofline: dashed lines = weight formats at batch 1 (file bytes); points = kernels, predicted Pi 4",
+             fontsize=9)
+ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
 ax.grid(True, which="both", alpha=0.2)
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# A kernel point on the green roof streams at the timing model's DRAM ceiling; one below it is held back
+# by the kernel itself (the printed bound: `latency` = its threads wait for memory round trips more than
+# the queue hides, `issue` = instructions). Sharing the weights between tokens moves a kernel to the right.
+#
 # ## 5. The decode ceiling for Qwen3-30B-A3B and OLMoE-1B-7B on a Pi 4
 #
 # Bytes per decode token at the real shapes (synthetic models of the published shape, written sparse
@@ -261,9 +297,11 @@ plt.show()
 # * **Both at once, perfectly overlapped**: the slower side sets the time, and the total is capped by the
 #   CPU+QPU bound from section 3.
 #
-# These are upper bounds that assume the expert kernel streams as fast as the summation kernel; for
-# quantized weights the QPU also has to unpack every weight (no int8/fp16 arithmetic on VideoCore VI),
-# which may make it instruction bound. Notebook 2 runs the real expert kernels.
+# These are upper bounds that assume the expert kernel streams the file's bytes as fast as the summation
+# kernel. The real kernels do less well on both counts: the qpu backend's layout may store a format with
+# more bits per weight than the file (printed in section 4), and for quantized weights the QPU has to
+# unpack every weight with integer ops (no int8/fp16 arithmetic on VideoCore VI), which can leave a kernel
+# latency or issue bound (section 4). Notebook 2 runs the real expert kernels in a model.
 
 # %%
 from pimoe.commands.info import read_per_token
