@@ -423,12 +423,15 @@ def region_rows(result: dict) -> list[dict]:
 
 def regions_text(result: dict) -> str:
     runs = result["runs"]
-    head = "| region |" + "".join(f" {backend_label(r)} ms | Pi 4 pred. ms |" for r in runs) + " weight bytes | GB/s (" + runs[0]["backend"] + ") |"
-    out = [head, "|---" * (2 + 2 * len(runs) + 1) + "|"]
-    for row in region_rows(result):
+    rows = region_rows(result)
+    qpu = [r["backend"] for r in runs if any(row.get(f"{r['backend']}_qpu.instructions") for row in rows)]
+    head = ("| region |" + "".join(f" {backend_label(r)} ms | Pi 4 pred. ms |" for r in runs) +
+            " weight bytes | GB/s (" + runs[0]["backend"] + ") |" +
+            "".join(f" {b}: QPU instr | {b}: TMU read bytes |" for b in qpu))
+    out = [head, "|---" * (2 + 2 * len(runs) + 1 + 2 * len(qpu)) + "|"]
+    for row in rows:
         p = row["region"]
-        depth = p.count("/")
-        name = ". " * depth + p.split("/")[-1]
+        name = ". " * p.count("/") + p.split("/")[-1]
         cells = []
         for r in runs:
             b = r["backend"]
@@ -439,8 +442,11 @@ def regions_text(result: dict) -> str:
         b0 = runs[0]["backend"]
         nb = row.get(f"{b0}_bytes") or next((row[k] for k in row if k.endswith("_bytes")), None)
         gb = row.get(f"{b0}_GBps")
-        out.append(f"| {name} |" + "".join(cells) + (f" {nb:,.0f} |" if nb else " |") +
-                   (f" {gb:.2f} |" if gb else " |"))
+        line = f"| {name} |" + "".join(cells) + (f" {nb:,.0f} |" if nb else " |") + (f" {gb:.2f} |" if gb else " |")
+        for b in qpu:
+            ins, tmu = row.get(f"{b}_qpu.instructions"), row.get(f"{b}_qpu.tmu_read_bytes")
+            line += (f" {ins:,.0f} |" if ins else " |") + (f" {tmu:,.0f} |" if tmu else " |")
+        out.append(line)
     return "\n".join(out)
 
 

@@ -153,12 +153,17 @@ class Profiler:
         totals) is kept for the timing model. On hardware pass the measured seconds as a tag."""
         if not self._stack:
             return
+        import numpy as np
+
         if hasattr(counters, "per_thread"):
             per = {k: [[int(x) for x in row] for row in v] for k, v in counters.per_thread.items()}
             totals = {k: int(sum(map(sum, v))) for k, v in per.items()}
             d = {"batches": int(counters.batches), "threads_per_qpu": int(counters.threads_per_qpu),
                  "per_thread": per, "emulator_seconds": float(counters.wall_seconds)}
-        else:
+        elif "per_thread" in counters:         # the same, already as a dict (timing.counters_to_dict form)
+            d = dict(counters)
+            totals = {k: int(np.sum(v)) for k, v in d["per_thread"].items()}
+        else:                                   # plain totals (e.g. a hardware dispatch: seconds only)
             d = dict(counters)
             totals = {k: v for k, v in d.items() if isinstance(v, (int, float)) and k != "wall_seconds"}
         r = self._stack[-1]

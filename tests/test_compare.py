@@ -123,3 +123,52 @@ def test_predicted_regions_use_qpu_counts_for_qpu_subtrees():
     assert pred["tg/experts"] == pytest.approx(q)          # not + 8 MiB / CPU bandwidth
     assert pred["tg/attention"] == pytest.approx(c) == pytest.approx(1e-3, rel=0.05)
     assert pred["tg"] == pytest.approx(q + c)
+
+
+class _FakeQPUBackend(CPUBackend):
+    """The cpu result, reported as if a QPU had run it: one dispatch per call with fixed counts, under the
+    sub-regions a QPU backend opens (this checks compare's plumbing, not a kernel)."""
+
+    name = "test-fake-qpu"
+    driver_kind = "emu"
+    PER_THREAD = {name: [[0] * 4 for _ in range(8)] for name in
+                  ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_write_bytes", "sfu_ops", "thread_switches",
+                   "tmuwt")}
+    for q in range(8):
+        PER_THREAD["instructions"][q][0] = 5000
+        PER_THREAD["tmu_read_bytes"][q][0] = 1 << 16
+
+    def expert_ffn(self, layer, x, expert_ids, expert_weights):
+        from pimoe import profile
+
+        prof = profile.current()
+        with prof.region("upload"):
+            x = x.copy()
+        with prof.region("compute"):
+            out = super().expert_ffn(layer, x, expert_ids, expert_weights)
+            prof.qpu_dispatch({"batches": 8, "threads_per_qpu": 1, "per_thread": self.PER_THREAD}, kernel="fake")
+        with prof.region("readback"):
+            return out.copy()
+
+
+def test_compare_predicts_qpu_regions_from_dispatches(cache_home):
+    from pimoe.commands.run import default_model_path
+    from pimoe.qpu import timing
+
+    register_backend("test-fake-qpu", _FakeQPUBackend)
+    result = compare.compare(default_model_path(), ("cpu", "test-fake-qpu"), n_prompt=3, n_gen=2, reps=1,
+                             progress=False)
+    cpu, fake = result["runs"]
+    assert fake["agreement"]["same_tokens"] and fake["agreement"]["logits_max_abs_diff"] == 0.0
+    L = result["layers_run"]
+    one = timing.predict({"batches": 8, "threads_per_qpu": 1, "per_thread": _FakeQPUBackend.PER_THREAD}).seconds
+    pred = fake["tg_predicted"]
+    assert pred["tg/forward/layer/experts"] == pytest.approx(L * one)            # from the dispatch, per token
+    assert pred["tg/forward/layer/experts/compute"] == pytest.approx(L * one)
+    assert pred["tg/forward/layer/attention"] == pytest.approx(cpu["tg_predicted"]["tg/forward/layer/attention"])
+    regions = fake["tg_regions"]
+    assert regions["tg/forward/layer/experts/compute"]["qpu.instructions"] == L * 8 * 5000
+    assert regions["tg/forward/layer/experts/compute"]["qpu_dispatches"] == L
+    assert regions["tg/forward/layer/experts"]["bytes"] == cpu["tg_regions"]["tg/forward/layer/experts"]["bytes"]
+    text = compare.regions_text(result)
+    assert "test-fake-qpu: QPU instr" in text and ". . . . compute" in text
