@@ -516,10 +516,16 @@ axes[0].legend(fontsize=8)
 plt.tight_layout()
 plt.show()
 
+PI4_MAX_RAM = 8e9     # the largest Raspberry Pi 4 has 8 GB
+for (label, mix), (p, ap, b, ab) in scaled.items():
+    print(f"{label:14s} {mix:5s} file {b / 1e9:5.1f} GB: {'fits in' if b < PI4_MAX_RAM else 'does NOT fit in'} "
+          f"8 GB of RAM")
+assert scaled["Qwen3-30B-A3B", "Q4_K"][2] > PI4_MAX_RAM > scaled["OLMoE-1B-7B", "Q4_K"][2]
+
 # %% [markdown]
 # Two cautions the arithmetic makes visible:
 #
-# * **Capacity.** The largest Pi 4 has 8 GB of RAM. Qwen3-30B-A3B's file is larger than that at Q4_K
+# * **Capacity.** The largest Pi 4 has 8 GB of RAM. Qwen3-30B-A3B's file is larger than that even at Q4_K
 #   (printed above), so on a Pi 4 the pages that do not fit come from storage, which is far slower than
 #   DRAM; the ceilings above assume the weights are in RAM. OLMoE-1B-7B at Q4_K fits.
 # * **Which experts.** The ceiling counts k experts per layer per token. Different tokens pick different
