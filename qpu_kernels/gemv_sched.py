@@ -220,7 +220,7 @@ def emit(lang: dict, bundles: list[Bundle]) -> int:
     return len(bundles)
 
 
-def schedule_list(ops: list[Op]) -> list[Bundle]:
+def schedule_list(ops: list[Op], any_first: str = "mul", tie: int = 1) -> list[Bundle]:
     """Cycle-by-cycle list scheduling: each instruction is filled with the ready ops of greatest height
     (longest latency path to the end of the block), program order breaking ties. Dependencies are the
     same as Scheduler's: read-after-write waits for the latency, write-after-read may share the
@@ -268,10 +268,10 @@ def schedule_list(ops: list[Op]) -> list[Bundle]:
             progress = False
             ready = [i for i in remaining
                      if all(placed[p] >= 0 and placed[p] + d <= cycle for p, d in preds[i])]
-            ready.sort(key=lambda i: (-height[i], i))
+            ready.sort(key=lambda i: (-height[i], tie * i))
             for i in ready:
                 op = ops[i]
-                units = ("mul", "add") if op.unit == "any" else (op.unit,)
+                units = (any_first, "add" if any_first == "mul" else "mul") if op.unit == "any" else (op.unit,)
                 done = False
                 for name, srcs in op.forms():
                     for unit in units:
@@ -293,9 +293,13 @@ def schedule_list(ops: list[Op]) -> list[Bundle]:
 
 def schedule_best(ops: list[Op]) -> list[Bundle]:
     """The shorter of the in-order greedy and the list schedule (both respect every rule)."""
-    a = Scheduler().run(ops)
-    b = schedule_list(ops)
-    return a if len(a) <= len(b) else b
+    best = Scheduler().run(ops)
+    for any_first in ("mul", "add"):
+        for tie in (1, -1):
+            b = schedule_list(ops, any_first, tie)
+            if len(b) < len(best):
+                best = b
+    return best
 
 
 def check_schedule(ops: list[Op], bundles: list[Bundle]) -> None:
