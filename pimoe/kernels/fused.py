@@ -290,6 +290,218 @@ def _make_qk_block_dot(five):
 q5k_block_dot = _make_qk_block_dot(True)  # (the Q4_K form measured slower than dot_code_32)
 
 
+
+# --- pairwise multiply-add building blocks (x86 pmaddubsw / pmaddwd, generic IR elsewhere) --------
+# The K-type dots below follow the integer schedule of a SIMD multiply-add pair:
+#     madd_u8s8(a, b)   <32 x u8> x <32 x i8> -> <16 x i16>, lane k = a[2k]*b[2k] + a[2k+1]*b[2k+1]
+#     madd_i16(a, b)    <16 x i16> x <16 x i16> -> <8 x i32>, lane k = a[2k]*b[2k] + a[2k+1]*b[2k+1]
+# so 32 weights cost two instructions and the accumulator stays in 8 x i32 (one reduction per
+# super-block instead of one per 32 weights).  On x86 with AVX2 they are the pmaddubsw / pmaddwd
+# instructions (LLVM does not reliably form them from plain IR); elsewhere (the Pi's aarch64) the same
+# arithmetic is written as widen, multiply, add even and odd lanes, which LLVM lowers to
+# smull/sadalp-style NEON.  The two spellings agree exactly whenever the i16 sums do not saturate:
+# codes are 0..63 and activations -127..127 (Q8_K/Q8_0), so |a*b + a*b| <= 2*63*127 = 16002 < 32767.
+
+def _host_has_avx2() -> bool:
+    try:
+        from llvmlite import binding as llb
+
+        return bool(llb.get_host_cpu_features().get("avx2", False))
+    except Exception:  # noqa: BLE001 - any failure: the generic IR is always correct
+        return False
+
+
+USE_X86_MADD = _host_has_avx2()   # numba compiles for the host CPU and keys its cache by CPU features
+
+
+def _even_odd_add(builder, v, width, out_type):
+    even = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), width // 2),
+                                                    list(range(0, width, 2))))
+    odd = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), width // 2),
+                                                   list(range(1, width, 2))))
+    return builder.add(even, odd)
+
+
+def _madd_u8s8(builder, a, b, x86):
+    i8, i16 = ir.IntType(8), ir.IntType(16)
+    if x86:
+        v8, v16 = ir.VectorType(i8, 32), ir.VectorType(i16, 16)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v8, v8]),
+                                            "llvm.x86.avx2.pmadd.ub.sw")
+        return builder.call(fn, [a, b])
+    w16 = ir.VectorType(i16, 32)
+    return _even_odd_add(builder, builder.mul(builder.zext(a, w16), builder.sext(b, w16)), 32, i16)
+
+
+def _madd_i16(builder, a, b, x86):
+    i16, i32 = ir.IntType(16), ir.IntType(32)
+    if x86:
+        v16, v32 = ir.VectorType(i16, 16), ir.VectorType(i32, 8)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v32, [v16, v16]),
+                                            "llvm.x86.avx2.pmadd.wd")
+        return builder.call(fn, [a, b])
+    w32 = ir.VectorType(i32, 16)
+    return _even_odd_add(builder, builder.mul(builder.sext(a, w32), builder.sext(b, w32)), 16, i32)
+
+
+def _load(context, builder, arrtype, arrval, base, k, vtype):
+    off = builder.add(base, ir.Constant(base.type, k)) if k else base
+    return builder.load(_vec_ptr(context, builder, arrtype, arrval, off, vtype), align=1)
+
+
+def _splat16_pair(builder, lo, hi):
+    """<16 x i16>: lanes 0..7 = lo, 8..15 = hi (lo, hi: i16 values)."""
+    i16, i32 = ir.IntType(16), ir.IntType(32)
+    v = ir.Constant(ir.VectorType(i16, 2), ir.Undefined)
+    v = builder.insert_element(v, lo, ir.Constant(i32, 0))
+    v = builder.insert_element(v, hi, ir.Constant(i32, 1))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 16), [0] * 8 + [1] * 8))
+
+
+def _make_madd_block_dots(x86):
+    @intrinsic
+    def s8_dot_32(typingctx, w, woff, x, xoff):
+        """sum_{l<32} int8(w[woff+l]) * x[xoff+l], exact int32 (Q8_0 block)."""
+        sig = types.int32(w, woff, x, xoff)
+
+        def codegen(context, builder, signature, args):
+            wv, wo, xv, xo = args
+            wt, _, xt, _ = signature.args
+            i8, i16 = ir.IntType(8), ir.IntType(16)
+            v8, v16 = ir.VectorType(i8, 16), ir.VectorType(i16, 16)
+            acc = None
+            for h in range(2):  # two halves of 16: sign-extend to i16, pairwise multiply-add to i32
+                a = builder.sext(_load(context, builder, wt, wv, wo, 16 * h, v8), v16)
+                b = builder.sext(_load(context, builder, xt, xv, xo, 16 * h, v8), v16)
+                m = _madd_i16(builder, a, b, x86)
+                acc = m if acc is None else builder.add(acc, m)
+            return _reduce_add(builder, acc, 8)
+
+        return sig, codegen
+
+    @intrinsic
+    def q4k_dot(typingctx, w, qo, x, xo, packed_scales):
+        """sum over one Q4_K super-block of sc_j * q * x (the mins are applied by the caller), exact int32.
+
+        q: nibbles of w[qo:qo+128]: the 32 bytes of chunk p hold sub-block 2p in the low and 2p+1 in
+        the high nibbles; packed_scales: the eight 6-bit scales, scale j in byte j."""
+        sig = types.int32(w, qo, x, xo, packed_scales)
+
+        def codegen(context, builder, signature, args):
+            wv, qov, xv, xov, ps = args
+            wt, xt = signature.args[0], signature.args[2]
+            i8, i16 = ir.IntType(8), ir.IntType(16)
+            v8 = ir.VectorType(i8, 32)
+            sc = builder.zext(builder.bitcast(ps, ir.VectorType(i8, 8)), ir.VectorType(i16, 8))
+            i32 = ir.IntType(32)
+            acc = None
+            for p in range(4):
+                q = _load(context, builder, wt, wv, qov, 32 * p, v8)
+                lo = builder.and_(q, ir.Constant(v8, [15] * 32))
+                hi = builder.lshr(q, ir.Constant(v8, [4] * 32))
+                for half, codes in ((0, lo), (1, hi)):
+                    j = 2 * p + half
+                    xs = _load(context, builder, xt, xv, xov, 32 * j, v8)
+                    s = builder.shuffle_vector(sc, sc, ir.Constant(ir.VectorType(i32, 16), [j] * 16))
+                    m = _madd_i16(builder, _madd_u8s8(builder, codes, xs, x86), s, x86)
+                    acc = m if acc is None else builder.add(acc, m)
+            return _reduce_add(builder, acc, 8)
+
+        return sig, codegen
+
+    @intrinsic
+    def q6k_dot(typingctx, w, o, x, xo, bs, bo):
+        """sum over one Q6_K super-block (w[o:o+210]) of scale_g * (q - 32) * x, exact int32.
+
+        The codes q (0..63) go through the unsigned-by-signed multiply-add; the -32 offset is applied
+        once per 16-weight group through Q8_K's group sums bs[bo:bo+16]: 32 * sum_g scale_g * bs_g."""
+        sig = types.int32(w, o, x, xo, bs, bo)
+
+        def codegen(context, builder, signature, args):
+            wv, ov, xv, xov, bsv, bov = args
+            wt, xt, bt = signature.args[0], signature.args[2], signature.args[4]
+            i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+            v8 = ir.VectorType(i8, 32)
+            scales = builder.sext(_load(context, builder, wt, wv, ov, 192, ir.VectorType(i8, 16)),
+                                  ir.VectorType(i16, 16))
+            acc = None
+            for h in range(2):
+                qh = _load(context, builder, wt, wv, ov, 128 + 32 * h, v8)
+                ql = [_load(context, builder, wt, wv, ov, 64 * h + 32 * c, v8) for c in range(2)]
+                for k in range(4):  # 32 weights p = 4h + k: nibble k>>1 of ql[k&1], bits 2k of qh
+                    lo = ql[k & 1]
+                    if k >> 1:
+                        lo = builder.lshr(lo, ir.Constant(v8, [4] * 32))
+                    else:
+                        lo = builder.and_(lo, ir.Constant(v8, [15] * 32))
+                    hb = builder.and_(builder.lshr(qh, ir.Constant(v8, [2 * k] * 32)) if k else qh,
+                                      ir.Constant(v8, [3] * 32))
+                    code = builder.or_(lo, builder.shl(hb, ir.Constant(v8, [4] * 32)))
+                    p = 4 * h + k
+                    xs = _load(context, builder, xt, xv, xov, 32 * p, v8)
+                    s = builder.shuffle_vector(scales, scales,
+                                               ir.Constant(ir.VectorType(i32, 16), [2 * p] * 8 + [2 * p + 1] * 8))
+                    m = _madd_i16(builder, _madd_u8s8(builder, code, xs, x86), s, x86)
+                    acc = m if acc is None else builder.add(acc, m)
+            # the offset: 32 * sum_g scale_g * bs_g (bs: int16 sums of 16 activation codes)
+            arr = context.make_array(bt)(context, builder, bsv)
+            bptr = builder.bitcast(builder.gep(arr.data, [bov]), ir.VectorType(i16, 16).as_pointer())
+            gsum = _reduce_add(builder, _madd_i16(builder, builder.load(bptr, align=2), scales, x86), 8)
+            return builder.sub(_reduce_add(builder, acc, 8), builder.shl(gsum, ir.Constant(i32, 5)))
+
+        return sig, codegen
+
+    @intrinsic
+    def mins_dot(typingctx, packed_mins, bs, bo):
+        """sum_j m_j * (bs[bo+2j] + bs[bo+2j+1]) for the eight 6-bit mins packed one per byte (Q4_K/Q5_K)."""
+        sig = types.int32(packed_mins, bs, bo)
+
+        def codegen(context, builder, signature, args):
+            pm, bsv, bov = args
+            i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+            m = builder.zext(builder.bitcast(pm, ir.VectorType(i8, 8)), ir.VectorType(i16, 8))
+            m = builder.shuffle_vector(m, m, ir.Constant(ir.VectorType(i32, 16), [j // 2 for j in range(16)]))
+            arr = context.make_array(signature.args[1])(context, builder, bsv)
+            bptr = builder.bitcast(builder.gep(arr.data, [bov]), ir.VectorType(i16, 16).as_pointer())
+            return _reduce_add(builder, _madd_i16(builder, builder.load(bptr, align=2), m, x86), 8)
+
+        return sig, codegen
+
+    return s8_dot_32, q4k_dot, q6k_dot, mins_dot
+
+
+madd_s8_dot_32, madd_q4k_dot, madd_q6k_dot, madd_mins_dot = _make_madd_block_dots(USE_X86_MADD)
+
+
+@intrinsic
+def load_u32(typingctx, b, off):
+    """Little-endian uint32 from bytes b[off:off+4] (unaligned), widened to int64."""
+    sig = types.int64(b, off)
+
+    def codegen(context, builder, signature, args):
+        bv, ov = args
+        arr = context.make_array(signature.args[0])(context, builder, bv)
+        base = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+        ptr = builder.bitcast(builder.gep(base, [ov]), ir.IntType(32).as_pointer())
+        return builder.zext(builder.load(ptr, align=1), ir.IntType(64))
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def kquant_scales_mins(b, o):
+    """The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K super-block (12 bytes at b[o+4:]),
+    each packed one per byte into an int64.  Bytes 0..3: scale j (j<4) in the low 6 bits, bits 4-5 of
+    scale j+4 on top; bytes 4..7 the same for the mins; bytes 8..11: low 4 bits of scale j+4 (low
+    nibble) and of min j+4 (high nibble)."""
+    u0 = load_u32(b, o + 4)
+    u1 = load_u32(b, o + 8)
+    u2 = load_u32(b, o + 12)
+    sc = (u0 & 0x3F3F3F3F) | (((u2 & 0x0F0F0F0F) | (((u0 >> 6) & 0x03030303) << 4)) << 32)
+    mn = (u1 & 0x3F3F3F3F) | ((((u2 >> 4) & 0x0F0F0F0F) | (((u1 >> 6) & 0x03030303) << 4)) << 32)
+    return sc, mn
+
+
 # weight kinds understood by the integer kernel (codes shared with pimoe.kernels.dispatch)
 K_Q8_0, K_Q4_0, K_Q5_0, K_Q4_1, K_Q5_1, K_Q2_K, K_Q3_K, K_Q4_K, K_Q5_K, K_Q6_K = range(10)
 # float kinds
@@ -327,7 +539,7 @@ def _f16(b, off, lut):
 def _row_q8_0(b, xq, xd, lut):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
-        acc += _f16(b, i * 34, lut) * xd[i] * np.float32(dot_s8_32(b, i * 34 + 2, xq, i * 32))
+        acc += _f16(b, i * 34, lut) * xd[i] * np.float32(madd_s8_dot_32(b, i * 34 + 2, xq, i * 32))
     return acc
 
 
@@ -429,24 +641,14 @@ def _row_q3_k(b, xq, xd, lut, sc):
 
 @njit(cache=True)
 def _row_q4_k(b, xq, xd, xbs, lut):
-    # per-sub-block dot_code_32 and integer scales: measured faster for Q4_K than the 16-bit
-    # super-block form that wins for Q5_K/Q6_K (8.1 vs 6.4 GB/s per core on x86)
+    # one pairwise multiply-add super-block dot (codes x activations, then x scales) and the mins
+    # through Q8_K's 16-weight sums: d * sum_j sc_j q.x - dmin * sum_j m_j sum(x of sub-block j)
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
         o = i * 144
-        isum = np.int32(0)
-        msum = np.int32(0)
-        for j in range(8):
-            if j < 4:
-                sc = np.int32(b[o + 4 + j]) & 63
-                mn = np.int32(b[o + 8 + j]) & 63
-            else:
-                sc = (np.int32(b[o + 8 + j]) & 15) | ((np.int32(b[o + j]) >> 6) << 4)
-                mn = (np.int32(b[o + 8 + j]) >> 4) | ((np.int32(b[o + 4 + j]) >> 6) << 4)
-            msum = np.int32(msum + mn * (np.int32(xbs[i * 16 + 2 * j]) + np.int32(xbs[i * 16 + 2 * j + 1])))
-            qo = o + 16 + (j >> 1) * 32  # sub-block j: nibble j&1 of the 32 bytes of chunk j>>1
-            d = dot_code_32(b, qo, 4 * (j & 1), 15, qo, 0, 0, 0, 0, xq, i * 256 + j * 32)
-            isum = np.int32(isum + sc * d)
+        sc, mn = kquant_scales_mins(b, o)
+        isum = madd_q4k_dot(b, o + 16, xq, i * 256, sc)
+        msum = madd_mins_dot(mn, xbs, i * 16)
         acc += xd[i] * (_f16(b, o, lut) * np.float32(isum) - _f16(b, o + 2, lut) * np.float32(msum))
     return acc
 
@@ -474,10 +676,10 @@ def _row_q5_k(b, xq, xd, xbs, lut):
 
 
 @njit(cache=True)
-def _row_q6_k(b, xq, xd, lut):
+def _row_q6_k(b, xq, xd, xbs, lut):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
-        acc += xd[i] * _f16(b, i * 210 + 208, lut) * np.float32(q6k_block_dot(b, i * 210, xq, i * 256))
+        acc += xd[i] * _f16(b, i * 210 + 208, lut) * np.float32(madd_q6k_dot(b, i * 210, xq, i * 256, xbs, i * 16))
     return acc
 
 
@@ -662,7 +864,7 @@ def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out):
                 elif kind == K_Q5_K:
                     v = _row_q5_k(b, xq[t], xd[t], xbs[t], lut)
                 else:
-                    v = _row_q6_k(b, xq[t], xd[t], lut)
+                    v = _row_q6_k(b, xq[t], xd[t], xbs[t], lut)
                 out[t, o] = v
 
 

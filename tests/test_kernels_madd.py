@@ -1,0 +1,93 @@
+"""The pairwise multiply-add super-block dots (x86 pmaddubsw/pmaddwd form and the generic-IR form the
+Pi's aarch64 uses) against integer sums built from gguf.quants' dequantization."""
+
+import numpy as np
+import pytest
+import gguf.quants as gq
+from gguf import GGMLQuantizationType as QT
+from numba import njit
+
+from pimoe import quant
+from pimoe.kernels import fused
+
+F16_ONE = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
+F16_ZERO = np.zeros(2, np.uint8)
+
+
+def _variants():
+    out = [("generic", fused._make_madd_block_dots(False))]
+    if fused.USE_X86_MADD:
+        out.append(("x86", fused._make_madd_block_dots(True)))
+    return out
+
+
+VARIANTS = _variants()
+
+
+def _wrappers(dots):
+    s8, q4k, q6k, mins = dots
+
+    @njit
+    def run_s8(w, x):
+        return s8(w, 0, x, 0)
+
+    @njit
+    def run_q4k(b, x):
+        sc, mn = fused.kquant_scales_mins(b, 0)
+        return q4k(b, 16, x, 0, sc)
+
+    @njit
+    def run_mins(b, bs):
+        sc, mn = fused.kquant_scales_mins(b, 0)
+        return mins(mn, bs, 0)
+
+    @njit
+    def run_q6k(b, x, bs):
+        return q6k(b, 0, x, 0, bs, 0)
+
+    return run_s8, run_q4k, run_mins, run_q6k
+
+
+def _codes(rng, n, extreme):
+    if extreme:  # the largest magnitudes Q8_0/Q8_K activation codes take
+        return rng.choice(np.array([-127, 127], np.int8), n)
+    return rng.integers(-127, 128, n).astype(np.int8)
+
+
+def _block(qtype, rng):
+    return quant.random_qtensor("w", qtype, (1, quant.formats.BLOCK_SIZES[qtype][0]), rng).data[0].copy()
+
+
+@pytest.mark.parametrize("name,dots", VARIANTS, ids=[v[0] for v in VARIANTS])
+@pytest.mark.parametrize("extreme", [False, True])
+def test_madd_dots_equal_integer_reference(name, dots, extreme):
+    run_s8, run_q4k, run_mins, run_q6k = _wrappers(dots)
+    rng = np.random.default_rng(11 + extreme)
+    for trial in range(20):
+        # Q8_0: plain int8 x int8
+        w8 = rng.integers(-128, 128, 32).astype(np.int8)
+        x32 = _codes(rng, 32, extreme)
+        assert run_s8(w8.view(np.uint8), x32) == int(w8.astype(np.int64) @ x32.astype(np.int64))
+
+        x = _codes(rng, 256, extreme)
+        bs = x.astype(np.int64).reshape(16, 16).sum(axis=1).astype(np.int16)
+        # Q4_K with d = 1, dmin = 0: gguf's dequantized values are exactly sc_j * q
+        b = _block(QT.Q4_K, rng)
+        if extreme:
+            b[4:16] = 0xFF   # every scale and min 63
+            b[16:] = 0xFF    # every code 15
+        b[0:2], b[2:4] = F16_ONE, F16_ZERO
+        deq = np.rint(gq.dequantize(b[None], QT.Q4_K)[0]).astype(np.int64)
+        assert run_q4k(b, x) == int(deq @ x.astype(np.int64))
+        # mins: d = 0, dmin = 1 gives -m_j on every weight of sub-block j
+        b[0:2], b[2:4] = F16_ZERO, F16_ONE
+        deq = np.rint(gq.dequantize(b[None], QT.Q4_K)[0]).astype(np.int64)
+        assert run_mins(b, bs) == -int(deq @ x.astype(np.int64))
+        # Q6_K with d = 1: sc_g * (q - 32)
+        b6 = _block(QT.Q6_K, rng)
+        if extreme:
+            b6[:192] = 0xFF                              # every code 63
+            b6[192:208] = np.uint8(128)                  # every scale -128
+        b6[208:210] = F16_ONE
+        deq = np.rint(gq.dequantize(b6[None], QT.Q6_K)[0]).astype(np.int64)
+        assert run_q6k(b6, x, bs) == int(deq @ x.astype(np.int64))
