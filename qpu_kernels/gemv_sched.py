@@ -256,19 +256,20 @@ def schedule_list(ops: list[Op], any_first: str = "mul", tie: int = 1) -> list[B
     for i in range(n - 1, -1, -1):
         height[i] = max([d + height[s] for s, d in succs[i]], default=0) + ops[i].priority
     placed = [-1] * n
-    remaining = set(range(n))
+    waiting = [len(ps) for ps in preds]          # predecessors not yet placed
+    earliest = [0] * n
+    candidates = {i for i in range(n) if waiting[i] == 0}
+    left = n
     bundles: list[Bundle] = []
     cycle = 0
     dummy = Scheduler()
-    while remaining:
+    while left:
         b = Bundle()
         bundles.append(b)
         progress = True
         while progress:
             progress = False
-            ready = [i for i in remaining
-                     if all(placed[p] >= 0 and placed[p] + d <= cycle for p, d in preds[i])]
-            ready.sort(key=lambda i: (-height[i], tie * i))
+            ready = sorted((i for i in candidates if earliest[i] <= cycle), key=lambda i: (-height[i], tie * i))
             for i in ready:
                 op = ops[i]
                 units = (any_first, "add" if any_first == "mul" else "mul") if op.unit == "any" else (op.unit,)
@@ -279,13 +280,20 @@ def schedule_list(ops: list[Op], any_first: str = "mul", tie: int = 1) -> list[B
                             continue
                         if _fits(b, op, unit, name, srcs):
                             dummy._commit(b, cycle, op, unit, name, srcs)
-                            placed[i] = cycle
-                            remaining.discard(i)
-                            done = progress = True
+                            done = True
                             break
                     if done:
                         break
                 if done:
+                    placed[i] = cycle
+                    candidates.discard(i)
+                    left -= 1
+                    for s_, d in succs[i]:
+                        earliest[s_] = max(earliest[s_], cycle + d)
+                        waiting[s_] -= 1
+                        if waiting[s_] == 0:
+                            candidates.add(s_)
+                    progress = True
                     break       # re-evaluate readiness: a same-cycle write-after-read may now be ready
         cycle += 1
     return bundles
