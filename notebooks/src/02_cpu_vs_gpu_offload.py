@@ -19,6 +19,8 @@
 
 # %%
 # %matplotlib inline
+import contextlib
+import io
 import json
 import tempfile
 import time
@@ -86,14 +88,22 @@ for run in rec["runs"]:
 # ### The QPU's share, predicted from the emulator's counts
 #
 # The qpu backend runs a layer's routed experts as two dispatches (gate + up + SiLU, then down and the
-# weighted sum over the k experts). Each dispatch's emulator counts go through the timing model
-# (`pimoe.qpu.timing.predict`). To see them, a small subclass of the qpu backend keeps the counters of
-# every dispatch; one token from an empty cache is exactly one decode step.
+# weighted sum over the k experts). The Pi 4 time of a dispatch comes from the timing model applied to its
+# emulator counts, told how many loads the kernel keeps in flight (its kernels wait on loads without
+# switching threads, which the counters cannot see). `pimoe.qpu.kernelbench.bench_expert_layer` does
+# exactly that for one layer's expert step at a given shape, on random experts checked against numpy.
+#
+# To be sure it measures what the model runs, a small subclass of the qpu backend keeps the counters of
+# every dispatch of a real decode step (one token from an empty cache), and the two must count the same
+# instructions and TMU bytes per layer.
 
 # %%
+from gguf import GGMLQuantizationType
+
 from pimoe.backends import register_backend
 from pimoe.backends.qpu import QPUBackend
-from pimoe.qpu.timing import PREDICTED_LABEL, predict
+from pimoe.qpu.kernelbench import bench_expert_layer
+from pimoe.qpu.timing import PREDICTED_LABEL
 
 
 class KeepCountersQPU(QPUBackend):
@@ -114,33 +124,47 @@ class KeepCountersQPU(QPUBackend):
 register_backend("qpu-keep-counters", KeepCountersQPU)
 
 
-def qpu_decode_step(path, token):
-    """(EmuCounters of every dispatch, their predictions) for one decode step of the model at `path`."""
+def qpu_experts_per_layer(path, token):
+    """Predicted Pi 4 seconds of one layer's routed experts for one decode token, from the kernel benchmark,
+    after checking that the model's own decode step dispatches the same work."""
+    f = GGUFFile(path)
+    c = f.config
+    qtype = f.tensors["blk.0.ffn_gate_exps.weight"].qtype
+    bench = bench_expert_layer(qtype, c.hidden, c.expert_ff, c.n_experts_used, 1, 8)
     with pimoe.load_model(path, backend="qpu-keep-counters", qpu="emu") as m:
         m.logits([int(token)])
         kept = list(m.backend.kept)
-    return kept, [predict(c) for c in kept]
+    assert len(kept) == 2 * c.n_layers
+    for layer in range(c.n_layers):
+        pair = kept[2 * layer: 2 * layer + 2]
+        assert sum(k.total_instructions for k in pair) == bench["instructions"]
+        assert sum(k.tmu_read_bytes for k in pair) == bench["tmu_read_bytes"]
+    print(f"{path.name}: per layer and decode token, {len(kept) // c.n_layers} dispatches, "
+          f"{bench['instructions']:,} QPU instructions ({bench['instructions_per_weight']:.2f} per weight), "
+          f"{bench['tmu_read_bytes']:,} TMU bytes -- the same in the model's decode step and in the benchmark")
+    print(f"{bench['predicted']['label']}: {bench['predicted']['seconds'] * 1e3:.3f} ms per layer, bounds "
+          f"{bench['predicted']['bounds']}, {bench['predicted']['read_GBps']:.2f} GB/s read")
+    return bench["predicted"]["seconds"], bench
 
 
 def has_qpu_dispatches(run):
     return any(v.get("qpu_dispatches") for v in run["tg_regions"].values()) and bool(run.get("tg_predicted"))
 
 
-step, preds = qpu_decode_step(MODEL, result["prompt"][0])
-tiny_qpu_s = sum(p.seconds for p in preds)
-print(f"one decode step: {len(step)} dispatches, {sum(c.total_instructions for c in step):,} QPU instructions, "
-      f"{sum(c.tmu_read_bytes for c in step):,} bytes read by the TMU")
-print(f"{PREDICTED_LABEL}: {tiny_qpu_s * 1e6:.0f} us for the experts, bounds "
-      f"{[p.bound for p in preds]}")
-assert len(step) == 2 * cfg.n_layers
+tiny_layer_s, _ = qpu_experts_per_layer(MODEL, result["prompt"][0])
+tiny_qpu_s = tiny_layer_s * cfg.n_layers
 if has_qpu_dispatches(qpu_run):
     rec_s = qpu_run["tg_predicted"]["tg/forward/layer/experts"]
-    print(f"the record's prediction for the experts: {rec_s * 1e6:.0f} us")
-    assert abs(rec_s / tiny_qpu_s - 1) < 0.1
+    print(f"the compare record's prediction for the experts: {rec_s * 1e3:.3f} ms per step, the benchmark's "
+          f"{tiny_qpu_s * 1e3:.3f} ms")
+    if abs(rec_s / tiny_qpu_s - 1) > 0.1:
+        print("NOTE: they differ by more than 10 %: the record predicts from the dispatch counts alone; the "
+              "benchmark also tells the timing model the loads the kernels keep in flight. The benchmark's "
+              "figure is used below.")
 else:
     print("NOTE: the qpu backend does not report its dispatches to pimoe's profiler yet, so the compare record "
-          "has no Pi 4 prediction for the qpu run. Below, its experts take the prediction made here from the "
-          "dispatch counters, and its CPU regions the cpu run's prediction (same regions, same weight bytes).")
+          "has no Pi 4 prediction for the qpu run. Below, its experts take the benchmark's prediction, and its "
+          "CPU regions the cpu run's prediction (same regions, same weight bytes).")
 
 # %% [markdown]
 # ### Where the time goes, per decode token
@@ -166,15 +190,12 @@ def seconds_by_part(regions):
 
 
 def pi4_parts(cpu_run, qpu_run, qpu_experts_s):
-    """{backend: {part: predicted Pi 4 seconds per decode step}} for the cpu and qpu runs of a record."""
+    """{backend: {part: predicted Pi 4 seconds per decode step}} for the cpu and qpu runs of a record: the
+    qpu run's experts take qpu_experts_s, its CPU regions the cpu run's prediction (checked: same bytes)."""
     out = {"cpu": seconds_by_part(cpu_run["tg_predicted"])}
-    if has_qpu_dispatches(qpu_run):
-        out["qpu"] = seconds_by_part(qpu_run["tg_predicted"])
-    else:
-        # the CPU regions of the qpu run read the same weights as the cpu run's: same CPU prediction
-        for region in ("tg/forward/layer/attention", "tg/forward/layer/router", "tg/forward/output_head"):
-            assert qpu_run["tg_regions"][region]["bytes"] == cpu_run["tg_regions"][region]["bytes"]
-        out["qpu"] = dict(out["cpu"], experts=qpu_experts_s)
+    for region in ("tg/forward/layer/attention", "tg/forward/layer/router", "tg/forward/output_head"):
+        assert qpu_run["tg_regions"][region]["bytes"] == cpu_run["tg_regions"][region]["bytes"]
+    out["qpu"] = dict(out["cpu"], experts=qpu_experts_s)
     return out
 
 
@@ -276,8 +297,9 @@ from pimoe.synth import make_model
 shape_path = make_model(OUT / "qwen3-30b-a3b-shape-1L-16E-Q4_K.gguf", preset="qwen3-30b-a3b", qtype="Q4_K",
                         n_layers=1, n_experts=16)
 t0 = time.perf_counter()
-big = compare.compare(shape_path, backends=("cpu", "qpu"), n_prompt=2, n_gen=2, reps=1,
-                      shape="qwen3-30b-a3b", progress=False)
+with contextlib.redirect_stderr(io.StringIO()):      # the emulator's progress bars would fill the page
+    big = compare.compare(shape_path, backends=("cpu", "qpu"), n_prompt=2, n_gen=2, reps=1,
+                          shape="qwen3-30b-a3b", progress=False)
 print(f"compared in {time.perf_counter() - t0:.1f} s")
 big_record, big_table = compare.to_record(big)
 big_path, _ = write_record(big_record, OUT, "compare", table=big_table)
@@ -292,20 +314,14 @@ assert b_cpu["scaled"]["layers_full"] == 48
 # %% [markdown]
 # ### The QPU's share at the real shape
 #
-# The same decode-step prediction from the dispatch counters as in section 1, now with experts of the real
-# size (Q4_K blocks unpacked by the kernel).
+# The same prediction as in section 1 (kernel benchmark, checked against the model's own dispatches), now
+# with experts of the real size (Q4_K blocks unpacked by the kernel).
 
 # %%
-step, preds = qpu_decode_step(shape_path, big["prompt"][0])
-qpu_expert_s = sum(p.seconds for p in preds)
-print(f"one decode token, one layer: {len(step)} dispatches, {sum(c.total_instructions for c in step):,} QPU "
-      f"instructions, {sum(c.tmu_read_bytes for c in step) / 1e6:.1f} MB read by the TMU")
-print(f"{PREDICTED_LABEL}: {qpu_expert_s * 1e3:.2f} ms per layer "
-      f"({', '.join(f'{p.seconds * 1e3:.2f} ms bound by {p.bound}' for p in preds)}); the cpu backend's "
-      f"experts: {b_cpu['tg_predicted']['tg/forward/layer/experts'] * 1e3:.2f} ms predicted")
-assert len(step) == 2
-if has_qpu_dispatches(b_qpu):
-    assert abs(b_qpu["tg_predicted"]["tg/forward/layer/experts"] / qpu_expert_s - 1) < 0.1
+with contextlib.redirect_stderr(io.StringIO()):
+    qpu_expert_s, big_bench = qpu_experts_per_layer(shape_path, big["prompt"][0])
+print(f"the cpu backend's experts, same layer: {b_cpu['tg_predicted']['tg/forward/layer/experts'] * 1e3:.2f} ms "
+      f"predicted (Pi 4 CPU model)")
 
 # %% [markdown]
 # ### Where the bottleneck moves
