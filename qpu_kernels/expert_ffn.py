@@ -27,7 +27,7 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from qpu_kernels import qpu_layout as lay
-from qpu_kernels.gemv_kernel import (BLOCK, KernelConfig, base_address, Programs, Scratch, execute, f32_bits, make_x_stream,
+from qpu_kernels.gemv_kernel import (KernelConfig, base_address, Programs, Scratch, execute, f32_bits, make_x_stream,
                                      write_tables, x_stream_words)
 
 DEFAULT_THREADS = 8

@@ -38,7 +38,7 @@ from pimoe.qpu import qpu
 from pimoe.qpu.asm import language
 from qpu_kernels.gemv_sched import Op, emit
 from qpu_kernels.gemv_sched import schedule_best as schedule
-from qpu_kernels.qpu_layout import BLOCK, E1, M4, M8, ROW_GROUP, LayoutSpec
+from qpu_kernels.qpu_layout import BLOCK, E1, M4, M8, LayoutSpec
 from qpu_kernels.summation import emit_program_end, emit_thread_id
 
 FIFO_DEPTH = 16          # TMU result FIFO entries of a thread in 1-thread-per-QPU mode
@@ -412,7 +412,6 @@ def qpu_gemv(asm, *, cfg: KernelConfig, threads: int = MAX_THREADS):
     each matrix."""
     lang = language(asm)
     R = Regs(cfg)
-    g = lambda name: lang[name]  # noqa: E731
     rfr = lambda name: lang[name]  # noqa: E731
     T = cfg.tokens
     nm = cfg.n_mats
@@ -438,7 +437,7 @@ def qpu_gemv(asm, *, cfg: KernelConfig, threads: int = MAX_THREADS):
     emit_bcast(asm, rfr(R.NITEMS), r2, 0)
     emit_bcast(asm, rfr(R.ITP), r2, 1)
     mov(null, rfr(R.NITEMS), cond="pushz")
-    b(R_ := getattr(lang["R"], "done"), cond="alla")
+    b(getattr(lang["R"], "done"), cond="alla")
     nop()
     nop()
     nop()
@@ -504,7 +503,7 @@ def qpu_gemv(asm, *, cfg: KernelConfig, threads: int = MAX_THREADS):
 def _emit_entry(asm, lang, cfg: KernelConfig, R: Regs):
     """One (row group, x stream) pass: accumulators A[m][t] = W_m[16 rows] @ x_t."""
     rf = lambda name: lang[name]  # noqa: E731
-    mov, nop, fmov = lang["mov"], lang["nop"], lang["fmov"]
+    mov, nop = lang["mov"], lang["nop"]
     mov(lang["unifa"], rf(R.XADDR))
     for m in range(cfg.n_mats):
         for t in range(cfg.tokens):
@@ -537,9 +536,7 @@ def _emit_swiglu_epilogue(asm, lang, cfg: KernelConfig, R: Regs):
     T = cfg.tokens
     # lane l of token t: h + 4 * (T * l + t)
     eidx(r3)
-    nop().umul24(r3, r3, 4 * T if 4 * T < 16 else rf(R.K16))
-    if 4 * T >= 16:
-        pass  # T == 4: 16 bytes per lane (K16)
+    nop().umul24(r3, r3, 4 * T if 4 * T < 16 else rf(R.K16))   # 4 T bytes per lane (T = 4: K16)
     add(r3, r3, rf(R.HADDR))
     for t in range(T):
         g, u = rf(R.A[0][t]), rf(R.A[1][t])

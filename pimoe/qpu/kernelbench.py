@@ -17,7 +17,6 @@ Every run is checked against numpy first. A new timestamped JSON record goes und
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 QPU_READ_ANCHOR_GBPS = 7.241   # py-videocore6 summation on a Pi 4 (FACTS.md)
