@@ -1,4 +1,5 @@
-"""The fused MoE expert step of one layer on the QPUs, in two dispatches.
+"""The fused MoE expert step of one layer on the QPUs: two dispatches per layer for a decode token (and
+two per tile width in use, at most 2 x the widest tile, for a prompt).
 
     dispatch A (swiglu):  for every (selected expert, token tile, 16 rows of ff):
                               h[t, rows] = w[t, e] * silu(gate_e[rows] @ x_t) * (up_e[rows] @ x_t)
@@ -12,7 +13,9 @@
                           and the host adds each token's k tiles in router order.
 
 Token tiles are the batched (GEMM) variant: up to `tile` tokens routed to the same expert share every
-weight load and every dequantization, so the QPU work per weight drops as tokens are added.
+weight load and every dequantization, so the QPU work per weight drops as tokens are added. Tiles are
+grouped by how many tokens they hold and each group runs with its own tile width, so a lone token is
+never padded to a wider tile.
 
     numpy reference: expert_ffn_reference();  host launcher: ExpertFFN;  python -m qpu_kernels.expert_ffn
 """
@@ -94,14 +97,12 @@ class ExpertFFN:
         T, hidden = x.shape
         if gate.spec != up.spec:
             raise PimoeError(f"gate and up experts must share a layout ({gate.spec} vs {up.spec})")
-        ff = gate.rows
         self.scratch.reset()
-        hidden_p, ff_p = lay.padded_cols(hidden), lay.padded_cols(ff)
+        hidden_p = lay.padded_cols(hidden)
         quant_in = gate.spec.kind != "f32"
         quant_h = down.spec.kind != "f32"
         if T == 1:
             tiles = [(int(e), [0], [float(w)]) for e, w in zip(expert_ids[0], expert_weights[0])]
-            TT = 1
         else:
             TT = tile or MAX_TILE[gate.spec.kind]
             tiles = []
@@ -110,11 +111,34 @@ class ExpertFFN:
                 for s in range(0, len(toks), TT):
                     tiles.append((int(e), list(toks[s:s + TT]), [float(expert_weights[t, j]) for t, j in
                                                                   zip(toks[s:s + TT], slots[s:s + TT])]))
-        # ---- dispatch A: gate/up/SiLU -> h streams
-        cfg_a = KernelConfig(gate.spec.kind, gate.spec.nsub, hidden_p, TT, "swiglu", header_out=quant_h)
-        hx_words = x_stream_words(ff_p, TT, quant_h)
         x_full = np.zeros((T, hidden_p), np.float32)
         x_full[:, :hidden] = x
+        if T == 1:
+            out = self._decode(gate, up, down, x_full, tiles, hidden, quant_in, quant_h)
+            return out[None, :hidden].copy()
+        # prompt: tiles grouped by how many tokens they hold, each group run with that tile width
+        # (a tile of 1 token in a 2-token kernel would do the work twice)
+        y = np.zeros((T, hidden), np.float32)
+        res: dict[tuple[int, int], np.ndarray] = {}
+        for width in sorted({len(toks) for _, toks, _ in tiles}):
+            group = [tl for tl in tiles if len(tl[1]) == width]
+            h = self._swiglu(gate, up, down, x_full, group, width, quant_in, quant_h)
+            outs = self._down_tiles(down, group, h, width, hidden)      # [tiles, width, rows]
+            for ti, (e, toks, _) in enumerate(group):
+                for s_, t in enumerate(toks):
+                    res[(int(t), e)] = outs[ti, s_, :hidden]
+        # add each token's expert outputs in router order (as the cpu backend does)
+        for t in range(T):
+            for e in expert_ids[t]:
+                y[t] += res[(t, int(e))]
+        return y
+
+    def _swiglu(self, gate, up, down, x_full, tiles, TT, quant_in, quant_h):
+        """Dispatch A for tiles of TT tokens: h streams (one per tile), returned as [(array, address)]."""
+        hidden_p = x_full.shape[1]
+        ff, ff_p = gate.rows, lay.padded_cols(gate.rows)
+        cfg_a = KernelConfig(gate.spec.kind, gate.spec.nsub, hidden_p, TT, "swiglu", header_out=quant_h)
+        hx_words = x_stream_words(ff_p, TT, quant_h)
         items_a, h_streams = [], []
         for e, toks, ws in tiles:
             xt = np.zeros((TT, hidden_p), np.float32)
@@ -135,46 +159,46 @@ class ExpertFFN:
         table_a = write_tables(self.scratch, items_a, self.threads)
         self.counters.append(execute(self.drv, self.programs, cfg_a, self.threads, self.scratch, table_a,
                                      [gate.row_bytes, up.row_bytes]))
-        # ---- dispatch B: down projections (+ the weighted sum over the k experts for one token)
-        cfg_b = KernelConfig(down.spec.kind, down.spec.nsub, ff_p, TT, "sum")
+        return h_streams
+
+    def _decode(self, gate, up, down, x_full, tiles, hidden, quant_in, quant_h) -> np.ndarray:
+        """One token: dispatch A for its k experts, dispatch B = down projections summed over the k
+        experts inside the kernel (one item per 16 output rows with k entries)."""
+        h_streams = self._swiglu(gate, up, down, x_full, tiles, 1, quant_in, quant_h)
+        cfg_b = KernelConfig(down.spec.kind, down.spec.nsub, lay.padded_cols(down.cols), 1, "sum")
         n_groups = lay.padded_rows(hidden) // 16
+        out, oaddr = self.scratch.take(lay.padded_rows(hidden))
+        ents, eaddr = self.scratch.take(16 * len(tiles) * n_groups)
+        ents[:] = 0
         items_b = []
-        if T == 1:
-            out, oaddr = self.scratch.take(lay.padded_rows(hidden))
-            ents, eaddr = self.scratch.take(16 * len(tiles) * n_groups)
-            ents[:] = 0
-            for g in range(n_groups):
-                for j, (e, _, _) in enumerate(tiles):
-                    r = (g * len(tiles) + j) * 16
-                    ents[r: r + 3] = [down.addr(e, 16 * g), h_streams[j][1], f32_bits(1.0)]
-                items_b.append([len(tiles), eaddr + 4 * 16 * g * len(tiles), oaddr + 64 * g, 0])
-        else:
-            rows_p = lay.padded_rows(hidden)
-            out, oaddr = self.scratch.take(len(tiles) * TT * rows_p)
-            ents, eaddr = self.scratch.take(16 * len(tiles) * n_groups)
-            ents[:] = 0
-            for ti, (e, _, _) in enumerate(tiles):
-                for g in range(n_groups):
-                    r = (ti * n_groups + g) * 16
-                    ents[r: r + 3] = [down.addr(e, 16 * g), h_streams[ti][1], f32_bits(1.0)]
-                    items_b.append([1, eaddr + 4 * r, oaddr + 4 * (ti * TT * rows_p + 16 * g), 4 * rows_p])
+        for g in range(n_groups):
+            for j, (e, _, _) in enumerate(tiles):
+                r = (g * len(tiles) + j) * 16
+                ents[r: r + 3] = [down.addr(e, 16 * g), h_streams[j][1], f32_bits(1.0)]
+            items_b.append([len(tiles), eaddr + 4 * 16 * g * len(tiles), oaddr + 64 * g, 0])
         table_b = write_tables(self.scratch, items_b, self.threads)
         self.counters.append(execute(self.drv, self.programs, cfg_b, self.threads, self.scratch, table_b,
                                      [down.row_bytes]))
-        if T == 1:
-            return out.view(np.float32)[None, :hidden].copy()
-        y = np.zeros((T, hidden), np.float32)
-        res = out.view(np.float32).reshape(len(tiles), TT, lay.padded_rows(hidden))
-        # add each token's expert outputs in router order (as the cpu backend does)
-        where = {}
-        for ti, (e, toks, _) in enumerate(tiles):
-            for s, t in enumerate(toks):
-                where[(int(t), e)] = (ti, s)
-        for t in range(T):
-            for e in expert_ids[t]:
-                ti, s = where[(t, int(e))]
-                y[t] += res[ti, s, :hidden]
-        return y
+        return out.view(np.float32)
+
+    def _down_tiles(self, down, tiles, h_streams, TT, hidden) -> np.ndarray:
+        """Dispatch B for tiles of TT tokens: each tile's down projection -> f32 [tiles, TT, rows]."""
+        cfg_b = KernelConfig(down.spec.kind, down.spec.nsub, lay.padded_cols(down.cols), TT, "sum")
+        n_groups = lay.padded_rows(hidden) // 16
+        rows_p = lay.padded_rows(hidden)
+        out, oaddr = self.scratch.take(len(tiles) * TT * rows_p)
+        ents, eaddr = self.scratch.take(16 * len(tiles) * n_groups)
+        ents[:] = 0
+        items_b = []
+        for ti, (e, _, _) in enumerate(tiles):
+            for g in range(n_groups):
+                r = (ti * n_groups + g) * 16
+                ents[r: r + 3] = [down.addr(e, 16 * g), h_streams[ti][1], f32_bits(1.0)]
+                items_b.append([1, eaddr + 4 * r, oaddr + 4 * (ti * TT * rows_p + 16 * g), 4 * rows_p])
+        table_b = write_tables(self.scratch, items_b, self.threads)
+        self.counters.append(execute(self.drv, self.programs, cfg_b, self.threads, self.scratch, table_b,
+                                     [down.row_bytes]))
+        return out.view(np.float32).reshape(len(tiles), TT, rows_p)
 
     @staticmethod
     def scratch_bytes(hidden: int, ff: int, k: int, max_tokens: int) -> int:

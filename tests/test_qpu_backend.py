@@ -50,7 +50,7 @@ def test_qpu_logits_equal_cpu_computed_the_same_way(tiny_model, arch, qtype):
     assert max(diffs) < 1e-5 and len(diffs) == n_layers
     assert _rel(lq, lr) < (1e-5 if qtype in ("F32", "F16") else 5e-3)
     assert np.array_equal(lq.argmax(-1), lr.argmax(-1))
-    assert stats["dispatches"] == 2 * n_layers
+    assert 2 * n_layers <= stats["dispatches"] <= 8 * n_layers     # 2 per layer and tile width (<= 4)
     assert stats["instructions"] > 0 and stats["sfu_ops"] > 0
     assert stats["tmu_read_bytes"] > 0
 
