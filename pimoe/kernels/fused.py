@@ -344,110 +344,153 @@ def _madd_i16(builder, a, b, x86):
     return _even_odd_add(builder, builder.mul(builder.sext(a, w32), builder.sext(b, w32)), 16, i32)
 
 
-def _load(context, builder, arrtype, arrval, base, k, vtype):
-    off = builder.add(base, ir.Constant(base.type, k)) if k else base
-    return builder.load(_vec_ptr(context, builder, arrtype, arrval, off, vtype), align=1)
+# The per-block arithmetic works on raw pointers (i8* weights and activation codes, i16* Q8_K
+# sums) so the same code serves the one-block intrinsics (tested on their own, both spellings)
+# and the whole-row ones the kernels call.
+
+_I8, _I16, _I32, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
 
 
-def _splat16_pair(builder, lo, hi):
-    """<16 x i16>: lanes 0..7 = lo, 8..15 = hi (lo, hi: i16 values)."""
-    i16, i32 = ir.IntType(16), ir.IntType(32)
-    v = ir.Constant(ir.VectorType(i16, 2), ir.Undefined)
-    v = builder.insert_element(v, lo, ir.Constant(i32, 0))
-    v = builder.insert_element(v, hi, ir.Constant(i32, 1))
-    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 16), [0] * 8 + [1] * 8))
+def _ptr(builder, base, off, k=0):
+    """base (i8* / i16*) + off + k elements."""
+    if k:
+        off = builder.add(off, ir.Constant(off.type, k))
+    return builder.gep(base, [off])
+
+
+def _vload(builder, base, off, k, vtype, align=1):
+    return builder.load(builder.bitcast(_ptr(builder, base, off, k), vtype.as_pointer()), align=align)
+
+
+def _base(context, builder, arrtype, arrval, elem):
+    return builder.bitcast(context.make_array(arrtype)(context, builder, arrval).data, elem.as_pointer())
+
+
+def _q4k_vec(builder, w, qo, x, xo, packed_scales, x86):
+    """<8 x i32> whose sum is sum_j sc_j * q . x over one Q4_K super-block (codes at w+qo, the 32
+    bytes of chunk p hold sub-block 2p in the low and 2p+1 in the high nibbles; x codes at x+xo)."""
+    v8 = ir.VectorType(_I8, 32)
+    sc = builder.zext(builder.bitcast(packed_scales, ir.VectorType(_I8, 8)), ir.VectorType(_I16, 8))
+    acc = None
+    for p in range(4):
+        q = _vload(builder, w, qo, 32 * p, v8)
+        for half, codes in ((0, builder.and_(q, ir.Constant(v8, [15] * 32))),
+                            (1, builder.lshr(q, ir.Constant(v8, [4] * 32)))):
+            j = 2 * p + half
+            xs = _vload(builder, x, xo, 32 * j, v8)
+            s = builder.shuffle_vector(sc, sc, ir.Constant(ir.VectorType(_I32, 16), [j] * 16))
+            m = _madd_i16(builder, _madd_u8s8(builder, codes, xs, x86), s, x86)
+            acc = m if acc is None else builder.add(acc, m)
+    return acc
+
+
+def _mins_vec(builder, packed_mins, bs, bo, x86):
+    """<8 x i32> whose sum is sum_j m_j * (bs[bo+2j] + bs[bo+2j+1]) (Q4_K/Q5_K mins, one per byte)."""
+    m = builder.zext(builder.bitcast(packed_mins, ir.VectorType(_I8, 8)), ir.VectorType(_I16, 8))
+    m = builder.shuffle_vector(m, m, ir.Constant(ir.VectorType(_I32, 16), [j // 2 for j in range(16)]))
+    return _madd_i16(builder, _vload(builder, bs, bo, 0, ir.VectorType(_I16, 16), 2), m, x86)
+
+
+def _q6k_vec(builder, w, o, x, xo, bs, bo, x86):
+    """<8 x i32> whose sum is sum_g scale_g * (q - 32) . x over one Q6_K super-block at w+o.
+
+    The codes q (0..63) go through the unsigned-by-signed multiply-add; the -32 offset is applied
+    per 16-weight group through Q8_K's group sums: - 32 * sum_g scale_g * bs_g."""
+    v8 = ir.VectorType(_I8, 32)
+    scales = builder.sext(_vload(builder, w, o, 192, ir.VectorType(_I8, 16)), ir.VectorType(_I16, 16))
+    acc = None
+    for h in range(2):
+        qh = _vload(builder, w, o, 128 + 32 * h, v8)
+        ql = [_vload(builder, w, o, 64 * h + 32 * c, v8) for c in range(2)]
+        for k in range(4):  # 32 weights p = 4h + k: nibble k>>1 of ql[k&1], bits 2k of qh
+            lo = ql[k & 1]
+            lo = builder.lshr(lo, ir.Constant(v8, [4] * 32)) if k >> 1 else builder.and_(lo, ir.Constant(v8, [15] * 32))
+            hb = builder.and_(builder.lshr(qh, ir.Constant(v8, [2 * k] * 32)) if k else qh, ir.Constant(v8, [3] * 32))
+            code = builder.or_(lo, builder.shl(hb, ir.Constant(v8, [4] * 32)))
+            p = 4 * h + k
+            xs = _vload(builder, x, xo, 32 * p, v8)
+            s = builder.shuffle_vector(scales, scales, ir.Constant(ir.VectorType(_I32, 16), [2 * p] * 8 + [2 * p + 1] * 8))
+            m = _madd_i16(builder, _madd_u8s8(builder, code, xs, x86), s, x86)
+            acc = m if acc is None else builder.add(acc, m)
+    gsum = _madd_i16(builder, _vload(builder, bs, bo, 0, ir.VectorType(_I16, 16), 2), scales, x86)
+    return builder.sub(acc, builder.shl(gsum, ir.Constant(ir.VectorType(_I32, 8), [5] * 8)))
+
+
+def _s8_vec(builder, w, wo, x, xo, x86):
+    """<8 x i32> whose sum is sum_{l<32} int8(w[wo+l]) * x[xo+l] (Q8_0 block)."""
+    v8, v16 = ir.VectorType(_I8, 16), ir.VectorType(_I16, 16)
+    acc = None
+    for h in range(2):  # two halves of 16: sign-extend to i16, pairwise multiply-add to i32
+        a = builder.sext(_vload(builder, w, wo, 16 * h, v8), v16)
+        b = builder.sext(_vload(builder, x, xo, 16 * h, v8), v16)
+        m = _madd_i16(builder, a, b, x86)
+        acc = m if acc is None else builder.add(acc, m)
+    return acc
+
+
+def _kquant_scales_mins_ir(builder, w, o):
+    """IR twin of kquant_scales_mins: (scales, mins) of the Q4_K/Q5_K super-block at w+o, one per
+    byte of an i64."""
+    i64 = ir.IntType(64)
+
+    def u32(k):
+        return builder.zext(_vload(builder, w, o, k, _I32), i64)
+
+    def c(v):
+        return ir.Constant(i64, v)
+
+    u0, u1, u2 = u32(4), u32(8), u32(12)
+    hi_s = builder.or_(builder.and_(u2, c(0x0F0F0F0F)),
+                       builder.shl(builder.and_(builder.lshr(u0, c(6)), c(0x03030303)), c(4)))
+    hi_m = builder.or_(builder.and_(builder.lshr(u2, c(4)), c(0x0F0F0F0F)),
+                       builder.shl(builder.and_(builder.lshr(u1, c(6)), c(0x03030303)), c(4)))
+    sc = builder.or_(builder.and_(u0, c(0x3F3F3F3F)), builder.shl(hi_s, c(32)))
+    mn = builder.or_(builder.and_(u1, c(0x3F3F3F3F)), builder.shl(hi_m, c(32)))
+    return sc, mn
 
 
 def _make_madd_block_dots(x86):
+    """One-block dots returning exact int32 (the unit the row dots are built from; tested alone)."""
+
     @intrinsic
     def s8_dot_32(typingctx, w, woff, x, xoff):
-        """sum_{l<32} int8(w[woff+l]) * x[xoff+l], exact int32 (Q8_0 block)."""
+        """sum_{l<32} int8(w[woff+l]) * x[xoff+l] (Q8_0 block)."""
         sig = types.int32(w, woff, x, xoff)
 
         def codegen(context, builder, signature, args):
             wv, wo, xv, xo = args
             wt, _, xt, _ = signature.args
-            i8, i16 = ir.IntType(8), ir.IntType(16)
-            v8, v16 = ir.VectorType(i8, 16), ir.VectorType(i16, 16)
-            acc = None
-            for h in range(2):  # two halves of 16: sign-extend to i16, pairwise multiply-add to i32
-                a = builder.sext(_load(context, builder, wt, wv, wo, 16 * h, v8), v16)
-                b = builder.sext(_load(context, builder, xt, xv, xo, 16 * h, v8), v16)
-                m = _madd_i16(builder, a, b, x86)
-                acc = m if acc is None else builder.add(acc, m)
-            return _reduce_add(builder, acc, 8)
+            v = _s8_vec(builder, _base(context, builder, wt, wv, _I8), wo,
+                        _base(context, builder, xt, xv, _I8), xo, x86)
+            return _reduce_add(builder, v, 8)
 
         return sig, codegen
 
     @intrinsic
     def q4k_dot(typingctx, w, qo, x, xo, packed_scales):
-        """sum over one Q4_K super-block of sc_j * q * x (the mins are applied by the caller), exact int32.
-
-        q: nibbles of w[qo:qo+128]: the 32 bytes of chunk p hold sub-block 2p in the low and 2p+1 in
-        the high nibbles; packed_scales: the eight 6-bit scales, scale j in byte j."""
+        """sum over one Q4_K super-block of sc_j * q * x (no mins), scales packed one per byte."""
         sig = types.int32(w, qo, x, xo, packed_scales)
 
         def codegen(context, builder, signature, args):
             wv, qov, xv, xov, ps = args
             wt, xt = signature.args[0], signature.args[2]
-            i8, i16 = ir.IntType(8), ir.IntType(16)
-            v8 = ir.VectorType(i8, 32)
-            sc = builder.zext(builder.bitcast(ps, ir.VectorType(i8, 8)), ir.VectorType(i16, 8))
-            i32 = ir.IntType(32)
-            acc = None
-            for p in range(4):
-                q = _load(context, builder, wt, wv, qov, 32 * p, v8)
-                lo = builder.and_(q, ir.Constant(v8, [15] * 32))
-                hi = builder.lshr(q, ir.Constant(v8, [4] * 32))
-                for half, codes in ((0, lo), (1, hi)):
-                    j = 2 * p + half
-                    xs = _load(context, builder, xt, xv, xov, 32 * j, v8)
-                    s = builder.shuffle_vector(sc, sc, ir.Constant(ir.VectorType(i32, 16), [j] * 16))
-                    m = _madd_i16(builder, _madd_u8s8(builder, codes, xs, x86), s, x86)
-                    acc = m if acc is None else builder.add(acc, m)
-            return _reduce_add(builder, acc, 8)
+            v = _q4k_vec(builder, _base(context, builder, wt, wv, _I8), qov,
+                         _base(context, builder, xt, xv, _I8), xov, ps, x86)
+            return _reduce_add(builder, v, 8)
 
         return sig, codegen
 
     @intrinsic
     def q6k_dot(typingctx, w, o, x, xo, bs, bo):
-        """sum over one Q6_K super-block (w[o:o+210]) of scale_g * (q - 32) * x, exact int32.
-
-        The codes q (0..63) go through the unsigned-by-signed multiply-add; the -32 offset is applied
-        once per 16-weight group through Q8_K's group sums bs[bo:bo+16]: 32 * sum_g scale_g * bs_g."""
+        """sum over one Q6_K super-block (w[o:o+210]) of scale_g * (q - 32) * x, Q8_K sums bs[bo:bo+16]."""
         sig = types.int32(w, o, x, xo, bs, bo)
 
         def codegen(context, builder, signature, args):
             wv, ov, xv, xov, bsv, bov = args
             wt, xt, bt = signature.args[0], signature.args[2], signature.args[4]
-            i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
-            v8 = ir.VectorType(i8, 32)
-            scales = builder.sext(_load(context, builder, wt, wv, ov, 192, ir.VectorType(i8, 16)),
-                                  ir.VectorType(i16, 16))
-            acc = None
-            for h in range(2):
-                qh = _load(context, builder, wt, wv, ov, 128 + 32 * h, v8)
-                ql = [_load(context, builder, wt, wv, ov, 64 * h + 32 * c, v8) for c in range(2)]
-                for k in range(4):  # 32 weights p = 4h + k: nibble k>>1 of ql[k&1], bits 2k of qh
-                    lo = ql[k & 1]
-                    if k >> 1:
-                        lo = builder.lshr(lo, ir.Constant(v8, [4] * 32))
-                    else:
-                        lo = builder.and_(lo, ir.Constant(v8, [15] * 32))
-                    hb = builder.and_(builder.lshr(qh, ir.Constant(v8, [2 * k] * 32)) if k else qh,
-                                      ir.Constant(v8, [3] * 32))
-                    code = builder.or_(lo, builder.shl(hb, ir.Constant(v8, [4] * 32)))
-                    p = 4 * h + k
-                    xs = _load(context, builder, xt, xv, xov, 32 * p, v8)
-                    s = builder.shuffle_vector(scales, scales,
-                                               ir.Constant(ir.VectorType(i32, 16), [2 * p] * 8 + [2 * p + 1] * 8))
-                    m = _madd_i16(builder, _madd_u8s8(builder, code, xs, x86), s, x86)
-                    acc = m if acc is None else builder.add(acc, m)
-            # the offset: 32 * sum_g scale_g * bs_g (bs: int16 sums of 16 activation codes)
-            arr = context.make_array(bt)(context, builder, bsv)
-            bptr = builder.bitcast(builder.gep(arr.data, [bov]), ir.VectorType(i16, 16).as_pointer())
-            gsum = _reduce_add(builder, _madd_i16(builder, builder.load(bptr, align=2), scales, x86), 8)
-            return builder.sub(_reduce_add(builder, acc, 8), builder.shl(gsum, ir.Constant(i32, 5)))
+            v = _q6k_vec(builder, _base(context, builder, wt, wv, _I8), ov, _base(context, builder, xt, xv, _I8),
+                         xov, _base(context, builder, bt, bsv, _I16), bov, x86)
+            return _reduce_add(builder, v, 8)
 
         return sig, codegen
 
@@ -458,12 +501,8 @@ def _make_madd_block_dots(x86):
 
         def codegen(context, builder, signature, args):
             pm, bsv, bov = args
-            i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
-            m = builder.zext(builder.bitcast(pm, ir.VectorType(i8, 8)), ir.VectorType(i16, 8))
-            m = builder.shuffle_vector(m, m, ir.Constant(ir.VectorType(i32, 16), [j // 2 for j in range(16)]))
-            arr = context.make_array(signature.args[1])(context, builder, bsv)
-            bptr = builder.bitcast(builder.gep(arr.data, [bov]), ir.VectorType(i16, 16).as_pointer())
-            return _reduce_add(builder, _madd_i16(builder, builder.load(bptr, align=2), m, x86), 8)
+            v = _mins_vec(builder, pm, _base(context, builder, signature.args[1], bsv, _I16), bov, x86)
+            return _reduce_add(builder, v, 8)
 
         return sig, codegen
 
@@ -472,6 +511,87 @@ def _make_madd_block_dots(x86):
 
 madd_s8_dot_32, madd_q4k_dot, madd_q6k_dot, madd_mins_dot = _make_madd_block_dots(USE_X86_MADD)
 
+
+# --- whole-row dots -------------------------------------------------------------------------------
+# One IR loop over a row's blocks: each block's integer dot stays in 8 x i32 lanes, is converted to
+# 8 x f32 and multiplied by its float scale into 8 f32 accumulators (ggml's AVX2 order), so a row
+# has one horizontal sum instead of one per block.  Block scales d_w are read through the f16 table
+# (an fpext of a half made LLVM insert it into the accumulator's register, a false dependency that
+# chained every block: measured 1.5x slower).
+
+def _make_row_dots(x86):
+    def row_codegen(block_bytes, per_block):
+        """codegen for sig float32(w, woff, x, xoff, xd, xdoff, bs, bsoff, nb, lut); per_block(builder, w, o, x, xo, bs, bo, i,
+        wscale) returns [(<8 x i32>, f32 scale)] whose sum of scale * lanes is the block's share."""
+
+        def codegen(context, builder, signature, args):
+            wv, wo, xv, xo, xdv, xdo, bsv, bso, nbv, lutv = args
+            wt, _, xt, _, xdt, _, bt, _, _, lutt = signature.args
+            vf = ir.VectorType(_F32, 8)
+            # element offsets into whole arrays: the kernel passes w [E, O, rb] and the [N, ...]
+            # activation arrays as they are, so no per-row array views (and their refcounts) are made
+            w = builder.gep(_base(context, builder, wt, wv, _I8), [wo])
+            x = builder.gep(_base(context, builder, xt, xv, _I8), [xo])
+            xd = builder.gep(_base(context, builder, xdt, xdv, _F32), [xdo])
+            bs = builder.gep(_base(context, builder, bt, bsv, _I16), [bso])
+            lut = _base(context, builder, lutt, lutv, _F32)
+
+            def f16_at(o, k):
+                h = _vload(builder, w, o, k, _I16)
+                return builder.load(builder.gep(lut, [builder.zext(h, o.type)]))
+
+            acc = cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * 8))
+            with cgutils.for_range(builder, nbv) as loop:
+                i = loop.index
+                o = builder.mul(i, ir.Constant(i.type, block_bytes))
+                dx = builder.load(builder.gep(xd, [i]))
+                total = builder.load(acc)
+                for vec, scale in per_block(builder, w, o, x, i, bs, dx, f16_at):
+                    sv = builder.insert_element(ir.Constant(vf, ir.Undefined), scale, ir.Constant(_I32, 0))
+                    sv = builder.shuffle_vector(sv, sv, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+                    total = builder.fadd(total, builder.fmul(builder.sitofp(vec, vf), sv))
+                builder.store(total, acc)
+            total = builder.load(acc)
+            out = builder.extract_element(total, ir.Constant(_I32, 0))
+            for k in range(1, 8):
+                out = builder.fadd(out, builder.extract_element(total, ir.Constant(_I32, k)))
+            return out
+
+        return codegen
+
+    def q8_0_block(builder, w, o, x, i, bs, dx, f16_at):
+        xo = builder.mul(i, ir.Constant(i.type, 32))
+        return [(_s8_vec(builder, w, builder.add(o, ir.Constant(o.type, 2)), x, xo, x86),
+                 builder.fmul(f16_at(o, 0), dx))]
+
+    def q4_k_block(builder, w, o, x, i, bs, dx, f16_at):
+        xo = builder.mul(i, ir.Constant(i.type, 256))
+        bo = builder.mul(i, ir.Constant(i.type, 16))
+        sc, mn = _kquant_scales_mins_ir(builder, w, o)
+        return [(_q4k_vec(builder, w, builder.add(o, ir.Constant(o.type, 16)), x, xo, sc, x86),
+                 builder.fmul(f16_at(o, 0), dx)),
+                (_mins_vec(builder, mn, bs, bo, x86), builder.fneg(builder.fmul(f16_at(o, 2), dx)))]
+
+    def q6_k_block(builder, w, o, x, i, bs, dx, f16_at):
+        xo = builder.mul(i, ir.Constant(i.type, 256))
+        bo = builder.mul(i, ir.Constant(i.type, 16))
+        return [(_q6k_vec(builder, w, o, x, xo, bs, bo, x86), builder.fmul(f16_at(o, 208), dx))]
+
+    def make(block_bytes, per_block, doc):
+        @intrinsic
+        def row_dot(typingctx, w, woff, x, xoff, xd, xdoff, bs, bsoff, nb, lut):
+            return (types.float32(w, woff, x, xoff, xd, xdoff, bs, bsoff, nb, lut),
+                    row_codegen(block_bytes, per_block))
+
+        row_dot.__doc__ = doc
+        return row_dot
+
+    return (make(34, q8_0_block, "Q8_0 row . Q8_0 activations (x codes, xd scales; bs unused)"),
+            make(144, q4_k_block, "Q4_K row . Q8_K activations: d*sum sc q.x - dmin*sum m bsums"),
+            make(210, q6_k_block, "Q6_K row . Q8_K activations"))
+
+
+madd_q8_0_row_dot, madd_q4_k_row_dot, madd_q6_k_row_dot = _make_row_dots(USE_X86_MADD)
 
 @intrinsic
 def load_u32(typingctx, b, off):
@@ -537,10 +657,7 @@ def _f16(b, off, lut):
 
 @njit(cache=True)
 def _row_q8_0(b, xq, xd, lut):
-    acc = np.float32(0.0)
-    for i in range(xd.shape[0]):
-        acc += _f16(b, i * 34, lut) * xd[i] * np.float32(madd_s8_dot_32(b, i * 34 + 2, xq, i * 32))
-    return acc
+    return madd_q8_0_row_dot(b, 0, xq, 0, xd, 0, xd, 0, xd.shape[0], lut)  # (xd again: bs is unused)
 
 
 @njit(cache=True)
@@ -641,16 +758,9 @@ def _row_q3_k(b, xq, xd, lut, sc):
 
 @njit(cache=True)
 def _row_q4_k(b, xq, xd, xbs, lut):
-    # one pairwise multiply-add super-block dot (codes x activations, then x scales) and the mins
-    # through Q8_K's 16-weight sums: d * sum_j sc_j q.x - dmin * sum_j m_j sum(x of sub-block j)
-    acc = np.float32(0.0)
-    for i in range(xd.shape[0]):
-        o = i * 144
-        sc, mn = kquant_scales_mins(b, o)
-        isum = madd_q4k_dot(b, o + 16, xq, i * 256, sc)
-        msum = madd_mins_dot(mn, xbs, i * 16)
-        acc += xd[i] * (_f16(b, o, lut) * np.float32(isum) - _f16(b, o + 2, lut) * np.float32(msum))
-    return acc
+    # per super-block: d * sum_j sc_j q.x (pairwise multiply-add) - dmin * sum_j m_j * (sum of the
+    # sub-block's activation codes, from Q8_K's 16-weight sums), all in one vector loop
+    return madd_q4_k_row_dot(b, 0, xq, 0, xd, 0, xbs, 0, xd.shape[0], lut)
 
 
 @njit(cache=True)
@@ -677,10 +787,7 @@ def _row_q5_k(b, xq, xd, xbs, lut):
 
 @njit(cache=True)
 def _row_q6_k(b, xq, xd, xbs, lut):
-    acc = np.float32(0.0)
-    for i in range(xd.shape[0]):
-        acc += xd[i] * _f16(b, i * 210 + 208, lut) * np.float32(madd_q6k_dot(b, i * 210, xq, i * 256, xbs, i * 16))
-    return acc
+    return madd_q6_k_row_dot(b, 0, xq, 0, xd, 0, xbs, 0, xd.shape[0], lut)
 
 
 # --- row dequantization, for prompts (many tokens per weight row) -------------------------------
@@ -840,6 +947,25 @@ def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out):
                 if affine:
                     for k in range(k0, k1):
                         out[rows[k], o] += _fdot(mv, xs[rows[k]])
+            continue
+        if kind == K_Q8_0 or kind == K_Q4_K or kind == K_Q6_K:
+            # whole-row vector dots on offsets into the arrays (no views: each view costs refcount
+            # calls comparable to a row's arithmetic)
+            rb = w.shape[2]
+            n = xq.shape[1]
+            nbx = xd.shape[1]
+            nbs = xbs.shape[1]
+            for o in range(r0, r1):
+                woff = (e * O + o) * rb
+                for k in range(groups[g], groups[g + 1]):
+                    t = rows[k]
+                    if kind == K_Q8_0:
+                        v = madd_q8_0_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, 0, nbx, lut)
+                    elif kind == K_Q4_K:
+                        v = madd_q4_k_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
+                    else:
+                        v = madd_q6_k_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
+                    out[t, o] = v
             continue
         for o in range(r0, r1):
             b = w[e, o]
