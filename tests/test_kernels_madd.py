@@ -91,3 +91,41 @@ def test_madd_dots_equal_integer_reference(name, dots, extreme):
         b6[208:210] = F16_ONE
         deq = np.rint(gq.dequantize(b6[None], QT.Q6_K)[0]).astype(np.int64)
         assert run_q6k(b6, x, bs) == int(deq @ x.astype(np.int64))
+
+
+def _row_variants():
+    out = [("generic", fused._make_row_dots(False))]
+    if fused.USE_X86_MADD:
+        out.append(("x86", fused._make_row_dots(True)))
+    return out
+
+
+ROW_VARIANTS = _row_variants()
+
+
+@pytest.mark.parametrize("name,dots", ROW_VARIANTS, ids=[v[0] for v in ROW_VARIANTS])
+@pytest.mark.parametrize("qtype", [QT.Q8_0, QT.Q4_K, QT.Q6_K], ids=lambda t: t.name)
+def test_row_dots_equal_reference(name, dots, qtype):
+    """Whole-row dots (both spellings) at offsets into [rows, bytes] / [tokens, n] arrays, against the
+    numpy dequantize-then-matmul reference with llama.cpp's activation rounding."""
+    from pimoe.kernels import dispatch
+
+    row_dot = dots[{QT.Q8_0: 0, QT.Q4_K: 1, QT.Q6_K: 2}[qtype]]
+
+    @njit
+    def run(w, xq, xd, xbs, lut, out):
+        rb = w.shape[1]
+        for t in range(xq.shape[0]):
+            for o in range(w.shape[0]):
+                out[t, o] = row_dot(w, o * rb, xq, t * xq.shape[1], xd, t * xd.shape[1], xbs, t * xbs.shape[1],
+                                    xd.shape[1], lut)
+
+    rng = np.random.default_rng(int(qtype))
+    n = 3 * 256
+    w = quant.random_qtensor("w", qtype, (7, n), rng, std=0.05)
+    x = (rng.standard_normal((3, n)) * 2).astype(np.float32)
+    acts = dispatch.PreparedActivations(x, qtype)
+    out = np.zeros((3, 7), np.float32)
+    run(w.data, acts.xq, acts.xd, acts.xbs, fused.F16_TABLE, out)
+    ref = quant.matmul_reference(w, x)
+    assert np.abs(out - ref).max() <= 2e-5 * np.abs(ref).max()
