@@ -120,3 +120,12 @@ def test_run_command_with_qpu_emulator(tiny_model, capsys):
                "--no-warmup"])
     assert rc in (0, None)
     assert "backend qpu" in capsys.readouterr().err
+
+
+def test_hw_driver_absent_is_a_clear_error(tiny_model):
+    from pimoe.qpu.driver import hardware_available
+
+    if hardware_available()[0]:
+        pytest.skip("a V3D GPU is present")
+    with pytest.raises(PimoeError, match="hardware|py-videocore6"):
+        load_model(tiny_model("qwen3moe", "F32"), backend="qpu", qpu="hw")
