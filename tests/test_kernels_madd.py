@@ -129,3 +129,19 @@ def test_row_dots_equal_reference(name, dots, qtype):
     run(w.data, acts.xq, acts.xd, acts.xbs, fused.F16_TABLE, out)
     ref = quant.matmul_reference(w, x)
     assert np.abs(out - ref).max() <= 2e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("qtype", [QT.Q8_0, QT.Q4_K, QT.Q6_K], ids=lambda t: t.name)
+def test_token_tiles_equal_reference_and_single_tokens(qtype):
+    """Prompts: tiles of 4 and 2 tokens plus single ones (T = 2, 3, 6, 7, 12) give the reference result
+    and bit-for-bit the one-token (decode) result for every token."""
+    rng = np.random.default_rng(40 + int(qtype))
+    n = 512
+    w = quant.random_qtensor("w", qtype, (19, n), rng, std=0.05)
+    for T in (2, 3, 6, 7, 12):
+        x = (rng.standard_normal((T, n)) * 2).astype(np.float32)
+        y = quant.matmul(w, x)
+        ref = quant.matmul_reference(w, x)
+        assert np.abs(y - ref).max() <= 2e-5 * np.abs(ref).max()
+        singles = np.concatenate([quant.matmul(w, x[t:t + 1]) for t in range(T)])
+        np.testing.assert_array_equal(y, singles)

@@ -366,22 +366,38 @@ def _base(context, builder, arrtype, arrval, elem):
     return builder.bitcast(context.make_array(arrtype)(context, builder, arrval).data, elem.as_pointer())
 
 
-def _q4k_vec(builder, w, qo, x, xo, packed_scales, x86):
-    """<8 x i32> whose sum is sum_j sc_j * q . x over one Q4_K super-block (codes at w+qo, the 32
-    bytes of chunk p hold sub-block 2p in the low and 2p+1 in the high nibbles; x codes at x+xo)."""
+# Each block type is split into unpack (weights -> codes and scale vectors, once per block) and
+# apply (codes . one token's activation codes): with several tokens on one row (prompts) the
+# unpacking, the expensive part, is shared by the tokens.
+
+def _q4k_unpack(builder, w, qo, packed_scales):
+    """Q4_K codes at w+qo (the 32 bytes of chunk p: sub-block 2p in the low, 2p+1 in the high
+    nibbles) and scales packed one per byte -> 8 x (<32 x u8> codes, <16 x i16> scale)."""
     v8 = ir.VectorType(_I8, 32)
     sc = builder.zext(builder.bitcast(packed_scales, ir.VectorType(_I8, 8)), ir.VectorType(_I16, 8))
-    acc = None
+    out = []
     for p in range(4):
         q = _vload(builder, w, qo, 32 * p, v8)
         for half, codes in ((0, builder.and_(q, ir.Constant(v8, [15] * 32))),
                             (1, builder.lshr(q, ir.Constant(v8, [4] * 32)))):
             j = 2 * p + half
-            xs = _vload(builder, x, xo, 32 * j, v8)
-            s = builder.shuffle_vector(sc, sc, ir.Constant(ir.VectorType(_I32, 16), [j] * 16))
-            m = _madd_i16(builder, _madd_u8s8(builder, codes, xs, x86), s, x86)
-            acc = m if acc is None else builder.add(acc, m)
+            out.append((codes, builder.shuffle_vector(sc, sc, ir.Constant(ir.VectorType(_I32, 16), [j] * 16))))
+    return out
+
+
+def _apply_codes(builder, unpacked, x, xo, x86):
+    """<8 x i32> whose sum is sum_j scale_j * codes_j . x[xo + 32 j: +32] (u8 codes, i8 activations)."""
+    v8 = ir.VectorType(_I8, 32)
+    acc = None
+    for j, (codes, scale) in enumerate(unpacked):
+        m = _madd_i16(builder, _madd_u8s8(builder, codes, _vload(builder, x, xo, 32 * j, v8), x86), scale, x86)
+        acc = m if acc is None else builder.add(acc, m)
     return acc
+
+
+def _q4k_vec(builder, w, qo, x, xo, packed_scales, x86):
+    """<8 x i32> whose sum is sum_j sc_j * q . x over one Q4_K super-block (no mins)."""
+    return _apply_codes(builder, _q4k_unpack(builder, w, qo, packed_scales), x, xo, x86)
 
 
 def _mins_vec(builder, packed_mins, bs, bo, x86):
@@ -391,14 +407,12 @@ def _mins_vec(builder, packed_mins, bs, bo, x86):
     return _madd_i16(builder, _vload(builder, bs, bo, 0, ir.VectorType(_I16, 16), 2), m, x86)
 
 
-def _q6k_vec(builder, w, o, x, xo, bs, bo, x86):
-    """<8 x i32> whose sum is sum_g scale_g * (q - 32) . x over one Q6_K super-block at w+o.
-
-    The codes q (0..63) go through the unsigned-by-signed multiply-add; the -32 offset is applied
-    per 16-weight group through Q8_K's group sums: - 32 * sum_g scale_g * bs_g."""
+def _q6k_unpack(builder, w, o):
+    """Q6_K super-block at w+o -> (8 x (<32 x u8> codes 0..63, <16 x i16> scales of its two groups),
+    <16 x i16> all 16 scales)."""
     v8 = ir.VectorType(_I8, 32)
     scales = builder.sext(_vload(builder, w, o, 192, ir.VectorType(_I8, 16)), ir.VectorType(_I16, 16))
-    acc = None
+    out = []
     for h in range(2):
         qh = _vload(builder, w, o, 128 + 32 * h, v8)
         ql = [_vload(builder, w, o, 64 * h + 32 * c, v8) for c in range(2)]
@@ -406,26 +420,44 @@ def _q6k_vec(builder, w, o, x, xo, bs, bo, x86):
             lo = ql[k & 1]
             lo = builder.lshr(lo, ir.Constant(v8, [4] * 32)) if k >> 1 else builder.and_(lo, ir.Constant(v8, [15] * 32))
             hb = builder.and_(builder.lshr(qh, ir.Constant(v8, [2 * k] * 32)) if k else qh, ir.Constant(v8, [3] * 32))
-            code = builder.or_(lo, builder.shl(hb, ir.Constant(v8, [4] * 32)))
             p = 4 * h + k
-            xs = _vload(builder, x, xo, 32 * p, v8)
-            s = builder.shuffle_vector(scales, scales, ir.Constant(ir.VectorType(_I32, 16), [2 * p] * 8 + [2 * p + 1] * 8))
-            m = _madd_i16(builder, _madd_u8s8(builder, code, xs, x86), s, x86)
-            acc = m if acc is None else builder.add(acc, m)
+            out.append((builder.or_(lo, builder.shl(hb, ir.Constant(v8, [4] * 32))),
+                        builder.shuffle_vector(scales, scales,
+                                               ir.Constant(ir.VectorType(_I32, 16), [2 * p] * 8 + [2 * p + 1] * 8))))
+    return out, scales
+
+
+def _q6k_apply(builder, unpacked, x, xo, bs, bo, x86):
+    """<8 x i32> whose sum is sum_g scale_g * (q - 32) . x: the codes q (0..63) go through the
+    unsigned-by-signed multiply-add, the -32 once per 16-weight group through Q8_K's group sums."""
+    codes, scales = unpacked
+    acc = _apply_codes(builder, codes, x, xo, x86)
     gsum = _madd_i16(builder, _vload(builder, bs, bo, 0, ir.VectorType(_I16, 16), 2), scales, x86)
     return builder.sub(acc, builder.shl(gsum, ir.Constant(ir.VectorType(_I32, 8), [5] * 8)))
 
 
-def _s8_vec(builder, w, wo, x, xo, x86):
-    """<8 x i32> whose sum is sum_{l<32} int8(w[wo+l]) * x[xo+l] (Q8_0 block)."""
+def _q6k_vec(builder, w, o, x, xo, bs, bo, x86):
+    """<8 x i32> whose sum is sum_g scale_g * (q - 32) . x over the Q6_K super-block at w+o."""
+    return _q6k_apply(builder, _q6k_unpack(builder, w, o), x, xo, bs, bo, x86)
+
+
+def _s8_unpack(builder, w, wo):
+    v8, v16 = ir.VectorType(_I8, 16), ir.VectorType(_I16, 16)
+    return [builder.sext(_vload(builder, w, wo, 16 * h, v8), v16) for h in range(2)]
+
+
+def _s8_apply(builder, halves, x, xo, x86):
     v8, v16 = ir.VectorType(_I8, 16), ir.VectorType(_I16, 16)
     acc = None
-    for h in range(2):  # two halves of 16: sign-extend to i16, pairwise multiply-add to i32
-        a = builder.sext(_vload(builder, w, wo, 16 * h, v8), v16)
-        b = builder.sext(_vload(builder, x, xo, 16 * h, v8), v16)
-        m = _madd_i16(builder, a, b, x86)
+    for h, a in enumerate(halves):  # sign-extended to i16, pairwise multiply-add to i32
+        m = _madd_i16(builder, a, builder.sext(_vload(builder, x, xo, 16 * h, v8), v16), x86)
         acc = m if acc is None else builder.add(acc, m)
     return acc
+
+
+def _s8_vec(builder, w, wo, x, xo, x86):
+    """<8 x i32> whose sum is sum_{l<32} int8(w[wo+l]) * x[xo+l] (Q8_0 block)."""
+    return _s8_apply(builder, _s8_unpack(builder, w, wo), x, xo, x86)
 
 
 def _kquant_scales_mins_ir(builder, w, o):
@@ -520,78 +552,155 @@ madd_s8_dot_32, madd_q4k_dot, madd_q6k_dot, madd_mins_dot = _make_madd_block_dot
 # chained every block: measured 1.5x slower).
 
 def _make_row_dots(x86):
-    def row_codegen(block_bytes, per_block):
-        """codegen for sig float32(w, woff, x, xoff, xd, xdoff, bs, bsoff, nb, lut); per_block(builder, w, o, x, xo, bs, bo, i,
-        wscale) returns [(<8 x i32>, f32 scale)] whose sum of scale * lanes is the block's share."""
+    def f16_reader(builder, w, lut):
+        def f16_at(o, k):
+            h = _vload(builder, w, o, k, _I16)
+            return builder.load(builder.gep(lut, [builder.zext(h, o.type)]))
 
-        def codegen(context, builder, signature, args):
-            wv, wo, xv, xo, xdv, xdo, bsv, bso, nbv, lutv = args
-            wt, _, xt, _, xdt, _, bt, _, _, lutt = signature.args
-            vf = ir.VectorType(_F32, 8)
-            # element offsets into whole arrays: the kernel passes w [E, O, rb] and the [N, ...]
-            # activation arrays as they are, so no per-row array views (and their refcounts) are made
-            w = builder.gep(_base(context, builder, wt, wv, _I8), [wo])
-            x = builder.gep(_base(context, builder, xt, xv, _I8), [xo])
-            xd = builder.gep(_base(context, builder, xdt, xdv, _F32), [xdo])
-            bs = builder.gep(_base(context, builder, bt, bsv, _I16), [bso])
-            lut = _base(context, builder, lutt, lutv, _F32)
+        return f16_at
 
-            def f16_at(o, k):
-                h = _vload(builder, w, o, k, _I16)
-                return builder.load(builder.gep(lut, [builder.zext(h, o.type)]))
-
-            acc = cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * 8))
-            with cgutils.for_range(builder, nbv) as loop:
-                i = loop.index
-                o = builder.mul(i, ir.Constant(i.type, block_bytes))
-                dx = builder.load(builder.gep(xd, [i]))
-                total = builder.load(acc)
-                for vec, scale in per_block(builder, w, o, x, i, bs, dx, f16_at):
-                    sv = builder.insert_element(ir.Constant(vf, ir.Undefined), scale, ir.Constant(_I32, 0))
-                    sv = builder.shuffle_vector(sv, sv, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
-                    total = builder.fadd(total, builder.fmul(builder.sitofp(vec, vf), sv))
-                builder.store(total, acc)
-            total = builder.load(acc)
+    def loop_rows(builder, nbv, n_acc, body):
+        """for i < nb: body(i, accs) -> new accs (<8 x f32> each); returns the horizontal sums."""
+        vf = ir.VectorType(_F32, 8)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * 8)) for _ in range(n_acc)]
+        with cgutils.for_range(builder, nbv) as loop:
+            new = body(loop.index, [builder.load(a) for a in accs])
+            for a, v in zip(accs, new):
+                builder.store(v, a)
+        sums = []
+        for a in accs:
+            total = builder.load(a)
             out = builder.extract_element(total, ir.Constant(_I32, 0))
             for k in range(1, 8):
                 out = builder.fadd(out, builder.extract_element(total, ir.Constant(_I32, k)))
-            return out
+            sums.append(out)
+        return sums
 
-        return codegen
+    def fma8(builder, acc, vec, scale):
+        vf = ir.VectorType(_F32, 8)
+        sv = builder.insert_element(ir.Constant(vf, ir.Undefined), scale, ir.Constant(_I32, 0))
+        sv = builder.shuffle_vector(sv, sv, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+        return builder.fadd(acc, builder.fmul(builder.sitofp(vec, vf), sv))
 
-    def q8_0_block(builder, w, o, x, i, bs, dx, f16_at):
-        xo = builder.mul(i, ir.Constant(i.type, 32))
-        return [(_s8_vec(builder, w, builder.add(o, ir.Constant(o.type, 2)), x, xo, x86),
-                 builder.fmul(f16_at(o, 0), dx))]
+    # per block type: (bytes per block, weights per block, unpack(builder, w, o, f16_at) -> u,
+    #                  apply(builder, u, x, xo, dx, bs, bo) -> [(<8 x i32>, f32 scale)])
+    def q8_0_unpack(builder, w, o, f16_at):
+        return _s8_unpack(builder, w, builder.add(o, ir.Constant(o.type, 2))), f16_at(o, 0)
 
-    def q4_k_block(builder, w, o, x, i, bs, dx, f16_at):
-        xo = builder.mul(i, ir.Constant(i.type, 256))
-        bo = builder.mul(i, ir.Constant(i.type, 16))
+    def q8_0_apply(builder, u, x, xo, dx, bs, bo):
+        halves, d = u
+        return [(_s8_apply(builder, halves, x, xo, x86), builder.fmul(d, dx))]
+
+    def q4_k_unpack(builder, w, o, f16_at):
         sc, mn = _kquant_scales_mins_ir(builder, w, o)
-        return [(_q4k_vec(builder, w, builder.add(o, ir.Constant(o.type, 16)), x, xo, sc, x86),
-                 builder.fmul(f16_at(o, 0), dx)),
-                (_mins_vec(builder, mn, bs, bo, x86), builder.fneg(builder.fmul(f16_at(o, 2), dx)))]
+        return (_q4k_unpack(builder, w, builder.add(o, ir.Constant(o.type, 16)), sc), mn,
+                f16_at(o, 0), f16_at(o, 2))
 
-    def q6_k_block(builder, w, o, x, i, bs, dx, f16_at):
-        xo = builder.mul(i, ir.Constant(i.type, 256))
-        bo = builder.mul(i, ir.Constant(i.type, 16))
-        return [(_q6k_vec(builder, w, o, x, xo, bs, bo, x86), builder.fmul(f16_at(o, 208), dx))]
+    def q4_k_apply(builder, u, x, xo, dx, bs, bo):
+        codes, mn, d, dmin = u
+        return [(_apply_codes(builder, codes, x, xo, x86), builder.fmul(d, dx)),
+                (_mins_vec(builder, mn, bs, bo, x86), builder.fneg(builder.fmul(dmin, dx)))]
 
-    def make(block_bytes, per_block, doc):
+    def q6_k_unpack(builder, w, o, f16_at):
+        return _q6k_unpack(builder, w, o), f16_at(o, 208)
+
+    def q6_k_apply(builder, u, x, xo, dx, bs, bo):
+        codes, d = u
+        return [(_q6k_apply(builder, codes, x, xo, bs, bo, x86), builder.fmul(d, dx))]
+
+    KINDS = {"q8_0": (34, 32, q8_0_unpack, q8_0_apply), "q4_k": (144, 256, q4_k_unpack, q4_k_apply),
+             "q6_k": (210, 256, q6_k_unpack, q6_k_apply)}
+
+    def make_single(kind):
+        block_bytes, per, unpack, apply = KINDS[kind]
+
         @intrinsic
         def row_dot(typingctx, w, woff, x, xoff, xd, xdoff, bs, bsoff, nb, lut):
-            return (types.float32(w, woff, x, xoff, xd, xdoff, bs, bsoff, nb, lut),
-                    row_codegen(block_bytes, per_block))
+            """f32 dot of one stored row (at byte woff of w) with one token's activation codes
+            (x at xoff, block scales xd at xdoff, Q8_K 16-sums bs at bsoff; bs unused for Q8_0)."""
+            sig = types.float32(w, woff, x, xoff, xd, xdoff, bs, bsoff, nb, lut)
 
-        row_dot.__doc__ = doc
+            def codegen(context, builder, signature, args):
+                wv, wo, xv, xo, xdv, xdo, bsv, bso, nbv, lutv = args
+                wt, _, xt, _, xdt, _, bt, _, _, lutt = signature.args
+                # element offsets into whole arrays: the kernel passes w [E, O, rb] and the [N, ...]
+                # activation arrays as they are, so no per-row array views (and their refcounts)
+                w_ = builder.gep(_base(context, builder, wt, wv, _I8), [wo])
+                x_ = builder.gep(_base(context, builder, xt, xv, _I8), [xo])
+                xd_ = builder.gep(_base(context, builder, xdt, xdv, _F32), [xdo])
+                bs_ = builder.gep(_base(context, builder, bt, bsv, _I16), [bso])
+                f16_at = f16_reader(builder, w_, _base(context, builder, lutt, lutv, _F32))
+
+                def body(i, accs):
+                    o = builder.mul(i, ir.Constant(i.type, block_bytes))
+                    u = unpack(builder, w_, o, f16_at)
+                    acc = accs[0]
+                    for vec, scale in apply(builder, u, x_, builder.mul(i, ir.Constant(i.type, per)),
+                                            builder.load(builder.gep(xd_, [i])), bs_,
+                                            builder.mul(i, ir.Constant(i.type, 16))):
+                        acc = fma8(builder, acc, vec, scale)
+                    return [acc]
+
+                return loop_rows(builder, nbv, 1, body)[0]
+
+            return sig, codegen
+
         return row_dot
 
-    return (make(34, q8_0_block, "Q8_0 row . Q8_0 activations (x codes, xd scales; bs unused)"),
-            make(144, q4_k_block, "Q4_K row . Q8_K activations: d*sum sc q.x - dmin*sum m bsums"),
-            make(210, q6_k_block, "Q6_K row . Q8_K activations"))
+    def make_tile(kind, nt):
+        block_bytes, per, unpack, apply = KINDS[kind]
+
+        @intrinsic
+        def row_dot_tile(typingctx, w, woff, x, xd, bs, rows, k, nb, lut):
+            """The row at byte woff of w dotted with the nt tokens rows[k], ..., rows[k+nt-1] of the
+            [N, n] activation arrays: each block is unpacked once and applied to every token (the
+            prompt path); every token's sum is formed exactly as by the one-token row dot."""
+            sig = types.UniTuple(types.float32, nt)(w, woff, x, xd, bs, rows, k, nb, lut)
+
+            def codegen(context, builder, signature, args):
+                wv, wo, xv, xdv, bsv, rowsv, kv, nbv, lutv = args
+                wt, _, xt, xdt, bt, rt, _, _, lutt = signature.args
+                w_ = builder.gep(_base(context, builder, wt, wv, _I8), [wo])
+                xb = _base(context, builder, xt, xv, _I8)
+                xdb = _base(context, builder, xdt, xdv, _F32)
+                bsb = _base(context, builder, bt, bsv, _I16)
+                rb = _base(context, builder, rt, rowsv, ir.IntType(64))
+                f16_at = f16_reader(builder, w_, _base(context, builder, lutt, lutv, _F32))
+                toks = [builder.load(builder.gep(rb, [builder.add(kv, ir.Constant(kv.type, j))]))
+                        for j in range(nt)]
+                xs = [builder.gep(xb, [builder.mul(t, builder.mul(nbv, ir.Constant(nbv.type, per)))]) for t in toks]
+                xds = [builder.gep(xdb, [builder.mul(t, nbv)]) for t in toks]
+                bss = [builder.gep(bsb, [builder.mul(t, builder.mul(nbv, ir.Constant(nbv.type, 16)))]) for t in toks]
+
+                def body(i, accs):
+                    o = builder.mul(i, ir.Constant(i.type, block_bytes))
+                    u = unpack(builder, w_, o, f16_at)
+                    xo = builder.mul(i, ir.Constant(i.type, per))
+                    bo = builder.mul(i, ir.Constant(i.type, 16))
+                    new = []
+                    for j in range(nt):
+                        acc = accs[j]
+                        for vec, scale in apply(builder, u, xs[j], xo, builder.load(builder.gep(xds[j], [i])),
+                                                bss[j], bo):
+                            acc = fma8(builder, acc, vec, scale)
+                        new.append(acc)
+                    return new
+
+                return context.make_tuple(builder, signature.return_type, loop_rows(builder, nbv, nt, body))
+
+            return sig, codegen
+
+        return row_dot_tile
+
+    return (tuple(make_single(k) for k in KINDS) + tuple(make_tile(k, 4) for k in KINDS)
+            + tuple(make_tile(k, 2) for k in KINDS))
 
 
-madd_q8_0_row_dot, madd_q4_k_row_dot, madd_q6_k_row_dot = _make_row_dots(USE_X86_MADD)
+# tiles of 4 tokens (4 x 8 f32 accumulators and the unpacked block stay in registers), then of 2
+# (prompts route ~2 tokens to each expert), then single tokens
+(madd_q8_0_row_dot, madd_q4_k_row_dot, madd_q6_k_row_dot,
+ madd_q8_0_row_tile, madd_q4_k_row_tile, madd_q6_k_row_tile,
+ madd_q8_0_row_tile2, madd_q4_k_row_tile2, madd_q6_k_row_tile2) = _make_row_dots(USE_X86_MADD)
 
 @intrinsic
 def load_u32(typingctx, b, off):
@@ -924,7 +1033,8 @@ def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out):
         r1 = min(O, r0 + ROW_CHUNK)
         e = gexp[g]
         sc = np.empty(16, np.int32)
-        if groups[g + 1] - groups[g] >= MULTI_TOKEN:
+        fast = kind == K_Q8_0 or kind == K_Q4_K or kind == K_Q6_K
+        if groups[g + 1] - groups[g] >= MULTI_TOKEN and not fast:
             n = xq.shape[1]
             f = np.empty(n, np.float32)
             mv = np.zeros(n // 32, np.float32)
@@ -948,17 +1058,42 @@ def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out):
                     for k in range(k0, k1):
                         out[rows[k], o] += _fdot(mv, xs[rows[k]])
             continue
-        if kind == K_Q8_0 or kind == K_Q4_K or kind == K_Q6_K:
+        if fast:
             # whole-row vector dots on offsets into the arrays (no views: each view costs refcount
-            # calls comparable to a row's arithmetic)
+            # calls comparable to a row's arithmetic); tokens in tiles of 4, then 2, share each
+            # block's unpacking, the rest go one at a time (the same sums either way)
             rb = w.shape[2]
             n = xq.shape[1]
             nbx = xd.shape[1]
             nbs = xbs.shape[1]
+            k0, k1 = groups[g], groups[g + 1]
             for o in range(r0, r1):
                 woff = (e * O + o) * rb
-                for k in range(groups[g], groups[g + 1]):
-                    t = rows[k]
+                k = k0
+                while k + 4 <= k1:
+                    if kind == K_Q8_0:
+                        v0, v1, v2, v3 = madd_q8_0_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                    elif kind == K_Q4_K:
+                        v0, v1, v2, v3 = madd_q4_k_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                    else:
+                        v0, v1, v2, v3 = madd_q6_k_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                    out[rows[k], o] = v0
+                    out[rows[k + 1], o] = v1
+                    out[rows[k + 2], o] = v2
+                    out[rows[k + 3], o] = v3
+                    k += 4
+                if k + 2 <= k1:
+                    if kind == K_Q8_0:
+                        v0, v1 = madd_q8_0_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                    elif kind == K_Q4_K:
+                        v0, v1 = madd_q4_k_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                    else:
+                        v0, v1 = madd_q6_k_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                    out[rows[k], o] = v0
+                    out[rows[k + 1], o] = v1
+                    k += 2
+                for kk in range(k, k1):
+                    t = rows[kk]
                     if kind == K_Q8_0:
                         v = madd_q8_0_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, 0, nbx, lut)
                     elif kind == K_Q4_K:
