@@ -382,7 +382,8 @@ else:
 PI4_BANDWIDTH_GBPS = {   # published figures (FACTS.md), not measured by this notebook
     "DRAM on paper": 12.8,   # LPDDR4-3200, 32-bit bus: datasheet arithmetic
     "STREAM copy": 5.53,     # STREAM copy, 1 thread, Pi 4 (sci-pi.org.uk)
-    "LLM decode": 3.2,       # implied by llama.cpp decode speeds on Pi 4/400 (geerlingguy, justine.lol)
+    "LLM decode": 3.2,       # low end of the 3.2-3.5 GB/s implied by llama.cpp decode speeds on Pi 4/400
+                             # (geerlingguy/ai-benchmarks, justine.lol); `pimoe info` uses the same figure
 }
 embed_bytes = groups["embedding"]["bytes"]
 dense_bytes = total_bytes - embed_bytes + groups["embedding"]["active_bytes"]
