@@ -16,6 +16,16 @@
 # emulator, so its *measured* times here are emulator times (a correctness run, not a speed). Pi 4 times
 # are **predictions**: the timing model applied to the emulator's exact instruction and memory counts for
 # the QPU, and the Pi 4 CPU model (published bandwidth and FLOP figures) for the CPU regions.
+#
+# **Not there yet** (as of this run):
+#
+# * the `qpu` backend does not report its dispatches to pimoe's profiler, so `pimoe compare`'s record has
+#   no Pi 4 prediction for the qpu run (it says so rather than guess). This notebook predicts the QPU part
+#   itself, from the kernel benchmark of the same expert step, and checks that the benchmark dispatches
+#   exactly the work the model's decode step does (same instruction and TMU byte counts);
+# * nothing here ran on a Pi: no measured Pi 4 number appears, only predictions and published figures;
+# * CPU and QPU never work at the same time in pimoe (the CPU waits for each dispatch), so the predicted
+#   times of the two sides add; notebook 3 gives the bound overlapping could reach.
 
 # %%
 # %matplotlib inline
