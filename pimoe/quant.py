@@ -233,12 +233,13 @@ def moe_swiglu(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray, expert_
         from pimoe.kernels import dispatch
 
         acts = dispatch.take_rows(dispatch.PreparedActivations(x, gate.qtype), tok)
-        g = dispatch.matmul_experts(gate.qtype, gate.data, None, flat, acts)
+        groups = dispatch._groups(flat)   # one expert grouping for the three calls
+        g = dispatch.matmul_experts(gate.qtype, gate.data, None, flat, acts, groups)
         if up.qtype == gate.qtype:
-            u = dispatch.matmul_experts(up.qtype, up.data, None, flat, acts)
+            u = dispatch.matmul_experts(up.qtype, up.data, None, flat, acts, groups)
         else:
-            u = dispatch.matmul_experts(up.qtype, up.data, x[tok], flat)
-        y = dispatch.matmul_experts(down.qtype, down.data, _silu(g) * u, flat)
+            u = dispatch.matmul_experts(up.qtype, up.data, x[tok], flat, None, groups)
+        y = dispatch.matmul_experts(down.qtype, down.data, _silu(g) * u, flat, None, groups)
     y = y.reshape(T, k, hidden) * np.asarray(expert_weights, np.float32)[:, :, None]
     out = y[:, 0].copy()
     for j in range(1, k):

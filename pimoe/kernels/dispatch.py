@@ -114,16 +114,22 @@ def _single_group(T: int):
 _NO_ROWS = np.zeros((1, 1), np.float32)  # placeholder for xr when no weight row serves many tokens
 
 
+# types whose multi-token path is the integer token tiles (no rounded f32 activations needed)
+TILED_TYPES = frozenset((QT.Q8_0, QT.Q4_K, QT.Q6_K))
+
+
 def run(qtype: QT, w3: np.ndarray, acts: PreparedActivations, rows, starts, experts) -> np.ndarray:
     """w3 uint8 [E, O, rb]; returns f32 [N, O] for the activation rows of `acts`."""
-    out = np.zeros((acts.n_rows, w3.shape[1]), np.float32)
+    # every (row of acts, output) pair is written by the kernels: no zero-fill needed
+    out = np.empty((acts.n_rows, w3.shape[1]), np.float32)
     if acts.n_rows == 0:
         return out
     w3 = _readonly(w3)
     if qtype in FLOAT_KIND:
         fused.float_matmul(FLOAT_KIND[qtype], w3, acts.xf, rows, starts, experts, out)
     else:
-        many = len(starts) > 1 and int(np.diff(starts).max()) >= fused.MULTI_TOKEN
+        many = (qtype not in TILED_TYPES and len(starts) > 1
+                and int(np.diff(starts).max()) >= fused.MULTI_TOKEN)
         xr = acts.rounded() if many else _NO_ROWS
         fused.quant_matmul(INT_KIND[qtype], w3, acts.xq, acts.xd, acts.xs, acts.xbs, xr,
                            rows, starts, experts, fused.F16_TABLE, out)
@@ -138,8 +144,10 @@ def matmul(qtype: QT, w2: np.ndarray, x: np.ndarray, acts: PreparedActivations |
 
 
 def matmul_experts(qtype: QT, w3: np.ndarray, x: np.ndarray | None, expert_ids,
-                   acts: PreparedActivations | None = None):
-    """w3 uint8 [E, O, rb]; x f32 [N, n]; expert_ids int [N] -> f32 [N, O], row i = w3[ids[i]] @ x[i]."""
+                   acts: PreparedActivations | None = None, groups=None):
+    """w3 uint8 [E, O, rb]; x f32 [N, n]; expert_ids int [N] -> f32 [N, O], row i = w3[ids[i]] @ x[i].
+
+    groups: _groups(expert_ids) when the caller already has it (gate, up and down share one)."""
     acts = acts or PreparedActivations(x, qtype)
-    rows, starts, experts = _groups(expert_ids)
+    rows, starts, experts = groups if groups is not None else _groups(expert_ids)
     return run(qtype, w3, acts, rows, starts, experts)
