@@ -388,6 +388,15 @@ def _new_record_path(results: Path) -> Path:
     return path
 
 
+def _command_args() -> list[str]:
+    """The options this run was given, whether started as `pimoe bench cpu …` or `python -m pimoe.cpubench …`."""
+    if sys.argv[1:3] == ["bench", "cpu"]:
+        return sys.argv[3:]
+    if sys.argv and sys.argv[0].endswith("cpubench.py"):
+        return sys.argv[1:]
+    return []
+
+
 def main(args) -> int:
     from pimoe.errors import PimoeError
 
@@ -395,7 +404,7 @@ def main(args) -> int:
         raise PimoeError(f"--threads must be at least 1, got {args.threads}")
     record = {"kind": "cpu-bench", "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "environment": environment(args.threads),
-              "command": "pimoe bench cpu " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["bench", "cpu"] else [])}
+              "command": "pimoe bench cpu " + " ".join(_command_args())}
     print(f"CPU: {record['environment']['cpu']}, {args.threads} threads, load {record['environment']['load_average']}")
     bw = read_bandwidth(args.threads)
     record["read_bandwidth"] = bw
