@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,9 +89,22 @@ def expert_ffn_reference(gate_w, up_w, down_w, x, expert_ids, expert_weights) ->
 class ExpertFFN:
     """Runs one layer's routed experts on the driver. gate/up/down: QPUMatrices of the layer."""
 
-    def __init__(self, drv, programs: Programs, scratch: Scratch, threads: int = DEFAULT_THREADS):
+    def __init__(self, drv, programs: Programs, scratch: Scratch, threads: int = DEFAULT_THREADS,
+                 region=None, on_dispatch=None):
         self.drv, self.programs, self.scratch, self.threads = drv, programs, scratch, threads
         self.counters: list = []     # EmuCounters (or None on hardware) of every dispatch
+        # profiling hooks (the qpu backend passes pimoe.profile.region / qpu_dispatch; kernels stay free of
+        # pimoe.profile): region(name) -> context manager around upload / dispatch / compute / readback,
+        # on_dispatch(counters, kernel=...) for each execute's emulator counts
+        self.region = region or (lambda name, **tags: nullcontext())
+        self.on_dispatch = on_dispatch
+
+    def _execute(self, cfg, table_addr: int, row_bytes: list[int], kernel: str) -> None:
+        with self.region("compute", kernel=kernel):
+            c = execute(self.drv, self.programs, cfg, self.threads, self.scratch, table_addr, row_bytes)
+            if c is not None and self.on_dispatch is not None:
+                self.on_dispatch(c, kernel=kernel)
+        self.counters.append(c)
 
     def __call__(self, gate: QPUMatrices, up: QPUMatrices, down: QPUMatrices, x: np.ndarray,
                  expert_ids: np.ndarray, expert_weights: np.ndarray, tile: int | None = None) -> np.ndarray:
@@ -115,7 +129,8 @@ class ExpertFFN:
         x_full[:, :hidden] = x
         if T == 1:
             out = self._decode(gate, up, down, x_full, tiles, hidden, quant_in, quant_h)
-            return out[None, :hidden].copy()
+            with self.region("readback"):
+                return out[None, :hidden].copy()
         # prompt: tiles grouped by how many tokens they hold, each group run with that tile width
         # (a tile of 1 token in a 2-token kernel would do the work twice)
         y = np.zeros((T, hidden), np.float32)
@@ -124,13 +139,15 @@ class ExpertFFN:
             group = [tl for tl in tiles if len(tl[1]) == width]
             h = self._swiglu(gate, up, down, x_full, group, width, quant_in, quant_h)
             outs = self._down_tiles(down, group, h, width, hidden)      # [tiles, width, rows]
-            for ti, (e, toks, _) in enumerate(group):
-                for s_, t in enumerate(toks):
-                    res[(int(t), e)] = outs[ti, s_, :hidden]
+            with self.region("readback"):
+                for ti, (e, toks, _) in enumerate(group):
+                    for s_, t in enumerate(toks):
+                        res[(int(t), e)] = outs[ti, s_, :hidden]
         # add each token's expert outputs in router order (as the cpu backend does)
-        for t in range(T):
-            for e in expert_ids[t]:
-                y[t] += res[(t, int(e))]
+        with self.region("readback"):
+            for t in range(T):
+                for e in expert_ids[t]:
+                    y[t] += res[(t, int(e))]
         return y
 
     def _swiglu(self, gate, up, down, x_full, tiles, TT, quant_in, quant_h):
@@ -140,25 +157,26 @@ class ExpertFFN:
         cfg_a = KernelConfig(gate.spec.kind, gate.spec.nsub, hidden_p, TT, "swiglu", header_out=quant_h)
         hx_words = x_stream_words(ff_p, TT, quant_h)
         items_a, h_streams = [], []
-        for e, toks, ws in tiles:
-            xt = np.zeros((TT, hidden_p), np.float32)
-            xt[: len(toks)] = x_full[toks]
-            xs, xaddr = self.scratch.take(x_stream_words(hidden_p, TT, quant_in))
-            make_x_stream(xt, quant_in, out=xs.view(np.float32))
-            hs, haddr = self.scratch.take(hx_words)
-            hs[:] = 0
-            h_streams.append((hs, haddr))
-            wts = [f32_bits(w) for w in ws] + [f32_bits(0.0)] * (TT - len(ws))
-            per_block = (34 if quant_h else 32) * TT
-            for g in range(lay.padded_rows(ff) // 16):
-                b, half = divmod(g, 2)
-                hoff = b * per_block + (2 * TT if quant_h else 0) + half * 16 * TT
-                soff = b * per_block + half * TT
-                items_a.append([gate.addr(e, 16 * g), up.addr(e, 16 * g), xaddr, haddr + 4 * hoff,
-                                haddr + 4 * soff] + wts)
-        table_a = write_tables(self.scratch, items_a, self.threads)
-        self.counters.append(execute(self.drv, self.programs, cfg_a, self.threads, self.scratch, table_a,
-                                     [gate.row_bytes, up.row_bytes]))
+        with self.region("upload"):     # activations into QPU memory in the kernel's stream layout
+            for e, toks, ws in tiles:
+                xt = np.zeros((TT, hidden_p), np.float32)
+                xt[: len(toks)] = x_full[toks]
+                xs, xaddr = self.scratch.take(x_stream_words(hidden_p, TT, quant_in))
+                make_x_stream(xt, quant_in, out=xs.view(np.float32))
+                hs, haddr = self.scratch.take(hx_words)
+                hs[:] = 0
+                h_streams.append((hs, haddr))
+                wts = [f32_bits(w) for w in ws] + [f32_bits(0.0)] * (TT - len(ws))
+                per_block = (34 if quant_h else 32) * TT
+                for g in range(lay.padded_rows(ff) // 16):
+                    b, half = divmod(g, 2)
+                    hoff = b * per_block + (2 * TT if quant_h else 0) + half * 16 * TT
+                    soff = b * per_block + half * TT
+                    items_a.append([gate.addr(e, 16 * g), up.addr(e, 16 * g), xaddr, haddr + 4 * hoff,
+                                    haddr + 4 * soff] + wts)
+        with self.region("dispatch"):   # the work tables that say what each QPU thread does
+            table_a = write_tables(self.scratch, items_a, self.threads)
+        self._execute(cfg_a, table_a, [gate.row_bytes, up.row_bytes], "swiglu")
         return h_streams
 
     def _decode(self, gate, up, down, x_full, tiles, hidden, quant_in, quant_h) -> np.ndarray:
@@ -167,18 +185,18 @@ class ExpertFFN:
         h_streams = self._swiglu(gate, up, down, x_full, tiles, 1, quant_in, quant_h)
         cfg_b = KernelConfig(down.spec.kind, down.spec.nsub, lay.padded_cols(down.cols), 1, "sum")
         n_groups = lay.padded_rows(hidden) // 16
-        out, oaddr = self.scratch.take(lay.padded_rows(hidden))
-        ents, eaddr = self.scratch.take(16 * len(tiles) * n_groups)
-        ents[:] = 0
-        items_b = []
-        for g in range(n_groups):
-            for j, (e, _, _) in enumerate(tiles):
-                r = (g * len(tiles) + j) * 16
-                ents[r: r + 3] = [down.addr(e, 16 * g), h_streams[j][1], f32_bits(1.0)]
-            items_b.append([len(tiles), eaddr + 4 * 16 * g * len(tiles), oaddr + 64 * g, 0])
-        table_b = write_tables(self.scratch, items_b, self.threads)
-        self.counters.append(execute(self.drv, self.programs, cfg_b, self.threads, self.scratch, table_b,
-                                     [down.row_bytes]))
+        with self.region("dispatch"):
+            out, oaddr = self.scratch.take(lay.padded_rows(hidden))
+            ents, eaddr = self.scratch.take(16 * len(tiles) * n_groups)
+            ents[:] = 0
+            items_b = []
+            for g in range(n_groups):
+                for j, (e, _, _) in enumerate(tiles):
+                    r = (g * len(tiles) + j) * 16
+                    ents[r: r + 3] = [down.addr(e, 16 * g), h_streams[j][1], f32_bits(1.0)]
+                items_b.append([len(tiles), eaddr + 4 * 16 * g * len(tiles), oaddr + 64 * g, 0])
+            table_b = write_tables(self.scratch, items_b, self.threads)
+        self._execute(cfg_b, table_b, [down.row_bytes], "down_sum")
         return out.view(np.float32)
 
     def _down_tiles(self, down, tiles, h_streams, TT, hidden) -> np.ndarray:
@@ -186,18 +204,18 @@ class ExpertFFN:
         cfg_b = KernelConfig(down.spec.kind, down.spec.nsub, lay.padded_cols(down.cols), TT, "sum")
         n_groups = lay.padded_rows(hidden) // 16
         rows_p = lay.padded_rows(hidden)
-        out, oaddr = self.scratch.take(len(tiles) * TT * rows_p)
-        ents, eaddr = self.scratch.take(16 * len(tiles) * n_groups)
-        ents[:] = 0
-        items_b = []
-        for ti, (e, _, _) in enumerate(tiles):
-            for g in range(n_groups):
-                r = (ti * n_groups + g) * 16
-                ents[r: r + 3] = [down.addr(e, 16 * g), h_streams[ti][1], f32_bits(1.0)]
-                items_b.append([1, eaddr + 4 * r, oaddr + 4 * (ti * TT * rows_p + 16 * g), 4 * rows_p])
-        table_b = write_tables(self.scratch, items_b, self.threads)
-        self.counters.append(execute(self.drv, self.programs, cfg_b, self.threads, self.scratch, table_b,
-                                     [down.row_bytes]))
+        with self.region("dispatch"):
+            out, oaddr = self.scratch.take(len(tiles) * TT * rows_p)
+            ents, eaddr = self.scratch.take(16 * len(tiles) * n_groups)
+            ents[:] = 0
+            items_b = []
+            for ti, (e, _, _) in enumerate(tiles):
+                for g in range(n_groups):
+                    r = (ti * n_groups + g) * 16
+                    ents[r: r + 3] = [down.addr(e, 16 * g), h_streams[ti][1], f32_bits(1.0)]
+                    items_b.append([1, eaddr + 4 * r, oaddr + 4 * (ti * TT * rows_p + 16 * g), 4 * rows_p])
+            table_b = write_tables(self.scratch, items_b, self.threads)
+        self._execute(cfg_b, table_b, [down.row_bytes], "down_tiles")
         return out.view(np.float32).reshape(len(tiles), TT, rows_p)
 
     @staticmethod

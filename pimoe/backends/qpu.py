@@ -126,7 +126,12 @@ class QPUBackend(Backend):
                 self.mats.append(tuple(QPUMatrices.upload(self.drv, t) for t in (lw.gate, lw.up, lw.down)))
             self.programs = Programs(self.drv)
             self.scratch = Scratch(self.drv, self.plan.scratch)
-            self.runner = ExpertFFN(self.drv, self.programs, self.scratch, self.threads)
+            from pimoe import profile
+
+            # upload / dispatch / compute / readback regions and every dispatch's counts go to the active
+            # pimoe.profile profiler (no-ops when none is active)
+            self.runner = ExpertFFN(self.drv, self.programs, self.scratch, self.threads,
+                                    region=profile.region, on_dispatch=profile.qpu_dispatch)
         except Exception:
             self.drv.close()
             raise
