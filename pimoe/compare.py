@@ -133,7 +133,9 @@ def run_backend(path, backend: str, prompt: list[int], n_gen: int, reps: int, ba
             # a QPU backend that did not report its dispatches to the profiler: a CPU-based prediction
             # of its experts would be wrong, so there is none
             pred = None
-            notes.append("the QPU backend reported no dispatches to the profiler: no Pi 4 prediction")
+            notes.append("measured on the GPU: hardware dispatches have no emulator counts to predict from"
+                         if getattr(model.backend, "driver_kind", None) == "hw" else
+                         "the QPU backend reported no dispatches to the profiler: no Pi 4 prediction")
         return {"backend": backend, "load_s": load_s, "warmup_s": warm_s, "pp_s": pp_s, "tg_s": tg_s,
                 "n_prompt": len(prompt), "n_gen": n_gen, "tokens": tokens, "logits": logits_trace,
                 "tg_regions": tg_summary, "pp_regions": pp_summary, "tg_predicted": pred,
@@ -391,11 +393,13 @@ def table_text(rows: list[dict]) -> str:
 
 def region_rows(result: dict) -> list[dict]:
     """Per decode token, per region path: each backend's measured ms, bytes, GB/s and predicted Pi 4 ms."""
-    paths: list[str] = []
+    order: dict[str, int] = {}
     for r in result["runs"]:
         for p in r["tg_regions"]:
-            if p not in paths:
-                paths.append(p)
+            order.setdefault(p, len(order))
+    # tree order: a path sorts by the first appearance of each of its prefixes (children under parents)
+    paths = sorted(order, key=lambda p: tuple(order["/".join(p.split("/")[:i + 1])]
+                                              for i in range(p.count("/") + 1)))
     rows = []
     for p in paths:
         row = {"region": p}
@@ -440,7 +444,7 @@ def regions_text(result: dict) -> str:
             cells.append(f" {ms:.3f} |" if ms is not None else " |")
             cells.append(f" {pm:.3f} |" if pm is not None else " |")
         b0 = runs[0]["backend"]
-        nb = row.get(f"{b0}_bytes") or next((row[k] for k in row if k.endswith("_bytes")), None)
+        nb = next((row[f"{r['backend']}_bytes"] for r in runs if row.get(f"{r['backend']}_bytes")), None)
         gb = row.get(f"{b0}_GBps")
         line = f"| {name} |" + "".join(cells) + (f" {nb:,.0f} |" if nb else " |") + (f" {gb:.2f} |" if gb else " |")
         for b in qpu:
