@@ -172,3 +172,37 @@ def test_compare_predicts_qpu_regions_from_dispatches(cache_home):
     assert regions["tg/forward/layer/experts"]["bytes"] == cpu["tg_regions"]["tg/forward/layer/experts"]["bytes"]
     text = compare.regions_text(result)
     assert "test-fake-qpu: QPU instr" in text and ". . . . compute" in text
+
+
+def test_qpu_backend_reports_its_dispatches(cache_home):
+    """The real qpu backend (emulator): upload/dispatch/compute/readback under experts, two dispatches per
+    layer per decode token, and the experts' Pi 4 prediction is the timing model's sum over them."""
+    from pimoe.backends import available_backends
+    from pimoe.commands.run import default_model_path
+    from pimoe.qpu import timing
+
+    if "qpu" not in available_backends():
+        pytest.skip("no qpu backend in this tree")
+    result = compare.compare(default_model_path(), ("cpu", "qpu"), n_prompt=3, n_gen=2, reps=1, progress=False)
+    qpu = result["runs"][1]
+    assert qpu["agreement"]["same_tokens"]
+    L = result["layers_run"]
+    regions = qpu["tg_regions"]
+    for sub in ("upload", "dispatch", "compute", "readback"):
+        assert f"tg/forward/layer/experts/{sub}" in regions
+    compute = regions["tg/forward/layer/experts/compute"]
+    assert compute["qpu_dispatches"] == 2 * L and compute["qpu.instructions"] > 0
+    prof = qpu["profiler"]
+    steps = [r for r in prof.regions if r.name == "tg"]
+    keep = {s.index for s in steps}
+    total = 0.0
+    for r in prof.regions:                        # dispatches under the tg steps only
+        p, inside = r.parent, False
+        while p >= 0:
+            if p in keep:
+                inside = True
+                break
+            p = prof.regions[p].parent
+        if inside and r.dispatches:
+            total += sum(timing.predict(d).seconds for d in r.dispatches)
+    assert qpu["tg_predicted"]["tg/forward/layer/experts"] == pytest.approx(total / len(steps))
