@@ -10,8 +10,9 @@ For each backend, in one process, one after the other:
   * every step runs under a pimoe.profile.Profiler, so each region (embedding, attention, router,
     experts [upload/dispatch/compute/readback on the qpu backend], shared_expert, output_head, sampling)
     has its time, weight bytes read (only the experts the router chose), FLOPs and QPU counts.
-The generated tokens of every backend must equal the first backend's (greedy decoding of the same
-logits); the record says where they first differ and by how much the logits did.
+The first backend is the reference; the others decode the reference's greedy tokens (teacher forcing, so
+each step sees the same inputs) and their own argmax at every step must equal the reference's token; the
+record lists any step where it does not, with the reference's margin there and the logit difference.
 
 t/s is mean ± sd over the repetitions (llama-bench: pp t/s = N / time of the prompt forward; tg t/s =
 M / time of the M decode steps). GB/s = weight bytes read per decode token (profiler counters) x tg t/s.
@@ -83,9 +84,13 @@ def _greedy(logits_row: np.ndarray) -> int:
 
 
 def run_backend(path, backend: str, prompt: list[int], n_gen: int, reps: int, backend_opts=None,
-                bar=None) -> dict:
+                bar=None, force_tokens: list[int] | None = None) -> dict:
     """Load `path` on `backend`, warm up, time reps x (ppN, tgM) under the profiler. Returns a dict with
-    per-rep times, tokens, last logits, the profiler summaries per test and the per-region predictions."""
+    per-rep times, tokens, last logits, the profiler summaries per test and the per-region predictions.
+
+    force_tokens (the reference backend's greedy tokens): decode steps are fed these instead of this
+    backend's own choices (teacher forcing), so every step's logits are computed from the same inputs
+    as the reference's and can be compared one to one; `tokens` still holds this backend's own argmax."""
     import pimoe
 
     backend_opts = backend_opts or {}
@@ -110,11 +115,13 @@ def run_backend(path, backend: str, prompt: list[int], n_gen: int, reps: int, ba
                     pp_s.append(time.perf_counter() - t1)
                     tok = _greedy(logits)
                 out, lg = [tok], [logits]
+                fed = [force_tokens[0] if force_tokens else tok]
                 t1 = time.perf_counter()
-                for _ in range(n_gen):
+                for i in range(n_gen):
                     with profile.region("tg", rep=rep):
-                        logits = model.forward([out[-1]])[-1]
+                        logits = model.forward([fed[-1]])[-1]
                         out.append(_greedy(logits))
+                    fed.append(force_tokens[i + 1] if force_tokens else out[-1])
                     lg.append(logits)
                 tg_s.append(time.perf_counter() - t1)
                 for step in model.routing_history:
@@ -265,10 +272,13 @@ def compare(path, backends=("cpu", "qpu"), n_prompt: int = 16, n_gen: int = 8, r
     with tqdm(total=reps * len(backends), desc="compare", disable=not progress, leave=False) as bar:
         for b in backends:
             bar.set_description(f"compare: {b}")
-            runs.append(run_backend(path, b, prompt, n_gen, reps, (backend_opts or {}).get(b), bar=bar))
+            force = runs[0]["tokens"] if runs else None     # later backends decode the reference's tokens
+            runs.append(run_backend(path, b, prompt, n_gen, reps, (backend_opts or {}).get(b), bar=bar,
+                                    force_tokens=force))
     ref = runs[0]
     for r in runs[1:]:
         r["agreement"] = agreement(ref, r)
+        r["teacher_forced"] = True
     model = ref["model"]
     L_run = model.config.n_layers
     L_full = full_layers(shape, model)
@@ -281,19 +291,24 @@ def compare(path, backends=("cpu", "qpu"), n_prompt: int = 16, n_gen: int = 8, r
 
 
 def agreement(ref: dict, other: dict) -> dict:
+    """Step by step, on identical inputs (other was teacher-forced on ref's tokens): does other's argmax
+    equal ref's token, and how far apart are the logits. At a disagreement, `margin` = ref's logit of its
+    own token minus ref's logit of other's token: a flip is a near-tie when the margin is below the
+    logit difference the two paths show anyway (e.g. f32 vs Q8_0-quantized activations)."""
     a, b = ref["tokens"], other["tokens"]
-    same = a == b
-    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
     n = min(len(ref["logits"]), len(other["logits"]))
-    diff = np.abs(ref["logits"][:n] - other["logits"][:n])
+    diff = np.abs(ref["logits"][:n] - other["logits"][:n])          # [steps, vocab]
     scale = float(np.abs(ref["logits"][:n]).max()) or 1.0
-    out = {"same_tokens": bool(same), "n_tokens": len(a), "first_difference": first,
-           "logits_max_abs_diff": float(diff.max()), "logits_max_rel_diff": float(diff.max()) / scale}
-    if first is not None:
-        row = ref["logits"][first]
-        top2 = np.sort(row)[-2:]
-        out["reference_top2_gap_at_difference"] = float(top2[1] - top2[0])
-    return out
+    mismatches = []
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            row = ref["logits"][i]
+            mismatches.append({"step": i, "reference": int(x), "other": int(y),
+                               "margin": float(row[x] - row[y]), "logits_max_abs_diff": float(diff[i].max())})
+    return {"same_tokens": not mismatches, "n_tokens": len(a), "n_agree": len(a) - len(mismatches),
+            "first_difference": mismatches[0]["step"] if mismatches else None, "mismatches": mismatches,
+            "logits_max_abs_diff": float(diff.max()), "logits_max_rel_diff": float(diff.max()) / scale,
+            "logits_median_max_abs_diff": float(np.median(diff.max(axis=1)))}
 
 
 def _layer_part(path: str) -> bool:

@@ -87,17 +87,22 @@ def main(args) -> int:
     print(f"per decode token (mean over {args.reps} x {args.n_gen} steps; Pi 4 figures are predicted):")
     print(cmp.regions_text(result))
     status = 0
+    ref_name = result["runs"][0]["backend"]
     for r in result["runs"][1:]:
         a = r["agreement"]
+        head = (f"tokens: {r['backend']} vs {ref_name}, {a['n_tokens']} greedy steps on the same inputs "
+                f"(teacher-forced): ")
         if a["same_tokens"]:
-            print(f"tokens: {r['backend']} = {result['runs'][0]['backend']} ({a['n_tokens']} greedy tokens); "
-                  f"logits max |diff| {a['logits_max_abs_diff']:.2e} ({a['logits_max_rel_diff']:.1e} of max |logit|)")
+            print(head + f"all equal; logits max |diff| {a['logits_max_abs_diff']:.2e} "
+                         f"({a['logits_max_rel_diff']:.1e} of max |logit|)")
         else:
             status = 1
-            print(f"tokens DIFFER: {r['backend']} vs {result['runs'][0]['backend']} from token "
-                  f"{a['first_difference']} (reference top-2 logit gap there "
-                  f"{a.get('reference_top2_gap_at_difference', float('nan')):.2e}, logits max |diff| "
-                  f"{a['logits_max_abs_diff']:.2e})")
+            print(head + f"{a['n_agree']} equal, {len(a['mismatches'])} DIFFER; logits max |diff| "
+                         f"{a['logits_max_abs_diff']:.2e} (median per step {a['logits_median_max_abs_diff']:.2e})")
+            for m in a["mismatches"]:
+                print(f"  step {m['step']}: {ref_name} {m['reference']}, {r['backend']} {m['other']}; "
+                      f"{ref_name}'s margin between them {m['margin']:.3e}, |diff| of logits at that step "
+                      f"{m['logits_max_abs_diff']:.3e}")
     for r in result["runs"]:
         for note in r.get("notes", []):
             print(f"note ({cmp.backend_label(r)}): {note}")
