@@ -115,7 +115,7 @@ _NO_ROWS = np.zeros((1, 1), np.float32)  # placeholder for xr when no weight row
 
 
 # types whose multi-token path is the integer token tiles (no rounded f32 activations needed)
-TILED_TYPES = frozenset((QT.Q8_0, QT.Q4_K, QT.Q5_K, QT.Q6_K))
+TILED_TYPES = frozenset((QT.Q8_0, QT.Q4_K, QT.Q6_K))
 
 
 def run(qtype: QT, w3: np.ndarray, acts: PreparedActivations, rows, starts, experts) -> np.ndarray:
