@@ -45,6 +45,7 @@ FIFO_DEPTH = 16          # TMU result FIFO entries of a thread in 1-thread-per-Q
 MAX_THREADS = 8          # one thread per QPU
 ITEM_WORDS = 16          # words per item / entry descriptor (one 16-lane TMU load)
 NEG_LOG2E = -1.0 / math.log(2.0)
+MIN_UNROLL = 4           # quantized blocks per loop iteration at least (see KernelConfig.unroll)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class KernelConfig:
         """Blocks per loop iteration: enough that 16 loads can be in flight (the FIFO depth), and a
         divisor of the block count."""
         per_block = self.words_per_block * self.n_mats
-        u = max(1, -(-FIFO_DEPTH // per_block))
+        u = max(MIN_UNROLL if self.kind != "f32" else 1, -(-FIFO_DEPTH // per_block))
         while self.n_blocks % u:
             u -= 1
         return u
@@ -154,6 +155,20 @@ class Regs:
             self.XL = [take() for _ in range(T)]
             self.XH = [take() for _ in range(T)]
             self.SC = [[take() for _ in range(cfg.spec.scale_words)] for _ in range(nm)]
+            # q4: the code word rotated by 8 bits, per matrix (pairs 2 and 1 come from it, see block_ops)
+            # (kept only when the code-word pool still gets 2 words per matrix; else two rotates per word)
+            self.W8 = [take() for _ in range(nm)] if cfg.kind == "q4" and self.next + 3 * nm + 4 + 3 <= 64 else []
+            # A second set of the per-block registers (block sums, x header, scales, finalize temp) for
+            # odd blocks of an unrolled iteration: block b + 1's scale loads and MACs then need not wait
+            # for block b's finalize to read the first set (that wait cost ~10 instructions per block).
+            alt = nm * T + 2 * T + nm * cfg.spec.scale_words + 1
+            self.ALT = cfg.unroll > 1 and self.next + alt + 8 + 3 <= 64
+            if self.ALT:
+                self.S2 = [[take() for _ in range(T)] for _ in range(nm)]
+                self.XL2 = [take() for _ in range(T)]
+                self.XH2 = [take() for _ in range(T)]
+                self.SC2 = [[take() for _ in range(cfg.spec.scale_words)] for _ in range(nm)]
+                self.FT = take()
             self.CPOOL = [take() for _ in range(min(8, 64 - self.next - 4))]
         else:
             self.CPOOL = ["r0", "r1", "r2"]
@@ -192,7 +207,7 @@ def _load_plan(cfg: KernelConfig):
     return order
 
 
-def _issue_ops(cfg: KernelConfig, R: Regs, m: int, j: int) -> list[Op]:
+def _issue_ops(cfg: KernelConfig, R: Regs, m: int, j: int, tmua_unit: str = "any") -> list[Op]:
     """The TMU request for word j of the iteration of matrix m (pointer steps included)."""
     nw = cfg.words_per_block * cfg.unroll
     ptr = R.PTR[m]
@@ -202,7 +217,7 @@ def _issue_ops(cfg: KernelConfig, R: Regs, m: int, j: int) -> list[Op]:
     off = 4 * (j % 4)
     konst = {0: None, 4: R.K4, 8: R.K8, 12: R.K12}[off]
     alts = [("add", (ptr, konst))] if konst else [("mov", (ptr,))]
-    ops.append(Op("any", "add", "tmua", (ptr, off), reads=("@fifo",), writes=("@tmuq",), alts=alts))
+    ops.append(Op(tmua_unit, "add", "tmua", (ptr, off), reads=("@fifo",), writes=("@tmuq",), alts=alts))
     ops[-1].reads += ("@tmuq",)
     if j == nw - 1:
         step = 16 if nw % 4 == 0 else 4 * (nw % 4)
@@ -211,13 +226,22 @@ def _issue_ops(cfg: KernelConfig, R: Regs, m: int, j: int) -> list[Op]:
     return ops
 
 
-VARIANTS = ((4, False), (3, False), (5, False), (4, True))   # (pair registers, alternate x registers)
+# Schedule variants tried at assembly time, the shortest kept: (pair registers, alternate x registers,
+# ALU of the f16 exponent adds, ALU of the TMU address writes). The add ALU carries the fadds, masks and
+# rotates, so the integer adds are usually best pinned to the mul ALU -- but register-file read ports
+# (two per instruction) and latencies decide, so that is measured per layout, not assumed.
+# (The winners over sum/swiglu x q4/q8 x T = 1/4 at unroll 4; alternate x registers and a fifth pair
+# register never won once the block registers alternate, and cost assembly time.)
+VARIANTS = ((3, False, "mul", "any"), (3, False, "mul", "mul"), (4, False, "mul", "any"),
+            (4, False, "any", "any"))
 
 
 def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_next_head: bool,
-              count: bool, variant: tuple[int, bool] = VARIANTS[0]) -> list[Op]:
+              count: bool, variant: tuple | None = None) -> list[Op]:
     """Operations of one block in program order. Loads of this block with FIFO index >= depth are
     issued here (issue_current_tail), and the next block's first `depth` loads (issue_next_head)."""
+    if variant is None:         # the first variant with enough pair registers for this kernel
+        variant = next(v for v in VARIANTS if v[0] >= 2 * cfg.n_mats)
     plan = _load_plan(cfg)
     W = len(plan)
     depth = min(W, FIFO_DEPTH)
@@ -231,9 +255,9 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
     for g in range(depth, W + depth):
         n = g - depth
         if g < W and issue_current_tail:
-            after.setdefault(n, []).extend(_issue_ops(cfg, R, *plan[g]))
+            after.setdefault(n, []).extend(_issue_ops(cfg, R, *plan[g], tmua_unit=variant[3]))
         elif g >= W and issue_next_head:
-            after.setdefault(n, []).extend(_issue_ops(cfg, R, *plan[g - W]))
+            after.setdefault(n, []).extend(_issue_ops(cfg, R, *plan[g - W], tmua_unit=variant[3]))
     cpool = _Pool(R.CPOOL)
     word_reg: dict[tuple[int, int], str] = {}
     fifo_n = 0
@@ -290,31 +314,39 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
     per_word = 8 if cfg.kind == "q4" else 4
     sub_len = BLOCK // cfg.nsub
 
-    def finalize(sub: int):
+    def block_regs(b: int):
+        """(S, XL, XH, SC, finalize temp) of block b of the iteration: odd blocks use the second set."""
+        if getattr(R, "ALT", False) and b % 2:
+            return R.S2, R.XL2, R.XH2, R.SC2, R.FT
+        return R.S, R.XL, R.XH, R.SC, "r3"
+
+    def finalize(sub: int, b: int):
+        S_, XL_, XH_, SC_, ft = block_regs(b)
         if cfg.nsub == 1:
             for t in range(T):
-                ops.append(Op("add", "fadd", R.XL[t], (R.XL[t], R.XH[t])))
+                ops.append(Op("add", "fadd", XL_[t], (XL_[t], XH_[t])))
         for m in range(cfg.n_mats):
-            d, mn = R.SC[m][2 * sub], R.SC[m][2 * sub + 1]
+            d, mn = SC_[m][2 * sub], SC_[m][2 * sub + 1]
             for t in range(T):
-                X = R.XL[t] if (cfg.nsub == 1 or sub == 0) else R.XH[t]
-                s = R.S[m][t]
+                X = XL_[t] if (cfg.nsub == 1 or sub == 0) else XH_[t]
+                s = S_[m][t]
                 # A += D (S - X) + M X
-                ops.append(Op("add", "fsub", "r3", (s, X)))
-                ops.append(Op("mul", "fmul", "r3", ("r3", d)))
+                ops.append(Op("add", "fsub", ft, (s, X)))
+                ops.append(Op("mul", "fmul", ft, (ft, d)))
                 ops.append(Op("mul", "fmul", R.TMPV, (X, mn)))
-                ops.append(Op("add", "fadd", R.A[m][t], (R.A[m][t], "r3")))
+                ops.append(Op("add", "fadd", R.A[m][t], (R.A[m][t], ft)))
                 ops.append(Op("add", "fadd", R.A[m][t], (R.A[m][t], R.TMPV)))
 
     for b in range(cfg.unroll):
+        S_b, XL_b, XH_b, SC_b, _ = block_regs(b)
         plan_b = plan[b * per_block:(b + 1) * per_block]
         # scales first (FIFO order), then the x block header
         for (m, j) in plan_b[: sw * cfg.n_mats]:
-            ldtmu(m, j, R.SC[m][j - b * nw])
+            ldtmu(m, j, SC_b[m][j - b * nw])
         for t in range(T):
-            ldx(R.XL[t])
+            ldx(XL_b[t])
         for t in range(T):
-            ldx(R.XH[t])
+            ldx(XH_b[t])
         code_plan = plan_b[sw * cfg.n_mats:]
         # code words in FIFO order; matrices interleaved word by word, so each x value is loaded once
         groups = [code_plan[i: i + cfg.n_mats] for i in range(0, len(code_plan), cfg.n_mats)]
@@ -328,16 +360,29 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
             npairs = per_word // 2
 
             def extract(p, group=group):
-                """Ops turning code pair p of every matrix's word into two f16 (1 + c/k) halves."""
+                """Ops turning code pair p of every matrix's word into two f16 (1 + c/k) halves.
+
+                q4 pairs sit at bit offsets 6 (p0), 10 (p1), 14 (p2) and 2 (p3) of the word (qpu_layout).
+                Only the add ALU shifts right, so the word is rotated right by 8 once (w8): p2 is then at
+                offset 6 of w8 and p1 at offset 2, and offset 2 -> 6 is a shift left of the low 24 bits,
+                which umul24 by 16 does on the mul ALU (p3 likewise from the word itself). One add-ALU
+                rotate per 8 codes instead of two: the add ALU is the busier one."""
                 out = []
                 for (m, j) in group:
                     c = word_reg[(m, j)]
                     P = pair_pool.get()
                     src = c
-                    if cfg.kind == "q4" and p in (1, 2):
+                    if cfg.kind == "q4" and p in (1, 2) and not R.W8:
                         amt = 4 * p
                         ops.append(Op("add", "ror", P, (c, amt), alts=[("ror", (c, {4: R.K4, 8: R.K8}[amt]))]))
                         src = P
+                    elif cfg.kind == "q4" and p == 1:
+                        w8 = R.W8[m]
+                        ops.append(Op("add", "ror", w8, (c, 8), alts=[("ror", (c, R.K8))]))
+                        ops.append(Op("mul", "umul24", P, (w8, R.K16)))
+                        src = P
+                    elif cfg.kind == "q4" and p == 2:
+                        src = R.W8[m]
                     elif cfg.kind == "q4" and p == 3:
                         ops.append(Op("mul", "umul24", P, (c, R.K16)))
                         src = P
@@ -345,7 +390,7 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
                         ops.append(Op("add", "ror", P, (c, 8), alts=[("ror", (c, R.K8))]))
                         src = P
                     ops.append(Op("add", "band", P, (src, R.MASK)))
-                    ops.append(Op("any", "add", P, (P, R.EXPO)))
+                    ops.append(Op(variant[2], "add", P, (P, R.EXPO)))
                     out.append(P)
                 return out
 
@@ -361,7 +406,7 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
                     for t in range(T):
                         xv = ldx_alt()
                         for mi, (m, j) in enumerate(group):
-                            s = R.S[m][t]
+                            s = S_b[m][t]
                             if i % sub_len == 0:
                                 ops.append(Op("mul", "fmul", s, ((pairs[mi], "lh"[h]), xv)))
                             else:
@@ -369,15 +414,17 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
                                 ops.append(Op("add", "fadd", s, (s, "r3")))
             last_i = w * per_word + per_word - 1
             if (last_i + 1) % sub_len == 0:
-                finalize(last_i // sub_len)
+                finalize(last_i // sub_len, b)
     return ops
 
 
 def schedule_block(cfg: KernelConfig, R: Regs, **kw):
     """The shortest schedule over a few register-assignment variants (tried at assembly time)."""
     best = None
+    need = 2 * cfg.n_mats             # pair p + 1 is extracted while pair p is in use: 2 pairs per matrix
+    fewest = min(v[0] for v in VARIANTS if v[0] >= need)
     for v in VARIANTS:
-        if v[0] < 2 * cfg.n_mats:     # pair p + 1 is extracted while pair p is in use: 2 pairs per matrix
+        if v[0] != fewest:            # more pair registers than needed never won (register-file ports)
             continue
         b = schedule(block_ops(cfg, R, variant=v, **kw))
         if best is None or len(b) < len(best):

@@ -61,9 +61,13 @@ class Op:
     alts: list = field(default_factory=list)
     priority: int = 0          # added to the op's height in list scheduling (e.g. the loop counter)
 
-    def forms(self):
-        yield self.name, self.srcs
-        yield from self.alts
+    def forms(self, reg_first: bool = False):
+        """The operand forms in the order to try them; reg_first: forms without a small immediate first
+        (an immediate takes raddr_b and keeps ldunifa/ldunifarf out of the instruction)."""
+        forms = [(self.name, self.srcs)] + list(self.alts)
+        if reg_first:
+            forms.sort(key=lambda f: any(_is_imm(s) for s in f[1]))
+        yield from forms
 
     def src_regs(self, srcs) -> list[str]:
         return [r for r in (_reg_of(s) for s in srcs) if r is not None] + list(self.reads)
@@ -220,7 +224,8 @@ def emit(lang: dict, bundles: list[Bundle]) -> int:
     return len(bundles)
 
 
-def schedule_list(ops: list[Op], any_first: str = "mul", tie: int = 1) -> list[Bundle]:
+def schedule_list(ops: list[Op], any_first: str = "mul", tie: int = 1, jitter=None,
+                  reg_first: bool = False) -> list[Bundle]:
     """Cycle-by-cycle list scheduling: each instruction is filled with the ready ops of greatest height
     (longest latency path to the end of the block), program order breaking ties. Dependencies are the
     same as Scheduler's: read-after-write waits for the latency, write-after-read may share the
@@ -274,7 +279,7 @@ def schedule_list(ops: list[Op], any_first: str = "mul", tie: int = 1) -> list[B
                 op = ops[i]
                 units = (any_first, "add" if any_first == "mul" else "mul") if op.unit == "any" else (op.unit,)
                 done = False
-                for name, srcs in op.forms():
+                for name, srcs in op.forms(reg_first):
                     for unit in units:
                         if unit == "mul" and name not in MUL_OPS:
                             continue
@@ -302,11 +307,11 @@ def schedule_list(ops: list[Op], any_first: str = "mul", tie: int = 1) -> list[B
 def schedule_best(ops: list[Op]) -> list[Bundle]:
     """The shorter of the in-order greedy and the list schedule (both respect every rule)."""
     best = Scheduler().run(ops)
-    for any_first in ("mul", "add"):
-        for tie in (1, -1):
-            b = schedule_list(ops, any_first, tie)
-            if len(b) < len(best):
-                best = b
+    for any_first, tie, reg_first in (("mul", 1, True), ("add", 1, True), ("mul", -1, True), ("add", -1, True),
+                                      ("add", -1, False), ("mul", 1, False)):
+        b = schedule_list(ops, any_first, tie, reg_first=reg_first)
+        if len(b) < len(best):
+            best = b
     return best
 
 
