@@ -159,10 +159,12 @@ class Regs:
             # (kept only when the code-word pool still gets 2 words per matrix; else two rotates per word)
             self.W8 = [take() for _ in range(nm)] if cfg.kind == "q4" and self.next + 3 * nm + 4 + 3 <= 64 else []
             # A second set of the per-block registers (block sums, x header, scales, finalize temp) for
-            # odd blocks of an unrolled iteration: block b + 1's scale loads and MACs then need not wait
-            # for block b's finalize to read the first set (that wait cost ~10 instructions per block).
+            # odd blocks of an unrolled iteration (variants with alt): block b + 1's scale loads and MACs
+            # then need not wait for block b's finalize. Measured: it helps the swiglu kernels a little and
+            # costs the one-matrix kernels 1-2 instructions per block (the second block sum lives in the
+            # register file instead of r4, and register-file read ports are scarce), so both are tried.
             alt = nm * T + 2 * T + nm * cfg.spec.scale_words + 1
-            self.ALT = cfg.unroll > 1 and self.next + alt + 8 + 3 <= 64
+            self.ALT = nm == 2 and cfg.unroll > 1 and self.next + alt + 8 + 3 <= 64   # swiglu: see VARIANTS
             if self.ALT:
                 self.S2 = [[take() for _ in range(T)] for _ in range(nm)]
                 self.XL2 = [take() for _ in range(T)]
@@ -227,13 +229,13 @@ def _issue_ops(cfg: KernelConfig, R: Regs, m: int, j: int, tmua_unit: str = "any
 
 
 # Schedule variants tried at assembly time, the shortest kept: (pair registers, alternate x registers,
-# ALU of the f16 exponent adds, ALU of the TMU address writes). The add ALU carries the fadds, masks and
+# ALU of the f16 exponent adds, ALU of the TMU address writes, alternate block registers). The add ALU carries the fadds, masks and
 # rotates, so the integer adds are usually best pinned to the mul ALU -- but register-file read ports
 # (two per instruction) and latencies decide, so that is measured per layout, not assumed.
 # (The winners over sum/swiglu x q4/q8 x T = 1/4 at unroll 4; alternate x registers and a fifth pair
 # register never won once the block registers alternate, and cost assembly time.)
-VARIANTS = ((3, False, "mul", "any"), (3, False, "mul", "mul"), (4, False, "mul", "any"),
-            (4, False, "any", "any"))
+VARIANTS = ((3, False, "mul", "any", False), (3, False, "mul", "mul", False), (4, False, "mul", "any", True),
+            (4, False, "any", "any", True))
 
 
 def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_next_head: bool,
@@ -316,7 +318,7 @@ def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_nex
 
     def block_regs(b: int):
         """(S, XL, XH, SC, finalize temp) of block b of the iteration: odd blocks use the second set."""
-        if getattr(R, "ALT", False) and b % 2:
+        if variant[4] and getattr(R, "ALT", False) and b % 2:
             return R.S2, R.XL2, R.XH2, R.SC2, R.FT
         return R.S, R.XL, R.XH, R.SC, "r3"
 
