@@ -250,7 +250,8 @@ def roofline_points(compare_rec: dict | None, bandwidth_rec: dict | None) -> lis
         for r in bandwidth_rec.get("qpu", []):
             # summation: one 32-bit integer add per 4 bytes read (ops, not floating point)
             if r.get("kernel") == "summation" and r.get("seconds"):
-                pts.append({"label": f"QPU summation {r['bytes'] >> 10} KiB (int adds)", "intensity": 0.25,
+                pts.append({"label": f"QPU summation {r['bytes'] >> 10} KiB, {r.get('threads', '?')} threads "
+                                     f"(int adds)", "intensity": 0.25,
                             "gflops": r["bytes"] / 4 / r["seconds"] / 1e9,
                             "source": "predicted Pi 4" if r["source"] == "predicted" else "measured Pi 4"})
     return pts
