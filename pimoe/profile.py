@@ -37,10 +37,11 @@ Counters: `bytes` = weight bytes read (only the experts the router really chose)
 ...), with each dispatch's counts also kept whole (`dispatches`) for the Pi 4 timing model.
 
 Cost (measured by `overhead()` on this shared 2-core x86 machine): while off, `with prof.region(...)` on
-the NullProfiler costs 0.4-0.7 us and the module-level `with profile.region(...)` 1.0-1.2 us (a global
-load and one more call); an active Profiler costs 3-5 us per region (two perf_counter_ns calls and a
-small object). The model opens ~5 regions per layer per forward, so off it adds ~0.1 ms to a 48-layer
-token and on ~1 ms, against token times of tens of milliseconds (tiny model: ~1 ms, see the tests).
+the NullProfiler costs 0.3-0.7 us and the module-level `with profile.region(...)` 1.0-1.3 us (a global
+load and one more call); an active Profiler costs 3-5 us per region on a quiet machine, up to ~35 us
+measured under load (every compare record stores its own `profiler_overhead`). The model opens ~5 regions
+per layer per forward (the qpu backend ~6 more), so off it adds ~0.1 ms to a 48-layer token and on ~1-2
+ms, against measured token times of 0.3 s here (2-layer Qwen3 shape) and 0.1-1 s predicted on a Pi 4.
 """
 
 from __future__ import annotations
