@@ -145,10 +145,9 @@ class Regs:
         self.A = [[take() for _ in range(T)] for _ in range(nm)]
         if cfg.kind != "f32":
             ns = cfg.nsub
-            if nm * T == 1:
-                self.S = [["r4"]]          # one block sum: an accumulator saves register-file reads
-            else:
-                self.S = [[take() for _ in range(T)] for _ in range(nm)]
+            # block sums: the first in accumulator r4 (its fadds then need no register-file read port,
+            # and those ports are scarce), the others in the register file
+            self.S = [["r4" if (m, t) == (0, 0) else take() for t in range(T)] for m in range(nm)]
             self.TMPV = take()
             self.PX = take()
             self.PX2 = take()

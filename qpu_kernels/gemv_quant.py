@@ -6,8 +6,9 @@ Kernel versions, in order of sophistication (all in qpu_kernels.gemv_kernel, sel
   2. q8 blocks: 4 codes per 32-bit word; two codes become two f16 numbers 1 + c/256 with one `and` and
      one integer add of the f16 exponent (plus one `ror` for the second pair), which fmul reads through its
      free f16 unpack; the block scale is applied once per 32 weights as D (S - X) + M X;
-  3. q4 blocks: 8 nibbles per word, pairs brought into place with ror 4 / ror 8 / umul24 by 16, so the
-     shifts are split between the add and the mul ALU;
+  3. q4 blocks: 8 nibbles per word, pairs brought into place with one ror 8 and two umul24 by 16 (shl 4
+     of the low 24 bits), so 3 of the 4 pairs' shifts run on the mul ALU -- the add ALU is the busier
+     one (fadd, and, rotate);
   4. token tiles (T > 1): every code word fetched and dequantized once serves T activation vectors.
 The inner loop of each is packed into dual-issue instructions by gemv_sched and software pipelined
 (TMU loads up to 16 words ahead, across blocks).

@@ -21,8 +21,11 @@ f16 halves are then read by fmul's free f16->f32 unpack. Per 32-bit code word:
 
     q4 (8 codes, weights 8w..8w+7): pair p holds weights (8w+2p, 8w+2p+1) as nibble pattern
         P = lo << 6 | hi << 22 (mask 0x03C003C0); stored as p0: P, p1: rol(P, 4), p2: rol(P, 8),
-        p3: P >> 4. The kernel recovers pair 1/2 with ror 4/8 and pair 3 with umul24 by 16 (shl 4 of
-        the low 24 bits).
+        p3: P >> 4. So the pairs sit at bit offsets 6, 10, 14 (wrapping) and 2. The kernel takes pair 0
+        as is, pair 3 with umul24 by 16 (shl 4 of the low 24 bits, on the mul ALU), and rotates the
+        word right by 8 once: pair 2 is then at offset 6 and pair 1 at offset 2 (umul24 by 16 again),
+        so 8 codes cost one add-ALU rotate. (With too few registers for the rotated word it falls back
+        to ror 4 / ror 8.)
     q8 (4 codes, weights 4w..4w+3): pair p holds (4w+2p, 4w+2p+1) as P = lo << 2 | hi << 18
         (mask 0x03FC03FC); stored as p0: P, p1: rol(P, 8).
 
