@@ -206,3 +206,18 @@ def test_qpu_backend_reports_its_dispatches(cache_home):
         if inside and r.dispatches:
             total += sum(timing.predict(d).seconds for d in r.dispatches)
     assert qpu["tg_predicted"]["tg/forward/layer/experts"] == pytest.approx(total / len(steps))
+
+
+def test_agreement_separates_near_ties_from_decisive_flips():
+    """A flip where ref's top-2 margin is below the logit difference between the paths is a near-tie;
+    one where the margin is larger cannot come from rounding and counts as decisive."""
+    ref_logits = np.array([[5.0, 4.99, 0.0], [5.0, 1.0, 0.0]], dtype=np.float32)
+    # step 0: other moves logit 1 up by 0.05 > margin 0.01 -> near-tie; step 1: other picks token 1 with
+    # logits only 0.1 apart from ref's, but ref's margin is 4.0 -> decisive.
+    other_logits = ref_logits + np.array([[0.0, 0.05, 0.0], [0.0, 0.1, 0.0]], dtype=np.float32)
+    ref = {"tokens": [0, 0], "logits": ref_logits}
+    other = {"tokens": [1, 1], "logits": other_logits}
+    a = compare.agreement(ref, other)
+    assert not a["same_tokens"] and a["n_agree"] == 0
+    assert [m["near_tie"] for m in a["mismatches"]] == [True, False]
+    assert a["decisive_mismatches"] == 1
