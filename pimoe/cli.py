@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     except PimoeError as exc:
         print(f"pimoe {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # output piped into `head` and closed early: not an error; silence the flush at exit
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"pimoe {args.command}: interrupted", file=sys.stderr)
         return 130
