@@ -173,7 +173,7 @@ def test_kernelbench_writes_a_new_record(tmp_path, capsys):
 def test_every_schedule_keeps_program_order_semantics(kind, nsub, T, mode):
     """Both schedulers, every register variant: each read sees the writer program order says it sees."""
     from qpu_kernels import gemv_kernel as G
-    from qpu_kernels.gemv_sched import Scheduler, check_schedule, schedule_list
+    from qpu_kernels.gemv_sched import LIST_SETTINGS, Scheduler, check_schedule, schedule_list
 
     cfg = KernelConfig(kind, nsub, 512, T, mode)
     R = Regs(cfg)
@@ -185,7 +185,21 @@ def test_every_schedule_keeps_program_order_semantics(kind, nsub, T, mode):
         for tail in (True, False):
             ops = block_ops(cfg, R, issue_current_tail=True, issue_next_head=tail, count=tail, variant=v)
             check_schedule(ops, Scheduler().run(ops))
-            check_schedule(ops, schedule_list(ops))
+            for any_first, tie, reg_first in LIST_SETTINGS:
+                check_schedule(ops, schedule_list(ops, any_first, tie, reg_first=reg_first))
+
+
+@pytest.mark.parametrize("kind,nsub,budget", [("q4", 1, 66), ("q8", 1, 67), ("q8", 2, 72.5)])
+def test_decode_block_instruction_budget(kind, nsub, budget):
+    """One-token GEMV loop body, instructions per 32-weight block: what the q4 one-rotate extraction,
+    unroll 4 and the scheduler variants reached (q4 was 70.5, q8 74, Q6_K 78.5 before). Fails if a change
+    makes the decode loop longer."""
+    from qpu_kernels.gemv_kernel import schedule_block
+
+    cfg = KernelConfig(kind, nsub, 2048, 1, "sum")
+    body = schedule_block(cfg, Regs(cfg), issue_current_tail=True, issue_next_head=True, count=True)
+    assert cfg.unroll == 4
+    assert len(body) / cfg.unroll <= budget
 
 
 def test_schedule_checker_catches_a_reordering():
