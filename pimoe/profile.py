@@ -148,10 +148,13 @@ class Profiler:
         if self._stack:
             self._stack[-1].count(**counters)
 
-    def qpu_dispatch(self, counters, kernel: str = "kernel", **tags) -> None:
+    def qpu_dispatch(self, counters, kernel: str = "kernel", timing_args: dict | None = None, **tags) -> None:
         """Record one QPU execute in the innermost region: the counts are summed under qpu.* and the whole
         dispatch (EmuCounters, kept per thread as pimoe.qpu.timing.predict() wants it, or a plain dict of
-        totals) is kept for the timing model. On hardware pass the measured seconds as a tag."""
+        totals) is kept for the timing model. On hardware pass the measured seconds as a tag.
+        timing_args: what the kernel states that the counters cannot show, passed on to
+        pimoe.qpu.timing.predict() (e.g. {"loads_in_flight": 8} for a kernel that waits on ldtmu without
+        thrsw); kept with the dispatch under "timing_args" so every prediction of it uses them."""
         if not self._stack:
             return
         import numpy as np
@@ -170,6 +173,8 @@ class Profiler:
         r = self._stack[-1]
         if r.dispatches is None:
             r.dispatches = []
+        if timing_args:
+            d["timing_args"] = dict(timing_args)
         r.dispatches.append(dict(d, kernel=kernel, **tags))
         r.count(**{"qpu." + k: v for k, v in totals.items()}, qpu_dispatches=1)
 
@@ -259,7 +264,7 @@ class NullProfiler:
     def count(self, **counters) -> None:
         pass
 
-    def qpu_dispatch(self, counters, kernel="kernel", **tags) -> None:
+    def qpu_dispatch(self, counters, kernel="kernel", timing_args=None, **tags) -> None:
         pass
 
 
@@ -284,8 +289,8 @@ def count(**counters) -> None:
     _current.count(**counters)
 
 
-def qpu_dispatch(counters, kernel: str = "kernel", **tags) -> None:
-    _current.qpu_dispatch(counters, kernel, **tags)
+def qpu_dispatch(counters, kernel: str = "kernel", timing_args: dict | None = None, **tags) -> None:
+    _current.qpu_dispatch(counters, kernel, timing_args=timing_args, **tags)
 
 
 @contextmanager
@@ -379,13 +384,21 @@ def _timing():
     return timing
 
 
-def predict_qpu(dispatch) -> dict | None:
+def dispatch_timing_args(dispatch) -> dict:
+    """The keyword arguments for pimoe.qpu.timing.predict() a dispatch carries (its kernel's
+    loads_in_flight etc., see Profiler.qpu_dispatch); {} for bare EmuCounters or none given."""
+    if isinstance(dispatch, dict):
+        return dict(dispatch.get("timing_args") or {})
+    return {}
+
+
+def predict_qpu(dispatch, **timing_args) -> dict | None:
     """The timing model's full prediction (label, predicted_seconds, bound, breakdown_seconds) of one
-    dispatch, or None when this tree has no timing model."""
+    dispatch, or None when this tree has no timing model. timing_args add to (override) the dispatch's own."""
     timing = _timing()
     if timing is None:
         return None
-    return timing.predict(dispatch).as_dict()
+    return timing.predict(dispatch, **{**dispatch_timing_args(dispatch), **timing_args}).as_dict()
 
 
 def predict_qpu_seconds(dispatch) -> float | None:
@@ -396,7 +409,9 @@ def predict_qpu_seconds(dispatch) -> float | None:
         return None
     if isinstance(dispatch, dict) and "per_thread" not in dispatch:
         return None      # a hardware dispatch (no emulator counts): nothing to predict from
-    return float(timing.predict(dispatch).seconds)
+    # the kernel's own statement (loads_in_flight: ldtmu waits without thrsw the counters cannot see) so
+    # that this agrees with the kernel benchmark's prediction of the same dispatch
+    return float(timing.predict(dispatch, **dispatch_timing_args(dispatch)).seconds)
 
 
 def predict_cpu_seconds(weight_bytes: float, flops: float, threads: int = 4) -> float | None:

@@ -31,8 +31,8 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from qpu_kernels import qpu_layout as lay
-from qpu_kernels.gemv_kernel import (KernelConfig, base_address, Programs, Scratch, execute, f32_bits, make_x_stream,
-                                     write_tables, x_stream_words)
+from qpu_kernels.gemv_kernel import (KernelConfig, base_address, Programs, Scratch, execute, f32_bits, loads_in_flight,
+                                     make_x_stream, write_tables, x_stream_words)
 
 DEFAULT_THREADS = 8
 MAX_TILE = {"f32": 4, "q4": 2, "q8": 2}   # tokens per tile the register file holds in the swiglu kernel
@@ -86,6 +86,11 @@ def expert_ffn_reference(gate_w, up_w, down_w, x, expert_ids, expert_weights) ->
     return out
 
 
+def dispatch_timing_args(cfg: KernelConfig) -> dict:
+    """Keyword arguments for pimoe.qpu.timing.predict() of one dispatch of the kernel `cfg`."""
+    return {"loads_in_flight": loads_in_flight(cfg)}
+
+
 class ExpertFFN:
     """Runs one layer's routed experts on the driver. gate/up/down: QPUMatrices of the layer."""
 
@@ -95,16 +100,21 @@ class ExpertFFN:
         self.counters: list = []     # EmuCounters (or None on hardware) of every dispatch
         # profiling hooks (the qpu backend passes pimoe.profile.region / qpu_dispatch; kernels stay free of
         # pimoe.profile): region(name) -> context manager around upload / dispatch / compute / readback,
-        # on_dispatch(counters, kernel=...) for each execute's emulator counts
+        # on_dispatch(counters, kernel=..., timing_args=...) for each execute's emulator counts
         self.region = region or (lambda name, **tags: nullcontext())
         self.on_dispatch = on_dispatch
+        self.timing_args: list[dict] = []   # per dispatch, what pimoe.qpu.timing.predict() must be told
 
     def _execute(self, cfg, table_addr: int, row_bytes: list[int], kernel: str) -> None:
+        # the GEMV loops wait on ldtmu without thrsw: the emulator's counters show no thread switch there,
+        # so the timing model is told how many loads each thread has in flight when it waits
+        targs = dispatch_timing_args(cfg)
         with self.region("compute", kernel=kernel):
             c = execute(self.drv, self.programs, cfg, self.threads, self.scratch, table_addr, row_bytes)
             if c is not None and self.on_dispatch is not None:
-                self.on_dispatch(c, kernel=kernel)
+                self.on_dispatch(c, kernel=kernel, timing_args=targs)
         self.counters.append(c)
+        self.timing_args.append(targs)
 
     def __call__(self, gate: QPUMatrices, up: QPUMatrices, down: QPUMatrices, x: np.ndarray,
                  expert_ids: np.ndarray, expert_weights: np.ndarray, tile: int | None = None) -> np.ndarray:
@@ -230,8 +240,9 @@ class ExpertFFN:
 
 
 def run_check(drv, qtype, *, hidden: int, ff: int, n_experts: int, k: int, tokens: int, threads: int = 8,
-              seed: int = 0, tile: int | None = None):
-    """Random experts of `qtype`, random routing: QPU vs numpy. Returns (max relative error, counters)."""
+              seed: int = 0, tile: int | None = None, region=None, on_dispatch=None):
+    """Random experts of `qtype`, random routing: QPU vs numpy. Returns (max relative error, counters).
+    region / on_dispatch: ExpertFFN's profiling hooks (e.g. pimoe.profile.region / qpu_dispatch)."""
     from pimoe import quant
 
     rng = np.random.default_rng(seed)
@@ -244,7 +255,7 @@ def run_check(drv, qtype, *, hidden: int, ff: int, n_experts: int, k: int, token
     programs = Programs(drv)
     scratch = Scratch(drv, ExpertFFN.scratch_bytes(hidden, ff, k, tokens))
     mats = [QPUMatrices.upload(drv, q) for q in (gq, uq, dq)]
-    run = ExpertFFN(drv, programs, scratch, threads)
+    run = ExpertFFN(drv, programs, scratch, threads, region=region, on_dispatch=on_dispatch)
     t0 = time.perf_counter()
     y = run(*mats, x, ids, w, tile=tile)
     seconds = time.perf_counter() - t0

@@ -204,8 +204,44 @@ def test_qpu_backend_reports_its_dispatches(cache_home):
                 break
             p = prof.regions[p].parent
         if inside and r.dispatches:
-            total += sum(timing.predict(d).seconds for d in r.dispatches)
+            # each dispatch carries its kernel's loads_in_flight (ldtmu waits without thrsw)
+            assert all(d["timing_args"]["loads_in_flight"] >= 1 for d in r.dispatches)
+            total += sum(timing.predict(d, **d["timing_args"]).seconds for d in r.dispatches)
     assert qpu["tg_predicted"]["tg/forward/layer/experts"] == pytest.approx(total / len(steps))
+
+
+@pytest.mark.parametrize("qtype_name", ["Q8_0", "Q4_K"])
+def test_compare_and_kernel_benchmark_predict_the_same_dispatches_alike(qtype_name):
+    """The same expert-layer dispatches (same emulator counts) get the same Pi 4 time from `pimoe compare`
+    (profiler hook -> predict_regions) as from the kernel benchmark (pimoe.qpu.kernelbench), which tells
+    the timing model the kernels' loads_in_flight. Without it compare under-charges the ldtmu waits."""
+    from gguf import GGMLQuantizationType as QT
+
+    from pimoe import profile
+    from pimoe.qpu import open_driver
+    from pimoe.qpu.kernelbench import expert_layer_predictions
+    from pimoe.qpu.timing import predict
+
+    pytest.importorskip("qpu_kernels.expert_ffn")
+    from qpu_kernels.expert_ffn import run_check
+
+    qtype, hidden, ff = QT[qtype_name], 512, 256
+    prof = profile.Profiler()
+    with profile.activate(prof), open_driver("emu", data_area_size=64 << 20) as drv:
+        with profile.region("tg"):
+            err, counters, _ = run_check(drv, qtype, hidden=hidden, ff=ff, n_experts=2, k=2, tokens=1,
+                                         region=profile.region, on_dispatch=profile.qpu_dispatch)
+    assert err < 1e-5 and len(counters) == 2
+    bench = expert_layer_predictions(counters, qtype, hidden, ff)
+    dispatches = [d for r in prof.regions for d in (r.dispatches or ())]
+    assert [d["kernel"] for d in dispatches] == ["swiglu", "down_sum"]
+    for d, c, b in zip(dispatches, counters, bench):
+        assert d["per_thread"]["instructions"] == np.asarray(c.per_thread["instructions"]).tolist()
+        assert profile.predict_qpu_seconds(d) == pytest.approx(b.seconds, rel=1e-9)
+    pred = compare.predict_regions(prof, lambda r: r.name == "tg", steps=1)
+    assert pred["tg"] == pytest.approx(sum(b.seconds for b in bench), rel=1e-9)
+    # the agreement is not vacuous: without loads_in_flight these counts predict less
+    assert sum(predict(c).seconds for c in counters) < pred["tg"] * (1 - 1e-3)
 
 
 def test_agreement_separates_near_ties_from_decisive_flips():

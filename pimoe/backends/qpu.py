@@ -145,6 +145,7 @@ class QPUBackend(Backend):
         for s in range(0, x.shape[0], MAX_TOKENS_PER_CALL):
             e = s + MAX_TOKENS_PER_CALL
             self.runner.counters.clear()
+            self.runner.timing_args.clear()
             out[s:e] = self.runner(gate, up, down, np.ascontiguousarray(x[s:e], np.float32), expert_ids[s:e],
                                    expert_weights[s:e])
             for c in self.runner.counters:

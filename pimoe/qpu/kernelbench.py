@@ -68,21 +68,35 @@ def bench_gemv(qtype, rows, cols, tokens, threads) -> dict:
             "predicted": _prediction(c, qtype, cols, tokens)}
 
 
+def expert_layer_predictions(counters, qtype, hidden: int, ff: int) -> list:
+    """The timing model's Pi 4 predictions of one decode token's two expert dispatches (swiglu over
+    `hidden` columns, then down_sum over `ff`), each told its kernel's loads_in_flight (the GEMV loops
+    wait on ldtmu without thrsw). `pimoe compare` predicts the same dispatches through the profiler
+    from the loads_in_flight the backend reports; tests check that the two agree."""
+    from pimoe.qpu.timing import predict
+
+    from qpu_kernels.gemv_kernel import KernelConfig, loads_in_flight
+    from qpu_kernels import qpu_layout as lay
+
+    spec = lay.spec_for(qtype)
+    preds = []
+    for c, mode, cols in zip(counters, ("swiglu", "sum"), (hidden, ff)):
+        cfg = KernelConfig(spec.kind, spec.nsub, lay.padded_cols(cols), 1, mode)
+        preds.append(predict(c, loads_in_flight=loads_in_flight(cfg)))
+    return preds
+
+
 def bench_expert_layer(qtype, hidden, ff, k, tokens, threads) -> dict:
     from pimoe.errors import PimoeError
     from pimoe.qpu import open_driver
-    from pimoe.qpu.timing import predict
 
     from qpu_kernels.expert_ffn import run_check
-    from qpu_kernels.gemv_kernel import KernelConfig, loads_in_flight
-    from qpu_kernels import qpu_layout as lay
 
     with open_driver("emu", data_area_size=256 << 20) as drv:
         err, counters, seconds = run_check(drv, qtype, hidden=hidden, ff=ff, n_experts=k, k=k, tokens=tokens,
                                            threads=threads)
     if err > 1e-5:
         raise PimoeError(f"kernel bench: expert layer {qtype.name} differs from numpy ({err:.1e})")
-    spec = lay.spec_for(qtype)
     weights = 3 * k * hidden * ff
     instr = sum(c.total_instructions for c in counters)
     tmu = sum(c.tmu_read_bytes for c in counters)
@@ -91,10 +105,7 @@ def bench_expert_layer(qtype, hidden, ff, k, tokens, threads) -> dict:
            "instructions_per_weight": instr * 16 / (weights * tokens), "tmu_read_bytes": tmu,
            "bytes_read_per_token": tmu / tokens, "emulator_seconds": sum(c.wall_seconds for c in counters),
            "host_seconds": seconds}
-    preds = []
-    for c, mode, cols in zip(counters, ("swiglu", "sum"), (hidden, ff)):
-        cfg = KernelConfig(spec.kind, spec.nsub, lay.padded_cols(cols), 1, mode)
-        preds.append(predict(c, loads_in_flight=loads_in_flight(cfg)))
+    preds = expert_layer_predictions(counters, qtype, hidden, ff)
     total = sum(p.seconds for p in preds)
     rec["predicted"] = {"label": preds[0].label, "seconds": total, "bounds": [p.bound for p in preds],
                         "read_GBps": tmu / total / 1e9,
