@@ -184,12 +184,15 @@ def _more_bits_layers(n_layers: int) -> list[int]:
 
 
 def model_recipe(mix: str, n_layers: int) -> tuple[str, dict[str, str]]:
-    """(default type, per-name-fragment types) for a weight mix name."""
+    """(default type, {tensor name: type}) for a weight mix name (synth.make_model's tensor_types: exact
+    names). Q4_K_M as llama-quantize makes it for Qwen3-30B-A3B: Q4_K, except output.weight Q6_K and
+    attn_v / ffn_down_exps in the use_more_bits layers Q6_K (attn_output stays Q4_K: its Q5_K bump is for
+    8-expert models only)."""
     if mix.upper() == "Q4_K_M":
         types = {"output.weight": "Q6_K"}
         for i in _more_bits_layers(n_layers):
-            types[f"blk.{i}.attn_v."] = "Q6_K"
-            types[f"blk.{i}.ffn_down_exps."] = "Q6_K"
+            types[f"blk.{i}.attn_v.weight"] = "Q6_K"
+            types[f"blk.{i}.ffn_down_exps.weight"] = "Q6_K"
         return "Q4_K", types
     return mix.upper(), {}
 
@@ -199,6 +202,10 @@ def ensure_model(cache_dir: Path, mix: str, n_layers: int) -> Path:
 
     qtype, types = model_recipe(mix, n_layers)
     path = cache_dir / f"qwen3-30b-a3b-{n_layers}L-{mix.upper()}.gguf"
+    if path.exists() and not _types_follow_recipe(path, qtype, types):
+        # written before synth matched tensor names exactly (attn_output then became Q6_K too)
+        print(f"{path}: its tensor types are not the {mix.upper()} recipe's; writing it again", flush=True)
+        path.unlink()
     if not path.exists():
         print(f"writing {path} (once; reused by later runs)", flush=True)
         tmp = path.with_suffix(".part")
@@ -206,6 +213,22 @@ def ensure_model(cache_dir: Path, mix: str, n_layers: int) -> Path:
                    progress=True)
         tmp.rename(path)
     return path
+
+
+def _types_follow_recipe(path: Path, qtype: str, types: dict[str, str]) -> bool:
+    """Whether every matrix of the cached model has the type the recipe gives it."""
+    from pimoe.gguf_file import GGUFFile
+
+    try:
+        tensors = GGUFFile(path).tensors
+    except Exception:      # a damaged cache file: write it again
+        return False
+    for name, t in tensors.items():
+        if t.qtype.name == "F32":
+            continue       # norms and router (the recipe never gives F32)
+        if t.qtype.name != types.get(name, qtype):
+            return False
+    return True
 
 
 def weight_bytes_per_token(path: Path) -> dict:

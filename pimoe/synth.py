@@ -233,6 +233,27 @@ def _write_metadata(w, s: Shape, qtype, preset: str) -> None:
     add_tokenizer_metadata(w, md)
 
 
+def _strip_weight(name: str) -> str:
+    return name[: -len(".weight")] if name.endswith(".weight") else name
+
+
+def _strip_layer(name: str) -> str:
+    """'blk.3.attn_v.weight' -> 'attn_v.weight' (names outside the layers are returned unchanged)."""
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit():
+        return parts[2]
+    return name
+
+
+def _matching_key(name: str, keys) -> str | None:
+    """The tensor_types key (without '.weight') naming tensor `name`: its full name first, then its
+    per-layer name; None when none does. Exact names, not substrings: 'output' is not 'attn_output'."""
+    for candidate in (_strip_weight(name), _strip_weight(_strip_layer(name))):
+        if candidate in keys:
+            return candidate
+    return None
+
+
 def make_model(path: str | os.PathLike, arch: str | None = None, preset: str = "tiny", qtype="F32",
                n_layers: int | None = None, seed: int = 0, progress: bool = False,
                tensor_types: dict[str, object] | None = None, empty: bool = False, **overrides) -> Path:
@@ -243,8 +264,12 @@ def make_model(path: str | os.PathLike, arch: str | None = None, preset: str = "
             "qwen1.5-moe-a2.7b", "mixtral-8x7b" (real shapes; n_layers picks how many layers).
     qtype: weight type of every matrix (name or gguf.GGMLQuantizationType); norms, biases and the
            router stay F32 as in real quantized files.
-    tensor_types: {name fragment: weight type} for matrices whose name contains the fragment, e.g.
-           {"output.weight": "Q6_K", "ffn_down_exps": "Q5_K"} (mixes like llama-quantize's Q4_K_M).
+    tensor_types: {tensor name: weight type} (mixes like llama-quantize's Q4_K_M). A key names a
+           matrix exactly: its full name ("output.weight", "blk.3.attn_v.weight") or its name without
+           the "blk.N." prefix for every layer ("ffn_down_exps.weight"); the ".weight" suffix may be left
+           off ("ffn_down_exps", "blk.3.attn_v"). A full name wins over a per-layer key. So
+           "output.weight" is the output head only, never blk.N.attn_output.weight. A key that names no
+           matrix of the model raises PimoeError.
     empty: all-zero matrices written as a sparse file (norms 1): instant and diskless even for real
            shapes; for loader, memory and `pimoe info` tests (its logits are meaningless).
     overrides: any Shape field, e.g. hidden=128, n_experts=16, tied_output=True.
@@ -253,17 +278,23 @@ def make_model(path: str | os.PathLike, arch: str | None = None, preset: str = "
     from pimoe import quant
 
     qtype = _qtype(qtype)
-    per_name = {frag: _qtype(t) for frag, t in (tensor_types or {}).items()}
+    per_name = {_strip_weight(key): _qtype(t) for key, t in (tensor_types or {}).items()}
     widest = max([qtype, *per_name.values()], key=lambda t: gguf.GGML_QUANT_SIZES[t][0])
     s = resolve_shape(arch, preset, widest, n_layers, overrides)
 
     def qt_of(name, kind):
         if kind != "matrix":
             return gguf.GGMLQuantizationType.F32
-        for frag, t in per_name.items():
-            if frag in name:
-                return t
-        return qtype
+        key = _matching_key(name, per_name)
+        return per_name[key] if key is not None else qtype
+
+    matrices = [name for name, _, kind, _ in _tensor_plan(s) if kind == "matrix"]
+    used = {_matching_key(name, per_name) for name in matrices}
+    unused = [key for key in (tensor_types or {}) if _strip_weight(key) not in used]
+    if unused:
+        raise PimoeError(f"make_model: tensor_types {unused} name no matrix of this {s.arch} model (keys are "
+                         f"exact tensor names, with or without 'blk.N.' and '.weight', e.g. "
+                         f"{sorted({_strip_weight(_strip_layer(n)) for n in matrices})})")
 
     for name, shp, kind, _ in _tensor_plan(s):
         t = qt_of(name, kind)

@@ -16,7 +16,8 @@ def test_more_bits_layers_follow_llama_quantize_rule():
     assert cpubench._more_bits_layers(4) == [2, 3]
     qtype, types = cpubench.model_recipe("Q4_K_M", 4)
     assert qtype == "Q4_K" and types["output.weight"] == "Q6_K"
-    assert types["blk.3.ffn_down_exps."] == "Q6_K" and "blk.0.ffn_down_exps." not in types
+    assert types["blk.3.ffn_down_exps.weight"] == "Q6_K" and "blk.0.ffn_down_exps.weight" not in types
+    assert types["blk.2.attn_v.weight"] == "Q6_K" and not any("attn_output" in n for n in types)
     assert cpubench.model_recipe("q8_0", 4) == ("Q8_0", {})
 
 

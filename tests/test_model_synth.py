@@ -65,3 +65,50 @@ def test_errors(tmp_path):
         make_model(tmp_path / "x.gguf", qtype="Q4_K", hidden=128)
     with pytest.raises(PimoeError, match="unknown model shape field"):
         make_model(tmp_path / "x.gguf", hiden=128)
+
+
+def test_tensor_types_name_tensors_exactly(tmp_path):
+    """'output.weight' is the output head only, not blk.N.attn_output.weight (a substring match hit both);
+    per-layer keys apply to every layer, full names to one, '.weight' may be left off."""
+    path = make_model(tmp_path / "m.gguf", arch="qwen3moe", qtype="Q8_0", n_layers=12, empty=True,
+                      tensor_types={"output.weight": "Q6_K", "blk.1.attn_v.weight": "Q6_K",
+                                    "ffn_down_exps": "Q4_K", "blk.2.ffn_down_exps": "Q5_K"})
+    types = {n: t.qtype.name for n, t in GGUFFile(path).tensors.items()}
+    assert types["output.weight"] == "Q6_K"
+    assert all(types[f"blk.{i}.attn_output.weight"] == "Q8_0" for i in range(12))
+    assert types["blk.1.attn_v.weight"] == "Q6_K"
+    assert types["blk.11.attn_v.weight"] == "Q8_0" and types["blk.0.attn_v.weight"] == "Q8_0"
+    assert types["blk.2.ffn_down_exps.weight"] == "Q5_K"          # the full name wins over the per-layer key
+    assert all(types[f"blk.{i}.ffn_down_exps.weight"] == "Q4_K" for i in range(12) if i != 2)
+    assert types["blk.0.ffn_up_exps.weight"] == "Q8_0" and types["token_embd.weight"] == "Q8_0"
+    assert types["output_norm.weight"] == "F32"
+
+
+def test_tensor_types_key_naming_no_matrix_is_an_error(tmp_path):
+    with pytest.raises(PimoeError, match="attn_out"):
+        make_model(tmp_path / "m.gguf", arch="qwen3moe", qtype="Q8_0", empty=True,
+                   tensor_types={"attn_out": "Q6_K"})       # a fragment, not a tensor name
+    with pytest.raises(PimoeError, match="blk.5.attn_v"):
+        make_model(tmp_path / "m.gguf", arch="qwen3moe", qtype="Q8_0", n_layers=2, empty=True,
+                   tensor_types={"blk.5.attn_v": "Q6_K"})   # no layer 5
+
+
+def test_q4_k_m_recipe_types(tmp_path):
+    """cpubench's Q4_K_M recipe gives what llama-quantize's does: output.weight and attn_v / ffn_down_exps
+    of the use_more_bits layers Q6_K, everything else (attn_output included) Q4_K."""
+    from pimoe import cpubench
+
+    n = 8
+    qtype, recipe = cpubench.model_recipe("Q4_K_M", n)
+    path = make_model(tmp_path / "m.gguf", preset="tiny", arch="qwen3moe", qtype=qtype, n_layers=n, empty=True,
+                      tensor_types=recipe)
+    types = {name: t.qtype.name for name, t in GGUFFile(path).tensors.items()}
+    more = set(cpubench._more_bits_layers(n))
+    assert more and more != set(range(n))
+    for i in range(n):
+        big = "Q6_K" if i in more else "Q4_K"
+        assert types[f"blk.{i}.attn_v.weight"] == big and types[f"blk.{i}.ffn_down_exps.weight"] == big
+        assert types[f"blk.{i}.attn_output.weight"] == "Q4_K" and types[f"blk.{i}.attn_q.weight"] == "Q4_K"
+    assert types["output.weight"] == "Q6_K" and types["token_embd.weight"] == "Q4_K"
+    assert cpubench._types_follow_recipe(path, qtype, recipe)
+    assert not cpubench._types_follow_recipe(path, qtype, {**recipe, "blk.0.attn_output.weight": "Q6_K"})
