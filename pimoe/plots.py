@@ -30,13 +30,16 @@ COLORS = {"embedding": "#8c564b", "attention": "#1f77b4", "router": "#9467bd", "
           "shared_expert": "#e377c2", "output_head": "#ff7f0e", "sampling": "#7f7f7f", "other": "#c7c7c7"}
 
 
-def _plt():
-    import matplotlib
+def _subplots(nrows: int = 1, ncols: int = 1, figsize=None, **kw):
+    """(figure, axes) drawn off-screen with the Agg canvas, without pyplot: matplotlib's global backend
+    and pyplot's figure list stay as they were (a notebook keeps showing its inline figures in later
+    cells), and nothing needs closing."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
@@ -45,7 +48,6 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
         p = out_dir / f"{stem}.{ext}"
         fig.savefig(p, dpi=120, bbox_inches="tight")
         out.append(p)
-    _plt().close(fig)
     return out
 
 
@@ -56,8 +58,7 @@ def _stem(rec: dict) -> str:
 # -- bandwidth -------------------------------------------------------------------------------------------
 
 def plot_bandwidth(rec: dict, out_dir: Path) -> list[Path]:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = _subplots(figsize=(8, 5))
     cpu = [r for r in rec.get("cpu", []) if r.get("GBps")]
     groups: dict[tuple, list] = {}
     for r in cpu:
@@ -142,11 +143,10 @@ LAYER_SEGMENTS = ("attention", "router", "experts", "upload", "dispatch", "compu
 def plot_breakdown(rec: dict, out_dir: Path) -> list[Path]:
     """Stacked bars per backend: measured here | Pi 4 predicted (plus, for a --shape run, the prediction
     scaled to the full model: per-layer regions x layers_full / layers_run)."""
-    plt = _plt()
     runs = rec["runs"]
     factor = rec["layers_full"] / rec["layers_run"]
     n_bars = len(runs) * (2 if factor != 1 else 1)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 1.6 + 0.6 * n_bars), squeeze=False)
+    fig, axes = _subplots(1, 2, figsize=(12, 1.6 + 0.6 * n_bars), squeeze=False)
     for ax, kind in zip(axes[0], ("measured", "predicted")):
         labels = []
         y = 0
@@ -194,9 +194,8 @@ def plot_breakdown(rec: dict, out_dir: Path) -> list[Path]:
 
 
 def plot_tokens(rec: dict, out_dir: Path) -> list[Path]:
-    plt = _plt()
     rows = [r for r in rec.get("table", []) if str(r.get("test", "")).startswith("tg")]
-    fig, ax = plt.subplots(figsize=(8, 0.8 + 0.45 * max(1, len(rows))))
+    fig, ax = _subplots(figsize=(8, 0.8 + 0.45 * max(1, len(rows))))
     for i, r in enumerate(rows):
         pred = "predicted" in r["source"]
         ax.barh(i, r["tps_mean"], xerr=r.get("tps_sd") or None, color="#ff7f0e" if pred else "#1f77b4",
@@ -212,9 +211,8 @@ def plot_tokens(rec: dict, out_dir: Path) -> list[Path]:
 
 
 def plot_experts(rec: dict, out_dir: Path) -> list[Path]:
-    plt = _plt()
     usage = np.asarray(rec["runs"][0]["expert_usage"], float)      # [layers, experts]
-    fig, ax = plt.subplots(figsize=(min(14, 3 + usage.shape[1] * 0.08), 1.5 + 0.4 * usage.shape[0]))
+    fig, ax = _subplots(figsize=(min(14, 3 + usage.shape[1] * 0.08), 1.5 + 0.4 * usage.shape[0]))
     im = ax.imshow(usage, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_xlabel("expert")
     ax.set_ylabel("layer")
@@ -258,12 +256,11 @@ def roofline_points(compare_rec: dict | None, bandwidth_rec: dict | None) -> lis
 
 
 def plot_roofline(compare_rec: dict | None, bandwidth_rec: dict | None, out_dir: Path) -> list[Path]:
-    plt = _plt()
     ceil = (compare_rec or {}).get("pi4_ceilings") or (bandwidth_rec or {}).get("pi4_ceilings") or {}
     pts = roofline_points(compare_rec, bandwidth_rec)
     if not pts and not ceil:
         return []
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = _subplots(figsize=(8, 5.5))
     x = np.logspace(-1.5, 2, 200)
     for bw_key, peak_key, name, color in (("cpu_decode_GBps", "cpu_fp32_GFLOPS", "Pi 4 CPU", "#1f77b4"),
                                           ("qpu_read_GBps", "qpu_peak_GFLOPS", "Pi 4 QPU", "#2ca02c")):

@@ -77,3 +77,34 @@ def test_plot_rejects_a_trace(tmp_path):
         from pimoe.plots import plot_records
 
         plot_records([t])
+
+
+def test_plotting_leaves_matplotlib_backend_and_pyplot_alone(recorded, tmp_path):
+    """A notebook that plots records keeps its own (inline) backend and its pyplot figures: pimoe.plots
+    draws on its own Agg canvases. Run in a fresh interpreter with a backend chosen first."""
+    import subprocess
+    import sys
+    import textwrap
+
+    alone, recs = recorded
+    code = textwrap.dedent(f"""
+        import sys
+        import matplotlib
+        matplotlib.use("svg")
+        import matplotlib.pyplot as plt
+        before = plt.figure()
+        from pimoe import plots
+        written = plots.plot_records({[str(r) for r in recs]!r}, out_dir={str(tmp_path)!r})
+        assert written, "no figures"
+        assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+        assert plt.get_fignums() == [before.number], plt.get_fignums()
+        print("ok", len(written))
+    """)
+    import os
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]      # this tree's pimoe, not another install's
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=repo,
+                         env=env)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]
