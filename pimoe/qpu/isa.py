@@ -705,6 +705,22 @@ def _lowest(s: frozenset[int]) -> int:
     return min(s)
 
 
+def _unused_muxes(row, nsrc: int, mux_a: int, mux_b: int) -> tuple[int, int]:
+    """Unused muxes are part of the opcode: keep a given value the op allows (fxcd/fycd accept several),
+    else the first allowed one. row = (opcode, _, allowed mux_b set, allowed mux_a set)."""
+    if nsrc < 2 and mux_b not in row[2]:
+        mux_b = _lowest(row[2])
+    if nsrc < 1 and mux_a not in row[3]:
+        mux_a = _lowest(row[3])
+    return mux_a, mux_b
+
+
+def _f32_unpack_code(name: str, u, what: str) -> int:
+    if u not in F32_UNPACK_CODE:
+        raise InvalidInstruction(f"{name}: {what} unpack {u!r} is not an f32 unpack (abs, l, h)")
+    return F32_UNPACK_CODE[u]
+
+
 def _encode_add(a: AluOp) -> int:
     name = a.op
     nsrc = add_op_num_src(name)
@@ -723,17 +739,10 @@ def _encode_add(a: AluOp) -> int:
     if row is None:
         raise InvalidInstruction(f"{name!r} is not an add-ALU op")
     opcode = row[0]
-    # unused muxes are part of the opcode: keep a given value the op allows (fxcd/fycd accept several),
-    # else the first allowed one
-    if nsrc < 2 and mux_b not in row[2]:
-        mux_b = _lowest(row[2])
-    if nsrc < 1 and mux_a not in row[3]:
-        mux_a = _lowest(row[3])
+    mux_a, mux_b = _unused_muxes(row, nsrc, mux_a, mux_b)
 
     def _f32(u, what):
-        if u not in F32_UNPACK_CODE:
-            raise InvalidInstruction(f"{name}: {what} unpack {u!r} is not an f32 unpack (abs, l, h)")
-        return F32_UNPACK_CODE[u]
+        return _f32_unpack_code(name, u, what)
 
     def _pack(p):
         if p not in PACKS:
@@ -791,16 +800,10 @@ def _encode_mul(m: AluOp) -> int:
         raise InvalidInstruction(f"{name!r} is not a mul-ALU op")
     nsrc = mul_op_num_src(name)
     opcode = row[0]
-    mux_a, mux_b = m.a, m.b
-    if nsrc < 2 and mux_b not in row[2]:
-        mux_b = _lowest(row[2])
-    if nsrc < 1 and mux_a not in row[3]:
-        mux_a = _lowest(row[3])
+    mux_a, mux_b = _unused_muxes(row, nsrc, m.a, m.b)
 
     def _f32(u, what):
-        if u not in F32_UNPACK_CODE:
-            raise InvalidInstruction(f"{name}: {what} unpack {u!r} is not an f32 unpack (abs, l, h)")
-        return F32_UNPACK_CODE[u]
+        return _f32_unpack_code(name, u, what)
 
     if m.output_pack not in PACKS:
         raise InvalidInstruction(f"{name}: output pack {m.output_pack!r} (only l, h)")
