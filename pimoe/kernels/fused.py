@@ -76,6 +76,20 @@ def _splat(builder, value, width, itype):
     return builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
 
 
+def _unpack_codes(context, builder, wt, wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, width):
+    """The integer codes of `width` weights as an i8 vector: ((w[olo+i] >> slo) & mlo) |
+    (((w[ohi+i] >> shi) & mhi) << shl), minus bias bs. Every code fits 8 bits (0..63 minus a bias <= 32),
+    so one byte-lane recipe serves Q4/Q5/Q6 (low nibble / high nibble / extra high bits)."""
+    i8 = ir.IntType(8)
+    v8 = ir.VectorType(i8, width)
+    lo = builder.load(_vec_ptr(context, builder, wt, wv, olo, v8), align=1)
+    hi = builder.load(_vec_ptr(context, builder, wt, wv, ohi, v8), align=1)
+    lo = builder.and_(builder.lshr(lo, _splat(builder, slo, width, i8)), _splat(builder, mlo, width, i8))
+    hi = builder.and_(builder.lshr(hi, _splat(builder, shi, width, i8)), _splat(builder, mhi, width, i8))
+    code = builder.or_(lo, builder.shl(hi, _splat(builder, shl, width, i8)))
+    return builder.sub(code, _splat(builder, bs, width, i8))
+
+
 def _make_dot_code(width):
     @intrinsic
     def dot_code(typingctx, w, off_lo, sh_lo, mask_lo, off_hi, sh_hi, mask_hi, shl_hi, bias, x, xoff):
@@ -88,14 +102,8 @@ def _make_dot_code(width):
             i8 = ir.IntType(8)
             v8 = ir.VectorType(i8, width)
             v32 = ir.VectorType(ir.IntType(32), width)
-            # codes are built in 8-bit lanes (all fit: 0..63 minus a bias <= 32), then the same
-            # signed 8-bit multiply-accumulate pattern as Q8_0
-            lo = builder.load(_vec_ptr(context, builder, wt, wv, olo, v8), align=1)
-            hi = builder.load(_vec_ptr(context, builder, wt, wv, ohi, v8), align=1)
-            lo = builder.and_(builder.lshr(lo, _splat(builder, slo, width, i8)), _splat(builder, mlo, width, i8))
-            hi = builder.and_(builder.lshr(hi, _splat(builder, shi, width, i8)), _splat(builder, mhi, width, i8))
-            code = builder.or_(lo, builder.shl(hi, _splat(builder, shl, width, i8)))
-            code = builder.sub(code, _splat(builder, bs, width, i8))
+            # codes are built in 8-bit lanes, then the same signed 8-bit multiply-accumulate pattern as Q8_0
+            code = _unpack_codes(context, builder, wt, wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, width)
             xs = builder.sext(builder.load(_vec_ptr(context, builder, xt, xv, xo, v8), align=1), v32)
             return _reduce_add(builder, builder.mul(builder.sext(code, v32), xs), width)
 
@@ -120,11 +128,7 @@ def dot_code_32s(typingctx, w, off_lo, sh_lo, mask_lo, off_hi, sh_hi, mask_hi, s
         i8, i32 = ir.IntType(8), ir.IntType(32)
         v8 = ir.VectorType(i8, 32)
         v32 = ir.VectorType(i32, 32)
-        lo = builder.load(_vec_ptr(context, builder, wt, wv, olo, v8), align=1)
-        hi = builder.load(_vec_ptr(context, builder, wt, wv, ohi, v8), align=1)
-        lo = builder.and_(builder.lshr(lo, _splat(builder, slo, 32, i8)), _splat(builder, mlo, 32, i8))
-        hi = builder.and_(builder.lshr(hi, _splat(builder, shi, 32, i8)), _splat(builder, mhi, 32, i8))
-        code = builder.sub(builder.or_(lo, builder.shl(hi, _splat(builder, shl, 32, i8))), _splat(builder, bs, 32, i8))
+        code = _unpack_codes(context, builder, wt, wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, 32)
         xs = builder.sext(builder.load(_vec_ptr(context, builder, xt, xv, xo, v8), align=1), v32)
         prod = builder.mul(builder.sext(code, v32), xs)
         # scales: lanes 0..15 get s0, 16..31 get s1
@@ -147,15 +151,8 @@ def _make_deq_code(width):
             wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, ov, oo, sc, mnv = args
             wt = signature.args[0]
             ot = signature.args[9]
-            i8, f32 = ir.IntType(8), ir.FloatType()
-            v8 = ir.VectorType(i8, width)
-            vf = ir.VectorType(f32, width)
-            lo = builder.load(_vec_ptr(context, builder, wt, wv, olo, v8), align=1)
-            hi = builder.load(_vec_ptr(context, builder, wt, wv, ohi, v8), align=1)
-            lo = builder.and_(builder.lshr(lo, _splat(builder, slo, width, i8)), _splat(builder, mlo, width, i8))
-            hi = builder.and_(builder.lshr(hi, _splat(builder, shi, width, i8)), _splat(builder, mhi, width, i8))
-            code = builder.sub(builder.or_(lo, builder.shl(hi, _splat(builder, shl, width, i8))),
-                               _splat(builder, bs, width, i8))
+            vf = ir.VectorType(ir.FloatType(), width)
+            code = _unpack_codes(context, builder, wt, wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, width)
             val = builder.fsub(builder.fmul(_fsplat(builder, sc, width), builder.sitofp(code, vf)),
                                _fsplat(builder, mnv, width))
             arr = context.make_array(ot)(context, builder, ov)
