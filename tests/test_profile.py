@@ -141,7 +141,8 @@ def test_profiling_changes_no_numbers_and_records_nothing_when_off(tiny_model):
 
 def test_overhead_is_small():
     o = profile.overhead(5000)
-    # stated in pimoe/profile.py: ~0.5 us off, ~3-5 us on, on this shared machine; generous bounds here
+    # stated in pimoe/profile.py: ~0.5 us off, 1.5-5 us on (fastest of 5 batches, so one preemption on a
+    # shared CI machine no longer decides it); bounds 20x above that, so only a real slowdown fails
     assert o["off_s"] < 20e-6
     assert o["on_s"] < 100e-6
 
