@@ -152,9 +152,9 @@ class Profiler:
         """Record one QPU execute in the innermost region: the counts are summed under qpu.* and the whole
         dispatch (EmuCounters, kept per thread as pimoe.qpu.timing.predict() wants it, or a plain dict of
         totals) is kept for the timing model. On hardware pass the measured seconds as a tag.
-        timing_args: what the kernel states that the counters cannot show, passed on to
-        pimoe.qpu.timing.predict() (e.g. {"loads_in_flight": 8} for a kernel that waits on ldtmu without
-        thrsw); kept with the dispatch under "timing_args" so every prediction of it uses them."""
+        timing_args: how the kernel is to be predicted, passed on to pimoe.qpu.timing.predict() (e.g.
+        {"waits": "ldtmu"} for a kernel that waits on ldtmu without thrsw); kept with the dispatch under
+        "timing_args" so every prediction of it uses them."""
         if not self._stack:
             return
         import numpy as np
@@ -425,8 +425,8 @@ def predict_qpu_seconds(dispatch) -> float | None:
         return None
     if isinstance(dispatch, dict) and "per_thread" not in dispatch:
         return None      # a hardware dispatch (no emulator counts): nothing to predict from
-    # the kernel's own statement (loads_in_flight: ldtmu waits without thrsw the counters cannot see) so
-    # that this agrees with the kernel benchmark's prediction of the same dispatch
+    # the kernel's timing_args (e.g. waits="ldtmu": ldtmu waits without thrsw) so that this agrees with the
+    # kernel benchmark's prediction of the same dispatch
     return float(timing.predict(dispatch, **dispatch_timing_args(dispatch)).seconds)
 
 

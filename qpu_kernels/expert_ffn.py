@@ -31,7 +31,7 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from qpu_kernels import qpu_layout as lay
-from qpu_kernels.gemv_kernel import (KernelConfig, base_address, Programs, Scratch, execute, f32_bits, loads_in_flight,
+from qpu_kernels.gemv_kernel import (KernelConfig, base_address, Programs, Scratch, execute, f32_bits, timing_args,
                                      make_x_stream, write_tables, x_stream_words)
 
 DEFAULT_THREADS = 8
@@ -88,7 +88,7 @@ def expert_ffn_reference(gate_w, up_w, down_w, x, expert_ids, expert_weights) ->
 
 def dispatch_timing_args(cfg: KernelConfig) -> dict:
     """Keyword arguments for pimoe.qpu.timing.predict() of one dispatch of the kernel `cfg`."""
-    return {"loads_in_flight": loads_in_flight(cfg)}
+    return timing_args(cfg)
 
 
 class ExpertFFN:

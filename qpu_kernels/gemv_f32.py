@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         try:
             from pimoe.qpu.timing import predict
 
-            p = predict(c, loads_in_flight=1)
+            p = predict(c, waits="ldtmu")        # each ldtmu right after its load: measured
             text += f"; {p.label}: {p.seconds * 1e3:.3f} ms, {c.tmu_read_bytes / p.seconds / 1e9:.2f} GB/s ({p.bound})"
         except ImportError:
             pass

@@ -101,17 +101,17 @@ def run(drv, qtype, rows: int, cols: int, *, tokens: int = 1, threads: int = 8, 
 
 def predicted(counters, qtype, cols: int, tokens: int = 1):
     """The timing model's Pi 4 prediction for a GEMV dispatch (None when pimoe.qpu.timing is absent).
-    The kernel keeps min(words per block, 16) loads in flight per thread and never thread-switches, so
-    that is the loads_in_flight the model is told."""
+    The kernel never thread-switches in its loops: the model charges its ldtmu waits from the emulator's
+    load-to-use distances (gemv_kernel.timing_args)."""
     try:
         from pimoe.qpu.timing import predict
     except ImportError:
         return None
-    from qpu_kernels.gemv_kernel import loads_in_flight
+    from qpu_kernels.gemv_kernel import timing_args
 
     spec = lay.spec_for(qtype)
     cfg = KernelConfig(spec.kind, spec.nsub, lay.padded_cols(cols), tokens, "sum")
-    return predict(counters, loads_in_flight=loads_in_flight(cfg))
+    return predict(counters, **timing_args(cfg))
 
 
 def describe(counters, rows: int, cols: int, tokens: int, qtype, seconds: float) -> str:

@@ -1294,3 +1294,41 @@ def test_load_of_an_unwaited_store_faults():
         unif[0] = buf.addresses()[0]
         drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
         assert np.all(buf == 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# load-to-use distance (the ldtmu_near* counters the timing model's waits="ldtmu" reads)
+
+
+@qpu
+def k_load_distance(asm, *, gaps, switch_before):
+    eidx(r0, sig=ldunifrf(rf0))
+    shl(r0, r0, 2)
+    add(rf0, rf0, r0)
+    for i, gap in enumerate(gaps):
+        mov(tmua, rf0)
+        if i in switch_before:           # a thread switch while the load is in flight: the thrsw waits
+            nop(sig=thrsw)
+            nop()
+            nop()
+            gap = max(0, gap - 3)
+        for _ in range(gap):
+            nop()
+        nop(sig=ldtmu(r1))
+    _end(asm)
+
+
+def test_ldtmu_distance_bins_count_loads_used_soon_after_issue():
+    """The ldtmu right after its load is 1 instruction from it (bin 0); 5 nops in between make 6 (bin 4);
+    63 make 64 (past the last bin, never a stall); a thrsw between load and ldtmu takes the wait itself."""
+    gaps = [0, 2, 5, 5, 62, 63, 200, 9]
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_load_distance, gaps=gaps, switch_before={7})
+        x = drv.alloc(16, dtype=np.uint32)
+        unif = drv.alloc(1, dtype=np.uint32)
+        unif[0] = x.addresses()[0]
+        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
+    near = {name: c.total(name) for name in c.per_thread if name.startswith("ldtmu_near")}
+    assert len(near) == 16 and c.ldtmu == len(gaps)
+    # distances 1, 3 -> bin 0; 6, 6 -> bin 4; 63 -> bin 60; 64, 201 and the switched one: not binned
+    assert {k: v for k, v in near.items() if v} == {"ldtmu_near00": 2, "ldtmu_near04": 2, "ldtmu_near60": 1}

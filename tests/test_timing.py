@@ -225,3 +225,54 @@ def test_uniforms_are_memory_reads():
     c = counters(tmu_read_bytes=4_000_000)
     del c["per_thread"]["uniforms_read"]                    # optional: older callers' dicts lack it
     assert predict(c).seconds == pytest.approx(tmu.seconds)
+
+
+def _with_near(c, **bins):
+    """Add ldtmu_near* distance bins (width 4, 16 of them) to counters(); bins: {lower edge: per slot}."""
+    used = (np.asarray(c["per_thread"]["instructions"]) > 0).astype(np.float64)
+    for lo in range(0, 64, 4):
+        c["per_thread"][f"ldtmu_near{lo:02d}"] = used * bins.get(f"d{lo}", 0)
+    return c
+
+
+def test_measured_waits_charge_only_loads_used_within_a_round_trip():
+    """waits='ldtmu': an ldtmu 0-3 instructions after its load stalls the whole round trip L, one 40-43
+    after it L - 160 cycles, one 64 or more after it (nothing binned) nothing; the thrsw default ignores
+    all of them."""
+    lat, n = PI4.wait_latency_cycles, 10_000
+    base = dict(instructions=1000, tmu_reads=n, tmu_read_bytes=4 * n, ldtmu=n)
+    soon = predict(_with_near(counters(**base), d0=n), waits="ldtmu")
+    assert body(soon) == pytest.approx((4 * 1000 + n * lat) / 500e6)
+    mid = predict(_with_near(counters(**base), d40=n), waits="ldtmu")
+    assert body(mid) == pytest.approx(max(4 * 1000 + n * (lat - 160), n * lat / 8) / 500e6)
+    far = _with_near(counters(**base))
+    assert predict(far, waits="ldtmu").seconds == pytest.approx(predict(far).seconds)
+    assert predict(_with_near(counters(**base), d0=n)).seconds == pytest.approx(predict(far).seconds)
+    with pytest.raises(PimoeError, match="not both"):
+        predict(far, waits="ldtmu", loads_in_flight=4)
+    with pytest.raises(PimoeError, match="distance bins"):
+        predict(counters(**base), waits="ldtmu")                 # recorded without the bins
+    with pytest.raises(PimoeError, match="reach"):
+        predict(far, waits="ldtmu", params=QPUTimingParams(wait_latency_cycles=300.0))
+    with pytest.raises(PimoeError, match="waits="):
+        predict(far, waits="sometimes")
+
+
+def test_measured_waits_on_an_emulated_kernel_bound_its_time():
+    """On a real emulated kernel that reads each result right after its load, waits='ldtmu' charges a
+    round trip per load (its ldtmu are all in the first bin); thread switches alone charge nothing."""
+    from pimoe.qpu import EmuDriver
+    from tests.test_qpu_emu import k_load_distance
+
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_load_distance, gaps=[0] * 64, switch_before=set())
+        x = drv.alloc(16, dtype=np.uint32)
+        unif = drv.alloc(1, dtype=np.uint32)
+        unif[0] = x.addresses()[0]
+        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
+    assert c.total("ldtmu_near00") == 64
+    measured, default = predict(c, waits="ldtmu"), predict(c)
+    issue = 4 * c.total_instructions
+    assert measured.breakdown["latency"] == pytest.approx((issue + 64 * PI4.wait_latency_cycles) / 500e6)
+    # the default sees no waits: only the 8-deep TMU queue floor (64 loads x L / 8) or the issue time
+    assert default.breakdown["latency"] == pytest.approx(max(issue, 8 * PI4.wait_latency_cycles) / 500e6)

@@ -47,17 +47,25 @@ FIFO_MAX = 16
 (I_STATUS, I_PC, I_UNIF, I_UNIFA, I_LR, I_ICOUNT, I_SW_LEFT, I_SW_END, I_SW_LAST, I_FINAL, I_BR_LEFT,
  I_BR_TARGET, I_BR_UNIF, I_LAST_SFU, I_LAST_UNIFA, I_TMUD_N, I_FIFO_HEAD, I_FIFO_N, I_BAR_PENDING, I_BATCH,
  I_QPU, I_TFIELD, I_RFBASE, I_NREGS, I_PREVW0, I_PREVW1, I_PREVW2, I_SG, I_FIFO_CAP, I_SW_CHAIN,
- I_PEND_N, I_PEND_HEAD, I_PEND_LO, I_PEND_HI) = range(34)
-N_IST = 34
+ I_PEND_N, I_PEND_HEAD, I_PEND_LO, I_PEND_HI, I_FIFO_T0) = range(35)
+# I_FIFO_T0 .. I_FIFO_T0 + FIFO_MAX - 1: per FIFO slot, the thread's instruction count when the load that
+# fills it was issued (-1 once the thread has switched out since: the wait is then the thrsw's)
+N_IST = I_FIFO_T0 + FIFO_MAX
 PEND_MAX = 128  # words of un-waited stores remembered per thread (older ones count as landed)
 ST_EMPTY, ST_RUN, ST_WAIT, ST_DONE = 0, 1, 2, 3
 
 # ---- counters --------------------------------------------------------------------------------------------
 (C_INSTR, C_TMU_RD, C_TMU_RD_BYTES, C_TMU_WR, C_TMU_WR_BYTES, C_SFU, C_THRSW, C_UNIF, C_TMUWT, C_BRANCH,
- C_BARRIER, C_LDTMU) = range(12)
-N_CNT = 12
+ C_BARRIER, C_LDTMU, C_NEAR0) = range(13)
+# Load-to-use distance: C_NEAR0 + k counts the ldtmu whose load this thread issued 4k .. 4k+3 instructions
+# earlier with no thread switch between (k < NEAR_BINS; farther ones, and those a thrsw covered, are not
+# binned). A thread that reads a result sooner than a memory round trip stalls for the rest of it; the
+# timing model (predict(waits="ldtmu")) charges that from these bins, which the counters otherwise hide.
+NEAR_BINS, NEAR_WIDTH = 16, 4
+N_CNT = C_NEAR0 + NEAR_BINS
 COUNTER_NAMES = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_writes", "tmu_write_bytes", "sfu_ops",
-                 "thread_switches", "uniforms_read", "tmuwt", "branches_taken", "barriers", "ldtmu")
+                 "thread_switches", "uniforms_read", "tmuwt", "branches_taken", "barriers", "ldtmu") + tuple(
+                 f"ldtmu_near{NEAR_WIDTH * k:02d}" for k in range(NEAR_BINS))
 
 # ---- dispatch --------------------------------------------------------------------------------------------
 (D_ENTRY, D_UNIF, D_NBATCH, D_MODE, D_NEXT, D_WGX, D_WGY, D_WGZ, D_WGSIZE, D_WGS_PER_SG, D_BPS, D_NCODE,
@@ -892,6 +900,7 @@ def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem
         return
     for k in range(ncomp):
         slot = (ist[c, I_FIFO_HEAD] + ist[c, I_FIFO_N] + k) % FIFO_MAX
+        ist[c, I_FIFO_T0 + slot] = cnt[c, C_INSTR]
         for l in range(16):
             v = 0
             if _lane_on(cond, fa[c, l], fb[c, l]):
@@ -1033,6 +1042,8 @@ def start_batch(c, b, acc, rf, fa, fb, ist, tmud, fifo, rtop, disp):
 def _finish_switch(c, ist, cnt, bar, disp, fa):
     """The thread switch after a thrsw's delay slots: end the program, or enter the final segment."""
     cnt[c, C_THRSW] += 1
+    for k in range(FIFO_MAX):       # loads in flight now arrive while the thread is switched out
+        ist[c, I_FIFO_T0 + k] = -1
     if ist[c, I_SW_END] != 0:
         ist[c, I_STATUS] = ST_DONE
         return
@@ -1379,6 +1390,11 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             ist[c, I_FIFO_HEAD] = (h + 1) % FIFO_MAX
                             ist[c, I_FIFO_N] -= 1
                             cnt[c, C_LDTMU] += 1
+                            issued = ist[c, I_FIFO_T0 + h]
+                            if issued >= 0:
+                                dist = cnt[c, C_INSTR] - issued
+                                if dist < NEAR_BINS * NEAR_WIDTH:
+                                    cnt[c, C_NEAR0 + dist // NEAR_WIDTH] += 1
                         else:
                             col = I_UNIF if (sigb & S_LDUNIFRF) != 0 else I_UNIFA
                             v = _read_unif(c, col, ist, mem8, mem32, disp, fault, cnt, pc)

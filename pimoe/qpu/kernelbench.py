@@ -70,19 +70,19 @@ def bench_gemv(qtype, rows, cols, tokens, threads) -> dict:
 
 def expert_layer_predictions(counters, qtype, hidden: int, ff: int) -> list:
     """The timing model's Pi 4 predictions of one decode token's two expert dispatches (swiglu over
-    `hidden` columns, then down_sum over `ff`), each told its kernel's loads_in_flight (the GEMV loops
-    wait on ldtmu without thrsw). `pimoe compare` predicts the same dispatches through the profiler
-    from the loads_in_flight the backend reports; tests check that the two agree."""
+    `hidden` columns, then down_sum over `ff`), each with its kernel's timing_args (the GEMV loops wait on
+    ldtmu without thrsw: waits="ldtmu"). `pimoe compare` predicts the same dispatches through the profiler
+    from the timing_args the backend reports; tests check that the two agree."""
     from pimoe.qpu.timing import predict
 
-    from qpu_kernels.gemv_kernel import KernelConfig, loads_in_flight
+    from qpu_kernels.gemv_kernel import KernelConfig, timing_args
     from qpu_kernels import qpu_layout as lay
 
     spec = lay.spec_for(qtype)
     preds = []
     for c, mode, cols in zip(counters, ("swiglu", "sum"), (hidden, ff)):
         cfg = KernelConfig(spec.kind, spec.nsub, lay.padded_cols(cols), 1, mode)
-        preds.append(predict(c, loads_in_flight=loads_in_flight(cfg)))
+        preds.append(predict(c, **timing_args(cfg)))
     return preds
 
 

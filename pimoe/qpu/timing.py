@@ -18,7 +18,8 @@ The model (V3D 4.2 on BCM2711, 2 slices x 4 QPUs at 500 MHz). A dispatch takes
              latency -- until the QPU's issue slot is full (the issue term). The counters cannot tell
              whether loads were in flight at a thrsw, so every thrsw but the program-end ones counts
              (a kernel that yields with nothing outstanding is over-charged), and a kernel that waits
-             in ldtmu without a thrsw is under-charged unless predict(loads_in_flight=...) says so,
+             in ldtmu without a thrsw is under-charged unless predict(waits="ldtmu") adds those waits
+             from the emulator's load-to-use distance bins (or predict(loads_in_flight=...) states them),
     queue:   loads issued by a QPU x L / 8: at most 8 loads in flight per QPU (the TMU request queue
              depth py-videocore6's summation relies on), so even a kernel that never waits cannot
              stream faster than 8 loads per round trip.
@@ -119,6 +120,44 @@ _NEEDED = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_write_bytes", "sf
            "tmuwt")
 _OPTIONAL = ("uniforms_read",)   # 0 when a caller's counters lack them
 UNIFORM_BYTES = 4                # a uniform (ldunif/ldunifa) is one 32-bit word read from memory
+NEAR_PREFIX = "ldtmu_near"       # the emulator's load-to-use distance bins: ldtmu_nearDD counts the ldtmu
+                                 # whose load the thread issued DD .. DD + width - 1 instructions before
+WAITS = ("thrsw", "ldtmu")
+
+
+def _near_bins(per: Mapping) -> list[tuple[int, int, str]]:
+    """[(lowest distance, bin width, counter name)] of the ldtmu_near* counters present, in order."""
+    names = sorted((int(n[len(NEAR_PREFIX):]), n) for n in per if n.startswith(NEAR_PREFIX))
+    if not names:
+        return []
+    los = [lo for lo, _ in names]
+    width = los[1] - los[0] if len(los) > 1 else 1
+    if los[0] != 0 or any(b - a != width for a, b in zip(los, los[1:])):
+        raise PimoeError(f"predict(): the ldtmu_near* bins {los} are not contiguous from 0")
+    return [(lo, width, n) for lo, n in names]
+
+
+def near_stall_cycles(per: Mapping, params: "QPUTimingParams") -> np.ndarray:
+    """Cycles each thread may stall in ldtmu on loads it issued fewer instructions before than a round
+    trip takes: sum over the distance bins of count x max(0, L - cycles_per_instruction x distance),
+    taking each bin's shortest distance. An UPPER bound for one thread with round trip L: a stall only
+    lengthens the time between later loads and their ldtmu, and a load issued >= L / 4 instructions
+    before its ldtmu (a software-pipelined loop) never waits. Loose for kernels that read every result a
+    few instructions after its load (the true wait is then L / loads in flight, Little's law)."""
+    bins = _near_bins(per)
+    if not bins:
+        raise PimoeError("predict(waits='ldtmu'): these counters have no ldtmu_near* distance bins (they were "
+                         "recorded by an older emulator); re-run the kernel, or predict with waits='thrsw'")
+    lo, width, _ = bins[-1]
+    reach = params.cycles_per_instruction * (lo + width)
+    if params.wait_latency_cycles > reach:
+        raise PimoeError(f"predict(waits='ldtmu'): round trip {params.wait_latency_cycles} cycles is longer "
+                         f"than the emulator's distance bins reach ({reach:.0f} cycles)")
+    out = 0.0
+    for lo, _, name in bins:
+        stall = max(0.0, params.wait_latency_cycles - params.cycles_per_instruction * lo)
+        out = out + np.asarray(per[name], dtype=np.float64) * stall
+    return np.asarray(out, dtype=np.float64)
 
 
 def _spread_totals(totals: Mapping, n_qpus: int) -> tuple[dict[str, np.ndarray], int]:
@@ -137,6 +176,9 @@ def _spread_totals(totals: Mapping, n_qpus: int) -> tuple[dict[str, np.ndarray],
         if name not in totals and name in _NEEDED:
             raise PimoeError(f"predict(): counters lack '{name}'")
         per[name] = float(totals.get(name, 0)) * share
+    for name in totals:
+        if name.startswith(NEAR_PREFIX):
+            per[name] = float(totals[name]) * share
     return per, batches
 
 
@@ -166,6 +208,8 @@ def _per_thread(counters) -> tuple[dict[str, np.ndarray], int]:
         if np.any(arr < 0):
             raise PimoeError(f"predict(): counter '{name}' has negative entries")
         out[name] = arr
+    for _, _, name in _near_bins(per):
+        out[name] = np.asarray(per[name], dtype=np.float64).reshape(np.shape(out["instructions"]))
     return out, batches
 
 
@@ -180,7 +224,7 @@ def thread_waits(per: dict[str, np.ndarray], batches: int, params: QPUTimingPara
 
 def predict(counters, *, params: QPUTimingParams = PI4, clock_hz: float | None = None,
             dispatches: int = 1, loads_in_flight: float | None = None,
-            dram_read_bytes: float | None = None) -> Prediction:
+            dram_read_bytes: float | None = None, waits: str = "thrsw") -> Prediction:
     """Predicted Pi 4 time of the dispatch(es) that produced `counters` (see the module docstring).
 
     clock_hz overrides params.clock_hz (e.g. a V3D without force_turbo); dispatches counts the overhead
@@ -191,6 +235,10 @@ def predict(counters, *, params: QPUTimingParams = PI4, clock_hz: float | None =
     8 in flight; a kernel that calls ldtmu soon after its load WITHOUT thrsw stalls anyway, and the
     counters cannot see that: pass loads_in_flight, and thread waits become tmu_reads / loads_in_flight
     (+ tmuwt) instead of its thread switches.
+    waits="ldtmu": measure that instead of stating it. Besides its thread switches and tmuwt, a thread
+    waits in ldtmu for loads it issued less than a round trip before, by the emulator's load-to-use
+    distance bins (near_stall_cycles: an upper bound). For kernels that never thrsw in their loops, e.g.
+    the software-pipelined GEMVs, whose loads are issued ~180 instructions before use and never wait.
     dram_read_bytes: bytes that really come from DRAM when some counted reads hit the GPU caches (e.g. a
     vector every QPU re-reads); default: all counted bytes."""
     if clock_hz is not None:
@@ -199,6 +247,10 @@ def predict(counters, *, params: QPUTimingParams = PI4, clock_hz: float | None =
         raise PimoeError(f"timing parameters must be positive: {params}")
     if dispatches < 1:
         raise PimoeError(f"dispatches={dispatches}: at least one")
+    if waits not in WAITS:
+        raise PimoeError(f"predict(waits={waits!r}): one of {WAITS}")
+    if waits == "ldtmu" and loads_in_flight is not None:
+        raise PimoeError("predict(): give loads_in_flight (stated) or waits='ldtmu' (measured), not both")
     if loads_in_flight is not None and not 1 <= loads_in_flight <= params.tmu_queue_depth * 2:
         raise PimoeError(f"loads_in_flight={loads_in_flight}: between 1 and the TMU FIFO depth "
                          f"{params.tmu_queue_depth * 2}")
@@ -206,11 +258,13 @@ def predict(counters, *, params: QPUTimingParams = PI4, clock_hz: float | None =
     cpi, lat = params.cycles_per_instruction, params.wait_latency_cycles
     instr = per["instructions"]                                   # [QPUs, slots]
     issue_q = cpi * instr.sum(axis=1)                             # [QPUs] cycles
-    if loads_in_flight is None:
-        waits = thread_waits(per, batches, params)
+    if loads_in_flight is not None:
+        wait_cycles = (per["tmu_reads"] / float(loads_in_flight) + per["tmuwt"]) * lat
     else:
-        waits = per["tmu_reads"] / float(loads_in_flight) + per["tmuwt"]
-    chain = cpi * instr + waits * lat
+        wait_cycles = thread_waits(per, batches, params) * lat
+        if waits == "ldtmu":
+            wait_cycles = wait_cycles + near_stall_cycles(per, params)
+    chain = cpi * instr + wait_cycles
     latency_q = np.maximum(chain.max(axis=1), per["tmu_reads"].sum(axis=1) * lat / params.tmu_queue_depth)
     slices = -(-instr.shape[0] // params.qpus_per_slice)
     sfu_q = per["sfu_ops"].sum(axis=1)
