@@ -402,7 +402,7 @@ def _timing():
 
 def dispatch_timing_args(dispatch) -> dict:
     """The keyword arguments for pimoe.qpu.timing.predict() a dispatch carries (its kernel's
-    loads_in_flight etc., see Profiler.qpu_dispatch); {} for bare EmuCounters or none given."""
+    waits="ldtmu" etc., see Profiler.qpu_dispatch); {} for bare EmuCounters or none given."""
     if isinstance(dispatch, dict):
         return dict(dispatch.get("timing_args") or {})
     return {}

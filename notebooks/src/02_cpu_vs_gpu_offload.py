@@ -95,9 +95,12 @@ for run in rec["runs"]:
 #
 # The qpu backend runs a layer's routed experts as two dispatches (gate + up + SiLU, then down and the
 # weighted sum over the k experts). The Pi 4 time of a dispatch comes from the timing model applied to its
-# emulator counts, told how many loads the kernel keeps in flight (its kernels wait on loads without
-# switching threads, which the counters cannot see). `pimoe.qpu.kernelbench.bench_expert_layer` does
-# exactly that for one layer's expert step at a given shape, on random experts checked against numpy.
+# emulator counts. The kernels never switch threads in their loops, so what they wait for is the loads
+# they read back too soon after issuing them: the emulator bins every `ldtmu` by how many instructions
+# earlier its load was issued, and the model charges the rest of a memory round trip for the near ones
+# (`waits="ldtmu"`; the pipelined block loop issues its loads far enough ahead that almost none wait).
+# `pimoe.qpu.kernelbench.bench_expert_layer` does exactly that for one layer's expert step at a given
+# shape, on random experts checked against numpy.
 #
 # To be sure it measures what the model runs, a small subclass of the qpu backend keeps the counters of
 # every dispatch of a real decode step (one token from an empty cache), and the two must count the same
@@ -329,8 +332,8 @@ print(f"the cpu backend's experts, same layer: {b_cpu['tg_predicted']['tg/forwar
       f"predicted (Pi 4 CPU model)")
 if has_qpu_dispatches(b_qpu):
     rec_s = b_qpu["tg_predicted"]["tg/forward/layer/experts"]
-    print(f"the compare record's prediction for the qpu experts (its dispatches told their loads in flight): {rec_s * 1e3:.2f} ms; "
-          f"the benchmark's (told the loads in flight), used below: {qpu_expert_s * 1e3:.2f} ms")
+    print(f"the compare record's prediction for the qpu experts (its dispatches' ldtmu waits measured): {rec_s * 1e3:.2f} ms; "
+          f"the benchmark's (the same), used below: {qpu_expert_s * 1e3:.2f} ms")
 
 # %% [markdown]
 # ### Where the bottleneck moves
