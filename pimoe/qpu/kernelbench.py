@@ -43,7 +43,7 @@ def _prediction(counters, qtype, cols, tokens):
         return None
     gbps = counters.tmu_read_bytes / p.seconds / 1e9
     return {"label": p.label, "seconds": p.seconds, "bound": p.bound, "read_GBps": gbps,
-            "fraction_of_qpu_read_anchor": gbps / QPU_READ_ANCHOR_GBPS}
+            "fraction_of_qpu_read_anchor": gbps / QPU_READ_ANCHOR_GBPS, "breakdown_seconds": dict(p.breakdown)}
 
 
 def bench_gemv(qtype, rows, cols, tokens, threads) -> dict:
@@ -109,7 +109,9 @@ def bench_expert_layer(qtype, hidden, ff, k, tokens, threads) -> dict:
     total = sum(p.seconds for p in preds)
     rec["predicted"] = {"label": preds[0].label, "seconds": total, "bounds": [p.bound for p in preds],
                         "read_GBps": tmu / total / 1e9,
-                        "fraction_of_qpu_read_anchor": tmu / total / 1e9 / QPU_READ_ANCHOR_GBPS}
+                        "fraction_of_qpu_read_anchor": tmu / total / 1e9 / QPU_READ_ANCHOR_GBPS,
+                        # each dispatch's terms (issue, latency, memory, ...): which one binds, by how much
+                        "breakdown_seconds": [dict(p.breakdown) for p in preds]}
     return rec
 
 
