@@ -106,8 +106,8 @@ class ExpertFFN:
         self.timing_args: list[dict] = []   # per dispatch, what pimoe.qpu.timing.predict() must be told
 
     def _execute(self, cfg, table_addr: int, row_bytes: list[int], kernel: str) -> None:
-        # the GEMV loops wait on ldtmu without thrsw: the emulator's counters show no thread switch there,
-        # so the timing model is told how many loads each thread has in flight when it waits
+        # the GEMV loops wait on ldtmu without thrsw: no thread switch shows it, so the timing model charges
+        # the waits the emulator's load-to-use distance bins measured (waits="ldtmu")
         targs = dispatch_timing_args(cfg)
         with self.region("compute", kernel=kernel):
             c = execute(self.drv, self.programs, cfg, self.threads, self.scratch, table_addr, row_bytes)

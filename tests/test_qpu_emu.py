@@ -1332,3 +1332,49 @@ def test_ldtmu_distance_bins_count_loads_used_soon_after_issue():
     assert len(near) == 16 and c.ldtmu == len(gaps)
     # distances 1, 3 -> bin 0; 6, 6 -> bin 4; 63 -> bin 60; 64, 201 and the switched one: not binned
     assert {k: v for k, v in near.items() if v} == {"ldtmu_near00": 2, "ldtmu_near04": 2, "ldtmu_near60": 1}
+
+
+@qpu
+def k_plan_distance(asm, *, plan):
+    """plan: ("ld", n) a load of n 32-bit words per lane (n > 1: vec-n, its config the next uniform),
+    ("nop", n) n nops, ("use", n) n ldtmu."""
+    eidx(r0, sig=ldunifrf(rf0))
+    shl(r0, r0, 4)                   # 16 bytes per lane
+    add(rf0, rf0, r0)
+    for op, n in plan:
+        if op == "ld" and n == 1:
+            mov(tmua, rf0)
+        elif op == "ld":
+            mov(tmuau, rf0)
+        else:
+            for _ in range(n):
+                nop(sig=ldtmu(r1)) if op == "use" else nop()
+    _end(asm)
+
+
+def _plan_bins(plan, threads=1):
+    vec = [n for op, n in plan if op == "ld" and n > 1]
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_plan_distance, plan=plan)
+        x = drv.alloc((16, 4), dtype=np.uint32)
+        unif = drv.alloc(1 + len(vec), dtype=np.uint32)
+        unif[:] = [x.addresses()[0, 0]] + [0xFFFFFF80 | n for n in vec]   # per-pixel vec-n 32-bit loads
+        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=threads)
+    uses = sum(n for op, n in plan if op == "use")
+    assert c.ldtmu == uses * threads
+    return ({k[len("ldtmu_near"):]: int(v.sum()) for k, v in c.per_thread.items()
+             if k.startswith("ldtmu_near") and v.sum()}, c)
+
+
+def test_ldtmu_distance_of_vector_loads_and_a_wrapping_fifo():
+    """Every FIFO entry of a vec-n load carries its load's issue time: a vec4 read back over the next 4
+    instructions is at distances 1-4. Three rounds of 15 entries (4+4+4+3 words, 20 nops, 15 ldtmu) wrap
+    the 16-entry ring; each entry is timed from its own load (d 24-27, 27-30, 30-33, 33-35 per round)."""
+    assert _plan_bins([("ld", 4), ("use", 4)])[0] == {"00": 3, "04": 1}
+    round_ = [("ld", 4), ("ld", 4), ("ld", 4), ("ld", 3), ("nop", 20), ("use", 15)]
+    assert _plan_bins(round_ * 3)[0] == {"24": 15, "28": 15, "32": 15}
+    # 2 threads per QPU: each thread slot bins its own loads (and has an 8-entry FIFO)
+    bins, c = _plan_bins([("ld", 4), ("use", 4)], threads=2)
+    assert bins == {"00": 6, "04": 2}
+    per_slot = c.per_thread["ldtmu_near00"]
+    assert sorted(per_slot[per_slot > 0].tolist()) == [3, 3]       # two thread slots, 3 each

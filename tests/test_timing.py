@@ -243,8 +243,12 @@ def test_measured_waits_charge_only_loads_used_within_a_round_trip():
     base = dict(instructions=1000, tmu_reads=n, tmu_read_bytes=4 * n, ldtmu=n)
     soon = predict(_with_near(counters(**base), d0=n), waits="ldtmu")
     assert body(soon) == pytest.approx((4 * 1000 + n * lat) / 500e6)
-    mid = predict(_with_near(counters(**base), d40=n), waits="ldtmu")
-    assert body(mid) == pytest.approx(max(4 * 1000 + n * (lat - 160), n * lat / 8) / 500e6)
+    # enough instructions that issue + stalls, not the 8-deep queue floor (n L / 8), sets the time
+    mid_c = dict(base, instructions=100_000)
+    mid = predict(_with_near(counters(**mid_c), d40=n), waits="ldtmu")
+    assert 4 * 100_000 + n * (lat - 160) > n * lat / 8
+    assert body(mid) == pytest.approx((4 * 100_000 + n * (lat - 160)) / 500e6)
+    assert body(predict(_with_near(counters(**mid_c), d60=n), waits="ldtmu")) == pytest.approx(4 * 100_000 / 500e6)
     far = _with_near(counters(**base))
     assert predict(far, waits="ldtmu").seconds == pytest.approx(predict(far).seconds)
     assert predict(_with_near(counters(**base), d0=n)).seconds == pytest.approx(predict(far).seconds)
@@ -276,3 +280,28 @@ def test_measured_waits_on_an_emulated_kernel_bound_its_time():
     assert measured.breakdown["latency"] == pytest.approx((issue + 64 * PI4.wait_latency_cycles) / 500e6)
     # the default sees no waits: only the 8-deep TMU queue floor (64 loads x L / 8) or the issue time
     assert default.breakdown["latency"] == pytest.approx(max(issue, 8 * PI4.wait_latency_cycles) / 500e6)
+
+
+def test_measured_ldtmu_stalls_hold_the_whole_qpu():
+    """A thread stalled in ldtmu (no thrsw) keeps its QPU: with 2 or 4 threads per QPU each thread's
+    stalls add to the QPU's time, unlike thrsw waits, which the other threads fill."""
+    lat, n = PI4.wait_latency_cycles, 1000
+    for t in (1, 2, 4):
+        c = _with_near(counters(threads_per_qpu=t, instructions=10_000, tmu_reads=n, tmu_read_bytes=4 * n,
+                                ldtmu=n), d0=n)
+        assert body(predict(c, waits="ldtmu")) == pytest.approx(t * (4 * 10_000 + n * lat) / 500e6), t
+    # thrsw waits instead (1000 switches per thread, each a round trip): 4 threads hide each other's
+    c = counters(threads_per_qpu=4, instructions=10_000, thread_switches=n, tmu_reads=n, tmu_read_bytes=4 * n)
+    assert body(predict(c)) == pytest.approx(max(4 * 4 * 10_000, 4 * 10_000 + n * lat) / 500e6)
+
+
+def test_bad_distance_bins_raise_pimoe_error_only_when_used():
+    c = _with_near(counters(instructions=1000))
+    c["per_thread"]["ldtmu_nearXX"] = c["per_thread"]["ldtmu_near00"]
+    predict(c)                                                   # the default never reads the bins
+    with pytest.raises(PimoeError, match="ldtmu_nearXX"):
+        predict(c, waits="ldtmu")
+    c = _with_near(counters(instructions=1000))
+    c["per_thread"]["ldtmu_near04"] = -c["per_thread"]["instructions"]
+    with pytest.raises(PimoeError, match="negative"):
+        predict(c, waits="ldtmu")

@@ -167,8 +167,8 @@ if has_qpu_dispatches(qpu_run):
     print(f"the compare record's prediction for the experts: {rec_s * 1e3:.3f} ms per step, the benchmark's "
           f"{tiny_qpu_s * 1e3:.3f} ms")
     if abs(rec_s / tiny_qpu_s - 1) > 0.01:
-        print("NOTE: they differ by more than 1 % (both tell the timing model the loads the kernels keep in "
-              "flight, so the counts must differ). The benchmark's figure is used below.")
+        print("NOTE: they differ by more than 1 % (both predict with the measured ldtmu waits, so the counts "
+              "must differ). The benchmark's figure is used below.")
 else:
     print("NOTE: the qpu backend does not report its dispatches to pimoe's profiler yet, so the compare record "
           "has no Pi 4 prediction for the qpu run. Below, its experts take the benchmark's prediction, and its "

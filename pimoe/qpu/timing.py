@@ -127,7 +127,13 @@ WAITS = ("thrsw", "ldtmu")
 
 def _near_bins(per: Mapping) -> list[tuple[int, int, str]]:
     """[(lowest distance, bin width, counter name)] of the ldtmu_near* counters present, in order."""
-    names = sorted((int(n[len(NEAR_PREFIX):]), n) for n in per if n.startswith(NEAR_PREFIX))
+    names = []
+    for n in per:
+        if n.startswith(NEAR_PREFIX):
+            if not n[len(NEAR_PREFIX):].isdigit():
+                raise PimoeError(f"predict(): counter '{n}' is not a distance bin ({NEAR_PREFIX}<distance>)")
+            names.append((int(n[len(NEAR_PREFIX):]), n))
+    names.sort()
     if not names:
         return []
     los = [lo for lo, _ in names]
@@ -182,9 +188,10 @@ def _spread_totals(totals: Mapping, n_qpus: int) -> tuple[dict[str, np.ndarray],
     return per, batches
 
 
-def _per_thread(counters) -> tuple[dict[str, np.ndarray], int]:
+def _per_thread(counters, near: bool = False) -> tuple[dict[str, np.ndarray], int]:
     """(per-thread counter arrays [QPUs, thread slots], batches) from EmuCounters, the dict form
-    (counters_to_dict / Profiler.qpu_dispatch), or a dict of totals (spread evenly, see _spread_totals)."""
+    (counters_to_dict / Profiler.qpu_dispatch), or a dict of totals (spread evenly, see _spread_totals).
+    near: also the ldtmu_near* distance bins (predict(waits="ldtmu") only)."""
     if hasattr(counters, "per_thread"):
         per, batches = counters.per_thread, int(counters.batches)
     elif isinstance(counters, Mapping) and "per_thread" in counters:
@@ -196,7 +203,8 @@ def _per_thread(counters) -> tuple[dict[str, np.ndarray], int]:
                          f"{type(counters).__name__}")
     out = {}
     shape = np.shape(per["instructions"]) if "instructions" in per else None
-    for name in _NEEDED + _OPTIONAL:
+    bins = [name for _, _, name in _near_bins(per)] if near and shape is not None else []
+    for name in _NEEDED + _OPTIONAL + tuple(bins):
         if name not in per:
             if name in _NEEDED:
                 raise PimoeError(f"predict(): counters lack '{name}'")
@@ -207,9 +215,9 @@ def _per_thread(counters) -> tuple[dict[str, np.ndarray], int]:
             raise PimoeError(f"predict(): counter '{name}' must be [QPUs, thread slots], got shape {arr.shape}")
         if np.any(arr < 0):
             raise PimoeError(f"predict(): counter '{name}' has negative entries")
+        if arr.shape != shape:
+            raise PimoeError(f"predict(): counter '{name}' has shape {arr.shape}, 'instructions' {shape}")
         out[name] = arr
-    for _, _, name in _near_bins(per):
-        out[name] = np.asarray(per[name], dtype=np.float64).reshape(np.shape(out["instructions"]))
     return out, batches
 
 
@@ -237,8 +245,10 @@ def predict(counters, *, params: QPUTimingParams = PI4, clock_hz: float | None =
     (+ tmuwt) instead of its thread switches.
     waits="ldtmu": measure that instead of stating it. Besides its thread switches and tmuwt, a thread
     waits in ldtmu for loads it issued less than a round trip before, by the emulator's load-to-use
-    distance bins (near_stall_cycles: an upper bound). For kernels that never thrsw in their loops, e.g.
-    the software-pipelined GEMVs, whose loads are issued ~180 instructions before use and never wait.
+    distance bins (near_stall_cycles: an upper bound), and since such a stall holds its QPU (only a
+    thrsw lets another thread issue), the QPU's other threads wait too. For kernels that never thrsw in
+    their loops, e.g. the software-pipelined GEMVs, whose quantized layouts issue nearly every load more
+    than a round trip before its use.
     dram_read_bytes: bytes that really come from DRAM when some counted reads hit the GPU caches (e.g. a
     vector every QPU re-reads); default: all counted bytes."""
     if clock_hz is not None:
@@ -254,18 +264,22 @@ def predict(counters, *, params: QPUTimingParams = PI4, clock_hz: float | None =
     if loads_in_flight is not None and not 1 <= loads_in_flight <= params.tmu_queue_depth * 2:
         raise PimoeError(f"loads_in_flight={loads_in_flight}: between 1 and the TMU FIFO depth "
                          f"{params.tmu_queue_depth * 2}")
-    per, batches = _per_thread(counters)
+    per, batches = _per_thread(counters, near=waits == "ldtmu")
     cpi, lat = params.cycles_per_instruction, params.wait_latency_cycles
     instr = per["instructions"]                                   # [QPUs, slots]
     issue_q = cpi * instr.sum(axis=1)                             # [QPUs] cycles
+    held_q = issue_q                                              # [QPUs] cycles no other thread can use
     if loads_in_flight is not None:
         wait_cycles = (per["tmu_reads"] / float(loads_in_flight) + per["tmuwt"]) * lat
     else:
         wait_cycles = thread_waits(per, batches, params) * lat
         if waits == "ldtmu":
-            wait_cycles = wait_cycles + near_stall_cycles(per, params)
+            stalls = near_stall_cycles(per, params)               # [QPUs, slots]
+            wait_cycles = wait_cycles + stalls
+            held_q = issue_q + stalls.sum(axis=1)                 # a stall in ldtmu does not switch threads
     chain = cpi * instr + wait_cycles
-    latency_q = np.maximum(chain.max(axis=1), per["tmu_reads"].sum(axis=1) * lat / params.tmu_queue_depth)
+    latency_q = np.maximum.reduce([chain.max(axis=1), held_q,
+                                   per["tmu_reads"].sum(axis=1) * lat / params.tmu_queue_depth])
     slices = -(-instr.shape[0] // params.qpus_per_slice)
     sfu_q = per["sfu_ops"].sum(axis=1)
     sfu_slice = np.array([sfu_q[s * params.qpus_per_slice:(s + 1) * params.qpus_per_slice].sum()
