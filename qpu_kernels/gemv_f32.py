@@ -25,9 +25,9 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
-from qpu_kernels.gemv_kernel import Scratch, base_address, emit_bcast, write_tables
+from qpu_kernels.gemv_kernel import Scratch, base_address, write_tables
 from qpu_kernels.gemv_quant import REAL_SHAPES, QPUGemv, describe, run  # noqa: F401  (re-exported launcher)
-from qpu_kernels.summation import emit_program_end, emit_thread_id
+from qpu_kernels.summation import emit_broadcast, emit_program_end, emit_thread_id
 
 
 @qpu
@@ -49,8 +49,8 @@ def qpu_gemv_f32_simple(asm, *, threads: int):
     add(tmua, r0, reg_tab)
     nop(sig=ldtmu(r2))
     nop()
-    emit_bcast(asm, reg_n, r2, 0)
-    emit_bcast(asm, reg_items, r2, 1)
+    emit_broadcast(asm, reg_n, r2, 0)
+    emit_broadcast(asm, reg_items, r2, 1)
     mov(null, reg_n, cond="pushz")
     b(R.done, cond="alla")
     nop()
@@ -59,8 +59,8 @@ def qpu_gemv_f32_simple(asm, *, threads: int):
     with loop as item_loop:
         add(tmua, reg_items, reg_lane4)
         nop(sig=ldtmu(r2))
-        emit_bcast(asm, reg_ptr, r2, 0)
-        emit_bcast(asm, reg_out, r2, 1)
+        emit_broadcast(asm, reg_ptr, r2, 0)
+        emit_broadcast(asm, reg_out, r2, 1)
         eidx(r0)
         umul24(r0, r0, reg_rb)                      # lane = row: ptr += lane * row bytes
         add(reg_ptr, reg_ptr, r0)

@@ -39,7 +39,7 @@ from pimoe.qpu.asm import language
 from qpu_kernels.gemv_sched import Op, emit
 from qpu_kernels.gemv_sched import schedule_best as schedule
 from qpu_kernels.qpu_layout import BLOCK, E1, M4, M8, LayoutSpec
-from qpu_kernels.summation import emit_program_end, emit_thread_id
+from qpu_kernels.summation import emit_broadcast, emit_program_end, emit_thread_id
 
 FIFO_DEPTH = 16          # TMU result FIFO entries of a thread in 1-thread-per-QPU mode
 MAX_THREADS = 8          # one thread per QPU
@@ -445,16 +445,6 @@ def prologue_issue_ops(cfg: KernelConfig, R: Regs) -> list[Op]:
 # ---- the kernel --------------------------------------------------------------------------------------
 
 @qpu
-def emit_bcast(asm, dst, vec, lane: int):
-    """dst = vec[lane] in all lanes (rotate to lane 0 through r5rep)."""
-    if lane == 0:
-        mov(r5rep, vec)
-    else:
-        rotate(r5rep, vec, -lane)
-    mov(dst, r5)
-
-
-@qpu
 def qpu_gemv(asm, *, cfg: KernelConfig, threads: int = MAX_THREADS):
     """See the module docstring. Uniforms: table address, NB-1, MASK, EXPO, K16, -log2(e), row bytes of
     each matrix."""
@@ -482,8 +472,8 @@ def qpu_gemv(asm, *, cfg: KernelConfig, threads: int = MAX_THREADS):
     mov(rfr(R.K12), 12)
     mov(rfr(R.K1), 1)
     shl(rfr(R.K64), rfr(R.K4), 4)
-    emit_bcast(asm, rfr(R.NITEMS), r2, 0)
-    emit_bcast(asm, rfr(R.ITP), r2, 1)
+    emit_broadcast(asm, rfr(R.NITEMS), r2, 0)
+    emit_broadcast(asm, rfr(R.ITP), r2, 1)
     mov(null, rfr(R.NITEMS), cond="pushz")
     b(getattr(lang["R"], "done"), cond="alla")
     nop()
@@ -496,10 +486,10 @@ def qpu_gemv(asm, *, cfg: KernelConfig, threads: int = MAX_THREADS):
         add(rfr(R.ITP), rfr(R.ITP), rfr(R.K64))
         if cfg.mode == "sum":
             # [n_entries, entries address, out address, out token stride]
-            emit_bcast(asm, rfr(R.NENT), r2, 0)
-            emit_bcast(asm, rfr(R.ENTP), r2, 1)
-            emit_bcast(asm, rfr(R.OUTP), r2, 2)
-            emit_bcast(asm, rfr(R.OUTS), r2, 3)
+            emit_broadcast(asm, rfr(R.NENT), r2, 0)
+            emit_broadcast(asm, rfr(R.ENTP), r2, 1)
+            emit_broadcast(asm, rfr(R.OUTP), r2, 2)
+            emit_broadcast(asm, rfr(R.OUTS), r2, 3)
             for t in range(T):
                 mov(rfr(R.TOT[t]), 0)
             with loop as entry_loop:
@@ -507,10 +497,10 @@ def qpu_gemv(asm, *, cfg: KernelConfig, threads: int = MAX_THREADS):
                 nop(sig=ldtmu(r2))
                 add(rfr(R.ENTP), rfr(R.ENTP), rfr(R.K64))
                 # [weights address (row group), x stream address, scale]
-                emit_bcast(asm, r0, r2, 0)
+                emit_broadcast(asm, r0, r2, 0)
                 add(rfr(R.PTR[0]), r0, rfr(R.LRB[0]))
-                emit_bcast(asm, rfr(R.XADDR), r2, 1)
-                emit_bcast(asm, rfr(R.SCAL), r2, 2)
+                emit_broadcast(asm, rfr(R.XADDR), r2, 1)
+                emit_broadcast(asm, rfr(R.SCAL), r2, 2)
                 _emit_entry(asm, lang, cfg, R)
                 for t in range(T):
                     nop().fmul(r0, rfr(R.A[0][t]), rfr(R.SCAL))
@@ -527,15 +517,15 @@ def qpu_gemv(asm, *, cfg: KernelConfig, threads: int = MAX_THREADS):
                 mov(tmua, r1).add(r1, r1, rfr(R.OUTS))
         else:
             # [gate rows, up rows, x stream, h address (token 0, lane 0), h block-sum address, w_t ...]
-            emit_bcast(asm, r0, r2, 0)
+            emit_broadcast(asm, r0, r2, 0)
             add(rfr(R.PTR[0]), r0, rfr(R.LRB[0]))
-            emit_bcast(asm, r0, r2, 1)
+            emit_broadcast(asm, r0, r2, 1)
             add(rfr(R.PTR[1]), r0, rfr(R.LRB[1]))
-            emit_bcast(asm, rfr(R.XADDR), r2, 2)
-            emit_bcast(asm, rfr(R.HADDR), r2, 3)
-            emit_bcast(asm, rfr(R.HSUM), r2, 4)
+            emit_broadcast(asm, rfr(R.XADDR), r2, 2)
+            emit_broadcast(asm, rfr(R.HADDR), r2, 3)
+            emit_broadcast(asm, rfr(R.HSUM), r2, 4)
             for t in range(T):
-                emit_bcast(asm, rfr(R.WT[t]), r2, 5 + t)
+                emit_broadcast(asm, rfr(R.WT[t]), r2, 5 + t)
             _emit_entry(asm, lang, cfg, R)
             _emit_swiglu_epilogue(asm, lang, cfg, R)
         sub(rfr(R.NITEMS), rfr(R.NITEMS), 1, cond="pushz")

@@ -23,20 +23,10 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
-from qpu_kernels.summation import emit_program_end, emit_thread_id
+from qpu_kernels.summation import emit_broadcast, emit_program_end, emit_thread_id
 
 THREAD_COUNTS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
 PARAMS = 8  # words per thread in the parameter table (padded to 16)
-
-
-@qpu
-def emit_broadcast(asm, dst, vec, lane: int):
-    """dst = vec[lane] in every lane (rotate lane `lane` to lane 0 through r5rep, then read r5)."""
-    if lane == 0:
-        mov(r5rep, vec)
-    else:
-        rotate(r5rep, vec, -lane)
-    mov(dst, r5)
 
 
 @qpu

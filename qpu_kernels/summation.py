@@ -8,6 +8,9 @@ loads are in flight, so 2 or 4 threads per QPU overlap memory latency. DEPTH = 4
 FIFO even in 4-thread mode (16 entries / 4 threads).
 
     python -m qpu_kernels.summation          # checks every thread count against numpy in the emulator
+
+The small emitters every kernel here shares live in this file too: emit_thread_id, emit_broadcast and
+emit_program_end.
 """
 
 from __future__ import annotations
@@ -42,6 +45,16 @@ def emit_thread_id(asm, dst, threads: int) -> None:
     tidx(dst)
     shl(dst, dst, _imm_shift(27))
     shr(dst, dst, _imm_shift(27 + s))
+
+
+@qpu
+def emit_broadcast(asm, dst, vec, lane: int):
+    """dst = vec[lane] in every lane (rotate lane `lane` to lane 0 through r5rep, then read r5)."""
+    if lane == 0:
+        mov(r5rep, vec)
+    else:
+        rotate(r5rep, vec, -lane)
+    mov(dst, r5)
 
 
 @qpu

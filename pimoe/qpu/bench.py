@@ -23,6 +23,7 @@ def add_arguments(parser) -> None:
 
 def _alu_loop_kernel():
     from pimoe.qpu.asm import qpu
+    from qpu_kernels.summation import emit_program_end
 
     @qpu
     def alu_loop(asm):
@@ -56,14 +57,7 @@ def _alu_loop_kernel():
         mov(tmud, r1)
         mov(tmua, rf0)
         tmuwt()
-        nop(sig=thrsw)
-        nop(sig=thrsw)
-        nop()
-        nop()
-        nop(sig=thrsw)
-        nop()
-        nop()
-        nop()
+        emit_program_end(asm)
 
     return alu_loop
 
