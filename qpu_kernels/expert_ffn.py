@@ -86,11 +86,6 @@ def expert_ffn_reference(gate_w, up_w, down_w, x, expert_ids, expert_weights) ->
     return out
 
 
-def dispatch_timing_args(cfg: KernelConfig) -> dict:
-    """Keyword arguments for pimoe.qpu.timing.predict() of one dispatch of the kernel `cfg`."""
-    return timing_args(cfg)
-
-
 class ExpertFFN:
     """Runs one layer's routed experts on the driver. gate/up/down: QPUMatrices of the layer."""
 
@@ -108,7 +103,7 @@ class ExpertFFN:
     def _execute(self, cfg, table_addr: int, row_bytes: list[int], kernel: str) -> None:
         # the GEMV loops wait on ldtmu without thrsw: no thread switch shows it, so the timing model charges
         # the waits the emulator's load-to-use distance bins measured (waits="ldtmu")
-        targs = dispatch_timing_args(cfg)
+        targs = timing_args()
         with self.region("compute", kernel=kernel):
             c = execute(self.drv, self.programs, cfg, self.threads, self.scratch, table_addr, row_bytes)
             if c is not None and self.on_dispatch is not None:

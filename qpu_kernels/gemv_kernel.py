@@ -699,16 +699,11 @@ def execute(drv, programs: Programs, cfg: KernelConfig, threads: int, scratch: S
     return drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif_addr, thread=threads, timeout_sec=600)
 
 
-def loads_in_flight(cfg: KernelConfig) -> int:
-    """TMU loads a thread keeps in flight in the block loop."""
-    return min(len(_load_plan(cfg)), FIFO_DEPTH)
-
-
-def timing_args(cfg: KernelConfig) -> dict:
-    """Keyword arguments for pimoe.qpu.timing.predict() of a dispatch of this kernel. It never thread-
-    switches in its loops, so its waits are the ldtmu stalls the emulator's load-to-use distance bins
-    measure (waits="ldtmu"): the block loop issues each load loads_in_flight(cfg) loads before its
-    ldtmu, which for the quantized layouts is past a round trip (measured on a Qwen3 2048x768 q4 swiglu
+def timing_args() -> dict:
+    """Keyword arguments for pimoe.qpu.timing.predict() of a dispatch of this kernel (any config). It
+    never thread-switches in its loops, so its waits are the ldtmu stalls the emulator's load-to-use
+    distance bins measure (waits="ldtmu"): the block loop issues each load up to FIFO_DEPTH loads before
+    its ldtmu, which for the quantized layouts is past a round trip (measured on a Qwen3 2048x768 q4 swiglu
     dispatch: 3,464 of its 295,304 ldtmu come sooner than 64 instructions after their load, the item and
     entry descriptors and each entry's first blocks); the f32 layout's ~36 instructions are not, and it
     is charged for that."""

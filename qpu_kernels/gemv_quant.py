@@ -99,7 +99,7 @@ def run(drv, qtype, rows: int, cols: int, *, tokens: int = 1, threads: int = 8, 
     return err, g.last_counters, seconds
 
 
-def predicted(counters, qtype, cols: int, tokens: int = 1):
+def predicted(counters):
     """The timing model's Pi 4 prediction for a GEMV dispatch (None when pimoe.qpu.timing is absent).
     The kernel never thread-switches in its loops: the model charges its ldtmu waits from the emulator's
     load-to-use distances (gemv_kernel.timing_args)."""
@@ -109,9 +109,7 @@ def predicted(counters, qtype, cols: int, tokens: int = 1):
         return None
     from qpu_kernels.gemv_kernel import timing_args
 
-    spec = lay.spec_for(qtype)
-    cfg = KernelConfig(spec.kind, spec.nsub, lay.padded_cols(cols), tokens, "sum")
-    return predict(counters, **timing_args(cfg))
+    return predict(counters, **timing_args())
 
 
 def describe(counters, rows: int, cols: int, tokens: int, qtype, seconds: float) -> str:
@@ -122,7 +120,7 @@ def describe(counters, rows: int, cols: int, tokens: int, qtype, seconds: float)
     text = (f"{counters.total_instructions} instructions = {ipw:.2f} per weight{'-token' if tokens > 1 else ''} "
             f"(16 lanes), {counters.tmu_read_bytes} TMU bytes read ({spec.bits_per_weight:g} bits/weight layout, "
             f"GGUF {QT(qtype).name}), {seconds:.3f} s emulated")
-    p = predicted(counters, qtype, cols, tokens)
+    p = predicted(counters)
     if p is not None:
         text += (f"; {p.label}: {p.seconds * 1e3:.3f} ms, {counters.tmu_read_bytes / p.seconds / 1e9:.2f} GB/s "
                  f"({p.bound}-bound)")

@@ -231,7 +231,7 @@ def test_compare_and_kernel_benchmark_predict_the_same_dispatches_alike(qtype_na
             err, counters, _ = run_check(drv, qtype, hidden=hidden, ff=ff, n_experts=2, k=2, tokens=1,
                                          region=profile.region, on_dispatch=profile.qpu_dispatch)
     assert err < 1e-5 and len(counters) == 2
-    bench = expert_layer_predictions(counters, qtype, hidden, ff)
+    bench = expert_layer_predictions(counters)
     dispatches = [d for r in prof.regions for d in (r.dispatches or ())]
     assert [d["kernel"] for d in dispatches] == ["swiglu", "down_sum"]
     for d, c, b in zip(dispatches, counters, bench):

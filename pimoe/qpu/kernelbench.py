@@ -35,10 +35,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"), help="directory for the JSON record")
 
 
-def _prediction(counters, qtype, cols, tokens):
+def _prediction(counters):
     from qpu_kernels.gemv_quant import predicted
 
-    p = predicted(counters, qtype, cols, tokens)
+    p = predicted(counters)
     if p is None:
         return None
     gbps = counters.tmu_read_bytes / p.seconds / 1e9
@@ -65,25 +65,19 @@ def bench_gemv(qtype, rows, cols, tokens, threads) -> dict:
             "tmu_read_bytes": c.tmu_read_bytes, "bytes_read_per_token": c.tmu_read_bytes / tokens,
             "uniforms_read": c.total("uniforms_read"),
             "emulator_seconds": c.wall_seconds, "host_seconds": seconds,
-            "predicted": _prediction(c, qtype, cols, tokens)}
+            "predicted": _prediction(c)}
 
 
-def expert_layer_predictions(counters, qtype, hidden: int, ff: int) -> list:
-    """The timing model's Pi 4 predictions of one decode token's two expert dispatches (swiglu over
-    `hidden` columns, then down_sum over `ff`), each with its kernel's timing_args (the GEMV loops wait on
+def expert_layer_predictions(counters) -> list:
+    """The timing model's Pi 4 predictions of one decode token's two expert dispatches (swiglu, then
+    down_sum), each with its kernel's timing_args (the GEMV loops wait on
     ldtmu without thrsw: waits="ldtmu"). `pimoe compare` predicts the same dispatches through the profiler
     from the timing_args the backend reports; tests check that the two agree."""
     from pimoe.qpu.timing import predict
 
-    from qpu_kernels.gemv_kernel import KernelConfig, timing_args
-    from qpu_kernels import qpu_layout as lay
+    from qpu_kernels.gemv_kernel import timing_args
 
-    spec = lay.spec_for(qtype)
-    preds = []
-    for c, mode, cols in zip(counters, ("swiglu", "sum"), (hidden, ff)):
-        cfg = KernelConfig(spec.kind, spec.nsub, lay.padded_cols(cols), 1, mode)
-        preds.append(predict(c, **timing_args(cfg)))
-    return preds
+    return [predict(c, **timing_args()) for c in counters]
 
 
 def bench_expert_layer(qtype, hidden, ff, k, tokens, threads) -> dict:
@@ -105,7 +99,7 @@ def bench_expert_layer(qtype, hidden, ff, k, tokens, threads) -> dict:
            "instructions_per_weight": instr * 16 / (weights * tokens), "tmu_read_bytes": tmu,
            "bytes_read_per_token": tmu / tokens, "emulator_seconds": sum(c.wall_seconds for c in counters),
            "host_seconds": seconds}
-    preds = expert_layer_predictions(counters, qtype, hidden, ff)
+    preds = expert_layer_predictions(counters)
     total = sum(p.seconds for p in preds)
     rec["predicted"] = {"label": preds[0].label, "seconds": total, "bounds": [p.bound for p in preds],
                         "read_GBps": tmu / total / 1e9,
