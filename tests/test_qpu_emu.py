@@ -1301,43 +1301,9 @@ def test_load_of_an_unwaited_store_faults():
 
 
 @qpu
-def k_load_distance(asm, *, gaps, switch_before):
-    eidx(r0, sig=ldunifrf(rf0))
-    shl(r0, r0, 2)
-    add(rf0, rf0, r0)
-    for i, gap in enumerate(gaps):
-        mov(tmua, rf0)
-        if i in switch_before:           # a thread switch while the load is in flight: the thrsw waits
-            nop(sig=thrsw)
-            nop()
-            nop()
-            gap = max(0, gap - 3)
-        for _ in range(gap):
-            nop()
-        nop(sig=ldtmu(r1))
-    _end(asm)
-
-
-def test_ldtmu_distance_bins_count_loads_used_soon_after_issue():
-    """The ldtmu right after its load is 1 instruction from it (bin 0); 5 nops in between make 6 (bin 4);
-    63 make 64 (past the last bin, never a stall); a thrsw between load and ldtmu takes the wait itself."""
-    gaps = [0, 2, 5, 5, 62, 63, 200, 9]
-    with EmuDriver(data_area_size=1 << 16) as drv:
-        code = drv.program(k_load_distance, gaps=gaps, switch_before={7})
-        x = drv.alloc(16, dtype=np.uint32)
-        unif = drv.alloc(1, dtype=np.uint32)
-        unif[0] = x.addresses()[0]
-        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
-    near = {name: c.total(name) for name in c.per_thread if name.startswith("ldtmu_near")}
-    assert len(near) == 16 and c.ldtmu == len(gaps)
-    # distances 1, 3 -> bin 0; 6, 6 -> bin 4; 63 -> bin 60; 64, 201 and the switched one: not binned
-    assert {k: v for k, v in near.items() if v} == {"ldtmu_near00": 2, "ldtmu_near04": 2, "ldtmu_near60": 1}
-
-
-@qpu
 def k_plan_distance(asm, *, plan):
     """plan: ("ld", n) a load of n 32-bit words per lane (n > 1: vec-n, its config the next uniform),
-    ("nop", n) n nops, ("use", n) n ldtmu."""
+    ("nop", n) n nops, ("use", n) n ldtmu, ("thrsw", 3) a thread switch and its 2 delay slots."""
     eidx(r0, sig=ldunifrf(rf0))
     shl(r0, r0, 4)                   # 16 bytes per lane
     add(rf0, rf0, r0)
@@ -1346,6 +1312,10 @@ def k_plan_distance(asm, *, plan):
             mov(tmua, rf0)
         elif op == "ld":
             mov(tmuau, rf0)
+        elif op == "thrsw":
+            nop(sig=thrsw)
+            nop()
+            nop()
         else:
             for _ in range(n):
                 nop(sig=ldtmu(r1)) if op == "use" else nop()
@@ -1364,6 +1334,28 @@ def _plan_bins(plan, threads=1):
     assert c.ldtmu == uses * threads
     return ({k[len("ldtmu_near"):]: int(v.sum()) for k, v in c.per_thread.items()
              if k.startswith("ldtmu_near") and v.sum()}, c)
+
+
+def load_then_use(gaps, switch_before=()):
+    """A plan: for each gap one load, gap instructions, its ldtmu (a thrsw among them if listed)."""
+    plan = []
+    for i, gap in enumerate(gaps):
+        plan.append(("ld", 1))
+        if i in switch_before:           # a thread switch while the load is in flight: the thrsw waits
+            plan.append(("thrsw", 3))
+            gap = max(0, gap - 3)
+        plan += [("nop", gap), ("use", 1)]
+    return plan
+
+
+def test_ldtmu_distance_bins_count_loads_used_soon_after_issue():
+    """The ldtmu right after its load is 1 instruction from it (bin 0); 5 nops in between make 6 (bin 4);
+    63 make 64 (past the last bin, never a stall); a thrsw between load and ldtmu takes the wait itself."""
+    gaps = [0, 2, 5, 5, 62, 63, 200, 9]
+    bins, c = _plan_bins(load_then_use(gaps, switch_before={7}))
+    assert len([n for n in c.per_thread if n.startswith("ldtmu_near")]) == 16 and c.ldtmu == len(gaps)
+    # distances 1, 3 -> bin 0; 6, 6 -> bin 4; 63 -> bin 60; 64, 201 and the switched one: not binned
+    assert bins == {"00": 2, "04": 2, "60": 1}
 
 
 def test_ldtmu_distance_of_vector_loads_and_a_wrapping_fifo():

@@ -265,16 +265,10 @@ def test_measured_waits_charge_only_loads_used_within_a_round_trip():
 def test_measured_waits_on_an_emulated_kernel_bound_its_time():
     """On a real emulated kernel that reads each result right after its load, waits='ldtmu' charges a
     round trip per load (its ldtmu are all in the first bin); thread switches alone charge nothing."""
-    from pimoe.qpu import EmuDriver
-    from tests.test_qpu_emu import k_load_distance
+    from tests.test_qpu_emu import _plan_bins, load_then_use
 
-    with EmuDriver(data_area_size=1 << 16) as drv:
-        code = drv.program(k_load_distance, gaps=[0] * 64, switch_before=set())
-        x = drv.alloc(16, dtype=np.uint32)
-        unif = drv.alloc(1, dtype=np.uint32)
-        unif[0] = x.addresses()[0]
-        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
-    assert c.total("ldtmu_near00") == 64
+    bins, c = _plan_bins(load_then_use([0] * 64))
+    assert bins == {"00": 64}
     measured, default = predict(c, waits="ldtmu"), predict(c)
     issue = 4 * c.total_instructions
     assert measured.breakdown["latency"] == pytest.approx((issue + 64 * PI4.wait_latency_cycles) / 500e6)
