@@ -32,6 +32,7 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
+from qpu_kernels.sgemm import check_result, random_operands
 from qpu_kernels.summation import emit_broadcast, emit_program_end
 
 N_QPUS = 8
@@ -284,16 +285,8 @@ def run_sgemm(drv, *, p: int, q: int, r: int, check: bool = True, seed: int = 0)
     P a multiple of 32, R of 64. Returns (counters, seconds, max error relative to the entry scale)."""
     if p % 32 or r % 64 or q <= 0:
         raise PimoeError(f"sgemm: P={p} must be a multiple of 32, R={r} of 64, Q={q} positive")
-    rng = np.random.default_rng(seed)
     code = drv.program(qpu_sgemm_blocks)
-    a = drv.alloc((p, q), dtype=np.float32)
-    b = drv.alloc((q, r), dtype=np.float32)
-    c = drv.alloc((p, r), dtype=np.float32)
-    a[:] = rng.standard_normal((p, q)).astype(np.float32)
-    b[:] = rng.standard_normal((q, r)).astype(np.float32)
-    c0 = rng.standard_normal((p, r)).astype(np.float32)
-    c[:] = c0
-    alpha, beta = np.float32(rng.standard_normal()), np.float32(rng.standard_normal())
+    a, b, c, c0, alpha, beta = random_operands(drv, p, q, r, seed)
     table = drv.alloc((N_QPUS, 16), dtype=np.uint32)
     table[:] = 0
     bp, br = p // 2, r // 4
@@ -308,10 +301,7 @@ def run_sgemm(drv, *, p: int, q: int, r: int, check: bool = True, seed: int = 0)
     counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=N_QPUS,
                            timeout_sec=600)
     seconds = time.perf_counter() - t0
-    ref = alpha * (np.asarray(a, np.float64) @ np.asarray(b, np.float64)) + beta * c0.astype(np.float64)
-    err = float(np.max(np.abs(np.asarray(c) - ref)) / (abs(alpha) * np.sqrt(q) + abs(beta)))
-    if check and err > 1e-5:
-        raise PimoeError(f"sgemm {p}x{q}x{r}: error {err:.2e} of the entry scale")
+    err = check_result(c, a, b, c0, alpha, beta, f"sgemm {p}x{q}x{r} (2 x 4 blocks)", check)
     return counters, seconds, err
 
 

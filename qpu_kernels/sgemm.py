@@ -111,16 +111,10 @@ def sgemm_reference(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: 
     return (alpha * (a.astype(np.float64) @ b.astype(np.float64)) + beta * c.astype(np.float64)).astype(np.float32)
 
 
-def run(drv, *, p: int, q: int, r: int, threads: int = 8, check: bool = True, seed: int = 0):
-    """C = alpha A B + beta C with random P x Q, Q x R, P x R matrices on `threads` QPU threads;
-    returns (counters, seconds, max relative error). P and R must be multiples of 16."""
-    if p % 16 or r % 16 or min(p, q, r) <= 0:
-        raise PimoeError(f"sgemm: P={p} and R={r} must be positive multiples of 16, Q={q} positive")
-    if threads not in THREAD_COUNTS:
-        raise PimoeError(f"sgemm: {threads} threads; supported: {THREAD_COUNTS} (4 threads per QPU leave "
-                         f"too few registers)")
+def random_operands(drv, p: int, q: int, r: int, seed: int):
+    """The published benchmark's operands, random: A [p, q], B [q, r], C [p, r] f32 in driver memory and
+    scalars alpha, beta. Returns (a, b, c, c0, alpha, beta), c0 a host copy of C before the kernel runs."""
     rng = np.random.default_rng(seed)
-    code = drv.program(qpu_sgemm, threads=threads)
     a = drv.alloc((p, q), dtype=np.float32)
     b = drv.alloc((q, r), dtype=np.float32)
     c = drv.alloc((p, r), dtype=np.float32)
@@ -129,6 +123,30 @@ def run(drv, *, p: int, q: int, r: int, threads: int = 8, check: bool = True, se
     c0 = rng.standard_normal((p, r)).astype(np.float32)
     c[:] = c0
     alpha, beta = np.float32(rng.standard_normal()), np.float32(rng.standard_normal())
+    return a, b, c, c0, alpha, beta
+
+
+def check_result(c, a, b, c0, alpha, beta, what: str, check: bool = True) -> float:
+    """Max |C - reference| relative to the typical entry magnitude |alpha| sqrt(Q) + |beta|; raises when
+    check and it exceeds 1e-5. what: the run, for the message."""
+    ref = sgemm_reference(alpha, np.asarray(a), np.asarray(b), beta, c0)
+    scale = np.abs(alpha) * np.sqrt(a.shape[1]) + np.abs(beta)
+    err = float(np.max(np.abs(np.asarray(c) - ref)) / scale)
+    if check and err > 1e-5:
+        raise PimoeError(f"{what}: error {err:.2e} relative to the entry scale")
+    return err
+
+
+def run(drv, *, p: int, q: int, r: int, threads: int = 8, check: bool = True, seed: int = 0):
+    """C = alpha A B + beta C with random P x Q, Q x R, P x R matrices on `threads` QPU threads;
+    returns (counters, seconds, max relative error). P and R must be multiples of 16."""
+    if p % 16 or r % 16 or min(p, q, r) <= 0:
+        raise PimoeError(f"sgemm: P={p} and R={r} must be positive multiples of 16, Q={q} positive")
+    if threads not in THREAD_COUNTS:
+        raise PimoeError(f"sgemm: {threads} threads; supported: {THREAD_COUNTS} (4 threads per QPU leave "
+                         f"too few registers)")
+    code = drv.program(qpu_sgemm, threads=threads)
+    a, b, c, c0, alpha, beta = random_operands(drv, p, q, r, seed)
     tiles = [(i, j) for i in range(p // 16) for j in range(r // 16)]
     per_thread = [tiles[t::threads] for t in range(threads)]
     tile_list = drv.alloc((len(tiles), 4), dtype=np.uint32)
@@ -149,11 +167,7 @@ def run(drv, *, p: int, q: int, r: int, threads: int = 8, check: bool = True, se
     counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=threads,
                            timeout_sec=600)
     seconds = time.perf_counter() - t0
-    ref = sgemm_reference(alpha, np.asarray(a), np.asarray(b), beta, c0)
-    scale = np.abs(alpha) * np.sqrt(q) + np.abs(beta)  # typical magnitude of an entry
-    err = float(np.max(np.abs(np.asarray(c) - ref)) / scale)
-    if check and err > 1e-5:
-        raise PimoeError(f"sgemm {p}x{q}x{r} on {threads} threads: error {err:.2e} relative to the entry scale")
+    err = check_result(c, a, b, c0, alpha, beta, f"sgemm {p}x{q}x{r} on {threads} threads", check)
     return counters, seconds, err
 
 
