@@ -209,14 +209,8 @@ def predict_regions(prof: profile.Profiler, where, steps: int) -> dict | None:
     incl = predict_each(prof, where)
     if incl is None:
         return None
-    keep = profile._subtree_filter(prof.regions, where)
     out: dict[str, float] = {}
-    paths: dict[int, str] = {}
-    for r in prof.regions:
-        if not keep[r.index] or not r.end:
-            continue
-        path = r.name if r.parent < 0 else paths[r.parent] + "/" + r.name
-        paths[r.index] = path
+    for r, path in profile.region_paths(prof.regions, where):
         out[path] = out.get(path, 0.0) + incl[r.index] / steps
     return out
 

@@ -199,15 +199,9 @@ class Profiler:
     def summary(self, where=None) -> dict[str, dict]:
         """Aggregate by path: {path: {calls, seconds, self_seconds, depth, <counters summed>, dispatches}}.
         where(region) -> bool restricts it to some top-level regions' subtrees (e.g. one test phase)."""
-        keep = _subtree_filter(self.regions, where)
         own = self.self_seconds()
         out: dict[str, dict] = {}
-        paths: dict[int, str] = {}
-        for r in self.regions:
-            if not keep[r.index] or not r.end:
-                continue
-            path = r.name if r.parent < 0 else paths[r.parent] + "/" + r.name
-            paths[r.index] = path
+        for r, path in region_paths(self.regions, where):
             s = out.get(path)
             if s is None:
                 s = out[path] = {"name": r.name, "depth": r.depth, "calls": 0, "seconds": 0.0, "self_seconds": 0.0}
@@ -242,6 +236,19 @@ class Profiler:
                "otherData": {"source": "pimoe.profile"}}
         path.write_text(json.dumps(doc))
         return path
+
+
+def region_paths(regions: list[Region], where=None):
+    """(region, "forward/layer/experts"-style path) for every finished region, in order; where(region)
+    -> bool keeps only some top-level regions' subtrees."""
+    keep = _subtree_filter(regions, where)
+    paths: dict[int, str] = {}
+    for r in regions:
+        if not keep[r.index] or not r.end:
+            continue
+        path = r.name if r.parent < 0 else paths[r.parent] + "/" + r.name
+        paths[r.index] = path
+        yield r, path
 
 
 def _subtree_filter(regions: list[Region], where) -> list[bool]:
