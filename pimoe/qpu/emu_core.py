@@ -318,6 +318,22 @@ def _clz(u):
 # Returns 1 when the result is a float (flags use float tests), 0 for an integer result, -1 unsupported.
 
 
+# Integer add and sub exist on both ALUs with the same semantics (carry = unsigned overflow / borrow).
+@njit(cache=True, inline='always')
+def _int_add(a, b, out, carry):
+    for l in range(16):
+        s = a[l] + b[l]
+        out[l] = s & MASK32
+        carry[l] = s >> 32
+
+
+@njit(cache=True, inline='always')
+def _int_sub(a, b, out, carry):
+    for l in range(16):
+        out[l] = (a[l] - b[l]) & MASK32
+        carry[l] = 1 if a[l] < b[l] else 0
+
+
 @njit(cache=True, inline='always')
 def _add_alu_common(op, a, b, una, unb, out, carry, sb, sf):
     """The frequent add-ALU ops, inlined into the interpreter loop (no call, no array refcounting);
@@ -339,15 +355,10 @@ def _add_alu_common(op, a, b, una, unb, out, carry, sb, sf):
             out[l] = _f_bits(r, sb, sf)
         return 1
     if op == A_ADD:
-        for l in range(16):
-            s = a[l] + b[l]
-            out[l] = s & MASK32
-            carry[l] = s >> 32
+        _int_add(a, b, out, carry)
         return 0
     if op == A_SUB:
-        for l in range(16):
-            out[l] = (a[l] - b[l]) & MASK32
-            carry[l] = 1 if a[l] < b[l] else 0
+        _int_sub(a, b, out, carry)
         return 0
     if op == A_MIN or op == A_MAX:
         for l in range(16):
@@ -531,15 +542,10 @@ def _mul_alu(op, a, b, una, unb, out, carry, rtop_c, sb, sf):
     for l in range(16):
         carry[l] = 0
     if op == M_ADD:
-        for l in range(16):
-            s = a[l] + b[l]
-            out[l] = s & MASK32
-            carry[l] = s >> 32
+        _int_add(a, b, out, carry)
         return 0
     if op == M_SUB:
-        for l in range(16):
-            out[l] = (a[l] - b[l]) & MASK32
-            carry[l] = 1 if a[l] < b[l] else 0
+        _int_sub(a, b, out, carry)
         return 0
     if op == M_MOV:
         for l in range(16):
