@@ -72,32 +72,15 @@ def _sig_addr(instr: Instr) -> str:
     return f".{name}" if name else f".UNKNOWN{instr.sig_addr}"
 
 
+# Signals in the order Mesa prints them, and whether each writes a register (printed as ".dst").
+_SIGNAL_ORDER = (("thrsw", False), ("ldvary", True), ("ldvpm", False), ("ldtmu", True), ("ldtlb", True),
+                 ("ldtlbu", True), ("ldunif", False), ("ldunifrf", True), ("ldunifa", False),
+                 ("ldunifarf", True), ("wrtmuc", False))
+
+
 def _signals(instr: Instr) -> list[str]:
-    s = instr.sig
-    out = []
-    if s.thrsw:
-        out.append("thrsw")
-    if s.ldvary:
-        out.append("ldvary" + _sig_addr(instr))
-    if s.ldvpm:
-        out.append("ldvpm")
-    if s.ldtmu:
-        out.append("ldtmu" + _sig_addr(instr))
-    if s.ldtlb:
-        out.append("ldtlb" + _sig_addr(instr))
-    if s.ldtlbu:
-        out.append("ldtlbu" + _sig_addr(instr))
-    if s.ldunif:
-        out.append("ldunif")
-    if s.ldunifrf:
-        out.append("ldunifrf" + _sig_addr(instr))
-    if s.ldunifa:
-        out.append("ldunifa")
-    if s.ldunifarf:
-        out.append("ldunifarf" + _sig_addr(instr))
-    if s.wrtmuc:
-        out.append("wrtmuc")
-    return out
+    return [name + (_sig_addr(instr) if writes else "") for name, writes in _SIGNAL_ORDER
+            if getattr(instr.sig, name)]
 
 
 def _branch_text(instr: Instr) -> str:
