@@ -90,22 +90,26 @@ def _unpack_codes(context, builder, wt, wv, olo, slo, mlo, ohi, shi, mhi, shl, b
     return builder.sub(code, _splat(builder, bs, width, i8))
 
 
+def _code_products(context, builder, signature, args, width):
+    """<width x i32> code_i * x_i for the dot_code* intrinsics' leading arguments (w, off_lo, sh_lo,
+    mask_lo, off_hi, sh_hi, mask_hi, shl_hi, bias, x, xoff): codes are built in 8-bit lanes, then
+    multiplied as the same signed 8-bit pattern as Q8_0."""
+    wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, xv, xo = args[:11]
+    wt, xt = signature.args[0], signature.args[9]
+    v8 = ir.VectorType(ir.IntType(8), width)
+    v32 = ir.VectorType(ir.IntType(32), width)
+    code = _unpack_codes(context, builder, wt, wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, width)
+    xs = builder.sext(builder.load(_vec_ptr(context, builder, xt, xv, xo, v8), align=1), v32)
+    return builder.mul(builder.sext(code, v32), xs)
+
+
 def _make_dot_code(width):
     @intrinsic
     def dot_code(typingctx, w, off_lo, sh_lo, mask_lo, off_hi, sh_hi, mask_hi, shl_hi, bias, x, xoff):
         sig = types.int32(w, off_lo, sh_lo, mask_lo, off_hi, sh_hi, mask_hi, shl_hi, bias, x, xoff)
 
         def codegen(context, builder, signature, args):
-            wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, xv, xo = args
-            wt = signature.args[0]
-            xt = signature.args[9]
-            i8 = ir.IntType(8)
-            v8 = ir.VectorType(i8, width)
-            v32 = ir.VectorType(ir.IntType(32), width)
-            # codes are built in 8-bit lanes, then the same signed 8-bit multiply-accumulate pattern as Q8_0
-            code = _unpack_codes(context, builder, wt, wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, width)
-            xs = builder.sext(builder.load(_vec_ptr(context, builder, xt, xv, xo, v8), align=1), v32)
-            return _reduce_add(builder, builder.mul(builder.sext(code, v32), xs), width)
+            return _reduce_add(builder, _code_products(context, builder, signature, args, width), width)
 
         return sig, codegen
 
@@ -122,15 +126,9 @@ def dot_code_32s(typingctx, w, off_lo, sh_lo, mask_lo, off_hi, sh_hi, mask_hi, s
     sig = types.int32(w, off_lo, sh_lo, mask_lo, off_hi, sh_hi, mask_hi, shl_hi, bias, x, xoff, s0, s1)
 
     def codegen(context, builder, signature, args):
-        wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, xv, xo, a0, a1 = args
-        wt = signature.args[0]
-        xt = signature.args[9]
-        i8, i32 = ir.IntType(8), ir.IntType(32)
-        v8 = ir.VectorType(i8, 32)
-        v32 = ir.VectorType(i32, 32)
-        code = _unpack_codes(context, builder, wt, wv, olo, slo, mlo, ohi, shi, mhi, shl, bs, 32)
-        xs = builder.sext(builder.load(_vec_ptr(context, builder, xt, xv, xo, v8), align=1), v32)
-        prod = builder.mul(builder.sext(code, v32), xs)
+        a0, a1 = args[11:]
+        i32 = ir.IntType(32)
+        prod = _code_products(context, builder, signature, args, 32)
         # scales: lanes 0..15 get s0, 16..31 get s1
         v16 = ir.VectorType(i32, 16)
         sa = _splat(builder, a0, 16, i32)
