@@ -33,7 +33,7 @@ import numpy as np
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
 from qpu_kernels.sgemm import check_result, random_operands
-from qpu_kernels.summation import emit_broadcast, emit_program_end
+from qpu_kernels.emit import emit_broadcast, emit_program_end
 
 N_QPUS = 8
 ROW = 64               # bytes of one 16-lane 32-bit load or store

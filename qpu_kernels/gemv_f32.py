@@ -27,7 +27,7 @@ from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
 from qpu_kernels.gemv_kernel import Scratch, base_address, write_tables
 from qpu_kernels.gemv_quant import REAL_SHAPES, QPUGemv, describe, run  # noqa: F401  (re-exported launcher)
-from qpu_kernels.summation import emit_broadcast, emit_program_end, emit_thread_id
+from qpu_kernels.emit import emit_broadcast, emit_program_end, emit_thread_id
 
 
 @qpu

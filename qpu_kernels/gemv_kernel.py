@@ -39,7 +39,7 @@ from pimoe.qpu.asm import language
 from qpu_kernels.gemv_sched import Op, emit
 from qpu_kernels.gemv_sched import schedule_best as schedule
 from qpu_kernels.qpu_layout import BLOCK, E1, M4, M8, LayoutSpec
-from qpu_kernels.summation import emit_broadcast, emit_program_end, emit_thread_id
+from qpu_kernels.emit import emit_broadcast, emit_program_end, emit_thread_id
 
 FIFO_DEPTH = 16          # TMU result FIFO entries of a thread in 1-thread-per-QPU mode
 MAX_THREADS = 8          # one thread per QPU

@@ -18,7 +18,7 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
-from qpu_kernels.summation import emit_program_end, emit_thread_id
+from qpu_kernels.emit import emit_program_end, emit_thread_id
 
 BLOCK_BYTES = 256
 THREAD_COUNTS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)

@@ -18,7 +18,7 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
-from qpu_kernels.summation import emit_program_end
+from qpu_kernels.emit import emit_program_end
 
 N_QPUS = 8          # one thread on each of the 8 QPUs (thread=8), as the published example
 ROW_BYTES = 256     # one vec4 store of 16 lanes

@@ -23,7 +23,7 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
-from qpu_kernels.summation import emit_broadcast, emit_program_end, emit_thread_id
+from qpu_kernels.emit import emit_broadcast, emit_program_end, emit_thread_id
 
 THREAD_COUNTS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
 PARAMS = 8  # words per thread in the parameter table (padded to 16)

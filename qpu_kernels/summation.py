@@ -9,8 +9,6 @@ FIFO even in 4-thread mode (16 entries / 4 threads).
 
     python -m qpu_kernels.summation          # checks every thread count against numpy in the emulator
 
-The small emitters every kernel here shares live in this file too: emit_thread_id, emit_broadcast and
-emit_program_end.
 """
 
 from __future__ import annotations
@@ -22,52 +20,10 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
+from qpu_kernels.emit import emit_program_end, emit_thread_id
 
 DEPTH = 4  # TMU loads in flight per thread
 THREAD_COUNTS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)  # 1..8 QPUs x 1 thread, 8 QPUs x 2 and x 4 threads
-
-
-def _imm_shift(n: int) -> int:
-    """A shift amount as a small immediate: shifts use the amount mod 32, and only -16..15 exist."""
-    return n if n < 16 else n - 32
-
-
-def thread_id_shift(threads: int) -> int:
-    """tidx = qpu << 2 | thread (the thread counted in quarters of the register file), so with 1, 2 or 4
-    threads per QPU, tidx >> 2, >> 1 or >> 0 numbers the threads densely."""
-    return 2 if threads <= 8 else (1 if threads <= 16 else 0)
-
-
-@qpu
-def emit_thread_id(asm, dst, threads: int) -> None:
-    """dst = this thread's index 0..threads-1 (bits 4:shift of tidx)."""
-    s = thread_id_shift(threads)
-    tidx(dst)
-    shl(dst, dst, _imm_shift(27))
-    shr(dst, dst, _imm_shift(27 + s))
-
-
-@qpu
-def emit_broadcast(asm, dst, vec, lane: int):
-    """dst = vec[lane] in every lane (rotate lane `lane` to lane 0 through r5rep, then read r5)."""
-    if lane == 0:
-        mov(r5rep, vec)
-    else:
-        rotate(r5rep, vec, -lane)
-    mov(dst, r5)
-
-
-@qpu
-def emit_program_end(asm) -> None:
-    """The end of a program: the last-thrsw pair, its delay slots, then the final thrsw and its slots."""
-    nop(sig=thrsw)
-    nop(sig=thrsw)
-    nop()
-    nop()
-    nop(sig=thrsw)
-    nop()
-    nop()
-    nop()
 
 
 @qpu

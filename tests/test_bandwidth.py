@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pimoe import bandwidth
+from pimoe.bench import bandwidth
 from pimoe.cli import main as cli_main
 from pimoe.errors import PimoeError
 

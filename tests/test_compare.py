@@ -212,14 +212,14 @@ def test_qpu_backend_reports_its_dispatches(cache_home):
 @pytest.mark.parametrize("qtype_name", ["Q8_0", "Q4_K"])
 def test_compare_and_kernel_benchmark_predict_the_same_dispatches_alike(qtype_name):
     """The same expert-layer dispatches (same emulator counts) get the same Pi 4 time from `pimoe compare`
-    (profiler hook -> predict_regions) as from the kernel benchmark (pimoe.qpu.kernelbench), which tells
+    (profiler hook -> predict_regions) as from the kernel benchmark (pimoe.bench.kernels), which tells
     the timing model to charge the kernels' ldtmu waits (waits="ldtmu"). Without it compare would
     under-charge them."""
     from gguf import GGMLQuantizationType as QT
 
     from pimoe import profile
     from pimoe.qpu import open_driver
-    from pimoe.qpu.kernelbench import expert_layer_predictions
+    from pimoe.bench.kernels import expert_layer_predictions
     from pimoe.qpu.timing import predict
 
     from qpu_kernels.expert_ffn import run_check

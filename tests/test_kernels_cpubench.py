@@ -1,4 +1,4 @@
-"""pimoe.cpubench: its napkin math, its recipe, and one small end-to-end run against llama.cpp."""
+"""pimoe.bench.cpu: its napkin math, its recipe, and one small end-to-end run against llama.cpp."""
 
 import argparse
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pimoe import cpubench
+from pimoe.bench import cpu as cpubench
 
 
 def test_more_bits_layers_follow_llama_quantize_rule():

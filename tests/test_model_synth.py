@@ -96,7 +96,7 @@ def test_tensor_types_key_naming_no_matrix_is_an_error(tmp_path):
 def test_q4_k_m_recipe_types(tmp_path):
     """cpubench's Q4_K_M recipe gives what llama-quantize's does: output.weight and attn_v / ffn_down_exps
     of the use_more_bits layers Q6_K, everything else (attn_output included) Q4_K."""
-    from pimoe import cpubench
+    from pimoe.bench import cpu as cpubench
 
     n = 8
     qtype, recipe = cpubench.model_recipe("Q4_K_M", n)

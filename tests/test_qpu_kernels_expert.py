@@ -144,7 +144,7 @@ def test_kernelbench_writes_a_new_record(tmp_path, capsys):
     import argparse
     import json
 
-    from pimoe.qpu import kernelbench
+    from pimoe.bench import kernels as kernelbench
 
     ap = argparse.ArgumentParser()
     kernelbench.add_arguments(ap)

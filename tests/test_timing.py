@@ -161,7 +161,7 @@ def test_bad_counters_raise_pimoe_error():
 def test_emulated_program_end_is_not_a_wait():
     """A real empty dispatch: its program-end thread switches must not be charged as memory waits."""
     from pimoe.qpu import EmuDriver, qpu
-    from qpu_kernels.summation import emit_program_end
+    from qpu_kernels.emit import emit_program_end
 
     @qpu
     def empty(asm):

@@ -1,4 +1,4 @@
-"""The timing model against py-videocore6's published Pi 4 figures (the calibration in pimoe/qpu/calibration).
+"""The timing model against py-videocore6's published Pi 4 figures (the calibration in pimoe/bench/calibration).
 
 Three parameters are fitted (read bandwidth <- summation, write bandwidth <- memset, wait latency <- sgemm);
 scopy is never fitted, and leave-one-out predicts each streaming kernel from bandwidths fitted on the others.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from pimoe.errors import PimoeError
-from pimoe.qpu import calibration as cal
-from pimoe.qpu.calibration import emulate
+from pimoe.bench import calibration as cal
+from pimoe.bench.calibration import emulate
 from pimoe.qpu.timing import PI4, predict
 
 TOLERANCE = 0.25   # the issue's bar: within +-25 % of each published figure
@@ -69,8 +69,8 @@ def test_emulation_reproduces_the_stored_counts(counts):
     fresh = emulate.emulate_all(progress=False)
     for k in cal.KERNELS:
         assert fresh[k]["counters"] == counts[k]["counters"], (
-            f"{k}: the emulator now counts differently from pimoe/qpu/calibration/counts.json; if the change is "
-            f"intended, run `python -m pimoe.qpu.calibration --write-counts` and update timing.PI4 to the new fit")
+            f"{k}: the emulator now counts differently from pimoe/bench/calibration/counts.json; if the change is "
+            f"intended, run `python -m pimoe.bench.calibration --write-counts` and update timing.PI4 to the new fit")
 
 
 @pytest.mark.parametrize("kernel", ["summation", "memset", "scopy", "sgemm"])
@@ -124,7 +124,7 @@ def test_extrapolation_rejects_counts_that_are_not_linear_in_the_trips():
 
 
 def test_regeneration_script_writes_a_new_record(tmp_path):
-    from pimoe.qpu.calibration.__main__ import main
+    from pimoe.bench.calibration.__main__ import main
 
     assert main(["--no-emulate", "--results", str(tmp_path)]) == 0
     files = sorted(p.suffix for p in tmp_path.iterdir())

@@ -99,7 +99,7 @@ for run in rec["runs"]:
 # they read back too soon after issuing them: the emulator bins every `ldtmu` by how many instructions
 # earlier its load was issued, and the model charges the rest of a memory round trip for the near ones
 # (`waits="ldtmu"`; the pipelined block loop issues its loads far enough ahead that almost none wait).
-# `pimoe.qpu.kernelbench.bench_expert_layer` does exactly that for one layer's expert step at a given
+# `pimoe.bench.kernels.bench_expert_layer` does exactly that for one layer's expert step at a given
 # shape, on random experts checked against numpy.
 #
 # To be sure it measures what the model runs, a small subclass of the qpu backend keeps the counters of
@@ -111,7 +111,7 @@ from gguf import GGMLQuantizationType
 
 from pimoe.backends import register_backend
 from pimoe.backends.qpu import QPUBackend
-from pimoe.qpu.kernelbench import bench_expert_layer
+from pimoe.bench.kernels import bench_expert_layer
 from pimoe.qpu.timing import PREDICTED_LABEL
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pimoe import bandwidth, profile
+from pimoe import profile
+from pimoe.bench import bandwidth
 from pimoe.records import environment, read_record, write_record
 
 OUT = Path(tempfile.mkdtemp(prefix="pimoe-nb03-"))
@@ -39,7 +40,7 @@ print(f"this machine: {env['cpu']}, {env['cpu_count']} CPUs, load average {env['
 # %% [markdown]
 # ## 1. CPU: read, copy, triad over sizes and threads (measured here)
 #
-# `pimoe.bandwidth.cpu_bandwidth` runs compiled (numba) loops that touch every byte once: `read` sums an
+# `pimoe.bench.bandwidth.cpu_bandwidth` runs compiled (numba) loops that touch every byte once: `read` sums an
 # array (bytes = n), `copy` writes it to another (2n, the STREAM convention), `triad` computes
 # `a = b + s*c` (3n). Small sizes live in the caches, large ones measure DRAM. Each point is the median of
 # a few timings of at least 20 ms. This machine is shared (see the load average above): figures with more
@@ -81,7 +82,7 @@ assert 0.1 < pimoe_copy / numpy_copy < 10
 # %% [markdown]
 # ## 2. QPU: the streaming kernels in the emulator, Pi 4 time predicted
 #
-# `pimoe.bandwidth.qpu_bandwidth` runs `qpu_kernels/summation.py` (read), `memcpy.py` (copy) and `memset.py`
+# `pimoe.bench.bandwidth.qpu_bandwidth` runs `qpu_kernels/summation.py` (read), `memcpy.py` (copy) and `memset.py`
 # (write); each run is checked against numpy inside the kernel's `run`. With no GPU here the time is the
 # timing model's **prediction** for a Pi 4 from the emulator's exact counts (`source: predicted`). The
 # summation also runs on 1..8 QPUs and with 2 and 4 threads per QPU (16, 32 batches): threads are how a
@@ -224,14 +225,14 @@ print("formats past the QPU's ridge (compute bound there even at peak):", beyond
 assert beyond == ["Q2_K"]
 
 # %% [markdown]
-# **The qpu backend's kernels on the roofline.** `pimoe.qpu.kernelbench.bench_gemv` runs one of the qpu
+# **The qpu backend's kernels on the roofline.** `pimoe.bench.kernels.bench_gemv` runs one of the qpu
 # backend's GEMV kernels in the emulator on an expert matrix of Qwen3-30B-A3B's shape (768 x 2048, gate/up),
 # checks it against numpy, and predicts its Pi 4 time. Its intensity is the FLOPs over the bytes the kernel
 # really reads: the backend's QPU layout stores each format with its own bits per weight (printed), which
 # is not always the file's. With 4 tokens sharing the weights (a prompt), each byte feeds 4x the FLOPs.
 
 # %%
-from pimoe.qpu.kernelbench import bench_gemv
+from pimoe.bench.kernels import bench_gemv
 
 kernel_pts = []
 for name in ("F32", "Q8_0", "Q4_K"):
@@ -305,7 +306,7 @@ plt.show()
 
 # %%
 from pimoe.commands.info import read_per_token
-from pimoe.cpubench import weight_bytes_per_token
+from pimoe.bench.cpu import weight_bytes_per_token
 from pimoe.gguf_file import GGUFFile
 from pimoe.synth import make_model
 
@@ -319,7 +320,7 @@ for preset, label in (("qwen3-30b-a3b", "Qwen3-30B-A3B"), ("olmoe-1b-7b", "OLMoE
         groups = read_per_token(GGUFFile(path))
         experts = groups["experts (routed)"]["active_bytes"]
         rest = sum(g["active_bytes"] for name, g in groups.items() if name != "experts (routed)")
-        # independent count of the same bytes (pimoe.cpubench's own accounting)
+        # independent count of the same bytes (pimoe.bench.cpu's own accounting)
         other = weight_bytes_per_token(path)
         assert abs(other["expert_bytes_per_token"] - experts) < 1 and abs(other["dense_bytes_per_token"] - rest) < 1
         total = experts + rest

@@ -339,7 +339,7 @@ assert cnt.tmu_read_bytes == 2 * 4 * 192 * 64
 # times are predictions from the emulator's counts.
 
 # %%
-from pimoe.qpu.kernelbench import bench_gemv
+from pimoe.bench.kernels import bench_gemv
 import gguf
 
 ROWS, COLS = 768, 2048

@@ -1,6 +1,6 @@
 """`pimoe bandwidth`: CPU read/copy/triad over sizes and 1..N threads, the QPU streaming kernels
 (measured on a Pi 4's GPU, else predicted for a Pi 4 from the emulator's counts), CPU + QPU at once.
-Writes a results record (JSON + CSV) under results/. See pimoe/bandwidth.py for what each kernel does."""
+Writes a results record (JSON + CSV) under results/. See pimoe/bench/bandwidth.py for what each kernel does."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from pimoe import bandwidth, profile
+    from pimoe import profile
+    from pimoe.bench import bandwidth
     from pimoe.errors import PimoeError
     from pimoe.records import environment, write_record
 

@@ -11,9 +11,9 @@ HELP = "microbenchmarks: the QPU emulator's speed, the CPU kernels against llama
 
 # target name -> (module, one-line help)
 TARGETS: dict[str, tuple[str, str]] = {
-    "emulator": ("pimoe.qpu.bench", "QPU emulator: instructions emulated per second"),
-    "kernels": ("pimoe.qpu.kernelbench", "QPU expert kernels: instructions/weight, bytes/token, predicted Pi 4 GB/s"),
-    "cpu": ("pimoe.cpubench", "CPU kernels vs llama.cpp: decode/prompt t/s, GB/s, GEMV microbench"),
+    "emulator": ("pimoe.bench.emulator", "QPU emulator: instructions emulated per second"),
+    "kernels": ("pimoe.bench.kernels", "QPU expert kernels: instructions/weight, bytes/token, predicted Pi 4 GB/s"),
+    "cpu": ("pimoe.bench.cpu", "CPU kernels vs llama.cpp: decode/prompt t/s, GB/s, GEMV microbench"),
 }
 
 

@@ -31,7 +31,7 @@ Why a thrsw with loads in flight counts as one round trip even with 1 thread per
 then gives L = 167 cycles (2 thrsw per k step); counting only one wait per k step would need L = 335
 cycles, but the summation streams 7.24 GB/s with 8 loads in flight per QPU, which by Little's law allows
 at most 283 cycles. Only the first reading fits both published figures. (The record written by
-`python -m pimoe.qpu.calibration` repeats this check.)
+`python -m pimoe.bench.calibration` repeats this check.)
 
 Bytes are the bytes the lanes asked for (EmuCounters tmu_read_bytes / tmu_write_bytes, plus 4 bytes per
 uniform read, since a kernel may stream data through the uniform stream). The model has no
@@ -41,8 +41,8 @@ absorbed into L (it is fitted on that kernel). A caller that knows its DRAM traf
 QPU re-reads from cache) passes predict(dram_read_bytes=...).
 
 Parameters come from published facts, or are fitted to py-videocore6's published Pi 4 measurements by
-pimoe.qpu.calibration (`python -m pimoe.qpu.calibration`); tests/test_timing_calibration.py checks that
-the values below are what that fit gives from the counts stored in pimoe/qpu/calibration/counts.json.
+pimoe.bench.calibration (`python -m pimoe.bench.calibration`); tests/test_timing_calibration.py checks that
+the values below are what that fit gives from the counts stored in pimoe/bench/calibration/counts.json.
 
 The Pi 4 CPU model lives in pimoe.cpumodel and is re-exported here (predict_cpu, predict_decode_step).
 """
@@ -76,7 +76,7 @@ class QPUTimingParams:
     # eight-depth TMU read request queue") and is its fastest read kernel.
     tmu_queue_depth: int = 8
     # memory round trip seen by a waiting thread, in V3D cycles: FITTED to the sgemm figure (0.5546 s
-    # for 1024^3 on 8 QPUs x 1 thread, 2 waits per k step). See pimoe/qpu/calibration.
+    # for 1024^3 on 8 QPUs x 1 thread, 2 waits per k step). See pimoe/bench/calibration.
     wait_latency_cycles: float = 167.5
     # TMU/DRAM ceilings in bytes/s: read FITTED to summation (7241 MB/s), write FITTED to memset
     # (3751 MB/s); scopy (2424 MB/s, reads + writes) is predicted from these two, not fitted.

@@ -51,7 +51,7 @@ def _cpu_kernels():
     if _kernels is None:
         from numba import njit, prange
 
-        from pimoe.cpubench import _numba_read_kernel
+        from pimoe.bench.cpu import _numba_read_kernel
 
         @njit(cache=True, parallel=True)
         def copy(a, b):        # a, b f32 [rows, cols]: b = a

@@ -13,8 +13,8 @@ stated assumptions (see QPUTimingParams):
 checked on the rest: scopy (reads + writes: never fitted), plus leave-one-out over the three
 streaming kernels (fit the two bandwidths from any two, predict the third).
 
-    python -m pimoe.qpu.calibration            # re-emulate, refit, write results/calibration-<time>.{json,png,svg}
-    python -m pimoe.qpu.calibration --no-emulate   # refit from the stored counts.json
+    python -m pimoe.bench.calibration            # re-emulate, refit, write results/calibration-<time>.{json,png,svg}
+    python -m pimoe.bench.calibration --no-emulate   # refit from the stored counts.json
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def load_published() -> dict:
 def load_counts(path: Path | str = COUNTS_PATH) -> dict:
     path = Path(path)
     if not path.exists():
-        raise PimoeError(f"{path}: no stored calibration counts; run `python -m pimoe.qpu.calibration`")
+        raise PimoeError(f"{path}: no stored calibration counts; run `python -m pimoe.bench.calibration`")
     return json.loads(path.read_text())
 
 

@@ -258,7 +258,7 @@ def _run_worker(engine: str, path: Path, threads: int, prompt: list[int], n_deco
             "reps": reps, "logits_out": os.path.join(tmpdir, f"{engine}.npy")}
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, "-m", "pimoe.cpubench", "--worker", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "pimoe.bench.cpu", "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"engine": engine, "error": (proc.stderr or proc.stdout).strip().splitlines()[-5:]}
@@ -412,7 +412,7 @@ def _new_record_path(results: Path) -> Path:
 
 
 def _command_args() -> list[str]:
-    """The options this run was given, whether started as `pimoe bench cpu …` or `python -m pimoe.cpubench …`."""
+    """The options this run was given, whether started as `pimoe bench cpu …` or `python -m pimoe.bench.cpu …`."""
     if sys.argv[1:3] == ["bench", "cpu"]:
         return sys.argv[3:]
     if sys.argv and sys.argv[0].endswith("cpubench.py"):
@@ -476,6 +476,6 @@ if __name__ == "__main__":
     else:
         import argparse
 
-        parser = argparse.ArgumentParser(prog="python -m pimoe.cpubench", description=HELP)
+        parser = argparse.ArgumentParser(prog="python -m pimoe.bench.cpu", description=HELP)
         add_arguments(parser)
         sys.exit(main(parser.parse_args()))

@@ -1,8 +1,8 @@
 """Regenerate the QPU timing calibration: emulate, refit, and record predicted vs published.
 
-    python -m pimoe.qpu.calibration                 # re-emulate the kernels (seconds), refit, write results
-    python -m pimoe.qpu.calibration --no-emulate    # refit from pimoe/qpu/calibration/counts.json
-    python -m pimoe.qpu.calibration --write-counts  # also store the fresh counts in counts.json
+    python -m pimoe.bench.calibration                 # re-emulate the kernels (seconds), refit, write results
+    python -m pimoe.bench.calibration --no-emulate    # refit from pimoe/bench/calibration/counts.json
+    python -m pimoe.bench.calibration --write-counts  # also store the fresh counts in counts.json
 
 Writes results/calibration-<UTC time>.json (parameters, table, leave-one-out, counts) and .png/.svg (the
 plot of predicted vs published), never overwriting an earlier record.
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from pimoe.qpu import timing
-from pimoe.qpu.calibration import (COUNTS_PATH, FITTED, compare, fit, leave_one_out, load_counts,
+from pimoe.bench.calibration import (COUNTS_PATH, FITTED, compare, fit, leave_one_out, load_counts,
                                    load_published)
 
 REPO = Path(__file__).resolve().parents[3]
@@ -88,7 +88,7 @@ def _latency_bound(counts: dict, published: dict, params) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pimoe.qpu.calibration", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pimoe.bench.calibration", description=__doc__.split("\n")[0])
     ap.add_argument("--no-emulate", action="store_true", help="use the stored counts.json")
     ap.add_argument("--write-counts", action="store_true", help="store the freshly emulated counts in counts.json")
     ap.add_argument("--results", default=str(REPO / "results"), help="directory for the record and plot")
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     if args.no_emulate:
         counts = load_counts()
     else:
-        from pimoe.qpu.calibration.emulate import emulate_all
+        from pimoe.bench.calibration.emulate import emulate_all
 
         counts = emulate_all()
         if args.write_counts:

@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
 
 def _alu_loop_kernel():
     from pimoe.qpu.asm import qpu
-    from qpu_kernels.summation import emit_program_end
+    from qpu_kernels.emit import emit_program_end
 
     @qpu
     def alu_loop(asm):

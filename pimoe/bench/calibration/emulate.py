@@ -81,7 +81,7 @@ def emulate_all(progress: bool = True) -> dict[str, dict[str, object]]:
     from qpu_kernels import calibration as ck
     from qpu_kernels import memset as mk
     from pimoe.qpu.emulator import EmuDriver
-    from pimoe.qpu.calibration import load_published
+    from pimoe.bench.calibration import load_published
 
     pub = load_published()["kernels"]
     result: dict[str, dict[str, object]] = {}
