@@ -240,3 +240,18 @@ def test_qpu_backend_logits_through_virtual_equal_emu(tiny_model):
     with load_model(path, backend="qpu", qpu="emu", threads=4) as me:
         le = me.logits(tokens)
     assert np.array_equal(lv, le)
+
+
+def test_doctor_virtual_passes_and_doctor_says_what_is_missing_off_a_pi(capsys):
+    from pimoe.cli import main
+    from pimoe.qpu.driver import hardware_available
+
+    assert main(["doctor", "--qpu", "virtual", "--stream-mb", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "[ok     ] V3D identity (GET_PARAM): V3D 4.2, 2 slices x 4 QPUs" in out
+    assert "[ok     ] self-test kernel" in out and "predicted" in out and "MISSING" not in out
+    if hardware_available()[0]:
+        return
+    assert main(["doctor", "--stream-mb", "0.3"]) == 1
+    out = capsys.readouterr().out
+    assert "[MISSING] render node" in out and "fix:" in out and "does not work here" in out
