@@ -39,7 +39,13 @@ import numpy as np
 from pimoe import profile
 from pimoe.errors import PimoeError
 
-SHAPES = ("qwen3-30b-a3b", "olmoe-1b-7b")
+def _shapes() -> tuple[str, ...]:
+    from pimoe.synth import PRESETS
+
+    return tuple(PRESETS)
+
+
+SHAPES = _shapes()      # every real-shape preset of `pimoe make-model`
 PI4_CPU_THREADS = 4
 TOP_REGIONS = ("embedding", "attention", "router", "experts", "shared_expert", "output_head", "sampling")
 
