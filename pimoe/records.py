@@ -5,7 +5,10 @@
                                                results_dir="results", kind="compare", table=rows)
     rec = records.read_record(json_path)
 
-Names are results/<kind>-YYYYMMDD-HHMMSS[-N].json (UTC). The file is created with O_EXCL ('x' mode), so a
+Every record has `schema`, `kind`, `command` (the command line that made it) and `environment`; CSV cells
+that hold lists or dicts are JSON text (pimoe.output.csv_cell), never Python reprs.
+
+Names are results/<kind>-YYYYMMDD-HHMMSS[-N].json (UTC), for every kind. The file is created with O_EXCL ('x' mode), so a
 second run in the same second gets the next free suffix instead of replacing the first one's record;
 the CSV takes the same stem. Plots and notebooks read these records and never recompute them.
 """
@@ -17,6 +20,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -148,6 +152,19 @@ def environment(backend: str | None = None, model=None, threads: int | None = No
 
 # -- writing and reading ---------------------------------------------------------------------------------
 
+def command_line() -> str:
+    """The command that is running, as a person would type it: 'pimoe compare -p 4', 'python -m
+    pimoe.bench.calibration --no-emulate'."""
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    if len(sys.argv) >= 1 and Path(sys.argv[0]).name == "pimoe":
+        return " ".join(["pimoe", *sys.argv[1:]])
+    if "-m" in argv[1:]:
+        i = argv.index("-m", 1)
+        mod = argv[i + 1] if i + 1 < len(argv) else ""
+        return " ".join(["pimoe" if mod == "pimoe" else f"python -m {mod}", *argv[i + 2:]])
+    return " ".join(["python", *argv[1:]])
+
+
 def _create_exclusive(results_dir: Path, stem: str, ext: str):
     """Open results_dir/stem[-N].ext for writing, never an existing file. Returns (path, handle)."""
     n = 0
@@ -182,7 +199,10 @@ def write_record(record: dict, results_dir="results", kind: str | None = None,
                  table: list[dict] | None = None) -> tuple[Path, Path | None]:
     """Write record (plus `table` rows as CSV) under results_dir with a new timestamped name.
 
-    Returns (json path, csv path or None). The record gains 'schema', 'kind' and 'record_file'."""
+    Returns (json path, csv path or None). The record gains 'schema', 'kind' and 'record_file', and
+    'command' and 'environment' when it has none."""
+    from pimoe.output import csv_cell
+
     results_dir = Path(results_dir)
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +214,9 @@ def write_record(record: dict, results_dir="results", kind: str | None = None,
     csv_path = None
     with fh:
         rec = dict(record, schema=SCHEMA, kind=kind, record_file=path.name)
+        rec.setdefault("command", command_line())
+        if "environment" not in rec:
+            rec["environment"] = environment()
         if table:
             rec["table"] = table
             csv_path, cfh = _create_exclusive(results_dir, path.stem, "csv")
@@ -204,7 +227,7 @@ def write_record(record: dict, results_dir="results", kind: str | None = None,
                 w = csv.DictWriter(cfh, fieldnames=columns)
                 w.writeheader()
                 for row in table:
-                    w.writerow({k: _jsonable(v) for k, v in row.items()})
+                    w.writerow({k: csv_cell(v) for k, v in row.items()})
             rec["table_csv"] = csv_path.name
         json.dump(_jsonable(rec), fh, indent=1)
         fh.write("\n")

@@ -132,3 +132,6 @@ def test_regeneration_script_writes_a_new_record(tmp_path):
     rec = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert {r["kernel"] for r in rec["table"]} == set(cal.KERNELS)
     assert all("predicted" in r["label"] for r in rec["table"])
+    # one schema for every record: schema, kind, command, environment; the name every kind has
+    assert rec["schema"] >= 1 and rec["kind"] == "calibration" and rec["command"]
+    assert rec["environment"]["versions"]["gguf"] and next(tmp_path.glob("calibration-????????-??????.json"))

@@ -400,17 +400,6 @@ def _table(records: list[dict], threads: int) -> str:
     return "\n".join(lines)
 
 
-def _new_record_path(results: Path) -> Path:
-    results.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    path = results / f"cpu-bench-{stamp}.json"
-    n = 1
-    while path.exists():
-        path = results / f"cpu-bench-{stamp}-{n}.json"
-        n += 1
-    return path
-
-
 def _command_args() -> list[str]:
     """The options this run was given, whether started as `pimoe bench cpu …` or `python -m pimoe.bench.cpu …`."""
     if sys.argv[1:3] == ["bench", "cpu"]:
@@ -464,8 +453,9 @@ def main(args) -> int:
         if record["models"]:
             print()
             print(_table(record["models"], args.threads))
-    out = _new_record_path(args.results)
-    out.write_text(json.dumps(record, indent=1))
+    from pimoe.records import write_record
+
+    out, _ = write_record(record, args.results, "cpu-bench")      # schema, kind, the same naming as every record
     print(f"\nrecord written: {out}")
     return 0
 

@@ -106,12 +106,9 @@ def main(argv=None) -> int:
     params = fit(counts, published)
     rows = compare(counts, published, params)
     loo = leave_one_out(counts, published)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    base = out / f"calibration-{stamp}"
-    if base.with_suffix(".json").exists():
-        raise SystemExit(f"{base}.json exists; not overwriting")
+    from pimoe.records import write_record
+
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     record = {
         "what": "pimoe QPU timing model (pimoe.qpu.timing) calibrated against py-videocore6's published Pi 4 "
                 "figures; all model times are PREDICTED, the published ones are measurements by Idein",
@@ -125,7 +122,9 @@ def main(argv=None) -> int:
         "published_source": published["source"],
         "counts": counts,
     }
-    base.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    # one naming scheme and schema for every record: results/calibration-YYYYMMDD-HHMMSS.json
+    path, _ = write_record(record, args.results, "calibration")
+    base = path.with_suffix("")
     plot(rows, loo, base.with_suffix(".png"), base.with_suffix(".svg"))
     print(f"QPU timing model calibration ({rows[0]['label']})")
     for name, kernel in FITTED.items():
