@@ -216,3 +216,18 @@ def test_compare_takes_every_real_preset_as_shape():
     for name in PRESETS:
         assert parser.parse_args(["compare", "--shape", name]).shape == name
         assert parser.parse_args(["compare", "--preset", name]).shape == name      # make-model's spelling
+
+
+def test_run_small_context_says_how_many_tokens_it_generates(models, capsys):
+    # the cache holds the prompt and each generated token but the last: -c N leaves N - prompt + 1 tokens,
+    # and the warning says the number that is then generated
+    from pimoe.gguf_file import GGUFFile
+    from pimoe.tokenizer import Tokenizer
+
+    f = GGUFFile(models["qwen3moe"])
+    n_prompt = len(Tokenizer.from_gguf_metadata(f.metadata, str(f.path)).encode("Once upon a time"))
+    ctx = n_prompt + 1
+    rc, out, err = _run(capsys, ["run", "-m", str(models["qwen3moe"]), "-c", str(ctx), "-n", "16", "-t", "1"])
+    assert rc == 0
+    assert f"leaves room for 2 of the 16 requested tokens" in err
+    assert "generation: 2 tokens" in err

@@ -38,6 +38,8 @@ def add_arguments(parser) -> None:
                         help="wrap the prompt as a user message with the model's chat template")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the untimed warm-up pass (then the first timings include JIT compilation)")
+    parser.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                        help="CPU threads (default: all numba threads), as on compare and bench")
     parser.add_argument("-c", "--ctx", type=int, default=None, metavar="N",
                         help="context length (KV cache size); default: the model's, at most 4096")
 
@@ -99,6 +101,12 @@ def main(args) -> int:
         if not path.exists():
             raise PimoeError(f"{path}: no such model file")
 
+    if args.threads is not None:
+        import numba
+
+        if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
+            raise PimoeError(f"--threads must be 1..{numba.config.NUMBA_NUM_THREADS}, got {args.threads}")
+        numba.set_num_threads(args.threads)
     t_load = time.perf_counter()
     backend_opts = {"qpu": args.qpu} if args.backend == "qpu" else {}
     model = pimoe.load_model(path, backend=args.backend, n_ctx=args.ctx, **backend_opts)
@@ -119,12 +127,15 @@ def main(args) -> int:
         ids = tok.encode(args.prompt)
     if not ids:
         raise PimoeError("the prompt is empty: it gives no tokens to start from")
-    if len(ids) + args.n_predict > model.n_ctx:
-        if len(ids) >= model.n_ctx:
+    # The cache holds the prompt and every generated token that is fed back, i.e. all but the last one:
+    # a context of n_ctx positions generates up to n_ctx - len(prompt) + 1 tokens (as Model.generate does).
+    room = model.n_ctx - len(ids) + 1
+    if args.n_predict > room:
+        if len(ids) > model.n_ctx:
             raise PimoeError(f"the prompt is {len(ids)} tokens but the context holds {model.n_ctx} "
                              f"(model {model.config.context_length}); shorten the prompt or raise --ctx")
-        _note(f"pimoe: the context ({model.n_ctx}) leaves room for {model.n_ctx - len(ids)} of the "
-              f"{args.n_predict} requested tokens")
+        _note(f"pimoe: the context ({model.n_ctx} positions, prompt {len(ids)}) leaves room for {room} of the "
+              f"{args.n_predict} requested tokens (the last generated token needs no position)")
 
     cfg = model.config
     _note(f"pimoe: {path.name}: {cfg.arch}, {cfg.n_layers} layers, {cfg.n_experts} experts "
