@@ -8,6 +8,7 @@ compare record   -> breakdown.png  per-decode-token time by region, each backend
                     tokens.png     tg t/s per backend: measured here, Pi 4 predicted (and scaled to the full
                                    model when the run had fewer layers)
                     experts.png    expert-usage heatmap (layer x expert, counts of routed tokens)
+headline record  -> <stem>.png    predicted Pi 4 t/s per model and mix, CPU only vs QPU (vs hybrid), linear
 either / both    -> roofline.png   arithmetic intensity (FLOP per weight byte) vs GFLOP/s with the Pi 4
                                    ceilings (CPU decode bandwidth and fp32 peak, QPU read bandwidth and peak):
                                    each region and the whole token (predicted Pi 4), the QPU kernels
@@ -26,7 +27,7 @@ from pimoe.records import read_record
 REGION_ORDER = ("embedding", "attention", "router", "experts", "upload", "dispatch", "compute", "readback",
                 "shared_expert", "output_head", "sampling", "other")
 COLORS = {"embedding": "#8c564b", "attention": "#1f77b4", "router": "#9467bd", "experts": "#2ca02c",
-          "upload": "#98df8a", "dispatch": "#bcbd22", "compute": "#2ca02c", "readback": "#17becf",
+          "upload": "#98df8a", "dispatch": "#bcbd22", "compute": "#d62728", "readback": "#17becf",
           "shared_expert": "#e377c2", "output_head": "#ff7f0e", "sampling": "#7f7f7f", "other": "#c7c7c7"}
 
 
@@ -58,7 +59,10 @@ def _stem(rec: dict) -> str:
 # -- bandwidth -------------------------------------------------------------------------------------------
 
 def plot_bandwidth(rec: dict, out_dir: Path) -> list[Path]:
-    fig, ax = _subplots(figsize=(8, 5))
+    """Left: this machine's CPU, measured. Right: a Pi 4 - the QPU streaming kernels (predicted from the
+    emulator's counts unless measured on one), next to the Pi 4 CPU's published figures as reference
+    lines and the DRAM peak. The two machines are never drawn on one axis."""
+    fig, (ax, bx) = _subplots(1, 2, figsize=(13, 5))
     cpu = [r for r in rec.get("cpu", []) if r.get("GBps")]
     groups: dict[tuple, list] = {}
     for r in cpu:
@@ -67,9 +71,11 @@ def plot_bandwidth(rec: dict, out_dir: Path) -> list[Path]:
     for (kernel, threads), rows in sorted(groups.items()):
         rows.sort(key=lambda r: r["bytes"])
         ax.plot([r["bytes"] for r in rows], [r.get("GBps_best") or r["GBps"] for r in rows],
-                marker=markers.get(kernel, "o"),
-                label=f"CPU {kernel}, {threads} thread{'s' if threads > 1 else ''} (measured here, best of "
-                      f"{rec.get('settings', {}).get('reps', '?')})")
+                marker=markers.get(kernel, "o"), label=f"{kernel}, {threads} thread{'s' if threads > 1 else ''}")
+    env = rec.get("environment", {})
+    load = env.get("load_average") or [float("nan")]
+    ax.set_title(f"this machine's CPU, MEASURED (best of {rec.get('settings', {}).get('reps', '?')}):\n"
+                 f"{env.get('cpu', '?')}, {env.get('cpu_count', '?')} CPUs, load {load[0]:.1f}", fontsize=9)
     qgroups: dict[tuple, list] = {}
     for r in rec.get("qpu", []):
         if r.get("GBps"):
@@ -77,27 +83,29 @@ def plot_bandwidth(rec: dict, out_dir: Path) -> list[Path]:
     for (kernel, threads), rows in sorted(qgroups.items()):
         rows.sort(key=lambda r: r["bytes"])
         src = rows[0]["source"]
-        ax.plot([r["bytes"] for r in rows], [r["GBps"] for r in rows], "--" if src == "predicted" else "-",
+        bx.plot([r["bytes"] for r in rows], [r["GBps"] for r in rows], "--" if src == "predicted" else "-",
                 marker="D", mfc="none" if src == "predicted" else None,
-                label=f"QPU {kernel}, {threads} threads ({'PREDICTED Pi 4' if src == 'predicted' else 'measured Pi 4'})")
+                label=f"QPU {kernel}, {threads} threads ({'PREDICTED' if src == 'predicted' else 'measured'})")
+    ceil = rec.get("pi4_ceilings") or {}
+    for key, text, style in (("cpu_stream_copy_GBps", "Pi 4 CPU STREAM copy, 1 thread (published)", "-"),
+                             ("cpu_decode_GBps", "Pi 4 CPU in llama.cpp decode (published t/s x bytes)", "--"),
+                             ("dram_peak_GBps", "Pi 4 DRAM peak (paper)", "-.")):
+        if ceil.get(key):
+            bx.axhline(ceil[key], color="#1f77b4" if "cpu" in key else "r", ls=style, lw=1.2,
+                       label=f"{text}: {ceil[key]:.2f} GB/s")
     for r in rec.get("concurrent", []):
         if r.get("GBps"):
-            ax.axhline(r["GBps"], color="k", ls=":", lw=1)
-            ax.text(1 << 15, r["GBps"], f" Pi 4 CPU+QPU {r['source']}: {r['GBps']:.1f} GB/s", va="top", fontsize=8)
-    ceil = rec.get("pi4_ceilings") or {}
-    if ceil.get("dram_peak_GBps"):
-        ax.axhline(ceil["dram_peak_GBps"], color="r", ls="-.", lw=1)
-        ax.text(1 << 15, ceil["dram_peak_GBps"], " Pi 4 DRAM peak (paper)", color="r", va="bottom", fontsize=8)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("bytes per array")
-    ax.set_ylabel("GB/s")
-    env = rec.get("environment", {})
-    load = env.get("load_average") or [float("nan")]
-    ax.set_title(f"Memory bandwidth — CPU measured on {env.get('cpu', '?')} ({env.get('cpu_count', '?')} CPUs, "
-                 f"load {load[0]:.1f}); QPU: Pi 4 predicted from emulator counts", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(True, which="both", alpha=0.3)
+            bx.axhline(r["GBps"], color="k", ls=":", lw=1, label=f"CPU + QPU at once, {r['source']}: {r['GBps']:.1f} GB/s")
+    bx.set_title("Raspberry Pi 4: QPU PREDICTED from emulator counts (hollow, dashed),\n"
+                 "Pi 4 CPU published figures as reference lines", fontsize=9)
+    for a in (ax, bx):
+        a.set_xscale("log", base=2)
+        a.set_xlabel("bytes per array / per kernel run")
+        a.set_ylabel("GB/s")
+        a.set_ylim(bottom=0)
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=7, loc="best")
+    fig.tight_layout()
     return _save(fig, out_dir, _stem(rec) + "-bandwidth")
 
 
@@ -194,19 +202,28 @@ def plot_breakdown(rec: dict, out_dir: Path) -> list[Path]:
 
 
 def plot_tokens(rec: dict, out_dir: Path) -> list[Path]:
+    """Decode t/s per backend on linear axes, in two panels that are never mixed: measured on this machine
+    (left) and predicted for a Pi 4 (right; the full model when the run had fewer layers)."""
     rows = [r for r in rec.get("table", []) if str(r.get("test", "")).startswith("tg")]
-    fig, ax = _subplots(figsize=(8, 0.8 + 0.45 * max(1, len(rows))))
-    for i, r in enumerate(rows):
-        pred = "predicted" in r["source"]
-        ax.barh(i, r["tps_mean"], xerr=r.get("tps_sd") or None, color="#ff7f0e" if pred else "#1f77b4",
-                hatch="//" if pred else None, edgecolor="k", lw=0.5)
-        ax.text(r["tps_mean"], i, f" {r['tps_mean']:.3g}", va="center", fontsize=8)
-    ax.set_yticks(range(len(rows)), [f"{r['backend']} {r['test']} [{r['source']}]" for r in rows], fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("decode tokens/s (log)")
-    ax.set_title(f"Tokens/s, measured (blue) and Pi 4 predicted (orange, hatched) — {rec['model']['file']}",
-                 fontsize=9)
-    ax.grid(True, axis="x", alpha=0.3)
+    measured = [r for r in rows if "predicted" not in r["source"]]
+    predicted = [r for r in rows if "predicted" in r["source"]]
+    if any("scaled" in r["source"] for r in predicted):      # the answer is the full model's figure
+        predicted = [r for r in predicted if "scaled" in r["source"]]
+    fig, axes = _subplots(1, 2, figsize=(11, 1.4 + 0.45 * max(len(measured), len(predicted), 1)), squeeze=False)
+    for ax, part, color, title in ((axes[0][0], measured, "#1f77b4", "measured on this machine"),
+                                   (axes[0][1], predicted, "#ff7f0e", "Raspberry Pi 4, PREDICTED")):
+        for i, r in enumerate(part):
+            ax.barh(i, r["tps_mean"], xerr=r.get("tps_sd") or None, color=color,
+                    hatch="//" if part is predicted else None, edgecolor="k", lw=0.5)
+            ax.text(r["tps_mean"], i, f" {r['tps_mean']:.3g}", va="center", fontsize=9)
+        ax.set_yticks(range(len(part)), [f"{r['backend']} {r['test']}" for r in part], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max([r["tps_mean"] for r in part] or [1]) * 1.25)
+        ax.set_xlabel("decode tokens/s")
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(f"Decode tokens/s — {rec['model']['file']}", fontsize=10)
+    fig.tight_layout()
     return _save(fig, out_dir, _stem(rec) + "-tokens")
 
 
@@ -217,9 +234,10 @@ def plot_experts(rec: dict, out_dir: Path) -> list[Path]:
     ax.set_xlabel("expert")
     ax.set_ylabel("layer")
     ax.set_yticks(range(usage.shape[0]))
-    fig.colorbar(im, ax=ax, label="tokens routed (all prompt + decode tokens, all repetitions)")
-    ax.set_title(f"Expert usage — {rec['model']['file']} (routing record, backend {rec['runs'][0]['backend']})",
-                 fontsize=9)
+    fig.colorbar(im, ax=ax, label="tokens routed\n(prompt + decode, all reps)")
+    ax.set_title(f"Expert usage (tokens routed)\n{rec['model']['file']}, backend {rec['runs'][0]['backend']}",
+                 fontsize=9, wrap=True)
+    fig.tight_layout()
     return _save(fig, out_dir, _stem(rec) + "-experts")
 
 
@@ -269,18 +287,76 @@ def plot_roofline(compare_rec: dict | None, bandwidth_rec: dict | None, out_dir:
                     label=f"{name}: {ceil[bw_key]:.2f} GB/s, {ceil[peak_key]:.1f} GFLOP/s")
     if ceil.get("dram_peak_GBps"):
         ax.plot(x, x * ceil["dram_peak_GBps"], "r:", lw=1, label=f"DRAM peak {ceil['dram_peak_GBps']} GB/s (paper)")
+    colors = {}
     for p in pts:
+        c = colors.setdefault(p["label"].split(":")[0], f"C{len(colors) + 2}")
         ax.plot(p["intensity"], p["gflops"], "*" if p.get("token") else "o", ms=11 if p.get("token") else 7,
-                mfc="none" if "predicted" in p["source"] else None, label=f"{p['label']} ({p['source']})")
+                color=c, mfc="none" if "predicted" in p["source"] else c)
+        ax.annotate(p["label"], (p["intensity"], p["gflops"]), textcoords="offset points", xytext=(5, 3),
+                    fontsize=6, color=c)
+    all_pred = bool(pts) and all("predicted" in p["source"] for p in pts)
+    from matplotlib.lines import Line2D
+
+    kinds = [Line2D([], [], marker="o", ls="", color="k", mfc="none", label="region (predicted Pi 4)"),
+             Line2D([], [], marker="*", ls="", ms=10, color="k", mfc="none", label="whole token (predicted Pi 4)")]
+    if not all_pred:
+        kinds.append(Line2D([], [], marker="o", ls="", color="k", label="measured on a Pi 4 (filled)"))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP per weight byte read)")
     ax.set_ylabel("GFLOP/s")
-    ax.set_title("Roofline, Pi 4 ceilings from the timing model; hollow = predicted", fontsize=9)
+    ax.set_title("Roofline of a Pi 4 (ceilings from the timing models); " +
+                 ("every point is PREDICTED" if all_pred else "hollow = predicted, filled = measured"), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6, loc="upper left")
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + kinds, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     stem = _stem(compare_rec or bandwidth_rec)
     return _save(fig, out_dir, stem + "-roofline")
+
+
+# -- headline --------------------------------------------------------------------------------------------
+
+HEADLINE_COLORS = {"cpu": "#1f77b4", "qpu": "#2ca02c", "hybrid": "#9467bd"}
+HEADLINE_NAMES = {"cpu": "CPU only", "qpu": "experts on the QPU", "hybrid": "CPU + QPU (hybrid)"}
+
+
+def plot_headline(rec: dict, out_dir: Path) -> list[Path]:
+    """Predicted Pi 4 decode t/s per model and weight mix, one bar per backend, linear axis. Every bar is a
+    prediction (the record holds no measurement), so nothing needs telling apart; a model that fits no
+    Pi 4 is greyed and says so."""
+    rows = rec["rows"]
+    backends = [b for b in ("cpu", "qpu", "hybrid") if any(r["tps"].get(b) for r in rows)]
+    n = max(1, len(backends))
+    height = 0.8 / n
+    fig, ax = _subplots(figsize=(9, 1.2 + 0.55 * len(rows) * max(1, n / 2)))
+    labels = []
+    top = max([v for r in rows for v in r["tps"].values() if v] or [1.0])
+    for i, r in enumerate(rows):
+        fit8 = r["fit"]["fits_cpu"].get("8 GB") or r["fit"]["fits_qpu"].get("8 GB")
+        fit4 = r["fit"]["fits_cpu"].get("4 GB") or r["fit"]["fits_qpu"].get("4 GB")
+        mix = "Q4_K_M-like" if r["mix"] == "Q4_K_M" else r["mix"]
+        where = "fits 4 GB" if fit4 else ("fits 8 GB" if fit8 else "fits NO Pi 4")
+        labels.append(f"{r['model']} {mix}\n({where})")
+        for j, b in enumerate(backends):
+            v = r["tps"].get(b)
+            if not v:
+                continue
+            y = i + (j - (n - 1) / 2) * height
+            ax.barh(y, v, height=height * 0.95, color=HEADLINE_COLORS[b], alpha=1.0 if fit8 else 0.35,
+                    label=HEADLINE_NAMES[b] if i == 0 else None)
+            text = f" {v:.2f}"
+            if b != "cpu" and r["tps"].get("cpu"):
+                text += f" ({v / r['tps']['cpu']:.2f}x)"
+            ax.text(v, y, text, va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, top * 1.35)
+    ax.set_xlabel("decode tokens/s on a Raspberry Pi 4 — PREDICTED by pimoe's timing models (not measured)")
+    ax.set_title("MoE models on a Pi 4: CPU only vs expert FFNs on the VideoCore VI GPU (predicted)", fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / len(rows)), ncol=len(backends))
+    fig.tight_layout()
+    return _save(fig, out_dir, _stem(rec))
 
 
 def plot_records(paths, out_dir=None) -> list[Path]:
@@ -291,13 +367,16 @@ def plot_records(paths, out_dir=None) -> list[Path]:
     made: list[Path] = []
     compare_recs = [r for _, r in recs if r["kind"] == "compare"]
     bw_recs = [r for _, r in recs if r["kind"] == "bandwidth"]
-    unknown = [str(p) for p, r in recs if r["kind"] not in ("compare", "bandwidth")]
+    unknown = [str(p) for p, r in recs if r["kind"] not in ("compare", "bandwidth", "headline")]
     if unknown:
-        raise PimoeError(f"cannot plot record(s) {', '.join(unknown)}: only 'compare' and 'bandwidth' records")
+        raise PimoeError(f"cannot plot record(s) {', '.join(unknown)}: only 'compare', 'bandwidth' and "
+                         f"'headline' records")
     for p, rec in recs:
         out = Path(out_dir) if out_dir else p.parent
         out.mkdir(parents=True, exist_ok=True)
-        if rec["kind"] == "bandwidth":
+        if rec["kind"] == "headline":
+            made += plot_headline(rec, out)
+        elif rec["kind"] == "bandwidth":
             made += plot_bandwidth(rec, out)
             if not compare_recs:
                 made += plot_roofline(None, rec, out)
