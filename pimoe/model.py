@@ -30,7 +30,6 @@ import numpy as np
 
 from pimoe import profile, quant
 from pimoe.backends import get_backend
-from pimoe.backends.cpu import swiglu_ffn
 from pimoe.config import ModelConfig
 from pimoe.errors import PimoeError
 from pimoe.gguf_file import GGUFFile
@@ -396,7 +395,7 @@ class Model:
                                                         layer.shexp_up, layer.shexp_down)):
                 g = quant.matmul(layer.shexp_gate_inp, h)                  # [T, 1]
                 gate = np.float32(1.0) / (np.float32(1.0) + np.exp(-g))
-                out = out + swiglu_ffn(layer.shexp_gate, layer.shexp_up, layer.shexp_down, h) * gate
+                out = out + quant.swiglu_ffn(layer.shexp_gate, layer.shexp_up, layer.shexp_down, h) * gate
         return out
 
 

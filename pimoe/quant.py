@@ -26,6 +26,7 @@ from gguf import GGMLQuantizationType as QT
 
 from pimoe.errors import PimoeError
 from pimoe.kernels import actquant, formats
+from pimoe.ops import mix_experts, swiglu
 
 SUPPORTED: frozenset[QT] = frozenset(formats.BLOCK_SIZES)
 
@@ -198,10 +199,10 @@ def matmul_experts(w: QTensor, x: np.ndarray, expert_ids) -> np.ndarray:
     return dispatch.matmul_experts(w.qtype, w.data, x, ids)
 
 
-def _silu(x: np.ndarray) -> np.ndarray:
-    # x / (1 + e^-x) in f32, as ggml's silu; e^-x overflowing to inf gives the right limit 0
-    with np.errstate(over="ignore"):
-        return x / (np.float32(1.0) + np.exp(-x))
+def swiglu_ffn(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray) -> np.ndarray:
+    """down(silu(gate x) * up x) for one expert (or a shared expert); gate/up QTensor [ff, hidden],
+    down [hidden, ff]; x [n, hidden] -> [n, hidden]."""
+    return matmul(down, swiglu(matmul(gate, x), matmul(up, x)))
 
 
 def moe_swiglu(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray, expert_ids: np.ndarray,
@@ -228,7 +229,7 @@ def moe_swiglu(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray, expert_
         xs = x[tok]
         g = matmul_experts(gate, xs, flat)
         u = matmul_experts(up, xs, flat)
-        y = matmul_experts(down, _silu(g) * u, flat)
+        y = matmul_experts(down, swiglu(g, u), flat)
     else:
         from pimoe.kernels import dispatch
 
@@ -239,12 +240,8 @@ def moe_swiglu(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray, expert_
             u = dispatch.matmul_experts(up.qtype, up.data, None, flat, acts, groups)
         else:
             u = dispatch.matmul_experts(up.qtype, up.data, x[tok], flat, None, groups)
-        y = dispatch.matmul_experts(down.qtype, down.data, _silu(g) * u, flat, None, groups)
-    y = y.reshape(T, k, hidden) * np.asarray(expert_weights, np.float32)[:, :, None]
-    out = y[:, 0].copy()
-    for j in range(1, k):
-        out += y[:, j]
-    return out
+        y = dispatch.matmul_experts(down.qtype, down.data, swiglu(g, u), flat, None, groups)
+    return mix_experts(y.reshape(T, k, hidden), np.asarray(expert_weights, np.float32))
 
 
 def from_float(name: str, array, qtype) -> QTensor:

@@ -379,7 +379,7 @@ assert tuned["predicted"]["seconds"] < p_mine.seconds
 from pimoe import profile
 from pimoe.backends import register_backend
 from pimoe.backends.base import Backend
-from pimoe.backends.cpu import silu
+from pimoe.ops import silu
 
 
 class NotebookQPUBackend(Backend):
