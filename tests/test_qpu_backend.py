@@ -99,7 +99,8 @@ def test_memory_plan_and_clear_error(tiny_model):
     plan = qpu_memory_plan(f, cfg, [ExpertWeights(f, cfg, i) for i in range(cfg.n_layers)])
     # Q4_K -> 6 bits per weight in the QPU layout; 3 tensors of E x ff x hidden per layer
     assert plan.weights == cfg.n_layers * 3 * cfg.n_experts * cfg.expert_ff * cfg.hidden * 6 // 8
-    with pytest.raises(PimoeError, match=r"needs .* MiB of QPU memory .* only 1\.0 MiB are available"):
+    with pytest.raises(PimoeError, match=r"needs .* MiB of QPU memory .* does not fit: it needs .* MiB of RAM \(.* MiB QPU copy\) but "
+                                         r"memory_limit is 1\.0 MiB"):
         load_model(path, backend="qpu", qpu="emu", memory_limit=1 << 20)
 
 

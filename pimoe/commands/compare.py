@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("-n", "--n-gen", type=int, default=8, metavar="N", help="generated tokens, tgN (default 8)")
     parser.add_argument("-r", "--reps", type=int, default=3, help="repetitions, t/s mean ± sd (default 3)")
     parser.add_argument("--backends", default="cpu,qpu", help="comma list, first is the reference (default cpu,qpu)")
-    parser.add_argument("--qpu", default=None, choices=("auto", "emu", "hw"),
+    parser.add_argument("--qpu", default=None, choices=("auto", "hw", "virtual", "emu"),
                         help="QPU driver for the qpu backend (default: the backend's own default, auto)")
     parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all numba threads)")
     parser.add_argument("--cache-dir", type=Path, default=None,
