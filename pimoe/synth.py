@@ -201,7 +201,7 @@ def _tensor_plan(s: Shape) -> list[tuple[str, tuple[int, ...], str, float]]:
 
 
 def _write_metadata(w, s: Shape, qtype, preset: str) -> None:
-    from pimoe.tokenizer import add_tokenizer_metadata, builtin_tokenizer_metadata
+    from pimoe.synth_vocab import add_tokenizer_metadata, builtin_tokenizer_metadata
 
     a = s.arch
     w.add_name(f"pimoe synthetic {a} ({preset}, {qtype.name}, random weights)")
