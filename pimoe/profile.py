@@ -51,6 +51,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 _clock = time.perf_counter_ns
 
 
@@ -157,8 +159,6 @@ class Profiler:
         "timing_args" so every prediction of it uses them."""
         if not self._stack:
             return
-        import numpy as np
-
         if hasattr(counters, "per_thread"):
             per = {k: [[int(x) for x in row] for row in v] for k, v in counters.per_thread.items()}
             totals = {k: int(sum(map(sum, v))) for k, v in per.items()}
@@ -335,16 +335,12 @@ def matrix_flops(n_tokens: int, *tensors) -> int:
 def expert_bytes(expert_tensors, expert_ids) -> int:
     """Weight bytes a layer's routed experts read: each distinct chosen expert's rows of every tensor in
     expert_tensors (gate, up, down: QTensor [E, rows, cols]) once, however many tokens chose it."""
-    import numpy as np
-
     n_distinct = len(np.unique(np.asarray(expert_ids)))
     return n_distinct * sum(int(t.nbytes) // int(t.shape[0]) for t in expert_tensors)
 
 
 def expert_flops(expert_tensors, expert_ids) -> int:
     """2 x MACs of the routed experts: every (token, chosen expert) pair applies each tensor's matrix."""
-    import numpy as np
-
     pairs = int(np.asarray(expert_ids).size)
     per_expert = 0
     for t in expert_tensors:

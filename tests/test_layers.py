@@ -16,6 +16,9 @@ lazy import cannot hide an upward dependency. Layers, low to high:
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,14 @@ def test_only_the_cli_imports_the_commands_and_nothing_below_imports_the_benchma
 
 def test_the_qpu_timing_model_does_not_carry_the_cpu_model():
     assert "pimoe.cpumodel" not in GRAPH["pimoe.qpu.timing"]
+
+
+def test_building_the_cli_parser_starts_neither_numba_nor_the_model():
+    """The reason the benchmark modules and synth import their heavy parts inside functions: `pimoe --help`
+    builds every subcommand's parser (and `pimoe bench`'s targets'), so those modules are imported then."""
+    code = ("import sys; from pimoe.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('numba', 'gguf', 'pimoe.qpu.emulator', 'pimoe.model', 'pimoe.quant') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
