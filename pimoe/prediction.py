@@ -16,6 +16,19 @@ from pimoe.qpu import timing
 
 PI4_CPU_THREADS = pi4.CPU_CORES     # a Pi 4 decode uses all four cores
 
+_TIMING_PARAMS = None    # QPUTimingParams every prediction here uses (a calibrated profile), None: the model's own
+
+
+def use_timing_params(params) -> None:
+    """Predict QPU dispatches with these QPUTimingParams from now on (e.g. the profile `pimoe calibrate`
+    stored for this Pi); None goes back to the model's own."""
+    global _TIMING_PARAMS
+    _TIMING_PARAMS = params
+
+
+def _params_args() -> dict:
+    return {} if _TIMING_PARAMS is None else {"params": _TIMING_PARAMS}
+
 
 def dispatch_timing_args(dispatch) -> dict:
     """The keyword arguments for pimoe.qpu.timing.predict() a dispatch carries (its kernel's
@@ -28,7 +41,7 @@ def dispatch_timing_args(dispatch) -> dict:
 def predict_qpu(dispatch, **timing_args) -> dict:
     """The timing model's full prediction (label, predicted_seconds, bound, breakdown_seconds) of one
     dispatch. timing_args add to (override) the dispatch's own."""
-    return timing.predict(dispatch, **{**dispatch_timing_args(dispatch), **timing_args}).as_dict()
+    return timing.predict(dispatch, **{**_params_args(), **dispatch_timing_args(dispatch), **timing_args}).as_dict()
 
 
 def predict_qpu_seconds(dispatch) -> float | None:
@@ -38,7 +51,7 @@ def predict_qpu_seconds(dispatch) -> float | None:
         return None
     # the kernel's timing_args (e.g. waits="ldtmu": ldtmu waits without thrsw) so that this agrees with the
     # kernel benchmark's prediction of the same dispatch
-    return float(timing.predict(dispatch, **dispatch_timing_args(dispatch)).seconds)
+    return float(timing.predict(dispatch, **_params_args(), **dispatch_timing_args(dispatch)).seconds)
 
 
 def predict_cpu_seconds(weight_bytes: float, flops: float, threads: int = PI4_CPU_THREADS) -> float:
