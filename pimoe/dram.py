@@ -28,23 +28,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from pimoe import pi4
 from pimoe.errors import PimoeError
 
-# LPDDR4-3200 on a 32-bit bus: 3200e6 transfers/s x 4 bytes (Raspberry Pi 4 product brief: LPDDR4-3200).
-DRAM_PEAK = 3200e6 * 4
+DRAM_PEAK = pi4.DRAM_PEAK_BANDWIDTH   # 12.8 GB/s: LPDDR4-3200 x 32 bit (pimoe.pi4 names the source)
 OPTIMISTIC_EFFICIENCY = 0.9          # ASSUMED fraction of the pin rate two interleaved streams sustain
 
 
 def _qpu_read() -> float:
     from pimoe.qpu.timing import PI4
 
-    return PI4.read_bandwidth          # fitted to py-videocore6 summation (7241 MB/s)
-
-
-def _cpu_decode() -> float:
-    from pimoe.cpumodel import PI4_CPU
-
-    return PI4_CPU.decode_bandwidth     # 3.35 GB/s
+    return PI4.read_bandwidth          # fitted to py-videocore6 summation (pimoe.pi4.PYVC6_SUMMATION_BANDWIDTH)
 
 
 @dataclass(frozen=True)
