@@ -13,7 +13,8 @@ One row per (model, weight mix). Two kinds of figure, never mixed:
   embedding, output head) + the QPU copy of the experts (pinned, in the QPU layout: 6 bits/weight for the
   q4 types, 10 for q8, pimoe.backends.qpu) + the KV cache + the reserve, and the QPU copy must fit the
   GPU's 4 GiB address space (pimoe.backends.qpu_memory). KV cache: pimoe's, f32, at `ctx` positions.
-  Board RAM: the nominal 4 GiB / 8 GiB less the stated reserve for the OS (qpu_memory.RESERVE).
+  Board RAM: the nominal 4 GiB / 8 GiB (pimoe.pi4.RAM_BYTES) less the stated reserve for the OS
+  (qpu_memory.RESERVE).
 
 * Speed (predicted for a Pi 4 by the timing models, never measured here): `pimoe compare` runs a slice of
   `layers` layers of a synthetic model of the real shape and mix on each backend (the QPU in the
@@ -38,9 +39,7 @@ from pimoe.errors import PimoeError
 # the Pi-4-sized models, then the one that shows why a 30B does not fit
 MODELS = ("olmoe-1b-7b", "granite-3.0-1b-a400m", "granite-3.0-3b-a800m", "qwen1.5-moe-a2.7b", "qwen3-30b-a3b")
 MIXES = ("Q4_K_M", "Q8_0")
-BOARDS = ("4 GB", "8 GB")
-# Raspberry Pi 4 Model B product brief: 1, 2, 4 or 8 GB of LPDDR4-3200 (binary gigabytes: 4 GiB, 8 GiB parts)
-RAM_BYTES = {"4 GB": 4 << 30, "8 GB": 8 << 30}
+BOARDS = ("4 GB", "8 GB")          # keys of pimoe.pi4.RAM_BYTES
 DEFAULT_CTX = 2048
 
 
@@ -115,6 +114,7 @@ class Fit:
 
 def plan_fit(preset: str, mix: str, ctx: int = DEFAULT_CTX, cache_dir: Path | None = None) -> Fit:
     """The Fit of the full-depth model (written once as an all-zero sparse GGUF; a few MB of disk)."""
+    from pimoe import pi4
     from pimoe.backends import qpu_memory as qm
     from pimoe.backends.qpu import CODE_AREA, MAX_TOKENS_PER_CALL
     from pimoe.gguf_file import GGUFFile
@@ -131,7 +131,7 @@ def plan_fit(preset: str, mix: str, ctx: int = DEFAULT_CTX, cache_dir: Path | No
     cpu_need = f.file_size + kv
     qpu_need = cpu_read + copy + kv
     va_ok = qm.bo_span([copy]) <= qm.gpu_address_space("hw")
-    boards = {b: int(RAM_BYTES[b]) - reserve for b in BOARDS}
+    boards = {b: int(pi4.RAM_BYTES[b]) - reserve for b in BOARDS}
     return Fit(file_bytes=int(f.file_size), cpu_read_bytes=cpu_read, qpu_copy_bytes=int(copy), kv_bytes=kv,
                ctx=ctx, reserve_bytes=reserve, cpu_need_bytes=cpu_need, qpu_need_bytes=qpu_need,
                qpu_copy_fits_gpu_va=va_ok, board_bytes=boards,
@@ -142,9 +142,9 @@ def plan_fit(preset: str, mix: str, ctx: int = DEFAULT_CTX, cache_dir: Path | No
 # -- speed ------------------------------------------------------------------------------------------------
 
 def _cached(cache_dir: Path | None, name: str, write) -> Path:
-    from pimoe.commands.run import cache_dir as default_cache
-
-    d = Path(cache_dir) if cache_dir is not None else default_cache() / "headline"
+    # the cache `pimoe run` and `pimoe compare` use ($XDG_CACHE_HOME/pimoe, else ~/.cache/pimoe)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    d = Path(cache_dir) if cache_dir is not None else Path(base) / "pimoe" / "headline"
     path = d / name
     if not path.exists():
         d.mkdir(parents=True, exist_ok=True)

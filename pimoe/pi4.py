@@ -8,6 +8,9 @@ Units: bytes/s, FLOP/s, Hz, seconds (SI: 1 GB/s = 1e9 bytes/s, py-videocore6's M
 from __future__ import annotations
 
 # -- memory ----------------------------------------------------------------------------------------------
+# Raspberry Pi 4 Model B product brief: 1, 2, 4 or 8 GB of LPDDR4-3200 (the parts are binary gigabytes).
+# pimoe headline asks which models fit the two largest boards.
+RAM_BYTES = {"4 GB": 4 << 30, "8 GB": 8 << 30}
 # BCM2711 DRAM on paper: LPDDR4-3200 on a 32-bit bus = 3200e6 transfers/s x 4 bytes (datasheet arithmetic;
 # Raspberry Pi 4 product brief: LPDDR4-3200 SDRAM).
 DRAM_PEAK_BANDWIDTH = 3200e6 * 4                  # 12.8 GB/s

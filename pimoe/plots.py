@@ -330,6 +330,7 @@ def plot_headline(rec: dict, out_dir: Path) -> list[Path]:
     height = 0.8 / n
     fig, ax = _subplots(figsize=(9, 1.2 + 0.55 * len(rows) * max(1, n / 2)))
     labels = []
+    named: set[str] = set()
     top = max([v for r in rows for v in r["tps"].values() if v] or [1.0])
     for i, r in enumerate(rows):
         fit8 = r["fit"]["fits_cpu"].get("8 GB") or r["fit"]["fits_qpu"].get("8 GB")
@@ -337,24 +338,27 @@ def plot_headline(rec: dict, out_dir: Path) -> list[Path]:
         mix = "Q4_K_M-like" if r["mix"] == "Q4_K_M" else r["mix"]
         where = "fits 4 GB" if fit4 else ("fits 8 GB" if fit8 else "fits NO Pi 4")
         labels.append(f"{r['model']} {mix}\n({where})")
+        if not any(r["tps"].get(b) for b in backends):
+            ax.text(0, i, "  speed not run (memory columns only)", va="center", fontsize=7, color="#777777")
         for j, b in enumerate(backends):
             v = r["tps"].get(b)
             if not v:
                 continue
             y = i + (j - (n - 1) / 2) * height
             ax.barh(y, v, height=height * 0.95, color=HEADLINE_COLORS[b], alpha=1.0 if fit8 else 0.35,
-                    label=HEADLINE_NAMES[b] if i == 0 else None)
+                    label=HEADLINE_NAMES[b] if b not in named else None)
+            named.add(b)
             text = f" {v:.2f}"
             if b != "cpu" and r["tps"].get("cpu"):
                 text += f" ({v / r['tps']['cpu']:.2f}x)"
             ax.text(v, y, text, va="center", fontsize=7)
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(rows) - 0.5, -0.5)           # first row on top, no bar or note clipped
     ax.set_xlim(0, top * 1.35)
     ax.set_xlabel("decode tokens/s on a Raspberry Pi 4 — PREDICTED by pimoe's timing models (not measured)")
     ax.set_title("MoE models on a Pi 4: CPU only vs expert FFNs on the VideoCore VI GPU (predicted)", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / len(rows)), ncol=len(backends))
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return _save(fig, out_dir, _stem(rec))
 

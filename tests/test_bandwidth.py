@@ -79,3 +79,16 @@ def test_bandwidth_command_small(tmp_path, capsys):
     assert rec["kind"] == "bandwidth" and len(rec["cpu"]) == 9 and rec["qpu"]
     assert rec["concurrent"][0]["source"] == "bound"
     assert rec["pi4_ceilings"]["qpu_read_GBps"] > 0
+
+
+def test_bandwidth_json_on_stdout_is_the_record(tmp_path, capsys):
+    # -o json: stdout is one JSON document with the record's numbers; the record has command and schema,
+    # and its CSV holds JSON (not Python reprs) in the cells that are dicts
+    rc = cli_main(["bandwidth", "--small", "-t", "1", "--no-qpu", "-r", "2", "-o", "json", "--results", str(tmp_path)])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    rec_path = next(tmp_path.glob("bandwidth-*.json"))
+    rec = json.loads(rec_path.read_text())
+    assert rec["schema"] >= 1 and rec["command"] and printed["settings"]["reps"] == rec["settings"]["reps"] == 2
+    assert [r["GBps"] for r in printed["cpu"]] == [r["GBps"] for r in rec["cpu"]]
+    assert "{'" not in rec_path.with_suffix(".csv").read_text()

@@ -236,3 +236,22 @@ def test_run_small_context_says_how_many_tokens_it_generates(models, capsys):
     assert rc == 0
     assert f"leaves room for 2 of the 16 requested tokens" in err
     assert "generation: 2 tokens" in err
+
+
+def test_info_json_is_the_same_numbers_as_the_table(models, capsys):
+    import json
+
+    from pimoe.commands.info import read_per_token
+
+    path = models["olmoe"]
+    rc, out, err = _run(capsys, ["info", "-m", str(path), "-o", "json"])
+    assert rc == 0
+    info = json.loads(out)
+    f = GGUFFile(path)
+    groups = read_per_token(f)
+    assert info["config"]["arch"] == "olmoe" and info["file_bytes"] == f.file_size
+    assert info["bytes_per_token"] == pytest.approx(sum(g["active_bytes"] for g in groups.values()))
+    assert info["per_token"]["experts (routed)"]["bytes"] == groups["experts (routed)"]["bytes"]
+    rc, out, _ = _run(capsys, ["info", "-m", str(path), "-o", "jsonl"])
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert {r["group"] for r in rows} == set(groups)

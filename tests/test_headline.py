@@ -67,3 +67,15 @@ def test_one_row_predicts_both_backends_and_draws_the_figure(tmp_path, capsys):
     assert row["same_tokens"] == {"qpu": True}
     assert f"{row['tps']['cpu']:.2f}" in out and "PREDICTED" in out + err
     assert list(tmp_path.glob("headline-*.png")) and list(tmp_path.glob("headline-*.svg"))
+
+
+def test_combine_rebuilds_the_table_from_records(tmp_path, capsys):
+    common = ["--cache-dir", str(tmp_path / "m"), "--results", str(tmp_path)]
+    rc, first, _ = _run(capsys, ["headline", "--fit-only", "--models", "granite-3.0-3b-a800m", "--types", "Q8_0",
+                                 "-o", "json"] + common)
+    assert rc == 0
+    rec = next(tmp_path.glob("headline-*.json"))
+    rc, again, _ = _run(capsys, ["headline", "--combine", str(rec), "-o", "json", "--no-record"] + common)
+    assert rc == 0
+    a, b = json.loads(first)["rows"], json.loads(again)["rows"]
+    assert [r["fit"] for r in a] == [r["fit"] for r in b] and b[0]["source"] == rec.name

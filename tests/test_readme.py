@@ -15,7 +15,7 @@ def python_blocks() -> list[str]:
 
 def test_readme_starts_with_the_two_commands():
     first = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.S).group(1).splitlines()
-    assert first[0].startswith("pip install . && pimoe compare")
+    assert first[0].startswith("pip install . && pimoe headline --quick")
     assert first[1].startswith('pip install -e ".[test]" && python3 -m pytest')
     ci = (README.parent / ".ci" / "run").read_text()
     assert "python3 -m pytest\n" in ci and 'pip install -e ".[test]"' in ci

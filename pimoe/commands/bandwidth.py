@@ -28,7 +28,7 @@ def _sizes(text: str) -> tuple[int, ...]:
 def add_arguments(parser) -> None:
     parser.add_argument("--sizes", default="32K,256K,2M,16M,128M",
                         help="CPU bytes per array, comma list with K/M/G (default 32K,256K,2M,16M,128M)")
-    parser.add_argument("--threads", default=None,
+    parser.add_argument("-t", "--threads", default=None,
                         help="CPU thread counts, comma list (default 1..all numba threads)")
     parser.add_argument("--kernels", default="read,copy,triad", help="CPU kernels (default read,copy,triad)")
     parser.add_argument("--qpu-sizes", default="64K,1M,16M",
@@ -38,10 +38,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--qpu", default="auto", choices=("auto", "emu", "hw"),
                         help="QPU driver: the GPU when present (auto), the emulator, or require hardware")
     parser.add_argument("--no-qpu", action="store_true", help="CPU only")
-    parser.add_argument("--reps", type=int, default=5, help="timed repeats per point, median reported (default 5)")
+    parser.add_argument("-r", "--reps", type=int, default=5, help="timed repeats per point, median reported (default 5)")
     parser.add_argument("--small", action="store_true", help="CI-sized run (64K,1M,4M CPU; 64K QPU on 8 threads; 3 reps)")
     parser.add_argument("--results", default="results", help="directory for the record (default results/)")
     parser.add_argument("--no-record", action="store_true", help="print only, write no record")
+    from pimoe.output import add_output_argument
+
+    add_output_argument(parser)
 
 
 def main(args) -> int:
@@ -65,8 +68,10 @@ def main(args) -> int:
             raise PimoeError(f"--threads: comma list of integers, got '{args.threads}'") from None
     kernels = tuple(k.strip() for k in args.kernels.split(",") if k.strip())
     env = environment()
+    from pimoe.output import note_stream
+
     print(f"CPU: {env['cpu']}, {env['cpu_count']} CPUs, load average {env['load_average'][0]:.2f} "
-          f"(a busy machine lowers the multi-thread figures)")
+          f"(a busy machine lowers the multi-thread figures)", file=note_stream(args.output_format))
     rows = bandwidth.cpu_bandwidth(sizes, threads, kernels, reps=reps)
     try:
         qthreads = tuple(int(t) for t in args.qpu_threads.split(",") if t.strip())
@@ -76,15 +81,20 @@ def main(args) -> int:
         qthreads = (8,)
     qrows = [] if args.no_qpu else bandwidth.qpu_bandwidth(qsizes, threads=qthreads, driver=args.qpu)
     both = [] if args.no_qpu else bandwidth.concurrent_bandwidth(rows, qrows, driver=args.qpu)
-    print(bandwidth.table_text(rows + qrows + both))
+    from pimoe.output import emit
+    from pimoe.records import command_line
+
+    notes = note_stream(args.output_format)
+    rec = {"kind": "bandwidth", "command": command_line(), "environment": env, "cpu": rows, "qpu": qrows,
+           "concurrent": both,
+           "settings": {"sizes": list(sizes), "qpu_sizes": list(qsizes), "qpu_threads": list(qthreads) if not args.no_qpu else [], "reps": reps, "kernels": kernels,
+                        "threads": threads, "qpu_driver": args.qpu},
+           "pi4_ceilings": prediction.pi4_ceilings()}
+    emit(args.output_format, rows + qrows + both, rec, bandwidth.table_text(rows + qrows + both))
     if any(r["source"] == "predicted" for r in qrows):
         print("qpu rows marked predicted: the kernels ran in the emulator (checked against numpy) and the "
-              "Pi 4 time comes from pimoe.qpu.timing; they are not measurements.")
+              "Pi 4 time comes from pimoe.qpu.timing; they are not measurements.", file=notes)
     if not args.no_record:
-        rec = {"kind": "bandwidth", "environment": env, "cpu": rows, "qpu": qrows, "concurrent": both,
-               "settings": {"sizes": list(sizes), "qpu_sizes": list(qsizes), "qpu_threads": list(qthreads) if not args.no_qpu else [], "reps": reps, "kernels": kernels,
-                            "threads": threads, "qpu_driver": args.qpu},
-               "pi4_ceilings": prediction.pi4_ceilings()}
         path, csv_path = write_record(rec, args.results, "bandwidth", table=rows + qrows + both)
-        print(f"record written: {path} (+ {csv_path.name})")
+        print(f"record written: {path} (+ {csv_path.name})", file=notes)
     return 0

@@ -45,7 +45,7 @@ def add_arguments(parser) -> None:
                              "minute on an idle 2-core machine)")
     parser.add_argument("--combine", nargs="+", metavar="RECORD", default=None,
                         help="no runs: one table, record and figure from the rows of earlier headline records "
-                             "(each row keeps the name of its record)")
+                             "(each row keeps the name of its record; the memory columns are recomputed)")
     parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads for the runs")
     parser.add_argument("--cache-dir", default=None, help="where the models are written once "
                                                           "(default ~/.cache/pimoe/headline)")
@@ -107,6 +107,8 @@ def main(args) -> int:
             rows = [r for r in rows if r.model in models and r.mix in mixes]
         order = {(m, x): i for i, (m, x) in enumerate((m, x) for m in models for x in mixes)}
         rows.sort(key=lambda r: order.get((r.model, r.mix), len(order)))
+        for r in rows:      # the memory columns are arithmetic: recomputed, so every row has today's rules
+            r.fit = hl.plan_fit(r.model, r.mix, ctx, cache)
         backends = tuple(sorted({b for r in rows for b in r.tps}))
     else:
         rows = hl.headline(models, mixes, on_row=on_row, layers=args.layers, n_prompt=args.n_prompt,

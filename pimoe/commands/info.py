@@ -15,8 +15,11 @@ HELP = "show a GGUF model's config, tensor types, total vs active parameters and
 
 
 def add_arguments(parser) -> None:
+    from pimoe.output import add_output_argument
+
     parser.add_argument("-m", "--model", metavar="MODEL.gguf",
                         help="GGUF model file (default: the built-in tiny synthetic model)")
+    add_output_argument(parser)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -75,6 +78,33 @@ def read_per_token(gguf_file) -> dict[str, dict[str, float]]:
     return groups
 
 
+def _machine_output(fmt: str, f, synthetic: bool) -> int:
+    """-o json: one object (config, tensor types, bytes per decode token, napkin ceiling); csv / jsonl: one
+    row per part of the model (params, bytes, what one decode token reads)."""
+    from dataclasses import asdict
+
+    from pimoe import pi4
+    from pimoe.output import emit
+
+    groups = read_per_token(f)
+    types: dict[str, dict[str, int]] = {}
+    for t in f.tensors.values():
+        c = types.setdefault(t.qtype.name, {"tensors": 0, "bytes": 0})
+        c["tensors"] += 1
+        c["bytes"] += int(t.nbytes)
+    active = sum(g["active_bytes"] for g in groups.values())
+    info = {"kind": "info", "file": str(f.path), "file_bytes": f.file_size, "gguf_version": f.version,
+            "tensors": len(f.tensors), "name": f.metadata.get("general.name"), "synthetic": synthetic,
+            "config": asdict(f.config), "tensor_types": types, "per_token": groups,
+            "params": sum(g["params"] for g in groups.values()),
+            "active_params_per_token": sum(g["active_params"] for g in groups.values()),
+            "bytes_per_token": active,
+            "napkin_tps_pi4_cpu": pi4.CPU_DECODE_BANDWIDTH / active if active else None,
+            "napkin_note": "Pi 4 CPU decode bandwidth (published, pimoe.pi4) / bytes per token: an upper bound"}
+    emit(fmt, [dict(group=name, **g) for name, g in groups.items()], info)
+    return 0
+
+
 def main(args) -> int:
     from pimoe import pi4
     from pimoe.commands.run import default_model_path, is_synthetic, REAL_MODEL_HINT
@@ -82,8 +112,10 @@ def main(args) -> int:
     from pimoe.gguf_file import GGUFFile
 
     if args.model is None:
+        from pimoe.output import note_stream
+
         path = default_model_path()
-        print("(no -m given: the built-in tiny synthetic model)")
+        print("(no -m given: the built-in tiny synthetic model)", file=note_stream(args.output_format))
     else:
         path = Path(args.model)
         if not path.exists():
@@ -91,6 +123,8 @@ def main(args) -> int:
     f = GGUFFile(path)
     cfg = f.config
     md = f.metadata
+    if args.output_format != "md":
+        return _machine_output(args.output_format, f, is_synthetic(f))
     print(f"file            {f.path}  ({_fmt_bytes(f.file_size)}, GGUF v{f.version}, {len(f.tensors)} tensors)")
     if md.get("general.name"):
         print(f"name            {md['general.name']}")
