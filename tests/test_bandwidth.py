@@ -84,7 +84,8 @@ def test_bandwidth_command_small(tmp_path, capsys):
 def test_bandwidth_json_on_stdout_is_the_record(tmp_path, capsys):
     # -o json: stdout is one JSON document with the record's numbers; the record has command and schema,
     # and its CSV holds JSON (not Python reprs) in the cells that are dicts
-    rc = cli_main(["bandwidth", "--small", "-t", "1", "--no-qpu", "-r", "2", "-o", "json", "--results", str(tmp_path)])
+    rc = cli_main(["bandwidth", "--sizes", "64K,1M", "-t", "1", "--no-qpu", "-r", "2", "-o", "json",
+                   "--results", str(tmp_path)])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     rec_path = next(tmp_path.glob("bandwidth-*.json"))
