@@ -131,3 +131,32 @@ def test_moe_swiglu_equals_per_expert_reference(qtype, kernels, monkeypatch):
             h = g / (1 + np.exp(-g)) * u
             ref[t] += wts[t, j] * quant.matmul_reference(down[e], h)[0]
     assert _rel_err(y, ref) < 1e-4
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q6_K, QT.Q8_0, QT.Q4_1], ids=lambda t: t.name)
+def test_non_finite_activations_give_non_finite_outputs_not_errors(qtype):
+    # an inf in x makes Q8_K's iscale -0 and d = 1/iscale = -inf (ggml: no trap, NaN/inf logits);
+    # numba's Python error model used to raise ZeroDivisionError there
+    rng = np.random.default_rng(4)
+    w = quant.random_qtensor("w", qtype, (8, 512), rng)
+    for bad in (np.inf, -np.inf, np.nan):
+        x = rng.standard_normal((2, 512)).astype(np.float32)
+        x[0, 300] = bad
+        y = quant.matmul(w, x)
+        if np.isinf(bad):
+            assert not np.isfinite(y[0]).any(), bad
+        # (a NaN is skipped by the block maximum and quantized to code 0, as ggml's scalar quantizers do)
+        np.testing.assert_allclose(y[1], quant.matmul_reference(w, x[1:2])[0], rtol=2e-5, atol=1e-6)
+
+
+def test_kernels_release_the_gil():
+    # the hybrid backend runs CPU experts in a Python thread while the QPU (emulator) works:
+    # every numba kernel is compiled nogil=True
+    import numba.core.registry as reg
+
+    from pimoe.kernels import vecops
+
+    kernels = [v for m in (fused, vecops) for v in vars(m).values() if isinstance(v, reg.CPUDispatcher)]
+    assert len(kernels) >= 10
+    for k in kernels:
+        assert k.targetoptions.get("nogil") is True, k.py_func.__name__

@@ -643,7 +643,7 @@ def load_u32(typingctx, b, off):
     return sig, codegen
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def kquant_scales_mins(b, o):
     """The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K super-block (12 bytes at b[o+4:]),
     each packed one per byte into an int64.  Bytes 0..3: scale j (j<4) in the low 6 bits, bits 4-5 of
@@ -685,12 +685,12 @@ F16_TABLE = _f16_table()
 # Slicing a block first (blk = b[o:o+size]) keeps the inner indexes provably non-negative, which
 # numba needs to drop its negative-index wraparound and vectorize the loop.
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _f16(b, off, lut):
     return lut[np.int64(b[off]) | (np.int64(b[off + 1]) << 8)]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q4_0(b, xq, xd, lut):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
@@ -700,7 +700,7 @@ def _row_q4_0(b, xq, xd, lut):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q5_0(b, xq, xd, lut):
     lanes = np.zeros(32, np.float32)
     for i in range(xd.shape[0]):
@@ -718,7 +718,7 @@ def _row_q5_0(b, xq, xd, lut):
     return lanes.sum()
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q4_1(b, xq, xd, xs, lut):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
@@ -728,7 +728,7 @@ def _row_q4_1(b, xq, xd, xs, lut):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q5_1(b, xq, xd, xs, lut):
     lanes = np.zeros(32, np.float32)
     macc = np.float32(0.0)
@@ -748,7 +748,7 @@ def _row_q5_1(b, xq, xd, xs, lut):
     return lanes.sum() + macc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q2_k(b, xq, xd, xbs, lut):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
@@ -767,7 +767,7 @@ def _row_q2_k(b, xq, xd, xbs, lut):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q3_k(b, xq, xd, lut, sc):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
@@ -786,7 +786,7 @@ def _row_q3_k(b, xq, xd, lut, sc):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q5_k(b, xq, xd, xbs, lut):
     # the 16-bit super-block intrinsic: measured faster for Q5_K (8.3 vs 6.1 GB/s per core)
     acc = np.float32(0.0)
@@ -814,7 +814,7 @@ def _row_q5_k(b, xq, xd, xbs, lut):
 # instead of T.  Same products as the integer path, summed in another order: equal within f32
 # rounding.  The Q4_1/Q5_1 minimum stays on ggml's per-block s_x (returned in mv, added per token).
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _dequant_row(kind, b, f, mv, lut):
     n = f.shape[0]
     zero = np.float32(0.0)
@@ -899,7 +899,7 @@ def _dequant_row(kind, b, f, mv, lut):
                             f, i * 256 + g * 16, d * np.float32(np.int8(b[o + 192 + g])), zero)
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _fdot(a, b):
     acc = np.float32(0.0)
     for i in range(a.shape[0]):
@@ -907,7 +907,7 @@ def _fdot(a, b):
     return acc
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _fdot4(a, b0, b1, b2, b3):
     # four tokens against one row: four independent FMA chains (one chain alone is latency-bound)
     c0 = np.float32(0.0)
@@ -923,7 +923,7 @@ def _fdot4(a, b0, b1, b2, b3):
     return c0, c1, c2, c3
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out):
     """Integer-activation matmul over expert groups.
 
@@ -1032,7 +1032,7 @@ def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out):
                 out[t, o] = v
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _decode_float_row(kind, b, n, f, u):
     if kind == K_F32:
         f[:] = b.view(np.float32)
@@ -1055,7 +1055,7 @@ def _decode_float_row(kind, b, n, f, u):
             f[i] = -m if (hv & np.uint32(0x8000)) else m
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})
 def float_matmul(kind, w, x, rows, groups, gexp, out):
     """F32/F16/BF16 weights: w uint8 [E, O, rb]; x f32 [N, n] (already rounded); out f32 [N, O]."""
     O = w.shape[1]
@@ -1082,7 +1082,7 @@ def float_matmul(kind, w, x, rows, groups, gexp, out):
 
 # --- activation quantizers (numba twins of actquant's numpy ones; tested equal) -------------------
 
-@njit(cache=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def quantize_rows_q8_0(x, qs, d, s):
     """x f32 [T, n] -> qs int8 [T, n], d f32 [T, n/32] (f32, caller rounds to f16), s f32 sums of qs."""
     T, n = x.shape
@@ -1098,13 +1098,15 @@ def quantize_rows_q8_0(x, qs, d, s):
             tot = 0
             for l in range(32):
                 v = np.rint(x[t, i * 32 + l] * inv)
+                if v != v:   # NaN (x NaN, or inf * 0 when amax is inf): code 0, as ggml's nearest_int
+                    v = np.float32(0.0)
                 v = min(max(v, np.float32(-128.0)), np.float32(127.0))
                 qs[t, i * 32 + l] = np.int8(v)
                 tot += np.int32(v)
             s[t, i] = np.float32(tot)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def quantize_rows_q8_k(x, qs, d, bsums):
     """x f32 [T, n] -> qs int8 [T, n], d f32 [T, n/256], bsums int16 [T, n/16] (quantize_row_q8_K_ref)."""
     T, n = x.shape
@@ -1125,10 +1127,14 @@ def quantize_rows_q8_k(x, qs, d, bsums):
                 for j in range(16):
                     bsums[t, i * 16 + j] = 0
                 continue
+            # an inf in x gives iscale -0 and d = 1/iscale = -inf (IEEE, as ggml; numba's default
+            # error model would raise ZeroDivisionError here): the dots come out non-finite, like llama.cpp's
             iscale = np.float32(-127.0) / vmax
             for l in range(256):
                 v = min(np.rint(iscale * x[t, o + l]), np.float32(127.0))
-                qs[t, o + l] = np.int8(v)
+                if v != v:   # NaN code (inf * -0): 0, as ggml's nearest_int gives
+                    v = np.float32(0.0)
+                qs[t, o + l] = np.int8(max(v, np.float32(-128.0)))
             for j in range(16):
                 tot = 0
                 for l in range(16):
