@@ -232,14 +232,7 @@ def moe_swiglu(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray, expert_
     else:
         from pimoe.kernels import dispatch
 
-        acts = dispatch.take_rows(dispatch.PreparedActivations(x, gate.qtype), tok)
-        groups = dispatch._groups(flat)   # one expert grouping for the three calls
-        g = dispatch.matmul_experts(gate.qtype, gate.data, None, flat, acts, groups)
-        if up.qtype == gate.qtype:
-            u = dispatch.matmul_experts(up.qtype, up.data, None, flat, acts, groups)
-        else:
-            u = dispatch.matmul_experts(up.qtype, up.data, x[tok], flat, None, groups)
-        y = dispatch.matmul_experts(down.qtype, down.data, _silu(g) * u, flat, None, groups)
+        y = dispatch.moe_pairs(gate.qtype, gate.data, up.qtype, up.data, down.qtype, down.data, x, ids)
     y = y.reshape(T, k, hidden) * np.asarray(expert_weights, np.float32)[:, :, None]
     out = y[:, 0].copy()
     for j in range(1, k):

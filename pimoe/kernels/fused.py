@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -629,6 +629,19 @@ def _make_row_dots(x86):
  madd_q8_0_row_tile2, madd_q4_k_row_tile2, madd_q6_k_row_tile2) = _make_row_dots(USE_X86_MADD)
 
 @intrinsic
+def fetch_add(typingctx, arr, val):
+    """Atomic arr[0] += val on an int64 array; returns the old value (the kernels' work-queue counter)."""
+    sig = types.int64(arr, val)
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        v = context.cast(builder, args[1], signature.args[1], types.int64)
+        return builder.atomic_rmw("add", a.data, v, "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
 def load_u32(typingctx, b, off):
     """Little-endian uint32 from bytes b[off:off+4] (unaligned), widened to int64."""
     sig = types.int64(b, off)
@@ -936,100 +949,156 @@ def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out):
     O = w.shape[1]
     n_chunks = (O + ROW_CHUNK - 1) // ROW_CHUNK
     G = gexp.shape[0]
-    for item in prange(G * n_chunks):
-        g = item // n_chunks
-        r0 = (item % n_chunks) * ROW_CHUNK
-        r1 = min(O, r0 + ROW_CHUNK)
-        e = gexp[g]
-        fast = kind == K_Q8_0 or kind == K_Q4_K or kind == K_Q6_K
-        if groups[g + 1] - groups[g] >= MULTI_TOKEN and not fast:
-            n = xq.shape[1]
-            f = np.empty(n, np.float32)
-            mv = np.zeros(n // 32, np.float32)
-            affine = kind == K_Q4_1 or kind == K_Q5_1
-            k0, k1 = groups[g], groups[g + 1]
+    total = G * n_chunks
+    # work queue: each thread takes the next item from an atomic counter, so a thread the OS
+    # preempts (a shared machine, or more threads than cores) delays only its current item
+    nw = min(get_num_threads(), total)
+    counter = np.zeros(1, np.int64)
+    for _wk in prange(nw):
+        while True:
+            item = fetch_add(counter, 1)
+            if item >= total:
+                break
+            g = item // n_chunks
+            r0 = (item % n_chunks) * ROW_CHUNK
+            r1 = min(O, r0 + ROW_CHUNK)
+            e = gexp[g]
+            fast = kind == K_Q8_0 or kind == K_Q4_K or kind == K_Q6_K
+            if groups[g + 1] - groups[g] >= MULTI_TOKEN and not fast:
+                n = xq.shape[1]
+                f = np.empty(n, np.float32)
+                mv = np.zeros(n // 32, np.float32)
+                affine = kind == K_Q4_1 or kind == K_Q5_1
+                k0, k1 = groups[g], groups[g + 1]
+                for o in range(r0, r1):
+                    _dequant_row(kind, w[e, o], f, mv, lut)
+                    k = k0
+                    while k + 4 <= k1:
+                        t0, t1, t2, t3 = rows[k], rows[k + 1], rows[k + 2], rows[k + 3]
+                        v0, v1, v2, v3 = _fdot4(f, xr[t0], xr[t1], xr[t2], xr[t3])
+                        out[t0, o] = v0
+                        out[t1, o] = v1
+                        out[t2, o] = v2
+                        out[t3, o] = v3
+                        k += 4
+                    while k < k1:
+                        out[rows[k], o] = _fdot(f, xr[rows[k]])
+                        k += 1
+                    if affine:
+                        for k in range(k0, k1):
+                            out[rows[k], o] += _fdot(mv, xs[rows[k]])
+                continue
+            if fast:
+                # whole-row vector dots on offsets into the arrays (no views: each view costs refcount
+                # calls comparable to a row's arithmetic); tokens in tiles of 4, then 2, share each
+                # block's unpacking, the rest go one at a time (the same sums either way)
+                rb = w.shape[2]
+                n = xq.shape[1]
+                nbx = xd.shape[1]
+                nbs = xbs.shape[1]
+                k0, k1 = groups[g], groups[g + 1]
+                for o in range(r0, r1):
+                    woff = (e * O + o) * rb
+                    k = k0
+                    while k + 4 <= k1:
+                        if kind == K_Q8_0:
+                            v0, v1, v2, v3 = madd_q8_0_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        elif kind == K_Q4_K:
+                            v0, v1, v2, v3 = madd_q4_k_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        else:
+                            v0, v1, v2, v3 = madd_q6_k_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        out[rows[k], o] = v0
+                        out[rows[k + 1], o] = v1
+                        out[rows[k + 2], o] = v2
+                        out[rows[k + 3], o] = v3
+                        k += 4
+                    if k + 2 <= k1:
+                        if kind == K_Q8_0:
+                            v0, v1 = madd_q8_0_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        elif kind == K_Q4_K:
+                            v0, v1 = madd_q4_k_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        else:
+                            v0, v1 = madd_q6_k_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        out[rows[k], o] = v0
+                        out[rows[k + 1], o] = v1
+                        k += 2
+                    for kk in range(k, k1):
+                        t = rows[kk]
+                        if kind == K_Q8_0:
+                            v = madd_q8_0_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, 0, nbx, lut)
+                        elif kind == K_Q4_K:
+                            v = madd_q4_k_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
+                        else:
+                            v = madd_q6_k_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
+                        out[t, o] = v
+                continue
+            sc = np.empty(16, np.int32)  # Q3_K's unpacked scales
             for o in range(r0, r1):
-                _dequant_row(kind, w[e, o], f, mv, lut)
-                k = k0
-                while k + 4 <= k1:
-                    t0, t1, t2, t3 = rows[k], rows[k + 1], rows[k + 2], rows[k + 3]
-                    v0, v1, v2, v3 = _fdot4(f, xr[t0], xr[t1], xr[t2], xr[t3])
-                    out[t0, o] = v0
-                    out[t1, o] = v1
-                    out[t2, o] = v2
-                    out[t3, o] = v3
-                    k += 4
-                while k < k1:
-                    out[rows[k], o] = _fdot(f, xr[rows[k]])
-                    k += 1
-                if affine:
-                    for k in range(k0, k1):
-                        out[rows[k], o] += _fdot(mv, xs[rows[k]])
-            continue
-        if fast:
-            # whole-row vector dots on offsets into the arrays (no views: each view costs refcount
-            # calls comparable to a row's arithmetic); tokens in tiles of 4, then 2, share each
-            # block's unpacking, the rest go one at a time (the same sums either way)
-            rb = w.shape[2]
-            n = xq.shape[1]
-            nbx = xd.shape[1]
-            nbs = xbs.shape[1]
-            k0, k1 = groups[g], groups[g + 1]
+                b = w[e, o]
+                for k in range(groups[g], groups[g + 1]):
+                    t = rows[k]
+                    if kind == K_Q4_0:
+                        v = _row_q4_0(b, xq[t], xd[t], lut)
+                    elif kind == K_Q5_0:
+                        v = _row_q5_0(b, xq[t], xd[t], lut)
+                    elif kind == K_Q4_1:
+                        v = _row_q4_1(b, xq[t], xd[t], xs[t], lut)
+                    elif kind == K_Q5_1:
+                        v = _row_q5_1(b, xq[t], xd[t], xs[t], lut)
+                    elif kind == K_Q2_K:
+                        v = _row_q2_k(b, xq[t], xd[t], xbs[t], lut)
+                    elif kind == K_Q3_K:
+                        v = _row_q3_k(b, xq[t], xd[t], lut, sc)
+                    else:
+                        v = _row_q5_k(b, xq[t], xd[t], xbs[t], lut)
+                    out[t, o] = v
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def gate_up_silu(kind, wg, wu, xq, xd, xbs, tok, rows, groups, gexp, lut, h):
+    """The first half of a layer's expert FFN in one call, for one token per expert (decode):
+    h[p, o] = silu(wg[e, o] . x[tok[p]]) * (wu[e, o] . x[tok[p]]) for every pair p = rows[k] of group g
+    (expert e = gexp[g]).  Gate and up rows of the same output o are read back to back while the
+    token's activation codes stay in L1; silu is ggml's x / (1 + e^-x) in f32.
+
+    kind: K_Q8_0, K_Q4_K or K_Q6_K (gate and up of the same type); wg, wu uint8 [E, O, rb];
+    xq/xd/xbs the token's activation codes, scales and Q8_K sums [T, ...]; tok int64 [N] token of
+    each pair; rows/groups/gexp the expert groups of the pairs; h f32 [N, O]."""
+    O = wg.shape[1]
+    rb = wg.shape[2]
+    n = xq.shape[1]
+    nbx = xd.shape[1]
+    nbs = xbs.shape[1]
+    n_chunks = (O + ROW_CHUNK - 1) // ROW_CHUNK
+    G = gexp.shape[0]
+    total = G * n_chunks
+    nw = min(get_num_threads(), total)
+    counter = np.zeros(1, np.int64)
+    one = np.float32(1.0)
+    for _wk in prange(nw):
+        while True:
+            item = fetch_add(counter, 1)
+            if item >= total:
+                break
+            g = item // n_chunks
+            r0 = (item % n_chunks) * ROW_CHUNK
+            r1 = min(O, r0 + ROW_CHUNK)
+            e = gexp[g]
             for o in range(r0, r1):
                 woff = (e * O + o) * rb
-                k = k0
-                while k + 4 <= k1:
+                for kk in range(groups[g], groups[g + 1]):
+                    p = rows[kk]
+                    t = tok[p]
                     if kind == K_Q8_0:
-                        v0, v1, v2, v3 = madd_q8_0_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        gv = madd_q8_0_row_dot(wg, woff, xq, t * n, xd, t * nbx, xbs, 0, nbx, lut)
+                        uv = madd_q8_0_row_dot(wu, woff, xq, t * n, xd, t * nbx, xbs, 0, nbx, lut)
                     elif kind == K_Q4_K:
-                        v0, v1, v2, v3 = madd_q4_k_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        gv = madd_q4_k_row_dot(wg, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
+                        uv = madd_q4_k_row_dot(wu, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
                     else:
-                        v0, v1, v2, v3 = madd_q6_k_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
-                    out[rows[k], o] = v0
-                    out[rows[k + 1], o] = v1
-                    out[rows[k + 2], o] = v2
-                    out[rows[k + 3], o] = v3
-                    k += 4
-                if k + 2 <= k1:
-                    if kind == K_Q8_0:
-                        v0, v1 = madd_q8_0_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
-                    elif kind == K_Q4_K:
-                        v0, v1 = madd_q4_k_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
-                    else:
-                        v0, v1 = madd_q6_k_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
-                    out[rows[k], o] = v0
-                    out[rows[k + 1], o] = v1
-                    k += 2
-                for kk in range(k, k1):
-                    t = rows[kk]
-                    if kind == K_Q8_0:
-                        v = madd_q8_0_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, 0, nbx, lut)
-                    elif kind == K_Q4_K:
-                        v = madd_q4_k_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
-                    else:
-                        v = madd_q6_k_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
-                    out[t, o] = v
-            continue
-        sc = np.empty(16, np.int32)  # Q3_K's unpacked scales
-        for o in range(r0, r1):
-            b = w[e, o]
-            for k in range(groups[g], groups[g + 1]):
-                t = rows[k]
-                if kind == K_Q4_0:
-                    v = _row_q4_0(b, xq[t], xd[t], lut)
-                elif kind == K_Q5_0:
-                    v = _row_q5_0(b, xq[t], xd[t], lut)
-                elif kind == K_Q4_1:
-                    v = _row_q4_1(b, xq[t], xd[t], xs[t], lut)
-                elif kind == K_Q5_1:
-                    v = _row_q5_1(b, xq[t], xd[t], xs[t], lut)
-                elif kind == K_Q2_K:
-                    v = _row_q2_k(b, xq[t], xd[t], xbs[t], lut)
-                elif kind == K_Q3_K:
-                    v = _row_q3_k(b, xq[t], xd[t], lut, sc)
-                else:
-                    v = _row_q5_k(b, xq[t], xd[t], xbs[t], lut)
-                out[t, o] = v
+                        gv = madd_q6_k_row_dot(wg, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
+                        uv = madd_q6_k_row_dot(wu, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
+                    h[p, o] = gv / (one + np.exp(-gv)) * uv
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -1062,22 +1131,31 @@ def float_matmul(kind, w, x, rows, groups, gexp, out):
     n = x.shape[1]
     n_chunks = (O + ROW_CHUNK - 1) // ROW_CHUNK
     G = gexp.shape[0]
-    for item in prange(G * n_chunks):
-        g = item // n_chunks
-        r0 = (item % n_chunks) * ROW_CHUNK
-        r1 = min(O, r0 + ROW_CHUNK)
-        e = gexp[g]
-        f = np.empty(n, np.float32)
-        u = np.empty(n, np.uint32)
-        for o in range(r0, r1):
-            _decode_float_row(kind, w[e, o], n, f, u)
-            for k in range(groups[g], groups[g + 1]):
-                t = rows[k]
-                xr = x[t]
-                acc = np.float32(0.0)
-                for i in range(n):
-                    acc += f[i] * xr[i]
-                out[t, o] = acc
+    total = G * n_chunks
+    # work queue: each thread takes the next item from an atomic counter, so a thread the OS
+    # preempts (a shared machine, or more threads than cores) delays only its current item
+    nw = min(get_num_threads(), total)
+    counter = np.zeros(1, np.int64)
+    for _wk in prange(nw):
+        while True:
+            item = fetch_add(counter, 1)
+            if item >= total:
+                break
+            g = item // n_chunks
+            r0 = (item % n_chunks) * ROW_CHUNK
+            r1 = min(O, r0 + ROW_CHUNK)
+            e = gexp[g]
+            f = np.empty(n, np.float32)
+            u = np.empty(n, np.uint32)
+            for o in range(r0, r1):
+                _decode_float_row(kind, w[e, o], n, f, u)
+                for k in range(groups[g], groups[g + 1]):
+                    t = rows[k]
+                    xr = x[t]
+                    acc = np.float32(0.0)
+                    for i in range(n):
+                        acc += f[i] * xr[i]
+                    out[t, o] = acc
 
 
 # --- activation quantizers (numba twins of actquant's numpy ones; tested equal) -------------------
