@@ -7,6 +7,7 @@ layouts and read-only flags so numba compiles (and caches) one specialization pe
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
@@ -126,13 +127,13 @@ def run(qtype: QT, w3: np.ndarray, acts: PreparedActivations, rows, starts, expe
         return out
     w3 = _readonly(w3)
     if qtype in FLOAT_KIND:
-        fused.float_matmul(FLOAT_KIND[qtype], w3, acts.xf, rows, starts, experts, out)
+        fused.float_matmul(FLOAT_KIND[qtype], w3, acts.xf, rows, starts, experts, out, numba.get_num_threads())
     else:
         many = (qtype not in TILED_TYPES and len(starts) > 1
                 and int(np.diff(starts).max()) >= fused.MULTI_TOKEN)
         xr = acts.rounded() if many else _NO_ROWS
         fused.quant_matmul(INT_KIND[qtype], w3, acts.xq, acts.xd, acts.xs, acts.xbs, xr,
-                           rows, starts, experts, fused.F16_TABLE, out)
+                           rows, starts, experts, fused.F16_TABLE, out, numba.get_num_threads())
     return out
 
 
@@ -174,7 +175,7 @@ def moe_pairs(gate_type: QT, gate: np.ndarray, up_type: QT, up: np.ndarray, down
     if one_per_expert and gate_type == up_type and gate_type in TILED_TYPES:
         h = np.empty((len(flat), gate.shape[1]), np.float32)
         fused.gate_up_silu(INT_KIND[gate_type], _readonly(gate), _readonly(up), acts.xq, acts.xd, acts.xbs,
-                           tok, rows, starts, experts, fused.F16_TABLE, h)
+                           tok, rows, starts, experts, fused.F16_TABLE, h, numba.get_num_threads())
     else:
         pair_acts = take_rows(acts, tok)
         g = run(gate_type, gate, pair_acts, rows, starts, experts)

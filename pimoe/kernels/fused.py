@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -937,22 +937,24 @@ def _fdot4(a, b0, b1, b2, b3):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out):
+def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out, nthreads):
     """Integer-activation matmul over expert groups.
 
     w uint8 [E, O, rb]; xq int8 [N, n] activation codes;
     xd f32 [N, n/block] activation scales; xs f32 [N, n/32] (Q8_1 sums, else unused);
     xbs int16 [N, n/16] (Q8_K 16-sums, else unused); xr f32 [N, n] the rounded activations
     d_x*q_x (used when a weight row serves MULTI_TOKEN or more tokens); rows/groups/gexp as in the
-    module doc; out f32 [N, O].
+    module doc; out f32 [N, O]; nthreads: how many work-queue workers (numba.get_num_threads()).
     """
     O = w.shape[1]
     n_chunks = (O + ROW_CHUNK - 1) // ROW_CHUNK
     G = gexp.shape[0]
     total = G * n_chunks
     # work queue: each thread takes the next item from an atomic counter, so a thread the OS
-    # preempts (a shared machine, or more threads than cores) delays only its current item
-    nw = min(get_num_threads(), total)
+    # preempts (a shared machine, or more threads than cores) delays only its current item.
+    # nthreads: numba.get_num_threads() from the caller (called in here it is a dynamic global
+    # that stops numba from caching the kernel)
+    nw = max(1, min(nthreads, total))
     counter = np.zeros(1, np.int64)
     for _wk in prange(nw):
         while True:
@@ -1055,7 +1057,7 @@ def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def gate_up_silu(kind, wg, wu, xq, xd, xbs, tok, rows, groups, gexp, lut, h):
+def gate_up_silu(kind, wg, wu, xq, xd, xbs, tok, rows, groups, gexp, lut, h, nthreads):
     """The first half of a layer's expert FFN in one call, for one token per expert (decode):
     h[p, o] = silu(wg[e, o] . x[tok[p]]) * (wu[e, o] . x[tok[p]]) for every pair p = rows[k] of group g
     (expert e = gexp[g]).  Gate and up rows of the same output o are read back to back while the
@@ -1072,7 +1074,7 @@ def gate_up_silu(kind, wg, wu, xq, xd, xbs, tok, rows, groups, gexp, lut, h):
     n_chunks = (O + ROW_CHUNK - 1) // ROW_CHUNK
     G = gexp.shape[0]
     total = G * n_chunks
-    nw = min(get_num_threads(), total)
+    nw = max(1, min(nthreads, total))
     counter = np.zeros(1, np.int64)
     one = np.float32(1.0)
     for _wk in prange(nw):
@@ -1125,7 +1127,7 @@ def _decode_float_row(kind, b, n, f, u):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})
-def float_matmul(kind, w, x, rows, groups, gexp, out):
+def float_matmul(kind, w, x, rows, groups, gexp, out, nthreads):
     """F32/F16/BF16 weights: w uint8 [E, O, rb]; x f32 [N, n] (already rounded); out f32 [N, O]."""
     O = w.shape[1]
     n = x.shape[1]
@@ -1133,8 +1135,10 @@ def float_matmul(kind, w, x, rows, groups, gexp, out):
     G = gexp.shape[0]
     total = G * n_chunks
     # work queue: each thread takes the next item from an atomic counter, so a thread the OS
-    # preempts (a shared machine, or more threads than cores) delays only its current item
-    nw = min(get_num_threads(), total)
+    # preempts (a shared machine, or more threads than cores) delays only its current item.
+    # nthreads: numba.get_num_threads() from the caller (called in here it is a dynamic global
+    # that stops numba from caching the kernel)
+    nw = max(1, min(nthreads, total))
     counter = np.zeros(1, np.int64)
     for _wk in prange(nw):
         while True:
