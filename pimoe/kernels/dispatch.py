@@ -12,6 +12,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from pimoe.kernels import actquant, fused
+from pimoe.ops import swiglu
 
 INT_KIND = {
     QT.Q8_0: fused.K_Q8_0, QT.Q4_0: fused.K_Q4_0, QT.Q5_0: fused.K_Q5_0,
@@ -183,6 +184,5 @@ def moe_pairs(gate_type: QT, gate: np.ndarray, up_type: QT, up: np.ndarray, down
             u = run(up_type, up, pair_acts, rows, starts, experts)
         else:
             u = run(up_type, up, PreparedActivations(x[tok], up_type), rows, starts, experts)
-        with np.errstate(over="ignore"):
-            h = g / (np.float32(1.0) + np.exp(-g)) * u
+        h = swiglu(g, u)
     return run(down_type, down, PreparedActivations(h, down_type), rows, starts, experts)
