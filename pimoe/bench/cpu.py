@@ -134,11 +134,19 @@ def _numba_read_kernel():
     return read_bytes
 
 
-def read_bandwidth(threads: int, mbytes: int = 512, reps: int = 5) -> dict:
-    """GB/s of plain sequential reads: numpy sum (1 thread) and a numba parallel byte sum."""
+def _numba_threads(threads: int) -> int:
+    """threads, capped at this process's numba pool (NUMBA_NUM_THREADS, the CPU count by default): the
+    microbenchmarks run here, the models in workers started with NUMBA_NUM_THREADS=threads."""
     import numba
 
-    numba.set_num_threads(threads)
+    n = min(threads, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    return n
+
+
+def read_bandwidth(threads: int, mbytes: int = 512, reps: int = 5) -> dict:
+    """GB/s of plain sequential reads: numpy sum (1 thread) and a numba parallel byte sum."""
+    threads = _numba_threads(threads)
     a = np.ones(mbytes * (1 << 20) // 4, np.float32)
     t_np = []
     for _ in range(reps):
@@ -166,12 +174,11 @@ def read_bandwidth(threads: int, mbytes: int = 512, reps: int = 5) -> dict:
 # --- 2. expert GEMV microbenchmark ------------------------------------------------------------------
 
 def gemv_micro(threads: int, ceiling: float, n_experts: int = 128, sweeps: int = 5) -> list[dict]:
-    import numba
     from gguf import GGMLQuantizationType as QT
 
     from pimoe import quant
 
-    numba.set_num_threads(threads)
+    threads = _numba_threads(threads)
     rng = np.random.default_rng(0)
     rows = []
     for qtype in (QT.Q4_K, QT.Q8_0):
