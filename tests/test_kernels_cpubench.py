@@ -91,6 +91,6 @@ def test_thread_list_and_worker_failure_reports():
         with pytest.raises(argparse.ArgumentTypeError):
             cpubench._thread_list(bad)
     # a native crash leaves no traceback: the signal's name is what the record keeps
-    assert cpubench.worker_failure(-11, "loading\n")[-1] == "worker killed by SIGSEGV"
-    assert cpubench.worker_failure(-4, "")[-1] == "worker killed by SIGILL"
+    assert cpubench.worker_failure(-11, "loading\n")[-1] == "worker killed by SIGSEGV (signal 11)"
+    assert cpubench.worker_failure(-4, "")[-1] == "worker killed by SIGILL (signal 4)"
     assert cpubench.worker_failure(1, "Traceback\nValueError: x")[-2:] == ["ValueError: x", "worker exited with status 1"]

@@ -7,7 +7,7 @@ What it measures, in one run, on this machine:
      Q8_0), cycling over 128 experts so the weights come from DRAM, not cache: us per GEMV and GB/s;
   3. whole models: synthetic GGUFs of the Qwen3-30B-A3B shape with a few layers (Q8_0, and a
      Q4_K_M-like mix: Q4_K with Q6_K output head and Q6_K attn_v/ffn_down_exps in the layers
-     llama-quantize's use_more_bits picks), each run by pimoe and by llama.cpp (llama-cpp-python's
+     llama-quantize's use_more_bits picks), each run by pimoe and by llama.cpp (pimoe.llamaref: the
      low-level API, loaded without its extra buffer types: the AMX/repack buffers crashed a host in
      issue 10 and are not what a Pi runs) in separate worker processes with the same thread count:
      prompt tokens/s (pp: one forward over P tokens, all-position logits in both engines), decode
@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -303,68 +302,9 @@ def _run_worker(engine: str, path: Path, threads: int, prompt: list[int], n_deco
 def worker_failure(returncode: int, output: str) -> list[str]:
     """What a failed worker reports: its last lines, and the signal's name when one killed it (a crash
     in llama.cpp's native code leaves no Python traceback, only e.g. SIGSEGV or SIGILL)."""
-    lines = (output or "").strip().splitlines()[-5:]
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        lines.append(f"worker killed by {name}")
-    else:
-        lines.append(f"worker exited with status {returncode}")
-    return lines
+    from pimoe.llamaref import describe_exit
 
-
-class LlamaLowLevel:
-    """llama.cpp through llama-cpp-python's low-level API: one context, F32 KV cache, no flash attention,
-    no extra buffer types (use_extra_bufts=False: the CPU repack/AMX buffers crashed a host, issue 10,
-    and a Pi has none), all-position logits for a prompt like pimoe's forward."""
-
-    def __init__(self, path: str, threads: int, n_ctx: int, n_batch: int):
-        import llama_cpp as L
-
-        self.L = L
-        L.llama_backend_init()
-        mp = L.llama_model_default_params()
-        mp.use_extra_bufts = False
-        mp.n_gpu_layers = 0
-        self.model = L.llama_model_load_from_file(str(path).encode(), mp)
-        if not self.model:
-            raise RuntimeError(f"llama.cpp could not load {path}")
-        cp = L.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_batch, n_batch
-        cp.n_threads = cp.n_threads_batch = threads
-        cp.type_k = cp.type_v = 0                      # GGML_TYPE_F32, like pimoe's cache
-        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cp.no_perf = True
-        self.ctx = L.llama_init_from_model(self.model, cp)
-        if not self.ctx:
-            raise RuntimeError("llama.cpp could not create a context")
-        self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
-        self.batch = L.llama_batch_init(n_batch, 0, 1)
-        self.pos = 0
-
-    def reset(self) -> None:
-        self.L.llama_memory_clear(self.L.llama_get_memory(self.ctx), True)
-        self.pos = 0
-
-    def eval(self, tokens) -> None:
-        b, n = self.batch, len(tokens)
-        b.n_tokens = n
-        for i, t in enumerate(tokens):
-            b.token[i] = int(t)
-            b.pos[i] = self.pos + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = 1
-        rc = self.L.llama_decode(self.ctx, b)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode returned {rc}")
-        self.pos += n
-
-    def last_logits(self) -> np.ndarray:
-        ptr = self.L.llama_get_logits_ith(self.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float32)
+    return (output or "").strip().splitlines()[-5:] + [f"worker {describe_exit(returncode)}"]
 
 
 def _worker(spec: dict) -> dict:
@@ -397,7 +337,11 @@ def _worker(spec: dict) -> dict:
         def run_token(tok):
             model.forward([tok])
     else:
-        llm = LlamaLowLevel(path, threads, n_ctx=len(prompt) + n_decode + 8, n_batch=max(512, len(prompt)))
+        from pimoe.llamaref import Reference
+
+        # the low-level API with extra buffer types off (pimoe.llamaref: the AMX/repack buffers crash
+        # some hosts and a Pi has none); all-position logits for a prompt, like pimoe's forward
+        llm = Reference(path, n_ctx=len(prompt) + n_decode + 8, n_batch=max(512, len(prompt)), n_threads=threads)
         load_s = time.perf_counter() - t0
         llm.eval(prompt[:2])
         llm.eval(decode_tokens[:2])
@@ -405,8 +349,7 @@ def _worker(spec: dict) -> dict:
 
         def run_prompt():
             llm.reset()
-            llm.eval(prompt)
-            return llm.last_logits()
+            return llm.eval(prompt)[-1]
 
         def run_token(tok):
             llm.eval([tok])
