@@ -31,8 +31,8 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from qpu_kernels import qpu_layout as lay
-from qpu_kernels.gemv_kernel import (KernelConfig, base_address, Programs, Scratch, execute, f32_bits, timing_args,
-                                     make_x_stream, write_tables, x_stream_words)
+from qpu_kernels.gemv_kernel import (KernelConfig, Programs, Scratch, XStream, base_address, execute, f32_bits,
+                                     timing_args, write_tables)
 
 DEFAULT_THREADS = 8
 MAX_TILE = {"f32": 4, "q4": 2, "q8": 2}   # tokens per tile the register file holds in the swiglu kernel
@@ -160,25 +160,23 @@ class ExpertFFN:
         hidden_p = x_full.shape[1]
         ff, ff_p = gate.rows, lay.padded_cols(gate.rows)
         cfg_a = KernelConfig(gate.spec.kind, gate.spec.nsub, hidden_p, TT, "swiglu", header_out=quant_h)
-        hx_words = x_stream_words(ff_p, TT, quant_h)
+        x_layout, h_layout = cfg_a.x_stream, XStream(ff_p, TT, quant_h)
         items_a, h_streams = [], []
         with self.region("upload"):     # activations into QPU memory in the kernel's stream layout
             for e, toks, ws in tiles:
                 xt = np.zeros((TT, hidden_p), np.float32)
                 xt[: len(toks)] = x_full[toks]
-                xs, xaddr = self.scratch.take(x_stream_words(hidden_p, TT, quant_in))
-                make_x_stream(xt, quant_in, out=xs.view(np.float32))
-                hs, haddr = self.scratch.take(hx_words)
+                xs, xaddr = self.scratch.take(x_layout.words)
+                x_layout.pack(xt, out=xs.view(np.float32))
+                hs, haddr = self.scratch.take(h_layout.words)
                 hs[:] = 0
                 h_streams.append((hs, haddr))
                 wts = [f32_bits(w) for w in ws] + [f32_bits(0.0)] * (TT - len(ws))
-                per_block = (34 if quant_h else 32) * TT
                 for g in range(lay.padded_rows(ff) // 16):
-                    b, half = divmod(g, 2)
-                    hoff = b * per_block + (2 * TT if quant_h else 0) + half * 16 * TT
-                    soff = b * per_block + half * TT
-                    items_a.append([gate.addr(e, 16 * g), up.addr(e, 16 * g), xaddr, haddr + 4 * hoff,
-                                    haddr + 4 * soff] + wts)
+                    # h rows 16g.. are the down projection's columns: written in its x-stream layout
+                    items_a.append([gate.addr(e, 16 * g), up.addr(e, 16 * g), xaddr,
+                                    haddr + 4 * h_layout.value_offset(16 * g),
+                                    haddr + 4 * h_layout.half_sum_offset(16 * g)] + wts)
         with self.region("dispatch"):   # the work tables that say what each QPU thread does
             table_a = write_tables(self.scratch, items_a, self.threads)
         self._execute(cfg_a, table_a, [gate.row_bytes, up.row_bytes], "swiglu")
@@ -229,7 +227,7 @@ class ExpertFFN:
         hp, fp = lay.padded_cols(hidden), lay.padded_cols(ff)
         tiles = max(k, max_tokens * k)
         TT = 4
-        per_tile = (x_stream_words(hp, TT, True) + x_stream_words(fp, TT, True) + 16 + TT * lay.padded_rows(hidden)
+        per_tile = (XStream(hp, TT, True).words + XStream(fp, TT, True).words + 16 + TT * lay.padded_rows(hidden)
                     + 32 * (lay.padded_rows(ff) // 16 + lay.padded_rows(hidden) // 16))
         return 4 * (tiles * per_tile + 64 * 1024)
 

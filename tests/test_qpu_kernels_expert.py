@@ -12,7 +12,7 @@ from pimoe.errors import PimoeError
 from pimoe.qpu import EmuDriver
 from qpu_kernels import qpu_layout as lay
 from qpu_kernels.expert_ffn import run_check
-from qpu_kernels.gemv_kernel import KernelConfig, Regs, block_ops, make_x_stream, schedule
+from qpu_kernels.gemv_kernel import KernelConfig, Regs, XStream, block_ops, make_x_stream, schedule
 from qpu_kernels.gemv_quant import REAL_SHAPES, run
 
 LAYOUT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
@@ -53,6 +53,23 @@ def test_x_stream_layout():
     assert s[:4].tolist() == [x[0, :16].sum(), x[1, :16].sum(), x[0, 16:32].sum(), x[1, 16:32].sum()]
     assert s[4:8].tolist() == [x[0, 0], x[1, 0], x[0, 1], x[1, 1]]
     assert len(s) == 2 * (4 + 64)
+
+
+@pytest.mark.parametrize("quantized", [True, False])
+def test_x_stream_offsets_point_at_the_values_pack_writes(quantized):
+    """The offsets the host and the swiglu epilogue use (value_offset, half_sum_offset) find, in the packed
+    stream, the x values and 16-column sums numpy computes."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    layout = XStream(96, 3, quantized)
+    s = layout.pack(x)
+    assert s.size == layout.words
+    for t in range(3):
+        for col in range(96):
+            assert s[layout.value_offset(col, t)] == x[t, col]
+            if quantized:
+                lo = col // 16 * 16
+                assert s[layout.half_sum_offset(col, t)] == np.float32(x[t, lo:lo + 16].sum(dtype=np.float32))
 
 
 @pytest.mark.parametrize("name,rows,cols,tokens,threads", [
