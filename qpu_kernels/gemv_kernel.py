@@ -57,10 +57,15 @@ class KernelConfig:
     tokens: int          # T: activation vectors sharing the weights
     mode: str            # "sum" | "swiglu"
     header_out: bool = False   # swiglu: write h with block-sum headers (the down weights are quantized)
+    f16_scales: bool = False   # the layout's D and M are the f16 halves of one word (qpu_layout)
+
+    @classmethod
+    def for_layout(cls, spec: LayoutSpec, cols: int, tokens: int, mode: str, header_out: bool = False):
+        return cls(spec.kind, spec.nsub, cols, tokens, mode, header_out=header_out, f16_scales=spec.f16_scales)
 
     @property
     def spec(self) -> LayoutSpec:
-        return LayoutSpec(self.kind, self.nsub)
+        return LayoutSpec(self.kind, self.nsub, self.f16_scales)
 
     @property
     def n_mats(self) -> int:
@@ -376,7 +381,10 @@ class _BlockBuilder:
             for t in range(cfg.tokens):
                 ops.append(Op("add", "fadd", XL_[t], (XL_[t], XH_[t])))
         for m in range(cfg.n_mats):
-            d, mn = SC_[m][2 * sub], SC_[m][2 * sub + 1]
+            if cfg.f16_scales:      # one word: D in the low f16 half, M in the high half
+                d, mn = (SC_[m][sub], "l"), (SC_[m][sub], "h")
+            else:
+                d, mn = SC_[m][2 * sub], SC_[m][2 * sub + 1]
             for t in range(cfg.tokens):
                 X = XL_[t] if (cfg.nsub == 1 or sub == 0) else XH_[t]
                 s = S_[m][t]
@@ -519,96 +527,109 @@ def prologue_issue_ops(cfg: KernelConfig, rg: Regs) -> list[Op]:
 # ---- the kernel --------------------------------------------------------------------------------------
 
 @qpu
-def qpu_gemv(asm, *, cfg: KernelConfig, threads: int = MAX_THREADS):
+def qpu_gemv(asm, *, cfg: KernelConfig | None = None, threads: int = MAX_THREADS, chain: tuple = ()):
     """See the module docstring. Uniforms: table address, NB-1, MASK, EXPO, K16, -log2(e), row bytes of
-    each matrix."""
-    lang = language(asm)
-    rg = Regs(cfg)
-    rfr = lambda name: lang[name]  # noqa: E731
-    T = cfg.tokens
-    nm = cfg.n_mats
-    for name in ("TAB", "NBM1", "MASK", "EXPO", "K16", "NL2E"):
-        nop(sig=ldunifrf(rfr(getattr(rg, name))))
-    for m in range(nm):
-        nop(sig=ldunifrf(rfr(rg.RB[m])))
-    emit_thread_id(asm, r0, threads)
-    shl(r0, r0, 6)
-    eidx(r1)
-    shl(r1, r1, 2)
-    mov(rfr(rg.LANE4), r1)
-    add(r0, r0, rfr(rg.TAB))
-    add(tmua, r0, r1)
-    eidx(r3).mov(rfr(rg.K4), 4)
-    for m in range(nm):
-        umul24(rfr(rg.LRB[m]), r3, rfr(rg.RB[m]))
-    nop(sig=ldtmu(r2))
-    mov(rfr(rg.K8), 8)
-    mov(rfr(rg.K12), 12)
-    mov(rfr(rg.K1), 1)
-    shl(rfr(rg.K64), rfr(rg.K4), 4)
-    emit_broadcast(asm, rfr(rg.NITEMS), r2, 0)
-    emit_broadcast(asm, rfr(rg.ITP), r2, 1)
-    mov(null, rfr(rg.NITEMS), cond="pushz")
-    b(R.done, cond="alla")
-    nop()
-    nop()
-    nop()
-    with loop as item_loop:
-        # ---- item descriptor
-        add(tmua, rfr(rg.ITP), rfr(rg.LANE4))
+    each matrix.
+
+    chain: several configurations run one after the other in one dispatch (e.g. a decode token's swiglu
+    then down_sum), each reading its own uniforms (uniforms_for, concatenated) and work table. Between
+    two phases every thread waits for its stores (tmuwt) and then for all the other threads at a barrier
+    (barrierid syncb: the dispatch's batches form one supergroup; py-videocore6's barrier test shows it
+    holding across QPUs on a Pi 4), so a phase reads what the one before wrote."""
+    phases = tuple(chain) or (cfg,)
+    for phase, cfg in enumerate(phases):
+        done = "done" if len(phases) == 1 else f"done{phase}"
+        lang = language(asm)
+        rg = Regs(cfg)
+        rfr = lambda name: lang[name]  # noqa: E731
+        T = cfg.tokens
+        nm = cfg.n_mats
+        for name in ("TAB", "NBM1", "MASK", "EXPO", "K16", "NL2E"):
+            nop(sig=ldunifrf(rfr(getattr(rg, name))))
+        for m in range(nm):
+            nop(sig=ldunifrf(rfr(rg.RB[m])))
+        emit_thread_id(asm, r0, threads)
+        shl(r0, r0, 6)
+        eidx(r1)
+        shl(r1, r1, 2)
+        mov(rfr(rg.LANE4), r1)
+        add(r0, r0, rfr(rg.TAB))
+        add(tmua, r0, r1)
+        eidx(r3).mov(rfr(rg.K4), 4)
+        for m in range(nm):
+            umul24(rfr(rg.LRB[m]), r3, rfr(rg.RB[m]))
         nop(sig=ldtmu(r2))
-        add(rfr(rg.ITP), rfr(rg.ITP), rfr(rg.K64))
-        if cfg.mode == "sum":
-            # [n_entries, entries address, out address, out token stride]
-            emit_broadcast(asm, rfr(rg.NENT), r2, 0)
-            emit_broadcast(asm, rfr(rg.ENTP), r2, 1)
-            emit_broadcast(asm, rfr(rg.OUTP), r2, 2)
-            emit_broadcast(asm, rfr(rg.OUTS), r2, 3)
-            for t in range(T):
-                mov(rfr(rg.TOT[t]), 0)
-            with loop as entry_loop:
-                add(tmua, rfr(rg.ENTP), rfr(rg.LANE4))
-                nop(sig=ldtmu(r2))
-                add(rfr(rg.ENTP), rfr(rg.ENTP), rfr(rg.K64))
-                # [weights address (row group), x stream address, scale]
+        mov(rfr(rg.K8), 8)
+        mov(rfr(rg.K12), 12)
+        mov(rfr(rg.K1), 1)
+        shl(rfr(rg.K64), rfr(rg.K4), 4)
+        emit_broadcast(asm, rfr(rg.NITEMS), r2, 0)
+        emit_broadcast(asm, rfr(rg.ITP), r2, 1)
+        mov(null, rfr(rg.NITEMS), cond="pushz")
+        b(getattr(R, done), cond="alla")
+        nop()
+        nop()
+        nop()
+        with loop as item_loop:
+            # ---- item descriptor
+            add(tmua, rfr(rg.ITP), rfr(rg.LANE4))
+            nop(sig=ldtmu(r2))
+            add(rfr(rg.ITP), rfr(rg.ITP), rfr(rg.K64))
+            if cfg.mode == "sum":
+                # [n_entries, entries address, out address, out token stride]
+                emit_broadcast(asm, rfr(rg.NENT), r2, 0)
+                emit_broadcast(asm, rfr(rg.ENTP), r2, 1)
+                emit_broadcast(asm, rfr(rg.OUTP), r2, 2)
+                emit_broadcast(asm, rfr(rg.OUTS), r2, 3)
+                for t in range(T):
+                    mov(rfr(rg.TOT[t]), 0)
+                with loop as entry_loop:
+                    add(tmua, rfr(rg.ENTP), rfr(rg.LANE4))
+                    nop(sig=ldtmu(r2))
+                    add(rfr(rg.ENTP), rfr(rg.ENTP), rfr(rg.K64))
+                    # [weights address (row group), x stream address, scale]
+                    emit_broadcast(asm, r0, r2, 0)
+                    add(rfr(rg.PTR[0]), r0, rfr(rg.LRB[0]))
+                    emit_broadcast(asm, rfr(rg.XADDR), r2, 1)
+                    emit_broadcast(asm, rfr(rg.SCAL), r2, 2)
+                    _emit_entry(asm, lang, cfg, rg)
+                    for t in range(T):
+                        nop().fmul(r0, rfr(rg.A[0][t]), rfr(rg.SCAL))
+                        fadd(rfr(rg.TOT[t]), rfr(rg.TOT[t]), r0)
+                    sub(rfr(rg.NENT), rfr(rg.NENT), 1, cond="pushz")
+                    entry_loop.b(cond="anyna")
+                    nop()
+                    nop()
+                    nop()
+                # y[t, row] at out + t * stride + 4 * lane
+                add(r1, rfr(rg.OUTP), rfr(rg.LANE4))
+                for t in range(T):
+                    mov(tmud, rfr(rg.TOT[t]))
+                    mov(tmua, r1).add(r1, r1, rfr(rg.OUTS))
+            else:
+                # [gate rows, up rows, x stream, h address (token 0, lane 0), h block-sum address, w_t ...]
                 emit_broadcast(asm, r0, r2, 0)
                 add(rfr(rg.PTR[0]), r0, rfr(rg.LRB[0]))
-                emit_broadcast(asm, rfr(rg.XADDR), r2, 1)
-                emit_broadcast(asm, rfr(rg.SCAL), r2, 2)
-                _emit_entry(asm, lang, cfg, rg)
+                emit_broadcast(asm, r0, r2, 1)
+                add(rfr(rg.PTR[1]), r0, rfr(rg.LRB[1]))
+                emit_broadcast(asm, rfr(rg.XADDR), r2, 2)
+                emit_broadcast(asm, rfr(rg.HADDR), r2, 3)
+                emit_broadcast(asm, rfr(rg.HSUM), r2, 4)
                 for t in range(T):
-                    nop().fmul(r0, rfr(rg.A[0][t]), rfr(rg.SCAL))
-                    fadd(rfr(rg.TOT[t]), rfr(rg.TOT[t]), r0)
-                sub(rfr(rg.NENT), rfr(rg.NENT), 1, cond="pushz")
-                entry_loop.b(cond="anyna")
-                nop()
-                nop()
-                nop()
-            # y[t, row] at out + t * stride + 4 * lane
-            add(r1, rfr(rg.OUTP), rfr(rg.LANE4))
-            for t in range(T):
-                mov(tmud, rfr(rg.TOT[t]))
-                mov(tmua, r1).add(r1, r1, rfr(rg.OUTS))
-        else:
-            # [gate rows, up rows, x stream, h address (token 0, lane 0), h block-sum address, w_t ...]
-            emit_broadcast(asm, r0, r2, 0)
-            add(rfr(rg.PTR[0]), r0, rfr(rg.LRB[0]))
-            emit_broadcast(asm, r0, r2, 1)
-            add(rfr(rg.PTR[1]), r0, rfr(rg.LRB[1]))
-            emit_broadcast(asm, rfr(rg.XADDR), r2, 2)
-            emit_broadcast(asm, rfr(rg.HADDR), r2, 3)
-            emit_broadcast(asm, rfr(rg.HSUM), r2, 4)
-            for t in range(T):
-                emit_broadcast(asm, rfr(rg.WT[t]), r2, 5 + t)
-            _emit_entry(asm, lang, cfg, rg)
-            _emit_swiglu_epilogue(asm, lang, cfg, rg)
-        sub(rfr(rg.NITEMS), rfr(rg.NITEMS), 1, cond="pushz")
-        item_loop.b(cond="anyna")
-        nop()
-        nop()
-        nop()
-    L.done
-    tmuwt()
+                    emit_broadcast(asm, rfr(rg.WT[t]), r2, 5 + t)
+                _emit_entry(asm, lang, cfg, rg)
+                _emit_swiglu_epilogue(asm, lang, cfg, rg)
+            sub(rfr(rg.NITEMS), rfr(rg.NITEMS), 1, cond="pushz")
+            item_loop.b(cond="anyna")
+            nop()
+            nop()
+            nop()
+        getattr(L, done)
+        tmuwt()
+        if phase + 1 < len(phases):
+            barrierid(syncb, sig=thrsw)
+            nop()
+            nop()
     emit_program_end(asm)
 
 
@@ -684,6 +705,14 @@ def kernel_words(cfg: KernelConfig, threads: int = MAX_THREADS) -> tuple[int, ..
     return tuple(assemble(qpu_gemv, cfg=cfg, threads=threads))
 
 
+@lru_cache(maxsize=None)
+def chain_words(cfgs: tuple, threads: int = MAX_THREADS) -> tuple[int, ...]:
+    """The words of one dispatch running the configurations one after the other (qpu_gemv's chain)."""
+    from pimoe.qpu import assemble
+
+    return tuple(assemble(qpu_gemv, chain=tuple(cfgs), threads=threads))
+
+
 def uniforms_for(cfg: KernelConfig, table_addr: int, row_bytes: list[int]) -> list[int]:
     mask = M4 if cfg.kind == "q4" else M8
     return [table_addr, cfg.iterations - 1, mask, E1, 16, int(np.float32(NEG_LOG2E).view(np.uint32))] + \
@@ -699,10 +728,12 @@ class Programs:
         self.drv = drv
         self._code: dict = {}
 
-    def get(self, cfg: KernelConfig, threads: int):
+    def get(self, cfg, threads: int):
+        """cfg: a KernelConfig, or a tuple of them for a chained dispatch."""
         key = (cfg, threads)
         if key not in self._code:
-            self._code[key] = self.drv.program(list(kernel_words(cfg, threads)))
+            words = chain_words(cfg, threads) if isinstance(cfg, tuple) else kernel_words(cfg, threads)
+            self._code[key] = self.drv.program(list(words))
         return self._code[key]
 
 
@@ -766,10 +797,17 @@ def f32_bits(v: float) -> int:
 
 def execute(drv, programs: Programs, cfg: KernelConfig, threads: int, scratch: Scratch, table_addr: int,
             row_bytes: list[int]):
-    unif, unif_addr = scratch.take(16)
-    vals = uniforms_for(cfg, table_addr, row_bytes)
+    return execute_chain(drv, programs, [(cfg, table_addr, row_bytes)], threads, scratch)
+
+
+def execute_chain(drv, programs: Programs, phases: list, threads: int, scratch: Scratch):
+    """One dispatch of the phases [(cfg, table address, row bytes)] in order (one phase: qpu_gemv itself,
+    more: its chain, with a barrier between phases)."""
+    vals = [v for cfg, table_addr, row_bytes in phases for v in uniforms_for(cfg, table_addr, row_bytes)]
+    unif, unif_addr = scratch.take(max(16, len(vals)))
     unif[: len(vals)] = vals
-    code = programs.get(cfg, threads)
+    cfgs = tuple(cfg for cfg, _, _ in phases)
+    code = programs.get(cfgs[0] if len(cfgs) == 1 else cfgs, threads)
     return launch(drv, code, unif_addr, threads)[0]
 
 

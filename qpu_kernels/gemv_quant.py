@@ -60,7 +60,7 @@ class QPUGemv:
         if x.shape[1] != cols:
             raise PimoeError(f"gemv: x has {x.shape[1]} columns, the matrix {cols}")
         pc = lay.padded_cols(cols)
-        cfg = KernelConfig(spec.kind, spec.nsub, pc, T, "sum")
+        cfg = KernelConfig.for_layout(spec, pc, T, "sum")
         self.scratch.reset()
         xs, xaddr = self.scratch.take(cfg.x_stream.words)
         xp = np.zeros((T, pc), np.float32)

@@ -38,7 +38,19 @@ def test_layout_is_lossless_against_gguf(name):
 
 def test_layout_bits_per_weight_documented():
     assert {t.name: lay.spec_for(t).bits_per_weight for t in (QT.Q4_0, QT.Q4_K, QT.Q8_0, QT.Q6_K, QT.Q2_K, QT.F16)} \
-        == {"Q4_0": 6, "Q4_K": 6, "Q8_0": 10, "Q6_K": 12, "Q2_K": 8, "F16": 32}
+        == {"Q4_0": 5, "Q4_K": 6, "Q8_0": 9, "Q6_K": 12, "Q2_K": 8, "F16": 32}
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q8_0"])
+def test_compact_layout_refuses_a_scale_that_is_not_a_normal_f16(name):
+    """D = k d must be exactly an f16 number for the 5 / 9 bits-per-weight layouts: a block scale d so
+    large that 256 d (Q8_0) or 16 d (Q4_0) overflows f16 is refused, not rounded."""
+    qt = QT[name]
+    w = quant.random_qtensor("w", qt, (16, 32), np.random.default_rng(0))
+    data = np.array(w.data, copy=True).reshape(16, -1)
+    data[3, 0:2] = np.frombuffer(np.float16(8000.0).tobytes(), np.uint8)    # d = 8000: k d > 65504
+    with pytest.raises(PimoeError, match="not a normal f16"):
+        lay.pack_matrix(data, qt, 16, 32)
 
 
 def test_layout_rejects_unsupported_type():
@@ -125,12 +137,32 @@ def test_expert_ffn_equals_numpy(name, tokens):
                                      threads=8, seed=tokens)
     assert err < 1e-5
     if tokens == 1:
-        assert len(counters) == 2                          # decode: two dispatches per layer
-    else:
-        assert len(counters) in (2, 4)                     # prompt: two per tile width (1 and/or 2 tokens)
+        assert len(counters) == 1                          # decode: one dispatch per layer (two phases)
+        assert counters[0].sfu_ops > 0 and counters[0].total("barriers") > 0
+        return
+    assert len(counters) in (2, 4)                         # prompt: two per tile width (1 and/or 2 tokens)
     for a, b in zip(counters[0::2], counters[1::2]):
         assert a.sfu_ops > 0                               # SiLU ran on the SFU in dispatch A
         assert b.sfu_ops == 0
+
+
+@pytest.mark.parametrize("name,threads", [("Q4_0", 8), ("Q8_0", 3), ("F32", 5)])
+def test_decode_one_dispatch_equals_two_dispatches(name, threads):
+    """The chained dispatch (swiglu, barrier, down_sum) computes bit for bit what the two dispatches do,
+    with the same instructions but one dispatch, and both equal numpy."""
+    outs = {}
+    for one in (True, False):
+        with EmuDriver(data_area_size=32 << 20) as drv:
+            err, counters, _ = run_check(drv, QT[name], hidden=256, ff=96, n_experts=4, k=3, tokens=1,
+                                         threads=threads, seed=5, one_dispatch=one)
+        assert err < 1e-5
+        outs[one] = counters
+    assert len(outs[True]) == 1 and len(outs[False]) == 2
+    chained = outs[True][0].total_instructions
+    separate = sum(c.total_instructions for c in outs[False])
+    # per thread the chain swaps the first program's end (thread switches and their delay slots) for a
+    # barrier and its two delay slots: a few instructions fewer, never more
+    assert separate - 8 * threads <= chained < separate
 
 
 def test_expert_ffn_odd_ff_and_few_threads():
