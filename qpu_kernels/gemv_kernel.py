@@ -211,10 +211,12 @@ class Regs:
             # then need not wait for block b's finalize. Measured: it helps the swiglu kernels a little and
             # costs the one-matrix kernels 1-2 instructions per block (the second block sum lives in the
             # register file instead of r4, and register-file read ports are scarce), so both are tried.
-            alt = nm * T + 2 * T + nm * cfg.spec.scale_words + 1
-            self.ALT = nm == 2 and cfg.unroll > 1 and self.next + alt + 8 + 3 <= 64   # swiglu: see VARIANTS
+            # One-matrix kernels alternate all but the block sums (S stays in r4): the next block's scale
+            # and x-header loads then need not wait for this block's finalize to read the old ones.
+            alt = (nm * T if nm == 2 else 0) + 2 * T + nm * cfg.spec.scale_words + 1
+            self.ALT = cfg.unroll > 1 and self.next + alt + 8 + 3 <= 64
             if self.ALT:
-                self.S2 = [[take() for _ in range(T)] for _ in range(nm)]
+                self.S2 = [[take() for _ in range(T)] for _ in range(nm)] if nm == 2 else self.S
                 self.XL2 = [take() for _ in range(T)]
                 self.XH2 = [take() for _ in range(T)]
                 self.SC2 = [[take() for _ in range(cfg.spec.scale_words)] for _ in range(nm)]
@@ -293,7 +295,8 @@ class Variant:
 # The variants tried at assembly time. (The winners over sum/swiglu x q4/q8 x T = 1/4 at unroll 4;
 # alternate x registers and a fifth pair register never won once the block registers alternate, and
 # cost assembly time.)
-VARIANTS = (Variant(3), Variant(3, tmua_unit="mul"), Variant(4, alt_block=True),
+VARIANTS = (Variant(3), Variant(3, tmua_unit="mul"), Variant(3, alt_block=True),
+            Variant(3, tmua_unit="mul", alt_block=True), Variant(4, alt_block=True),
             Variant(4, expo_unit="any", alt_block=True))
 
 
