@@ -77,6 +77,7 @@ def main(args) -> int:
     try:
         make_model(tmp, arch=arch, preset=args.preset, qtype=args.type, n_layers=args.layers, seed=args.seed,
                    progress=True, **overrides)
+        GGUFFile(tmp)            # a file pimoe itself refuses (e.g. --set n_experts_used=99) is not kept
         tmp.replace(out)
     finally:
         if tmp.exists():
