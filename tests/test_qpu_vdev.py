@@ -255,3 +255,14 @@ def test_doctor_virtual_passes_and_doctor_says_what_is_missing_off_a_pi(capsys):
     assert main(["doctor", "--stream-mb", "0.3"]) == 1
     out = capsys.readouterr().out
     assert "[MISSING] render node" in out and "fix:" in out and "does not work here" in out
+
+
+def test_compare_runs_through_the_virtual_route(tmp_path, monkeypatch, capsys):
+    from pimoe.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))      # the built-in model is made here
+
+    rc = main(["compare", "-p", "3", "-n", "2", "-r", "1", "--backends", "cpu,qpu", "--qpu", "virtual", "--no-record"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "| qpu" in out.out and "predicted" in out.out

@@ -25,8 +25,9 @@ returns them):
 - SUBMIT_CSD: the 7 configuration words decoded as the hardware does (pimoe.qpu.v3d_uapi.CSDConfig), the
   job queued and run by the emulator on a worker thread, in submission order; bad pad/flags, no BOs ->
   EINVAL, unknown BO handle, sync object or perfmon -> ENOENT (the virtual device has no sync objects).
-- WAIT_BO: waits for the last job that used the BO, with its timeout: -> ETIME when it runs out (the
-  kernel's code), timeout_ns written back as what is left. A job the emulator stopped with a fault makes
+- WAIT_BO: waits for the last job that used the BO, with its timeout (in GPU time: the wall-clock wait is
+  `wait_scale` times longer, since emulating is that much slower than the QPUs): -> ETIME when it runs
+  out (the kernel's code), timeout_ns written back as what is left. A job the emulator stopped with a fault makes
   WAIT_BO fail with EIO (the real GPU would hang or read the MMU's scratch page; the fault is logged to
   the "pimoe.qpu.vdev" logger, the way the kernel logs MMU errors, and kept in `VirtualV3D.faults`).
 
@@ -73,6 +74,10 @@ V3D_FEATURES = {U.PARAM_SUPPORTS_TFU: 1, U.PARAM_SUPPORTS_CSD: 1, U.PARAM_SUPPOR
                 U.PARAM_SUPPORTS_PERFMON: 0, U.PARAM_SUPPORTS_MULTISYNC_EXT: 0, U.PARAM_SUPPORTS_CPU_QUEUE: 0}
 MMAP_OFFSET_BASE = 1 << 32          # DRM's fake mmap offsets start above 4 GiB (DRM_FILE_PAGE_OFFSET_START)
 DEFAULT_JOB_TIMEOUT = 600.0         # seconds of emulation before a job counts as hung
+# WAIT_BO timeouts are the client's idea of GPU time; emulating takes far longer than the QPUs would
+# (pimoe doctor --qpu virtual: a 4 MB summation takes 0.43 s to emulate, 0.92 ms predicted on a Pi 4, ~470x),
+# so a wait lasts timeout x this factor of wall time (0 still means "do not wait")
+DEFAULT_WAIT_SCALE = 1000.0
 SUBMIT_FLAG_EXTENSION = 0x02
 
 
@@ -112,12 +117,13 @@ class VirtualFile:
 class VirtualV3D:
     """The device: GPU address space, BOs, the CSD job queue and the emulator behind it."""
 
-    def __init__(self, job_timeout: float = DEFAULT_JOB_TIMEOUT):
+    def __init__(self, job_timeout: float = DEFAULT_JOB_TIMEOUT, wait_scale: float = DEFAULT_WAIT_SCALE):
         from pimoe.qpu.emulator import BUS_BASE
 
         self.base = BUS_BASE
         self.size = U.GPU_VA_SIZE - BUS_BASE
         self.job_timeout = float(job_timeout)
+        self.wait_scale = float(wait_scale)
         self.memfd = os.memfd_create("pimoe-v3d", os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, self.size)
         self._map = _ORIG["mmap"](self.memfd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -243,8 +249,8 @@ class VirtualV3D:
                 raise _err(errno.EINVAL, f"ioctl nr 0x{nr:02x} is not served by the virtual V3D device")
         if nr == U.NR_WAIT_BO:          # outside the lock: the worker must be able to finish the job
             start = time.monotonic()
-            finished = job is None or job.done.wait(timeout_ns / 1e9)
-            left = max(0, timeout_ns - int((time.monotonic() - start) * 1e9))
+            finished = job is None or job.done.wait(timeout_ns / 1e9 * self.wait_scale)
+            left = max(0, timeout_ns - int((time.monotonic() - start) * 1e9 / self.wait_scale))
             U.WAIT_BO.pack_into(data, 0, handle, 0, left if finished else 0)
             if not finished:
                 raise _err(errno.ETIME, f"BO {handle}: job still running after {timeout_ns} ns")
@@ -488,7 +494,7 @@ def _patch_all(table: dict) -> list:
 
 
 @contextlib.contextmanager
-def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT):
+def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT, wait_scale: float = DEFAULT_WAIT_SCALE):
     """In this process, for the duration of the block, the V3D device nodes are a virtual V3D 4.2 served
     by the emulator. Re-entrant: a nested block shares the outer device."""
     if _state["dev"] is not None:
@@ -498,7 +504,7 @@ def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT):
         finally:
             _state["depth"] -= 1
         return
-    dev = VirtualV3D(job_timeout=job_timeout)
+    dev = VirtualV3D(job_timeout=job_timeout, wait_scale=wait_scale)
     _state["dev"], _state["depth"] = dev, 1
     undo = _patch_all(_REPLACEMENTS)
     try:
