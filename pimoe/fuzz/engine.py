@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 CASE_TIMEOUT_S = 120.0
+STARTUP_TIMEOUT_S = 900.0
 MEMORY_CAP = 6 << 30
 
 # seed GGUF files: (name, make_model kwargs); small, every arch, block and float types
@@ -61,16 +62,25 @@ def make_seeds(root: Path, names=None) -> dict[str, Path]:
 class Worker:
     """`python -m pimoe.fuzz.worker`: JSON cases in, JSON outcome lists out; restarted after a death."""
 
-    def __init__(self, memory_cap: int = MEMORY_CAP, timeout_s: float = CASE_TIMEOUT_S):
-        self.memory_cap, self.timeout_s = memory_cap, timeout_s
+    def __init__(self, memory_cap: int = MEMORY_CAP, timeout_s: float = CASE_TIMEOUT_S, warmup_model=None):
+        self.memory_cap, self.timeout_s, self.warmup_model = memory_cap, timeout_s, warmup_model
         self.workdir = Path(tempfile.mkdtemp(prefix="pimoe-fuzz-"))
         self.proc = None
 
     def _start(self):
         env = dict(os.environ, PIMOE_FUZZ_MEMORY_CAP=str(self.memory_cap), PYTHONUNBUFFERED="1")
+        if self.warmup_model:
+            env["PIMOE_FUZZ_WARMUP_MODEL"] = str(self.warmup_model)
         self.proc = subprocess.Popen([sys.executable, "-m", "pimoe.fuzz.worker", str(self.workdir)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      env=env, text=True)
+        # imports and numba compilation are not the case's time: wait for the worker's "ready"
+        if not select.select([self.proc.stdout], [], [], STARTUP_TIMEOUT_S)[0] or \
+                self.proc.stdout.readline().strip() != '"ready"':
+            from pimoe.errors import PimoeError
+
+            self.proc.kill()
+            raise PimoeError(f"the fuzz worker did not start within {STARTUP_TIMEOUT_S:.0f} s")
 
     def run(self, case: dict) -> list[dict]:
         from pimoe.llamaref import describe_exit
@@ -180,7 +190,7 @@ def fuzz(kinds: list[str], seconds: float, *, seed: int = 0, cache: Path, progre
     from hypothesis import seed as hypothesis_seed
 
     seeds = make_seeds(cache / "seeds")
-    worker = Worker(memory_cap, timeout_s)
+    worker = Worker(memory_cap, timeout_s, warmup_model=seeds.get("qwen3moe-F32"))
     record = {"kind": "fuzz", "kinds": kinds, "seconds": seconds, "seed": seed, "seeds": sorted(seeds),
               "memory_cap_bytes": memory_cap, "case_timeout_s": timeout_s, "by_kind": {}, "findings": []}
     try:
