@@ -160,25 +160,3 @@ def test_nested_self_time_and_counters():
     assert s["a"]["bytes"] == 15 and s["a/b"]["flops"] == 5
     assert s["a"]["seconds"] >= s["a/b"]["seconds"] >= 0.002
     assert abs(s["a"]["self_seconds"] - (s["a"]["seconds"] - s["a/b"]["seconds"])) < 1e-9
-
-
-def test_qpu_dispatch_counts_feed_the_timing_model():
-    from qpu_kernels import summation
-
-    from pimoe.qpu import open_driver
-    from pimoe import prediction
-    from pimoe.qpu import timing
-
-    length = 16 * summation.DEPTH * 8 * 8
-    prof = profile.Profiler()
-    with open_driver("emu", data_area_size=length * 4 + (1 << 16)) as drv:
-        with profile.activate(prof):
-            with profile.region("compute"):
-                counters, _ = summation.run(drv, length=length, threads=8)
-                profile.qpu_dispatch(counters, kernel="summation")
-    r = prof.regions[0]
-    assert r.counters["qpu.tmu_read_bytes"] == length * 4 == counters.tmu_read_bytes
-    assert r.counters["qpu.instructions"] == counters.total_instructions
-    assert r.counters["qpu_dispatches"] == 1
-    stored = r.dispatches[0]
-    assert prediction.predict_qpu_seconds(stored) == pytest.approx(timing.predict(counters).seconds)
