@@ -177,9 +177,14 @@ def test_make_model_writes_what_llama_cpp_loads(models, arch):
     (Logits against llama.cpp are tests/test_model*.py's job.)"""
     llama_cpp = pytest.importorskip("llama_cpp")
     path = models[arch]
-    ref = llama_cpp.Llama(str(path), n_ctx=32, verbose=False)
+    from llama_ref import LlamaRef
+
+    loaded = LlamaRef(path, n_ctx=32)          # the whole model, in the reference child process
+    info = loaded.info()
+    loaded.close()
     f = GGUFFile(path)
-    assert ref.n_vocab() == f.config.vocab_size and ref.n_embd() == f.config.hidden
+    assert info["n_vocab"] == f.config.vocab_size and info["n_embd"] == f.config.hidden
+    ref = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)   # no weights: safe in-process
     from pimoe.tokenizer import Tokenizer
 
     tok = Tokenizer.from_gguf_metadata(f.metadata, str(path))
