@@ -7,7 +7,7 @@ import pytest
 
 from llama_ref import LlamaRef  # noqa: F401  (tests import it from here)
 
-ARCHS = ("qwen3moe", "olmoe", "qwen2moe", "llama")
+ARCHS = ("qwen3moe", "olmoe", "qwen2moe", "llama", "granitemoe")
 ALL_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
              "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
