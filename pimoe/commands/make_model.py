@@ -57,6 +57,7 @@ def _parse_overrides(items: list[str]) -> dict[str, object]:
 
 
 def main(args) -> int:
+    import struct
     import time
 
     from pimoe.commands.info import _fmt_bytes, _fmt_count, read_per_token
@@ -82,7 +83,9 @@ def main(args) -> int:
         try:
             make_model(tmp, arch=arch, preset=args.preset, qtype=args.type, n_layers=args.layers, seed=args.seed,
                        progress=True, **overrides)
-        except (ValueError, TypeError, OverflowError, ZeroDivisionError, MemoryError) as exc:
+        except OSError as exc:
+            raise PimoeError(f"{out}: cannot write the model: {exc.strerror or exc}") from None
+        except (ValueError, TypeError, OverflowError, ZeroDivisionError, MemoryError, struct.error) as exc:
             # a --set value the shape cannot take (negative, zero, too large for memory)
             shown = " ".join(f"--set {x}" for x in args.set)
             raise PimoeError(f"cannot make a model with {shown or 'these settings'}: "

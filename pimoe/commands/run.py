@@ -95,7 +95,7 @@ def check_sampling_args(args) -> None:
         try:
             prompt.encode("utf-8")
         except UnicodeEncodeError as exc:      # argv bytes that are not UTF-8 arrive as lone surrogates
-            bad = prompt[exc.start:exc.end].encode("utf-8", "surrogateescape")
+            bad = prompt[exc.start:exc.end].encode("utf-8", "backslashreplace")
             raise PimoeError(f"-p: the prompt is not valid UTF-8 (byte {bad!r} at character {exc.start}); "
                              f"pass UTF-8 text") from None
     t = getattr(args, "temperature", 0.0)
