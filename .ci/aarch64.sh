@@ -49,12 +49,12 @@ if [ ! -f "$SITE/.done" ]; then
 fi
 setup=$(( $(date +%s) - start ))
 
-export PYTHONPATH="$SITE:$REPO" NUMBA_CACHE_DIR="$CACHE/numba" PYTHONDONTWRITEBYTECODE=1
 export XDG_CACHE_HOME="$CACHE/xdg"            # the built-in model, made once, shared by both runs
+x86=$(python3 -m pimoe run -n 8 -p "Once upon a time" 2>/dev/null)     # this machine's own Python
+export PYTHONPATH="$SITE:$REPO" NUMBA_CACHE_DIR="$CACHE/numba" PYTHONDONTWRITEBYTECODE=1
 "${PY[@]}" -c 'import platform, numpy, numba; print("aarch64 leg:", platform.machine(), "python", platform.python_version(), "numpy", numpy.__version__, "numba", numba.__version__)'
 
 # the same text on both machines (greedy decoding of the built-in model)
-x86=$(python3 -m pimoe run -n 8 -p "Once upon a time" 2>/dev/null)
 arm=$("${PY[@]}" -m pimoe run -n 8 -p "Once upon a time" 2>/dev/null)
 if [ "$x86" != "$arm" ]; then
     echo "aarch64 leg: FAILED: pimoe run -n 8 differs"; echo "x86:     $x86"; echo "aarch64: $arm"; exit 1
