@@ -30,10 +30,10 @@ import numpy as np
 
 from pimoe import profile, quant
 from pimoe.backends import get_backend
-from pimoe.backends.cpu import swiglu_ffn
 from pimoe.config import ModelConfig
 from pimoe.errors import PimoeError
 from pimoe.gguf_file import GGUFFile
+from pimoe.tokenizer import Tokenizer
 
 DEFAULT_MAX_CTX = 4096   # KV cache length unless asked otherwise (the cache is allocated lazily by the OS)
 
@@ -50,7 +50,8 @@ class LayerRouting(NamedTuple):
 def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x [..., n] f32 -> x / sqrt(mean(x^2) + eps) * weight. ggml sums the squares in double."""
     if x.dtype == np.float32 and weight.dtype == np.float32 and quant.KERNELS != "numpy":
-        # the same steps as below in one numba call (a decode row: ~3 us instead of ~15)
+        # the same steps as below in one numba call (a decode row: ~3 us instead of ~15); imported here so
+        # that PIMOE_KERNELS=numpy never starts numba
         from pimoe.kernels.vecops import rmsnorm_rows
 
         n = x.shape[-1]
@@ -228,8 +229,6 @@ class Model:
     def _load_tokenizer(self):
         if "tokenizer.ggml.model" not in self.file.metadata:
             return None
-        from pimoe.tokenizer import Tokenizer
-
         return Tokenizer.from_gguf_metadata(self.file.metadata, str(self.file.path))
 
     # -- public API ---------------------------------------------------------------------------------------
@@ -396,7 +395,7 @@ class Model:
                                                         layer.shexp_up, layer.shexp_down)):
                 g = quant.matmul(layer.shexp_gate_inp, h)                  # [T, 1]
                 gate = np.float32(1.0) / (np.float32(1.0) + np.exp(-g))
-                out = out + swiglu_ffn(layer.shexp_gate, layer.shexp_up, layer.shexp_down, h) * gate
+                out = out + quant.swiglu_ffn(layer.shexp_gate, layer.shexp_up, layer.shexp_down, h) * gate
         return out
 
 

@@ -20,6 +20,10 @@ import numpy as np
 
 from pimoe.config import ARCHS
 from pimoe.errors import PimoeError
+from pimoe.synth_vocab import add_tokenizer_metadata, builtin_tokenizer_metadata
+
+# gguf, pimoe.quant and tqdm are imported in the functions that write a file: `pimoe --help` imports this
+# module for its preset names (make-model's choices) and must not pay for them.
 
 
 @dataclass(frozen=True)
@@ -201,8 +205,6 @@ def _tensor_plan(s: Shape) -> list[tuple[str, tuple[int, ...], str, float]]:
 
 
 def _write_metadata(w, s: Shape, qtype, preset: str) -> None:
-    from pimoe.tokenizer import add_tokenizer_metadata, builtin_tokenizer_metadata
-
     a = s.arch
     w.add_name(f"pimoe synthetic {a} ({preset}, {qtype.name}, random weights)")
     w.add_bool("pimoe.synthetic", True)
