@@ -48,7 +48,7 @@ from pimoe.gguf_file import GGUFFile
 from pimoe.records import environment, model_info
 from pimoe.synth import PRESETS, make_model
 
-SHAPES = ("qwen3-30b-a3b", "olmoe-1b-7b")
+SHAPES = tuple(PRESETS)      # every real-shape preset of `pimoe make-model`
 
 
 # -- models ----------------------------------------------------------------------------------------------

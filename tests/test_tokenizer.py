@@ -47,7 +47,8 @@ TEXTS = [
 ]
 
 # (arch, tokenizer.ggml.model, tokenizer.ggml.pre) that synth writes
-ARCH_STYLES = [("qwen3moe", "gpt2", "qwen2"), ("olmoe", "gpt2", "olmo"), ("llama", "llama", "default")]
+ARCH_STYLES = [("qwen3moe", "gpt2", "qwen2"), ("olmoe", "gpt2", "olmo"), ("llama", "llama", "default"),
+               ("granitemoe", "gpt2", "refact")]
 
 
 def _llama_vocab(path):

@@ -14,12 +14,12 @@ from pathlib import Path
 HELP = "CPU-only vs QPU offload on one model: t/s, GB/s, per-region time, Pi 4 prediction, record + trace"
 
 
-SHAPES = ("qwen3-30b-a3b", "olmoe-1b-7b")     # = pimoe.compare.SHAPES (not imported: --help stays instant)
-
-
 def add_arguments(parser) -> None:
+    from pimoe.synth import PRESETS        # = pimoe.compare.SHAPES: every make-model preset but tiny
+
     parser.add_argument("-m", "--model", metavar="MODEL.gguf", help="GGUF model (default: the built-in tiny model)")
-    parser.add_argument("--shape", choices=SHAPES, help="a synthetic model of this real shape instead of -m")
+    parser.add_argument("--shape", "--preset", dest="shape", choices=tuple(PRESETS),
+                        help="a synthetic model of this real shape (a make-model preset) instead of -m")
     parser.add_argument("--layers", type=int, default=2, help="layers of the --shape model (default 2)")
     parser.add_argument("--type", default="Q8_0", help="weight type of the --shape model (default Q8_0)")
     parser.add_argument("-p", "--n-prompt", type=int, default=16, metavar="N", help="prompt tokens, ppN (default 16)")
