@@ -61,7 +61,6 @@ def concurrent_main(args) -> int:
         print(f"measured on this Pi: CPU {m['cpu_GBps']:.2f} GB/s + QPU {m['qpu_GBps']:.2f} GB/s = "
               f"{m['GBps']:.2f} GB/s combined (use it as the DRAM-sharing ceiling: share={m['GBps'] * 1e9:.3g})")
         rows.append(m)
-    else:
     from pimoe.cpumodel import PI4_CPU
 
     cpu_alone = PI4_CPU.decode_bandwidth
