@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from pimoe.bench import cpu as cpubench
+from pimoe.gguf_file import GGUFFile
+from pimoe.synth import make_model
 
 
 def test_more_bits_layers_follow_llama_quantize_rule():
@@ -23,21 +25,17 @@ def test_more_bits_layers_follow_llama_quantize_rule():
 
 @pytest.fixture(scope="module")
 def tiny_q8(tmp_path_factory):
-    from pimoe.synth import make_model
-
     return make_model(tmp_path_factory.mktemp("bench") / "tiny-q8.gguf", preset="tiny", qtype="Q8_0")
 
 
 def test_weight_bytes_per_token_counts_k_of_e_experts(tiny_q8):
-    from pimoe.gguf_file import GGUFFile
-
-    f = GGUFFile(tiny_q8)
-    cfg = f.config
     info = cpubench.weight_bytes_per_token(tiny_q8)
+    # the same count from the file's tensors, by hand: k of E experts' weights, one embedding row, the rest
+    f = GGUFFile(tiny_q8)
     exps = sum(t.nbytes for n, t in f.tensors.items() if "_exps" in n)
     emb = f.tensors["token_embd.weight"]
     dense = sum(t.nbytes for n, t in f.tensors.items() if "_exps" not in n) - emb.nbytes + emb.row_bytes
-    assert info["expert_bytes_per_token"] == exps * cfg.n_experts_used // cfg.n_experts
+    assert info["expert_bytes_per_token"] == exps * f.config.n_experts_used // f.config.n_experts
     assert info["bytes_per_token"] == dense + info["expert_bytes_per_token"]
     assert info["file_bytes"] > info["tensor_bytes"] > info["bytes_per_token"]
 
