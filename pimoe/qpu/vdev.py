@@ -335,6 +335,9 @@ def _ArenaEmulator(memory, base):
             self.memory = memory
             self._mem32 = memory.view(np.uint32)
             self._programs: dict[int, DecodedProgram] = {}
+            import inspect
+
+            self._execute_params = inspect.signature(EmuDriver.execute).parameters
 
         def run(self, cfg: U.CSDConfig, timeout: float):
             off = cfg.shader - base
@@ -359,10 +362,11 @@ def _ArenaEmulator(memory, base):
             self.code_area_base, self.code_area_size, self.code_pos = off, 8 * n, off + 8 * n
             self._blocks = [(off // 8, prog)]
             code = type("Code", (), {"address": cfg.shader})()
+            budget = {"host_timeout_sec": timeout} if "host_timeout_sec" in self._execute_params else {}
             return self.execute(code, local_invocation=(cfg.wg_size, 1, 1), uniforms=cfg.uniforms,
                                 timeout_sec=timeout, workgroup=cfg.wg_count, wgs_per_sg=cfg.wgs_per_sg,
                                 thread=cfg.num_batches, propagate_nan=cfg.propagate_nans,
-                                single_seg=cfg.single_seg, threading=cfg.threading, progress=False)
+                                single_seg=cfg.single_seg, threading=cfg.threading, progress=False, **budget)
 
         def _decoded_table(self):
             _, prog = self._blocks[0]
