@@ -110,7 +110,8 @@ def gemv_f32_simple(drv, w: np.ndarray, x: np.ndarray, threads: int = 8):
     unif, uaddr = scratch.take(4)
     unif[:] = [table, cols, 4 * cols, xaddr]
     code = drv.program(qpu_gemv_f32_simple, threads=threads)
-    counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=uaddr, thread=threads, timeout_sec=600)
+    counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=uaddr, thread=threads, threading=threads > 16,
+                           timeout_sec=600)
     return out.view(np.float32).copy(), counters
 
 

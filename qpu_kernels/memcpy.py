@@ -78,7 +78,7 @@ def run(drv, *, nbytes: int, threads: int = 8, check: bool = True, seed: int = 0
     unif[:] = [src.addresses()[0], dst.addresses()[0], nbytes // (BLOCK_BYTES * threads), BLOCK_BYTES * threads]
     t0 = time.perf_counter()
     counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=threads,
-                           timeout_sec=600)
+                           threading=threads > 16, timeout_sec=600)  # 4 threads per QPU need CFG5 THREADING
     seconds = time.perf_counter() - t0
     if check and not np.array_equal(dst, memcpy_reference(np.asarray(src))):
         bad = int(np.nonzero(np.asarray(dst) != np.asarray(src))[0][0])

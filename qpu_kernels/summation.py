@@ -87,7 +87,7 @@ def run(drv, *, length: int, threads: int = 8, check: bool = True, seed: int = 0
     unif[:] = [x.addresses()[0], partial.addresses()[0, 0], length // (16 * DEPTH * threads), 64 * threads]
     t0 = time.perf_counter()
     counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=threads,
-                           timeout_sec=600)
+                           threading=threads > 16, timeout_sec=600)  # 4 threads per QPU need CFG5 THREADING
     seconds = time.perf_counter() - t0
     if check:
         got = int(np.sum(partial, dtype=np.uint64) % (1 << 32))

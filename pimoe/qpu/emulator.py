@@ -10,41 +10,40 @@
 
 Memory is one byte buffer holding a code area then a data area, as py-videocore6 lays out its single
 buffer object; bus addresses start at `BUS_BASE`. `execute` pre-decodes the code area once (cached) and
-runs the compiled interpreter in pimoe.qpu.emu_core. The emulated machine: 8 QPUs; a dispatch of
-`thread` 16-lane batches puts batch b on QPU b % 8 as thread b // 8, with 1, 2 or 4 threads per QPU
-(1 if thread <= 8, 2 if <= 16, else 4, or `threads_per_qpu=`), each thread owning 64/threads registers
-of its QPU's register file (a register beyond that faults; with EmuDriver(check_registers=False) each
-thread gets 64 private registers instead, which is what py-videocore6's 16-thread barrier test, using
-rf32, needs to pass as it does on hardware); batches beyond 8 x threads wait for a thread to end. `tidx` reads
-qpu << 2 | thread, where thread counts in quarters of the register file (0 or 2 in 2-thread mode).
-Any fault stops the dispatch with a PimoeError naming the QPU, thread, PC and the disassembled
-instruction.
+runs the compiled interpreter in pimoe.qpu.emu_core. Any fault stops the dispatch with a QPUFault naming
+the QPU, thread, PC and the disassembled instruction. Real faults stay faults: an address outside memory,
+a runaway program (max_instructions, host_timeout_sec), an ldtmu that can never be answered, a barrier
+that cannot complete. Mesa's code-generation rules (qpu_validate.c) are NOT faults here: the silicon runs
+programs that break them; pimoe.qpu.lint reports them.
 
-Modelling decisions (hardware-verified where py-videocore6's tests show it, else stated):
-- Results of both ALUs and of signals are written at the end of the instruction (the next one reads
-  them); conditions read the flags from before the instruction. r5 holds one value per quad, so any
-  write to r5 stores each quad's first lane (py-videocore6's quad-broadcast test); r5rep stores lane 0.
-- Rotate (mul ALU only): accumulator operands rotate across 16 lanes, register-file operands within
-  each quad; lane i takes lane i - n.
-- Branch targets and uniform-stream addresses read from a register use lane 0 (like unifa). The
-  evidence conflicts: py-videocore6's test_unifa needs lane 0 for `b(...).unif_addr(reg)`, while its
-  test_uniform_branch_reg puts the address only in lane 1 (there the register was written by ldtmu in
-  the instruction just before the branch). pimoe follows test_unifa.
-- Floats: denormal inputs and results are flushed to zero (sign kept); +, -, * correctly rounded;
-  fmin/fmax return the non-NaN operand; fcmp computes a - b. Flags of float results: Z = (x == 0),
-  N = (x < 0), C = (x <= 0) (Mesa tests fge with fcmp + pushc). Integer C: carry of add, borrow of sub,
-  a > b for min/max. ftoin/ftoiz/ftouz saturate, NaN -> 0. vadd/vsub: wrapping 16-bit halves (not
-  verified on hardware). multop + umul24 give the 32-bit product (Mesa's imul idiom).
-- SFU (recip, rsqrt, rsqrt2, exp = 2^x, log = log2, sin = sin(pi x) for |x| <= 0.5 and -1 / +1 beyond,
-  as py-videocore6's test_sfu shows): float64 math rounded to f32, more accurate than the hardware's
-  ~1e-4; the r4 result may be read 2 instructions after the write; the add-ALU forms (exp(rf2, r1))
-  write their destination like any op.
-- TMU: loads and stores happen when the address is written; since the hardware only promises a store
-  is visible after tmuwt, a load of a word the same thread stored without a tmuwt in between faults
-  (the last 128 stored words are remembered); config words (tmuau) select 8/16-bit
-  signed/unsigned or 32-bit vec1..4 per-pixel accesses; per-quad and atomic operations fault. The result
-  FIFO holds 16 / threads entries per thread (Broadcom's V3D FIFO sizes are per QPU, split by threads).
-- A not-taken branch with a uniform destination does not consume the uniform.
+Semantic decisions and their evidence ("pv6" = py-videocore6's tests/ and examples/, which pass on a Pi 4;
+"Mesa" = Mesa's broadcom/ driver and compiler; "none" = no evidence found, stated):
+
+| behaviour | emulator | evidence |
+|---|---|---|
+| thread mode | from the dispatch's CFG5 THREADING bit (execute(threading=)), not the batch count: off = up to 2 threads per QPU with 64 registers each, on = up to 4 with 32 each; batch b starts on QPU b % 8; batches beyond 8 x slots wait for a thread to end; tidx = qpu << 2 \| thread in quarters (0/2 or 0..3) | pv6 test_barrier / test_parallel_16 (16 batches, threading off, 2 threads per QPU told apart by tidx, rf32 used); Mesa v3d_csd.h (the bit); 32 registers with 4 threads: none (Mesa's allocator is stricter) |
+| TMU write + ldtmu (or SFU, barrier) in one instruction | executed | pv6 summation, scopy (published 7241 / 2424 MB/s); Mesa's qpu_validate forbids it for its compiler only |
+| TMU config (tmuc, tmuau's uniform) | one config byte per lookup, the word shifts right a byte per lookup, filling 0xff (plain 32-bit) | pv6 test_tmu_vec_* (config words for 4 lookups), summation/scopy |
+| vec2/3/4 loads and stores | one lookup, n ldtmu results / n tmud words; component k of a lane at (a & ~15) \| ((a + 4k) & 15); counted as one request per lane of up to 16 bytes | pv6 test_tmu_vec_read/_write, _naive_read/_write |
+| several tmud with a plain config | consecutive words | none (pimoe's own kernels rely on it; 16-byte aligned it equals vec4) |
+| prefetch (config op 0 on a load) | no ldtmu result; counted | pv6 scopy (unroll 1: config 0xfc80fcfc); op numbering Mesa v3d_tmu |
+| atomics, per-quad lookups | fault "not modelled" | - |
+| flapush / flbpush / flpop | x << 2 \| 3 * flag / x >> 2 (flags unchanged) | pv6 test_cond_flx (its effect on the flags: none) |
+| vfla/vflna/vflb/vflnb | the flag as an int16 in both halves | pv6 test_cond_vflx |
+| branch with a register uniform address (unif_addr(reg)) | the smallest non-zero lane value | pv6 test_uniform_branch_reg (address in lane 1, others 0), test_unifa (ascending lanes: lane 0; quad-rotated: lane 1): the one rule fitting all three |
+| branch target from a register, unifa address | lane 0 | pv6 test_unifa ("address is taken from element zero"); targets: none beyond uniform values |
+| ldunifa with a unifa write in the same instruction | reads the old stream | pv6 test_unifa |
+| a not-taken branch with a uniform destination | does not consume the uniform | pv6 memset/scopy/summation loops (unif_addr(absolute=False)) |
+| results | written at the end of the instruction; conditions read the flags from before it | Mesa; pv6 test_condition_codes |
+| r5 | one value per quad (a write stores each quad's first lane); r5rep lane 0 | pv6 test_signals (quad broadcast) |
+| rotate | mul ALU only; accumulators across 16 lanes, register-file operands within each quad; lane i takes lane i - n | pv6 test_signals |
+| floats | denormals flushed (sign kept); +, -, * correctly rounded; fmin/fmax return the non-NaN operand; fcmp = a - b; flags Z = (x == 0), N = (x < 0), C = (x <= 0) | pv6 test_alu; Mesa (fge via fcmp + pushc) |
+| integers | C: carry of add, borrow of sub, a > b for min/max; ftoi* saturate, NaN -> 0; multop + umul24 = 32-bit product; vadd/vsub wrap per 16-bit half | pv6 test_alu; Mesa imul idiom; vadd/vsub: none |
+| SFU | float64 math rounded to f32 (more exact than the hardware's ~1e-4); exp = 2^x, log = log2, sin = sin(pi x) on [-0.5, 0.5] and -1 / +1 beyond; r4 readable 2 instructions after the write | pv6 test_sfu |
+| store visibility | a load of a word this thread stored without a tmuwt between faults (check_memory_order=False allows it) | the hardware only promises visibility after tmuwt (pv6 tests use tmuwt) |
+| uniform reads of words stored by the TMU in the same dispatch | see the new value | pv6 test_tmu_read_tmu_write_uniform_read shows the hardware returns the OLD value: not modelled |
+| TMU result FIFO | 16 / (threads used per QPU) entries per thread | Broadcom's FIFO sizes per QPU, split by threads (Mesa) |
+| timeout_sec | bounds the PREDICTED Pi 4 time of the dispatch (pimoe.qpu.timing); the emulator's own budgets are max_instructions / host_timeout_sec | the hardware's wait is on real time; pv6's 1024^3 sgemm (0.55 s on a Pi 4) must not time out on a slow host |
 """
 
 from __future__ import annotations
@@ -185,8 +184,25 @@ _UNSUPPORTED_TEXT = {core.UNS_ADD_OP: "add-ALU op", core.UNS_MUL_OP: "mul-ALU op
                      core.UNS_BRANCH: "uniform branch destination"}
 
 
-def _auto_threads_per_qpu(batches: int) -> int:
-    return 1 if batches <= core.N_QPUS else (2 if batches <= 2 * core.N_QPUS else 4)
+def thread_mode(batches: int, threading: bool, threads_per_qpu: int | None = None) -> tuple[int, int, int]:
+    """(thread slots per QPU, registers per thread, threads per QPU actually used) of a dispatch.
+
+    The hardware takes the mode from the dispatch's CFG5 THREADING bit, not from the batch count: off, a
+    QPU runs up to 2 threads with 64 registers each (py-videocore6's hardware-tested 16-batch programs
+    test_barrier / test_parallel_16 run 2 threads per QPU, tell them apart by tidx and use rf32); on, up
+    to 4 threads (32 registers each: no hardware test shows it, stated). Batches go round-robin over the
+    8 QPUs; batches beyond 8 x slots wait for a thread to end. threads_per_qpu (1, 2, 4) overrides the
+    slots (pimoe's extension; 4 slots have 32 registers)."""
+    if threads_per_qpu is not None:
+        slots = int(threads_per_qpu)
+        if slots not in (1, 2, 4):
+            raise DriverError(f"threads_per_qpu={threads_per_qpu}: the QPU runs 1, 2 or 4 threads")
+    else:
+        slots = 4 if threading else 2
+    nregs = 32 if slots == 4 else 64
+    used = min(slots, -(-int(batches) // core.N_QPUS))
+    used = 4 if used == 3 else used
+    return slots, nregs, used
 
 
 class Dispatcher:
@@ -304,9 +320,12 @@ class EmuDriver:
     def execute(self, code, local_invocation=None, uniforms=None, timeout_sec: float = 10,
                 workgroup=(1, 1, 1), wgs_per_sg: int = 16, thread: int = 1, propagate_nan: bool = False,
                 single_seg: bool = False, threading: bool = False, *, threads_per_qpu: int | None = None,
-                max_instructions: int | None = None, progress: bool = True) -> EmuCounters:
+                max_instructions: int | None = None, host_timeout_sec: float | None = None,
+                progress: bool = True) -> EmuCounters:
         """Run `thread` 16-lane batches of `code` to completion; returns (and keeps in last_counters) the
-        EmuCounters. Extensions over py-videocore6: threads_per_qpu (1/2/4), max_instructions."""
+        EmuCounters. timeout_sec bounds the PREDICTED Pi 4 time of the dispatch (pimoe.qpu.timing), as
+        the hardware's timeout bounds its real time. Extensions over py-videocore6: threads_per_qpu
+        (1/2/4), max_instructions and host_timeout_sec (the emulator's own budgets)."""
         self._check_open()
         if isinstance(local_invocation, (int, np.integer)) and uniforms is None:
             # the older py-videocore6 signature: execute(code, uniforms, ...)
@@ -319,9 +338,7 @@ class EmuDriver:
         thread = int(thread)
         if thread < 1:
             raise DriverError(f"thread={thread}: need at least one batch")
-        mode = int(threads_per_qpu) if threads_per_qpu is not None else _auto_threads_per_qpu(thread)
-        if mode not in (1, 2, 4):
-            raise DriverError(f"threads_per_qpu={threads_per_qpu}: the QPU runs 1, 2 or 4 threads")
+        mode, nregs, used = thread_mode(thread, threading, threads_per_qpu)
         entry = self._entry_index(code)
         table, errors = self._decoded_table()
         wg_size = local[0] * local[1] * local[2]
@@ -346,6 +363,8 @@ class EmuDriver:
         disp[core.D_SLICE] = 4096
         disp[core.D_IID_SHIFT] = iid_shift
         disp[core.D_MEMCHECK] = int(self.check_memory_order)
+        disp[core.D_NREGS] = nregs
+        disp[core.D_FIFO_CAP] = core.FIFO_MAX // used
 
         acc = np.zeros((core.CTX, 6, 16), dtype=np.uint32)
         rf = np.zeros((core.CTX, 64, 16), dtype=np.uint32)
@@ -383,12 +402,19 @@ class EmuDriver:
                     fault[:5] = (core.FLT_BUDGET, self._running_ctx(ist), 0, budget, 0)
                     fault[2] = ist[fault[1], core.I_PC]
                     break
-                if elapsed > timeout_sec:
+                # timeout_sec bounds the dispatch's predicted Pi 4 time, as the hardware's wait does; the
+                # host's own budget is host_timeout_sec (and max_instructions)
+                predicted = self._predicted_seconds(cnt, thread, used)
+                over = predicted > timeout_sec
+                if over or (host_timeout_sec is not None and elapsed > host_timeout_sec):
+                    c0 = self._running_ctx(ist)
+                    why = (f"timeout: predicted Pi 4 time {predicted:.3g} s exceeds timeout_sec={timeout_sec} "
+                           f"(execute(timeout_sec=...))" if over else
+                           f"host timeout: still running after {elapsed:.1f} s of host time "
+                           f"(execute(host_timeout_sec=...))")
                     raise QPUFault(self._fault_message(
-                        np.array([core.FLT_BUDGET, self._running_ctx(ist), ist[self._running_ctx(ist), core.I_PC],
-                                  executed, 0, 0, 0, 0]), ist, table, errors,
-                        extra=f"timeout: still running after {elapsed:.1f} s and {executed} instructions "
-                              f"(execute(timeout_sec=...))"))
+                        np.array([core.FLT_BUDGET, c0, ist[c0, core.I_PC], executed, 0, 0, 0, 0]), ist, table,
+                        errors, extra=f"{why} after {executed} instructions"))
                 if progress and elapsed > 2.0 and bar_ui is None:
                     from tqdm import tqdm
 
@@ -402,11 +428,23 @@ class EmuDriver:
         wall = time.monotonic() - start
         per_thread = {name: cnt[:, i].reshape(core.N_QPUS, core.SLOTS).copy()
                       for i, name in enumerate(core.COUNTER_NAMES)}
-        self.last_counters = EmuCounters(threads_per_qpu=mode, batches=thread, wall_seconds=wall,
+        self.last_counters = EmuCounters(threads_per_qpu=used, batches=thread, wall_seconds=wall,
                                          per_thread=per_thread)
         if fault[0] != 0:
             raise QPUFault(self._fault_message(fault, ist, table, errors))
+        predicted = self._predicted_seconds(cnt, thread, used)
+        if predicted > timeout_sec:
+            raise QPUFault(f"QPU dispatch timed out: predicted Pi 4 time {predicted:.3g} s exceeds "
+                           f"timeout_sec={timeout_sec} (execute(timeout_sec=...)); the emulation itself finished")
         return self.last_counters
+
+    @staticmethod
+    def _predicted_seconds(cnt, batches: int, used: int) -> float:
+        from pimoe.qpu.timing import predict
+
+        per = {name: cnt[:, i].reshape(core.N_QPUS, core.SLOTS).astype(np.float64)
+               for i, name in enumerate(core.COUNTER_NAMES)}
+        return float(predict({"batches": int(batches), "threads_per_qpu": used, "per_thread": per}).seconds)
 
     # ---- internals ------------------------------------------------------------------------------------
     def _entry_index(self, code) -> int:
@@ -466,8 +504,7 @@ class EmuDriver:
             if a1 == core.UNS_TMU_CONFIG:
                 what += f" (config 0x{a2 & 0xFFFFFFFF:08x}: only per-pixel plain loads/stores)"
         elif code == core.FLT_REG_RANGE:
-            what += f": rf{a1}, but in {ist[c, core.I_NREGS] and 64 // int(ist[c, core.I_NREGS])}-thread mode " \
-                    f"a thread has rf0..rf{a2 - 1}"
+            what += f": rf{a1}, but in this thread mode (execute(threading=...)) a thread has rf0..rf{a2 - 1}"
         elif code == core.FLT_BARRIER_DEADLOCK:
             what += f" ({a1} of {a2} threads arrived; the rest cannot run: too few thread slots, or they ended)"
         elif code == core.FLT_BUDGET and extra is None:
