@@ -1668,3 +1668,76 @@ def test_timeout_is_on_predicted_hardware_time():
         assert c.total_instructions > 5 << 20
         with pytest.raises(QPUFault, match="host timeout"):
             drv.execute(code, thread=1, timeout_sec=1, host_timeout_sec=0.0, max_instructions=None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the device view (INTERFACES contract 1): GPUMemory, CSD configuration words, run_csd, submit / wait
+
+
+def test_csd_words_encode_as_py_videocore6_dispatch_writes_them():
+    from pimoe.qpu.emulator import CSDDispatch
+
+    # py-videocore6's dispatch(): cfg3 = (roundup(wgs_per_sg * wg_size, 16) - 1) << 12 | wgs_per_sg << 8 |
+    # wg_size; cfg5 = code | pnan << 2 | singleseg << 1 | threading (Mesa v3d_csd.h field positions)
+    d = CSDDispatch.for_launch(0x10001000, 0x10002000, thread=16, local_invocation=(16, 1, 1),
+                               workgroup=(3, 2, 1), wgs_per_sg=4, threading=True, single_seg=True)
+    words = d.encode()
+    assert words == (3 << 16, 2 << 16, 1 << 16, (4 - 1) << 12 | 4 << 8 | 16, 15, 0x10001000 | 2 | 1, 0x10002000)
+    assert CSDDispatch.decode(words) == d
+
+
+@qpu
+def k_store_eidx_plus_uniform(asm):
+    eidx(r0, sig=ldunifrf(rf0))      # dst
+    nop(sig=ldunifrf(rf1))           # an offset in bytes added to dst (to go out of bounds)
+    shl(r1, r0, 2)
+    add(r1, r1, rf0)
+    add(r1, r1, rf1)
+    mov(tmud, r0)
+    mov(tmua, r1)
+    tmuwt()
+    _end(asm)
+
+
+def test_run_csd_over_gpu_memory_and_the_mmu_scratch_page():
+    from pimoe.qpu.asm import assemble
+    from pimoe.qpu.emulator import CSDDispatch, GPUMemory, run_csd
+
+    mem = GPUMemory(1 << 20)
+    words = np.array(assemble(k_store_eidx_plus_uniform), dtype=np.uint64)
+    code = mem.alloc(words.nbytes)
+    mem.view(code, words.nbytes)[:] = words.view(np.uint8)
+    y = mem.alloc(64)
+    unif = mem.alloc(8)
+    u = mem.view(unif, 8).view(np.uint32)
+    u[:] = [y, 0]
+    res = run_csd(mem, CSDDispatch.for_launch(code, unif).encode())
+    assert np.array_equal(mem.view(y, 64).view(np.uint32), LANE)
+    assert res.scratch_accesses == 0
+    u[1] = 8192                          # past the end of y's page: in no buffer
+    with pytest.raises(QPUFault, match="outside every allocated buffer"):
+        run_csd(mem, CSDDispatch.for_launch(code, unif))
+    res = run_csd(mem, CSDDispatch.for_launch(code, unif), check_addresses=False)
+    assert res.scratch_accesses == 16
+    assert np.array_equal(mem.view(mem.scratch_address, 64).view(np.uint32), LANE)  # landed in the scratch page
+    mem.free(y)
+    assert mem.alloc(4096) == y          # the freed page is reused
+
+
+def test_submit_overlaps_python_work_and_wait_returns_the_counters():
+    import time
+
+    with EmuDriver(data_area_size=1 << 12) as drv:
+        code = drv.program(k_long_loop, trips=1 << 20)
+        drv.execute(code, thread=1)      # compiled and warm
+        t0 = time.perf_counter()
+        job = drv.submit(code, thread=1)
+        spins = 0
+        while not job.done():            # Python work runs while the dispatch is emulated (nogil)
+            spins += 1
+        c = job.wait(timeout=60)
+        assert c.total_instructions > 5 << 20 and spins > 0
+        bad = drv.submit(code, thread=1, timeout_sec=1e-4)
+        with pytest.raises(QPUFault, match="predicted"):
+            bad.wait()
+        assert time.perf_counter() - t0 < 60

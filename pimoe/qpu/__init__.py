@@ -7,6 +7,9 @@ from pimoe.qpu.isa import Instr, InvalidInstruction, decode, encode
 # the emulator pulls in numba: load it on first use so `pimoe disasm` and the assembler stay light
 _EMULATOR_NAMES = {"Array": "pimoe.qpu.emulator", "EmuCounters": "pimoe.qpu.emulator",
                    "EmuDriver": "pimoe.qpu.emulator", "QPUFault": "pimoe.qpu.emulator",
+                   "GPUMemory": "pimoe.qpu.emulator", "CSDDispatch": "pimoe.qpu.emulator",
+                   "run_csd": "pimoe.qpu.emulator", "submit_csd": "pimoe.qpu.emulator", "Job": "pimoe.qpu.emulator",
+                   "EmuResult": "pimoe.qpu.emulator",
                    "open_driver": "pimoe.qpu.driver"}
 
 

@@ -77,8 +77,8 @@ COUNTER_NAMES = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_writes", "t
 # ---- dispatch --------------------------------------------------------------------------------------------
 (D_ENTRY, D_UNIF, D_NBATCH, D_MODE, D_NEXT, D_WGX, D_WGY, D_WGZ, D_WGSIZE, D_WGS_PER_SG, D_BPS, D_NCODE,
  D_SINGLE_SEG, D_REGCHECK, D_CODE_BASE, D_MEM_BASE, D_SLICE, D_IID_SHIFT, D_MEMCHECK, D_NREGS, D_FIFO_CAP,
- D_ADDRCHECK) = range(22)
-N_DISP = 22
+ D_ADDRCHECK, D_NREGIONS, D_SCRATCH_OFF, D_SCRATCH_HITS) = range(25)
+N_DISP = 25  # followed by D_NREGIONS (start, end) address pairs: the buffers an access may touch
 # D_MODE: thread slots per QPU (2 with CFG5 THREADING off, 4 with it on); D_NREGS: registers of a thread
 # (64 with threading off, 32 with it on); D_FIFO_CAP: TMU result FIFO entries of a thread.
 
@@ -677,22 +677,37 @@ def _flag_update(c, res, is_float, carry, pf, uf, fa, fb, sb, sf):
 
 @njit(cache=True)
 def _mem_check(addr, nbytes, align, mem8, disp, fault, c, pc, lane):
-    off = addr - disp[D_MEM_BASE]
-    if off < 0 or off + nbytes > mem8.shape[0]:
-        fault[0] = FLT_MEM_RANGE
-        fault[1] = c
-        fault[2] = pc
-        fault[3] = addr
-        fault[4] = lane
-        return -1
+    """Byte offset in mem8 of an access, or -1 after recording a fault.
+
+    The access must lie in one of the dispatch's regions (disp[N_DISP:], D_NREGIONS (start, end) pairs
+    sorted by start: the allocated buffers) or, with no regions, in mem8. Outside them: with D_ADDRCHECK a
+    fault; without, the v3d MMU's behaviour: the access goes to the scratch page (offset D_SCRATCH_OFF, 4 KiB;
+    reads see whatever it holds, writes land there), counted in D_SCRATCH_HITS."""
     if align > 1 and (addr % align) != 0:
-        fault[0] = FLT_MEM_ALIGN
-        fault[1] = c
-        fault[2] = pc
-        fault[3] = addr
-        fault[4] = align
+        _fault(fault, FLT_MEM_ALIGN, c, pc, addr, align)
         return -1
-    return off
+    off = addr - disp[D_MEM_BASE]
+    ok = off >= 0 and off + nbytes <= mem8.shape[0]
+    nreg = disp[D_NREGIONS]
+    if ok and nreg > 0:
+        lo = 0
+        hi = nreg - 1
+        k = -1
+        while lo <= hi:  # the last region starting at or below addr
+            mid = (lo + hi) // 2
+            if disp[N_DISP + 2 * mid] <= addr:
+                k = mid
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        ok = k >= 0 and addr + nbytes <= disp[N_DISP + 2 * k + 1]
+    if ok:
+        return off
+    if disp[D_ADDRCHECK] == 0:
+        disp[D_SCRATCH_HITS] += 1
+        return disp[D_SCRATCH_OFF] + ((addr & 0xFFF) & ~(align - 1) if align > 1 else (addr & 0xFFF) & 0xFF0)
+    _fault(fault, FLT_MEM_RANGE, c, pc, addr, lane)
+    return -1
 
 
 @njit(cache=True)
@@ -1127,7 +1142,7 @@ def _arrive_barrier(c, ist, bar, disp):
                 ist[k, I_BAR_PENDING] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar, fault, budget, pend):
     """Run the dispatch until every batch is done, a fault, or `budget` instructions; returns the number
     of instructions executed in this call."""
