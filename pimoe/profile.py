@@ -407,6 +407,20 @@ def _timing():
     return timing
 
 
+_TIMING_PARAMS = None    # QPUTimingParams every prediction here uses (a calibrated profile), None: the model's own
+
+
+def use_timing_params(params) -> None:
+    """Predict QPU dispatches with these QPUTimingParams from now on (e.g. the profile `pimoe calibrate`
+    stored for this Pi); None goes back to the model's own."""
+    global _TIMING_PARAMS
+    _TIMING_PARAMS = params
+
+
+def _params_args() -> dict:
+    return {} if _TIMING_PARAMS is None else {"params": _TIMING_PARAMS}
+
+
 def dispatch_timing_args(dispatch) -> dict:
     """The keyword arguments for pimoe.qpu.timing.predict() a dispatch carries (its kernel's
     waits="ldtmu" etc., see Profiler.qpu_dispatch); {} for bare EmuCounters or none given."""
@@ -421,7 +435,7 @@ def predict_qpu(dispatch, **timing_args) -> dict | None:
     timing = _timing()
     if timing is None:
         return None
-    return timing.predict(dispatch, **{**dispatch_timing_args(dispatch), **timing_args}).as_dict()
+    return timing.predict(dispatch, **{**_params_args(), **dispatch_timing_args(dispatch), **timing_args}).as_dict()
 
 
 def predict_qpu_seconds(dispatch) -> float | None:
@@ -434,7 +448,7 @@ def predict_qpu_seconds(dispatch) -> float | None:
         return None      # a hardware dispatch (no emulator counts): nothing to predict from
     # the kernel's timing_args (e.g. waits="ldtmu": ldtmu waits without thrsw) so that this agrees with the
     # kernel benchmark's prediction of the same dispatch
-    return float(timing.predict(dispatch, **dispatch_timing_args(dispatch)).seconds)
+    return float(timing.predict(dispatch, **_params_args(), **dispatch_timing_args(dispatch)).seconds)
 
 
 def predict_cpu_seconds(weight_bytes: float, flops: float, threads: int = 4) -> float | None:

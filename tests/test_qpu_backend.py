@@ -1,5 +1,7 @@
 """The qpu backend end to end: tiny models of every architecture and several weight types, with the expert
-FFNs executed in the emulator, against the same model on the CPU (and against llama.cpp for F32)."""
+FFNs executed in the emulator, against the same model on the CPU (and against llama.cpp for F32). Each
+runs through both QPU routes that work without a Pi: "emu" (the emulator called directly) and "virtual"
+(the hardware route: pimoe's v3d UAPI client over the virtual V3D device, whose jobs the emulator runs)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,12 @@ from pimoe import load_model
 from pimoe.errors import PimoeError
 
 TOKENS = [1, 17, 42, 7, 300, 5]
+ROUTES = ("emu", "virtual")
+
+
+@pytest.fixture(params=ROUTES)
+def route(request):
+    return request.param
 
 CASES = [("qwen3moe", "F32"), ("qwen3moe", "Q4_K"), ("qwen3moe", "Q8_0"), ("olmoe", "Q4_0"), ("olmoe", "Q6_K"),
          ("qwen2moe", "Q5_K"), ("qwen2moe", "F16"), ("llama", "Q4_1"), ("llama", "Q2_K")]
@@ -20,7 +28,7 @@ def _rel(a, b) -> float:
 
 
 @pytest.mark.parametrize("arch,qtype", CASES)
-def test_qpu_logits_equal_cpu_computed_the_same_way(tiny_model, arch, qtype):
+def test_qpu_logits_equal_cpu_computed_the_same_way(route, tiny_model, arch, qtype):
     """qpu-reference is the cpu computing exactly what the QPU computes (dequantized weights, f32
     activations, no llama.cpp activation quantization): every layer's expert output within 1e-5 relative,
     the experts really ran in the emulator (counters), and the same greedy tokens.
@@ -32,7 +40,7 @@ def test_qpu_logits_equal_cpu_computed_the_same_way(tiny_model, arch, qtype):
     though the expert outputs agree to 1e-6.
     """
     path = tiny_model(arch, qtype)
-    with load_model(path, backend="qpu", qpu="emu", threads=4) as mq, \
+    with load_model(path, backend="qpu", qpu=route, threads=4) as mq, \
             load_model(path, backend="qpu-reference") as mr:
         diffs = []
         run_qpu = mq.backend.expert_ffn
@@ -56,11 +64,11 @@ def test_qpu_logits_equal_cpu_computed_the_same_way(tiny_model, arch, qtype):
 
 
 @pytest.mark.parametrize("arch,qtype", [("qwen3moe", "Q4_K"), ("olmoe", "Q8_0"), ("llama", "F32")])
-def test_qpu_greedy_tokens(tiny_model, arch, qtype):
+def test_qpu_greedy_tokens(route, tiny_model, arch, qtype):
     """Greedy generation on the QPU equals the cpu computing the same arithmetic (qpu-reference); with F32
     weights (no activation quantization anywhere) it also equals the default cpu backend token for token."""
     path = tiny_model(arch, qtype)
-    with load_model(path, backend="qpu", qpu="emu") as mq, load_model(path, backend="qpu-reference") as mr, \
+    with load_model(path, backend="qpu", qpu=route) as mq, load_model(path, backend="qpu-reference") as mr, \
             load_model(path, backend="cpu") as mc:
         got = list(mq.generate(TOKENS[:3], max_tokens=6))
         assert got == list(mr.generate(TOKENS[:3], max_tokens=6))
@@ -69,19 +77,19 @@ def test_qpu_greedy_tokens(tiny_model, arch, qtype):
             assert _rel(mq.logits(TOKENS), mc.logits(TOKENS)) < 1e-5
 
 
-def test_qpu_f32_equals_llama_cpp(tiny_model, llama_ref):
+def test_qpu_f32_equals_llama_cpp(route, tiny_model, llama_ref):
     path = tiny_model("qwen3moe", "F32")
     ref = llama_ref(path)
-    with load_model(path, backend="qpu", qpu="emu") as mq:
+    with load_model(path, backend="qpu", qpu=route) as mq:
         lq = mq.logits(TOKENS)
     assert _rel(lq, ref.logits(TOKENS)) < 1e-4
 
 
-def test_qpu_decode_matches_whole_sequence(tiny_model):
+def test_qpu_decode_matches_whole_sequence(route, tiny_model):
     """Incremental decode (one token per call: the k-expert sum in the kernel) equals the prompt path
     (token tiles, host sum)."""
     path = tiny_model("qwen3moe", "Q4_0")
-    with load_model(path, backend="qpu", qpu="emu") as m:
+    with load_model(path, backend="qpu", qpu=route) as m:
         whole = m.logits(TOKENS)
         m.reset()
         steps = np.concatenate([m.forward([t]) for t in TOKENS])
@@ -99,7 +107,8 @@ def test_memory_plan_and_clear_error(tiny_model):
     plan = qpu_memory_plan(f, cfg, [ExpertWeights(f, cfg, i) for i in range(cfg.n_layers)])
     # Q4_K -> 6 bits per weight in the QPU layout; 3 tensors of E x ff x hidden per layer
     assert plan.weights == cfg.n_layers * 3 * cfg.n_experts * cfg.expert_ff * cfg.hidden * 6 // 8
-    with pytest.raises(PimoeError, match=r"needs .* MiB of QPU memory .* only 1\.0 MiB are available"):
+    with pytest.raises(PimoeError, match=r"needs .* MiB of QPU memory .* does not fit: it needs .* MiB of RAM \(.* MiB QPU copy\) but "
+                                         r"memory_limit is 1\.0 MiB"):
         load_model(path, backend="qpu", qpu="emu", memory_limit=1 << 20)
 
 

@@ -1314,7 +1314,9 @@ def test_hardware_adapter_with_a_stand_in_py_videocore6(monkeypatch):
     mod.Driver = FakeDriver
     monkeypatch.setitem(sys.modules, "videocore6", pkg)
     monkeypatch.setitem(sys.modules, "videocore6.driver", mod)
-    monkeypatch.setattr(driver.glob, "glob", lambda pattern: ["/dev/dri/card0"])
+    monkeypatch.setenv("PIMOE_QPU_CLIENT", "videocore6")     # py-videocore6's Driver as the UAPI client
+    monkeypatch.setattr("pimoe.qpu.v3d_uapi.find_render_node", lambda: "/dev/dri/renderD128")
+    monkeypatch.setattr(driver.os, "access", lambda path, mode: True)
     with driver.open_driver("hw", data_area_size=4096) as drv:
         assert isinstance(drv, driver.HardwareDriver)
         assert drv.program(k_write_n, n=4) == "code"

@@ -3,12 +3,14 @@
 At load every layer's gate/up/down expert tensors are repacked once into QPU memory in the kernels'
 layout (qpu_kernels.qpu_layout: lossless, no dequantized CPU copy is kept); each expert_ffn call is two
 dispatches per layer (gate+up+SiLU, then down + the weighted sum over the k experts). The driver comes
-from pimoe.qpu.open_driver: "hw" the VideoCore VI through py-videocore6 on a Pi 4, "emu" pimoe's
-emulator, "auto" the first that works.
+from pimoe.qpu.open_driver: "hw" the VideoCore VI through the v3d kernel driver on a Pi 4, "virtual" the
+same hardware route over the virtual V3D device (pimoe.qpu.vdev, jobs run by the emulator), "emu" the
+emulator called directly, "auto" the GPU when present else "emu".
 
-On the Pi the V3D buffers come out of system RAM (the CMA pool), so the memory the model needs is worked
-out before anything is allocated (`qpu_memory_plan`) and loading stops with a PimoeError when it does
-not fit (CmaFree on the hardware, MemAvailable for the emulator, or `memory_limit=` bytes).
+The V3D buffers are shmem pages behind the GPU's MMU (not CMA), pinned while they exist, in one 32-bit
+GPU address space; the memory the model needs is worked out before anything is allocated
+(`qpu_memory_plan`) and checked against those limits (pimoe.backends.qpu_memory): loading stops with a
+PimoeError giving the numbers and the way out when it does not fit (`memory_limit=` caps the RAM).
 
     load_model(path, backend="qpu", qpu="emu", threads=8, memory_limit=None)
     load_model(path, backend="qpu-reference")   # the same arithmetic in numpy (f32 activations, no
@@ -17,7 +19,6 @@ not fit (CmaFree on the hardware, MemAvailable for the emulator, or `memory_limi
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,6 @@ import numpy as np
 from pimoe.backends.base import Backend
 from pimoe.errors import PimoeError
 
-BUS_LIMIT = (1 << 32) - (1 << 28)   # the emulated/hardware bus addresses are 32-bit (emulator starts at 256 MiB)
 CODE_AREA = 4 << 20                 # room for every kernel variant a model uses
 MAX_TOKENS_PER_CALL = 64            # prompt chunks per expert_ffn call (bounds the scratch buffer)
 
@@ -57,27 +57,11 @@ def qpu_memory_plan(gguf_file, config, experts) -> QPUMemoryPlan:
     return QPUMemoryPlan(weights, scratch, CODE_AREA)
 
 
-def _meminfo_bytes(key: str) -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def available_qpu_memory(kind: str) -> tuple[int, str]:
-    """(bytes, where the figure comes from) that QPU buffers may take on this machine."""
-    if kind == "hw":
-        cma = _meminfo_bytes("CmaFree")
-        if cma is not None:
-            return cma, "CmaFree in /proc/meminfo (V3D buffers come from the CMA pool)"
-    avail = _meminfo_bytes("MemAvailable")
-    if avail is None:
-        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    return avail, "MemAvailable in /proc/meminfo"
+def cpu_resident_bytes(gguf_file) -> int:
+    """Bytes of the model file the CPU side reads every token (everything but the routed experts): they
+    stay in the page cache next to the pinned QPU copy."""
+    tensors = getattr(gguf_file, "tensors", {})
+    return sum(int(t.nbytes) for name, t in tensors.items() if "_exps" not in name)
 
 
 class QPUBackend(Backend):
@@ -98,22 +82,18 @@ class QPUBackend(Backend):
         if kind == "auto":
             kind = "hw" if hardware_available()[0] else "emu"
         self.plan = qpu_memory_plan(gguf_file, config, self.experts)
-        if memory_limit is not None:
-            limit, source = int(memory_limit), "memory_limit"
-        else:
-            limit, source = available_qpu_memory(kind)
+        from pimoe.backends import qpu_memory as qm
+
+        data_area = self.plan.weights + self.plan.scratch + (1 << 20)
+        self.fit = qm.check_fit([self.plan.code, data_area], qm.machine_facts(kind),
+                                cpu_resident=cpu_resident_bytes(gguf_file), memory_limit=memory_limit, kind=kind)
         where = f"{gguf_file.path}" if hasattr(gguf_file, "path") else "model"
-        if self.plan.total > min(limit, BUS_LIMIT):
-            cap = min(limit, BUS_LIMIT)
-            what = source if limit <= BUS_LIMIT else "the 32-bit GPU bus address space"
-            raise PimoeError(f"{where}: the qpu backend needs {self.plan.describe()}, but only "
-                             f"{cap / (1 << 20):.1f} MiB are available ({what}). Use fewer layers, a smaller "
-                             f"weight type, or the cpu backend" +
-                             (" (on a Pi, raise the CMA pool: dtoverlay=vc4-kms-v3d,cma-512)" if kind == "hw" else ""))
+        if not self.fit.ok:
+            raise PimoeError(f"{where}: the qpu backend ({kind}) needs {self.plan.describe()}, and it does not fit: "
+                             f"{self.fit.message()}. Way out: {qm.WAY_OUT}")
         self.driver_kind = kind
         self.threads = int(threads)
-        self.drv = open_driver(kind, data_area_size=self.plan.weights + self.plan.scratch + (1 << 20),
-                               code_area_size=self.plan.code)
+        self.drv = open_driver(kind, data_area_size=data_area, code_area_size=self.plan.code)
         try:
             layers = range(config.n_layers)
             if progress and config.n_layers * config.n_experts > 256:

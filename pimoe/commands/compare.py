@@ -26,8 +26,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("-n", "--n-gen", type=int, default=8, metavar="N", help="generated tokens, tgN (default 8)")
     parser.add_argument("-r", "--reps", type=int, default=3, help="repetitions, t/s mean ± sd (default 3)")
     parser.add_argument("--backends", default="cpu,qpu", help="comma list, first is the reference (default cpu,qpu)")
-    parser.add_argument("--qpu", default=None, choices=("auto", "emu", "hw"),
+    parser.add_argument("--qpu", default=None, choices=("auto", "hw", "virtual", "emu"),
                         help="QPU driver for the qpu backend (default: the backend's own default, auto)")
+    parser.add_argument("--no-timing-profile", action="store_true",
+                        help="predict with the model's own parameters, not the profile `pimoe calibrate` stored")
     parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all numba threads)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where --shape models are written once (default ~/.cache/pimoe/compare)")
@@ -78,10 +80,27 @@ def main(args) -> int:
         raise PimoeError(f"none of the backends {wanted} exists (available: {', '.join(sorted(have))})")
     opts = {"qpu": {"qpu": args.qpu}} if args.qpu and "qpu" in backends else {}
 
-    result = cmp.compare(path, backends, args.n_prompt, args.n_gen, args.reps, shape=args.shape,
-                         backend_opts=opts)
+    from pimoe import profile as prof_mod
+    from pimoe.bench.qpu_calibrate import describe_profile, load_profile
+
+    tprof = None if args.no_timing_profile else load_profile()
+    if tprof is not None:
+        prof_mod.use_timing_params(tprof["params"])
+        _note(f"pimoe compare: Pi 4 QPU predictions use the {describe_profile(tprof)}")
+    try:
+        result = cmp.compare(path, backends, args.n_prompt, args.n_gen, args.reps, shape=args.shape,
+                             backend_opts=opts)
+    finally:
+        prof_mod.use_timing_params(None)
     rec, rows = cmp.to_record(result, {"command": "pimoe " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["compare"]
                                        else "pimoe compare"})
+    if tprof is not None:
+        rec["qpu_timing_profile"] = {"path": tprof["path"], "route": tprof["route"], "label": tprof.get("label"),
+                                     "created_utc": tprof.get("created_utc"), "record": tprof.get("record"),
+                                     "params": tprof["params"].as_dict()}
+    if args.qpu == "hw":
+        _note("pimoe compare: the qpu rows were measured on this Pi's GPU (--qpu hw); the Pi 4 rows next to them "
+              "are the model's predictions")
     print(cmp.table_text(rows))
     print()
     print(f"per decode token (mean over {args.reps} x {args.n_gen} steps; Pi 4 figures are predicted):")

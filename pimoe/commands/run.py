@@ -28,9 +28,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("-n", "--n-predict", type=int, default=64, metavar="N",
                         help="number of tokens to generate (default 64)")
     parser.add_argument("--backend", default="cpu", help="where the expert FFNs run (default cpu)")
-    parser.add_argument("--qpu", choices=("auto", "emu", "hw"), default="auto",
-                        help="with --backend qpu: the VideoCore VI GPU (hw), pimoe's emulator (emu), or the GPU "
-                             "when present (auto, default)")
+    parser.add_argument("--qpu", choices=("auto", "hw", "virtual", "emu"), default="auto",
+                        help="with --backend qpu: the VideoCore VI GPU (hw), the hardware route over the virtual V3D "
+                             "device (virtual), pimoe's emulator (emu), or the GPU when present (auto, default)")
     parser.add_argument("--temperature", type=float, default=0.0, metavar="T",
                         help="sampling temperature; 0 = greedy (default 0)")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for sampling")

@@ -85,6 +85,7 @@ class Array(np.ndarray):
         buf = kwargs["buffer"]
         obj._mem_lo = buf.__array_interface__["data"][0]  # host pointer of bus address BUS_BASE
         obj._mem_hi = obj._mem_lo + buf.nbytes
+        obj._bus_lo = phyaddr - kwargs.get("offset", 0)  # bus address of the buffer's first byte
         obj.address = phyaddr
         return obj
 
@@ -92,10 +93,11 @@ class Array(np.ndarray):
         lo = getattr(obj, "_mem_lo", None)
         hi = getattr(obj, "_mem_hi", None)
         self._mem_lo, self._mem_hi, self.address = lo, hi, None
+        self._bus_lo = getattr(obj, "_bus_lo", BUS_BASE)
         if lo is not None:
             ptr = self.__array_interface__["data"][0]
             if lo <= ptr < hi:
-                self.address = BUS_BASE + ptr - lo
+                self.address = self._bus_lo + ptr - lo
 
     def addresses(self) -> np.ndarray:
         """uint32 array of the same shape: the bus address of every element (strided views too)."""

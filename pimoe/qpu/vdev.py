@@ -1,0 +1,528 @@
+"""A virtual V3D device: the Linux v3d DRM UAPI, as a compute client uses it, served by pimoe's emulator.
+
+    from pimoe.qpu.vdev import virtual_v3d
+    with virtual_v3d() as dev:                    # in this process, until the block ends:
+        fd = os.open("/dev/dri/renderD128", os.O_RDWR)      # ... is the virtual device
+        fcntl.ioctl(fd, IOCTL_V3D_CREATE_BO, arg)           # ioctls on it go to `dev`
+        mmap.mmap(fd, size, offset=mmap_offset)             # and so do mappings of its BOs
+
+Inside the block `os.open` of the V3D device nodes (/dev/dri/renderD128 and py-videocore6's
+/dev/dri/by-path/platform-fec00000.v3d-card), `os.close`, `fcntl.ioctl` and `mmap.mmap` on the returned
+descriptor go to the virtual device; everything else passes through unchanged. Names already bound
+elsewhere (`from fcntl import ioctl`, `from mmap import mmap`) are patched too, so an unmodified UAPI
+client runs over the emulator: pimoe's own (pimoe.qpu.v3d_uapi) and py-videocore6's Driver.
+
+What it serves (the kernel's include/uapi/drm/v3d_drm.h and drivers/gpu/drm/v3d/, errno as the kernel
+returns them):
+- GET_PARAM: the V3D 4.2 identity registers Mesa's drm-shim reports for a Pi 4 (src/broadcom/drm-shim/
+  v3d_noop.c: IDENT0 0x04443356, IDENT1 0x81001422 = 2 slices x 4 QPUs, ...), SUPPORTS_CSD/TFU/
+  CACHE_FLUSH = 1; PERFMON, MULTISYNC_EXT and CPU_QUEUE = 0 (not served here); pad or value != 0 or an
+  unknown parameter -> EINVAL.
+- CREATE_BO: zero-filled BOs in one 32-bit GPU address space shared by every open file (the v3d MMU has
+  one page table), 128 KiB aligned; flags != 0 or size 0 -> EINVAL; no room -> ENOSPC. The virtual
+  address space starts at the emulator's bus base (0x10000000), so 3.75 of the 4 GiB are usable here.
+- GET_BO_OFFSET, MMAP_BO (unknown handle -> ENOENT), GEM_CLOSE (unknown handle -> EINVAL).
+- SUBMIT_CSD: the 7 configuration words decoded as the hardware does (pimoe.qpu.v3d_uapi.CSDConfig), the
+  job queued and run by the emulator on a worker thread, in submission order; bad pad/flags, no BOs ->
+  EINVAL, unknown BO handle, sync object or perfmon -> ENOENT (the virtual device has no sync objects).
+- WAIT_BO: waits for the last job that used the BO, with its timeout (in GPU time: the wall-clock wait is
+  `wait_scale` times longer, since emulating is that much slower than the QPUs): -> ETIME when it runs
+  out (the kernel's code), timeout_ns written back as what is left. A job the emulator stopped with a fault makes
+  WAIT_BO fail with EIO (the real GPU would hang or read the MMU's scratch page; the fault is logged to
+  the "pimoe.qpu.vdev" logger, the way the kernel logs MMU errors, and kept in `VirtualV3D.faults`).
+
+BO memory is one memfd: the client's mappings and the emulator's memory are the same pages.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import ctypes
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import queue
+import struct
+import sys
+import threading
+import time
+
+import numpy as np
+
+from pimoe.qpu import v3d_uapi as U
+
+log = logging.getLogger("pimoe.qpu.vdev")
+
+RENDER_NODE = "/dev/dri/renderD128"
+DEVICE_PATHS = (RENDER_NODE, "/dev/dri/by-path/platform-fec00000.v3d-card",
+                "/dev/dri/by-path/platform-fec00000.v3d-render")
+
+# V3D 4.2 identity registers as Mesa's drm-shim serves them for the Pi 4 (src/broadcom/drm-shim/v3d_noop.c)
+V3D42_REGISTERS = {
+    U.PARAM_V3D_UIFCFG: 0x00000045,
+    U.PARAM_V3D_HUB_IDENT1: 0x000E1124,
+    U.PARAM_V3D_HUB_IDENT2: 0x00000100,
+    U.PARAM_V3D_HUB_IDENT3: 0x00000E00,
+    U.PARAM_V3D_CORE0_IDENT0: 0x04443356,
+    U.PARAM_V3D_CORE0_IDENT1: 0x81001422,
+    U.PARAM_V3D_CORE0_IDENT2: 0x40078121,
+}
+V3D_FEATURES = {U.PARAM_SUPPORTS_TFU: 1, U.PARAM_SUPPORTS_CSD: 1, U.PARAM_SUPPORTS_CACHE_FLUSH: 1,
+                U.PARAM_SUPPORTS_PERFMON: 0, U.PARAM_SUPPORTS_MULTISYNC_EXT: 0, U.PARAM_SUPPORTS_CPU_QUEUE: 0}
+MMAP_OFFSET_BASE = 1 << 32          # DRM's fake mmap offsets start above 4 GiB (DRM_FILE_PAGE_OFFSET_START)
+DEFAULT_JOB_TIMEOUT = 600.0         # seconds of emulation before a job counts as hung
+# WAIT_BO timeouts are the client's idea of GPU time; emulating takes far longer than the QPUs would
+# (pimoe doctor --qpu virtual: a 4 MB summation takes 0.43 s to emulate, 0.92 ms predicted on a Pi 4, ~470x),
+# so a wait lasts timeout x this factor of wall time (0 still means "do not wait")
+DEFAULT_WAIT_SCALE = 1000.0
+SUBMIT_FLAG_EXTENSION = 0x02
+
+
+def _err(code: int, what: str = "") -> OSError:
+    return OSError(code, os.strerror(code) + (f" ({what})" if what else ""))
+
+
+class BO:
+    __slots__ = ("addr", "size", "last_job", "handle_count")
+
+    def __init__(self, addr: int, size: int):
+        self.addr, self.size, self.last_job, self.handle_count = addr, size, None, 0
+
+
+class Job:
+    """One SUBMIT_CSD: done (an Event), and after it the emulator's counters or the fault."""
+
+    def __init__(self, cfg: U.CSDConfig, bos: list[BO], file: "VirtualFile"):
+        self.cfg, self.bos, self.file = cfg, bos, file
+        self.done = threading.Event()
+        self.counters = None
+        self.fault: str | None = None
+        self.submitted = time.monotonic()
+        self.seconds = 0.0
+
+
+class VirtualFile:
+    """One open DRM file: its GEM handles."""
+
+    def __init__(self, dev: "VirtualV3D", fd: int):
+        self.dev, self.fd = dev, fd
+        self.handles: dict[int, BO] = {}
+        self.next_handle = 1
+        self.last_job: Job | None = None
+
+
+class VirtualV3D:
+    """The device: GPU address space, BOs, the CSD job queue and the emulator behind it."""
+
+    def __init__(self, job_timeout: float = DEFAULT_JOB_TIMEOUT, wait_scale: float = DEFAULT_WAIT_SCALE):
+        from pimoe.qpu.emulator import BUS_BASE
+
+        self.base = BUS_BASE
+        self.size = U.GPU_VA_SIZE - BUS_BASE
+        self.job_timeout = float(job_timeout)
+        self.wait_scale = float(wait_scale)
+        self.memfd = os.memfd_create("pimoe-v3d", os.MFD_CLOEXEC)
+        os.ftruncate(self.memfd, self.size)
+        self._map = _ORIG["mmap"](self.memfd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.memory = np.frombuffer(self._map, dtype=np.uint8)
+        self._used: list[tuple[int, int]] = []       # sorted (start, end) of live BOs
+        self.bos: dict[int, BO] = {}                  # by address
+        self.files: dict[int, VirtualFile] = {}
+        self.faults: list[str] = []
+        self.jobs_run = 0
+        self._lock = threading.RLock()
+        self._queue: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._emu = None
+
+    # ---- address space ------------------------------------------------------------------------------
+    def _alloc_va(self, size: int) -> int:
+        start = self.base
+        for lo, hi in self._used:
+            if lo - start >= size:
+                break
+            start = -(-hi // U.BO_ALIGN) * U.BO_ALIGN
+        if start + size > self.base + self.size:
+            raise _err(errno.ENOSPC, f"no {size} bytes of GPU address space left")
+        bisect.insort(self._used, (start, start + size))
+        return start
+
+    def _free_va(self, addr: int, size: int) -> None:
+        self._used.remove((addr, addr + size))
+
+    def mapped_bytes(self) -> int:
+        return sum(hi - lo for lo, hi in self._used)
+
+    # ---- files ---------------------------------------------------------------------------------------
+    def open_file(self, fd: int) -> VirtualFile:
+        with self._lock:
+            f = VirtualFile(self, fd)
+            self.files[fd] = f
+            return f
+
+    def close_file(self, fd: int) -> None:
+        with self._lock:
+            f = self.files.pop(fd, None)
+            if f is not None:
+                for handle in list(f.handles):
+                    self._gem_close(f, handle)
+
+    def _gem_close(self, f: VirtualFile, handle: int) -> None:
+        bo = f.handles.pop(handle, None)
+        if bo is None:
+            raise _err(errno.EINVAL, f"GEM handle {handle}")
+        bo.handle_count -= 1
+        if bo.handle_count == 0:
+            self.bos.pop(bo.addr, None)
+            self._free_va(bo.addr, bo.size)
+
+    def _lookup(self, f: VirtualFile, handle: int, code: int = errno.ENOENT) -> BO:
+        bo = f.handles.get(handle)
+        if bo is None:
+            raise _err(code, f"no GEM handle {handle}")
+        return bo
+
+    def bo_at_mmap_offset(self, offset: int, length: int) -> BO:
+        with self._lock:
+            bo = self.bos.get(offset - MMAP_OFFSET_BASE + self.base)
+            if bo is None or length > bo.size:
+                raise _err(errno.EINVAL, f"mmap offset 0x{offset:x} length {length}")
+            return bo
+
+    # ---- ioctls ----------------------------------------------------------------------------------------
+    def ioctl(self, f: VirtualFile, request: int, data: bytearray) -> bytearray:
+        """`data` holds the kernel-sized struct (zero-extended); returns it updated."""
+        nr = request & 0xFF
+        with self._lock:
+            if nr == U.NR_GET_PARAM:
+                param, pad, value = U.GET_PARAM.unpack_from(data)
+                if pad:
+                    raise _err(errno.EINVAL, "pad")
+                if param in V3D42_REGISTERS:
+                    if value:
+                        raise _err(errno.EINVAL, "value must be 0")
+                    value = V3D42_REGISTERS[param]
+                elif param in V3D_FEATURES:
+                    value = V3D_FEATURES[param]
+                else:
+                    raise _err(errno.EINVAL, f"unknown parameter {param}")
+                U.GET_PARAM.pack_into(data, 0, param, pad, value)
+            elif nr == U.NR_CREATE_BO:
+                size, flags, _, _ = U.CREATE_BO.unpack_from(data)
+                if flags or size == 0:
+                    raise _err(errno.EINVAL, "flags must be 0 and size > 0")
+                size = -(-size // U.PAGE) * U.PAGE
+                addr = self._alloc_va(size)
+                off = addr - self.base
+                # fresh shmem pages read as zero: drop whatever an earlier BO left there
+                self._map.madvise(mmap.MADV_REMOVE, off, size)
+                bo = BO(addr, size)
+                bo.handle_count = 1
+                self.bos[addr] = bo
+                handle = f.next_handle
+                f.next_handle += 1
+                f.handles[handle] = bo
+                U.CREATE_BO.pack_into(data, 0, size, flags, handle, addr)
+            elif nr == U.NR_GET_BO_OFFSET:
+                handle, _ = U.GET_BO_OFFSET.unpack_from(data)
+                U.GET_BO_OFFSET.pack_into(data, 0, handle, self._lookup(f, handle).addr)
+            elif nr == U.NR_MMAP_BO:
+                handle, flags, _ = U.MMAP_BO.unpack_from(data)
+                if flags:
+                    raise _err(errno.EINVAL, "flags must be 0")
+                bo = self._lookup(f, handle)
+                U.MMAP_BO.pack_into(data, 0, handle, flags, MMAP_OFFSET_BASE + bo.addr - self.base)
+            elif nr == U.NR_GEM_CLOSE:
+                handle, _ = U.GEM_CLOSE.unpack_from(data)
+                self._gem_close(f, handle)
+            elif nr == U.NR_SUBMIT_CSD:
+                self._submit_csd(f, data)
+            elif nr == U.NR_WAIT_BO:
+                handle, pad, timeout_ns = U.WAIT_BO.unpack_from(data)
+                if pad:
+                    raise _err(errno.EINVAL, "pad")
+                job = self._lookup(f, handle, errno.EINVAL).last_job
+            else:
+                raise _err(errno.EINVAL, f"ioctl nr 0x{nr:02x} is not served by the virtual V3D device")
+        if nr == U.NR_WAIT_BO:          # outside the lock: the worker must be able to finish the job
+            start = time.monotonic()
+            finished = job is None or job.done.wait(timeout_ns / 1e9 * self.wait_scale)
+            left = max(0, timeout_ns - int((time.monotonic() - start) * 1e9 / self.wait_scale))
+            U.WAIT_BO.pack_into(data, 0, handle, 0, left if finished else 0)
+            if not finished:
+                raise _err(errno.ETIME, f"BO {handle}: job still running after {timeout_ns} ns")
+            if job is not None and job.fault is not None:
+                raise _err(errno.EIO, f"the job using BO {handle} faulted: {job.fault}")
+        return data
+
+    def _submit_csd(self, f: VirtualFile, data: bytearray) -> None:
+        v = U.SUBMIT_CSD.unpack_from(data)
+        cfg_words, ptr, count, in_sync, out_sync, perfmon, extensions, flags, pad = v[:7], *v[11:]
+        if pad or flags & ~SUBMIT_FLAG_EXTENSION:
+            raise _err(errno.EINVAL, "pad / flags")
+        if flags & SUBMIT_FLAG_EXTENSION or extensions:
+            raise _err(errno.EINVAL, "ioctl extensions are not served by the virtual device")
+        if count == 0:
+            raise _err(errno.EINVAL, "a job needs at least one BO")
+        if ptr == 0:
+            raise _err(errno.EFAULT, "bo_handles is NULL")
+        handles = struct.unpack(f"<{count}I", ctypes.string_at(ptr, 4 * count))
+        bos = [self._lookup(f, h) for h in handles]
+        for what, value in (("in_sync", in_sync), ("out_sync", out_sync), ("perfmon_id", perfmon)):
+            if value:
+                raise _err(errno.ENOENT, f"{what} {value}: the virtual device has none")
+        job = Job(U.CSDConfig.decode(cfg_words), bos, f)
+        for bo in bos:
+            bo.last_job = job
+        f.last_job = job
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._run_jobs, name="pimoe-vdev-csd", daemon=True)
+            self._worker.start()
+        self._queue.put(job)
+
+    # ---- the CSD queue -----------------------------------------------------------------------------------
+    def _run_jobs(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            start = time.monotonic()
+            try:
+                job.counters = self._emulator().run(job.cfg, self.job_timeout)
+            except Exception as exc:      # a QPU fault, or a dispatch the emulator refuses
+                job.fault = str(exc)
+                self.faults.append(job.fault)
+                log.error("v3d (virtual): CSD job faulted: %s", job.fault)
+            job.seconds = time.monotonic() - start
+            self.jobs_run += 1
+            job.done.set()
+
+    def _emulator(self):
+        if self._emu is None:
+            self._emu = _ArenaEmulator(self.memory, self.base)
+        return self._emu
+
+    def idle(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted job has run."""
+        with self._lock:
+            jobs = [f.last_job for f in self.files.values() if f.last_job is not None]
+        return all(j.done.wait(timeout) for j in jobs)
+
+    def shutdown(self) -> None:
+        if self._worker is not None and self._worker.is_alive():
+            self._queue.put(None)
+            self._worker.join(timeout=self.job_timeout)
+        self.memory, self._emu = None, None
+        try:
+            self._map.close()
+        except BufferError:          # a client still holds a view of the pages: leave them to the GC
+            pass
+        os.close(self.memfd)
+
+
+def _ArenaEmulator(memory, base):
+    """The emulator over the device's memory. A private adapter over today's EmuDriver, until the
+    emulator lane's run_csd(GPUMemory, CSDDispatch) lands (INTERFACES.md contract 1)."""
+    from pimoe.qpu.emu_decode import DecodedProgram
+    from pimoe.qpu.emulator import EmuDriver
+
+    class ArenaEmulator(EmuDriver):
+        def __init__(self):
+            super().__init__(code_area_size=8, data_area_size=0)
+            self.memory = memory
+            self._mem32 = memory.view(np.uint32)
+            self._programs: dict[int, DecodedProgram] = {}
+
+        def run(self, cfg: U.CSDConfig, timeout: float):
+            off = cfg.shader - base
+            if off < 0 or off + 8 > len(memory):
+                raise ValueError(f"shader address 0x{cfg.shader:08x} is outside the GPU memory")
+            words = memory[off:].view(np.uint64)
+            # the program: from the shader address to the first all-zero word (never a valid instruction)
+            n, step = 0, 4096
+            while n < len(words):
+                zero = np.flatnonzero(words[n:n + step] == 0)
+                if len(zero):
+                    n += int(zero[0])
+                    break
+                n += step
+            n = min(n, len(words))
+            if n == 0:
+                raise ValueError(f"no program at 0x{cfg.shader:08x} (first word is 0)")
+            prog = self._programs.get(off)
+            if prog is None or len(prog.words) != n or not np.array_equal(prog.words, words[:n]):
+                prog = DecodedProgram(np.array(words[:n]))
+                self._programs[off] = prog
+            self.code_area_base, self.code_area_size, self.code_pos = off, 8 * n, off + 8 * n
+            self._blocks = [(off // 8, prog)]
+            code = type("Code", (), {"address": cfg.shader})()
+            return self.execute(code, local_invocation=(cfg.wg_size, 1, 1), uniforms=cfg.uniforms,
+                                timeout_sec=timeout, workgroup=cfg.wg_count, wgs_per_sg=cfg.wgs_per_sg,
+                                thread=cfg.num_batches, propagate_nan=cfg.propagate_nans,
+                                single_seg=cfg.single_seg, threading=cfg.threading, progress=False)
+
+        def _decoded_table(self):
+            _, prog = self._blocks[0]
+            return prog.table, dict(prog.errors)
+
+        def _fault_message(self, fault, ist, table, errors, extra=None):
+            # the base class counts PCs from the start of memory; here they count from the shader
+            mem, pos = self.memory, self.code_pos
+            self.memory, self.code_pos = mem[self.code_area_base:], pos - self.code_area_base
+            try:
+                msg = super()._fault_message(fault, ist, table, errors, extra)
+            finally:
+                self.memory, self.code_pos = mem, pos
+            return msg + f" [PC counted in words from the shader at 0x{base + self.code_area_base:08x}]"
+
+    return ArenaEmulator()
+
+
+# ---- the patches ---------------------------------------------------------------------------------------
+_ORIG = {"open": os.open, "close": os.close, "ioctl": fcntl.ioctl, "mmap": mmap.mmap}
+_state = {"dev": None, "depth": 0}
+_files: dict[int, VirtualFile] = {}
+
+
+def current() -> VirtualV3D | None:
+    """The active virtual device, or None."""
+    return _state["dev"]
+
+
+def is_virtual_fd(fd) -> bool:
+    return isinstance(fd, int) and fd in _files
+
+
+def job_counters(fd: int):
+    """EmuCounters of the last finished job submitted on this (virtual) file, else None."""
+    f = _files.get(fd)
+    job = f.last_job if f is not None else None
+    return job.counters if job is not None and job.done.is_set() else None
+
+
+def _open(path, flags, mode=0o777, *, dir_fd=None):
+    dev = _state["dev"]
+    if dev is not None and dir_fd is None and os.fspath(path) in DEVICE_PATHS:
+        fd = _ORIG["open"](os.devnull, os.O_RDWR | (flags & os.O_CLOEXEC))
+        _files[fd] = dev.open_file(fd)
+        return fd
+    if dir_fd is None:
+        return _ORIG["open"](path, flags, mode)
+    return _ORIG["open"](path, flags, mode, dir_fd=dir_fd)
+
+
+def _close(fd):
+    f = _files.pop(fd, None) if isinstance(fd, int) else None
+    if f is not None:
+        f.dev.close_file(fd)
+    return _ORIG["close"](fd)
+
+
+def _ioctl(fd, request, arg=0, mutate_flag=True):
+    fdn = fd if isinstance(fd, int) else (fd.fileno() if hasattr(fd, "fileno") else fd)
+    f = _files.get(fdn) if isinstance(fdn, int) else None
+    if f is None:
+        return _ORIG["ioctl"](fd, request, arg, mutate_flag)
+    request &= 0xFFFFFFFF
+    if (request >> 8) & 0xFF != ord("d"):
+        raise _err(errno.ENOTTY)
+    direction, usize = request >> 30, (request >> 16) & 0x3FFF
+    ksize = _KERNEL_SIZE.get(request & 0xFF)
+    if ksize is None:
+        raise _err(errno.EINVAL, f"ioctl nr 0x{request & 0xFF:02x}")
+    if isinstance(arg, int):
+        raise _err(errno.EFAULT, "an integer argument is not a struct")
+    immutable = isinstance(arg, (bytes, str))
+    raw = arg.encode() if isinstance(arg, str) else arg
+    view = memoryview(raw).cast("B")
+    if len(view) < usize:
+        raise _err(errno.EFAULT, f"argument of {len(view)} bytes, the ioctl copies {usize}")
+    data = bytearray(max(ksize, usize))
+    if direction & U._IOC_WRITE:
+        data[:usize] = view[:usize]
+    f.dev.ioctl(f, request, data)
+    out = bytes(data[:min(usize, ksize)]) if direction & U._IOC_READ else b""
+    if immutable or not mutate_flag:          # fcntl's contract: a copy of the buffer with the result
+        result = bytearray(view)
+        result[:len(out)] = out
+        return bytes(result)
+    if out:
+        view[:len(out)] = out
+    return 0
+
+
+_KERNEL_SIZE = {U.NR_GET_PARAM: U.GET_PARAM.size, U.NR_CREATE_BO: U.CREATE_BO.size, U.NR_MMAP_BO: U.MMAP_BO.size,
+                U.NR_GET_BO_OFFSET: U.GET_BO_OFFSET.size, U.NR_WAIT_BO: U.WAIT_BO.size,
+                U.NR_GEM_CLOSE: U.GEM_CLOSE.size, U.NR_SUBMIT_CSD: U.SUBMIT_CSD.size}
+
+
+class _mmap(mmap.mmap):
+    """mmap.mmap that maps a virtual V3D file's BO (at its MMAP_BO offset) onto the device's memfd."""
+
+    def __new__(cls, fileno, length, *args, **kwargs):
+        f = _files.get(fileno) if isinstance(fileno, int) else None
+        if f is None:
+            return super().__new__(cls, fileno, length, *args, **kwargs)
+        offset = kwargs.pop("offset", 0)
+        if len(args) >= 4:
+            offset, args = args[3], args[:3]
+        bo = f.dev.bo_at_mmap_offset(int(offset), int(length))
+        return super().__new__(cls, f.dev.memfd, length, *args, offset=bo.addr - f.dev.base, **kwargs)
+
+
+_REPLACEMENTS = {"open": _open, "close": _close, "ioctl": _ioctl, "mmap": _mmap}
+_HOMES = {"open": os, "close": os, "ioctl": fcntl, "mmap": mmap}
+
+
+def _patch_all(table: dict) -> list:
+    """Point every module-level name bound to an original at its replacement; returns what to undo."""
+    undo = []
+    by_id = {id(_ORIG[k]): (k, table[k]) for k in _ORIG}
+    for name, mod in list(sys.modules.items()):
+        d = getattr(mod, "__dict__", None)
+        if not isinstance(d, dict) or mod is sys.modules[__name__]:
+            continue
+        for attr, value in list(d.items()):
+            hit = by_id.get(id(value))
+            if hit is not None and value is _ORIG[hit[0]]:
+                d[attr] = hit[1]
+                undo.append((d, attr, value))
+    return undo
+
+
+@contextlib.contextmanager
+def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT, wait_scale: float = DEFAULT_WAIT_SCALE):
+    """In this process, for the duration of the block, the V3D device nodes are a virtual V3D 4.2 served
+    by the emulator. Re-entrant: a nested block shares the outer device."""
+    if _state["dev"] is not None:
+        _state["depth"] += 1
+        try:
+            yield _state["dev"]
+        finally:
+            _state["depth"] -= 1
+        return
+    dev = VirtualV3D(job_timeout=job_timeout, wait_scale=wait_scale)
+    _state["dev"], _state["depth"] = dev, 1
+    undo = _patch_all(_REPLACEMENTS)
+    try:
+        yield dev
+    finally:
+        for fd in [fd for fd, f in _files.items() if f.dev is dev]:
+            _files.pop(fd, None)
+            with contextlib.suppress(OSError):
+                _ORIG["close"](fd)
+        for d, attr, value in undo:
+            if d.get(attr) is _REPLACEMENTS.get(_name_of(value)):
+                d[attr] = value
+        _state["dev"], _state["depth"] = None, 0
+        dev.shutdown()
+
+
+def _name_of(value) -> str | None:
+    for k, v in _ORIG.items():
+        if v is value:
+            return k
+    return None
