@@ -25,11 +25,29 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def version_text() -> str:
+    """'pimoe 0.1.0 (python 3.11.7, numpy 2.1.3, gguf 0.17.1)': package versions from their metadata (no imports)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import pimoe
+
+    deps = []
+    for name in ("numpy", "gguf", "numba"):
+        try:
+            deps.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            deps.append(f"{name} missing")
+    return f"pimoe {pimoe.__version__} (python {platform.python_version()}, {', '.join(deps)})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pimoe",
         description="Mixture-of-Experts LLMs on the Raspberry Pi: CPU vs VideoCore VI GPU (QPU) offload.",
     )
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print pimoe's version (and python's, numpy's, gguf's) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"pimoe.commands.{module_name}")

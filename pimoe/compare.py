@@ -17,9 +17,11 @@ record lists any step where it does not, with the reference's margin there and t
 t/s is mean ± sd over the repetitions (llama-bench: pp t/s = N / time of the prompt forward; tg t/s =
 M / time of the M decode steps). GB/s = weight bytes read per decode token (profiler counters) x tg t/s.
 
-Pi 4 prediction, per region and per decode token (always labelled predicted): a region that ran QPU
-dispatches gets the timing model's time for their emulator counts (pimoe.qpu.timing); every other
-region gets the timing model's Pi 4 CPU time for its weight bytes and FLOPs (4 threads).
+Pi 4 prediction, per region and per decode token (always labelled predicted; pimoe.prediction): a region
+that ran QPU dispatches gets the QPU timing model's time for their emulator counts (pimoe.qpu.timing);
+every other region gets the Pi 4 CPU model's time for its weight bytes and FLOPs (pimoe.cpumodel, 4 threads).
+
+compare() returns a Comparison of BackendRun records (typed; to_record() writes their JSON form).
 
 Scaling (--shape runs with a few of the real model's layers): a token's time and bytes are
     fixed (embedding, output head, sampling, forward's own time) + per-layer part x (L_full / L_run),
@@ -32,24 +34,27 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
+from tqdm import tqdm
 
-from pimoe import profile
+import pimoe
+from pimoe import prediction, profile
 from pimoe.errors import PimoeError
+from pimoe.gguf_file import GGUFFile
+from pimoe.records import environment, model_info
+from pimoe.synth import PRESETS, make_model
 
-SHAPES = ("qwen3-30b-a3b", "olmoe-1b-7b")
-PI4_CPU_THREADS = 4
-TOP_REGIONS = ("embedding", "attention", "router", "experts", "shared_expert", "output_head", "sampling")
+SHAPES = tuple(PRESETS)      # every real-shape preset of `pimoe make-model`
 
 
 # -- models ----------------------------------------------------------------------------------------------
 
 def shape_model_path(shape: str, layers: int, qtype: str, cache_dir: Path, progress: bool = True) -> Path:
     """A synthetic GGUF of a real model's shape with `layers` layers, written once into cache_dir."""
-    from pimoe.synth import make_model
-
     if shape not in SHAPES:
         raise PimoeError(f"unknown --shape '{shape}' (choose {', '.join(SHAPES)})")
     if layers < 1:
@@ -70,10 +75,167 @@ def shape_model_path(shape: str, layers: int, qtype: str, cache_dir: Path, progr
 def full_layers(shape: str | None, model) -> int:
     """Layers of the full model a --shape run stands for (else the model's own)."""
     if shape:
-        from pimoe.synth import PRESETS
-
         return PRESETS[shape].n_layers
     return model.config.n_layers
+
+
+# -- what a comparison returns ---------------------------------------------------------------------------
+# Typed in memory; each has to_json(), the form the compare record stores (unchanged key for key).
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One decode step where another backend's argmax differs from the reference's token."""
+
+    step: int
+    reference: int                # the reference's token
+    other: int                    # the other backend's argmax
+    margin: float                 # reference's logit of its own token minus its logit of `other`
+    logits_max_abs_diff: float    # max |logit difference| of the two backends at this step
+    near_tie: bool                # margin <= logits_max_abs_diff
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Step by step, on identical inputs: another backend's tokens and logits against the reference's."""
+
+    same_tokens: bool
+    n_tokens: int
+    n_agree: int
+    decisive_mismatches: int
+    first_difference: int | None
+    mismatches: list[Mismatch]
+    logits_max_abs_diff: float
+    logits_max_rel_diff: float
+    logits_median_max_abs_diff: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """Per decode token, scaled from the layers run to the full model's layers (see module doc)."""
+
+    factor: float
+    layers_run: int
+    layers_full: int
+    seconds_per_token: float
+    tps: float | None
+    bytes_per_token: float
+    predicted_seconds_per_token: float | None = None
+    predicted_tps: float | None = None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        if self.predicted_seconds_per_token is None:      # the record has no predicted keys then
+            del d["predicted_seconds_per_token"], d["predicted_tps"]
+        return d
+
+
+@dataclass
+class BackendRun:
+    """One backend's timed run. tg_regions / pp_regions: per step, {region path: the profiler summary's
+    row} (pimoe.profile: calls, seconds, self_seconds, bytes, flops, qpu.* ...); tg_predicted: Pi 4
+    seconds per decode step by region path (pimoe.prediction), None when there is nothing to predict from."""
+
+    backend: str
+    load_s: float
+    warmup_s: float
+    pp_s: list[float]                 # seconds of each repetition's prompt forward
+    tg_s: list[float]                 # seconds of each repetition's n_gen decode steps
+    n_prompt: int
+    n_gen: int
+    tokens: list[int]                 # this backend's own greedy tokens (first repetition)
+    logits: np.ndarray                # [n_gen + 1, vocab], first repetition (not in the record)
+    tg_regions: dict[str, dict]
+    pp_regions: dict[str, dict]
+    tg_predicted: dict[str, float] | None
+    expert_usage: np.ndarray          # [layers, experts] routing counts over all repetitions
+    notes: list[str]
+    driver: str | None                # the qpu backend's driver kind ("emu", "hw", ...)
+    threads: int
+    profiler: profile.Profiler = field(repr=False)    # the live profile (not in the record)
+    model: object = field(repr=False)                 # the closed model (not in the record)
+    agreement: Agreement | None = None                # set on every run but the reference
+    teacher_forced: bool = False
+    scaled: Scaled | None = None
+
+    @property
+    def label(self) -> str:
+        """The backend as the tables print it (backend_label)."""
+        return backend_label(self.backend, self.driver)
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Weight bytes read per decode token (the run's layers only)."""
+        return sum(v.get("bytes", 0) for v in self.tg_regions.values())
+
+    def to_json(self) -> dict:
+        d = {"backend": self.backend, "load_s": self.load_s, "warmup_s": self.warmup_s, "pp_s": self.pp_s,
+             "tg_s": self.tg_s, "n_prompt": self.n_prompt, "n_gen": self.n_gen, "tokens": self.tokens,
+             "tg_regions": self.tg_regions, "pp_regions": self.pp_regions, "tg_predicted": self.tg_predicted,
+             "expert_usage": np.asarray(self.expert_usage).tolist(), "notes": self.notes, "driver": self.driver,
+             "threads": self.threads}
+        if self.agreement is not None:
+            d.update(agreement=self.agreement.to_json(), teacher_forced=self.teacher_forced)
+        if self.scaled is not None:
+            d["scaled"] = self.scaled.to_json()
+        return d
+
+
+@dataclass
+class Comparison:
+    """What compare() returns: the runs in order, the first being the reference."""
+
+    model: dict                       # pimoe.records.model_info of the model run
+    shape: str | None
+    layers_run: int
+    layers_full: int
+    prompt: list[int]
+    runs: list[BackendRun]
+
+    @property
+    def reference(self) -> BackendRun:
+        return self.runs[0]
+
+
+@dataclass(frozen=True)
+class RegionCell:
+    """One backend's figures for one region path, per decode token. None: not measured / not applicable."""
+
+    ms: float
+    self_ms: float
+    bytes: float | None = None
+    GBps: float | None = None
+    flops: float | None = None
+    qpu_instructions: float | None = None
+    qpu_tmu_read_bytes: float | None = None
+    qpu_dispatches: float | None = None
+    pi4_predicted_ms: float | None = None
+
+    # record column suffix of each field (the record's flat form: f"{backend}_{suffix}")
+    COLUMNS = (("ms", "ms"), ("self_ms", "self_ms"), ("bytes", "bytes"), ("GBps", "GBps"), ("flops", "flops"),
+               ("qpu_instructions", "qpu.instructions"), ("qpu_tmu_read_bytes", "qpu.tmu_read_bytes"),
+               ("qpu_dispatches", "qpu_dispatches"), ("pi4_predicted_ms", "pi4_predicted_ms"))
+
+
+@dataclass(frozen=True)
+class RegionRow:
+    """One region path (e.g. "tg/forward/layer/experts") and each backend's cell there."""
+
+    region: str
+    cells: dict[str, RegionCell]      # backend -> cell (absent where the backend has no such region)
+
+    def to_json(self) -> dict:
+        """The record's flat form: {"region": p, "cpu_ms": ..., "qpu_pi4_predicted_ms": ..., ...}; a field
+        that is None is left out (bytes with its GBps are present when the region read bytes)."""
+        d: dict = {"region": self.region}
+        for b, c in self.cells.items():
+            for name, col in RegionCell.COLUMNS:
+                v = getattr(c, name)
+                if v is not None or (name == "GBps" and c.bytes is not None):
+                    d[f"{b}_{col}"] = v
+        return d
 
 
 # -- running one backend ---------------------------------------------------------------------------------
@@ -84,15 +246,12 @@ def _greedy(logits_row: np.ndarray) -> int:
 
 
 def run_backend(path, backend: str, prompt: list[int], n_gen: int, reps: int, backend_opts=None,
-                bar=None, force_tokens: list[int] | None = None) -> dict:
-    """Load `path` on `backend`, warm up, time reps x (ppN, tgM) under the profiler. Returns a dict with
-    per-rep times, tokens, last logits, the profiler summaries per test and the per-region predictions.
+                bar=None, force_tokens: list[int] | None = None) -> BackendRun:
+    """Load `path` on `backend`, warm up, time reps x (ppN, tgM) under the profiler.
 
     force_tokens (the reference backend's greedy tokens): decode steps are fed these instead of this
     backend's own choices (teacher forcing), so every step's logits are computed from the same inputs
     as the reference's and can be compared one to one; `tokens` still holds this backend's own argmax."""
-    import pimoe
-
     backend_opts = backend_opts or {}
     t0 = time.perf_counter()
     model = pimoe.load_model(path, backend=backend, n_ctx=len(prompt) + n_gen + 8, **backend_opts)
@@ -134,28 +293,22 @@ def run_backend(path, backend: str, prompt: list[int], n_gen: int, reps: int, ba
         steps = reps * n_gen
         tg_summary = _per_step(prof.summary(lambda r: r.name == "tg"), steps)
         pp_summary = _per_step(prof.summary(lambda r: r.name == "pp"), reps)
-        pred = predict_regions(prof, lambda r: r.name == "tg", steps)
+        pred = prediction.predict_regions(prof, lambda r: r.name == "tg", steps)
         notes = []
+        driver = getattr(model.backend, "driver_kind", None)
         if hasattr(model.backend, "driver_kind") and not any(r.dispatches for r in prof.regions):
             # a QPU backend that did not report its dispatches to the profiler: a CPU-based prediction
             # of its experts would be wrong, so there is none
             pred = None
             notes.append("measured on the GPU: hardware dispatches have no emulator counts to predict from"
-                         if getattr(model.backend, "driver_kind", None) == "hw" else
+                         if driver == "hw" else
                          "the QPU backend reported no dispatches to the profiler: no Pi 4 prediction")
-        return {"backend": backend, "load_s": load_s, "warmup_s": warm_s, "pp_s": pp_s, "tg_s": tg_s,
-                "n_prompt": len(prompt), "n_gen": n_gen, "tokens": tokens, "logits": logits_trace,
-                "tg_regions": tg_summary, "pp_regions": pp_summary, "tg_predicted": pred,
-                "expert_usage": usage, "profiler": prof, "notes": notes, "driver": getattr(model.backend, "driver_kind", None),
-                "threads": _threads(), "model": model}
+        return BackendRun(backend=backend, load_s=load_s, warmup_s=warm_s, pp_s=pp_s, tg_s=tg_s,
+                          n_prompt=len(prompt), n_gen=n_gen, tokens=tokens, logits=logits_trace,
+                          tg_regions=tg_summary, pp_regions=pp_summary, tg_predicted=pred, expert_usage=usage,
+                          notes=notes, driver=driver, threads=numba.get_num_threads(), profiler=prof, model=model)
     finally:
         model.close()
-
-
-def _threads() -> int:
-    import numba
-
-    return numba.get_num_threads()
 
 
 def _per_step(summary: dict, steps: int) -> dict:
@@ -169,79 +322,6 @@ def _per_step(summary: dict, steps: int) -> dict:
     return out
 
 
-def predict_each(prof: profile.Profiler, where) -> list[float] | None:
-    """Predicted Pi 4 seconds of every region (inclusive of its children; 0 outside `where`), or None
-    without a timing model.
-
-    A region whose subtree ran QPU dispatches: the timing model's time of its own dispatches (its
-    weight bytes are the QPU's to read); any other region: Pi 4 CPU time of its own bytes and FLOPs."""
-    if profile._timing() is None:
-        return None
-    regions = prof.regions
-    keep = profile._subtree_filter(regions, where)
-    has_qpu = [bool(r.dispatches) for r in regions]
-    for r in reversed(regions):             # children come after their parent: propagate upwards
-        if has_qpu[r.index] and r.parent >= 0:
-            has_qpu[r.parent] = True
-    own = [0.0] * len(regions)
-    for r in regions:
-        if not keep[r.index] or not r.end:
-            continue
-        if has_qpu[r.index]:
-            parts = [profile.predict_qpu_seconds(d) for d in (r.dispatches or ())]
-        elif r.counters.get("bytes") or r.counters.get("flops"):
-            parts = [profile.predict_cpu_seconds(r.counters.get("bytes", 0), r.counters.get("flops", 0),
-                                                 threads=PI4_CPU_THREADS)]
-        else:
-            parts = []
-        if any(p is None for p in parts):
-            return None      # no counts to predict from (hardware dispatch, or no CPU model): no prediction
-        own[r.index] = sum(parts)
-    incl = list(own)
-    for r in reversed(regions):
-        if keep[r.index] and r.parent >= 0:
-            incl[r.parent] += incl[r.index]
-    return incl
-
-
-def predict_regions(prof: profile.Profiler, where, steps: int) -> dict | None:
-    """Predicted Pi 4 seconds per step by region path (inclusive), or None (see predict_each)."""
-    incl = predict_each(prof, where)
-    if incl is None:
-        return None
-    out: dict[str, float] = {}
-    for r, path in profile.region_paths(prof.regions, where):
-        out[path] = out.get(path, 0.0) + incl[r.index] / steps
-    return out
-
-
-def predicted_trace_events(prof: profile.Profiler, where, pid: int, process_name: str) -> list[dict]:
-    """A Perfetto timeline of the Pi 4 PREDICTION: the selected steps back to back, each region as long
-    as predicted, children laid out in order from their parent's start."""
-    incl = predict_each(prof, where)
-    if incl is None:
-        return []
-    regions = prof.regions
-    keep = profile._subtree_filter(regions, where)
-    start = [0.0] * len(regions)
-    cursor_top = 0.0
-    next_child = {}
-    events = [{"name": "process_name", "ph": "M", "pid": pid, "tid": 1, "args": {"name": process_name}}]
-    for r in regions:
-        if not keep[r.index] or not r.end:
-            continue
-        if r.parent < 0:
-            start[r.index] = cursor_top
-            cursor_top += incl[r.index]
-        else:
-            start[r.index] = next_child.get(r.parent, start[r.parent])
-            next_child[r.parent] = start[r.index] + incl[r.index]
-        args = dict(r.tags, predicted=True)
-        events.append({"name": r.name, "cat": "predicted", "ph": "X", "pid": pid, "tid": 1,
-                       "ts": start[r.index] * 1e6, "dur": incl[r.index] * 1e6, "args": args})
-    return events
-
-
 # -- the comparison --------------------------------------------------------------------------------------
 
 def default_prompt(model_vocab: int, n: int, seed: int = 1) -> list[int]:
@@ -250,87 +330,79 @@ def default_prompt(model_vocab: int, n: int, seed: int = 1) -> list[int]:
 
 
 def compare(path, backends=("cpu", "qpu"), n_prompt: int = 16, n_gen: int = 8, reps: int = 3,
-            shape: str | None = None, backend_opts: dict | None = None, progress: bool = True) -> dict:
+            shape: str | None = None, backend_opts: dict | None = None, progress: bool = True) -> Comparison:
     """Run every backend on the same prompt; return the comparison (see module doc). backend_opts:
     {backend: {option: value}}."""
-    from tqdm import tqdm
-
-    from pimoe.gguf_file import GGUFFile
-
     if n_prompt < 1 or n_gen < 1 or reps < 1:
         raise PimoeError(f"need at least 1 prompt token, 1 generated token and 1 repetition "
                          f"(got -p {n_prompt}, -n {n_gen}, -r {reps})")
     cfg = GGUFFile(path).config
     prompt = default_prompt(cfg.vocab_size, n_prompt)
-    runs = []
+    runs: list[BackendRun] = []
     with tqdm(total=reps * len(backends), desc="compare", disable=not progress, leave=False) as bar:
         for b in backends:
             bar.set_description(f"compare: {b}")
-            force = runs[0]["tokens"] if runs else None     # later backends decode the reference's tokens
+            force = runs[0].tokens if runs else None     # later backends decode the reference's tokens
             runs.append(run_backend(path, b, prompt, n_gen, reps, (backend_opts or {}).get(b), bar=bar,
                                     force_tokens=force))
     ref = runs[0]
     for r in runs[1:]:
-        r["agreement"] = agreement(ref, r)
-        r["teacher_forced"] = True
-    model = ref["model"]
-    L_run = model.config.n_layers
-    L_full = full_layers(shape, model)
+        r.agreement = agreement(ref.tokens, ref.logits, r.tokens, r.logits)
+        r.teacher_forced = True
+    L_run = ref.model.config.n_layers
+    L_full = full_layers(shape, ref.model)
     for r in runs:
-        r["scaled"] = scale_to_full(r, L_run, L_full)
-    from pimoe.records import model_info
-
-    return {"kind": "compare", "model": model_info(model), "shape": shape, "layers_run": L_run,
-            "layers_full": L_full, "prompt": prompt, "runs": runs}
+        r.scaled = scale_to_full(r.tg_regions, r.tg_predicted, L_run, L_full)
+    return Comparison(model=model_info(ref.model), shape=shape, layers_run=L_run, layers_full=L_full,
+                      prompt=prompt, runs=runs)
 
 
-def agreement(ref: dict, other: dict) -> dict:
-    """Step by step, on identical inputs (other was teacher-forced on ref's tokens): does other's argmax
-    equal ref's token, and how far apart are the logits. At a disagreement, `margin` = ref's logit of its
-    own token minus ref's logit of other's token: a flip is a near-tie when the margin is below the
-    logit difference the two paths show anyway (e.g. f32 vs Q8_0-quantized activations)."""
-    a, b = ref["tokens"], other["tokens"]
-    n = min(len(ref["logits"]), len(other["logits"]))
-    diff = np.abs(ref["logits"][:n] - other["logits"][:n])          # [steps, vocab]
-    scale = float(np.abs(ref["logits"][:n]).max()) or 1.0
+def agreement(ref_tokens, ref_logits: np.ndarray, tokens, logits: np.ndarray) -> Agreement:
+    """Step by step, on identical inputs (the other backend was teacher-forced on the reference's tokens):
+    does its argmax equal the reference's token, and how far apart are the logits. At a disagreement,
+    `margin` = ref's logit of its own token minus ref's logit of other's token: a flip is a near-tie when
+    the margin is below the logit difference the two paths show anyway (e.g. f32 vs Q8_0-quantized
+    activations)."""
+    n = min(len(ref_logits), len(logits))
+    diff = np.abs(ref_logits[:n] - logits[:n])          # [steps, vocab]
+    scale = float(np.abs(ref_logits[:n]).max()) or 1.0
     mismatches = []
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(ref_tokens, tokens)):
         if x != y:
-            row = ref["logits"][i]
+            row = ref_logits[i]
             margin, step_diff = float(row[x] - row[y]), float(diff[i].max())
             # A near-tie: the two candidates are closer in ref's logits than the two paths' logits are
             # apart anyway, so either pick is consistent with both computations being right.
-            mismatches.append({"step": i, "reference": int(x), "other": int(y), "margin": margin,
-                               "logits_max_abs_diff": step_diff, "near_tie": margin <= step_diff})
-    return {"same_tokens": not mismatches, "n_tokens": len(a), "n_agree": len(a) - len(mismatches),
-            "decisive_mismatches": sum(not m["near_tie"] for m in mismatches),
-            "first_difference": mismatches[0]["step"] if mismatches else None, "mismatches": mismatches,
-            "logits_max_abs_diff": float(diff.max()), "logits_max_rel_diff": float(diff.max()) / scale,
-            "logits_median_max_abs_diff": float(np.median(diff.max(axis=1)))}
+            mismatches.append(Mismatch(step=i, reference=int(x), other=int(y), margin=margin,
+                                       logits_max_abs_diff=step_diff, near_tie=margin <= step_diff))
+    return Agreement(same_tokens=not mismatches, n_tokens=len(ref_tokens),
+                     n_agree=len(ref_tokens) - len(mismatches),
+                     decisive_mismatches=sum(not m.near_tie for m in mismatches),
+                     first_difference=mismatches[0].step if mismatches else None, mismatches=mismatches,
+                     logits_max_abs_diff=float(diff.max()), logits_max_rel_diff=float(diff.max()) / scale,
+                     logits_median_max_abs_diff=float(np.median(diff.max(axis=1))))
 
 
 def _layer_part(path: str) -> bool:
     return "/layer" in path
 
 
-def scale_to_full(run: dict, L_run: int, L_full: int) -> dict:
+def scale_to_full(tg_regions: dict[str, dict], tg_predicted: dict[str, float] | None, L_run: int,
+                  L_full: int) -> Scaled:
     """Per decode token: measured seconds, weight bytes and predicted seconds, scaled to L_full layers."""
     f = L_full / L_run
-
-    regs = run["tg_regions"]
-    step = regs.get("tg", {})
-    layer = sum(v["seconds"] for p, v in regs.items() if p == "tg/forward/layer")
-    bytes_all = sum(v.get("bytes", 0) for v in regs.values())
-    bytes_layer = sum(v.get("bytes", 0) for p, v in regs.items() if _layer_part(p))
+    step = tg_regions.get("tg", {})
+    layer = sum(v["seconds"] for p, v in tg_regions.items() if p == "tg/forward/layer")
+    bytes_all = sum(v.get("bytes", 0) for v in tg_regions.values())
+    bytes_layer = sum(v.get("bytes", 0) for p, v in tg_regions.items() if _layer_part(p))
     seconds = step.get("seconds", 0.0) + (f - 1) * layer
-    out = {"factor": f, "layers_run": L_run, "layers_full": L_full, "seconds_per_token": seconds,
-           "tps": 1.0 / seconds if seconds else None,
-           "bytes_per_token": bytes_all + (f - 1) * bytes_layer}
-    pred = run.get("tg_predicted")
-    if pred:
-        p_seconds = pred.get("tg", 0.0) + (f - 1) * pred.get("tg/forward/layer", 0.0)
-        out.update(predicted_seconds_per_token=p_seconds, predicted_tps=1.0 / p_seconds if p_seconds else None)
-    return out
+    p_seconds = p_tps = None
+    if tg_predicted:
+        p_seconds = tg_predicted.get("tg", 0.0) + (f - 1) * tg_predicted.get("tg/forward/layer", 0.0)
+        p_tps = 1.0 / p_seconds if p_seconds else None
+    return Scaled(factor=f, layers_run=L_run, layers_full=L_full, seconds_per_token=seconds,
+                  tps=1.0 / seconds if seconds else None, bytes_per_token=bytes_all + (f - 1) * bytes_layer,
+                  predicted_seconds_per_token=p_seconds, predicted_tps=p_tps)
 
 
 # -- output ----------------------------------------------------------------------------------------------
@@ -340,53 +412,54 @@ def _mean_sd(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def backend_label(run: dict) -> str:
-    b = run["backend"]
-    if b == "qpu":
-        return "qpu (hw)" if run.get("driver") == "hw" else "qpu (emulator)"
-    return b
+def backend_label(backend: str, driver: str | None = None) -> str:
+    """The backend as the tables print it: qpu says whether it ran on hardware or the emulator (a record's
+    run has the same two fields: backend_label(run["backend"], run["driver"]))."""
+    if backend == "qpu":
+        return "qpu (hw)" if driver == "hw" else "qpu (emulator)"
+    return backend
 
 
-def summary_rows(result: dict) -> list[dict]:
-    """The llama-bench-like table as rows (also the record's CSV)."""
-    m = result["model"]
+def summary_rows(result: Comparison) -> list[dict]:
+    """The llama-bench-like table as rows (also the record's CSV): dicts, the form the record stores and
+    table_text() reads back."""
+    m = result.model
     rows = []
-    for r in result["runs"]:
-        bytes_tok = sum(v.get("bytes", 0) for v in r["tg_regions"].values())
-        pp = [r["n_prompt"] / s for s in r["pp_s"]]
-        tg = [r["n_gen"] / s for s in r["tg_s"]]
+    for r in result.runs:
+        bytes_tok = r.bytes_per_token
+        pp = [r.n_prompt / s for s in r.pp_s]
+        tg = [r.n_gen / s for s in r.tg_s]
         base = {"model": m["file"], "size_bytes": m["file_bytes"], "params": m["params"],
-                "backend": backend_label(r), "threads": r["threads"]}
-        for test, tps in ((f"pp{r['n_prompt']}", pp), (f"tg{r['n_gen']}", tg)):
+                "backend": r.label, "threads": r.threads}
+        for test, tps in ((f"pp{r.n_prompt}", pp), (f"tg{r.n_gen}", tg)):
             mean, sd = _mean_sd(tps)
             row = dict(base, test=test, source="measured", tps_mean=mean, tps_sd=sd)
             if test.startswith("tg"):
                 row["bytes_per_token"] = bytes_tok
                 row["GBps"] = bytes_tok * mean / 1e9
             rows.append(row)
-        pred = r.get("tg_predicted")
+        pred = r.tg_predicted
         if pred and pred.get("tg"):
             ptps = 1.0 / pred["tg"]
-            rows.append(dict(base, backend=r["backend"] + " (Pi 4)", threads=PI4_CPU_THREADS,
-                             test=f"tg{r['n_gen']}", source="predicted", tps_mean=ptps, tps_sd=None,
+            rows.append(dict(base, backend=r.backend + " (Pi 4)", threads=prediction.PI4_CPU_THREADS,
+                             test=f"tg{r.n_gen}", source="predicted", tps_mean=ptps, tps_sd=None,
                              bytes_per_token=bytes_tok, GBps=bytes_tok * ptps / 1e9))
-        sc = r["scaled"]
-        if sc["factor"] != 1:
+        sc = r.scaled
+        if sc.factor != 1:
             # the full model's size and parameters: the blk.* tensors x factor, the rest once
-            f = sc["factor"]
+            f = sc.factor
             full = dict(base, size_bytes=m["file_bytes"] + (f - 1) * m.get("layer_weight_bytes", 0),
                         params=m["params"] + (f - 1) * m.get("layer_params", 0))
-            base = dict(full, model=f"{m['file']} x{sc['layers_full']}L")
-            rows.append(dict(base, backend=backend_label(r), test=f"tg{r['n_gen']} x{sc['layers_full']}L",
-                             source="measured, scaled", tps_mean=sc["tps"], tps_sd=None,
-                             bytes_per_token=sc["bytes_per_token"],
-                             GBps=sc["bytes_per_token"] * sc["tps"] / 1e9 if sc["tps"] else None))
-            if sc.get("predicted_tps"):
-                rows.append(dict(base, backend=r["backend"] + " (Pi 4)", threads=PI4_CPU_THREADS,
-                                 test=f"tg{r['n_gen']} x{sc['layers_full']}L", source="predicted, scaled",
-                                 tps_mean=sc["predicted_tps"], tps_sd=None,
-                                 bytes_per_token=sc["bytes_per_token"],
-                                 GBps=sc["bytes_per_token"] * sc["predicted_tps"] / 1e9))
+            base = dict(full, model=f"{m['file']} x{sc.layers_full}L")
+            rows.append(dict(base, backend=r.label, test=f"tg{r.n_gen} x{sc.layers_full}L",
+                             source="measured, scaled", tps_mean=sc.tps, tps_sd=None,
+                             bytes_per_token=sc.bytes_per_token,
+                             GBps=sc.bytes_per_token * sc.tps / 1e9 if sc.tps else None))
+            if sc.predicted_tps:
+                rows.append(dict(base, backend=r.backend + " (Pi 4)", threads=prediction.PI4_CPU_THREADS,
+                                 test=f"tg{r.n_gen} x{sc.layers_full}L", source="predicted, scaled",
+                                 tps_mean=sc.predicted_tps, tps_sd=None, bytes_per_token=sc.bytes_per_token,
+                                 GBps=sc.bytes_per_token * sc.predicted_tps / 1e9))
     return rows
 
 
@@ -404,85 +477,79 @@ def table_text(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def region_rows(result: dict) -> list[dict]:
+def _region_cell(v: dict, predicted_s: float | None) -> RegionCell:
+    nbytes = v.get("bytes") or None
+    return RegionCell(ms=v["seconds"] * 1e3, self_ms=v["self_seconds"] * 1e3, bytes=nbytes,
+                      GBps=nbytes / v["seconds"] / 1e9 if nbytes and v["seconds"] else None,
+                      flops=v.get("flops") or None, qpu_instructions=v.get("qpu.instructions") or None,
+                      qpu_tmu_read_bytes=v.get("qpu.tmu_read_bytes") or None,
+                      qpu_dispatches=v.get("qpu_dispatches") or None,
+                      pi4_predicted_ms=predicted_s * 1e3 if predicted_s is not None else None)
+
+
+def region_rows(result: Comparison) -> list[RegionRow]:
     """Per decode token, per region path: each backend's measured ms, bytes, GB/s and predicted Pi 4 ms."""
     order: dict[str, int] = {}
-    for r in result["runs"]:
-        for p in r["tg_regions"]:
+    for r in result.runs:
+        for p in r.tg_regions:
             order.setdefault(p, len(order))
     # tree order: a path sorts by the first appearance of each of its prefixes (children under parents)
     paths = sorted(order, key=lambda p: tuple(order["/".join(p.split("/")[:i + 1])]
                                               for i in range(p.count("/") + 1)))
     rows = []
     for p in paths:
-        row = {"region": p}
-        for r in result["runs"]:
-            v = r["tg_regions"].get(p)
-            b = r["backend"]
-            if v is None:
-                continue
-            row[f"{b}_ms"] = v["seconds"] * 1e3
-            row[f"{b}_self_ms"] = v["self_seconds"] * 1e3
-            if v.get("bytes"):
-                row[f"{b}_bytes"] = v["bytes"]
-                row[f"{b}_GBps"] = v["bytes"] / v["seconds"] / 1e9 if v["seconds"] else None
-            if v.get("flops"):
-                row[f"{b}_flops"] = v["flops"]
-            for k in ("qpu.instructions", "qpu.tmu_read_bytes", "qpu_dispatches"):
-                if v.get(k):
-                    row[f"{b}_{k}"] = v[k]
-            pred = r.get("tg_predicted")
-            if pred and p in pred:
-                row[f"{b}_pi4_predicted_ms"] = pred[p] * 1e3
-        rows.append(row)
+        cells = {}
+        for r in result.runs:
+            v = r.tg_regions.get(p)
+            if v is not None:
+                cells[r.backend] = _region_cell(v, (r.tg_predicted or {}).get(p))
+        rows.append(RegionRow(p, cells))
     return rows
 
 
-def regions_text(result: dict) -> str:
-    runs = result["runs"]
+def regions_text(result: Comparison) -> str:
+    runs = result.runs
     rows = region_rows(result)
-    qpu = [r["backend"] for r in runs if any(row.get(f"{r['backend']}_qpu.instructions") for row in rows)]
-    head = ("| region |" + "".join(f" {backend_label(r)} ms | Pi 4 pred. ms |" for r in runs) +
-            " weight bytes | GB/s (" + runs[0]["backend"] + ") |" +
+    qpu = [r.backend for r in runs
+           if any(row.cells.get(r.backend) and row.cells[r.backend].qpu_instructions for row in rows)]
+    head = ("| region |" + "".join(f" {r.label} ms | Pi 4 pred. ms |" for r in runs) +
+            " weight bytes | GB/s (" + runs[0].backend + ") |" +
             "".join(f" {b}: QPU instr | {b}: TMU read bytes |" for b in qpu))
     out = [head, "|---" * (2 + 2 * len(runs) + 1 + 2 * len(qpu)) + "|"]
     for row in rows:
-        p = row["region"]
+        p = row.region
         name = ". " * p.count("/") + p.split("/")[-1]
-        cells = []
+        line = f"| {name} |"
         for r in runs:
-            b = r["backend"]
-            ms = row.get(f"{b}_ms")
-            pm = row.get(f"{b}_pi4_predicted_ms")
-            cells.append(f" {ms:.3f} |" if ms is not None else " |")
-            cells.append(f" {pm:.3f} |" if pm is not None else " |")
-        b0 = runs[0]["backend"]
-        nb = next((row[f"{r['backend']}_bytes"] for r in runs if row.get(f"{r['backend']}_bytes")), None)
-        gb = row.get(f"{b0}_GBps")
-        line = f"| {name} |" + "".join(cells) + (f" {nb:,.0f} |" if nb else " |") + (f" {gb:.2f} |" if gb else " |")
+            c = row.cells.get(r.backend)
+            line += f" {c.ms:.3f} |" if c is not None else " |"
+            line += f" {c.pi4_predicted_ms:.3f} |" if c is not None and c.pi4_predicted_ms is not None else " |"
+        nb = next((row.cells[r.backend].bytes for r in runs
+                   if row.cells.get(r.backend) and row.cells[r.backend].bytes), None)
+        c0 = row.cells.get(runs[0].backend)
+        gb = c0.GBps if c0 is not None else None
+        line += (f" {nb:,.0f} |" if nb else " |") + (f" {gb:.2f} |" if gb else " |")
         for b in qpu:
-            ins, tmu = row.get(f"{b}_qpu.instructions"), row.get(f"{b}_qpu.tmu_read_bytes")
+            c = row.cells.get(b)
+            ins, tmu = (c.qpu_instructions, c.qpu_tmu_read_bytes) if c is not None else (None, None)
             line += (f" {ins:,.0f} |" if ins else " |") + (f" {tmu:,.0f} |" if tmu else " |")
         out.append(line)
     return "\n".join(out)
 
 
-def to_record(result: dict, extra: dict | None = None) -> tuple[dict, list[dict]]:
+def to_record(result: Comparison, extra: dict | None = None) -> tuple[dict, list[dict]]:
     """(JSON-able record, table rows) of a compare() result."""
-    from pimoe.records import environment
-
-    runs = []
-    for r in result["runs"]:
-        runs.append({k: v for k, v in r.items() if k not in ("model", "profiler", "logits")}
-                    | {"expert_usage": np.asarray(r["expert_usage"]).tolist()})
     rows = summary_rows(result)
-    rec = {"kind": "compare", "environment": environment(model=result["runs"][0]["model"], threads=_threads()),
-           "model": result["model"], "shape": result["shape"], "layers_run": result["layers_run"],
-           "layers_full": result["layers_full"], "prompt_tokens": result["prompt"], "runs": runs,
-           "regions": region_rows(result), "profiler_overhead": profile.overhead(5000),
-           "pi4_ceilings": profile.pi4_ceilings(),
-           "notes": {"predicted": "Pi 4 figures come from pimoe.qpu.timing (QPU: emulator counts; CPU: "
-                                  "bytes and FLOPs); they are predictions, not measurements",
+    rec = {"kind": "compare", "environment": environment(model=result.reference.model,
+                                                         threads=numba.get_num_threads()),
+           "model": result.model, "shape": result.shape, "layers_run": result.layers_run,
+           "layers_full": result.layers_full, "prompt_tokens": result.prompt,
+           "runs": [r.to_json() for r in result.runs],
+           "regions": [row.to_json() for row in region_rows(result)], "profiler_overhead": profile.overhead(5000),
+           "pi4_ceilings": prediction.pi4_ceilings(),
+           "notes": {"predicted": "Pi 4 figures come from pimoe.prediction (QPU: pimoe.qpu.timing from emulator "
+                                  "counts; CPU: pimoe.cpumodel from bytes and FLOPs); they are predictions, not "
+                                  "measurements",
                      "measured": "measured on this machine; the qpu backend's QPU work ran in the emulator "
                                  "unless backend says hw",
                      "scaling": "per-layer regions x layers_full/layers_run + the rest (embedding, output "

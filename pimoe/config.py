@@ -11,6 +11,13 @@ names. The keys and defaults are the ones llama.cpp reads (src/llama-model.cpp, 
     .rope.dimension_count (default key_length), .expert_count, .expert_used_count,
     .expert_feed_forward_length (qwen*: default feed_forward_length / expert_used_count),
     .expert_shared_feed_forward_length (qwen2moe: default feed_forward_length)
+
+granitemoe adds four scales (src/models/granite.cpp, llama-graph.cpp's build_inp_embd):
+    {arch}.embedding_scale      token embeddings x this (0 or absent: not scaled)
+    {arch}.residual_scale       each attention and FFN output x this before the residual add (0/absent: not)
+    {arch}.attention.scale      replaces 1/sqrt(head_dim) on the attention scores (0/absent: 1/sqrt(head_dim))
+    {arch}.logit_scale          logits / this (required)
+and {arch}.rope.scaling.finetuned (default true) switches RoPE on.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ class ArchSpec:
     expert_ff_key: str     # which key gives the expert FFN width
     expert_ff_default: str  # "ff": feed_forward_length | "ff_per_used": feed_forward_length / expert_used_count
     tied_output: bool      # output.weight may be missing: the token embedding is reused as the output head
+    granite_scales: bool = False  # granitemoe: embedding/residual/attention/logit scales from the metadata
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -45,6 +53,10 @@ ARCHS: dict[str, ArchSpec] = {
     # Mixtral and other llama-style MoEs: arch "llama" with expert_count > 0
     "llama": ArchSpec(rope_style="normal", qk_norm="none", norm_topk=True, shared_expert=False,
                       expert_ff_key="feed_forward_length", expert_ff_default="ff", tied_output=True),
+    # IBM Granite 3.x MoE (granite-3.0-1b-a400m, -3b-a800m): llama-style with four scales
+    "granitemoe": ArchSpec(rope_style="normal", qk_norm="none", norm_topk=True, shared_expert=False,
+                           expert_ff_key="feed_forward_length", expert_ff_default="ff", tied_output=True,
+                           granite_scales=True),
 }
 
 
@@ -69,6 +81,15 @@ class ModelConfig:
     rope_style: str
     qk_norm: str
     norm_topk: bool
+    embedding_scale: float = 1.0   # token embeddings x this (granitemoe; 1 elsewhere)
+    residual_scale: float = 1.0    # attention / FFN outputs x this before the residual add
+    attention_scale: float = 0.0   # attention scores x this; 0: 1/sqrt(head_dim)
+    logit_scale: float = 1.0       # logits / this
+
+    @property
+    def kq_scale(self) -> float:
+        """The factor on q.k before the softmax."""
+        return self.attention_scale if self.attention_scale else 1.0 / float(self.head_dim) ** 0.5
 
     @property
     def q_dim(self) -> int:
@@ -156,6 +177,22 @@ class ModelConfig:
         else:
             raise PimoeError(f"{where}: rope scaling '{scaling}' (factor {factor}) is not supported by pimoe")
 
+        scales: dict[str, float] = {}
+        if spec.granite_scales:
+            # llama.cpp reads 0 (or an absent key) as "no scale" for the embedding and residual scales
+            # and as "1/sqrt(head_dim)" for the attention scale; the logit scale is required
+            scales["embedding_scale"] = get("embedding_scale", 0.0, kind=float) or 1.0
+            scales["residual_scale"] = get("residual_scale", 0.0, kind=float) or 1.0
+            scales["attention_scale"] = get("attention.scale", 0.0, kind=float)
+            scales["logit_scale"] = get("logit_scale", kind=float)
+            if scales["logit_scale"] == 0.0:
+                raise PimoeError(f"{where}: '{arch}.logit_scale' is 0; logits would be divided by zero")
+            if not md.get(f"{arch}.rope.scaling.finetuned", True):
+                raise PimoeError(f"{where}: '{arch}.rope.scaling.finetuned' is false (no RoPE); not supported")
+            if get("expert_shared_feed_forward_length", 0):
+                raise PimoeError(f"{where}: a {arch} model with a shared expert (Granite MoE Shared) is not "
+                                 f"supported by pimoe")
+
         if vocab_size is None:
             vocab_size = md.get(f"{arch}.vocab_size")
             if vocab_size is None:
@@ -169,5 +206,5 @@ class ModelConfig:
             rms_eps=get("attention.layer_norm_rms_epsilon", kind=float),
             rope_base=get("rope.freq_base", 10000.0, kind=float), rope_dim=rope_dim,
             rope_freq_scale=freq_scale, rope_style=spec.rope_style, qk_norm=spec.qk_norm,
-            norm_topk=spec.norm_topk,
+            norm_topk=spec.norm_topk, **scales,
         )

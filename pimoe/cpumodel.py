@@ -5,7 +5,7 @@
     p.seconds, p.bound, p.label    # 0.36, "memory", "predicted (Pi 4 CPU model)"
 
 A roofline: time = max(bytes / bandwidth, flops / FLOP rate). Always PREDICTED. The ceilings are published
-Pi 4 figures (FACTS.md), except the fp32 rate, which is an assumption stated below:
+Pi 4 figures (pimoe.pi4, with their sources), except the fp32 rate, which is an assumption stated below:
 
 - bandwidth "decode" (default): 3.35 GB/s, the middle of the 3.2-3.5 GB/s that published Pi 4-class
   llama.cpp decode rates imply (Pi 400 llama3.2:3b 1.60 tok/s, geerlingguy/ai-benchmarks; TinyLlama
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from pimoe import pi4
 from pimoe.errors import PimoeError
 
 CPU_PREDICTED_LABEL = "predicted (Pi 4 CPU model)"
@@ -31,12 +32,12 @@ CPU_PREDICTED_LABEL = "predicted (Pi 4 CPU model)"
 
 @dataclass(frozen=True)
 class CPUParams:
-    cores: int = 4
-    decode_bandwidth: float = 3.35e9      # bytes/s, LLM decode implied (3.2-3.5 GB/s), see module docstring
-    stream_copy_bandwidth: float = 5.53e9  # bytes/s, STREAM copy, 1 thread
-    stream_triad_bandwidth: float = 4.84e9
-    fp64_flops: float = 11.9e9            # HPL, 4 cores
-    fp32_flops: float = 23.8e9            # ASSUMED 2 x fp64 (NEON lanes)
+    cores: int = pi4.CPU_CORES
+    decode_bandwidth: float = pi4.CPU_DECODE_BANDWIDTH          # bytes/s, LLM decode implied, see module docstring
+    stream_copy_bandwidth: float = pi4.STREAM_COPY_BANDWIDTH    # bytes/s, STREAM copy, 1 thread
+    stream_triad_bandwidth: float = pi4.STREAM_TRIAD_BANDWIDTH
+    fp64_flops: float = pi4.CPU_HPL_FP64_FLOPS                  # HPL, 4 cores
+    fp32_flops: float = 2 * pi4.CPU_HPL_FP64_FLOPS              # ASSUMED 2 x fp64 (NEON lanes)
 
     def bandwidth(self, kind: str) -> float:
         table = {"decode": self.decode_bandwidth, "stream": self.stream_copy_bandwidth,

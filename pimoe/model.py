@@ -1,17 +1,17 @@
 """The forward pass of a Mixture-of-Experts transformer, top to bottom, in numpy.
 
-    x = token_embd[tokens]                                  # [T, hidden]
+    x = token_embd[tokens]                                  # [T, hidden] (granitemoe: x embedding_scale)
     for each layer:
         h = rmsnorm(x) * attn_norm
         q, k, v = Wq h (+bq), Wk h (+bk), Wv h (+bv)        # [T, heads*hd], [T, kv_heads*hd] x2
         q, k = qk_norm(q, k)                                # per head (qwen3moe) / whole row (olmoe) / none
         q, k = rope(q, pos), rope(k, pos)                   # NEOX pairs (i, i+hd/2) or normal pairs (2i, 2i+1)
         append k, v to the layer's cache; attend causally, kv head = q head // (heads / kv_heads)
-        x = x + Wo attn (+bo)
+        x = x + Wo attn (+bo)                               # (granitemoe: x + residual_scale * ...)
         h = rmsnorm(x) * ffn_norm
         p = softmax(W_router h) over all experts; top-k; renormalize where the arch does
         x = x + backend.expert_ffn(layer, h, ids, weights) (+ sigmoid(g . h) * shared_ffn(h) for qwen2moe)
-    logits = W_out (rmsnorm(x) * output_norm)
+    logits = W_out (rmsnorm(x) * output_norm)               # (granitemoe: / logit_scale)
 
 Every weight multiplication works on the stored blocks through pimoe.quant (matmul here, moe_swiglu in
 the cpu backend), which reproduces llama.cpp's activation quantization, so logits match llama.cpp's CPU
@@ -30,10 +30,10 @@ import numpy as np
 
 from pimoe import profile, quant
 from pimoe.backends import get_backend
-from pimoe.backends.cpu import swiglu_ffn
 from pimoe.config import ModelConfig
 from pimoe.errors import PimoeError
 from pimoe.gguf_file import GGUFFile
+from pimoe.tokenizer import Tokenizer
 
 DEFAULT_MAX_CTX = 4096   # KV cache length unless asked otherwise (the cache is allocated lazily by the OS)
 
@@ -50,7 +50,8 @@ class LayerRouting(NamedTuple):
 def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x [..., n] f32 -> x / sqrt(mean(x^2) + eps) * weight. ggml sums the squares in double."""
     if x.dtype == np.float32 and weight.dtype == np.float32 and quant.KERNELS != "numpy":
-        # the same steps as below in one numba call (a decode row: ~3 us instead of ~15)
+        # the same steps as below in one numba call (a decode row: ~3 us instead of ~15); imported here so
+        # that PIMOE_KERNELS=numpy never starts numba
         from pimoe.kernels.vecops import rmsnorm_rows
 
         n = x.shape[-1]
@@ -228,8 +229,6 @@ class Model:
     def _load_tokenizer(self):
         if "tokenizer.ggml.model" not in self.file.metadata:
             return None
-        from pimoe.tokenizer import Tokenizer
-
         return Tokenizer.from_gguf_metadata(self.file.metadata, str(self.file.path))
 
     # -- public API ---------------------------------------------------------------------------------------
@@ -263,39 +262,52 @@ class Model:
                 positions = np.arange(self.pos, self.pos + T)
                 cos, sin = rope_tables(positions, cfg.rope_dim, cfg.rope_base, cfg.rope_freq_scale)
                 x = np.stack([self.token_embd[int(t)].dequantize() for t in ids]).astype(np.float32)  # [T, hidden]
+                if cfg.embedding_scale != 1.0:      # granitemoe
+                    x = x * np.float32(cfg.embedding_scale)
             routing = []
             for i, layer in enumerate(self.layers):
                 with prof.region("layer", layer=i):
-                    x = x + self._attention(i, layer, rmsnorm(x, layer.attn_norm, cfg.rms_eps), cos, sin)
-                    x = x + self._moe(i, layer, x, routing)
+                    if cfg.residual_scale == 1.0:
+                        x = x + self._attention(i, layer, rmsnorm(x, layer.attn_norm, cfg.rms_eps), cos, sin)
+                        x = x + self._moe(i, layer, x, routing)
+                    else:                           # granitemoe: each branch's output scaled before the add
+                        rs = np.float32(cfg.residual_scale)
+                        x = x + self._attention(i, layer, rmsnorm(x, layer.attn_norm, cfg.rms_eps), cos, sin) * rs
+                        x = x + self._moe(i, layer, x, routing) * rs
             self.pos += T
             self.routing = routing
             self.routing_history.append(routing)
             with prof.region("output_head", bytes=self.output.nbytes,
                              flops=2 * T * self.output.shape[0] * self.output.shape[1]):
                 x = rmsnorm(x, self.output_norm, cfg.rms_eps)
-                return quant.matmul(self.output, x)           # [T, vocab]
+                logits = quant.matmul(self.output, x)         # [T, vocab]
+                if cfg.logit_scale != 1.0:          # granitemoe: llama.cpp multiplies by 1/scale (in f32)
+                    logits = logits * (np.float32(1.0) / np.float32(cfg.logit_scale))
+                return logits
 
-    def generate(self, prompt, max_tokens: int, temperature: float = 0.0, seed: int | None = None,
-                 stop_at_eos: bool = True) -> Iterator[int]:
+    def generate(self, prompt: str | Iterable[int], max_tokens: int, temperature: float = 0.0,
+                 seed: int | None = None, stop_at_eos: bool = True) -> Iterator[int]:
         """Stream up to max_tokens new token ids after `prompt` (str or token ids), from an empty cache.
 
         temperature 0 is greedy argmax; otherwise sample from softmax(logits / temperature) with `seed`.
-        Stops early at the end-of-sequence token (not yielded) or when the context is full.
+        Stops early (the token is not yielded) at any end-of-generation token, as llama.cpp and
+        `pimoe run` do: eos, eot and the texts llama.cpp treats so (<|im_end|>, <|endoftext|>, <|eot_id|>,
+        ...; tokenizer.eog_ids); stop_at_eos=False generates through them. Also stops when the context
+        is full.
         """
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise PimoeError(f"{self.file.path}: the file has no tokenizer; pass token ids instead of text")
             prompt = self.tokenizer.encode(prompt)
         rng = np.random.default_rng(seed)
-        eos = getattr(self.tokenizer, "eos_id", None) if stop_at_eos else None
+        stop = frozenset(getattr(self.tokenizer, "eog_ids", ())) if stop_at_eos else frozenset()
         if max_tokens <= 0:
             return
         logits = self.logits(prompt)[-1]
         for i in range(max_tokens):
             with profile.current().region("sampling"):
                 tok = _sample(logits, temperature, rng)
-            if eos is not None and tok == eos:
+            if tok in stop:
                 return
             yield tok
             if i == max_tokens - 1 or self.pos >= self.n_ctx:
@@ -359,7 +371,7 @@ class Model:
         V = self.v_cache[i, :p1].transpose(1, 0, 2)          # [Hkv, S, hd]
         group = H // Hkv                                      # query heads per kv head (GQA)
         qg = q.transpose(1, 0, 2).reshape(Hkv, group, T, hd)  # [Hkv, group, T, hd]
-        scores = (qg @ K[:, None].transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(hd))  # [Hkv, group, T, S]
+        scores = (qg @ K[:, None].transpose(0, 1, 3, 2)) * np.float32(cfg.kq_scale)   # [Hkv, group, T, S]
         # causal mask: the query at absolute position p0+t sees keys 0..p0+t
         future = np.arange(p1)[None, :] > (p0 + np.arange(T))[:, None]   # [T, S]
         scores = np.where(future, np.float32(-np.inf), scores)
@@ -396,7 +408,7 @@ class Model:
                                                         layer.shexp_up, layer.shexp_down)):
                 g = quant.matmul(layer.shexp_gate_inp, h)                  # [T, 1]
                 gate = np.float32(1.0) / (np.float32(1.0) + np.exp(-g))
-                out = out + swiglu_ffn(layer.shexp_gate, layer.shexp_up, layer.shexp_down, h) * gate
+                out = out + quant.swiglu_ffn(layer.shexp_gate, layer.shexp_up, layer.shexp_down, h) * gate
         return out
 
 
@@ -407,6 +419,9 @@ def _sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) ->
     return int(rng.choice(len(p), p=p / p.sum()))
 
 
-def load_model(path: str | os.PathLike, backend: str = "cpu", n_ctx: int | None = None, **backend_opts) -> Model:
-    """Open a GGUF MoE model (memory-mapped) and return a Model running its experts on `backend`."""
+def load_model(path: str | os.PathLike[str], backend: str = "cpu", n_ctx: int | None = None,
+               **backend_opts: object) -> Model:
+    """Open a GGUF MoE model (memory-mapped) and return a Model running its experts on `backend`.
+
+    The keyword arguments are documented on pimoe.load_model."""
     return Model(GGUFFile(path), backend=backend, n_ctx=n_ctx, **backend_opts)

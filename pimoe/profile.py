@@ -51,6 +51,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 _clock = time.perf_counter_ns
 
 
@@ -157,8 +159,6 @@ class Profiler:
         "timing_args" so every prediction of it uses them."""
         if not self._stack:
             return
-        import numpy as np
-
         if hasattr(counters, "per_thread"):
             per = {k: [[int(x) for x in row] for row in v] for k, v in counters.per_thread.items()}
             totals = {k: int(sum(map(sum, v))) for k, v in per.items()}
@@ -241,7 +241,7 @@ class Profiler:
 def region_paths(regions: list[Region], where=None):
     """(region, "forward/layer/experts"-style path) for every finished region, in order; where(region)
     -> bool keeps only some top-level regions' subtrees."""
-    keep = _subtree_filter(regions, where)
+    keep = subtree_filter(regions, where)
     paths: dict[int, str] = {}
     for r in regions:
         if not keep[r.index] or not r.end:
@@ -251,7 +251,8 @@ def region_paths(regions: list[Region], where=None):
         yield r, path
 
 
-def _subtree_filter(regions: list[Region], where) -> list[bool]:
+def subtree_filter(regions: list[Region], where) -> list[bool]:
+    """keep[i]: region i lies in the subtree of a top-level region where(region) selects (all if where is None)."""
     if where is None:
         return [True] * len(regions)
     keep = [False] * len(regions)
@@ -334,16 +335,12 @@ def matrix_flops(n_tokens: int, *tensors) -> int:
 def expert_bytes(expert_tensors, expert_ids) -> int:
     """Weight bytes a layer's routed experts read: each distinct chosen expert's rows of every tensor in
     expert_tensors (gate, up, down: QTensor [E, rows, cols]) once, however many tokens chose it."""
-    import numpy as np
-
     n_distinct = len(np.unique(np.asarray(expert_ids)))
     return n_distinct * sum(int(t.nbytes) // int(t.shape[0]) for t in expert_tensors)
 
 
 def expert_flops(expert_tensors, expert_ids) -> int:
     """2 x MACs of the routed experts: every (token, chosen expert) pair applies each tensor's matrix."""
-    import numpy as np
-
     pairs = int(np.asarray(expert_ids).size)
     per_expert = 0
     for t in expert_tensors:
@@ -395,91 +392,3 @@ def overhead(n: int = 20000, repeat: int = 5) -> dict[str, float]:
     module_off = fastest(module_hooks)
     on = fastest(hooks(Profiler()))
     return {"empty_loop_s": empty, "off_s": off - empty, "module_off_s": module_off - empty, "on_s": on - empty}
-
-
-# -- Pi 4 predictions (helper P's pimoe.qpu.timing), always labelled predicted by the callers ------------
-
-def _timing():
-    try:
-        from pimoe.qpu import timing
-    except ImportError:
-        return None
-    return timing
-
-
-_TIMING_PARAMS = None    # QPUTimingParams every prediction here uses (a calibrated profile), None: the model's own
-
-
-def use_timing_params(params) -> None:
-    """Predict QPU dispatches with these QPUTimingParams from now on (e.g. the profile `pimoe calibrate`
-    stored for this Pi); None goes back to the model's own."""
-    global _TIMING_PARAMS
-    _TIMING_PARAMS = params
-
-
-def _params_args() -> dict:
-    return {} if _TIMING_PARAMS is None else {"params": _TIMING_PARAMS}
-
-
-def dispatch_timing_args(dispatch) -> dict:
-    """The keyword arguments for pimoe.qpu.timing.predict() a dispatch carries (its kernel's
-    waits="ldtmu" etc., see Profiler.qpu_dispatch); {} for bare EmuCounters or none given."""
-    if isinstance(dispatch, dict):
-        return dict(dispatch.get("timing_args") or {})
-    return {}
-
-
-def predict_qpu(dispatch, **timing_args) -> dict | None:
-    """The timing model's full prediction (label, predicted_seconds, bound, breakdown_seconds) of one
-    dispatch, or None when this tree has no timing model. timing_args add to (override) the dispatch's own."""
-    timing = _timing()
-    if timing is None:
-        return None
-    return timing.predict(dispatch, **{**_params_args(), **dispatch_timing_args(dispatch), **timing_args}).as_dict()
-
-
-def predict_qpu_seconds(dispatch) -> float | None:
-    """Predicted Pi 4 seconds of one QPU dispatch from its emulator counts (EmuCounters, or the dict
-    Profiler.qpu_dispatch keeps), or None when this tree has no timing model."""
-    timing = _timing()
-    if timing is None:
-        return None
-    if isinstance(dispatch, dict) and "per_thread" not in dispatch:
-        return None      # a hardware dispatch (no emulator counts): nothing to predict from
-    # the kernel's timing_args (e.g. waits="ldtmu": ldtmu waits without thrsw) so that this agrees with the
-    # kernel benchmark's prediction of the same dispatch
-    return float(timing.predict(dispatch, **_params_args(), **dispatch_timing_args(dispatch)).seconds)
-
-
-def predict_cpu_seconds(weight_bytes: float, flops: float, threads: int = 4) -> float | None:
-    """Predicted Pi 4 CPU seconds of a region that streams `weight_bytes` and does `flops`, or None when
-    the timing model has no CPU part."""
-    timing = _timing()
-    fn = getattr(timing, "predict_cpu", None) if timing is not None else None
-    if fn is None:
-        return None
-    p = fn(weight_bytes, flops, threads=threads)
-    return float(getattr(p, "seconds", p))
-
-
-def pi4_ceilings() -> dict | None:
-    """The Pi 4 ceilings the timing model uses (for rooflines; stored in records so plots never recompute):
-    CPU DRAM bandwidths and FLOP peaks, QPU read/write bandwidth and FLOP peak, DRAM on paper."""
-    timing = _timing()
-    if timing is None:
-        return None
-    out = {"dram_peak_GBps": 12.8, "source": "pimoe.qpu.timing / pimoe.cpumodel parameters; DRAM peak = "
-                                             "LPDDR4-3200 x 32 bit"}
-    qpu = getattr(timing, "PI4", None)
-    if qpu is not None:
-        out["qpu_read_GBps"] = qpu.read_bandwidth / 1e9
-        out["qpu_write_GBps"] = qpu.write_bandwidth / 1e9
-        # 2 flops (add + mul ALU) x 4 physical lanes per QPU per cycle (FACTS.md: 32 GFLOPS at 500 MHz)
-        out["qpu_peak_GFLOPS"] = qpu.clock_hz * qpu.n_qpus * 4 * 2 / 1e9
-    cpu = getattr(timing, "PI4_CPU", None)
-    if cpu is not None:
-        out["cpu_decode_GBps"] = cpu.decode_bandwidth / 1e9
-        out["cpu_stream_copy_GBps"] = cpu.stream_copy_bandwidth / 1e9
-        out["cpu_fp32_GFLOPS"] = cpu.fp32_flops / 1e9
-        out["cpu_fp64_GFLOPS"] = cpu.fp64_flops / 1e9
-    return out

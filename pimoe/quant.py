@@ -21,11 +21,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import gguf.quants
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from pimoe.errors import PimoeError
 from pimoe.kernels import actquant, formats
+from pimoe.kernels.kquantize import quantize_k
+from pimoe.kernels.randblocks import random_blocks
+from pimoe.ops import mix_experts, swiglu
 
 SUPPORTED: frozenset[QT] = frozenset(formats.BLOCK_SIZES)
 
@@ -162,14 +166,20 @@ def matmul_reference(w: QTensor, x: np.ndarray) -> np.ndarray:
 KERNELS = os.environ.get("PIMOE_KERNELS", "numba")
 
 
+def _dispatch():
+    """pimoe.kernels.dispatch, imported on first use rather than with this module: it loads the fused numba
+    kernels (numba's start-up takes seconds), which the numpy path and reading a file's tensors never need."""
+    from pimoe.kernels import dispatch
+
+    return dispatch
+
+
 def matmul(w: QTensor, x: np.ndarray) -> np.ndarray:
     """w 2-D [out, in]; x f32 [T, in] -> f32 [T, out], as llama.cpp's CPU backend computes x @ w.T."""
     x = _check_matmul(w, x)
     if KERNELS == "numpy":
         return matmul_reference(w, x)
-    from pimoe.kernels import dispatch
-
-    return dispatch.matmul(w.qtype, w.data, x)
+    return _dispatch().matmul(w.qtype, w.data, x)
 
 
 def matmul_experts(w: QTensor, x: np.ndarray, expert_ids) -> np.ndarray:
@@ -193,15 +203,13 @@ def matmul_experts(w: QTensor, x: np.ndarray, expert_ids) -> np.ndarray:
             sel = np.flatnonzero(ids == e)
             out[sel] = matmul_reference(w[int(e)], x[sel])
         return out
-    from pimoe.kernels import dispatch
-
-    return dispatch.matmul_experts(w.qtype, w.data, x, ids)
+    return _dispatch().matmul_experts(w.qtype, w.data, x, ids)
 
 
-def _silu(x: np.ndarray) -> np.ndarray:
-    # x / (1 + e^-x) in f32, as ggml's silu; e^-x overflowing to inf gives the right limit 0
-    with np.errstate(over="ignore"):
-        return x / (np.float32(1.0) + np.exp(-x))
+def swiglu_ffn(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray) -> np.ndarray:
+    """down(silu(gate x) * up x) for one expert (or a shared expert); gate/up QTensor [ff, hidden],
+    down [hidden, ff]; x [n, hidden] -> [n, hidden]."""
+    return matmul(down, swiglu(matmul(gate, x), matmul(up, x)))
 
 
 def moe_swiglu(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray, expert_ids: np.ndarray,
@@ -228,10 +236,9 @@ def moe_swiglu(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray, expert_
         xs = x[tok]
         g = matmul_experts(gate, xs, flat)
         u = matmul_experts(up, xs, flat)
-        y = matmul_experts(down, _silu(g) * u, flat)
+        y = matmul_experts(down, swiglu(g, u), flat)
     else:
-        from pimoe.kernels import dispatch
-
+        dispatch = _dispatch()
         acts = dispatch.take_rows(dispatch.PreparedActivations(x, gate.qtype), tok)
         groups = dispatch._groups(flat)   # one expert grouping for the three calls
         g = dispatch.matmul_experts(gate.qtype, gate.data, None, flat, acts, groups)
@@ -239,12 +246,8 @@ def moe_swiglu(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray, expert_
             u = dispatch.matmul_experts(up.qtype, up.data, None, flat, acts, groups)
         else:
             u = dispatch.matmul_experts(up.qtype, up.data, x[tok], flat, None, groups)
-        y = dispatch.matmul_experts(down.qtype, down.data, _silu(g) * u, flat, None, groups)
-    y = y.reshape(T, k, hidden) * np.asarray(expert_weights, np.float32)[:, :, None]
-    out = y[:, 0].copy()
-    for j in range(1, k):
-        out += y[:, j]
-    return out
+        y = dispatch.matmul_experts(down.qtype, down.data, swiglu(g, u), flat, None, groups)
+    return mix_experts(y.reshape(T, k, hidden), np.asarray(expert_weights, np.float32))
 
 
 def from_float(name: str, array, qtype) -> QTensor:
@@ -262,12 +265,8 @@ def from_float(name: str, array, qtype) -> QTensor:
     elif qtype == QT.BF16:
         data = actquant.to_bf16_bits(a).view(np.uint8)
     elif qtype in (QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1):
-        import gguf.quants
-
         data = np.asarray(gguf.quants.quantize(a, qtype)).view(np.uint8)
     else:
-        from pimoe.kernels.kquantize import quantize_k
-
         data = quantize_k(a.reshape(-1, a.shape[-1]), qtype)
     data = data.reshape(*a.shape[:-1], -1)
     return QTensor(name, qtype, a.shape, data)
@@ -275,8 +274,6 @@ def from_float(name: str, array, qtype) -> QTensor:
 
 def random_qtensor(name: str, qtype, shape, rng: np.random.Generator, std: float = 0.02) -> QTensor:
     """Valid random blocks of any SUPPORTED type whose dequantized values have roughly `std`."""
-    from pimoe.kernels.randblocks import random_blocks
-
     check_supported(qtype, f"tensor '{name}'")
     qtype = QT(qtype)
     shape = tuple(int(s) for s in shape)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+import pimoe
 from pimoe.errors import PimoeError
 
 SCHEMA = 1
@@ -126,8 +127,6 @@ def model_info(model) -> dict:
 
 
 def environment(backend: str | None = None, model=None, threads: int | None = None) -> dict:
-    import pimoe
-
     env = {"time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "host": platform.node(), "os": platform.platform(), "machine": platform.machine(),
            "cpu": cpu_model(), "cpu_count": os.cpu_count(),

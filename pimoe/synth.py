@@ -20,6 +20,10 @@ import numpy as np
 
 from pimoe.config import ARCHS
 from pimoe.errors import PimoeError
+from pimoe.synth_vocab import add_tokenizer_metadata, builtin_tokenizer_metadata
+
+# gguf, pimoe.quant and tqdm are imported in the functions that write a file: `pimoe --help` imports this
+# module for its preset names (make-model's choices) and must not pay for them.
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,12 @@ class Shape:
     rope_base: float
     rms_eps: float
     tied_output: bool = False
+    # granitemoe's scales (written for that arch only): embeddings x, branch outputs x, attention scores x
+    # (0: 1/sqrt(head_dim)), logits /
+    embedding_scale: float = 1.0
+    residual_scale: float = 1.0
+    attention_scale: float = 0.0
+    logit_scale: float = 1.0
 
 
 def _tiny(block: int) -> Shape:
@@ -52,6 +62,8 @@ def _tiny(block: int) -> Shape:
                  dense_ff=512 if wide else 128, vocab_size=1000, context_length=512,
                  rope_base=1e6, rms_eps=1e-6)
 
+
+_GRANITE_SCALES = dict(embedding_scale=12.0, residual_scale=0.22, attention_scale=0.015625, logit_scale=6.0)
 
 PRESETS: dict[str, Shape] = {
     # Qwen3-30B-A3B (config.json of Qwen/Qwen3-30B-A3B)
@@ -71,11 +83,23 @@ PRESETS: dict[str, Shape] = {
     "mixtral-8x7b": Shape(arch="llama", n_layers=32, hidden=4096, n_heads=32, n_kv_heads=8, head_dim=128,
                           n_experts=8, n_experts_used=2, expert_ff=14336, shared_ff=0, dense_ff=14336,
                           vocab_size=32000, context_length=32768, rope_base=1e6, rms_eps=1e-5),
+    # IBM Granite 3.0 MoE (ibm-granite/granite-3.0-1b-a400m-instruct and -3b-a800m-instruct config.json:
+    # embedding_multiplier 12, residual_multiplier 0.22, attention_multiplier 0.015625, logits_scaling 6,
+    # tied embeddings; the 3.1 releases have the same shapes with a 128K context and rope_theta 1.5e6/1e7)
+    "granite-3.0-1b-a400m": Shape(arch="granitemoe", n_layers=24, hidden=1024, n_heads=16, n_kv_heads=8,
+                                  head_dim=64, n_experts=32, n_experts_used=8, expert_ff=512, shared_ff=0,
+                                  dense_ff=512, vocab_size=49155, context_length=4096, rope_base=1e4,
+                                  rms_eps=1e-6, tied_output=True, **_GRANITE_SCALES),
+    "granite-3.0-3b-a800m": Shape(arch="granitemoe", n_layers=32, hidden=1536, n_heads=24, n_kv_heads=8,
+                                  head_dim=64, n_experts=40, n_experts_used=8, expert_ff=512, shared_ff=0,
+                                  dense_ff=512, vocab_size=49155, context_length=4096, rope_base=1e4,
+                                  rms_eps=1e-6, tied_output=True, **_GRANITE_SCALES),
 }
 PRESET_NAMES = ("tiny",) + tuple(PRESETS)
 
 _TOKENIZER_STYLE = {"qwen3moe": ("gpt2", "qwen2"), "qwen2moe": ("gpt2", "qwen2"),
-                    "olmoe": ("gpt2", "olmo"), "llama": ("llama", None)}
+                    "olmoe": ("gpt2", "olmo"), "llama": ("llama", None),
+                    "granitemoe": ("gpt2", "refact")}   # Granite 3.x GGUFs: tokenizer.ggml.pre "refact"
 
 
 def resolve_shape(arch: str | None, preset: str, qtype, n_layers: int | None, overrides: dict) -> Shape:
@@ -86,6 +110,10 @@ def resolve_shape(arch: str | None, preset: str, qtype, n_layers: int | None, ov
         shape = replace(shape, arch=arch or "qwen3moe")
         if shape.arch == "olmoe":      # llama.cpp sizes OLMoE's k_norm by hidden: no GQA
             shape = replace(shape, n_kv_heads=shape.n_heads)
+        if ARCHS.get(shape.arch) is not None and ARCHS[shape.arch].granite_scales:
+            # Granite's own multipliers, but an attention scale unlike 1/sqrt(head_dim) at any tiny head_dim
+            # and a smaller logit scale so the tiny model's logits stay O(1..10)
+            shape = replace(shape, **dict(_GRANITE_SCALES, attention_scale=0.1, logit_scale=1.5))
     elif preset in PRESETS:
         shape = PRESETS[preset]
         if arch is not None and arch != shape.arch:
@@ -201,8 +229,6 @@ def _tensor_plan(s: Shape) -> list[tuple[str, tuple[int, ...], str, float]]:
 
 
 def _write_metadata(w, s: Shape, qtype, preset: str) -> None:
-    from pimoe.tokenizer import add_tokenizer_metadata, builtin_tokenizer_metadata
-
     a = s.arch
     w.add_name(f"pimoe synthetic {a} ({preset}, {qtype.name}, random weights)")
     w.add_bool("pimoe.synthetic", True)
@@ -227,6 +253,11 @@ def _write_metadata(w, s: Shape, qtype, preset: str) -> None:
         w.add_expert_feed_forward_length(s.expert_ff)
     if ARCHS[a].shared_expert:
         w.add_expert_shared_feed_forward_length(s.shared_ff)
+    if ARCHS[a].granite_scales:
+        w.add_embedding_scale(s.embedding_scale)
+        w.add_residual_scale(s.residual_scale)
+        w.add_attention_scale(s.attention_scale)
+        w.add_logit_scale(s.logit_scale)
     w.add_quantization_version(2)
     style, pre = _TOKENIZER_STYLE[a]
     md = builtin_tokenizer_metadata(style, s.vocab_size, **({"pre": pre} if pre else {}))
@@ -259,9 +290,11 @@ def make_model(path: str | os.PathLike, arch: str | None = None, preset: str = "
                tensor_types: dict[str, object] | None = None, empty: bool = False, **overrides) -> Path:
     """Write a random-weight MoE GGUF and return its path.
 
-    arch: qwen3moe | olmoe | qwen2moe | llama (Mixtral-style); default the preset's, or qwen3moe for tiny.
+    arch: qwen3moe | olmoe | qwen2moe | llama (Mixtral-style) | granitemoe; default the preset's, or
+          qwen3moe for tiny.
     preset: "tiny" (hidden 64, or 256 with K-type weights), "qwen3-30b-a3b", "olmoe-1b-7b",
-            "qwen1.5-moe-a2.7b", "mixtral-8x7b" (real shapes; n_layers picks how many layers).
+            "qwen1.5-moe-a2.7b", "mixtral-8x7b", "granite-3.0-1b-a400m", "granite-3.0-3b-a800m" (real
+            shapes; n_layers picks how many layers).
     qtype: weight type of every matrix (name or gguf.GGMLQuantizationType); norms, biases and the
            router stay F32 as in real quantized files.
     tensor_types: {tensor name: weight type} (mixes like llama-quantize's Q4_K_M). A key names a

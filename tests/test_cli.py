@@ -147,7 +147,7 @@ def test_info_counts_parameters_and_bytes(models, capsys, arch):
     assert groups["experts (routed)"]["active_bytes"] == pytest.approx(exp_bytes * cfg.n_experts_used / cfg.n_experts)
     assert groups["embedding"]["active_bytes"] == f.tensors["token_embd.weight"].row_bytes
     assert sum(g["active_bytes"] for g in groups.values()) == pytest.approx(f.stats()["active_bytes"], abs=2)
-    assert "random-weight synthetic model" in out and "tokens/s at 3.2 GB/s" in out
+    assert "random-weight synthetic model" in out and "tokens/s at 3.35 GB/s" in out
 
 
 def test_make_model_refuses_to_overwrite(tmp_path, capsys):
@@ -177,9 +177,14 @@ def test_make_model_writes_what_llama_cpp_loads(models, arch):
     (Logits against llama.cpp are tests/test_model*.py's job.)"""
     llama_cpp = pytest.importorskip("llama_cpp")
     path = models[arch]
-    ref = llama_cpp.Llama(str(path), n_ctx=32, verbose=False)
+    from llama_ref import LlamaRef
+
+    loaded = LlamaRef(path, n_ctx=32)          # the whole model, in the reference child process
+    info = loaded.info()
+    loaded.close()
     f = GGUFFile(path)
-    assert ref.n_vocab() == f.config.vocab_size and ref.n_embd() == f.config.hidden
+    assert info["n_vocab"] == f.config.vocab_size and info["n_embd"] == f.config.hidden
+    ref = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)   # no weights: safe in-process
     from pimoe.tokenizer import Tokenizer
 
     tok = Tokenizer.from_gguf_metadata(f.metadata, str(path))
@@ -198,3 +203,21 @@ def test_python_m_pimoe(models, tmp_path):
     assert r.stderr.strip() == f"pimoe info: error: {tmp_path / 'missing.gguf'}: no such model file"
     r = subprocess.run([sys.executable, "-m", "pimoe", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and all(c in r.stdout for c in ("run", "info", "make-model"))
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert out.startswith(f"pimoe {pimoe.__version__} (python ") and "gguf " in out and "numpy " in out
+
+
+def test_compare_takes_every_real_preset_as_shape():
+    from pimoe.cli import build_parser
+    from pimoe.synth import PRESETS
+
+    parser = build_parser()
+    for name in PRESETS:
+        assert parser.parse_args(["compare", "--shape", name]).shape == name
+        assert parser.parse_args(["compare", "--preset", name]).shape == name      # make-model's spelling

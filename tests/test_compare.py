@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pimoe import compare
+from pimoe import compare, prediction
+from pimoe.cpumodel import predict_cpu
 from pimoe.backends import register_backend
 from pimoe.backends.cpu import CPUBackend
 from pimoe.cli import main as cli_main
@@ -90,11 +91,11 @@ def test_scale_to_full_model():
                           "tg/forward/output_head": {"seconds": 3.0, "bytes": 2000},
                           "tg/sampling": {"seconds": 0.5}},
            "tg_predicted": {"tg": 1.0, "tg/forward/layer": 0.4}}
-    s = compare.scale_to_full(run, L_run=2, L_full=48)
-    assert s["factor"] == 24
-    assert s["seconds_per_token"] == pytest.approx(10.0 + 23 * 6.0)
-    assert s["bytes_per_token"] == 100 + 2000 + 24 * 4000
-    assert s["predicted_seconds_per_token"] == pytest.approx(1.0 + 23 * 0.4)
+    s = compare.scale_to_full(run["tg_regions"], run["tg_predicted"], L_run=2, L_full=48)
+    assert s.factor == 24
+    assert s.seconds_per_token == pytest.approx(10.0 + 23 * 6.0)
+    assert s.bytes_per_token == 100 + 2000 + 24 * 4000
+    assert s.predicted_seconds_per_token == pytest.approx(1.0 + 23 * 0.4)
 
 
 def test_predicted_regions_use_qpu_counts_for_qpu_subtrees():
@@ -116,9 +117,9 @@ def test_predicted_regions_use_qpu_counts_for_qpu_subtrees():
             with profile.region("experts", bytes=8 << 20, flops=10):
                 with profile.region("compute"):
                     profile.qpu_dispatch(dispatch, kernel="t")
-    pred = compare.predict_regions(prof, lambda r: r.name == "tg", steps=1)
+    pred = prediction.predict_regions(prof, lambda r: r.name == "tg", steps=1)
     q = timing.predict(dispatch).seconds
-    c = timing.predict_cpu(3_350_000, 10, threads=4).seconds
+    c = predict_cpu(3_350_000, 10, threads=4).seconds
     assert pred["tg/experts/compute"] == pytest.approx(q)
     assert pred["tg/experts"] == pytest.approx(q)          # not + 8 MiB / CPU bandwidth
     assert pred["tg/attention"] == pytest.approx(c) == pytest.approx(1e-3, rel=0.05)
@@ -158,18 +159,18 @@ def test_compare_predicts_qpu_regions_from_dispatches(cache_home):
     register_backend("test-fake-qpu", _FakeQPUBackend)
     result = compare.compare(default_model_path(), ("cpu", "test-fake-qpu"), n_prompt=3, n_gen=2, reps=1,
                              progress=False)
-    cpu, fake = result["runs"]
-    assert fake["agreement"]["same_tokens"] and fake["agreement"]["logits_max_abs_diff"] == 0.0
-    L = result["layers_run"]
+    cpu, fake = result.runs
+    assert fake.agreement.same_tokens and fake.agreement.logits_max_abs_diff == 0.0
+    L = result.layers_run
     one = timing.predict({"batches": 8, "threads_per_qpu": 1, "per_thread": _FakeQPUBackend.PER_THREAD}).seconds
-    pred = fake["tg_predicted"]
+    pred = fake.tg_predicted
     assert pred["tg/forward/layer/experts"] == pytest.approx(L * one)            # from the dispatch, per token
     assert pred["tg/forward/layer/experts/compute"] == pytest.approx(L * one)
-    assert pred["tg/forward/layer/attention"] == pytest.approx(cpu["tg_predicted"]["tg/forward/layer/attention"])
-    regions = fake["tg_regions"]
+    assert pred["tg/forward/layer/attention"] == pytest.approx(cpu.tg_predicted["tg/forward/layer/attention"])
+    regions = fake.tg_regions
     assert regions["tg/forward/layer/experts/compute"]["qpu.instructions"] == L * 8 * 5000
     assert regions["tg/forward/layer/experts/compute"]["qpu_dispatches"] == L
-    assert regions["tg/forward/layer/experts"]["bytes"] == cpu["tg_regions"]["tg/forward/layer/experts"]["bytes"]
+    assert regions["tg/forward/layer/experts"]["bytes"] == cpu.tg_regions["tg/forward/layer/experts"]["bytes"]
     text = compare.regions_text(result)
     assert "test-fake-qpu: QPU instr" in text and ". . . . compute" in text
 
@@ -183,15 +184,15 @@ def test_qpu_backend_reports_its_dispatches(cache_home):
 
     assert "qpu" in available_backends()
     result = compare.compare(default_model_path(), ("cpu", "qpu"), n_prompt=3, n_gen=2, reps=1, progress=False)
-    qpu = result["runs"][1]
-    assert qpu["agreement"]["same_tokens"]
-    L = result["layers_run"]
-    regions = qpu["tg_regions"]
+    qpu = result.runs[1]
+    assert qpu.agreement.same_tokens
+    L = result.layers_run
+    regions = qpu.tg_regions
     for sub in ("upload", "dispatch", "compute", "readback"):
         assert f"tg/forward/layer/experts/{sub}" in regions
     compute = regions["tg/forward/layer/experts/compute"]
     assert compute["qpu_dispatches"] == 2 * L and compute["qpu.instructions"] > 0
-    prof = qpu["profiler"]
+    prof = qpu.profiler
     steps = [r for r in prof.regions if r.name == "tg"]
     keep = {s.index for s in steps}
     total = 0.0
@@ -206,7 +207,7 @@ def test_qpu_backend_reports_its_dispatches(cache_home):
             # each dispatch carries its kernel's timing_args (ldtmu waits without thrsw, measured)
             assert all(d["timing_args"] == {"waits": "ldtmu"} for d in r.dispatches)
             total += sum(timing.predict(d, **d["timing_args"]).seconds for d in r.dispatches)
-    assert qpu["tg_predicted"]["tg/forward/layer/experts"] == pytest.approx(total / len(steps))
+    assert qpu.tg_predicted["tg/forward/layer/experts"] == pytest.approx(total / len(steps))
 
 
 @pytest.mark.parametrize("qtype_name", ["Q8_0", "Q4_K"])
@@ -236,8 +237,8 @@ def test_compare_and_kernel_benchmark_predict_the_same_dispatches_alike(qtype_na
     assert [d["kernel"] for d in dispatches] == ["swiglu", "down_sum"]
     for d, c, b in zip(dispatches, counters, bench):
         assert d["per_thread"]["instructions"] == np.asarray(c.per_thread["instructions"]).tolist()
-        assert profile.predict_qpu_seconds(d) == pytest.approx(b.seconds, rel=1e-9)
-    pred = compare.predict_regions(prof, lambda r: r.name == "tg", steps=1)
+        assert prediction.predict_qpu_seconds(d) == pytest.approx(b.seconds, rel=1e-9)
+    pred = prediction.predict_regions(prof, lambda r: r.name == "tg", steps=1)
     assert pred["tg"] == pytest.approx(sum(b.seconds for b in bench), rel=1e-9)
     # the agreement is not vacuous: without waits="ldtmu" these counts predict a shorter latency chain (the
     # descriptor loads are read right after they are issued; Q8_0 is memory-bound, so compare that term)
@@ -252,9 +253,7 @@ def test_agreement_separates_near_ties_from_decisive_flips():
     # step 0: other moves logit 1 up by 0.05 > margin 0.01 -> near-tie; step 1: other picks token 1 with
     # logits only 0.1 apart from ref's, but ref's margin is 4.0 -> decisive.
     other_logits = ref_logits + np.array([[0.0, 0.05, 0.0], [0.0, 0.1, 0.0]], dtype=np.float32)
-    ref = {"tokens": [0, 0], "logits": ref_logits}
-    other = {"tokens": [1, 1], "logits": other_logits}
-    a = compare.agreement(ref, other)
-    assert not a["same_tokens"] and a["n_agree"] == 0
-    assert [m["near_tie"] for m in a["mismatches"]] == [True, False]
-    assert a["decisive_mismatches"] == 1
+    a = compare.agreement([0, 0], ref_logits, [1, 1], other_logits)
+    assert not a.same_tokens and a.n_agree == 0
+    assert [m.near_tie for m in a.mismatches] == [True, False]
+    assert a.decisive_mismatches == 1

@@ -67,12 +67,12 @@ def test_routing_record_per_layer(arch, tiny_model):
         np.testing.assert_allclose(r.probs.sum(1), 1.0, rtol=1e-5)
         chosen = np.take_along_axis(r.probs, r.expert_ids, 1)
         assert (chosen.min(1) >= np.sort(r.probs, 1)[:, -cfg.n_experts_used]).all()   # really the top-k
-        if cfg.norm_topk:                   # qwen3moe, Mixtral
+        if cfg.norm_topk:                   # qwen3moe, Mixtral, granitemoe
             np.testing.assert_allclose(r.weights.sum(1), 1.0, rtol=1e-5)
         else:                               # olmoe, qwen2moe: the raw probabilities
             np.testing.assert_allclose(r.weights, chosen, rtol=1e-6)
         assert len(np.unique(r.expert_ids)) >= 4          # the random router really spreads the tokens
-    assert cfg.norm_topk == (arch in ("qwen3moe", "llama"))
+    assert cfg.norm_topk == (arch in ("qwen3moe", "llama", "granitemoe"))
 
 
 def _poison_unrouted_experts(backend, routing):
@@ -210,6 +210,31 @@ def test_generate_from_text_uses_the_files_tokenizer(tiny_model):
     text = "The cat sat on the mat."
     ids = m.tokenizer.encode(text)
     assert list(m.generate(text, 4, stop_at_eos=False)) == list(m.generate(ids, 4, stop_at_eos=False))
+
+
+@pytest.mark.parametrize("which", ["eos", "end-of-turn"])
+def test_generate_stops_at_every_end_of_generation_token(tiny_model, which):
+    # the model is made to pick an end-of-generation token at the third step: generate must stop there
+    # (as `pimoe run` and llama.cpp do) for eos and for an end-of-turn token that is not eos
+    m = load_model(tiny_model("qwen3moe"))
+    tok = m.tokenizer
+    eot = tok.token_to_id["<|endoftext|>"]          # eos of the built-in vocabulary is <|im_end|>
+    assert eot != tok.eos_id and {eot, tok.eos_id} <= tok.eog_ids
+    stop = tok.eos_id if which == "eos" else eot
+    prompt = [5, 6, 7]
+    free = list(m.generate(prompt, 6))
+    assert len(free) == 6 and not set(free) & tok.eog_ids
+    forward = m.forward
+
+    def forced(tokens):
+        out = forward(tokens)
+        if m.pos == len(prompt) + 2:                # the logits that pick the third new token
+            out[-1, stop] = out[-1].max() + 10.0
+        return out
+
+    m.forward = forced
+    assert list(m.generate(prompt, 6)) == free[:2]
+    assert list(m.generate(prompt, 6, stop_at_eos=False))[:3] == free[:2] + [stop]
 
 
 def test_generate_stops_when_context_is_full(tiny_model):

@@ -143,7 +143,7 @@ def test_f32_head_dim_independent_of_hidden_and_4_to_1_gqa(tiny_model, llama_ref
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["qwen3-30b-a3b", "olmoe-1b-7b"])
+@pytest.mark.parametrize("preset", ["qwen3-30b-a3b", "olmoe-1b-7b", "granite-3.0-1b-a400m"])
 def test_real_shape_one_layer_q4_k_matches_llama_cpp(preset, tmp_path):
     # the published shapes (hidden 2048, 128 or 64 experts, top-8, vocab 151936 / 50304), one layer, Q4_K
     from conftest import LlamaRef
@@ -177,3 +177,27 @@ def test_f32_linear_rope_scaling_matches_llama_cpp(tiny_model, llama_ref, tmp_pa
     ours = model.logits(toks)
     assert np.abs(ours - ref.logits(toks)).max() <= EXACT
     assert np.abs(ours - load(tiny_model("llama", "F32")).logits(toks)).max() > 1e-3    # it did change something
+
+
+def test_f32_granite_scales_match_llama_cpp_and_matter(tiny_model, llama_ref, tmp_path):
+    # granitemoe's four scales (embedding x12, residual x0.22, attention 0.1 instead of 1/sqrt(16), logits
+    # /1.5 in the tiny model), then the same file with llama.cpp's "off" values (0 or 1): llama.cpp must
+    # agree with pimoe on both, and the two must differ, so each side really applied the scales
+    import gguf
+
+    from test_gguf import rewrite
+
+    F = gguf.GGUFValueType.FLOAT32
+    scaled = tiny_model("granitemoe", "F32")
+    plain = rewrite(scaled, tmp_path / "plain.gguf",
+                    set_md={"granitemoe.embedding_scale": (0.0, F), "granitemoe.residual_scale": (0.0, F),
+                            "granitemoe.attention.scale": (0.0, F), "granitemoe.logit_scale": (1.0, F)})
+    a, b = load(scaled), load(plain)
+    assert (a.config.embedding_scale, a.config.logit_scale) == (12.0, 1.5)
+    assert (b.config.embedding_scale, b.config.residual_scale, b.config.logit_scale) == (1.0, 1.0, 1.0)
+    assert b.config.kq_scale == 0.25
+    toks = tokens(24, a.config.vocab_size, seed=9)
+    ours_a, ours_b = a.logits(toks), b.logits(toks)
+    assert np.abs(ours_a - llama_ref(scaled).logits(toks)).max() <= EXACT
+    assert np.abs(ours_b - llama_ref(plain).logits(toks)).max() <= EXACT
+    assert np.abs(ours_a - ours_b).max() > 0.1

@@ -50,6 +50,22 @@ def test_real_preset_with_few_layers(tmp_path):
         ("olmoe", 1, 2048, 16, 64, 8, 1024, 50304)
 
 
+@pytest.mark.parametrize("preset,want", [
+    # published config.json shapes: layers, hidden, heads, kv heads, experts, top-k, expert ff, vocab
+    ("granite-3.0-1b-a400m", ("granitemoe", 24, 1024, 16, 8, 32, 8, 512, 49155)),
+    ("granite-3.0-3b-a800m", ("granitemoe", 32, 1536, 24, 8, 40, 8, 512, 49155)),
+    ("qwen1.5-moe-a2.7b", ("qwen2moe", 24, 2048, 16, 16, 60, 4, 1408, 151936)),
+])
+def test_real_presets_read_back_with_their_shapes(tmp_path, preset, want):
+    f = GGUFFile(make_model(tmp_path / "g.gguf", preset=preset, qtype="Q8_0", empty=True))
+    c = f.config
+    assert (c.arch, c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.n_experts, c.n_experts_used, c.expert_ff,
+            c.vocab_size) == want
+    if c.arch == "granitemoe":    # granite's multipliers (config.json) and a tied output head
+        assert (c.embedding_scale, c.attention_scale, c.logit_scale) == (12.0, 0.015625, 6.0)
+        assert abs(c.residual_scale - 0.22) < 1e-6 and "output.weight" not in f.tensors
+
+
 def test_errors(tmp_path):
     with pytest.raises(PimoeError, match="unknown preset 'huge'"):
         make_model(tmp_path / "x.gguf", preset="huge")

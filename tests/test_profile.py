@@ -166,6 +166,7 @@ def test_qpu_dispatch_counts_feed_the_timing_model():
     from qpu_kernels import summation
 
     from pimoe.qpu import open_driver
+    from pimoe import prediction
     from pimoe.qpu import timing
 
     length = 16 * summation.DEPTH * 8 * 8
@@ -180,4 +181,4 @@ def test_qpu_dispatch_counts_feed_the_timing_model():
     assert r.counters["qpu.instructions"] == counters.total_instructions
     assert r.counters["qpu_dispatches"] == 1
     stored = r.dispatches[0]
-    assert profile.predict_qpu_seconds(stored) == pytest.approx(timing.predict(counters).seconds)
+    assert prediction.predict_qpu_seconds(stored) == pytest.approx(timing.predict(counters).seconds)

@@ -664,7 +664,7 @@ def test_bad_program_names_the_line(kernel, message):
 
 
 def test_words_from_field_arithmetic():
-    """Two words built by hand from the field layout (FACTS.md / Mesa qpu_pack.c), independent of isa.py."""
+    """Two words built by hand from the field layout (Mesa qpu_pack.c), independent of isa.py."""
     @qpu
     def k(asm):
         L.top

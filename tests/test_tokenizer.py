@@ -16,8 +16,8 @@ import pytest
 from pimoe.errors import PimoeError
 from pimoe.gguf_file import GGUFFile
 from pimoe.synth import make_model
-from pimoe.tokenizer import (PRE_PATTERNS, TOKEN_BYTE, TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_USER_DEFINED,
-                             Tokenizer, add_tokenizer_metadata, builtin_tokenizer_metadata)
+from pimoe.synth_vocab import add_tokenizer_metadata, builtin_tokenizer_metadata
+from pimoe.tokenizer import PRE_PATTERNS, TOKEN_BYTE, TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_USER_DEFINED, Tokenizer
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -47,7 +47,8 @@ TEXTS = [
 ]
 
 # (arch, tokenizer.ggml.model, tokenizer.ggml.pre) that synth writes
-ARCH_STYLES = [("qwen3moe", "gpt2", "qwen2"), ("olmoe", "gpt2", "olmo"), ("llama", "llama", "default")]
+ARCH_STYLES = [("qwen3moe", "gpt2", "qwen2"), ("olmoe", "gpt2", "olmo"), ("llama", "llama", "default"),
+               ("granitemoe", "gpt2", "refact")]
 
 
 def _llama_vocab(path):

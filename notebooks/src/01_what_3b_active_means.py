@@ -374,16 +374,18 @@ else:
 #
 # A decode step is memory bound: **tokens/s <= bandwidth / bytes read per token**. A dense model with the
 # same number of parameters reads all of them every token (except the embedding, a lookup). The bandwidth
-# figures below are **published measurements**, not measured here (see `shared/FACTS.md` in the project
-# notes): the DRAM's paper figure, a STREAM copy on one core, and the bandwidth implied by published
+# figures below are **published measurements**, not measured here (`pimoe/pi4.py` lists each with its
+# source): the DRAM's paper figure, a STREAM copy on one core, and the bandwidth implied by published
 # llama.cpp decode speeds on Pi 4-class machines.
 
 # %%
-PI4_BANDWIDTH_GBPS = {   # published figures (FACTS.md), not measured by this notebook
-    "DRAM on paper": 12.8,   # LPDDR4-3200, 32-bit bus: datasheet arithmetic
-    "STREAM copy": 5.53,     # STREAM copy, 1 thread, Pi 4 (sci-pi.org.uk)
-    "LLM decode": 3.2,       # low end of the 3.2-3.5 GB/s implied by llama.cpp decode speeds on Pi 4/400
-                             # (geerlingguy/ai-benchmarks, justine.lol); `pimoe info` uses the same figure
+from pimoe import pi4
+
+PI4_BANDWIDTH_GBPS = {   # published figures (pimoe.pi4), not measured by this notebook
+    "DRAM on paper": pi4.DRAM_PEAK_BANDWIDTH / 1e9,    # LPDDR4-3200, 32-bit bus: datasheet arithmetic
+    "STREAM copy": pi4.STREAM_COPY_BANDWIDTH / 1e9,    # STREAM copy, 1 thread, Pi 4 (sci-pi.org.uk)
+    "LLM decode": pi4.CPU_DECODE_BANDWIDTH / 1e9,      # the 3.2-3.5 GB/s implied by llama.cpp decode speeds
+                                                       # on Pi 4/400; `pimoe info` uses the same figure
 }
 embed_bytes = groups["embedding"]["bytes"]
 dense_bytes = total_bytes - embed_bytes + groups["embedding"]["active_bytes"]
@@ -436,8 +438,8 @@ for preset, (label, n_layers) in REAL.items():
 
 
 # %% [markdown]
-# **Check, independently**: the same numbers from the published shapes typed in by hand (FACTS.md,
-# the models' config.json) and the block sizes from the `gguf` package; and against the published totals
+# **Check, independently**: the same numbers from the published shapes typed in by hand (the models'
+# config.json on Hugging Face: Qwen/Qwen3-30B-A3B, allenai/OLMoE-1B-7B-0924) and the block sizes from the `gguf` package; and against the published totals
 # (model cards: Qwen3-30B-A3B 30.5 B parameters, 3.3 B activated; OLMoE-1B-7B 6.9 B, 1.3 B active).
 
 # %%
@@ -460,7 +462,7 @@ def by_hand(L, d, heads, kv_heads, hd, E, k, ff, vocab, qk_norm, tied, qtype):
     return np.array([params, active, nbytes, active_bytes], dtype=np.float64)
 
 
-SHAPES = {  # published shapes (FACTS.md); the synthetic qwen3moe ties nothing: it writes output.weight
+SHAPES = {  # published shapes (the models' config.json); the synthetic qwen3moe ties nothing: it writes output.weight
     "Qwen3-30B-A3B": dict(L=48, d=2048, heads=32, kv_heads=4, hd=128, E=128, k=8, ff=768, vocab=151936,
                           qk_norm="head", tied=False),
     "OLMoE-1B-7B": dict(L=16, d=2048, heads=16, kv_heads=16, hd=128, E=64, k=8, ff=1024, vocab=50304,

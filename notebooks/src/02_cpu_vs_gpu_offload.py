@@ -160,7 +160,7 @@ def has_qpu_dispatches(run):
     return any(v.get("qpu_dispatches") for v in run["tg_regions"].values()) and bool(run.get("tg_predicted"))
 
 
-tiny_layer_s, _ = qpu_experts_per_layer(MODEL, result["prompt"][0])
+tiny_layer_s, _ = qpu_experts_per_layer(MODEL, result.prompt[0])
 tiny_qpu_s = tiny_layer_s * cfg.n_layers
 if has_qpu_dispatches(qpu_run):
     rec_s = qpu_run["tg_predicted"]["tg/forward/layer/experts"]
@@ -218,7 +218,7 @@ def breakdown_figure(runs, predicted, title):
                         label=part if i == 0 else None, hatch="//" if "PRED" in kind else None)
                 left += s * 1e3
             ax.text(left, i, f" {left:.3g} ms", va="center", fontsize=8)
-        ax.set_yticks(range(len(runs)), [compare.backend_label(r) if kind.startswith("measured")
+        ax.set_yticks(range(len(runs)), [compare.backend_label(r["backend"], r["driver"]) if kind.startswith("measured")
                                          else f"{r['backend']} (Pi 4)" for r in runs])
         ax.set_xlabel("ms per decode token")
         ax.set_title(kind, fontsize=9)
@@ -243,10 +243,10 @@ for run in rec["runs"]:
 
 # %%
 traces = {}
-for run in result["runs"]:
-    path = run["profiler"].write_trace(OUT / f"trace-{run['backend']}.json")
+for run in result.runs:
+    path = run.profiler.write_trace(OUT / f"trace-{run.backend}.json")
     data = json.loads(Path(path).read_text())
-    traces[run["backend"]] = data["traceEvents"] if isinstance(data, dict) else data
+    traces[run.backend] = data["traceEvents"] if isinstance(data, dict) else data
 print("traces:", [p.name for p in OUT.glob("trace-*.json")])
 
 fig, axes = plt.subplots(len(traces), 1, figsize=(12, 1.0 + 1.0 * len(traces)), squeeze=False)
@@ -327,7 +327,7 @@ assert b_cpu["scaled"]["layers_full"] == 48
 
 # %%
 with contextlib.redirect_stderr(io.StringIO()):
-    qpu_expert_s, big_bench = qpu_experts_per_layer(shape_path, big["prompt"][0])
+    qpu_expert_s, big_bench = qpu_experts_per_layer(shape_path, big.prompt[0])
 print(f"the cpu backend's experts, same layer: {b_cpu['tg_predicted']['tg/forward/layer/experts'] * 1e3:.2f} ms "
       f"predicted (Pi 4 CPU model)")
 if has_qpu_dispatches(b_qpu):

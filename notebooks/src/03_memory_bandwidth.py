@@ -27,7 +27,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pimoe import profile
+from pimoe import pi4, prediction
 from pimoe.bench import bandwidth
 from pimoe.records import environment, read_record, write_record
 
@@ -106,9 +106,11 @@ for r in qpu_rows + sweep:
     assert r["counters"]["tmu_read_bytes"] >= (r["bytes"] if r["kernel"] != "memset" else 0)
 best_read = max(r["GBps"] for r in sweep)
 # the timing model's read bandwidth was fitted to py-videocore6's published summation, 7241 MB/s on a Pi 4
-# (FACTS.md): this checks that fit through our own kernel, it is not an independent validation
-print(f"best predicted streaming read: {best_read:.2f} GB/s; published py-videocore6 summation: 7.24 GB/s")
-assert abs(best_read / 7.241 - 1) < 0.25
+# (pimoe.pi4): this checks that fit through our own kernel, it is not an independent validation
+published_read = pi4.PYVC6_SUMMATION_BANDWIDTH / 1e9
+print(f"best predicted streaming read: {best_read:.2f} GB/s; published py-videocore6 summation: "
+      f"{published_read:.2f} GB/s")
+assert abs(best_read / published_read - 1) < 0.25
 
 # %% [markdown]
 # ## 3. CPU and QPU at once
@@ -122,14 +124,14 @@ assert abs(best_read / 7.241 - 1) < 0.25
 both_rows = bandwidth.concurrent_bandwidth(cpu_rows, sweep)
 for r in both_rows:
     print(f"{r['device']} {r['kernel']}: <= {r['GBps']:.2f} GB/s ({r['source']}: {r['bound']})")
-    assert r["source"] == "bound" and r["GBps"] <= bandwidth.PI4_DRAM_PEAK_GBPS
+    assert r["source"] == "bound" and r["GBps"] <= pi4.DRAM_PEAK_BANDWIDTH / 1e9
 
 # %% [markdown]
 # ### The record, and the figures drawn from it
 
 # %%
 record = {"kind": "bandwidth", "environment": env, "cpu": cpu_rows, "qpu": qpu_rows + sweep,
-          "concurrent": both_rows, "pi4_ceilings": profile.pi4_ceilings(),
+          "concurrent": both_rows, "pi4_ceilings": prediction.pi4_ceilings(),
           "settings": {"sizes": list(SIZES), "qpu_sizes": list(QPU_SIZES), "threads": THREADS, "reps": 3}}
 rec_path, csv_path = write_record(record, OUT, "bandwidth", table=cpu_rows + qpu_rows + sweep + both_rows)
 rec = read_record(rec_path)

@@ -242,6 +242,9 @@ with EmuDriver(data_area_size=1 << 16) as drv:
 # kernels live in `qpu_kernels/` (the `qpu` backend).
 
 # %%
+from qpu_kernels.emit import emit_program_end
+
+
 @qpu
 def gemv(asm):
     # uniforms: W, x, y addresses; columns; row blocks per thread; W / y bytes between a thread's blocks
@@ -285,14 +288,7 @@ def gemv(asm):
         nop()
         nop()
     tmuwt()
-    nop(sig=thrsw)
-    nop(sig=thrsw)
-    nop()
-    nop()
-    nop(sig=thrsw)
-    nop()
-    nop()
-    nop()
+    emit_program_end(asm)        # the same end as saxpy's, as pimoe's kernels share it (qpu_kernels.emit)
 
 
 def gemv_uniforms(W, x, y):
@@ -379,7 +375,7 @@ assert tuned["predicted"]["seconds"] < p_mine.seconds
 from pimoe import profile
 from pimoe.backends import register_backend
 from pimoe.backends.base import Backend
-from pimoe.backends.cpu import silu
+from pimoe.ops import silu
 
 
 class NotebookQPUBackend(Backend):

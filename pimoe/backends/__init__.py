@@ -14,6 +14,7 @@ _REGISTRY: dict[str, object] = {
     "cpu-reference": "pimoe.backends.cpu:CPUReferenceBackend",
     "qpu": "pimoe.backends.qpu:QPUBackend",
     "qpu-reference": "pimoe.backends.qpu:QPUReferenceBackend",
+    "hybrid": "pimoe.backends.hybrid:HybridBackend",
 }
 
 

@@ -6,19 +6,7 @@ import numpy as np
 
 from pimoe import quant
 from pimoe.backends.base import Backend
-
-
-def silu(x: np.ndarray) -> np.ndarray:
-    # x / (1 + e^-x), as ggml's silu; float32 throughout. Large negative x gives exp overflow -> inf -> 0.
-    with np.errstate(over="ignore"):
-        return x / (np.float32(1.0) + np.exp(-x))
-
-
-def swiglu_ffn(gate, up, down, x: np.ndarray) -> np.ndarray:
-    """down(silu(gate x) * up x) for one expert; gate/up QTensor [ff, hidden], down [hidden, ff]; x [n, hidden]."""
-    g = quant.matmul(gate, x)            # [n, ff]
-    u = quant.matmul(up, x)              # [n, ff]
-    return quant.matmul(down, silu(g) * u)   # [n, hidden]
+from pimoe.ops import mix_experts
 
 
 class CPUBackend(Backend):
@@ -45,10 +33,6 @@ class CPUReferenceBackend(Backend):
         # group tokens by expert so each expert's blocks are read once per call (prefill shares experts)
         for e in np.unique(expert_ids):
             rows, slots = np.nonzero(expert_ids == e)
-            y[rows, slots] = swiglu_ffn(w.gate[int(e)], w.up[int(e)], w.down[int(e)], x[rows])
+            y[rows, slots] = quant.swiglu_ffn(w.gate[int(e)], w.up[int(e)], w.down[int(e)], x[rows])
         # weight and sum in router order, in f32, as ggml does (mul by weights, then add the k views)
-        y *= expert_weights.astype(np.float32)[:, :, None]
-        out = y[:, 0].copy()
-        for j in range(1, k):
-            out += y[:, j]
-        return out
+        return mix_experts(y, expert_weights.astype(np.float32))

@@ -25,6 +25,7 @@ import numpy as np
 
 from pimoe.backends.base import Backend
 from pimoe.errors import PimoeError
+from pimoe.ops import mix_experts, swiglu
 
 CODE_AREA = 4 << 20                 # room for every kernel variant a model uses
 MAX_TOKENS_PER_CALL = 64            # prompt chunks per expert_ffn call (bounds the scratch buffer)
@@ -159,10 +160,6 @@ class QPUReferenceBackend(Backend):
             rows, slots = np.nonzero(expert_ids == e)
             g = x64[rows] @ w.gate[int(e)].dequantize().astype(np.float64).T
             u = x64[rows] @ w.up[int(e)].dequantize().astype(np.float64).T
-            h = g / (1.0 + np.exp(-g)) * u
+            h = swiglu(g, u)
             y[rows, slots] = (h @ w.down[int(e)].dequantize().astype(np.float64).T).astype(np.float32)
-        y *= expert_weights.astype(np.float32)[:, :, None]
-        out = y[:, 0].copy()
-        for j in range(1, k):
-            out += y[:, j]
-        return out
+        return mix_experts(y, expert_weights.astype(np.float32))

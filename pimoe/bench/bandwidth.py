@@ -23,8 +23,8 @@ pimoe.qpu.timing: those rows are labelled `predicted`.
 
 CPU + QPU at once: on hardware both run concurrently (a CPU read in a thread while the QPU sums) and
 each side's GB/s is measured. Here there is no QPU, so the contention is not measurable; the record
-carries only the Pi 4 bound `combined <= min(CPU STREAM copy 5.53 (published) + QPU summation
-(predicted), DRAM peak 12.8 GB/s)`, labelled as a bound.
+carries only the Pi 4 bound `combined <= min(CPU STREAM copy (published) + QPU summation (predicted),
+DRAM peak)`, labelled as a bound (the published figures: pimoe.pi4).
 """
 
 from __future__ import annotations
@@ -34,13 +34,12 @@ import time
 
 import numpy as np
 
+from pimoe import pi4, prediction
 from pimoe.errors import PimoeError
 
 ROW_BYTES = 1 << 16          # each array is [rows, 64 KiB] (one row if smaller); prange splits rows over threads
 DEFAULT_SIZES = (1 << 15, 1 << 18, 1 << 21, 1 << 24, 1 << 27)     # bytes per array: 32 KiB .. 128 MiB
 SMALL_SIZES = (1 << 16, 1 << 20, 1 << 22)
-PI4_DRAM_PEAK_GBPS = 12.8    # LPDDR4-3200 x 32 bit (FACTS.md)
-PI4_CPU_STREAM_COPY_GBPS = 5.53   # Pi 4 STREAM copy, 1 thread (sci-pi.org.uk, FACTS.md)
 MIN_TIME_S = 0.02
 _kernels = None
 
@@ -173,7 +172,6 @@ def qpu_bandwidth(sizes=QPU_DEFAULT_SIZES, kernels=QPU_KERNELS, threads=QPU_THRE
                   progress: bool = True) -> list[dict]:
     """Rows {device: qpu, kernel, threads, bytes, bytes_moved, seconds, GBps, source: measured|predicted,
     counters}. On the emulator `seconds` is the predicted Pi 4 time (pimoe.qpu.timing)."""
-    from pimoe.profile import predict_qpu
     from pimoe.qpu.driver import hardware_available, open_driver
 
     hw = driver == "hw" or (driver == "auto" and hardware_available()[0])
@@ -198,15 +196,11 @@ def qpu_bandwidth(sizes=QPU_DEFAULT_SIZES, kernels=QPU_KERNELS, threads=QPU_THRE
                 row.update(seconds=wall, GBps=moved / wall / 1e9, source="measured")
             else:
                 d = counters.as_dict()
-                pred = predict_qpu(counters)
+                pred = prediction.predict_qpu(counters)
                 row.update(counters={k: v for k, v in d.items() if k != "instructions_per_qpu"},
                            emulator_seconds=wall, source="predicted")
-                if pred is None:
-                    row.update(seconds=None, GBps=None, note="no timing model (pimoe.qpu.timing) in this tree")
-                else:
-                    sec = pred["predicted_seconds"]
-                    row.update(seconds=sec, GBps=moved / sec / 1e9, bound=pred["bound"],
-                               prediction=pred)
+                sec = pred["predicted_seconds"]
+                row.update(seconds=sec, GBps=moved / sec / 1e9, bound=pred["bound"], prediction=pred)
             rows.append(row)
             bar.update(1)
     finally:
@@ -226,12 +220,12 @@ def concurrent_bandwidth(cpu_rows: list[dict], qpu_rows: list[dict], size: int =
                    key=lambda r: r["GBps"], default=None)
     if qpu_best is None:
         return []
-    cpu, qpu = PI4_CPU_STREAM_COPY_GBPS, qpu_best["GBps"]
+    cpu, qpu, dram = pi4.STREAM_COPY_BANDWIDTH / 1e9, qpu_best["GBps"], pi4.DRAM_PEAK_BANDWIDTH / 1e9
     return [{"device": "cpu+qpu", "kernel": "read+summation", "source": "bound", "bytes": qpu_best["bytes"],
              "cpu_alone_GBps_published": cpu, "qpu_alone_GBps_predicted": qpu,
-             "GBps": min(cpu + qpu, PI4_DRAM_PEAK_GBPS),
+             "GBps": min(cpu + qpu, dram),
              "bound": f"min(Pi 4 CPU STREAM copy {cpu} + QPU summation predicted {qpu:.2f}, DRAM peak "
-                      f"{PI4_DRAM_PEAK_GBPS})",
+                      f"{dram})",
              "note": "no QPU here, so contention is not measurable: an upper bound for a Pi 4, not a "
                      "prediction"}]
 

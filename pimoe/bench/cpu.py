@@ -33,6 +33,9 @@ import numpy as np
 
 HELP = "CPU kernels and whole-model decode/prompt speed: pimoe vs llama.cpp on the same synthetic GGUF"
 
+# numba, llama_cpp (optional) and the model are imported inside the functions that use them: `pimoe bench`
+# imports every target module to build its parser, and `pimoe --help` must not start numba.
+
 DEFAULT_CACHE = Path(os.environ.get("PIMOE_CACHE", Path.home() / ".cache" / "pimoe")) / "bench"
 
 

@@ -14,6 +14,9 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 
+# The emulator and the kernels are imported inside the functions that use them: `pimoe bench` imports every
+# target module to build its parser, and `pimoe --help` must not start numba.
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--iterations", type=int, default=20000, help="ALU loop trips per QPU (default 20000)")

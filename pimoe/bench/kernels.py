@@ -19,7 +19,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-QPU_READ_ANCHOR_GBPS = 7.241   # py-videocore6 summation on a Pi 4 (FACTS.md)
+from pimoe import pi4
+
+# The kernels, the emulator and the records are imported inside the functions that use them: `pimoe bench`
+# imports every target module to build its parser, and `pimoe --help` must not start numba (the emulator).
+
+QPU_READ_ANCHOR_GBPS = pi4.PYVC6_SUMMATION_BANDWIDTH / 1e9   # py-videocore6 summation on a Pi 4
 DEFAULT_TYPES = "F32,Q8_0,Q4_0,Q4_K,Q5_K,Q6_K"
 
 

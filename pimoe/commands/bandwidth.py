@@ -45,7 +45,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from pimoe import profile
+    from pimoe import prediction
     from pimoe.bench import bandwidth
     from pimoe.errors import PimoeError
     from pimoe.records import environment, write_record
@@ -84,7 +84,7 @@ def main(args) -> int:
         rec = {"kind": "bandwidth", "environment": env, "cpu": rows, "qpu": qrows, "concurrent": both,
                "settings": {"sizes": list(sizes), "qpu_sizes": list(qsizes), "qpu_threads": list(qthreads) if not args.no_qpu else [], "reps": reps, "kernels": kernels,
                             "threads": threads, "qpu_driver": args.qpu},
-               "pi4_ceilings": profile.pi4_ceilings()}
+               "pi4_ceilings": prediction.pi4_ceilings()}
         path, csv_path = write_record(rec, args.results, "bandwidth", table=rows + qrows + both)
         print(f"record written: {path} (+ {csv_path.name})")
     return 0

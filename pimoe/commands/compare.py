@@ -14,12 +14,12 @@ from pathlib import Path
 HELP = "CPU-only vs QPU offload on one model: t/s, GB/s, per-region time, Pi 4 prediction, record + trace"
 
 
-SHAPES = ("qwen3-30b-a3b", "olmoe-1b-7b")     # = pimoe.compare.SHAPES (not imported: --help stays instant)
-
-
 def add_arguments(parser) -> None:
+    from pimoe.synth import PRESETS        # = pimoe.compare.SHAPES: every make-model preset but tiny
+
     parser.add_argument("-m", "--model", metavar="MODEL.gguf", help="GGUF model (default: the built-in tiny model)")
-    parser.add_argument("--shape", choices=SHAPES, help="a synthetic model of this real shape instead of -m")
+    parser.add_argument("--shape", "--preset", dest="shape", choices=tuple(PRESETS),
+                        help="a synthetic model of this real shape (a make-model preset) instead of -m")
     parser.add_argument("--layers", type=int, default=2, help="layers of the --shape model (default 2)")
     parser.add_argument("--type", default="Q8_0", help="weight type of the --shape model (default Q8_0)")
     parser.add_argument("-p", "--n-prompt", type=int, default=16, metavar="N", help="prompt tokens, ppN (default 16)")
@@ -50,6 +50,7 @@ def main(args) -> int:
     from pimoe.backends import available_backends
     from pimoe.commands.run import cache_dir, default_model_path
     from pimoe.errors import PimoeError
+    from pimoe import prediction
     from pimoe.records import write_record
 
     if args.threads is not None:
@@ -80,18 +81,17 @@ def main(args) -> int:
         raise PimoeError(f"none of the backends {wanted} exists (available: {', '.join(sorted(have))})")
     opts = {"qpu": {"qpu": args.qpu}} if args.qpu and "qpu" in backends else {}
 
-    from pimoe import profile as prof_mod
     from pimoe.bench.qpu_calibrate import describe_profile, load_profile
 
     tprof = None if args.no_timing_profile else load_profile()
     if tprof is not None:
-        prof_mod.use_timing_params(tprof["params"])
+        prediction.use_timing_params(tprof["params"])
         _note(f"pimoe compare: Pi 4 QPU predictions use the {describe_profile(tprof)}")
     try:
         result = cmp.compare(path, backends, args.n_prompt, args.n_gen, args.reps, shape=args.shape,
                              backend_opts=opts)
     finally:
-        prof_mod.use_timing_params(None)
+        prediction.use_timing_params(None)
     rec, rows = cmp.to_record(result, {"command": "pimoe " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["compare"]
                                        else "pimoe compare"})
     if tprof is not None:
@@ -106,45 +106,45 @@ def main(args) -> int:
     print(f"per decode token (mean over {args.reps} x {args.n_gen} steps; Pi 4 figures are predicted):")
     print(cmp.regions_text(result))
     status = 0
-    ref_name = result["runs"][0]["backend"]
-    for r in result["runs"][1:]:
-        a = r["agreement"]
-        head = (f"tokens: {r['backend']} vs {ref_name}, {a['n_tokens']} greedy steps on the same inputs "
+    ref_name = result.reference.backend
+    for r in result.runs[1:]:
+        a = r.agreement
+        head = (f"tokens: {r.backend} vs {ref_name}, {a.n_tokens} greedy steps on the same inputs "
                 f"(teacher-forced): ")
-        if a["same_tokens"]:
-            print(head + f"all equal; logits max |diff| {a['logits_max_abs_diff']:.2e} "
-                         f"({a['logits_max_rel_diff']:.1e} of max |logit|)")
+        if a.same_tokens:
+            print(head + f"all equal; logits max |diff| {a.logits_max_abs_diff:.2e} "
+                         f"({a.logits_max_rel_diff:.1e} of max |logit|)")
         else:
             # Only a flip at a decisive margin means a wrong computation; a near-tie flip is what two
             # correct paths with different rounding (f32 vs llama.cpp-style quantized activations) give.
-            if a["decisive_mismatches"]:
+            if a.decisive_mismatches:
                 status = 1
-            print(head + f"{a['n_agree']} equal, {len(a['mismatches'])} DIFFER "
-                         f"({a['decisive_mismatches']} at a decisive margin); logits max |diff| "
-                         f"{a['logits_max_abs_diff']:.2e} (median per step {a['logits_median_max_abs_diff']:.2e})")
-            for m in a["mismatches"]:
+            print(head + f"{a.n_agree} equal, {len(a.mismatches)} DIFFER "
+                         f"({a.decisive_mismatches} at a decisive margin); logits max |diff| "
+                         f"{a.logits_max_abs_diff:.2e} (median per step {a.logits_median_max_abs_diff:.2e})")
+            for m in a.mismatches:
                 kind = ("near-tie: margin below the logit difference, either token is consistent"
-                        if m["near_tie"] else "DECISIVE: margin above the logit difference")
-                print(f"  step {m['step']}: {ref_name} {m['reference']}, {r['backend']} {m['other']}; "
-                      f"{ref_name}'s margin between them {m['margin']:.3e}, |diff| of logits at that step "
-                      f"{m['logits_max_abs_diff']:.3e} ({kind})")
-    for r in result["runs"]:
-        for note in r.get("notes", []):
-            print(f"note ({cmp.backend_label(r)}): {note}")
-    if result["layers_full"] != result["layers_run"]:
-        print(f"scaled rows: per-layer regions x {result['layers_full']}/{result['layers_run']} + embedding, "
+                        if m.near_tie else "DECISIVE: margin above the logit difference")
+                print(f"  step {m.step}: {ref_name} {m.reference}, {r.backend} {m.other}; "
+                      f"{ref_name}'s margin between them {m.margin:.3e}, |diff| of logits at that step "
+                      f"{m.logits_max_abs_diff:.3e} ({kind})")
+    for r in result.runs:
+        for note in r.notes:
+            print(f"note ({r.label}): {note}")
+    if result.layers_full != result.layers_run:
+        print(f"scaled rows: per-layer regions x {result.layers_full}/{result.layers_run} + embedding, "
               f"output head and sampling once (see pimoe/compare.py)")
     if not args.no_record:
         json_path, csv_path = write_record(rec, args.results, "compare", table=rows)
         trace = json_path.with_suffix(".trace.json")
         events = []
-        n = len(result["runs"])
-        for i, r in enumerate(result["runs"]):
-            events += r["profiler"].trace_events(pid=i + 1, process_name=f"pimoe {cmp.backend_label(r)} (measured)")
-            if r.get("tg_predicted"):
-                events += cmp.predicted_trace_events(r["profiler"], lambda reg: reg.name == "tg", pid=n + i + 1,
-                                                     process_name=f"pimoe {r['backend']} on a Pi 4, PREDICTED "
-                                                                  f"(decode steps only)")
+        n = len(result.runs)
+        for i, r in enumerate(result.runs):
+            events += r.profiler.trace_events(pid=i + 1, process_name=f"pimoe {r.label} (measured)")
+            if r.tg_predicted:
+                events += prediction.predicted_trace_events(
+                    r.profiler, lambda reg: reg.name == "tg", pid=n + i + 1,
+                    process_name=f"pimoe {r.backend} on a Pi 4, PREDICTED (decode steps only)")
         trace.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
         print(f"record written: {json_path} (+ {csv_path.name}); trace: {trace} (open in ui.perfetto.dev)")
     return status

@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from pimoe.qpu import doctor
+    from pimoe import doctor
 
     checks, works = doctor.run(args.qpu, args.client, stream_bytes=int(args.stream_mb * 1e6))
     for c in checks:

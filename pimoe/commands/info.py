@@ -12,8 +12,6 @@ from pathlib import Path
 
 HELP = "show a GGUF model's config, tensor types, total vs active parameters and bytes read per token"
 
-# Pi 4-class decode bandwidth implied by published llama.cpp speeds (shared/FACTS.md): 3.2-3.5 GB/s
-PI4_DECODE_GBPS = 3.2
 
 
 def add_arguments(parser) -> None:
@@ -78,6 +76,7 @@ def read_per_token(gguf_file) -> dict[str, dict[str, float]]:
 
 
 def main(args) -> int:
+    from pimoe import pi4
     from pimoe.commands.run import default_model_path, is_synthetic, REAL_MODEL_HINT
     from pimoe.errors import PimoeError
     from pimoe.gguf_file import GGUFFile
@@ -147,8 +146,9 @@ def main(args) -> int:
                 "embedding": "  (one row)"}.get(gname, "")
         print(f"  {gname:18s} {_fmt_bytes(g['active_bytes']):>10s}{note}")
     print(f"  {'total':18s} {_fmt_bytes(act_b):>10s}")
-    gbps = PI4_DECODE_GBPS
+    # Pi 4-class decode bandwidth implied by published llama.cpp speeds (pimoe.pi4 has the sources)
+    gbps = pi4.CPU_DECODE_BANDWIDTH / 1e9
     print()
     print(f"napkin ceiling  {gbps * 1e9 / act_b:.2f} tokens/s at {gbps} GB/s (Pi 4-class CPU decode bandwidth, "
-          f"FACTS.md): bandwidth / bytes per token, an upper bound, not a measurement")
+          f"published; pimoe.pi4): bandwidth / bytes per token, an upper bound, not a measurement")
     return 0

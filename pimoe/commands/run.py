@@ -17,7 +17,7 @@ DEFAULT_PROMPT = "Once upon a time"
 # the built-in model: the tiny qwen3moe preset, F32 weights, seed 0 (pimoe.synth.make_model)
 DEFAULT_ARCH, DEFAULT_PRESET, DEFAULT_TYPE = "qwen3moe", "tiny", "F32"
 REAL_MODEL_HINT = ("to run a real model, download a GGUF of a supported MoE (qwen3moe, olmoe, qwen2moe, "
-                   "Mixtral-style llama), e.g. Qwen3-30B-A3B-Q4_K_M.gguf, and run: "
+                   "granitemoe, Mixtral-style llama), e.g. OLMoE-1B-7B-0924-Q4_K_M.gguf, and run: "
                    "pimoe run -m /path/to/model.gguf -p \"your prompt\"")
 
 

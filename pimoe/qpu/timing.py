@@ -44,7 +44,7 @@ Parameters come from published facts, or are fitted to py-videocore6's published
 pimoe.bench.calibration (`python -m pimoe.bench.calibration`); tests/test_timing_calibration.py checks that
 the values below are what that fit gives from the counts stored in pimoe/bench/calibration/counts.json.
 
-The Pi 4 CPU model lives in pimoe.cpumodel and is re-exported here (predict_cpu, predict_decode_step).
+The Pi 4 CPU model is pimoe.cpumodel; the published figures both models start from are in pimoe.pi4.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from typing import Mapping
 
 import numpy as np
 
-from pimoe.cpumodel import PI4_CPU, CPUParams, CPUPrediction, predict_cpu, predict_decode_step  # noqa: F401
+from pimoe import pi4
 from pimoe.errors import PimoeError
 
 PREDICTED_LABEL = "predicted (Pi 4 QPU timing model)"
@@ -65,13 +65,13 @@ BOUNDS = ("issue", "latency", "memory", "sfu", "dispatch")
 class QPUTimingParams:
     # V3D clock: 500 MHz on a Pi 4 with force_turbo=1 -- py-videocore6 README (pctr_gpu_clock: 500.53 MHz;
     # its peak formula 500 MHz x 2 slices x 4 QPUs x 4 lanes x 2 ops = 32 GFLOPS).
-    clock_hz: float = 500e6
-    # 2 slices x 4 QPUs (same README formula; FACTS.md).
-    n_qpus: int = 8
-    qpus_per_slice: int = 4
+    clock_hz: float = pi4.QPU_CLOCK_HZ
+    # 2 slices x 4 QPUs (same README formula; pimoe.pi4).
+    n_qpus: int = pi4.QPU_COUNT
+    qpus_per_slice: int = pi4.QPUS_PER_SLICE
     # a 16-lane instruction occupies the QPU's 4 physical lanes for 4 cycles (README formula: 4 physical
     # cores per QPU, so 16 lanes take 4 cycles).
-    cycles_per_instruction: float = 4.0
+    cycles_per_instruction: float = 16 / pi4.QPU_PHYSICAL_LANES
     # loads in flight per QPU: py-videocore6 examples/summation.py keeps 8 TMU loads outstanding ("the
     # eight-depth TMU read request queue") and is its fastest read kernel.
     tmu_queue_depth: int = 8

@@ -9,10 +9,11 @@ from pimoe.errors import PimoeError
 from pimoe.qpu import timing
 
 
-def test_labelled_predicted_and_reexported_by_timing():
+def test_labelled_predicted_and_not_part_of_the_qpu_timing_model():
     p = predict_cpu(1e9, 1e9)
     assert "predicted" in p.label and p.as_dict()["predicted_seconds"] == p.seconds
-    assert timing.predict_cpu is predict_cpu          # pimoe.profile looks for it there
+    # the QPU toolchain's timing model does not carry the CPU model (pimoe.prediction uses both)
+    assert not any(hasattr(timing, n) for n in ("predict_cpu", "predict_decode_step", "PI4_CPU", "CPUParams"))
 
 
 def test_memory_bound_time_doubles_with_bytes_and_ignores_threads():
