@@ -3,6 +3,7 @@
 from pimoe.qpu.asm import AssembleError, Assembly, Register, assemble, get_label_positions, qpu
 from pimoe.qpu.disasm import disassemble
 from pimoe.qpu.isa import Instr, InvalidInstruction, decode, encode
+from pimoe.qpu.lint import LintWarning, lint  # noqa: F401  (pimoe.qpu.lint(words): Mesa's rules as warnings)
 
 # the emulator pulls in numba: load it on first use so `pimoe disasm` and the assembler stay light
 _EMULATOR_NAMES = {"Array": "pimoe.qpu.emulator", "EmuCounters": "pimoe.qpu.emulator",

@@ -33,7 +33,8 @@ from pimoe.qpu.emu_decode import (
     F_A_MAGIC, F_A_MUXA, F_A_MUXB, F_A_NSRC, F_A_OP, F_A_PACK, F_A_UNA, F_A_UNB, F_A_WADDR, F_AC, F_APF, F_AUF,
     F_BR_BDI, F_BR_BDU, F_BR_COND, F_BR_LINK, F_BR_OFFSET, F_BR_UB, F_KIND, F_M_MAGIC, F_M_MUXA,
     F_M_MUXB, F_M_NSRC, F_M_OP, F_M_PACK, F_M_UNA, F_M_UNB, F_M_WADDR, F_MC, F_MPF, F_MUF, F_RADDR_A, F_RADDR_B, F_ROT,
-    F_SIG, F_SIG_ADDR, F_SIG_MAGIC, F_SMIMM, W_R4, W_RECIP, W_RSQRT2, W_TMUA, W_TMUAU, W_TMUC, KIND_BRANCH, KIND_INVALID, S_LDTMU, S_LDUNIF, S_LDUNIFA,
+    F_SIG, F_SIG_ADDR, F_SIG_MAGIC, F_SMIMM, W_R4, W_R5, W_NOP, W_R5REP, W_UNIFA, W_TMUD, W_SYNC, W_SYNCB,
+    W_RECIP, W_RSQRT2, W_TMUA, W_TMUAU, W_TMUC, BD_ABS, BD_REL, BD_LRI, BD_RF, MUX_R5, MUX_A, MUX_B, KIND_BRANCH, KIND_INVALID, S_LDTMU, S_LDUNIF, S_LDUNIFA,
     S_LDUNIFARF, S_LDUNIFRF, S_ROTATE, S_SMIMM, S_THRSW, S_UNSUPPORTED, ADD_OP, MUL_OP, A_UNSUPPORTED,
     M_UNSUPPORTED,
 )
@@ -92,6 +93,8 @@ N_DISP = 25  # followed by D_NREGIONS (start, end) address pairs: the buffers an
 UNS_ADD_OP, UNS_MUL_OP, UNS_SIGNAL, UNS_MAGIC, UNS_TMU_CONFIG, UNS_BRANCH = range(6)
 
 MASK32 = 0xFFFFFFFF
+# branch conditions (F_BR_COND: Mesa's order, isa.BRANCH_CONDS)
+BR_ALWAYS, BR_A0, BR_NA0, BR_ALLA, BR_ANYNA, BR_ANYA, BR_ALLNA = range(7)
 
 _A = ADD_OP
 _M = MUL_OP
@@ -766,7 +769,7 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
                 rf[c, p, l] = v
         _note_write(curw, 8 + waddr)
         return
-    if waddr <= 4:
+    if waddr <= W_R4:
         if cond == 0 and pack == 0:
             for l in range(16):
                 acc[c, waddr, l] = vals[l]
@@ -780,7 +783,7 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
                 acc[c, waddr, l] = v
         _note_write(curw, waddr)
         return
-    if waddr == 5:  # r5 holds one value per quad: a write broadcasts each quad's first lane
+    if waddr == W_R5:  # r5 holds one value per quad: a write broadcasts each quad's first lane
         for l in range(16):
             if _lane_on(cond, fa[c, l], fb[c, l]):
                 v = vals[l & 12]
@@ -789,19 +792,19 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
                 acc[c, 5, l] = v
         _note_write(curw, 5)
         return
-    if waddr == 6:  # "-": no write
+    if waddr == W_NOP:  # "-": no write
         return
-    if waddr == 55:  # r5rep: lane 0 to every lane of r5
+    if waddr == W_R5REP:  # r5rep: lane 0 to every lane of r5
         v0 = vals[0]
         for l in range(16):
             acc[c, 5, l] = v0
         _note_write(curw, 5)
         return
-    if waddr == 9:  # unifa: the second uniform stream's address, from lane 0
+    if waddr == W_UNIFA:  # unifa: the second uniform stream's address, from lane 0
         ist[c, I_UNIFA] = vals[0]
         ist[c, I_LAST_UNIFA] = ist[c, I_ICOUNT]
         return
-    if waddr == 11:  # tmud
+    if waddr == W_TMUD:  # tmud
         n = ist[c, I_TMUD_N]
         if n >= 4:
             _fault(fault, FLT_TMUD_OVERFLOW, c, pc, n + 1, 0)
@@ -821,12 +824,12 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
     if waddr == W_TMUC:  # config word for the next lookups (lane 0), as tmuau's uniform
         ist[c, I_TMU_CFG] = vals[0] & MASK32
         return
-    if waddr == 16 or waddr == 17 or waddr == 18:  # sync / syncu / syncb: barrier
+    if W_SYNC <= waddr <= W_SYNCB:  # sync / syncu / syncb: barrier
         ist[c, I_BAR_PENDING] = 1
         cnt[c, C_BARRIER] += 1
         return
-    if 19 <= waddr <= 24:  # SFU: result lands in r4
-        fn = waddr - 19
+    if W_RECIP <= waddr <= W_RSQRT2:  # SFU: result lands in r4
+        fn = waddr - W_RECIP
         for l in range(16):
             if _lane_on(cond, fa[c, l], fb[c, l]):
                 acc[c, 4, l] = _f_bits(_sfu(fn, _bits_f(_ftz(vals[l]), sb, sf)), sb, sf)
@@ -1010,16 +1013,16 @@ def _tmu_access(c, pc, addrs, cond, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, d
 
 @njit(cache=True, inline='always')
 def _read_mux(c, mux, row, acc, rf, ist, disp, fault, pc, out):
-    if mux <= 5:
+    if mux <= MUX_R5:
         for l in range(16):
             out[l] = acc[c, mux, l]
         return
-    if mux == 7 and (row[F_SIG] & S_SMIMM) != 0:
+    if mux == MUX_B and (row[F_SIG] & S_SMIMM) != 0:
         v = np.int64(row[F_SMIMM]) & MASK32
         for l in range(16):
             out[l] = v
         return
-    idx = row[F_RADDR_A] if mux == 6 else row[F_RADDR_B]
+    idx = row[F_RADDR_A] if mux == MUX_A else row[F_RADDR_B]
     if disp[D_REGCHECK] != 0 and idx >= ist[c, I_NREGS]:
         _fault(fault, FLT_REG_RANGE, c, pc, idx, ist[c, I_NREGS])
         return
@@ -1197,19 +1200,19 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                         return executed
                     bc = row[F_BR_COND]
                     taken = True
-                    if bc == 1:
+                    if bc == BR_A0:
                         taken = fa[c, 0] != 0
-                    elif bc == 2:
+                    elif bc == BR_NA0:
                         taken = fa[c, 0] == 0
-                    elif bc >= 3:
+                    elif bc >= BR_ALLA:
                         nset = 0
                         for l in range(16):
                             nset += fa[c, l]
-                        if bc == 3:
+                        if bc == BR_ALLA:
                             taken = nset == 16
-                        elif bc == 4:
+                        elif bc == BR_ANYNA:
                             taken = nset < 16
-                        elif bc == 5:
+                        elif bc == BR_ANYA:
                             taken = nset > 0
                         else:
                             taken = nset == 0
@@ -1217,11 +1220,11 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                         my_addr = code_base + 8 * pc
                         bdi = row[F_BR_BDI]
                         off = np.int64(row[F_BR_OFFSET])
-                        if bdi == 0:
+                        if bdi == BD_ABS:
                             target = off & MASK32
-                        elif bdi == 1:
+                        elif bdi == BD_REL:
                             target = (my_addr + 32 + off) & MASK32
-                        elif bdi == 2:
+                        elif bdi == BD_LRI:
                             target = ist[c, I_LR]
                         else:
                             _read_mux(c, 6, row, acc, rf, ist, disp, fault, pc, tmp)
@@ -1239,15 +1242,15 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             ist[c, I_LR] = my_addr + 32
                         if row[F_BR_UB] != 0:
                             bdu = row[F_BR_BDU]
-                            if bdu == 0 or bdu == 1:
+                            if bdu == BD_ABS or bdu == BD_REL:
                                 v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
                                 if fault[0] != 0:
                                     return executed
-                                if bdu == 0:
+                                if bdu == BD_ABS:
                                     ist[c, I_BR_UNIF] = v
                                 else:
                                     ist[c, I_BR_UNIF] = (ist[c, I_UNIF] + _s32(v)) & MASK32
-                            elif bdu == 3:
+                            elif bdu == BD_RF:
                                 # the new uniform address: the smallest non-zero lane value of the register
                                 # (the one rule that fits all three of py-videocore6's hardware-tested cases,
                                 # see the emulator docstring); all lanes zero: 0
@@ -1365,7 +1368,7 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             rot = np.int64(acc[c, 5, 0]) & 15
                         for k in range(nm):
                             mux = row[F_M_MUXA] if k == 0 else row[F_M_MUXB]
-                            if mux == 7:
+                            if mux == MUX_B:
                                 _fault(fault, FLT_ROTATE_MUX, c, pc, 0, 0)
                                 return executed
                             if _prev_wrote(ist, c, _mux_code(row, mux)):
@@ -1374,7 +1377,7 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             src = ma_in if k == 0 else mb_in
                             for l in range(16):
                                 tmp[l] = src[l]
-                            if mux <= 5:  # accumulators rotate across all 16 lanes
+                            if mux <= MUX_R5:  # accumulators rotate across all 16 lanes
                                 for l in range(16):
                                     src[l] = tmp[(l - rot) & 15]
                             else:  # a register-file operand rotates within each quad
