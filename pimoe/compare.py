@@ -415,8 +415,8 @@ def _mean_sd(values) -> tuple[float, float]:
 def backend_label(backend: str, driver: str | None = None) -> str:
     """The backend as the tables print it: qpu says whether it ran on hardware or the emulator (a record's
     run has the same two fields: backend_label(run["backend"], run["driver"]))."""
-    if backend == "qpu":
-        return "qpu (hw)" if driver == "hw" else "qpu (emulator)"
+    if backend in ("qpu", "hybrid"):
+        return f"{backend} (hw)" if driver == "hw" else f"{backend} (emulator)"
     return backend
 
 

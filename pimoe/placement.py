@@ -9,8 +9,9 @@ QPU layout). A placement says, per layer and expert, which lanes hold it:
     all        every expert on both sides: the split is free (the ideal), if the budget allows two copies
     static     the first `cpu_fraction` of every layer's experts (by index) on the CPU only, the rest on
                the QPU only: one copy, the split follows the router
-    frequency  one copy; experts sorted by how often a calibration prompt routed to them and dealt to the
-               lanes so each lane's expected share of the routed experts is its target share
+    frequency  one copy; experts sorted by how often a calibration prompt routed to them (plus one, so that
+               unseen experts still count) and dealt to the lanes so each lane's expected share of the
+               routed experts is its target share
     hot        one copy as `frequency`, plus the most used experts duplicated on the other side as far as the
                memory left allows: those give the split its freedom back
 
@@ -102,7 +103,9 @@ def make_placement(name: str, n_layers: int, n_experts: int, cpu_expert_bytes: i
     if name == "static":
         cpu[:, :int(round(cpu_fraction * E))] = True
     else:
-        u = np.asarray(usage, float).reshape(L, E)
+        # add-one smoothing: an expert the calibration prompt never chose still gets routed to later, and
+        # without it every unseen expert would land on the same lane
+        u = np.asarray(usage, float).reshape(L, E) + 1.0
         for layer in range(L):
             order = np.argsort(-u[layer], kind="stable")
             cpu[layer] = _deal(order, u[layer], cpu_fraction)

@@ -77,12 +77,16 @@ def pi4_ceilings() -> dict:
 
 # -- a profile's regions ---------------------------------------------------------------------------------
 
-def predict_each(prof: profile.Profiler, where) -> list[float] | None:
+def predict_each(prof: profile.Profiler, where, share=None) -> list[float] | None:
     """Predicted Pi 4 seconds of every region (inclusive of its children; 0 outside `where`), or None when
     a dispatch has no emulator counts (a hardware dispatch): then nothing is predicted.
 
     A region whose subtree ran QPU dispatches: the timing model's time of its own dispatches (its
-    weight bytes are the QPU's to read); any other region: Pi 4 CPU time of its own bytes and FLOPs."""
+    weight bytes are the QPU's to read); any other region: Pi 4 CPU time of its own bytes and FLOPs.
+
+    A region tagged concurrent=True (the hybrid backend's "coexec") runs its lane children (tag lane="cpu" /
+    "qpu") at the same time: its time is pimoe.dram.concurrent of the two lanes' predicted times and DRAM
+    bytes under the DRAM-sharing scenario `share` (default central), not their sum."""
     regions = prof.regions
     keep = profile.subtree_filter(regions, where)
     has_qpu = [bool(r.dispatches) for r in regions]
@@ -103,9 +107,25 @@ def predict_each(prof: profile.Profiler, where) -> list[float] | None:
             return None
         own[r.index] = sum(parts)
     incl = list(own)
+    lanes: dict[int, dict[str, list[float]]] = {}
     for r in reversed(regions):
-        if keep[r.index] and r.parent >= 0:
-            incl[r.parent] += incl[r.index]
+        if not keep[r.index]:
+            continue
+        if r.tags.get("concurrent"):
+            from pimoe import dram
+
+            ln = lanes.get(r.index, {})
+            c, q = ln.get("cpu", [0.0, 0.0]), ln.get("qpu", [0.0, 0.0])
+            incl[r.index] = own[r.index] + dram.concurrent(c[0], c[1], q[0], q[1], share or "central").seconds
+        if r.parent >= 0:
+            lane = r.tags.get("lane")
+            if lane in ("cpu", "qpu") and regions[r.parent].tags.get("concurrent"):
+                nbytes = r.counters.get("bytes", 0) if lane == "cpu" else r.counters.get("qpu.tmu_read_bytes", 0)
+                acc = lanes.setdefault(r.parent, {}).setdefault(lane, [0.0, 0.0])
+                acc[0] += incl[r.index]
+                acc[1] += nbytes
+            else:
+                incl[r.parent] += incl[r.index]
     return incl
 
 
@@ -120,6 +140,14 @@ def predict_regions(prof: profile.Profiler, where, steps: int) -> dict[str, floa
     return out
 
 
+def _on_qpu_lane(regions, r) -> bool:
+    while r is not None:
+        if r.tags.get("lane") == "qpu":
+            return True
+        r = regions[r.parent] if r.parent >= 0 else None
+    return False
+
+
 def predicted_trace_events(prof: profile.Profiler, where, pid: int, process_name: str) -> list[dict]:
     """A Perfetto timeline of the Pi 4 PREDICTION: the selected steps back to back, each region as long
     as predicted, children laid out in order from their parent's start."""
@@ -131,17 +159,22 @@ def predicted_trace_events(prof: profile.Profiler, where, pid: int, process_name
     start = [0.0] * len(regions)
     cursor_top = 0.0
     next_child = {}
-    events = [{"name": "process_name", "ph": "M", "pid": pid, "tid": 1, "args": {"name": process_name}}]
+    events = [{"name": "process_name", "ph": "M", "pid": pid, "tid": 1, "args": {"name": process_name}},
+              {"name": "thread_name", "ph": "M", "pid": pid, "tid": 1, "args": {"name": "CPU"}},
+              {"name": "thread_name", "ph": "M", "pid": pid, "tid": 2, "args": {"name": "QPU lane"}}]
     for r in regions:
         if not keep[r.index] or not r.end:
             continue
         if r.parent < 0:
             start[r.index] = cursor_top
             cursor_top += incl[r.index]
+        elif regions[r.parent].tags.get("concurrent") and r.tags.get("lane"):
+            start[r.index] = start[r.parent]          # the CPU and QPU lanes run side by side
         else:
             start[r.index] = next_child.get(r.parent, start[r.parent])
             next_child[r.parent] = start[r.index] + incl[r.index]
         args = dict(r.tags, predicted=True)
-        events.append({"name": r.name, "cat": "predicted", "ph": "X", "pid": pid, "tid": 1,
+        tid = 2 if _on_qpu_lane(regions, r) else 1
+        events.append({"name": r.name, "cat": "predicted", "ph": "X", "pid": pid, "tid": tid,
                        "ts": start[r.index] * 1e6, "dur": incl[r.index] * 1e6, "args": args})
     return events

@@ -219,6 +219,9 @@ class Profiler:
         ev = [{"name": "process_name", "ph": "M", "pid": pid, "tid": tid,
                "args": {"name": process_name or self.name}},
               {"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": "model"}}]
+        if any(r.tags.get("lane") == "qpu" for r in self.regions):     # a region tagged lane="qpu" ran in a
+            ev.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid + 1,   # worker thread: own track
+                       "args": {"name": "QPU lane"}})
         for r in self.regions:
             if not r.end:
                 continue
@@ -226,7 +229,8 @@ class Profiler:
             args.update({k: v for k, v in r.counters.items()})
             if r.dispatches:
                 args["qpu_dispatches"] = len(r.dispatches)
-            ev.append({"name": r.name, "cat": r.path().split("/")[0], "ph": "X", "pid": pid, "tid": tid,
+            lane_tid = tid + 1 if r.tags.get("lane") == "qpu" else tid
+            ev.append({"name": r.name, "cat": r.path().split("/")[0], "ph": "X", "pid": pid, "tid": lane_tid,
                        "ts": (r.start - self.t0) / 1e3, "dur": (r.end - r.start) / 1e3, "args": args})
         return ev
 

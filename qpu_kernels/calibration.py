@@ -26,7 +26,6 @@ The code is pimoe's own; only the work done is the published kernels'.
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
@@ -34,6 +33,7 @@ from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
 from qpu_kernels.sgemm import check_result, random_operands
 from qpu_kernels.emit import emit_broadcast, emit_program_end
+from qpu_kernels.launch import check_equal, check_sum, launch
 
 N_QPUS = 8
 ROW = 64               # bytes of one 16-lane 32-bit load or store
@@ -103,15 +103,9 @@ def run_stream_sum(drv, *, nbytes: int, unroll: int = 32, check: bool = True, se
     x[:] = np.random.default_rng(seed).integers(0, 1 << 32, size=len(x), dtype=np.uint32)
     partial[:] = 0
     unif[:] = [x.addresses()[0], partial.addresses()[0, 0], nbytes // per_trip]
-    t0 = time.perf_counter()
-    counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=N_QPUS,
-                           timeout_sec=600)
-    seconds = time.perf_counter() - t0
+    counters, seconds = launch(drv, code, unif, N_QPUS)
     if check:
-        got = int(np.sum(partial, dtype=np.uint64) % (1 << 32))
-        want = int(np.sum(x, dtype=np.uint64) % (1 << 32))
-        if got != want:
-            raise PimoeError(f"stream_sum: QPU sum {got} != numpy {want}")
+        check_sum(partial, x, "stream_sum")
     return counters, seconds
 
 
@@ -162,13 +156,9 @@ def run_scopy(drv, *, nbytes: int, check: bool = True, seed: int = 0):
     x[:] = np.random.default_rng(seed).standard_normal(len(x)).astype(np.float32)
     y[:] = 0
     unif[:] = [x.addresses()[0], y.addresses()[0], nbytes // per_trip]
-    t0 = time.perf_counter()
-    counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=N_QPUS,
-                           timeout_sec=600)
-    seconds = time.perf_counter() - t0
-    if check and not np.array_equal(np.asarray(y), np.asarray(x)):
-        bad = int(np.nonzero(np.asarray(y) != np.asarray(x))[0][0])
-        raise PimoeError(f"scopy: first wrong element {bad}")
+    counters, seconds = launch(drv, code, unif, N_QPUS)
+    if check:
+        check_equal(y, x, "scopy")
     return counters, seconds
 
 
@@ -297,10 +287,7 @@ def run_sgemm(drv, *, p: int, q: int, r: int, check: bool = True, seed: int = 0)
                                         alpha.view(np.uint32), beta.view(np.uint32)]
     unif = drv.alloc(2, dtype=np.uint32)
     unif[:] = [table.addresses()[0, 0], table.strides[0]]
-    t0 = time.perf_counter()
-    counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=N_QPUS,
-                           timeout_sec=600)
-    seconds = time.perf_counter() - t0
+    counters, seconds = launch(drv, code, unif, N_QPUS)
     err = check_result(c, a, b, c0, alpha, beta, f"sgemm {p}x{q}x{r} (2 x 4 blocks)", check)
     return counters, seconds, err
 

@@ -1,5 +1,6 @@
-"""The fused MoE expert step of one layer on the QPUs: two dispatches per layer for a decode token (and
-two per tile width in use, at most 2 x the widest tile, for a prompt).
+"""The fused MoE expert step of one layer on the QPUs: one dispatch per layer for a decode token (the two
+phases below chained in one program, a barrier between them; `one_dispatch=False` runs them as two), and
+two per tile width in use, at most 2 x the widest tile, for a prompt.
 
     dispatch A (swiglu):  for every (selected expert, token tile, 16 rows of ff):
                               h[t, rows] = w[t, e] * silu(gate_e[rows] @ x_t) * (up_e[rows] @ x_t)
@@ -31,8 +32,8 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from qpu_kernels import qpu_layout as lay
-from qpu_kernels.gemv_kernel import (KernelConfig, base_address, Programs, Scratch, execute, f32_bits, timing_args,
-                                     make_x_stream, write_tables, x_stream_words)
+from qpu_kernels.gemv_kernel import (KernelConfig, Programs, Scratch, XStream, base_address, execute_chain,
+                                     f32_bits, timing_args, write_tables)
 
 DEFAULT_THREADS = 8
 MAX_TILE = {"f32": 4, "q4": 2, "q8": 2}   # tokens per tile the register file holds in the swiglu kernel
@@ -90,8 +91,9 @@ class ExpertFFN:
     """Runs one layer's routed experts on the driver. gate/up/down: QPUMatrices of the layer."""
 
     def __init__(self, drv, programs: Programs, scratch: Scratch, threads: int = DEFAULT_THREADS,
-                 region=None, on_dispatch=None):
+                 region=None, on_dispatch=None, one_dispatch: bool = True):
         self.drv, self.programs, self.scratch, self.threads = drv, programs, scratch, threads
+        self.one_dispatch = one_dispatch     # decode: swiglu and down_sum in one dispatch (a barrier between)
         self.counters: list = []     # EmuCounters (or None on hardware) of every dispatch
         # profiling hooks (the qpu backend passes pimoe.profile.region / qpu_dispatch; kernels stay free of
         # pimoe.profile): region(name) -> context manager around upload / dispatch / compute / readback,
@@ -100,12 +102,13 @@ class ExpertFFN:
         self.on_dispatch = on_dispatch
         self.timing_args: list[dict] = []   # per dispatch, what pimoe.qpu.timing.predict() must be told
 
-    def _execute(self, cfg, table_addr: int, row_bytes: list[int], kernel: str) -> None:
+    def _execute(self, phases: list, kernel: str) -> None:
+        """One dispatch of phases [(cfg, table address, row bytes)] (several: chained, see qpu_gemv)."""
         # the GEMV loops wait on ldtmu without thrsw: no thread switch shows it, so the timing model charges
         # the waits the emulator's load-to-use distance bins measured (waits="ldtmu")
         targs = timing_args()
         with self.region("compute", kernel=kernel):
-            c = execute(self.drv, self.programs, cfg, self.threads, self.scratch, table_addr, row_bytes)
+            c = execute_chain(self.drv, self.programs, phases, self.threads, self.scratch)
             if c is not None and self.on_dispatch is not None:
                 self.on_dispatch(c, kernel=kernel, timing_args=targs)
         self.counters.append(c)
@@ -157,38 +160,43 @@ class ExpertFFN:
 
     def _swiglu(self, gate, up, down, x_full, tiles, TT, quant_in, quant_h):
         """Dispatch A for tiles of TT tokens: h streams (one per tile), returned as [(array, address)]."""
+        phase, h_streams = self._swiglu_phase(gate, up, down, x_full, tiles, TT, quant_in, quant_h)
+        self._execute([phase], "swiglu")
+        return h_streams
+
+    def _swiglu_phase(self, gate, up, down, x_full, tiles, TT, quant_in, quant_h):
+        """The work of dispatch A (x streams uploaded, work table written): ((cfg, table, row bytes),
+        h streams)."""
         hidden_p = x_full.shape[1]
         ff, ff_p = gate.rows, lay.padded_cols(gate.rows)
-        cfg_a = KernelConfig(gate.spec.kind, gate.spec.nsub, hidden_p, TT, "swiglu", header_out=quant_h)
-        hx_words = x_stream_words(ff_p, TT, quant_h)
+        cfg_a = KernelConfig.for_layout(gate.spec, hidden_p, TT, "swiglu", header_out=quant_h)
+        x_layout, h_layout = cfg_a.x_stream, XStream(ff_p, TT, quant_h)
         items_a, h_streams = [], []
         with self.region("upload"):     # activations into QPU memory in the kernel's stream layout
             for e, toks, ws in tiles:
                 xt = np.zeros((TT, hidden_p), np.float32)
                 xt[: len(toks)] = x_full[toks]
-                xs, xaddr = self.scratch.take(x_stream_words(hidden_p, TT, quant_in))
-                make_x_stream(xt, quant_in, out=xs.view(np.float32))
-                hs, haddr = self.scratch.take(hx_words)
+                xs, xaddr = self.scratch.take(x_layout.words)
+                x_layout.pack(xt, out=xs.view(np.float32))
+                hs, haddr = self.scratch.take(h_layout.words)
                 hs[:] = 0
                 h_streams.append((hs, haddr))
                 wts = [f32_bits(w) for w in ws] + [f32_bits(0.0)] * (TT - len(ws))
-                per_block = (34 if quant_h else 32) * TT
                 for g in range(lay.padded_rows(ff) // 16):
-                    b, half = divmod(g, 2)
-                    hoff = b * per_block + (2 * TT if quant_h else 0) + half * 16 * TT
-                    soff = b * per_block + half * TT
-                    items_a.append([gate.addr(e, 16 * g), up.addr(e, 16 * g), xaddr, haddr + 4 * hoff,
-                                    haddr + 4 * soff] + wts)
+                    # h rows 16g.. are the down projection's columns: written in its x-stream layout
+                    items_a.append([gate.addr(e, 16 * g), up.addr(e, 16 * g), xaddr,
+                                    haddr + 4 * h_layout.value_offset(16 * g),
+                                    haddr + 4 * h_layout.half_sum_offset(16 * g)] + wts)
         with self.region("dispatch"):   # the work tables that say what each QPU thread does
             table_a = write_tables(self.scratch, items_a, self.threads)
-        self._execute(cfg_a, table_a, [gate.row_bytes, up.row_bytes], "swiglu")
-        return h_streams
+        return (cfg_a, table_a, [gate.row_bytes, up.row_bytes]), h_streams
 
     def _decode(self, gate, up, down, x_full, tiles, hidden, quant_in, quant_h) -> np.ndarray:
-        """One token: dispatch A for its k experts, dispatch B = down projections summed over the k
-        experts inside the kernel (one item per 16 output rows with k entries)."""
-        h_streams = self._swiglu(gate, up, down, x_full, tiles, 1, quant_in, quant_h)
-        cfg_b = KernelConfig(down.spec.kind, down.spec.nsub, lay.padded_cols(down.cols), 1, "sum")
+        """One token: phase A for its k experts, phase B = down projections summed over the k experts
+        inside the kernel (one item per 16 output rows with k entries); one dispatch (one_dispatch) or
+        two."""
+        phase_a, h_streams = self._swiglu_phase(gate, up, down, x_full, tiles, 1, quant_in, quant_h)
+        cfg_b = KernelConfig.for_layout(down.spec, lay.padded_cols(down.cols), 1, "sum")
         n_groups = lay.padded_rows(hidden) // 16
         with self.region("dispatch"):
             out, oaddr = self.scratch.take(lay.padded_rows(hidden))
@@ -201,12 +209,17 @@ class ExpertFFN:
                     ents[r: r + 3] = [down.addr(e, 16 * g), h_streams[j][1], f32_bits(1.0)]
                 items_b.append([len(tiles), eaddr + 4 * 16 * g * len(tiles), oaddr + 64 * g, 0])
             table_b = write_tables(self.scratch, items_b, self.threads)
-        self._execute(cfg_b, table_b, [down.row_bytes], "down_sum")
+        phase_b = (cfg_b, table_b, [down.row_bytes])
+        if self.one_dispatch:
+            self._execute([phase_a, phase_b], "expert_layer")
+        else:
+            self._execute([phase_a], "swiglu")
+            self._execute([phase_b], "down_sum")
         return out.view(np.float32)
 
     def _down_tiles(self, down, tiles, h_streams, TT, hidden) -> np.ndarray:
         """Dispatch B for tiles of TT tokens: each tile's down projection -> f32 [tiles, TT, rows]."""
-        cfg_b = KernelConfig(down.spec.kind, down.spec.nsub, lay.padded_cols(down.cols), TT, "sum")
+        cfg_b = KernelConfig.for_layout(down.spec, lay.padded_cols(down.cols), TT, "sum")
         n_groups = lay.padded_rows(hidden) // 16
         rows_p = lay.padded_rows(hidden)
         with self.region("dispatch"):
@@ -220,7 +233,7 @@ class ExpertFFN:
                     ents[r: r + 3] = [down.addr(e, 16 * g), h_streams[ti][1], f32_bits(1.0)]
                     items_b.append([1, eaddr + 4 * r, oaddr + 4 * (ti * TT * rows_p + 16 * g), 4 * rows_p])
             table_b = write_tables(self.scratch, items_b, self.threads)
-        self._execute(cfg_b, table_b, [down.row_bytes], "down_tiles")
+        self._execute([(cfg_b, table_b, [down.row_bytes])], "down_tiles")
         return out.view(np.float32).reshape(len(tiles), TT, rows_p)
 
     @staticmethod
@@ -229,13 +242,13 @@ class ExpertFFN:
         hp, fp = lay.padded_cols(hidden), lay.padded_cols(ff)
         tiles = max(k, max_tokens * k)
         TT = 4
-        per_tile = (x_stream_words(hp, TT, True) + x_stream_words(fp, TT, True) + 16 + TT * lay.padded_rows(hidden)
+        per_tile = (XStream(hp, TT, True).words + XStream(fp, TT, True).words + 16 + TT * lay.padded_rows(hidden)
                     + 32 * (lay.padded_rows(ff) // 16 + lay.padded_rows(hidden) // 16))
         return 4 * (tiles * per_tile + 64 * 1024)
 
 
 def run_check(drv, qtype, *, hidden: int, ff: int, n_experts: int, k: int, tokens: int, threads: int = 8,
-              seed: int = 0, tile: int | None = None, region=None, on_dispatch=None):
+              seed: int = 0, tile: int | None = None, region=None, on_dispatch=None, one_dispatch: bool = True):
     """Random experts of `qtype`, random routing: QPU vs numpy. Returns (max relative error, counters).
     region / on_dispatch: ExpertFFN's profiling hooks (e.g. pimoe.profile.region / qpu_dispatch)."""
     from pimoe import quant
@@ -250,7 +263,8 @@ def run_check(drv, qtype, *, hidden: int, ff: int, n_experts: int, k: int, token
     programs = Programs(drv)
     scratch = Scratch(drv, ExpertFFN.scratch_bytes(hidden, ff, k, tokens))
     mats = [QPUMatrices.upload(drv, q) for q in (gq, uq, dq)]
-    run = ExpertFFN(drv, programs, scratch, threads, region=region, on_dispatch=on_dispatch)
+    run = ExpertFFN(drv, programs, scratch, threads, region=region, on_dispatch=on_dispatch,
+                    one_dispatch=one_dispatch)
     t0 = time.perf_counter()
     y = run(*mats, x, ids, w, tile=tile)
     seconds = time.perf_counter() - t0

@@ -28,6 +28,7 @@ from pimoe.qpu import qpu
 from qpu_kernels.gemv_kernel import Scratch, base_address, write_tables
 from qpu_kernels.gemv_quant import REAL_SHAPES, QPUGemv, describe, run  # noqa: F401  (re-exported launcher)
 from qpu_kernels.emit import emit_broadcast, emit_program_end, emit_thread_id
+from qpu_kernels.launch import launch
 
 
 @qpu
@@ -110,8 +111,7 @@ def gemv_f32_simple(drv, w: np.ndarray, x: np.ndarray, threads: int = 8):
     unif, uaddr = scratch.take(4)
     unif[:] = [table, cols, 4 * cols, xaddr]
     code = drv.program(qpu_gemv_f32_simple, threads=threads)
-    counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=uaddr, thread=threads, threading=threads > 16,
-                           timeout_sec=600)
+    counters, _ = launch(drv, code, uaddr, threads)
     return out.view(np.float32).copy(), counters
 
 

@@ -40,6 +40,7 @@ from qpu_kernels.gemv_sched import Op, emit
 from qpu_kernels.gemv_sched import schedule_best as schedule
 from qpu_kernels.qpu_layout import BLOCK, E1, M4, M8, LayoutSpec
 from qpu_kernels.emit import emit_broadcast, emit_program_end, emit_thread_id
+from qpu_kernels.launch import launch
 
 FIFO_DEPTH = 16          # TMU result FIFO entries of a thread in 1-thread-per-QPU mode
 MAX_THREADS = 8          # one thread per QPU
@@ -56,10 +57,15 @@ class KernelConfig:
     tokens: int          # T: activation vectors sharing the weights
     mode: str            # "sum" | "swiglu"
     header_out: bool = False   # swiglu: write h with block-sum headers (the down weights are quantized)
+    f16_scales: bool = False   # the layout's D and M are the f16 halves of one word (qpu_layout)
+
+    @classmethod
+    def for_layout(cls, spec: LayoutSpec, cols: int, tokens: int, mode: str, header_out: bool = False):
+        return cls(spec.kind, spec.nsub, cols, tokens, mode, header_out=header_out, f16_scales=spec.f16_scales)
 
     @property
     def spec(self) -> LayoutSpec:
-        return LayoutSpec(self.kind, self.nsub)
+        return LayoutSpec(self.kind, self.nsub, self.f16_scales)
 
     @property
     def n_mats(self) -> int:
@@ -93,32 +99,75 @@ class KernelConfig:
         return self.n_blocks // self.unroll
 
     @property
+    def x_stream(self) -> "XStream":
+        """The layout of the activations this kernel reads."""
+        return XStream(self.cols, self.tokens, self.kind != "f32")
+
+    @property
     def x_words(self) -> int:
         """Words of one x stream (all T tokens)."""
-        nb32 = self.cols // BLOCK
-        per = 32 * self.tokens + (0 if self.kind == "f32" else 2 * self.tokens)
-        return nb32 * per
+        return self.x_stream.words
+
+
+@dataclass(frozen=True)
+class XStream:
+    """The activation stream the kernel reads through unifa, one definition for the host (gemv_quant,
+    expert_ffn), the kernel's block loop and the swiglu epilogue (which writes h in this layout for the
+    down projection). Per 32-column block, `block_words` words:
+
+        quantized:  [Xlo_t for t] [Xhi_t for t] then x[i, t] i-major  (Xlo/Xhi: sums of x over the
+                    block's two 16-column halves)
+        f32:        x[i, t] i-major
+    """
+    cols: int            # a multiple of 32
+    tokens: int
+    quantized: bool
+
+    @property
+    def header_words(self) -> int:
+        return 2 * self.tokens if self.quantized else 0
+
+    @property
+    def block_words(self) -> int:
+        return self.header_words + BLOCK * self.tokens
+
+    @property
+    def words(self) -> int:
+        return self.cols // BLOCK * self.block_words
+
+    def value_offset(self, col: int, token: int = 0) -> int:
+        """Word offset of x[token, col]."""
+        b, i = divmod(col, BLOCK)
+        return b * self.block_words + self.header_words + i * self.tokens + token
+
+    def half_sum_offset(self, col: int, token: int = 0) -> int:
+        """Word offset of the sum over the 16-column half holding `col` (quantized streams only)."""
+        b, i = divmod(col, BLOCK)
+        return b * self.block_words + (i // 16) * self.tokens + token
+
+    def pack(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """x f32 [T, cols] -> the stream, f32 [words] (written into `out` when given)."""
+        T, cols = x.shape
+        blocks = x.reshape(T, cols // BLOCK, BLOCK).transpose(1, 2, 0)          # [nb, 32, T]
+        body = blocks.reshape(cols // BLOCK, BLOCK * T)
+        if self.quantized:
+            halves = x.reshape(T, cols // BLOCK, 2, 16).sum(axis=3, dtype=np.float32)  # [T, nb, 2]
+            head = halves.transpose(1, 2, 0).reshape(cols // BLOCK, 2 * T)
+            body = np.concatenate([head, body], axis=1)
+        flat = body.reshape(-1).astype(np.float32)
+        if out is not None:
+            out[: flat.size] = flat
+            return out
+        return flat
 
 
 def x_stream_words(cols: int, tokens: int, quantized: bool) -> int:
-    return cols // BLOCK * (32 * tokens + (2 * tokens if quantized else 0))
+    return XStream(cols, tokens, quantized).words
 
 
 def make_x_stream(x: np.ndarray, quantized: bool, out: np.ndarray | None = None) -> np.ndarray:
-    """x f32 [T, cols] (cols a multiple of 32) -> the stream the kernel reads: per block
-    ([Xlo_t], [Xhi_t] if quantized) then x[i, t] i-major. Returns f32 [words]."""
-    T, cols = x.shape
-    blocks = x.reshape(T, cols // BLOCK, BLOCK).transpose(1, 2, 0)          # [nb, 32, T]
-    body = blocks.reshape(cols // BLOCK, BLOCK * T)
-    if quantized:
-        halves = x.reshape(T, cols // BLOCK, 2, 16).sum(axis=3, dtype=np.float32)  # [T, nb, 2]
-        head = halves.transpose(1, 2, 0).reshape(cols // BLOCK, 2 * T)
-        body = np.concatenate([head, body], axis=1)
-    flat = body.reshape(-1).astype(np.float32)
-    if out is not None:
-        out[: flat.size] = flat
-        return out
-    return flat
+    """x f32 [T, cols] (cols a multiple of 32) -> the stream the kernel reads (XStream.pack)."""
+    return XStream(x.shape[1], x.shape[0], quantized).pack(x, out)
 
 
 # ---- register allocation -----------------------------------------------------------------------------
@@ -162,10 +211,12 @@ class Regs:
             # then need not wait for block b's finalize. Measured: it helps the swiglu kernels a little and
             # costs the one-matrix kernels 1-2 instructions per block (the second block sum lives in the
             # register file instead of r4, and register-file read ports are scarce), so both are tried.
-            alt = nm * T + 2 * T + nm * cfg.spec.scale_words + 1
-            self.ALT = nm == 2 and cfg.unroll > 1 and self.next + alt + 8 + 3 <= 64   # swiglu: see VARIANTS
+            # One-matrix kernels alternate all but the block sums (S stays in r4): the next block's scale
+            # and x-header loads then need not wait for this block's finalize to read the old ones.
+            alt = (nm * T if nm == 2 else 0) + 2 * T + nm * cfg.spec.scale_words + 1
+            self.ALT = cfg.unroll > 1 and self.next + alt + 8 + 3 <= 64
             if self.ALT:
-                self.S2 = [[take() for _ in range(T)] for _ in range(nm)]
+                self.S2 = [[take() for _ in range(T)] for _ in range(nm)] if nm == 2 else self.S
                 self.XL2 = [take() for _ in range(T)]
                 self.XH2 = [take() for _ in range(T)]
                 self.SC2 = [[take() for _ in range(cfg.spec.scale_words)] for _ in range(nm)]
@@ -208,350 +259,397 @@ def _load_plan(cfg: KernelConfig):
     return order
 
 
-def _issue_ops(cfg: KernelConfig, R: Regs, m: int, j: int, tmua_unit: str = "any") -> list[Op]:
+def _issue_ops(cfg: KernelConfig, rg: Regs, m: int, j: int, tmua_unit: str = "any") -> list[Op]:
     """The TMU request for word j of the iteration of matrix m (pointer steps included)."""
     nw = cfg.words_per_block * cfg.unroll
-    ptr = R.PTR[m]
+    ptr = rg.PTR[m]
     ops = []
     if j % 4 == 0 and j > 0:
-        ops.append(Op("any", "add", ptr, (ptr, R.K16), alts=[]))
+        ops.append(Op("any", "add", ptr, (ptr, rg.K16), alts=[]))
     off = 4 * (j % 4)
-    konst = {0: None, 4: R.K4, 8: R.K8, 12: R.K12}[off]
+    konst = {0: None, 4: rg.K4, 8: rg.K8, 12: rg.K12}[off]
     alts = [("add", (ptr, konst))] if konst else [("mov", (ptr,))]
     ops.append(Op(tmua_unit, "add", "tmua", (ptr, off), reads=("@fifo",), writes=("@tmuq",), alts=alts))
     ops[-1].reads += ("@tmuq",)
     if j == nw - 1:
         step = 16 if nw % 4 == 0 else 4 * (nw % 4)
-        kreg = {16: R.K16, 4: R.K4, 8: R.K8, 12: R.K12}[step]
+        kreg = {16: rg.K16, 4: rg.K4, 8: rg.K8, 12: rg.K12}[step]
         ops.append(Op("any", "add", ptr, (ptr, kreg)))
     return ops
 
 
-# Schedule variants tried at assembly time, the shortest kept: (pair registers, alternate x registers,
-# ALU of the f16 exponent adds, ALU of the TMU address writes, alternate block registers). The add ALU carries the fadds, masks and
-# rotates, so the integer adds are usually best pinned to the mul ALU -- but register-file read ports
-# (two per instruction) and latencies decide, so that is measured per layout, not assumed.
-# (The winners over sum/swiglu x q4/q8 x T = 1/4 at unroll 4; alternate x registers and a fifth pair
-# register never won once the block registers alternate, and cost assembly time.)
-VARIANTS = ((3, False, "mul", "any", False), (3, False, "mul", "mul", False), (4, False, "mul", "any", True),
-            (4, False, "any", "any", True))
+@dataclass(frozen=True)
+class Variant:
+    """One register/ALU assignment of the block body; the scheduler packs each and the shortest wins.
+
+    The add ALU carries the fadds, masks and rotates, so the integer adds are usually best pinned to the
+    mul ALU -- but register-file read ports (two per instruction) and latencies decide, so that is
+    measured per layout, not assumed."""
+    pair_regs: int            # registers holding extracted code pairs (r0-r2, then PX, PX2)
+    alt_x: bool = False       # alternate x values between r5 and a register-file pool
+    expo_unit: str = "mul"    # ALU of the f16 exponent adds ("mul" | "any")
+    tmua_unit: str = "any"    # ALU of the TMU address writes ("mul" | "any")
+    alt_block: bool = False   # odd blocks of an iteration use the second set of block registers
 
 
-def block_ops(cfg: KernelConfig, R: Regs, *, issue_current_tail: bool, issue_next_head: bool,
-              count: bool, variant: tuple | None = None) -> list[Op]:
-    """Operations of one block in program order. Loads of this block with FIFO index >= depth are
-    issued here (issue_current_tail), and the next block's first `depth` loads (issue_next_head)."""
-    if variant is None:         # the first variant with enough pair registers for this kernel
-        variant = next(v for v in VARIANTS if v[0] >= 2 * cfg.n_mats)
-    plan = _load_plan(cfg)
-    W = len(plan)
-    depth = min(W, FIFO_DEPTH)
-    T = cfg.tokens
-    ops: list[Op] = []
-    if count:
-        ops.append(Op("add", "sub", R.CNT, (R.CNT, 1), cond="pushz", writes=("@flags",),
-                      alts=[("sub", (R.CNT, R.K1))], priority=1000))
-    # issue schedule: after consuming FIFO entry n, issue load n + depth (of this block or the next)
-    after: dict[int, list[Op]] = {}
-    for g in range(depth, W + depth):
-        n = g - depth
-        if g < W and issue_current_tail:
-            after.setdefault(n, []).extend(_issue_ops(cfg, R, *plan[g], tmua_unit=variant[3]))
-        elif g >= W and issue_next_head:
-            after.setdefault(n, []).extend(_issue_ops(cfg, R, *plan[g - W], tmua_unit=variant[3]))
-    cpool = _Pool(R.CPOOL)
-    word_reg: dict[tuple[int, int], str] = {}
-    fifo_n = 0
+# The variants tried at assembly time. (The winners over sum/swiglu x q4/q8 x T = 1/4 at unroll 4;
+# alternate x registers and a fifth pair register never won once the block registers alternate, and
+# cost assembly time.)
+VARIANTS = (Variant(3), Variant(3, tmua_unit="mul"), Variant(3, alt_block=True),
+            Variant(3, tmua_unit="mul", alt_block=True), Variant(4, alt_block=True),
+            Variant(4, expo_unit="any", alt_block=True))
 
-    def ldtmu(m, j, dst):
-        nonlocal fifo_n
-        ops.append(Op("sig", "ldtmu", dst, reads=("@fifo", "@tmuq"), writes=("@fifo",)))
-        word_reg[(m, j)] = dst
-        ops.extend(after.get(fifo_n, []))
-        fifo_n += 1
 
-    xpool = _Pool(R.XPOOL)
+class _BlockBuilder:
+    """Builds the operations of one loop iteration (cfg.unroll blocks) in program order: one emitter per
+    layout family (f32, quantized), sharing the TMU/FIFO and x-stream bookkeeping."""
 
-    def ldx(dst=None):
-        dst = dst or xpool.get()
-        ops.append(Op("sig", "ldunifarf", dst, reads=("@unifa", "@unifa_addr"), writes=("@unifa",)))
+    def __init__(self, cfg: KernelConfig, rg: Regs, variant: Variant, *, issue_current_tail: bool,
+                 issue_next_head: bool):
+        self.cfg, self.rg, self.v = cfg, rg, variant
+        self.ops: list[Op] = []
+        self.plan = _load_plan(cfg)
+        W = len(self.plan)
+        depth = min(W, FIFO_DEPTH)
+        # issue schedule: after consuming FIFO entry n, issue load n + depth (of this block or the next)
+        self.after: dict[int, list[Op]] = {}
+        for g in range(depth, W + depth):
+            n = g - depth
+            if g < W and issue_current_tail:
+                self.after.setdefault(n, []).extend(_issue_ops(cfg, rg, *self.plan[g], tmua_unit=variant.tmua_unit))
+            elif g >= W and issue_next_head:
+                self.after.setdefault(n, []).extend(_issue_ops(cfg, rg, *self.plan[g - W],
+                                                               tmua_unit=variant.tmua_unit))
+        self.cpool = _Pool(rg.CPOOL)
+        self.xpool = _Pool(rg.XPOOL)
+        self.word_reg: dict[tuple[int, int], str] = {}
+        self.fifo_n = 0
+        self.alt = 0
+
+    # ---- streams
+
+    def ldtmu(self, m: int, j: int, dst: str) -> None:
+        """Consume the next TMU result (word j of matrix m) into dst, then issue the loads due after it."""
+        self.ops.append(Op("sig", "ldtmu", dst, reads=("@fifo", "@tmuq"), writes=("@fifo",)))
+        self.word_reg[(m, j)] = dst
+        self.ops.extend(self.after.get(self.fifo_n, []))
+        self.fifo_n += 1
+
+    def ldx(self, dst: str | None = None) -> str:
+        dst = dst or self.xpool.get()
+        self.ops.append(Op("sig", "ldunifarf", dst, reads=("@unifa", "@unifa_addr"), writes=("@unifa",)))
         return dst
 
-    def ldx_r5():
+    def ldx_r5(self) -> str:
         # x through the second uniform stream into r5: every lane gets the value, no register-file read
-        ops.append(Op("sig", "ldunifa", None, reads=("@unifa", "@unifa_addr"), writes=("@unifa", "r5")))
+        self.ops.append(Op("sig", "ldunifa", None, reads=("@unifa", "@unifa_addr"), writes=("@unifa", "r5")))
         return "r5"
 
-    alt = [0]
-
-    def ldx_alt():
+    def ldx_alt(self) -> str:
         # optionally alternate r5 and a register-file pool so one x value can load while the previous
         # one is in use (it costs register-file reads, so it only sometimes pays)
-        alt[0] ^= 1
-        return ldx_r5() if (alt[0] or not variant[1]) else ldx()
+        self.alt ^= 1
+        return self.ldx_r5() if (self.alt or not self.v.alt_x) else self.ldx()
 
-    if cfg.kind == "f32":
-        # one weight per word; the x value is shared by the matrices
+    # ---- f32 layout: one weight per word; the x value is shared by the matrices
+
+    def f32_blocks(self) -> None:
+        cfg, rg = self.cfg, self.rg
         for j in range(8 * cfg.unroll):
             cs = []
             for m in range(cfg.n_mats):
-                c = cpool.get()
-                ldtmu(m, j, c)
+                c = self.cpool.get()
+                self.ldtmu(m, j, c)
                 cs.append(c)
-            for t in range(T):
-                xv = ldx_alt()
+            for t in range(cfg.tokens):
+                xv = self.ldx_alt()
                 for m in range(cfg.n_mats):
-                    ops.append(Op("mul", "fmul", "r3", (cs[m], xv)))
-                    ops.append(Op("add", "fadd", R.A[m][t], (R.A[m][t], "r3")))
-        return ops
+                    self.ops.append(Op("mul", "fmul", "r3", (cs[m], xv)))
+                    self.ops.append(Op("add", "fadd", rg.A[m][t], (rg.A[m][t], "r3")))
 
-    spec = cfg.spec
-    sw = spec.scale_words
-    nw = cfg.words_per_block
-    per_block = nw * cfg.n_mats
-    if variant[0] < 2 * cfg.n_mats:
-        raise PimoeError(f"{variant[0]} pair registers cannot hold pairs p and p + 1 of {cfg.n_mats} matrices")
-    pair_pool = _Pool(["r0", "r1", "r2", R.PX, R.PX2][: variant[0]])
-    per_word = 8 if cfg.kind == "q4" else 4
-    sub_len = BLOCK // cfg.nsub
+    # ---- quantized layouts (q4, q8)
 
-    def block_regs(b: int):
+    def block_regs(self, b: int):
         """(S, XL, XH, SC, finalize temp) of block b of the iteration: odd blocks use the second set."""
-        if variant[4] and getattr(R, "ALT", False) and b % 2:
-            return R.S2, R.XL2, R.XH2, R.SC2, R.FT
-        return R.S, R.XL, R.XH, R.SC, "r3"
+        rg = self.rg
+        if self.v.alt_block and getattr(rg, "ALT", False) and b % 2:
+            return rg.S2, rg.XL2, rg.XH2, rg.SC2, rg.FT
+        return rg.S, rg.XL, rg.XH, rg.SC, "r3"
 
-    def finalize(sub: int, b: int):
-        S_, XL_, XH_, SC_, ft = block_regs(b)
+    def finalize(self, sub: int, b: int) -> None:
+        """A += D (S - X) + M X for sub-block `sub` of block b (see qpu_layout)."""
+        cfg, rg, ops = self.cfg, self.rg, self.ops
+        S_, XL_, XH_, SC_, ft = self.block_regs(b)
         if cfg.nsub == 1:
-            for t in range(T):
+            for t in range(cfg.tokens):
                 ops.append(Op("add", "fadd", XL_[t], (XL_[t], XH_[t])))
         for m in range(cfg.n_mats):
-            d, mn = SC_[m][2 * sub], SC_[m][2 * sub + 1]
-            for t in range(T):
+            if cfg.f16_scales:      # one word: D in the low f16 half, M in the high half
+                d, mn = (SC_[m][sub], "l"), (SC_[m][sub], "h")
+            else:
+                d, mn = SC_[m][2 * sub], SC_[m][2 * sub + 1]
+            for t in range(cfg.tokens):
                 X = XL_[t] if (cfg.nsub == 1 or sub == 0) else XH_[t]
                 s = S_[m][t]
-                # A += D (S - X) + M X
                 ops.append(Op("add", "fsub", ft, (s, X)))
                 ops.append(Op("mul", "fmul", ft, (ft, d)))
-                ops.append(Op("mul", "fmul", R.TMPV, (X, mn)))
-                ops.append(Op("add", "fadd", R.A[m][t], (R.A[m][t], ft)))
-                ops.append(Op("add", "fadd", R.A[m][t], (R.A[m][t], R.TMPV)))
+                ops.append(Op("mul", "fmul", rg.TMPV, (X, mn)))
+                ops.append(Op("add", "fadd", rg.A[m][t], (rg.A[m][t], ft)))
+                ops.append(Op("add", "fadd", rg.A[m][t], (rg.A[m][t], rg.TMPV)))
 
-    for b in range(cfg.unroll):
-        S_b, XL_b, XH_b, SC_b, _ = block_regs(b)
-        plan_b = plan[b * per_block:(b + 1) * per_block]
-        # scales first (FIFO order), then the x block header
-        for (m, j) in plan_b[: sw * cfg.n_mats]:
-            ldtmu(m, j, SC_b[m][j - b * nw])
-        for t in range(T):
-            ldx(XL_b[t])
-        for t in range(T):
-            ldx(XH_b[t])
-        code_plan = plan_b[sw * cfg.n_mats:]
-        # code words in FIFO order; matrices interleaved word by word, so each x value is loaded once
-        groups = [code_plan[i: i + cfg.n_mats] for i in range(0, len(code_plan), cfg.n_mats)]
-        for (m, j) in groups[0]:
-            ldtmu(m, j, cpool.get())
-        for gi, group in enumerate(groups):
-            w = group[0][1] - b * nw - sw
-            if gi + 1 < len(groups):        # the next word's loads one word ahead of its use
-                for (m, j) in groups[gi + 1]:
-                    ldtmu(m, j, cpool.get())
-            npairs = per_word // 2
+    def extract(self, p: int, group) -> list[str]:
+        """Ops turning code pair p of every matrix's word into two f16 (1 + c/k) halves.
 
-            def extract(p, group=group):
-                """Ops turning code pair p of every matrix's word into two f16 (1 + c/k) halves.
+        q4 pairs sit at bit offsets 6 (p0), 10 (p1), 14 (p2) and 2 (p3) of the word (qpu_layout).
+        Only the add ALU shifts right, so the word is rotated right by 8 once (w8): p2 is then at
+        offset 6 of w8 and p1 at offset 2, and offset 2 -> 6 is a shift left of the low 24 bits,
+        which umul24 by 16 does on the mul ALU (p3 likewise from the word itself). One add-ALU
+        rotate per 8 codes instead of two: the add ALU is the busier one."""
+        cfg, rg, ops = self.cfg, self.rg, self.ops
+        out = []
+        for (m, j) in group:
+            c = self.word_reg[(m, j)]
+            P = self.pair_pool.get()
+            src = c
+            if cfg.kind == "q4" and p in (1, 2) and not rg.W8:
+                amt = 4 * p
+                ops.append(Op("add", "ror", P, (c, amt), alts=[("ror", (c, {4: rg.K4, 8: rg.K8}[amt]))]))
+                src = P
+            elif cfg.kind == "q4" and p == 1:
+                w8 = rg.W8[m]
+                ops.append(Op("add", "ror", w8, (c, 8), alts=[("ror", (c, rg.K8))]))
+                ops.append(Op("mul", "umul24", P, (w8, rg.K16)))
+                src = P
+            elif cfg.kind == "q4" and p == 2:
+                src = rg.W8[m]
+            elif cfg.kind == "q4" and p == 3:
+                ops.append(Op("mul", "umul24", P, (c, rg.K16)))
+                src = P
+            elif cfg.kind == "q8" and p == 1:
+                ops.append(Op("add", "ror", P, (c, 8), alts=[("ror", (c, rg.K8))]))
+                src = P
+            ops.append(Op("add", "band", P, (src, rg.MASK)))
+            ops.append(Op(self.v.expo_unit, "add", P, (P, rg.EXPO)))
+            out.append(P)
+        return out
 
-                q4 pairs sit at bit offsets 6 (p0), 10 (p1), 14 (p2) and 2 (p3) of the word (qpu_layout).
-                Only the add ALU shifts right, so the word is rotated right by 8 once (w8): p2 is then at
-                offset 6 of w8 and p1 at offset 2, and offset 2 -> 6 is a shift left of the low 24 bits,
-                which umul24 by 16 does on the mul ALU (p3 likewise from the word itself). One add-ALU
-                rotate per 8 codes instead of two: the add ALU is the busier one."""
-                out = []
-                for (m, j) in group:
-                    c = word_reg[(m, j)]
-                    P = pair_pool.get()
-                    src = c
-                    if cfg.kind == "q4" and p in (1, 2) and not R.W8:
-                        amt = 4 * p
-                        ops.append(Op("add", "ror", P, (c, amt), alts=[("ror", (c, {4: R.K4, 8: R.K8}[amt]))]))
-                        src = P
-                    elif cfg.kind == "q4" and p == 1:
-                        w8 = R.W8[m]
-                        ops.append(Op("add", "ror", w8, (c, 8), alts=[("ror", (c, R.K8))]))
-                        ops.append(Op("mul", "umul24", P, (w8, R.K16)))
-                        src = P
-                    elif cfg.kind == "q4" and p == 2:
-                        src = R.W8[m]
-                    elif cfg.kind == "q4" and p == 3:
-                        ops.append(Op("mul", "umul24", P, (c, R.K16)))
-                        src = P
-                    elif cfg.kind == "q8" and p == 1:
-                        ops.append(Op("add", "ror", P, (c, 8), alts=[("ror", (c, R.K8))]))
-                        src = P
-                    ops.append(Op("add", "band", P, (src, R.MASK)))
-                    ops.append(Op(variant[2], "add", P, (P, R.EXPO)))
-                    out.append(P)
-                return out
-
-            # software pipelined in program order: pair p + 1 is extracted before pair p is multiplied
-            pending = extract(0)
-            for p in range(npairs):
-                pairs = pending
-                if p + 1 < npairs:
-                    pending = extract(p + 1)
-                base = w * per_word + 2 * p
-                for h in range(2):
-                    i = base + h
-                    for t in range(T):
-                        xv = ldx_alt()
-                        for mi, (m, j) in enumerate(group):
-                            s = S_b[m][t]
-                            if i % sub_len == 0:
-                                ops.append(Op("mul", "fmul", s, ((pairs[mi], "lh"[h]), xv)))
-                            else:
-                                ops.append(Op("mul", "fmul", "r3", ((pairs[mi], "lh"[h]), xv)))
-                                ops.append(Op("add", "fadd", s, (s, "r3")))
-            last_i = w * per_word + per_word - 1
-            if (last_i + 1) % sub_len == 0:
-                finalize(last_i // sub_len, b)
-    return ops
+    def quant_blocks(self) -> None:
+        cfg, rg, ops = self.cfg, self.rg, self.ops
+        if self.v.pair_regs < 2 * cfg.n_mats:
+            raise PimoeError(f"{self.v.pair_regs} pair registers cannot hold pairs p and p + 1 of "
+                             f"{cfg.n_mats} matrices")
+        self.pair_pool = _Pool(["r0", "r1", "r2", rg.PX, rg.PX2][: self.v.pair_regs])
+        sw, nw, T = cfg.spec.scale_words, cfg.words_per_block, cfg.tokens
+        per_block = nw * cfg.n_mats
+        per_word = 8 if cfg.kind == "q4" else 4
+        sub_len = BLOCK // cfg.nsub
+        for b in range(cfg.unroll):
+            S_b, XL_b, XH_b, SC_b, _ = self.block_regs(b)
+            plan_b = self.plan[b * per_block:(b + 1) * per_block]
+            # scales first (FIFO order), then the x block header
+            for (m, j) in plan_b[: sw * cfg.n_mats]:
+                self.ldtmu(m, j, SC_b[m][j - b * nw])
+            for t in range(T):
+                self.ldx(XL_b[t])
+            for t in range(T):
+                self.ldx(XH_b[t])
+            code_plan = plan_b[sw * cfg.n_mats:]
+            # code words in FIFO order; matrices interleaved word by word, so each x value is loaded once
+            groups = [code_plan[i: i + cfg.n_mats] for i in range(0, len(code_plan), cfg.n_mats)]
+            for (m, j) in groups[0]:
+                self.ldtmu(m, j, self.cpool.get())
+            for gi, group in enumerate(groups):
+                w = group[0][1] - b * nw - sw
+                if gi + 1 < len(groups):        # the next word's loads one word ahead of its use
+                    for (m, j) in groups[gi + 1]:
+                        self.ldtmu(m, j, self.cpool.get())
+                npairs = per_word // 2
+                # software pipelined in program order: pair p + 1 is extracted before pair p is multiplied
+                pending = self.extract(0, group)
+                for p in range(npairs):
+                    pairs = pending
+                    if p + 1 < npairs:
+                        pending = self.extract(p + 1, group)
+                    base = w * per_word + 2 * p
+                    for h in range(2):
+                        i = base + h
+                        for t in range(T):
+                            xv = self.ldx_alt()
+                            for mi, (m, j) in enumerate(group):
+                                s = S_b[m][t]
+                                if i % sub_len == 0:
+                                    ops.append(Op("mul", "fmul", s, ((pairs[mi], "lh"[h]), xv)))
+                                else:
+                                    ops.append(Op("mul", "fmul", "r3", ((pairs[mi], "lh"[h]), xv)))
+                                    ops.append(Op("add", "fadd", s, (s, "r3")))
+                last_i = w * per_word + per_word - 1
+                if (last_i + 1) % sub_len == 0:
+                    self.finalize(last_i // sub_len, b)
 
 
-def schedule_block(cfg: KernelConfig, R: Regs, **kw):
+def block_ops(cfg: KernelConfig, rg: Regs, *, issue_current_tail: bool, issue_next_head: bool,
+              count: bool, variant: Variant | None = None) -> list[Op]:
+    """Operations of one loop iteration in program order. Loads of this iteration with FIFO index >= depth
+    are issued here (issue_current_tail), and the next iteration's first `depth` loads (issue_next_head)."""
+    if variant is None:         # the first variant with enough pair registers for this kernel
+        variant = next(v for v in VARIANTS if v.pair_regs >= 2 * cfg.n_mats)
+    bb = _BlockBuilder(cfg, rg, variant, issue_current_tail=issue_current_tail, issue_next_head=issue_next_head)
+    if count:
+        bb.ops.append(Op("add", "sub", rg.CNT, (rg.CNT, 1), cond="pushz", writes=("@flags",),
+                         alts=[("sub", (rg.CNT, rg.K1))], priority=1000))
+    if cfg.kind == "f32":
+        bb.f32_blocks()
+    else:
+        bb.quant_blocks()
+    return bb.ops
+
+
+def schedule_block(cfg: KernelConfig, rg: Regs, **kw):
     """The shortest schedule over a few register-assignment variants (tried at assembly time)."""
     best = None
     need = 2 * cfg.n_mats             # pair p + 1 is extracted while pair p is in use: 2 pairs per matrix
-    fewest = min(v[0] for v in VARIANTS if v[0] >= need)
+    fewest = min(v.pair_regs for v in VARIANTS if v.pair_regs >= need)
     for v in VARIANTS:
-        if v[0] != fewest:            # more pair registers than needed never won (register-file ports)
+        if v.pair_regs != fewest:            # more pair registers than needed never won (register-file ports)
             continue
-        b = schedule(block_ops(cfg, R, variant=v, **kw))
+        b = schedule(block_ops(cfg, rg, variant=v, **kw))
         if best is None or len(b) < len(best):
             best = b
     return best
 
 
-def prologue_issue_ops(cfg: KernelConfig, R: Regs) -> list[Op]:
+def prologue_issue_ops(cfg: KernelConfig, rg: Regs) -> list[Op]:
     plan = _load_plan(cfg)
     depth = min(len(plan), FIFO_DEPTH)
     ops = []
     for (m, j) in plan[:depth]:
-        ops.extend(_issue_ops(cfg, R, m, j))
+        ops.extend(_issue_ops(cfg, rg, m, j))
     return ops
 
 
 # ---- the kernel --------------------------------------------------------------------------------------
 
 @qpu
-def qpu_gemv(asm, *, cfg: KernelConfig, threads: int = MAX_THREADS):
+def qpu_gemv(asm, *, cfg: KernelConfig | None = None, threads: int = MAX_THREADS, chain: tuple = ()):
     """See the module docstring. Uniforms: table address, NB-1, MASK, EXPO, K16, -log2(e), row bytes of
-    each matrix."""
-    lang = language(asm)
-    R = Regs(cfg)
-    rfr = lambda name: lang[name]  # noqa: E731
-    T = cfg.tokens
-    nm = cfg.n_mats
-    for name in ("TAB", "NBM1", "MASK", "EXPO", "K16", "NL2E"):
-        nop(sig=ldunifrf(rfr(getattr(R, name))))
-    for m in range(nm):
-        nop(sig=ldunifrf(rfr(R.RB[m])))
-    emit_thread_id(asm, r0, threads)
-    shl(r0, r0, 6)
-    eidx(r1)
-    shl(r1, r1, 2)
-    mov(rfr(R.LANE4), r1)
-    add(r0, r0, rfr(R.TAB))
-    add(tmua, r0, r1)
-    eidx(r3).mov(rfr(R.K4), 4)
-    for m in range(nm):
-        umul24(rfr(R.LRB[m]), r3, rfr(R.RB[m]))
-    nop(sig=ldtmu(r2))
-    mov(rfr(R.K8), 8)
-    mov(rfr(R.K12), 12)
-    mov(rfr(R.K1), 1)
-    shl(rfr(R.K64), rfr(R.K4), 4)
-    emit_broadcast(asm, rfr(R.NITEMS), r2, 0)
-    emit_broadcast(asm, rfr(R.ITP), r2, 1)
-    mov(null, rfr(R.NITEMS), cond="pushz")
-    b(getattr(lang["R"], "done"), cond="alla")
-    nop()
-    nop()
-    nop()
-    with loop as item_loop:
-        # ---- item descriptor
-        add(tmua, rfr(R.ITP), rfr(R.LANE4))
+    each matrix.
+
+    chain: several configurations run one after the other in one dispatch (e.g. a decode token's swiglu
+    then down_sum), each reading its own uniforms (uniforms_for, concatenated) and work table. Between
+    two phases every thread waits for its stores (tmuwt) and then for all the other threads at a barrier
+    (barrierid syncb: the dispatch's batches form one supergroup; py-videocore6's barrier test shows it
+    holding across QPUs on a Pi 4), so a phase reads what the one before wrote."""
+    phases = tuple(chain) or (cfg,)
+    for phase, cfg in enumerate(phases):
+        done = "done" if len(phases) == 1 else f"done{phase}"
+        lang = language(asm)
+        rg = Regs(cfg)
+        rfr = lambda name: lang[name]  # noqa: E731
+        T = cfg.tokens
+        nm = cfg.n_mats
+        for name in ("TAB", "NBM1", "MASK", "EXPO", "K16", "NL2E"):
+            nop(sig=ldunifrf(rfr(getattr(rg, name))))
+        for m in range(nm):
+            nop(sig=ldunifrf(rfr(rg.RB[m])))
+        emit_thread_id(asm, r0, threads)
+        shl(r0, r0, 6)
+        eidx(r1)
+        shl(r1, r1, 2)
+        mov(rfr(rg.LANE4), r1)
+        add(r0, r0, rfr(rg.TAB))
+        add(tmua, r0, r1)
+        eidx(r3).mov(rfr(rg.K4), 4)
+        for m in range(nm):
+            umul24(rfr(rg.LRB[m]), r3, rfr(rg.RB[m]))
         nop(sig=ldtmu(r2))
-        add(rfr(R.ITP), rfr(R.ITP), rfr(R.K64))
-        if cfg.mode == "sum":
-            # [n_entries, entries address, out address, out token stride]
-            emit_broadcast(asm, rfr(R.NENT), r2, 0)
-            emit_broadcast(asm, rfr(R.ENTP), r2, 1)
-            emit_broadcast(asm, rfr(R.OUTP), r2, 2)
-            emit_broadcast(asm, rfr(R.OUTS), r2, 3)
-            for t in range(T):
-                mov(rfr(R.TOT[t]), 0)
-            with loop as entry_loop:
-                add(tmua, rfr(R.ENTP), rfr(R.LANE4))
-                nop(sig=ldtmu(r2))
-                add(rfr(R.ENTP), rfr(R.ENTP), rfr(R.K64))
-                # [weights address (row group), x stream address, scale]
-                emit_broadcast(asm, r0, r2, 0)
-                add(rfr(R.PTR[0]), r0, rfr(R.LRB[0]))
-                emit_broadcast(asm, rfr(R.XADDR), r2, 1)
-                emit_broadcast(asm, rfr(R.SCAL), r2, 2)
-                _emit_entry(asm, lang, cfg, R)
+        mov(rfr(rg.K8), 8)
+        mov(rfr(rg.K12), 12)
+        mov(rfr(rg.K1), 1)
+        shl(rfr(rg.K64), rfr(rg.K4), 4)
+        emit_broadcast(asm, rfr(rg.NITEMS), r2, 0)
+        emit_broadcast(asm, rfr(rg.ITP), r2, 1)
+        mov(null, rfr(rg.NITEMS), cond="pushz")
+        b(getattr(R, done), cond="alla")
+        nop()
+        nop()
+        nop()
+        with loop as item_loop:
+            # ---- item descriptor
+            add(tmua, rfr(rg.ITP), rfr(rg.LANE4))
+            nop(sig=ldtmu(r2))
+            add(rfr(rg.ITP), rfr(rg.ITP), rfr(rg.K64))
+            if cfg.mode == "sum":
+                # [n_entries, entries address, out address, out token stride]
+                emit_broadcast(asm, rfr(rg.NENT), r2, 0)
+                emit_broadcast(asm, rfr(rg.ENTP), r2, 1)
+                emit_broadcast(asm, rfr(rg.OUTP), r2, 2)
+                emit_broadcast(asm, rfr(rg.OUTS), r2, 3)
                 for t in range(T):
-                    nop().fmul(r0, rfr(R.A[0][t]), rfr(R.SCAL))
-                    fadd(rfr(R.TOT[t]), rfr(R.TOT[t]), r0)
-                sub(rfr(R.NENT), rfr(R.NENT), 1, cond="pushz")
-                entry_loop.b(cond="anyna")
-                nop()
-                nop()
-                nop()
-            # y[t, row] at out + t * stride + 4 * lane
-            add(r1, rfr(R.OUTP), rfr(R.LANE4))
-            for t in range(T):
-                mov(tmud, rfr(R.TOT[t]))
-                mov(tmua, r1).add(r1, r1, rfr(R.OUTS))
-        else:
-            # [gate rows, up rows, x stream, h address (token 0, lane 0), h block-sum address, w_t ...]
-            emit_broadcast(asm, r0, r2, 0)
-            add(rfr(R.PTR[0]), r0, rfr(R.LRB[0]))
-            emit_broadcast(asm, r0, r2, 1)
-            add(rfr(R.PTR[1]), r0, rfr(R.LRB[1]))
-            emit_broadcast(asm, rfr(R.XADDR), r2, 2)
-            emit_broadcast(asm, rfr(R.HADDR), r2, 3)
-            emit_broadcast(asm, rfr(R.HSUM), r2, 4)
-            for t in range(T):
-                emit_broadcast(asm, rfr(R.WT[t]), r2, 5 + t)
-            _emit_entry(asm, lang, cfg, R)
-            _emit_swiglu_epilogue(asm, lang, cfg, R)
-        sub(rfr(R.NITEMS), rfr(R.NITEMS), 1, cond="pushz")
-        item_loop.b(cond="anyna")
-        nop()
-        nop()
-        nop()
-    L.done
-    tmuwt()
+                    mov(rfr(rg.TOT[t]), 0)
+                with loop as entry_loop:
+                    add(tmua, rfr(rg.ENTP), rfr(rg.LANE4))
+                    nop(sig=ldtmu(r2))
+                    add(rfr(rg.ENTP), rfr(rg.ENTP), rfr(rg.K64))
+                    # [weights address (row group), x stream address, scale]
+                    emit_broadcast(asm, r0, r2, 0)
+                    add(rfr(rg.PTR[0]), r0, rfr(rg.LRB[0]))
+                    emit_broadcast(asm, rfr(rg.XADDR), r2, 1)
+                    emit_broadcast(asm, rfr(rg.SCAL), r2, 2)
+                    _emit_entry(asm, lang, cfg, rg)
+                    for t in range(T):
+                        nop().fmul(r0, rfr(rg.A[0][t]), rfr(rg.SCAL))
+                        fadd(rfr(rg.TOT[t]), rfr(rg.TOT[t]), r0)
+                    sub(rfr(rg.NENT), rfr(rg.NENT), 1, cond="pushz")
+                    entry_loop.b(cond="anyna")
+                    nop()
+                    nop()
+                    nop()
+                # y[t, row] at out + t * stride + 4 * lane
+                add(r1, rfr(rg.OUTP), rfr(rg.LANE4))
+                for t in range(T):
+                    mov(tmud, rfr(rg.TOT[t]))
+                    mov(tmua, r1).add(r1, r1, rfr(rg.OUTS))
+            else:
+                # [gate rows, up rows, x stream, h address (token 0, lane 0), h block-sum address, w_t ...]
+                emit_broadcast(asm, r0, r2, 0)
+                add(rfr(rg.PTR[0]), r0, rfr(rg.LRB[0]))
+                emit_broadcast(asm, r0, r2, 1)
+                add(rfr(rg.PTR[1]), r0, rfr(rg.LRB[1]))
+                emit_broadcast(asm, rfr(rg.XADDR), r2, 2)
+                emit_broadcast(asm, rfr(rg.HADDR), r2, 3)
+                emit_broadcast(asm, rfr(rg.HSUM), r2, 4)
+                for t in range(T):
+                    emit_broadcast(asm, rfr(rg.WT[t]), r2, 5 + t)
+                _emit_entry(asm, lang, cfg, rg)
+                _emit_swiglu_epilogue(asm, lang, cfg, rg)
+            sub(rfr(rg.NITEMS), rfr(rg.NITEMS), 1, cond="pushz")
+            item_loop.b(cond="anyna")
+            nop()
+            nop()
+            nop()
+        getattr(L, done)
+        tmuwt()
+        if phase + 1 < len(phases):
+            barrierid(syncb, sig=thrsw)
+            nop()
+            nop()
     emit_program_end(asm)
 
 
-def _emit_entry(asm, lang, cfg: KernelConfig, R: Regs):
+def _emit_entry(asm, lang, cfg: KernelConfig, rg: Regs):
     """One (row group, x stream) pass: accumulators A[m][t] = W_m[16 rows] @ x_t."""
     rf = lambda name: lang[name]  # noqa: E731
     mov, nop = lang["mov"], lang["nop"]
-    mov(lang["unifa"], rf(R.XADDR))
+    mov(lang["unifa"], rf(rg.XADDR))
     for m in range(cfg.n_mats):
         for t in range(cfg.tokens):
-            mov(rf(R.A[m][t]), 0)
-    mov(rf(R.CNT), rf(R.NBM1))
+            mov(rf(rg.A[m][t]), 0)
+    mov(rf(rg.CNT), rf(rg.NBM1))
     nop()
-    emit(lang, schedule(prologue_issue_ops(cfg, R)))
+    emit(lang, schedule(prologue_issue_ops(cfg, rg)))
     nb = cfg.iterations
     if nb > 1:
-        body = schedule_block(cfg, R, issue_current_tail=True, issue_next_head=True, count=True)
+        body = schedule_block(cfg, rg, issue_current_tail=True, issue_next_head=True, count=True)
         from qpu_kernels.gemv_sched import Bundle
 
         flag_at = max(i for i, bd in enumerate(body) if bd.add is not None and bd.add[0].cond == "pushz")
@@ -561,11 +659,11 @@ def _emit_entry(asm, lang, cfg: KernelConfig, R: Regs):
             emit(lang, body[:-3])
             block_loop.b(cond="anyna")
             emit(lang, body[-3:])
-    tail = schedule_block(cfg, R, issue_current_tail=True, issue_next_head=False, count=False)
+    tail = schedule_block(cfg, rg, issue_current_tail=True, issue_next_head=False, count=False)
     emit(lang, tail)
 
 
-def _emit_swiglu_epilogue(asm, lang, cfg: KernelConfig, R: Regs):
+def _emit_swiglu_epilogue(asm, lang, cfg: KernelConfig, rg: Regs):
     """h_t = w_t * silu(g_t) * u_t for the 16 rows; silu(g) = g / (1 + 2^(-g log2 e)) on the SFU."""
     rf = lambda name: lang[name]  # noqa: E731
     L_ = lang
@@ -574,11 +672,11 @@ def _emit_swiglu_epilogue(asm, lang, cfg: KernelConfig, R: Regs):
     T = cfg.tokens
     # lane l of token t: h + 4 * (T * l + t)
     eidx(r3)
-    nop().umul24(r3, r3, 4 * T if 4 * T < 16 else rf(R.K16))   # 4 T bytes per lane (T = 4: K16)
-    add(r3, r3, rf(R.HADDR))
+    nop().umul24(r3, r3, 4 * T if 4 * T < 16 else rf(rg.K16))   # 4 T bytes per lane (T = 4: K16)
+    add(r3, r3, rf(rg.HADDR))
     for t in range(T):
-        g, u = rf(R.A[0][t]), rf(R.A[1][t])
-        nop().fmul(r0, g, rf(R.NL2E))
+        g, u = rf(rg.A[0][t]), rf(rg.A[1][t])
+        nop().fmul(r0, g, rf(rg.NL2E))
         mov(L_["exp"], r0)
         nop()
         nop()
@@ -588,7 +686,7 @@ def _emit_swiglu_epilogue(asm, lang, cfg: KernelConfig, R: Regs):
         nop()
         nop().fmul(r2, g, r4)
         nop().fmul(r2, r2, u)
-        nop().fmul(r2, r2, rf(R.WT[t]))
+        nop().fmul(r2, r2, rf(rg.WT[t]))
         mov(L_["tmud"], r2)
         mov(L_["tmua"], r3).add(r3, r3, 4)
         if cfg.header_out:
@@ -600,7 +698,7 @@ def _emit_swiglu_epilogue(asm, lang, cfg: KernelConfig, R: Regs):
                 fadd(r0, r0, r1)
             eidx(r1, cond="pushz")
             mov(L_["tmud"], r0)
-            add(L_["tmua"], rf(R.HSUM), 4 * t if 4 * t < 16 else rf(R.K16), cond="ifa")
+            add(L_["tmua"], rf(rg.HSUM), 4 * t if 4 * t < 16 else rf(rg.K16), cond="ifa")
 
 
 @lru_cache(maxsize=None)
@@ -608,6 +706,14 @@ def kernel_words(cfg: KernelConfig, threads: int = MAX_THREADS) -> tuple[int, ..
     from pimoe.qpu import assemble
 
     return tuple(assemble(qpu_gemv, cfg=cfg, threads=threads))
+
+
+@lru_cache(maxsize=None)
+def chain_words(cfgs: tuple, threads: int = MAX_THREADS) -> tuple[int, ...]:
+    """The words of one dispatch running the configurations one after the other (qpu_gemv's chain)."""
+    from pimoe.qpu import assemble
+
+    return tuple(assemble(qpu_gemv, chain=tuple(cfgs), threads=threads))
 
 
 def uniforms_for(cfg: KernelConfig, table_addr: int, row_bytes: list[int]) -> list[int]:
@@ -625,10 +731,12 @@ class Programs:
         self.drv = drv
         self._code: dict = {}
 
-    def get(self, cfg: KernelConfig, threads: int):
+    def get(self, cfg, threads: int):
+        """cfg: a KernelConfig, or a tuple of them for a chained dispatch."""
         key = (cfg, threads)
         if key not in self._code:
-            self._code[key] = self.drv.program(list(kernel_words(cfg, threads)))
+            words = chain_words(cfg, threads) if isinstance(cfg, tuple) else kernel_words(cfg, threads)
+            self._code[key] = self.drv.program(list(words))
         return self._code[key]
 
 
@@ -692,11 +800,18 @@ def f32_bits(v: float) -> int:
 
 def execute(drv, programs: Programs, cfg: KernelConfig, threads: int, scratch: Scratch, table_addr: int,
             row_bytes: list[int]):
-    unif, unif_addr = scratch.take(16)
-    vals = uniforms_for(cfg, table_addr, row_bytes)
+    return execute_chain(drv, programs, [(cfg, table_addr, row_bytes)], threads, scratch)
+
+
+def execute_chain(drv, programs: Programs, phases: list, threads: int, scratch: Scratch):
+    """One dispatch of the phases [(cfg, table address, row bytes)] in order (one phase: qpu_gemv itself,
+    more: its chain, with a barrier between phases)."""
+    vals = [v for cfg, table_addr, row_bytes in phases for v in uniforms_for(cfg, table_addr, row_bytes)]
+    unif, unif_addr = scratch.take(max(16, len(vals)))
     unif[: len(vals)] = vals
-    code = programs.get(cfg, threads)
-    return drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif_addr, thread=threads, timeout_sec=600)
+    cfgs = tuple(cfg for cfg, _, _ in phases)
+    code = programs.get(cfgs[0] if len(cfgs) == 1 else cfgs, threads)
+    return launch(drv, code, unif_addr, threads)[0]
 
 
 def timing_args() -> dict:

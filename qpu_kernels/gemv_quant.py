@@ -25,8 +25,8 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from qpu_kernels import qpu_layout as lay
-from qpu_kernels.gemv_kernel import (KernelConfig, base_address, Programs, Scratch, execute, f32_bits, make_x_stream,
-                                     write_tables, x_stream_words)
+from qpu_kernels.gemv_kernel import (KernelConfig, Programs, Scratch, XStream, base_address, execute, f32_bits,
+                                     write_tables)
 
 REAL_SHAPES = {"qwen3-30b-a3b up/gate": (768, 2048), "qwen3-30b-a3b down": (2048, 768),
                "olmoe-1b-7b up/gate": (1024, 2048), "olmoe-1b-7b down": (2048, 1024)}
@@ -60,13 +60,12 @@ class QPUGemv:
         if x.shape[1] != cols:
             raise PimoeError(f"gemv: x has {x.shape[1]} columns, the matrix {cols}")
         pc = lay.padded_cols(cols)
-        cfg = KernelConfig(spec.kind, spec.nsub, pc, T, "sum")
+        cfg = KernelConfig.for_layout(spec, pc, T, "sum")
         self.scratch.reset()
-        quant = spec.kind != "f32"
-        xs, xaddr = self.scratch.take(x_stream_words(pc, T, quant))
+        xs, xaddr = self.scratch.take(cfg.x_stream.words)
         xp = np.zeros((T, pc), np.float32)
         xp[:, :cols] = x
-        make_x_stream(xp, quant, out=xs.view(np.float32))
+        cfg.x_stream.pack(xp, out=xs.view(np.float32))
         rp = lay.padded_rows(rows)
         out, oaddr = self.scratch.take(T * rp)
         ents, eaddr = self.scratch.take(16 * (rp // 16))
@@ -88,7 +87,7 @@ def run(drv, qtype, rows: int, cols: int, *, tokens: int = 1, threads: int = 8, 
     rng = np.random.default_rng(seed)
     w = quant.random_qtensor("w", qtype, (rows, cols), rng)
     x = rng.standard_normal((tokens, cols)).astype(np.float32)
-    g = QPUGemv(drv, threads, scratch_bytes=4 * (x_stream_words(lay.padded_cols(cols), tokens, True)
+    g = QPUGemv(drv, threads, scratch_bytes=4 * (XStream(lay.padded_cols(cols), tokens, True).words
                                                 + (tokens + 1) * lay.padded_rows(rows) + 4096) + (1 << 16))
     mat = g.upload(w.data, w.qtype, rows, cols)
     t0 = time.perf_counter()

@@ -12,13 +12,13 @@ the thread ends.
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
 from qpu_kernels.emit import emit_program_end, emit_thread_id
+from qpu_kernels.launch import check_equal, launch
 
 BLOCK_BYTES = 256
 THREAD_COUNTS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
@@ -76,13 +76,9 @@ def run(drv, *, nbytes: int, threads: int = 8, check: bool = True, seed: int = 0
     src[:] = np.random.default_rng(seed).integers(0, 256, size=nbytes, dtype=np.uint8)
     dst[:] = 0
     unif[:] = [src.addresses()[0], dst.addresses()[0], nbytes // (BLOCK_BYTES * threads), BLOCK_BYTES * threads]
-    t0 = time.perf_counter()
-    counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=threads,
-                           threading=threads > 16, timeout_sec=600)  # 4 threads per QPU need CFG5 THREADING
-    seconds = time.perf_counter() - t0
-    if check and not np.array_equal(dst, memcpy_reference(np.asarray(src))):
-        bad = int(np.nonzero(np.asarray(dst) != np.asarray(src))[0][0])
-        raise PimoeError(f"memcpy on {threads} threads: first wrong byte at offset {bad}")
+    counters, seconds = launch(drv, code, unif, threads)
+    if check:
+        check_equal(dst, memcpy_reference(np.asarray(src)), f"memcpy on {threads} threads (bytes)")
     return counters, seconds
 
 

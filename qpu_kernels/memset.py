@@ -12,13 +12,13 @@ trip writes `unroll // 4` rows, so a trip stores 16 * unroll words per QPU, as i
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
 from qpu_kernels.emit import emit_program_end
+from qpu_kernels.launch import check_equal, launch
 
 N_QPUS = 8          # one thread on each of the 8 QPUs (thread=8), as the published example
 ROW_BYTES = 256     # one vec4 store of 16 lanes
@@ -79,15 +79,9 @@ def run(drv, *, nbytes: int, fill: int = 0x5A5A5A5A, unroll: int = DEFAULT_UNROL
     unif = drv.alloc(3, dtype=np.uint32)
     x[:] = ~np.uint32(fill)
     unif[:] = [x.addresses()[0], fill & 0xFFFFFFFF, nbytes // per_trip]
-    t0 = time.perf_counter()
-    counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=N_QPUS,
-                           timeout_sec=600)
-    seconds = time.perf_counter() - t0
+    counters, seconds = launch(drv, code, unif, N_QPUS)
     if check:
-        want = memset_reference(len(x), fill)
-        if not np.array_equal(np.asarray(x), want):
-            bad = int(np.nonzero(np.asarray(x) != want)[0][0])
-            raise PimoeError(f"memset: word {bad} is {int(x[bad]):#x}, expected {fill:#x}")
+        check_equal(x, memset_reference(len(x), fill), "memset (words)")
     return counters, seconds
 
 

@@ -4,10 +4,19 @@ The GEMV kernels see every weight matrix [rows, cols] as rows of 32-column block
 
     kind  nsub  words per row per 32 cols             bits/weight  from GGUF types (bits/weight there)
     f32    -    32 f32                                  32          F32 (32), F16 (16), BF16 (16)
-    q4     1    D, M, 4 code words (8 nibbles each)      6          Q4_0 (4.5), Q4_1 (5), Q4_K (4.5)
+    q4     1    DM (f16 D | f16 M << 16), 4 code words   5          Q4_0 (4.5), Q4_1 (5)
+    q4     1    D, M, 4 code words (8 nibbles each)      6          Q4_K (4.5)
     q4     2    D0, M0, D1, M1, 4 code words             8          Q2_K (2.625), Q3_K (3.4375)
-    q8     1    D, M, 8 code words (4 bytes each)       10          Q8_0 (8.5), Q5_0 (5.5), Q5_1 (6), Q5_K (5.5)
+    q8     1    DM (f16 D | f16 M << 16), 8 code words   9          Q8_0 (8.5), Q5_0 (5.5), Q5_1 (6)
+    q8     1    D, M, 8 code words (4 bytes each)       10          Q5_K (5.5)
     q8     2    D0, M0, D1, M1, 8 code words            12          Q6_K (6.5625)
+
+The f16-scale rows (f16_scales) serve the types whose block scale d (and min m) are f16 numbers in the
+GGUF block: D = k*d and M (-8d, -16d, -128d or the stored m) are then f16 numbers too (a power-of-two
+multiple), and the kernel reads both halves of one word through fmul's free f16 unpack. So they cost no
+instruction, and one load per block less. The K types' d*sc (an f16 times a 6-bit integer) is not an f16
+number in general: they keep f32 D and M. Packing checks that every D and M is zero or a normal f16 (a
+block scale below ~6e-8 or above ~250 would not be) and stops with a PimoeError otherwise.
 
 A block (or each 16-column half when nsub = 2) holds unsigned integer codes c and two f32 numbers d, m
 such that weight = d * c + m exactly (in real arithmetic) for the GGUF type's value: Q8_0's d*q is
@@ -55,6 +64,7 @@ M4, M8, E1 = 0x03C003C0, 0x03FC03FC, 0x3C003C00
 class LayoutSpec:
     kind: str     # "f32" | "q4" | "q8"
     nsub: int     # scale pairs per 32-column block (1 or 2; 0 for f32)
+    f16_scales: bool = False   # D and M as the two f16 halves of one word (else two f32 words)
 
     @property
     def code_words(self) -> int:
@@ -63,7 +73,7 @@ class LayoutSpec:
 
     @property
     def scale_words(self) -> int:
-        return 2 * self.nsub
+        return self.nsub if self.f16_scales else 2 * self.nsub
 
     @property
     def block_words(self) -> int:
@@ -86,9 +96,9 @@ class LayoutSpec:
 
 SPECS: dict[QT, LayoutSpec] = {
     QT.F32: LayoutSpec("f32", 0), QT.F16: LayoutSpec("f32", 0), QT.BF16: LayoutSpec("f32", 0),
-    QT.Q4_0: LayoutSpec("q4", 1), QT.Q4_1: LayoutSpec("q4", 1), QT.Q4_K: LayoutSpec("q4", 1),
+    QT.Q4_0: LayoutSpec("q4", 1, True), QT.Q4_1: LayoutSpec("q4", 1, True), QT.Q4_K: LayoutSpec("q4", 1),
     QT.Q2_K: LayoutSpec("q4", 2), QT.Q3_K: LayoutSpec("q4", 2),
-    QT.Q8_0: LayoutSpec("q8", 1), QT.Q5_0: LayoutSpec("q8", 1), QT.Q5_1: LayoutSpec("q8", 1),
+    QT.Q8_0: LayoutSpec("q8", 1, True), QT.Q5_0: LayoutSpec("q8", 1, True), QT.Q5_1: LayoutSpec("q8", 1, True),
     QT.Q5_K: LayoutSpec("q8", 1), QT.Q6_K: LayoutSpec("q8", 2),
 }
 
@@ -234,9 +244,39 @@ def pack_matrix(data: np.ndarray, qtype, rows: int, cols: int, out: np.ndarray |
     sc = np.empty((rows, nb, spec.nsub, 2), np.float32)
     sc[..., 0] = (d * np.float32(spec.k)).reshape(rows, nb, spec.nsub)
     sc[..., 1] = m.reshape(rows, nb, spec.nsub)
-    view[:rows, :, :spec.scale_words] = sc.reshape(rows, nb, -1).view(np.uint32)
+    if spec.f16_scales:
+        view[:rows, :, :spec.scale_words] = f16_scale_words(sc, qtype)
+    else:
+        view[:rows, :, :spec.scale_words] = sc.reshape(rows, nb, -1).view(np.uint32)
     view[:rows, :, spec.scale_words:] = pack_code_words(codes.reshape(rows, nb, BLOCK), spec.kind)
     return out
+
+
+F16_MIN_NORMAL = 2.0 ** -14
+
+
+def f16_scale_words(sc: np.ndarray, qtype) -> np.ndarray:
+    """sc f32 [..., nsub, 2] (D, M) -> uint32 [..., nsub]: D in the low f16 half, M in the high half.
+    Raises a PimoeError unless each value is exactly an f16 number that is zero or normal."""
+    with np.errstate(over="ignore"):
+        h = sc.astype(np.float16)
+    a = np.abs(sc)
+    ok = (h.astype(np.float32) == sc) & ((a == 0) | ((a >= F16_MIN_NORMAL) & np.isfinite(h)))
+    if not np.all(ok):
+        bad = sc[~ok].reshape(-1)[0]
+        raise PimoeError(f"{QT(qtype).name}: block scale value {bad!r} is not a normal f16 number, which the "
+                         f"compact QPU layout needs (a block scale d below ~6e-8 or above ~250)")
+    u = h.view(np.uint16).astype(np.uint32)
+    return u[..., 0] | (u[..., 1] << np.uint32(16))
+
+
+def scale_pairs(scale_words: np.ndarray, spec: LayoutSpec) -> np.ndarray:
+    """The inverse of the scale packing: uint32 [..., scale_words] -> f64 [..., nsub, 2] (D, M)."""
+    w = np.ascontiguousarray(scale_words)
+    if spec.f16_scales:
+        h = np.stack([w & np.uint32(0xFFFF), w >> np.uint32(16)], -1).astype(np.uint16)
+        return h.view(np.float16).astype(np.float64)
+    return w.view(np.float32).reshape(*w.shape[:-1], spec.nsub, 2).astype(np.float64)
 
 
 def unpack_matrix(words: np.ndarray, spec: LayoutSpec, rows: int, cols: int) -> np.ndarray:
@@ -255,7 +295,7 @@ def unpack_matrix(words: np.ndarray, spec: LayoutSpec, rows: int, cols: int) -> 
         pats = [cw, ((cw >> np.uint32(8)) | (cw << np.uint32(24)))]
         codes = np.stack([np.stack([(p >> np.uint32(2)) & 255, (p >> np.uint32(18)) & 255], -1) for p in pats], -2)
     codes = codes.reshape(rows, nb, spec.nsub, BLOCK // spec.nsub).astype(np.float64)
-    sc = view[:, :, :spec.scale_words].copy().view(np.float32).reshape(rows, nb, spec.nsub, 2).astype(np.float64)
+    sc = scale_pairs(view[:, :, :spec.scale_words], spec)
     w = sc[..., 0:1] / spec.k * codes + sc[..., 1:2]
     return w.reshape(rows, pc)[:, :cols]
 

@@ -17,13 +17,13 @@ Registers rf0..rf29: fits 1 or 2 threads per QPU (thread counts 1..8 and 16), no
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
 from qpu_kernels.emit import emit_broadcast, emit_program_end, emit_thread_id
+from qpu_kernels.launch import launch
 
 THREAD_COUNTS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
 PARAMS = 8  # words per thread in the parameter table (padded to 16)
@@ -163,10 +163,7 @@ def run(drv, *, p: int, q: int, r: int, threads: int = 8, check: bool = True, se
         row += len(mine)
     unif = drv.alloc(2, dtype=np.uint32)
     unif[:] = [table.addresses()[0, 0], table.strides[0]]
-    t0 = time.perf_counter()
-    counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=threads,
-                           timeout_sec=600)
-    seconds = time.perf_counter() - t0
+    counters, seconds = launch(drv, code, unif, threads)
     err = check_result(c, a, b, c0, alpha, beta, f"sgemm {p}x{q}x{r} on {threads} threads", check)
     return counters, seconds, err
 

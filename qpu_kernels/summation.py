@@ -14,13 +14,13 @@ FIFO even in 4-thread mode (16 entries / 4 threads).
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
 from qpu_kernels.emit import emit_program_end, emit_thread_id
+from qpu_kernels.launch import check_sum, launch
 
 DEPTH = 4  # TMU loads in flight per thread
 THREAD_COUNTS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)  # 1..8 QPUs x 1 thread, 8 QPUs x 2 and x 4 threads
@@ -85,15 +85,9 @@ def run(drv, *, length: int, threads: int = 8, check: bool = True, seed: int = 0
     x[:] = np.random.default_rng(seed).integers(0, 1 << 32, size=length, dtype=np.uint32)
     partial[:] = 0
     unif[:] = [x.addresses()[0], partial.addresses()[0, 0], length // (16 * DEPTH * threads), 64 * threads]
-    t0 = time.perf_counter()
-    counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=threads,
-                           threading=threads > 16, timeout_sec=600)  # 4 threads per QPU need CFG5 THREADING
-    seconds = time.perf_counter() - t0
+    counters, seconds = launch(drv, code, unif, threads)
     if check:
-        got = int(np.sum(partial, dtype=np.uint64) % (1 << 32))
-        want = summation_reference(x)
-        if got != want:
-            raise PimoeError(f"summation on {threads} threads: QPU sum {got} != numpy {want}")
+        check_sum(partial, x, f"summation on {threads} threads")
     return counters, seconds
 
 

@@ -183,3 +183,46 @@ def test_placement_all_is_the_ideal_and_one_copy_costs():
     assert ideal["cost_vs_ideal"] == pytest.approx(1.0)
     st = placement.evaluate(placement.make_placement("static", L, E, 1, 1, n_cpu / k), routing, r, n_cpu)
     assert st["cost_vs_ideal"] > 1.0
+
+
+# -- the Pi 4 prediction of a hybrid run -----------------------------------------------------------------
+
+def test_predicted_coexec_is_the_dram_combination_of_its_lanes(k4_model):
+    """The prediction adds a layer's regions one after the other, except the hybrid backend's two lanes: they
+    overlap, so the coexec region costs pimoe.dram.concurrent of the lanes' predictions, not their sum."""
+    from pimoe import prediction, profile
+
+    prof = profile.Profiler()
+    with load_model(k4_model, backend="hybrid", qpu="emu", cpu_experts=2) as mh, profile.activate(prof):
+        with profile.region("tg"):
+            mh.forward([3])
+    every = lambda r: True  # noqa: E731
+    incl = prediction.predict_each(prof, every)
+    slow = prediction.predict_each(prof, every, share=1e6)          # a 1 MB/s DRAM: contention dominates
+    co = [r for r in prof.regions if r.name == "coexec"]
+    assert len(co) == mh.config.n_layers
+    for r in co:
+        lanes = {prof.regions[i].tags["lane"]: prof.regions[i] for i in range(len(prof.regions))
+                 if prof.regions[i].parent == r.index}
+        c, q = lanes["cpu"], lanes["qpu"]
+        assert incl[c.index] > 0 and incl[q.index] > 0
+        want = dram.concurrent(incl[c.index], c.counters["bytes"], incl[q.index], q.counters["qpu.tmu_read_bytes"])
+        assert incl[r.index] == pytest.approx(want.seconds)
+        assert incl[r.index] < incl[c.index] + incl[q.index]
+        cb, qb = c.counters["bytes"], q.counters["qpu.tmu_read_bytes"]
+        assert slow[r.index] == pytest.approx(dram.concurrent(incl[c.index], cb, incl[q.index], qb, 1e6).seconds)
+        assert slow[r.index] >= min(cb, qb) / 1e6             # the first lane's bytes came at <= 1 MB/s
+    # the predicted trace puts the two lanes side by side: same start, the QPU lane on its own track
+    ev = prediction.predicted_trace_events(prof, every, 1, "hybrid")
+    spans = {(e["name"], e["tid"]): e["ts"] for e in ev if e.get("ph") == "X" and e["name"] in ("cpu", "qpu")}
+    assert ("cpu", 1) in spans and ("qpu", 2) in spans and spans[("cpu", 1)] == spans[("qpu", 2)]
+
+
+def test_compare_runs_cpu_qpu_and_hybrid_by_default():
+    import argparse
+
+    from pimoe.commands import compare as cmd
+
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    assert p.parse_args([]).backends.split(",") == ["cpu", "qpu", "hybrid"]

@@ -55,3 +55,14 @@ def test_kernel_launchers_reject_bad_shapes():
             sgemm.run(drv, p=20, q=4, r=16, threads=1)
         with pytest.raises(PimoeError, match="supported"):
             sgemm.run(drv, p=16, q=4, r=16, threads=32)
+
+
+def test_launch_check_equal_names_the_first_wrong_element():
+    from qpu_kernels.launch import check_equal, check_sum
+
+    check_equal(np.arange(5), np.arange(5), "same")
+    with pytest.raises(PimoeError, match="element 3 is 9"):
+        check_equal(np.array([0, 1, 2, 9, 4]), np.arange(5), "copy")
+    check_sum(np.array([0xFFFFFFFF, 1], np.uint32), np.array([0], np.uint32), "wraps")   # 2^32 = 0 mod 2^32
+    with pytest.raises(PimoeError, match="QPU sum 1 != numpy 0"):
+        check_sum(np.array([1], np.uint32), np.array([0], np.uint32), "sum")

@@ -74,8 +74,8 @@ def bench_gemv(qtype, rows, cols, tokens, threads) -> dict:
 
 
 def expert_layer_predictions(counters) -> list:
-    """The timing model's Pi 4 predictions of one decode token's two expert dispatches (swiglu, then
-    down_sum), each with its kernel's timing_args (the GEMV loops wait on
+    """The timing model's Pi 4 predictions of one decode token's expert dispatches (one: swiglu, barrier,
+    down_sum; or two with one_dispatch=False), each with its kernel's timing_args (the GEMV loops wait on
     ldtmu without thrsw: waits="ldtmu"). `pimoe compare` predicts the same dispatches through the profiler
     from the timing_args the backend reports; tests check that the two agree."""
     from pimoe.qpu.timing import predict
@@ -99,7 +99,11 @@ def bench_expert_layer(qtype, hidden, ff, k, tokens, threads) -> dict:
     weights = 3 * k * hidden * ff
     instr = sum(c.total_instructions for c in counters)
     tmu = sum(c.tmu_read_bytes for c in counters)
-    rec = {"kernel": "expert-ffn (2 dispatches)", "type": qtype.name, "hidden": hidden, "ff": ff, "k": k,
+    from qpu_kernels import qpu_layout as lay
+
+    rec = {"kernel": f"expert-ffn ({len(counters)} dispatch{'es' if len(counters) > 1 else ''})",
+           "dispatches": len(counters), "layout_bits_per_weight": lay.spec_for(qtype).bits_per_weight,
+           "type": qtype.name, "hidden": hidden, "ff": ff, "k": k,
            "tokens": tokens, "max_rel_error": err, "instructions": instr,
            "instructions_per_weight": instr * 16 / (weights * tokens), "tmu_read_bytes": tmu,
            "bytes_read_per_token": tmu / tokens, "emulator_seconds": sum(c.wall_seconds for c in counters),

@@ -14,6 +14,8 @@ TARGETS: dict[str, tuple[str, str]] = {
     "emulator": ("pimoe.bench.emulator", "QPU emulator: instructions emulated per second"),
     "kernels": ("pimoe.bench.kernels", "QPU expert kernels: instructions/weight, bytes/token, predicted Pi 4 GB/s"),
     "cpu": ("pimoe.bench.cpu", "CPU kernels vs llama.cpp: decode/prompt t/s, GB/s, GEMV microbench"),
+    "hybrid": ("pimoe.bench.hybrid", "CPU+QPU co-execution: predicted Pi 4 decode vs CPU-only per DRAM scenario"),
+    "placement": ("pimoe.bench.placement", "expert placements under a memory budget vs the ideal split"),
 }
 
 

@@ -1,7 +1,7 @@
 """`pimoe compare`: the same prompt CPU-only and with QPU offload; a llama-bench-like table with GB/s, the
 per-region breakdown of a decode token, and the Pi 4 prediction; a results record and a Perfetto trace.
 
-    pimoe compare                                   # built-in tiny model, cpu vs qpu, pp16/tg8 x3
+    pimoe compare                                   # built-in tiny model, cpu vs qpu vs hybrid, pp16/tg8 x3
     pimoe compare -m model.gguf -p 512 -n 128       # llama-bench's pp512 / tg128
     pimoe compare --shape qwen3-30b-a3b --layers 2  # synthetic real-shape model, scaled to 48 layers
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-HELP = "CPU-only vs QPU offload on one model: t/s, GB/s, per-region time, Pi 4 prediction, record + trace"
+HELP = "CPU-only, QPU offload and CPU+QPU (hybrid) on one model: t/s, GB/s, regions, Pi 4 prediction, record"
 
 
 def add_arguments(parser) -> None:
@@ -25,7 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("-p", "--n-prompt", type=int, default=16, metavar="N", help="prompt tokens, ppN (default 16)")
     parser.add_argument("-n", "--n-gen", type=int, default=8, metavar="N", help="generated tokens, tgN (default 8)")
     parser.add_argument("-r", "--reps", type=int, default=3, help="repetitions, t/s mean ± sd (default 3)")
-    parser.add_argument("--backends", default="cpu,qpu", help="comma list, first is the reference (default cpu,qpu)")
+    parser.add_argument("--backends", default="cpu,qpu,hybrid",
+                        help="comma list, first is the reference (default cpu,qpu,hybrid: CPU-only, QPU offload, "
+                             "and both on the same layer's experts)")
     parser.add_argument("--qpu", default=None, choices=("auto", "hw", "virtual", "emu"),
                         help="QPU driver for the qpu backend (default: the backend's own default, auto)")
     parser.add_argument("--no-timing-profile", action="store_true",
@@ -79,7 +81,7 @@ def main(args) -> int:
                   f"skipped")
     if not backends:
         raise PimoeError(f"none of the backends {wanted} exists (available: {', '.join(sorted(have))})")
-    opts = {"qpu": {"qpu": args.qpu}} if args.qpu and "qpu" in backends else {}
+    opts = {b: {"qpu": args.qpu} for b in ("qpu", "hybrid") if args.qpu and b in backends}
 
     from pimoe.bench.qpu_calibrate import describe_profile, load_profile
 
