@@ -49,18 +49,25 @@ if [ ! -f "$SITE/.done" ]; then
 fi
 setup=$(( $(date +%s) - start ))
 
-export PYTHONPATH="$SITE:$REPO" NUMBA_CACHE_DIR="$CACHE/numba" PYTHONDONTWRITEBYTECODE=1
 export XDG_CACHE_HOME="$CACHE/xdg"            # the built-in model, made once, shared by both runs
+x86=$(python3 -m pimoe run -n 8 -p "Once upon a time" 2>/dev/null)     # this machine's own Python
+export PYTHONPATH="$SITE:$REPO" NUMBA_CACHE_DIR="$CACHE/numba" PYTHONDONTWRITEBYTECODE=1
 "${PY[@]}" -c 'import platform, numpy, numba; print("aarch64 leg:", platform.machine(), "python", platform.python_version(), "numpy", numpy.__version__, "numba", numba.__version__)'
 
 # the same text on both machines (greedy decoding of the built-in model)
-x86=$(python3 -m pimoe run -n 8 -p "Once upon a time" 2>/dev/null)
 arm=$("${PY[@]}" -m pimoe run -n 8 -p "Once upon a time" 2>/dev/null)
 if [ "$x86" != "$arm" ]; then
     echo "aarch64 leg: FAILED: pimoe run -n 8 differs"; echo "x86:     $x86"; echo "aarch64: $arm"; exit 1
 fi
 echo "aarch64 leg: pimoe run -n 8 gives the same text as on $(uname -m): $arm"
 
+# A test that starts sys.executable in a subprocess needs the kernel to run aarch64 binaries itself
+# (binfmt_misc with qemu registered); without it the exec fails (ENOEXEC), so such tests are left out.
+skip=()
+if ! grep -qs enabled /proc/sys/fs/binfmt_misc/qemu-aarch64; then
+    skip=(--deselect tests/test_kernels_cpubench.py::test_bench_model_runs_both_engines_and_agrees)
+    echo "aarch64 leg: no binfmt_misc entry for aarch64: ${skip[1]} (runs the model in a subprocess) left out"
+fi
 t0=$(date +%s)
-"${PY[@]}" -m pytest -q -p no:cacheprovider tests/test_kernels*.py tests/test_quant.py tests/test_model.py
+"${PY[@]}" -m pytest -q -p no:cacheprovider "${skip[@]}" tests/test_kernels*.py tests/test_quant.py tests/test_model.py
 echo "aarch64 leg: setup ${setup} s, tests $(( $(date +%s) - t0 )) s, total $(( $(date +%s) - start )) s"

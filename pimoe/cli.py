@@ -21,7 +21,7 @@ COMMANDS: dict[str, str] = {
     "run": "run", "info": "info", "make-model": "make_model",
     "disasm": "disasm",
     "compare": "compare", "bandwidth": "bandwidth", "plot": "plot",
-    "bench": "bench", "doctor": "doctor", "calibrate": "calibrate",
+    "bench": "bench", "doctor": "doctor", "calibrate": "calibrate", "fuzz": "fuzz",
 }
 
 

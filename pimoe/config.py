@@ -24,7 +24,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from pimoe.errors import PimoeError
+import math
+
+from pimoe.errors import PimoeError, printable
+
+
+def _checked(value, what: str, kind):
+    """value as `kind` (int or float), as llama.cpp reads typed keys: an int key must hold an integer
+    (not a float, bool or string), a float key a finite number."""
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PimoeError(f"{what} is {value!r} ({type(value).__name__}), expected an integer")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PimoeError(f"{what} is {value!r}, expected a finite number")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -123,18 +137,19 @@ class ModelConfig:
 
         def get(key: str, default=None, kind=int):
             full = f"{arch}.{key}"
+            shown = printable(full)
             value = md.get(full, default)
             if value is None:
-                raise PimoeError(f"{where}: required metadata key '{full}' is missing")
+                raise PimoeError(f"{where}: required metadata key '{shown}' is missing")
             if isinstance(value, (list, tuple)):
                 # per-layer arrays (some archs vary heads/ff per layer); pimoe needs them uniform
+                if not value or any(isinstance(v, (list, tuple)) for v in value):
+                    raise PimoeError(f"{where}: metadata key '{shown}' is {'an empty' if not value else 'a nested'} "
+                                     f"array; expected one {kind.__name__} (or one per layer)")
                 if len(set(value)) != 1:
-                    raise PimoeError(f"{where}: '{full}' varies per layer ({value}); pimoe needs one value")
+                    raise PimoeError(f"{where}: '{shown}' varies per layer ({value}); pimoe needs one value")
                 value = value[0]
-            try:
-                return kind(value)
-            except (TypeError, ValueError):
-                raise PimoeError(f"{where}: metadata key '{full}' has value {value!r}, expected {kind.__name__}")
+            return _checked(value, f"{where}: metadata key '{shown}'", kind)
 
         n_layers = get("block_count")
         hidden = get("embedding_length")
@@ -168,8 +183,14 @@ class ModelConfig:
         if rope_dim != head_dim:
             # every arch here asserts n_rot == head dim in llama.cpp's graph
             raise PimoeError(f"{where}: rope.dimension_count {rope_dim} != head dim {head_dim}; not supported")
-        scaling = str(md.get(f"{arch}.rope.scaling.type", "linear"))
-        factor = float(md.get(f"{arch}.rope.scaling.factor", md.get(f"{arch}.rope.scale_linear", 0.0)) or 0.0)
+        scaling = md.get(f"{arch}.rope.scaling.type", "linear")
+        if not isinstance(scaling, str):
+            raise PimoeError(f"{where}: metadata key '{arch}.rope.scaling.type' is {scaling!r}, expected a string")
+        factor_key = f"{arch}.rope.scaling.factor" if f"{arch}.rope.scaling.factor" in md \
+            else f"{arch}.rope.scale_linear"
+        factor = _checked(md.get(factor_key, 0.0), f"{where}: metadata key '{factor_key}'", float)
+        if factor < 0:
+            raise PimoeError(f"{where}: metadata key '{factor_key}' is {factor}, must not be negative")
         if factor in (0.0, 1.0) or scaling == "none":
             freq_scale = 1.0
         elif scaling == "linear":
@@ -198,13 +219,29 @@ class ModelConfig:
             if vocab_size is None:
                 tokens = md.get("tokenizer.ggml.tokens")
                 vocab_size = len(tokens) if isinstance(tokens, list) else 0
+            vocab_size = _checked(vocab_size, f"{where}: metadata key '{arch}.vocab_size'", int)
+        for what, v in (("block_count", n_layers), ("embedding_length", hidden),
+                        ("attention.key_length", head_dim), (spec.expert_ff_key, expert_ff)):
+            if v <= 0:
+                raise PimoeError(f"{where}: metadata key '{arch}.{what}' is {v}, must be positive")
+        if shared_ff < 0:
+            raise PimoeError(f"{where}: shared expert feed_forward_length is {shared_ff}, must not be negative")
+        context_length = get("context_length")
+        if context_length <= 0:
+            raise PimoeError(f"{where}: metadata key '{arch}.context_length' is {context_length}, must be positive")
+        # llama.cpp divides by both; zero, negative or non-finite values make every activation NaN
+        rms_eps = get("attention.layer_norm_rms_epsilon", kind=float)
+        if not rms_eps > 0:
+            raise PimoeError(f"{where}: metadata key '{arch}.attention.layer_norm_rms_epsilon' is {rms_eps}, "
+                             f"must be positive")
+        rope_base = get("rope.freq_base", 10000.0, kind=float)
+        if not rope_base > 0:
+            raise PimoeError(f"{where}: metadata key '{arch}.rope.freq_base' is {rope_base}, must be positive")
         return cls(
             arch=arch, n_layers=n_layers, hidden=hidden, n_heads=n_heads, n_kv_heads=n_kv_heads,
             head_dim=head_dim, n_experts=n_experts, n_experts_used=n_used, expert_ff=expert_ff,
-            shared_ff=shared_ff, vocab_size=int(vocab_size),
-            context_length=get("context_length"),
-            rms_eps=get("attention.layer_norm_rms_epsilon", kind=float),
-            rope_base=get("rope.freq_base", 10000.0, kind=float), rope_dim=rope_dim,
+            shared_ff=shared_ff, vocab_size=vocab_size,
+            context_length=context_length, rms_eps=rms_eps, rope_base=rope_base, rope_dim=rope_dim,
             rope_freq_scale=freq_scale, rope_style=spec.rope_style, qk_norm=spec.qk_norm,
             norm_topk=spec.norm_topk, **scales,
         )

@@ -8,3 +8,12 @@ Bugs inside pimoe stay ordinary exceptions so they are never mistaken for bad in
 
 class PimoeError(Exception):
     """Bad input or an unsupported request, with a message meant for the user."""
+
+
+def printable(text: object) -> str:
+    """`text` with control and other non-printable characters escaped (\\n, \\x1b, \\u200b ...), so a name
+    taken from a file (a GGUF key, a tensor name) cannot break a one-line message or the terminal."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pimoe.config import ModelConfig
-from pimoe.errors import PimoeError
+from pimoe.errors import PimoeError, printable
 
 GGUF_MAGIC = b"GGUF"
 GGUF_DEFAULT_ALIGNMENT = 32
@@ -40,7 +40,7 @@ _STRING, _ARRAY = 8, 9
 class _HeaderParser:
     """Reads the GGUF header from a buffered file; every short read is a PimoeError naming the spot."""
 
-    def __init__(self, path: Path, f, size: int):
+    def __init__(self, path: str, f, size: int):
         self.path, self.f, self.size, self.pos = path, f, size, 0
 
     def take(self, n: int, what: str) -> bytes:
@@ -80,43 +80,70 @@ class _HeaderParser:
                 if count * dt.itemsize > self.size:
                     raise PimoeError(f"{self.path}: corrupt: {what} claims {count} elements (at byte {self.pos})")
                 return np.frombuffer(self.take(count * dt.itemsize, what), dt).tolist()
+            if sub == _ARRAY:      # gguf.cpp refuses arrays of arrays (and unbounded nesting would recurse)
+                raise PimoeError(f"{self.path}: corrupt: {what} is an array of arrays, which GGUF readers "
+                                 f"(llama.cpp) refuse (at byte {self.pos})")
             if count > self.size:
                 raise PimoeError(f"{self.path}: corrupt: {what} claims {count} elements (at byte {self.pos})")
             return [self.value(sub, what) for _ in range(count)]
         raise PimoeError(f"{self.path}: corrupt: {what} has unknown value type {vtype} (at byte {self.pos})")
 
 
+GGML_MAX_DIMS = 4            # gguf.cpp refuses tensors with more dimensions
+INT64_MAX = (1 << 63) - 1     # gguf.cpp: every ne and their product must fit in int64_t
+
+
 def read_header(path: Path) -> tuple[int, dict[str, object], list[tuple[str, tuple[int, ...], int, int]], int]:
-    """-> (version, metadata {key: python value}, tensor infos [(name, ne, ggml type id, offset)], data start)."""
+    """-> (version, metadata {key: python value}, tensor infos [(name, ne, ggml type id, offset)], data start).
+
+    Applies gguf.cpp's rules: general.alignment a u32 power of two; at most 4 dimensions per tensor, each
+    and their product within int64. (Offsets are checked against the tensors' sizes by GGUFFile.)
+    """
     size = path.stat().st_size
+    where = printable(path)
     with open(path, "rb", buffering=1 << 20) as f:
-        p = _HeaderParser(path, f, size)
+        p = _HeaderParser(where, f, size)
         magic = f.read(4)
         if magic != GGUF_MAGIC:
-            raise PimoeError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
+            raise PimoeError(f"{where}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
         p.pos = 4
         version = p.u32("the header")
         if version not in (2, 3):
-            raise PimoeError(f"{path}: GGUF version {version} is not supported (pimoe reads versions 2 and 3)")
+            raise PimoeError(f"{where}: GGUF version {version} is not supported (pimoe reads versions 2 and 3)")
         n_tensors, n_kv = p.u64("the header"), p.u64("the header")
         if n_tensors > size or n_kv > size:
-            raise PimoeError(f"{path}: corrupt header ({n_tensors} tensors, {n_kv} keys in {size} bytes)")
+            raise PimoeError(f"{where}: corrupt header ({n_tensors} tensors, {n_kv} keys in {size} bytes)")
         metadata: dict[str, object] = {}
+        types: dict[str, int] = {}
         for i in range(n_kv):
             key = p.string(f"key {i}")
-            metadata[key] = p.value(p.u32(f"metadata '{key}'"), f"metadata '{key}'")
+            what = f"metadata '{printable(key)}'"
+            if key in metadata:
+                raise PimoeError(f"{where}: corrupt: {what} appears twice (at byte {p.pos})")
+            types[key] = p.u32(what)
+            metadata[key] = p.value(types[key], what)
         infos = []
         for i in range(n_tensors):
             name = p.string(f"tensor info {i}")
-            what = f"tensor info '{name}'"
+            what = f"tensor info '{printable(name)}'"
             n_dims = p.u32(what)
-            if n_dims > 8:
-                raise PimoeError(f"{path}: corrupt: tensor '{name}' has {n_dims} dimensions (at byte {p.pos})")
+            if n_dims > GGML_MAX_DIMS:
+                raise PimoeError(f"{where}: corrupt: tensor '{printable(name)}' has {n_dims} dimensions, more "
+                                 f"than GGUF's {GGML_MAX_DIMS} (at byte {p.pos})")
             ne = tuple(p.u64(what) for _ in range(n_dims))
+            n = 1
+            for d in ne:          # Python ints: the product cannot wrap
+                n *= d
+            if any(d > INT64_MAX for d in ne) or n > INT64_MAX:
+                raise PimoeError(f"{where}: corrupt: tensor '{printable(name)}' has dimensions {list(ne)} whose "
+                                 f"element count {n} does not fit in int64 (at byte {p.pos})")
             infos.append((name, ne, p.u32(what), p.u64(what)))
         alignment = metadata.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment <= 0:
-            raise PimoeError(f"{path}: corrupt: general.alignment is {alignment!r}")
+        if "general.alignment" in metadata and types["general.alignment"] != 4:     # 4 = UINT32
+            raise PimoeError(f"{where}: corrupt: general.alignment must be a u32, it is stored as GGUF value "
+                             f"type {types['general.alignment']} ({alignment!r})")
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise PimoeError(f"{where}: corrupt: general.alignment is {alignment!r}, not a power of two")
         data_start = -(-p.pos // alignment) * alignment
     return version, metadata, infos, data_start
 
@@ -126,7 +153,7 @@ class GGUFFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        where = str(self.path)
+        where = printable(self.path)
         if not self.path.exists():
             raise PimoeError(f"{where}: no such file")
         if not self.path.is_file():
@@ -135,11 +162,13 @@ class GGUFFile:
         self.version, self.metadata, infos, self.data_start = read_header(self.path)
         # read-only map of the whole file; slices of it are the tensors (no bytes are read here)
         self._map = np.memmap(self.path, dtype=np.uint8, mode="r") if self.file_size else None
+        self.alignment = int(self.metadata.get("general.alignment", GGUF_DEFAULT_ALIGNMENT))
         self.tensors = {}
         for name, ne, type_id, offset in infos:
             if name in self.tensors:
-                raise PimoeError(f"{where}: tensor '{name}' appears twice")
+                raise PimoeError(f"{where}: tensor '{printable(name)}' appears twice")
             self.tensors[name] = self._make_qtensor(name, ne, type_id, offset)
+        self._check_layout(infos)
 
         embd = self.tensors.get("token_embd.weight")
         vocab = embd.shape[0] if embd is not None and len(embd.shape) == 2 else None
@@ -150,7 +179,7 @@ class GGUFFile:
 
         from pimoe.quant import QTensor, check_supported
 
-        where = f"{self.path}: tensor '{name}'"
+        where = f"{printable(self.path)}: tensor '{printable(name)}'"
         check_supported(type_id, where)
         qtype = gguf.GGMLQuantizationType(type_id)
         shape = tuple(int(d) for d in reversed(ne))          # GGUF ne is the reversed numpy shape
@@ -160,15 +189,35 @@ class GGUFFile:
         if shape[-1] % block:
             raise PimoeError(f"{where}: row length {shape[-1]} is not a multiple of the "
                              f"{qtype.name} block size {block}")
+        if offset % self.alignment:
+            raise PimoeError(f"{where}: data offset {offset} is not a multiple of the file's alignment "
+                             f"{self.alignment} (corrupt tensor info)")
         row_bytes = shape[-1] // block * type_size
-        n_rows = int(np.prod(shape[:-1], dtype=np.int64))
+        n_rows = 1
+        for d in shape[:-1]:                                 # Python ints: cannot wrap
+            n_rows *= d
         start = self.data_start + offset
         end = start + n_rows * row_bytes
         if end > self.file_size:
-            raise PimoeError(f"{self.path}: truncated: tensor '{name}' needs bytes up to {end} but the file "
-                             f"has only {self.file_size} (incomplete download or copy?)")
+            raise PimoeError(f"{printable(self.path)}: truncated: tensor '{printable(name)}' (offset {offset}) "
+                             f"needs bytes up to {end} but the file has only {self.file_size} "
+                             f"(incomplete download or copy?)")
         data = self._map[start:end].reshape(*shape[:-1], row_bytes)   # uint8 [*leading, row_bytes], read-only
         return QTensor(name=name, qtype=qtype, shape=shape, data=data)
+
+    def _check_layout(self, infos) -> None:
+        """gguf.cpp's rule: the tensors' data lie back to back in the order of their infos, each padded to
+        the alignment, so every offset is determined (no gaps, no overlaps, nothing outside the file)."""
+        expected = 0
+        for name, _ne, _type, offset in infos:
+            if offset != expected:
+                t = self.tensors[name]
+                raise PimoeError(f"{printable(self.path)}: corrupt: tensor '{printable(name)}' has data offset "
+                                 f"{offset}, expected {expected} (GGUF tensors lie back to back in order, each "
+                                 f"padded to the {self.alignment}-byte alignment; it would "
+                                 f"{'overlap the previous tensor' if offset < expected else 'leave a gap'}; "
+                                 f"{t.nbytes} bytes)")
+            expected += -(-self.tensors[name].nbytes // self.alignment) * self.alignment
 
     def tensor(self, name: str, shape: tuple[int, ...] | None = None):
         """The QTensor called `name`; PimoeError if it is missing or has another shape."""

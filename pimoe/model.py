@@ -143,7 +143,11 @@ class LayerWeights:
 def _vector(f: GGUFFile, name: str, n: int, required: bool = True) -> np.ndarray | None:
     if not required and not f.has(name):
         return None
-    return f.tensor(name, (n,)).dequantize().astype(np.float32)
+    v = f.tensor(name, (n,)).dequantize().astype(np.float32)
+    if not np.isfinite(v).all():        # an Inf/NaN norm weight or bias makes every activation non-finite
+        bad = int(np.flatnonzero(~np.isfinite(v))[0])
+        raise PimoeError(f"{f.path}: tensor '{name}' holds {v[bad]} at index {bad}: weights must be finite")
+    return v
 
 
 def _as_row_matrix(t):
@@ -214,13 +218,22 @@ class Model:
         self.layers = [load_layer(f, cfg, i) for i in range(cfg.n_layers)]
         self.backend = get_backend(backend, gguf_file, cfg, **backend_opts)
 
-        self.n_ctx = int(n_ctx) if n_ctx else min(cfg.context_length, DEFAULT_MAX_CTX)
+        self.n_ctx = int(n_ctx) if n_ctx is not None else min(cfg.context_length, DEFAULT_MAX_CTX)
         if self.n_ctx <= 0:
             raise PimoeError(f"n_ctx must be positive, got {n_ctx}")
         # KV cache [layers, n_ctx, kv_heads, hd] f32; np.zeros maps untouched pages lazily.
         shape = (cfg.n_layers, self.n_ctx, cfg.n_kv_heads, cfg.head_dim)
-        self.k_cache = np.zeros(shape, dtype=np.float32)
-        self.v_cache = np.zeros(shape, dtype=np.float32)
+        kv_bytes = 2 * 4 * cfg.n_layers * self.n_ctx * cfg.n_kv_heads * cfg.head_dim
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+        if ram and kv_bytes > ram:
+            raise PimoeError(f"a context of {self.n_ctx} tokens needs a {kv_bytes / 2**30:.1f} GiB KV cache, more "
+                             f"than this machine's {ram / 2**30:.1f} GiB of memory; use a smaller n_ctx (--ctx)")
+        try:
+            self.k_cache = np.zeros(shape, dtype=np.float32)
+            self.v_cache = np.zeros(shape, dtype=np.float32)
+        except (MemoryError, ValueError):
+            raise PimoeError(f"could not allocate the {kv_bytes / 2**30:.1f} GiB KV cache for {self.n_ctx} tokens; "
+                             f"use a smaller n_ctx (--ctx)") from None
         self.pos = 0
         self.routing: list[LayerRouting] = []
         self.routing_history: list[list[LayerRouting]] = []
@@ -264,6 +277,8 @@ class Model:
                 x = np.stack([self.token_embd[int(t)].dequantize() for t in ids]).astype(np.float32)  # [T, hidden]
                 if cfg.embedding_scale != 1.0:      # granitemoe
                     x = x * np.float32(cfg.embedding_scale)
+            if not np.isfinite(x).all():
+                self._non_finite("embedding", x, ids)
             routing = []
             for i, layer in enumerate(self.layers):
                 with prof.region("layer", layer=i):
@@ -274,6 +289,8 @@ class Model:
                         rs = np.float32(cfg.residual_scale)
                         x = x + self._attention(i, layer, rmsnorm(x, layer.attn_norm, cfg.rms_eps), cos, sin) * rs
                         x = x + self._moe(i, layer, x, routing) * rs
+                if not np.isfinite(x).all():
+                    self._non_finite(i, x, ids)
             self.pos += T
             self.routing = routing
             self.routing_history.append(routing)
@@ -283,7 +300,9 @@ class Model:
                 logits = quant.matmul(self.output, x)         # [T, vocab]
                 if cfg.logit_scale != 1.0:          # granitemoe: llama.cpp multiplies by 1/scale (in f32)
                     logits = logits * (np.float32(1.0) / np.float32(cfg.logit_scale))
-                return logits
+            if not np.isfinite(logits).all():
+                self._non_finite("output", logits, ids)
+            return logits
 
     def generate(self, prompt: str | Iterable[int], max_tokens: int, temperature: float = 0.0,
                  seed: int | None = None, stop_at_eos: bool = True) -> Iterator[int]:
@@ -299,6 +318,8 @@ class Model:
             if self.tokenizer is None:
                 raise PimoeError(f"{self.file.path}: the file has no tokenizer; pass token ids instead of text")
             prompt = self.tokenizer.encode(prompt)
+        if seed is not None and int(seed) < 0:
+            seed = None          # -1: a random seed, as llama.cpp's
         rng = np.random.default_rng(seed)
         stop = frozenset(getattr(self.tokenizer, "eog_ids", ())) if stop_at_eos else frozenset()
         if max_tokens <= 0:
@@ -315,6 +336,16 @@ class Model:
             logits = self.forward([tok])[-1]
 
     # -- internals ----------------------------------------------------------------------------------------
+
+    def _non_finite(self, i, x: np.ndarray, ids: np.ndarray) -> None:
+        """An activation overflowed f32 (weights of ~1e38, a damaged file): llama.cpp would go on and return
+        NaN logits; pimoe stops with where it happened."""
+        t, j = (int(v[0]) for v in np.nonzero(~np.isfinite(x)))
+        where = f"layer {i}" if isinstance(i, int) else {"output": "the output head"}.get(i, "the token embedding")
+        pos = self.pos - len(ids) + t if i == "output" else self.pos + t   # pos is advanced before the head
+        raise PimoeError(f"{self.file.path}: {where} produced a non-finite value ({x[t, j]}) at position "
+                         f"{pos} (token id {int(ids[t])}), element {j}: the weights overflow f32 "
+                         f"(damaged or mis-scaled file?)")
 
     def _check_tokens(self, tokens) -> np.ndarray:
         ids = np.asarray(list(tokens), dtype=np.int64)
@@ -413,6 +444,8 @@ class Model:
 
 
 def _sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    if not np.isfinite(temperature):
+        raise PimoeError(f"temperature must be finite, got {temperature}")
     if temperature <= 0.0:
         return int(np.argmax(logits))
     p = softmax((logits / np.float32(temperature)).astype(np.float32)).astype(np.float64)

@@ -297,13 +297,18 @@ def plot_records(paths, out_dir=None) -> list[Path]:
     for p, rec in recs:
         out = Path(out_dir) if out_dir else p.parent
         out.mkdir(parents=True, exist_ok=True)
-        if rec["kind"] == "bandwidth":
-            made += plot_bandwidth(rec, out)
-            if not compare_recs:
-                made += plot_roofline(None, rec, out)
-        else:
-            made += plot_breakdown(rec, out)
-            made += plot_tokens(rec, out)
-            made += plot_experts(rec, out)
-            made += plot_roofline(rec, bw_recs[-1] if bw_recs else None, out)
+        try:
+            if rec["kind"] == "bandwidth":
+                made += plot_bandwidth(rec, out)
+                if not compare_recs:
+                    made += plot_roofline(None, rec, out)
+            else:
+                made += plot_breakdown(rec, out)
+                made += plot_tokens(rec, out)
+                made += plot_experts(rec, out)
+                made += plot_roofline(rec, bw_recs[-1] if bw_recs else None, out)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            # a hand-edited or truncated record: say which file and what is missing or wrong
+            what = f"no field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+            raise PimoeError(f"{p}: a '{rec['kind']}' record pimoe cannot plot ({what})") from None
     return made

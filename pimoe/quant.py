@@ -214,7 +214,8 @@ def swiglu_ffn(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray) -> np.n
 
 def moe_swiglu(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray, expert_ids: np.ndarray,
                expert_weights: np.ndarray) -> np.ndarray:
-    """The whole routed-expert FFN of one layer in three kernel calls.
+    """The whole routed-expert FFN of one layer in two or three kernel calls (dispatch.moe_pairs: decode
+    fuses gate, up and silu into one).
 
     gate, up: [E, ff, hidden]; down: [E, hidden, ff]; x f32 [T, hidden]; expert_ids int [T, k];
     expert_weights f32 [T, k].  Returns f32 [T, hidden] = sum_j w[t,j] * down_e(silu(gate_e x_t) * up_e x_t)
@@ -238,15 +239,7 @@ def moe_swiglu(gate: QTensor, up: QTensor, down: QTensor, x: np.ndarray, expert_
         u = matmul_experts(up, xs, flat)
         y = matmul_experts(down, swiglu(g, u), flat)
     else:
-        dispatch = _dispatch()
-        acts = dispatch.take_rows(dispatch.PreparedActivations(x, gate.qtype), tok)
-        groups = dispatch._groups(flat)   # one expert grouping for the three calls
-        g = dispatch.matmul_experts(gate.qtype, gate.data, None, flat, acts, groups)
-        if up.qtype == gate.qtype:
-            u = dispatch.matmul_experts(up.qtype, up.data, None, flat, acts, groups)
-        else:
-            u = dispatch.matmul_experts(up.qtype, up.data, x[tok], flat, None, groups)
-        y = dispatch.matmul_experts(down.qtype, down.data, swiglu(g, u), flat, None, groups)
+        y = _dispatch().moe_pairs(gate.qtype, gate.data, up.qtype, up.data, down.qtype, down.data, x, ids)
     return mix_experts(y.reshape(T, k, hidden), np.asarray(expert_weights, np.float32))
 
 

@@ -218,6 +218,8 @@ def read_record(path) -> dict:
         raise PimoeError(f"{path}: cannot read the record: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise PimoeError(f"{path}: not a JSON record (line {exc.lineno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise PimoeError(f"{path}: not a JSON record (byte {exc.start} is not UTF-8)") from None
     if not isinstance(rec, dict) or "kind" not in rec:
         raise PimoeError(f"{path}: not a pimoe results record (no 'kind' field)")
     rec.setdefault("record_file", path.name)

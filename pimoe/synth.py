@@ -233,19 +233,15 @@ def _write_metadata(w, s: Shape, qtype, preset: str) -> None:
     w.add_name(f"pimoe synthetic {a} ({preset}, {qtype.name}, random weights)")
     w.add_bool("pimoe.synthetic", True)
     w.add_string("pimoe.preset", preset)
-    w.add_block_count(s.n_layers)
-    w.add_context_length(s.context_length)
-    w.add_embedding_length(s.hidden)
-    w.add_head_count(s.n_heads)
-    w.add_head_count_kv(s.n_kv_heads)
-    w.add_key_length(s.head_dim)
-    w.add_value_length(s.head_dim)
-    w.add_rope_dimension_count(s.head_dim)
-    w.add_rope_freq_base(s.rope_base)
-    w.add_layer_norm_rms_eps(s.rms_eps)
-    w.add_expert_count(s.n_experts)
-    w.add_expert_used_count(s.n_experts_used)
-    w.add_vocab_size(s.vocab_size)
+    # the {arch}.* hyperparameters: GGUFWriter method <- Shape field
+    for add, value in ((w.add_block_count, s.n_layers), (w.add_context_length, s.context_length),
+                       (w.add_embedding_length, s.hidden), (w.add_head_count, s.n_heads),
+                       (w.add_head_count_kv, s.n_kv_heads), (w.add_key_length, s.head_dim),
+                       (w.add_value_length, s.head_dim), (w.add_rope_dimension_count, s.head_dim),
+                       (w.add_rope_freq_base, s.rope_base), (w.add_layer_norm_rms_eps, s.rms_eps),
+                       (w.add_expert_count, s.n_experts), (w.add_expert_used_count, s.n_experts_used),
+                       (w.add_vocab_size, s.vocab_size)):
+        add(value)
     if ARCHS[a].expert_ff_key == "feed_forward_length":
         w.add_feed_forward_length(s.expert_ff)
     else:

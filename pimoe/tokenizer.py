@@ -18,9 +18,10 @@ vocabulary loader does, so that the ids equal llama.cpp's (tests/test_tokenizer*
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 
-from pimoe.errors import PimoeError
+from pimoe.errors import PimoeError, printable
 
 # GGUF token types (gguf.TokenType; llama.cpp's LLAMA_TOKEN_TYPE_*)
 TOKEN_NORMAL = 1
@@ -94,6 +95,7 @@ _EOG_TEXTS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_t
 # pre-tokenizers whose llama.cpp setting looks whole words up before merging (HF "ignore_merges")
 _IGNORE_MERGES_PRES = {"llama3", "llama-bpe", "llama-v3"}
 _SPECIAL_TYPES = (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNKNOWN)
+_SPM_BYTE_TEXT = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 def _as_list(md: dict, key: str, where: str, required: bool = True) -> list | None:
@@ -113,7 +115,8 @@ def _as_id(md: dict, key: str, n_vocab: int, where: str) -> int | None:
     value = md.get(key)
     if value is None:
         return None
-    value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):   # an array, a float (NaN, Inf, 1.5), a string
+        raise PimoeError(f"{where}: {key} is {value!r}, expected an integer token id")
     if not 0 <= value < n_vocab:
         raise PimoeError(f"{where}: {key} = {value} is outside the vocabulary (0..{n_vocab - 1})")
     return value
@@ -149,6 +152,12 @@ class Tokenizer:
             self._hf = self._build_hf_bpe(merges or [])
         else:
             self._scores = [float(s) for s in scores] if scores is not None else [0.0] * len(tokens)
+            # llama.cpp's token_to_byte reads a BYTE token's text as <0xNN>; refuse anything else at load,
+            # not at the first generated token
+            for i, tt in enumerate(token_types):
+                if tt == TOKEN_BYTE and not _SPM_BYTE_TEXT.fullmatch(tokens[i]):
+                    raise PimoeError(f"{where}: token {i} has type BYTE but its text {printable(repr(tokens[i]))} "
+                                     f"is not of the form <0xNN>")
             self._byte_ids = self._spm_byte_ids()
         self._piece_cache: dict[int, bytes] = {}
 
@@ -175,7 +184,10 @@ class Tokenizer:
         else:
             if len(types) < n:
                 raise PimoeError(f"{where}: tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
-            token_types = [int(t) for t in types[:n]]
+            token_types = types[:n]
+            bad = next((t for t in token_types if isinstance(t, bool) or not isinstance(t, int)), None)
+            if bad is not None:
+                raise PimoeError(f"{where}: tokenizer.ggml.token_type holds {bad!r}, expected integers")
         ids = {k: _as_id(md, f"tokenizer.ggml.{k}_token_id", n, where)
                for k in ("bos", "eos", "eot", "unknown", "padding")}
 
@@ -202,6 +214,9 @@ class Tokenizer:
             scores = _as_list(md, "tokenizer.ggml.scores", where, required=False)
             if scores is not None and len(scores) < n:
                 raise PimoeError(f"{where}: tokenizer.ggml.scores has {len(scores)} entries for {n} tokens")
+            if scores is not None and any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                          for v in scores[:n]):
+                raise PimoeError(f"{where}: tokenizer.ggml.scores holds a non-number")
             # llama.cpp's SentencePiece defaults: unk 0, bos 1, eos 2, BOS added, space prefix on
             return cls(kind="spm", scores=scores[:n] if scores is not None else None, pre="default",
                        bos_id=ids["bos"] if ids["bos"] is not None else 1,
@@ -283,6 +298,11 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise PimoeError(f"encode() needs a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:   # lone surrogates, e.g. from non-UTF-8 bytes in a command line
+            raise PimoeError(f"the text is not valid Unicode: {text[exc.start:exc.end]!r} at character "
+                             f"{exc.start} (was it read from bytes that are not UTF-8?)") from None
         want_bos = self.add_bos if add_bos is None else bool(add_bos)
         want_eos = self.add_eos if add_bos is None else False
         out: list[int] = []

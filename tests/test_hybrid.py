@@ -226,3 +226,16 @@ def test_compare_runs_cpu_qpu_and_hybrid_by_default():
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)
     assert p.parse_args([]).backends.split(",") == ["cpu", "qpu", "hybrid"]
+
+
+def test_bandwidth_concurrent_off_a_pi_prints_the_model(capsys):
+    from pimoe.cli import main as cli_main
+    from pimoe.qpu.driver import hardware_available
+
+    if hardware_available()[0]:
+        pytest.skip("on a Pi this measures")
+    assert cli_main(["bandwidth", "--concurrent", "--no-record"]) == 0
+    out = capsys.readouterr().out
+    for name in dram.SCENARIO_NAMES:
+        assert f"{dram.scenario(name).combined / 1e9:5.2f} GB/s" in out
+    assert "not measurable" in out

@@ -131,3 +131,83 @@ def test_moe_swiglu_equals_per_expert_reference(qtype, kernels, monkeypatch):
             h = g / (1 + np.exp(-g)) * u
             ref[t] += wts[t, j] * quant.matmul_reference(down[e], h)[0]
     assert _rel_err(y, ref) < 1e-4
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q6_K, QT.Q8_0, QT.Q4_1], ids=lambda t: t.name)
+def test_non_finite_activations_give_non_finite_outputs_not_errors(qtype):
+    # an inf in x makes Q8_K's iscale -0 and d = 1/iscale = -inf (ggml: no trap, NaN/inf logits);
+    # numba's Python error model used to raise ZeroDivisionError there
+    rng = np.random.default_rng(4)
+    w = quant.random_qtensor("w", qtype, (8, 512), rng)
+    for bad in (np.inf, -np.inf, np.nan):
+        x = rng.standard_normal((2, 512)).astype(np.float32)
+        x[0, 300] = bad
+        y = quant.matmul(w, x)
+        if np.isinf(bad):
+            assert not np.isfinite(y[0]).any(), bad
+        # (a NaN is skipped by the block maximum and quantized to code 0, as ggml's scalar quantizers do)
+        np.testing.assert_allclose(y[1], quant.matmul_reference(w, x[1:2])[0], rtol=2e-5, atol=1e-6)
+
+
+def test_kernels_release_the_gil():
+    # the hybrid backend runs CPU experts in a Python thread while the QPU (emulator) works:
+    # every numba kernel is compiled nogil=True
+    import numba.core.registry as reg
+
+    from pimoe.kernels import vecops
+
+    kernels = [v for m in (fused, vecops) for v in vars(m).values() if isinstance(v, reg.CPUDispatcher)]
+    assert len(kernels) >= 10
+    for k in kernels:
+        assert k.targetoptions.get("nogil") is True, k.py_func.__name__
+
+
+@pytest.mark.parametrize("qtype,down_type", [(QT.Q8_0, QT.Q8_0), (QT.Q4_K, QT.Q6_K), (QT.Q6_K, QT.Q4_K),
+                                             (QT.Q5_K, QT.Q5_K)], ids=lambda t: t.name)
+def test_decode_moe_fused_gate_up_equals_reference(qtype, down_type):
+    # one token: every expert serves one pair, so gate, up and silu run in one call (fused.gate_up_silu)
+    # for the row-dot types, the unfused calls otherwise; both against the per-expert numpy reference
+    rng = np.random.default_rng(8)
+    E, ff, hidden, k = 7, 256, 512, 4
+    gate = quant.random_qtensor("g", qtype, (E, ff, hidden), rng, std=0.05)
+    up = quant.random_qtensor("u", qtype, (E, ff, hidden), rng, std=0.05)
+    down = quant.random_qtensor("d", down_type, (E, hidden, ff), rng, std=0.05)
+    x = (rng.standard_normal((1, hidden)) * 3).astype(np.float32)
+    ids = np.array([[6, 2, 0, 3]])
+    wts = rng.random((1, k)).astype(np.float32)
+    y = quant.moe_swiglu(gate, up, down, x, ids, wts)
+    ref = np.zeros((1, hidden), np.float32)
+    for j in range(k):
+        e = int(ids[0, j])
+        g = quant.matmul_reference(gate[e], x)
+        u = quant.matmul_reference(up[e], x)
+        ref += wts[0, j] * quant.matmul_reference(down[e], g / (1 + np.exp(-g)) * u)
+    assert _rel_err(y, ref) < 1e-4
+    pairs = dispatch.moe_pairs(qtype, gate.data, qtype, up.data, down_type, down.data, x, ids)
+    for j in range(k):
+        e = int(ids[0, j])
+        g = dispatch.matmul(qtype, gate.data[e], x)
+        u = dispatch.matmul(qtype, up.data[e], x)
+        yj = dispatch.matmul(down_type, down.data[e], g / (1 + np.exp(-g)) * u)
+        assert _rel_err(pairs[j], yj[0]) < 1e-5
+
+
+def test_work_queue_kernels_give_the_same_result_at_any_thread_count():
+    import numba
+
+    rng = np.random.default_rng(12)
+    w = quant.random_qtensor("w", QT.Q4_K, (3, 100, 512), rng)
+    x = rng.standard_normal((5, 512)).astype(np.float32)
+    ids = np.array([2, 0, 2, 1, 2])
+    old = numba.get_num_threads()
+    try:
+        outs = []
+        for nt in sorted({1, old}):
+            numba.set_num_threads(nt)
+            outs.append(quant.matmul_experts(w, x, ids))
+    finally:
+        numba.set_num_threads(old)
+    for y in outs:   # every item computed by whichever thread took it, the same arithmetic
+        np.testing.assert_array_equal(y, outs[0])
+    for i, e in enumerate(ids):
+        assert _rel_err(y[i], quant.matmul_reference(w[int(e)], x[i:i + 1])[0]) < 2e-5

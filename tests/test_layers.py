@@ -115,7 +115,9 @@ def test_the_model_knows_no_particular_backend_and_nothing_above_it():
 
 
 def test_only_the_cli_imports_the_commands_and_nothing_below_imports_the_benchmarks():
-    others = [m for m in GRAPH if m != "pimoe" and not _under(m, ["pimoe.cli", "pimoe.commands", "pimoe.__main__"])]
+    # pimoe.fuzz drives the CLI as a black box (bad command lines through pimoe.cli.main): it sits above it
+    others = [m for m in GRAPH if m != "pimoe" and not _under(m, ["pimoe.cli", "pimoe.commands", "pimoe.__main__",
+                                                                   "pimoe.fuzz"])]
     assert _violations(others, ["pimoe.cli", "pimoe.commands"]) == []
     below = ["pimoe.qpu", "qpu_kernels", "pimoe.model", "pimoe.backends", "pimoe.profile", "pimoe.prediction",
              "pimoe.quant", "pimoe.kernels"]

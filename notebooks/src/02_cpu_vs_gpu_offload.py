@@ -52,14 +52,20 @@ print("outputs go to", OUT)
 # both backends must be the same.
 
 # %%
+def compare_and_record(path, **options):
+    """compare.compare on cpu and qpu, its record written and read back (everything below reads the record,
+    as the plots do); shows the table. Returns (result, record)."""
+    t0 = time.perf_counter()
+    result = compare.compare(path, backends=("cpu", "qpu"), progress=False, **options)
+    print(f"compared in {time.perf_counter() - t0:.1f} s")
+    record, table = compare.to_record(result)
+    rec = read_record(write_record(record, OUT, "compare", table=table)[0])
+    display(Markdown(compare.table_text(rec["table"])))
+    return result, rec
+
+
 MODEL = default_model_path()
-t0 = time.perf_counter()
-result = compare.compare(MODEL, backends=("cpu", "qpu"), n_prompt=16, n_gen=8, reps=3, progress=False)
-print(f"compared in {time.perf_counter() - t0:.1f} s")
-record, table = compare.to_record(result)
-rec_path, _ = write_record(record, OUT, "compare", table=table)
-rec = read_record(rec_path)
-display(Markdown(compare.table_text(rec["table"])))
+result, rec = compare_and_record(MODEL, n_prompt=16, n_gen=8, reps=3)
 cpu_run, qpu_run = rec["runs"]
 print("agreement:", qpu_run["agreement"])
 assert qpu_run["agreement"]["same_tokens"]
@@ -304,15 +310,8 @@ from pimoe.synth import make_model
 
 shape_path = make_model(OUT / "qwen3-30b-a3b-shape-1L-16E-Q4_K.gguf", preset="qwen3-30b-a3b", qtype="Q4_K",
                         n_layers=1, n_experts=16)
-t0 = time.perf_counter()
 with contextlib.redirect_stderr(io.StringIO()):      # the emulator's progress bars would fill the page
-    big = compare.compare(shape_path, backends=("cpu", "qpu"), n_prompt=2, n_gen=2, reps=1,
-                          shape="qwen3-30b-a3b", progress=False)
-print(f"compared in {time.perf_counter() - t0:.1f} s")
-big_record, big_table = compare.to_record(big)
-big_path, _ = write_record(big_record, OUT, "compare", table=big_table)
-big_rec = read_record(big_path)
-display(Markdown(compare.table_text(big_rec["table"])))
+    big, big_rec = compare_and_record(shape_path, n_prompt=2, n_gen=2, reps=1, shape="qwen3-30b-a3b")
 b_cpu, b_qpu = big_rec["runs"]
 print("agreement:", b_qpu["agreement"])
 # Q4_K: the cpu backend quantizes activations to Q8_K like llama.cpp; the QPU kernels keep them f32
@@ -403,11 +402,11 @@ from IPython.display import Image
 
 from pimoe import plots
 
-made = plots.plot_records([rec_path, big_path], out_dir=OUT)
+made = plots.plot_records([OUT / rec["record_file"], OUT / big_rec["record_file"]], out_dir=OUT)
 pngs = [p for p in made if p.suffix == ".png"]
 print([p.name for p in pngs])
 assert pngs
 for p in pngs:
-    if p.name.startswith(big_path.stem) and ("tokens" in p.name or "experts" in p.name):
+    if p.name.startswith(Path(big_rec["record_file"]).stem) and ("tokens" in p.name or "experts" in p.name):
         display(Image(filename=str(p)))
 shape_path.unlink()        # the 400 MB model file; the records and figures stay in OUT

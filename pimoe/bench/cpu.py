@@ -7,14 +7,18 @@ What it measures, in one run, on this machine:
      Q8_0), cycling over 128 experts so the weights come from DRAM, not cache: us per GEMV and GB/s;
   3. whole models: synthetic GGUFs of the Qwen3-30B-A3B shape with a few layers (Q8_0, and a
      Q4_K_M-like mix: Q4_K with Q6_K output head and Q6_K attn_v/ffn_down_exps in the layers
-     llama-quantize's use_more_bits picks), each run by pimoe and by llama.cpp (llama-cpp-python) in
-     separate worker processes with the same thread count: prompt tokens/s (pp: one forward over P
-     tokens, all-position logits in both engines), decode tokens/s (tg: N single-token forwards),
-     GB/s of weights read per decode token, peak RSS, and how close the two engines' logits are.
+     llama-quantize's use_more_bits picks), each run by pimoe and by llama.cpp (pimoe.llamaref: the
+     low-level API, loaded without its extra buffer types: the AMX/repack buffers crashed a host in
+     issue 10 and are not what a Pi runs) in separate worker processes with the same thread count:
+     prompt tokens/s (pp: one forward over P tokens, all-position logits in both engines), decode
+     tokens/s (tg: N single-token forwards), bytes of weights read per decode token and GB/s next to
+     the ceiling, peak RSS, and how close the two engines' logits are.
 
-Timings on a shared machine are noisy: every figure is the median of repeats (tg: per-token times),
-and the comparison is the ratio inside one run. A result record (JSON) is written under results/
-with a new timestamped name; nothing is overwritten.
+--threads takes a list (1,2,4): each count is measured in the same run. Timings on a shared machine
+are noisy: every figure is the median of repeats (tg: per-token times), and the engines run in
+paired rounds (pimoe and llama.cpp back to back, the order alternating): each round gives one
+pimoe/llama.cpp ratio measured under the same load, and the reported ratio is their median. A
+result record (JSON) is written under results/ with a new timestamped name; nothing is overwritten.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ DEFAULT_CACHE = Path(os.environ.get("PIMOE_CACHE", Path.home() / ".cache" / "pim
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--threads", "-t", type=int, default=min(2, os.cpu_count() or 1),
-                        help="threads for both engines (default: 2 or the CPU count)")
+    parser.add_argument("--threads", "-t", type=_thread_list, default=[min(2, os.cpu_count() or 1)],
+                        help="thread counts for both engines, e.g. 1,2,4: each is measured in this run "
+                             "(default: 2 or the CPU count)")
     parser.add_argument("--layers", type=int, default=4, help="layers of the Qwen3-30B-A3B-shaped model (default 4)")
     parser.add_argument("--models", default="Q8_0,Q4_K_M",
                         help="comma list of weight mixes: Q8_0, Q4_K_M, Q4_K, Q6_K, F16 … (default Q8_0,Q4_K_M)")
@@ -49,14 +54,31 @@ def add_arguments(parser) -> None:
     parser.add_argument("--decode", type=int, default=16, help="decode tokens for tg (default 16)")
     parser.add_argument("--reps", type=int, default=3, help="repeats of pp (default 3)")
     parser.add_argument("--rounds", type=int, default=2,
-                        help="alternate the engines this many times and keep each one's best round (default 2): "
-                             "on a shared machine the least-disturbed round is the closest to the truth")
+                        help="paired rounds (pimoe and llama.cpp back to back, order alternating; default 2): "
+                             "the ratio reported is the median of the rounds' ratios, the t/s each engine's best")
     parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp (pimoe only)")
     parser.add_argument("--micro-only", action="store_true", help="only the bandwidth and GEMV microbenchmarks")
     parser.add_argument("--no-micro", action="store_true", help="skip the GEMV microbenchmark")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help=f"where the synthetic models are written once and reused (default {DEFAULT_CACHE})")
     parser.add_argument("--results", type=Path, default=Path("results"), help="directory for the JSON record")
+
+
+def _thread_list(text) -> list[int]:
+    """'1,2,4' -> [1, 2, 4] (an int is a one-element list)."""
+    if isinstance(text, int):
+        return [text]
+    if isinstance(text, (list, tuple)):
+        return [int(t) for t in text]
+    try:
+        out = [int(p) for p in str(text).split(",") if p.strip()]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"--threads wants positive integers separated by commas, got {text!r}")
+    return out
 
 
 # --- environment ------------------------------------------------------------------------------------
@@ -79,7 +101,7 @@ def _git_commit() -> str | None:
         return None
 
 
-def environment(threads: int) -> dict:
+def environment(threads) -> dict:
     import numba
 
     env = {"cpu": _cpu_name(), "machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": threads,
@@ -111,11 +133,19 @@ def _numba_read_kernel():
     return read_bytes
 
 
-def read_bandwidth(threads: int, mbytes: int = 512, reps: int = 5) -> dict:
-    """GB/s of plain sequential reads: numpy sum (1 thread) and a numba parallel byte sum."""
+def _numba_threads(threads: int) -> int:
+    """threads, capped at this process's numba pool (NUMBA_NUM_THREADS, the CPU count by default): the
+    microbenchmarks run here, the models in workers started with NUMBA_NUM_THREADS=threads."""
     import numba
 
-    numba.set_num_threads(threads)
+    n = min(threads, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    return n
+
+
+def read_bandwidth(threads: int, mbytes: int = 512, reps: int = 5) -> dict:
+    """GB/s of plain sequential reads: numpy sum (1 thread) and a numba parallel byte sum."""
+    threads = _numba_threads(threads)
     a = np.ones(mbytes * (1 << 20) // 4, np.float32)
     t_np = []
     for _ in range(reps):
@@ -143,12 +173,11 @@ def read_bandwidth(threads: int, mbytes: int = 512, reps: int = 5) -> dict:
 # --- 2. expert GEMV microbenchmark ------------------------------------------------------------------
 
 def gemv_micro(threads: int, ceiling: float, n_experts: int = 128, sweeps: int = 5) -> list[dict]:
-    import numba
     from gguf import GGMLQuantizationType as QT
 
     from pimoe import quant
 
-    numba.set_num_threads(threads)
+    threads = _numba_threads(threads)
     rng = np.random.default_rng(0)
     rows = []
     for qtype in (QT.Q4_K, QT.Q8_0):
@@ -264,10 +293,18 @@ def _run_worker(engine: str, path: Path, threads: int, prompt: list[int], n_deco
     proc = subprocess.run([sys.executable, "-m", "pimoe.bench.cpu", "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        return {"engine": engine, "error": (proc.stderr or proc.stdout).strip().splitlines()[-5:]}
+        return {"engine": engine, "error": worker_failure(proc.returncode, proc.stderr or proc.stdout)}
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["logits_file"] = spec["logits_out"]
     return res
+
+
+def worker_failure(returncode: int, output: str) -> list[str]:
+    """What a failed worker reports: its last lines, and the signal's name when one killed it (a crash
+    in llama.cpp's native code leaves no Python traceback, only e.g. SIGSEGV or SIGILL)."""
+    from pimoe.llamaref import describe_exit
+
+    return (output or "").strip().splitlines()[-5:] + [f"worker {describe_exit(returncode)}"]
 
 
 def _worker(spec: dict) -> dict:
@@ -300,12 +337,11 @@ def _worker(spec: dict) -> dict:
         def run_token(tok):
             model.forward([tok])
     else:
-        import llama_cpp
+        from pimoe.llamaref import Reference
 
-        llm = llama_cpp.Llama(model_path=path, n_ctx=len(prompt) + n_decode + 8, n_batch=max(512, len(prompt)),
-                              n_ubatch=max(512, len(prompt)), n_threads=threads, n_threads_batch=threads,
-                              logits_all=True, flash_attn=False, verbose=False,
-                              type_k=0, type_v=0)  # F32 KV cache like pimoe's (GGML_TYPE_F32 = 0)
+        # the low-level API with extra buffer types off (pimoe.llamaref: the AMX/repack buffers crash
+        # some hosts and a Pi has none); all-position logits for a prompt, like pimoe's forward
+        llm = Reference(path, n_ctx=len(prompt) + n_decode + 8, n_batch=max(512, len(prompt)), n_threads=threads)
         load_s = time.perf_counter() - t0
         llm.eval(prompt[:2])
         llm.eval(decode_tokens[:2])
@@ -313,8 +349,7 @@ def _worker(spec: dict) -> dict:
 
         def run_prompt():
             llm.reset()
-            llm.eval(prompt)
-            return np.array(llm.scores[len(prompt) - 1], dtype=np.float32)
+            return llm.eval(prompt)[-1]
 
         def run_token(tok):
             llm.eval([tok])
@@ -347,12 +382,14 @@ def bench_model(path: Path, mix: str, args, ceiling: float, tmpdir: str) -> dict
     rng = np.random.default_rng(1)
     prompt = [int(t) for t in rng.integers(10, min(info["vocab"], 1000), size=args.prompt)]
     engines = ["pimoe"] + ([] if args.no_llama else ["llama.cpp"])
-    runs, tg_rounds = {}, {}
+    runs, tg_rounds, paired = {}, {}, []
     rounds = max(1, getattr(args, "rounds", 1))
     for rnd in range(rounds):
-        for engine in engines:
+        this_round = {}
+        for engine in (engines if rnd % 2 == 0 else engines[::-1]):   # alternate who goes first
             print(f"  {engine:9s} running ({args.threads} threads, round {rnd + 1}/{rounds}) …", flush=True)
             r = _run_worker(engine, path, args.threads, prompt, args.decode, args.reps, tmpdir)
+            this_round[engine] = r
             if "error" not in r:
                 r["tg_GBps"] = info["bytes_per_token"] * r["tg_tps"] / 1e9
                 r["tg_fraction_of_ceiling"] = r["tg_GBps"] / ceiling
@@ -364,13 +401,23 @@ def bench_model(path: Path, mix: str, args, ceiling: float, tmpdir: str) -> dict
             prev = runs.get(engine)
             if prev is None or "error" in prev or ("error" not in r and r["tg_tps"] > prev["tg_tps"]):
                 runs[engine] = r  # (each engine's logits are deterministic: any round's file will do)
+        p_r, l_r = this_round.get("pimoe", {}), this_round.get("llama.cpp", {})
+        if "tg_tps" in p_r and "tg_tps" in l_r:
+            paired.append({"round": rnd + 1, "tg": p_r["tg_tps"] / l_r["tg_tps"],
+                           "pp": p_r["pp_tps"] / l_r["pp_tps"]})
+            print(f"  round {rnd + 1}: pimoe / llama.cpp decode {paired[-1]['tg']:.2f}x, "
+                  f"prompt {paired[-1]['pp']:.2f}x", flush=True)
     for engine, r in runs.items():
         r["all_rounds_tg_tps"] = tg_rounds[engine]
-    rec = {"model": path.name, "mix": mix, "weights": info, "runs": runs}
+    rec = {"model": path.name, "mix": mix, "threads": args.threads, "weights": info, "runs": runs}
     p, l = runs.get("pimoe", {}), runs.get("llama.cpp", {})
     if "tg_tps" in p and "tg_tps" in l:
-        rec["ratio_tg"] = p["tg_tps"] / l["tg_tps"]
-        rec["ratio_pp"] = p["pp_tps"] / l["pp_tps"]
+        # paired: the median of the rounds' ratios (each measured under one load); best/best beside it
+        rec["paired_rounds"] = paired
+        rec["ratio_tg"] = float(np.median([q["tg"] for q in paired]))
+        rec["ratio_pp"] = float(np.median([q["pp"] for q in paired]))
+        rec["ratio_tg_best"] = p["tg_tps"] / l["tg_tps"]
+        rec["ratio_pp_best"] = p["pp_tps"] / l["pp_tps"]
         if args.threads == 1:  # llama.cpp's CPU time includes no spin-waiting only with one thread
             rec["ratio_tg_cpu_time"] = p["tg_cpu_tps"] / l["tg_cpu_tps"]
             rec["ratio_pp_cpu_time"] = p["pp_cpu_tps"] / l["pp_cpu_tps"]
@@ -423,50 +470,76 @@ def _command_args() -> list[str]:
     return []
 
 
-def main(args) -> int:
-    from pimoe.errors import PimoeError
+def _bench_threads(args, threads: int, tmpdir: str) -> dict:
+    """Everything for one thread count: ceiling, GEMVs, models."""
+    import copy
 
-    if args.threads < 1:
-        raise PimoeError(f"--threads must be at least 1, got {args.threads}")
-    record = {"kind": "cpu-bench", "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "environment": environment(args.threads),
-              "command": "pimoe bench cpu " + " ".join(_command_args())}
-    print(f"CPU: {record['environment']['cpu']}, {args.threads} threads, load {record['environment']['load_average']}")
-    bw = read_bandwidth(args.threads)
-    record["read_bandwidth"] = bw
+    a = copy.copy(args)
+    a.threads = threads
+    out = {"threads": threads}
+    print(f"== {threads} thread{'s' if threads > 1 else ''} (load {os.getloadavg()[0]:.1f})")
+    bw = read_bandwidth(threads)
+    out["read_bandwidth"] = bw
     ceiling = bw["ceiling_GBps"]
     print(f"read bandwidth: numpy sum (1 thread) {bw['numpy_sum_1thread_GBps']:.1f} GB/s, "
-          f"numba read ({args.threads} threads) {bw['numba_read_GBps']:.1f} GB/s (medians) -> ceiling "
+          f"numba read ({threads} threads) {bw['numba_read_GBps']:.1f} GB/s (medians) -> ceiling "
           f"{ceiling:.1f} GB/s (best repeat)")
     if not args.no_micro:
         print("expert GEMVs (decode, 1 token; 128 experts cycled so weights stream from DRAM):")
-        record["gemv"] = gemv_micro(args.threads, ceiling)
-    record["models"] = []
-    if not args.micro_only:
-        with tempfile.TemporaryDirectory() as tmpdir:
-            for mix in [m.strip() for m in args.models.split(",") if m.strip()]:
-                path = ensure_model(args.cache_dir, mix, args.layers)
-                print(f"model {path.name}:", flush=True)
-                rec = bench_model(path, mix, args, ceiling, tmpdir)
-                record["models"].append(rec)
-                for engine, r in rec["runs"].items():
-                    if "error" in r:
-                        print(f"  {engine}: error: {' | '.join(r['error'])}")
-                        continue
-                    print(f"  {engine:9s} pp{r['pp_tokens']} {r['pp_tps']:7.2f} t/s   tg{r['tg_tokens']} "
-                          f"{r['tg_tps']:6.2f} t/s = {r['tg_GBps']:.2f} GB/s of weights "
-                          f"({100 * r['tg_fraction_of_ceiling']:.0f} % of ceiling)   peak RSS "
-                          f"{r['peak_rss_bytes'] / 2**30:.2f} GiB (file {rec['weights']['file_bytes'] / 2**30:.2f} GiB)")
-                if "ratio_tg_cpu_time" in rec:
-                    print(f"  by CPU-seconds per token (1 thread, insensitive to other load): decode "
-                          f"{rec['ratio_tg_cpu_time']:.2f}x, prompt {rec['ratio_pp_cpu_time']:.2f}x")
-                if "ratio_tg" in rec:
-                    print(f"  pimoe / llama.cpp: decode {rec['ratio_tg']:.2f}x, prompt {rec['ratio_pp']:.2f}x; "
-                          f"last-token logits max |diff| {rec['last_logits_max_abs_diff']:.2e} "
-                          f"(max |logit| {rec['last_logits_scale']:.2f}), same argmax: {rec['same_argmax']}")
-        if record["models"]:
-            print()
-            print(_table(record["models"], args.threads))
+        out["gemv"] = gemv_micro(threads, ceiling)
+    out["models"] = []
+    if args.micro_only:
+        return out
+    for mix in [m.strip() for m in args.models.split(",") if m.strip()]:
+        path = ensure_model(args.cache_dir, mix, args.layers)
+        print(f"model {path.name}:", flush=True)
+        rec = bench_model(path, mix, a, ceiling, tmpdir)
+        out["models"].append(rec)
+        w = rec["weights"]
+        for engine, r in rec["runs"].items():
+            if "error" in r:
+                print(f"  {engine}: error: {' | '.join(r['error'])}")
+                continue
+            print(f"  {engine:9s} pp{r['pp_tokens']} {r['pp_tps']:7.2f} t/s   tg{r['tg_tokens']} "
+                  f"{r['tg_tps']:6.2f} t/s x {w['bytes_per_token'] / 1e6:.0f} MB of weights per token = "
+                  f"{r['tg_GBps']:.2f} GB/s ({100 * r['tg_fraction_of_ceiling']:.0f} % of the {ceiling:.1f} GB/s "
+                  f"ceiling)   peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB (file {w['file_bytes'] / 2**30:.2f} GiB)")
+        if "ratio_tg_cpu_time" in rec:
+            print(f"  by CPU-seconds per token (1 thread, insensitive to other load): decode "
+                  f"{rec['ratio_tg_cpu_time']:.2f}x, prompt {rec['ratio_pp_cpu_time']:.2f}x")
+        if "ratio_tg" in rec:
+            print(f"  pimoe / llama.cpp (median of {len(rec['paired_rounds'])} paired rounds): decode "
+                  f"{rec['ratio_tg']:.2f}x, prompt {rec['ratio_pp']:.2f}x (best/best {rec['ratio_tg_best']:.2f}x, "
+                  f"{rec['ratio_pp_best']:.2f}x); last-token logits max |diff| {rec['last_logits_max_abs_diff']:.2e} "
+                  f"(max |logit| {rec['last_logits_scale']:.2f}), same argmax: {rec['same_argmax']}")
+    if out["models"]:
+        print()
+        print(_table(out["models"], threads))
+    return out
+
+
+def main(args) -> int:
+    from pimoe.errors import PimoeError
+
+    threads = _thread_list(args.threads)
+    if min(threads) < 1:
+        raise PimoeError(f"--threads must be at least 1, got {args.threads}")
+    record = {"kind": "cpu-bench", "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "environment": environment(threads), "threads": threads,
+              "command": "pimoe bench cpu " + " ".join(_command_args())}
+    print(f"CPU: {record['environment']['cpu']}, threads {threads}, load {record['environment']['load_average']}")
+    with tempfile.TemporaryDirectory() as tmpdir:
+        record["by_threads"] = [_bench_threads(args, t, tmpdir) for t in threads]
+    record["summary"] = [{"mix": m["mix"], "threads": m["threads"], "ratio_tg": m.get("ratio_tg"),
+                          "ratio_pp": m.get("ratio_pp"),
+                          "ratio_tg_rounds": [q["tg"] for q in m.get("paired_rounds", [])]}
+                         for b in record["by_threads"] for m in b["models"]]
+    if record["summary"]:
+        print("\npimoe / llama.cpp decode (median of paired rounds):")
+        for row in record["summary"]:
+            if row["ratio_tg"] is not None:
+                print(f"  {row['mix']:7s} {row['threads']} thread(s): {row['ratio_tg']:.2f}x  "
+                      f"(rounds {', '.join(f'{v:.2f}' for v in row['ratio_tg_rounds'])}), prompt {row['ratio_pp']:.2f}x")
     out = _new_record_path(args.results)
     out.write_text(json.dumps(record, indent=1))
     print(f"\nrecord written: {out}")

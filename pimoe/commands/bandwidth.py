@@ -42,9 +42,53 @@ def add_arguments(parser) -> None:
     parser.add_argument("--small", action="store_true", help="CI-sized run (64K,1M,4M CPU; 64K QPU on 8 threads; 3 reps)")
     parser.add_argument("--results", default="results", help="directory for the record (default results/)")
     parser.add_argument("--no-record", action="store_true", help="print only, write no record")
+    parser.add_argument("--concurrent", action="store_true",
+                        help="only CPU and QPU streaming at once: measured on a Pi (CPU read loop while the QPU "
+                             "sums 16 MiB), elsewhere the DRAM-sharing model's prediction (pimoe.dram)")
+
+
+def concurrent_main(args) -> int:
+    """`pimoe bandwidth --concurrent`: the combined DRAM figure the hybrid predictions use."""
+    from pimoe import dram
+    from pimoe.bench import bandwidth
+    from pimoe.qpu.driver import hardware_available
+    from pimoe.records import environment, write_record
+
+    hw = args.qpu == "hw" or (args.qpu == "auto" and hardware_available()[0])
+    rows = []
+    if hw:
+        m = bandwidth._measure_concurrent(1 << 24)
+        print(f"measured on this Pi: CPU {m['cpu_GBps']:.2f} GB/s + QPU {m['qpu_GBps']:.2f} GB/s = "
+              f"{m['GBps']:.2f} GB/s combined (use it as the DRAM-sharing ceiling: share={m['GBps'] * 1e9:.3g})")
+        rows.append(m)
+    from pimoe.cpumodel import PI4_CPU
+
+    cpu_alone = PI4_CPU.decode_bandwidth
+    if not hw:
+        print("no V3D here: the combined CPU + QPU DRAM figure is not measurable; the DRAM-sharing model "
+              f"(pimoe.dram) assumes, and predicts for a CPU decode read ({cpu_alone / 1e9:.2f} GB/s alone) "
+              "beside a QPU summation (its read ceiling alone) streaming 1 GB each:")
+    for name in dram.SCENARIO_NAMES:
+        sc = dram.scenario(name)
+        qpu_alone = dram.scenarios()["pessimistic"].combined
+        ov = dram.concurrent(1e9 / cpu_alone, 1e9, 1e9 / qpu_alone, 1e9, sc)
+        row = {"device": "cpu+qpu", "kernel": "decode read + summation", "source": "predicted (assumption)",
+               "scenario": name, "combined_GBps": sc.combined / 1e9, "slowdown": ov.slowdown,
+               "cpu_GBps": 1.0 / ov.cpu_seconds, "qpu_GBps": 1.0 / ov.qpu_seconds, "assumption": sc.source}
+        rows.append(row)
+        print(f"  {name:11s} ceiling {sc.combined / 1e9:5.2f} GB/s: both at {ov.slowdown:.2f} of their own speed "
+              f"while together; CPU {row['cpu_GBps']:.2f} GB/s, QPU {row['qpu_GBps']:.2f} GB/s over their spans "
+              f"({sc.source})")
+    if not args.no_record:
+        path, _ = write_record({"kind": "bandwidth-concurrent", "environment": environment(), "rows": rows},
+                               args.results, "bandwidth-concurrent", table=rows)
+        print(f"record written: {path}")
+    return 0
 
 
 def main(args) -> int:
+    if getattr(args, "concurrent", False):
+        return concurrent_main(args)
     from pimoe import prediction
     from pimoe.bench import bandwidth
     from pimoe.errors import PimoeError

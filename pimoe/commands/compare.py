@@ -59,6 +59,10 @@ def main(args) -> int:
         if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
             raise PimoeError(f"--threads must be 1..{numba.config.NUMBA_NUM_THREADS}, got {args.threads}")
         numba.set_num_threads(args.threads)
+    for flag, value, low in (("-p", args.n_prompt, 1), ("-n", args.n_gen, 1), ("-r", args.reps, 1),
+                             ("--layers", args.layers, 1)):
+        if value < low:
+            raise PimoeError(f"{flag} must be {low} or more, got {value}")
     if args.model and args.shape:
         raise PimoeError("give either -m MODEL.gguf or --shape, not both")
     if args.shape:

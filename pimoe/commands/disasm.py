@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import inspect
 import importlib.util
 import os
 import re
@@ -81,6 +82,8 @@ def _parse_kwargs(items: list[str]) -> dict[str, object]:
 def load_kernel(spec: str):
     """`module:function` or `file.py:function` -> the function object."""
     target, _, func_name = spec.rpartition(":")
+    if not target or not func_name:
+        raise PimoeError(f"kernel spec {spec!r}: expected module:function or file.py:function")
     if target.endswith(".py") or os.path.sep in target:
         if not os.path.isfile(target):
             raise PimoeError(f"kernel spec {spec!r}: no file {target}")
@@ -92,7 +95,7 @@ def load_kernel(spec: str):
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as exc:
+        except (ImportError, ValueError) as exc:
             raise PimoeError(f"kernel spec {spec!r}: cannot import {target}: {exc}") from None
     func = getattr(module, func_name, None)
     if not callable(func):
@@ -126,9 +129,20 @@ def main(args) -> int:
 
         func = load_kernel(src)
         kwargs = _parse_kwargs(args.arg)
-        words = assemble(func, **kwargs)
-        for name, pos in get_label_positions(func, **kwargs).items():
-            labels.setdefault(pos, []).append(name)
+        try:
+            inspect.signature(func).bind(None, **kwargs)       # the first parameter is the assembler
+        except TypeError as exc:
+            raise PimoeError(f"kernel {src}: {exc} (pass keyword arguments with --arg NAME=VALUE)") from None
+        try:
+            words = assemble(func, **kwargs)
+            for name, pos in get_label_positions(func, **kwargs).items():
+                labels.setdefault(pos, []).append(name)
+        except PimoeError:
+            raise
+        except (TypeError, ValueError, ArithmeticError) as exc:   # an argument of the wrong kind or range
+            shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            raise PimoeError(f"kernel {src} cannot be built with {shown or 'no arguments'}: "
+                             f"{type(exc).__name__}: {exc}") from None
     else:
         if args.arg:
             raise PimoeError("--arg only applies to a kernel spec module:function")

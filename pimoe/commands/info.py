@@ -78,7 +78,7 @@ def read_per_token(gguf_file) -> dict[str, dict[str, float]]:
 def main(args) -> int:
     from pimoe import pi4
     from pimoe.commands.run import default_model_path, is_synthetic, REAL_MODEL_HINT
-    from pimoe.errors import PimoeError
+    from pimoe.errors import PimoeError, printable
     from pimoe.gguf_file import GGUFFile
 
     if args.model is None:
@@ -93,7 +93,7 @@ def main(args) -> int:
     md = f.metadata
     print(f"file            {f.path}  ({_fmt_bytes(f.file_size)}, GGUF v{f.version}, {len(f.tensors)} tensors)")
     if md.get("general.name"):
-        print(f"name            {md['general.name']}")
+        print(f"name            {printable(md['general.name'])}")
     if is_synthetic(f):
         print("NOTE            random-weight synthetic model (pimoe make-model): its text output is gibberish")
         print(f"                {REAL_MODEL_HINT}")
@@ -106,10 +106,10 @@ def main(args) -> int:
         from pimoe.tokenizer import Tokenizer
 
         tok = Tokenizer.from_gguf_metadata(md, str(path))
-        name = lambda i: "-" if i is None else f"{i} {tok.tokens[i]!r}"  # noqa: E731
+        name = lambda i: "-" if i is None else f"{i} {printable(repr(tok.tokens[i]))}"  # noqa: E731
         print()
         print("tokenizer")
-        print(f"  model           {md['tokenizer.ggml.model']} (pre {tok.pre}), {tok.vocab_size} tokens")
+        print(f"  model           {printable(md['tokenizer.ggml.model'])} (pre {tok.pre}), {tok.vocab_size} tokens")
         print(f"  bos / eos       {name(tok.bos_id)} / {name(tok.eos_id)}; add_bos {tok.add_bos}")
         print(f"  chat template   {'yes' if tok.chat_template else 'no'}")
 
@@ -134,7 +134,8 @@ def main(args) -> int:
           f"active per token {_fmt_count(act_p)} ({int(act_p):,}; "
           f"{cfg.n_experts_used} of {cfg.n_experts} experts per layer)")
     print(f"weights         {_fmt_bytes(total_b)} in the file, "
-          f"{_fmt_bytes(act_b)} read per decode token ({100 * act_b / total_b:.1f} %)")
+          f"{_fmt_bytes(act_b)} read per decode token"
+          + (f" ({100 * act_b / total_b:.1f} %)" if total_b else ""))
     print()
     print("bytes read per decode token")
     order = ["experts (routed)", "shared expert", "attention", "router", "norms", "embedding", "output head"]
@@ -149,6 +150,9 @@ def main(args) -> int:
     # Pi 4-class decode bandwidth implied by published llama.cpp speeds (pimoe.pi4 has the sources)
     gbps = pi4.CPU_DECODE_BANDWIDTH / 1e9
     print()
+    if not act_b:
+        print("napkin ceiling  - (the file holds no weights)")
+        return 0
     print(f"napkin ceiling  {gbps * 1e9 / act_b:.2f} tokens/s at {gbps} GB/s (Pi 4-class CPU decode bandwidth, "
           f"published; pimoe.pi4): bandwidth / bytes per token, an upper bound, not a measurement")
     return 0

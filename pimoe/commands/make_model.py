@@ -57,6 +57,7 @@ def _parse_overrides(items: list[str]) -> dict[str, object]:
 
 
 def main(args) -> int:
+    import struct
     import time
 
     from pimoe.commands.info import _fmt_bytes, _fmt_count, read_per_token
@@ -69,14 +70,27 @@ def main(args) -> int:
         raise PimoeError(f"{out}: already exists; choose another -o or pass --force to overwrite it")
     if out.exists() and not out.is_file():
         raise PimoeError(f"{out}: exists and is not a regular file")
+    if args.seed < 0:
+        raise PimoeError(f"--seed must be 0 or more, got {args.seed}")
+    if args.layers is not None and args.layers < 1:
+        raise PimoeError(f"--layers must be 1 or more, got {args.layers}")
     arch = ARCH_ALIASES.get(args.arch, args.arch)
     overrides = _parse_overrides(args.set)
     t0 = time.perf_counter()
     # write next to the target and rename at the end, so a failed run leaves no half-written model
     tmp = out.with_name(f"{out.name}.partial")
     try:
-        make_model(tmp, arch=arch, preset=args.preset, qtype=args.type, n_layers=args.layers, seed=args.seed,
-                   progress=True, **overrides)
+        try:
+            make_model(tmp, arch=arch, preset=args.preset, qtype=args.type, n_layers=args.layers, seed=args.seed,
+                       progress=True, **overrides)
+        except OSError as exc:
+            raise PimoeError(f"{out}: cannot write the model: {exc.strerror or exc}") from None
+        except (ValueError, TypeError, OverflowError, ZeroDivisionError, MemoryError, struct.error) as exc:
+            # a --set value the shape cannot take (negative, zero, too large for memory)
+            shown = " ".join(f"--set {x}" for x in args.set)
+            raise PimoeError(f"cannot make a model with {shown or 'these settings'}: "
+                             f"{type(exc).__name__}: {exc}") from None
+        GGUFFile(tmp)            # a file pimoe itself refuses (e.g. --set n_experts_used=99) is not kept
         tmp.replace(out)
     finally:
         if tmp.exists():

@@ -33,7 +33,8 @@ def add_arguments(parser) -> None:
                              "device (virtual), pimoe's emulator (emu), or the GPU when present (auto, default)")
     parser.add_argument("--temperature", type=float, default=0.0, metavar="T",
                         help="sampling temperature; 0 = greedy (default 0)")
-    parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for sampling")
+    parser.add_argument("--seed", type=int, default=None, metavar="S",
+                        help="random seed for sampling (-1 or none: a random seed)")
     parser.add_argument("--chat", action="store_true",
                         help="wrap the prompt as a user message with the model's chat template")
     parser.add_argument("--no-warmup", action="store_true",
@@ -83,14 +84,37 @@ def _note(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def check_sampling_args(args) -> None:
+    """The command-line values run (and compare) share, checked before any work: PimoeError if bad."""
+    import math
+
+    from pimoe.errors import PimoeError
+
+    prompt = getattr(args, "prompt", None)
+    if isinstance(prompt, str):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:      # argv bytes that are not UTF-8 arrive as lone surrogates
+            bad = prompt[exc.start:exc.end].encode("utf-8", "backslashreplace")
+            raise PimoeError(f"-p: the prompt is not valid UTF-8 (byte {bad!r} at character {exc.start}); "
+                             f"pass UTF-8 text") from None
+    t = getattr(args, "temperature", 0.0)
+    if not math.isfinite(t) or t < 0:
+        raise PimoeError(f"--temperature must be a finite number >= 0, got {t}")
+    if getattr(args, "seed", None) is not None and args.seed < 0:
+        args.seed = None          # -1: a random seed (as llama.cpp's --seed -1)
+    ctx = getattr(args, "ctx", None)
+    if ctx is not None and ctx <= 0:
+        raise PimoeError(f"--ctx must be a positive number of tokens, got {ctx}")
+
+
 def main(args) -> int:
     import pimoe
     from pimoe.errors import PimoeError
 
     if args.n_predict < 0:
         raise PimoeError(f"-n must be 0 or more, got {args.n_predict}")
-    if args.temperature < 0:
-        raise PimoeError(f"--temperature must be 0 or more, got {args.temperature}")
+    check_sampling_args(args)
     if args.model is None:
         path = default_model_path(progress=_note)
         _note(f"pimoe: no model given (-m), using the built-in tiny synthetic model {path}")

@@ -7,10 +7,12 @@ layouts and read-only flags so numba compiles (and caches) one specialization pe
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from pimoe.kernels import actquant, fused
+from pimoe.ops import swiglu
 
 INT_KIND = {
     QT.Q8_0: fused.K_Q8_0, QT.Q4_0: fused.K_Q4_0, QT.Q5_0: fused.K_Q5_0,
@@ -126,13 +128,13 @@ def run(qtype: QT, w3: np.ndarray, acts: PreparedActivations, rows, starts, expe
         return out
     w3 = _readonly(w3)
     if qtype in FLOAT_KIND:
-        fused.float_matmul(FLOAT_KIND[qtype], w3, acts.xf, rows, starts, experts, out)
+        fused.float_matmul(FLOAT_KIND[qtype], w3, acts.xf, rows, starts, experts, out, numba.get_num_threads())
     else:
         many = (qtype not in TILED_TYPES and len(starts) > 1
                 and int(np.diff(starts).max()) >= fused.MULTI_TOKEN)
         xr = acts.rounded() if many else _NO_ROWS
         fused.quant_matmul(INT_KIND[qtype], w3, acts.xq, acts.xd, acts.xs, acts.xbs, xr,
-                           rows, starts, experts, fused.F16_TABLE, out)
+                           rows, starts, experts, fused.F16_TABLE, out, numba.get_num_threads())
     return out
 
 
@@ -151,3 +153,36 @@ def matmul_experts(qtype: QT, w3: np.ndarray, x: np.ndarray | None, expert_ids,
     acts = acts or PreparedActivations(x, qtype)
     rows, starts, experts = groups if groups is not None else _groups(expert_ids)
     return run(qtype, w3, acts, rows, starts, experts)
+
+
+def moe_pairs(gate_type: QT, gate: np.ndarray, up_type: QT, up: np.ndarray, down_type: QT, down: np.ndarray,
+              x: np.ndarray, expert_ids: np.ndarray) -> np.ndarray:
+    """Each (token, chosen expert) pair's FFN output, before the router weights.
+
+    gate/up uint8 [E, ff, rb], down uint8 [E, hidden, rb_ff]; x f32 [T, hidden]; expert_ids int [T, k]
+    -> f32 [T*k, hidden], row t*k+j = down_e(silu(gate_e x_t) * up_e x_t) for e = expert_ids[t, j].
+    x is quantized once (gate and up share it). When every expert serves one pair (decode) and gate
+    and up have a row-dot type, gate, up and silu run in one kernel call (fused.gate_up_silu) and
+    down in a second; otherwise gate and up are separate calls that tile the tokens of an expert."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    ids = np.asarray(expert_ids, dtype=np.int64)
+    T, k = ids.shape
+    flat = ids.reshape(-1)
+    groups = _groups(flat)
+    rows, starts, experts = groups
+    tok = np.repeat(np.arange(T, dtype=np.int64), k)
+    acts = PreparedActivations(x, gate_type)
+    one_per_expert = len(starts) - 1 == len(flat)
+    if one_per_expert and gate_type == up_type and gate_type in TILED_TYPES:
+        h = np.empty((len(flat), gate.shape[1]), np.float32)
+        fused.gate_up_silu(INT_KIND[gate_type], _readonly(gate), _readonly(up), acts.xq, acts.xd, acts.xbs,
+                           tok, rows, starts, experts, fused.F16_TABLE, h, numba.get_num_threads())
+    else:
+        pair_acts = take_rows(acts, tok)
+        g = run(gate_type, gate, pair_acts, rows, starts, experts)
+        if up_type == gate_type:
+            u = run(up_type, up, pair_acts, rows, starts, experts)
+        else:
+            u = run(up_type, up, PreparedActivations(x[tok], up_type), rows, starts, experts)
+        h = swiglu(g, u)
+    return run(down_type, down, PreparedActivations(h, down_type), rows, starts, experts)

@@ -629,6 +629,19 @@ def _make_row_dots(x86):
  madd_q8_0_row_tile2, madd_q4_k_row_tile2, madd_q6_k_row_tile2) = _make_row_dots(USE_X86_MADD)
 
 @intrinsic
+def fetch_add(typingctx, arr, val):
+    """Atomic arr[0] += val on an int64 array; returns the old value (the kernels' work-queue counter)."""
+    sig = types.int64(arr, val)
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        v = context.cast(builder, args[1], signature.args[1], types.int64)
+        return builder.atomic_rmw("add", a.data, v, "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
 def load_u32(typingctx, b, off):
     """Little-endian uint32 from bytes b[off:off+4] (unaligned), widened to int64."""
     sig = types.int64(b, off)
@@ -643,7 +656,7 @@ def load_u32(typingctx, b, off):
     return sig, codegen
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def kquant_scales_mins(b, o):
     """The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K super-block (12 bytes at b[o+4:]),
     each packed one per byte into an int64.  Bytes 0..3: scale j (j<4) in the low 6 bits, bits 4-5 of
@@ -685,12 +698,12 @@ F16_TABLE = _f16_table()
 # Slicing a block first (blk = b[o:o+size]) keeps the inner indexes provably non-negative, which
 # numba needs to drop its negative-index wraparound and vectorize the loop.
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _f16(b, off, lut):
     return lut[np.int64(b[off]) | (np.int64(b[off + 1]) << 8)]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q4_0(b, xq, xd, lut):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
@@ -700,7 +713,7 @@ def _row_q4_0(b, xq, xd, lut):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q5_0(b, xq, xd, lut):
     lanes = np.zeros(32, np.float32)
     for i in range(xd.shape[0]):
@@ -718,7 +731,7 @@ def _row_q5_0(b, xq, xd, lut):
     return lanes.sum()
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q4_1(b, xq, xd, xs, lut):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
@@ -728,7 +741,7 @@ def _row_q4_1(b, xq, xd, xs, lut):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q5_1(b, xq, xd, xs, lut):
     lanes = np.zeros(32, np.float32)
     macc = np.float32(0.0)
@@ -748,7 +761,7 @@ def _row_q5_1(b, xq, xd, xs, lut):
     return lanes.sum() + macc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q2_k(b, xq, xd, xbs, lut):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
@@ -767,7 +780,7 @@ def _row_q2_k(b, xq, xd, xbs, lut):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q3_k(b, xq, xd, lut, sc):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
@@ -786,7 +799,7 @@ def _row_q3_k(b, xq, xd, lut, sc):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_q5_k(b, xq, xd, xbs, lut):
     # the 16-bit super-block intrinsic: measured faster for Q5_K (8.3 vs 6.1 GB/s per core)
     acc = np.float32(0.0)
@@ -814,7 +827,7 @@ def _row_q5_k(b, xq, xd, xbs, lut):
 # instead of T.  Same products as the integer path, summed in another order: equal within f32
 # rounding.  The Q4_1/Q5_1 minimum stays on ggml's per-block s_x (returned in mv, added per token).
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _dequant_row(kind, b, f, mv, lut):
     n = f.shape[0]
     zero = np.float32(0.0)
@@ -899,7 +912,7 @@ def _dequant_row(kind, b, f, mv, lut):
                             f, i * 256 + g * 16, d * np.float32(np.int8(b[o + 192 + g])), zero)
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _fdot(a, b):
     acc = np.float32(0.0)
     for i in range(a.shape[0]):
@@ -907,7 +920,7 @@ def _fdot(a, b):
     return acc
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _fdot4(a, b0, b1, b2, b3):
     # four tokens against one row: four independent FMA chains (one chain alone is latency-bound)
     c0 = np.float32(0.0)
@@ -923,116 +936,174 @@ def _fdot4(a, b0, b1, b2, b3):
     return c0, c1, c2, c3
 
 
-@njit(cache=True, parallel=True)
-def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out):
+@njit(cache=True, nogil=True, parallel=True)
+def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out, nthreads):
     """Integer-activation matmul over expert groups.
 
     w uint8 [E, O, rb]; xq int8 [N, n] activation codes;
     xd f32 [N, n/block] activation scales; xs f32 [N, n/32] (Q8_1 sums, else unused);
     xbs int16 [N, n/16] (Q8_K 16-sums, else unused); xr f32 [N, n] the rounded activations
     d_x*q_x (used when a weight row serves MULTI_TOKEN or more tokens); rows/groups/gexp as in the
-    module doc; out f32 [N, O].
+    module doc; out f32 [N, O]; nthreads: how many work-queue workers (numba.get_num_threads()).
     """
     O = w.shape[1]
     n_chunks = (O + ROW_CHUNK - 1) // ROW_CHUNK
     G = gexp.shape[0]
-    for item in prange(G * n_chunks):
-        g = item // n_chunks
-        r0 = (item % n_chunks) * ROW_CHUNK
-        r1 = min(O, r0 + ROW_CHUNK)
-        e = gexp[g]
-        fast = kind == K_Q8_0 or kind == K_Q4_K or kind == K_Q6_K
-        if groups[g + 1] - groups[g] >= MULTI_TOKEN and not fast:
-            n = xq.shape[1]
-            f = np.empty(n, np.float32)
-            mv = np.zeros(n // 32, np.float32)
-            affine = kind == K_Q4_1 or kind == K_Q5_1
-            k0, k1 = groups[g], groups[g + 1]
+    total = G * n_chunks
+    # work queue: each thread takes the next item from an atomic counter, so a thread the OS
+    # preempts (a shared machine, or more threads than cores) delays only its current item.
+    # nthreads: numba.get_num_threads() from the caller (called in here it is a dynamic global
+    # that stops numba from caching the kernel)
+    nw = max(1, min(nthreads, total))
+    counter = np.zeros(1, np.int64)
+    for _wk in prange(nw):
+        while True:
+            item = fetch_add(counter, 1)
+            if item >= total:
+                break
+            g = item // n_chunks
+            r0 = (item % n_chunks) * ROW_CHUNK
+            r1 = min(O, r0 + ROW_CHUNK)
+            e = gexp[g]
+            fast = kind == K_Q8_0 or kind == K_Q4_K or kind == K_Q6_K
+            if groups[g + 1] - groups[g] >= MULTI_TOKEN and not fast:
+                n = xq.shape[1]
+                f = np.empty(n, np.float32)
+                mv = np.zeros(n // 32, np.float32)
+                affine = kind == K_Q4_1 or kind == K_Q5_1
+                k0, k1 = groups[g], groups[g + 1]
+                for o in range(r0, r1):
+                    _dequant_row(kind, w[e, o], f, mv, lut)
+                    k = k0
+                    while k + 4 <= k1:
+                        t0, t1, t2, t3 = rows[k], rows[k + 1], rows[k + 2], rows[k + 3]
+                        v0, v1, v2, v3 = _fdot4(f, xr[t0], xr[t1], xr[t2], xr[t3])
+                        out[t0, o] = v0
+                        out[t1, o] = v1
+                        out[t2, o] = v2
+                        out[t3, o] = v3
+                        k += 4
+                    while k < k1:
+                        out[rows[k], o] = _fdot(f, xr[rows[k]])
+                        k += 1
+                    if affine:
+                        for k in range(k0, k1):
+                            out[rows[k], o] += _fdot(mv, xs[rows[k]])
+                continue
+            if fast:
+                # whole-row vector dots on offsets into the arrays (no views: each view costs refcount
+                # calls comparable to a row's arithmetic); tokens in tiles of 4, then 2, share each
+                # block's unpacking, the rest go one at a time (the same sums either way)
+                rb = w.shape[2]
+                n = xq.shape[1]
+                nbx = xd.shape[1]
+                nbs = xbs.shape[1]
+                k0, k1 = groups[g], groups[g + 1]
+                for o in range(r0, r1):
+                    woff = (e * O + o) * rb
+                    k = k0
+                    while k + 4 <= k1:
+                        if kind == K_Q8_0:
+                            v0, v1, v2, v3 = madd_q8_0_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        elif kind == K_Q4_K:
+                            v0, v1, v2, v3 = madd_q4_k_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        else:
+                            v0, v1, v2, v3 = madd_q6_k_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        out[rows[k], o] = v0
+                        out[rows[k + 1], o] = v1
+                        out[rows[k + 2], o] = v2
+                        out[rows[k + 3], o] = v3
+                        k += 4
+                    if k + 2 <= k1:
+                        if kind == K_Q8_0:
+                            v0, v1 = madd_q8_0_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        elif kind == K_Q4_K:
+                            v0, v1 = madd_q4_k_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        else:
+                            v0, v1 = madd_q6_k_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        out[rows[k], o] = v0
+                        out[rows[k + 1], o] = v1
+                        k += 2
+                    for kk in range(k, k1):
+                        t = rows[kk]
+                        if kind == K_Q8_0:
+                            v = madd_q8_0_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, 0, nbx, lut)
+                        elif kind == K_Q4_K:
+                            v = madd_q4_k_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
+                        else:
+                            v = madd_q6_k_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
+                        out[t, o] = v
+                continue
+            sc = np.empty(16, np.int32)  # Q3_K's unpacked scales
             for o in range(r0, r1):
-                _dequant_row(kind, w[e, o], f, mv, lut)
-                k = k0
-                while k + 4 <= k1:
-                    t0, t1, t2, t3 = rows[k], rows[k + 1], rows[k + 2], rows[k + 3]
-                    v0, v1, v2, v3 = _fdot4(f, xr[t0], xr[t1], xr[t2], xr[t3])
-                    out[t0, o] = v0
-                    out[t1, o] = v1
-                    out[t2, o] = v2
-                    out[t3, o] = v3
-                    k += 4
-                while k < k1:
-                    out[rows[k], o] = _fdot(f, xr[rows[k]])
-                    k += 1
-                if affine:
-                    for k in range(k0, k1):
-                        out[rows[k], o] += _fdot(mv, xs[rows[k]])
-            continue
-        if fast:
-            # whole-row vector dots on offsets into the arrays (no views: each view costs refcount
-            # calls comparable to a row's arithmetic); tokens in tiles of 4, then 2, share each
-            # block's unpacking, the rest go one at a time (the same sums either way)
-            rb = w.shape[2]
-            n = xq.shape[1]
-            nbx = xd.shape[1]
-            nbs = xbs.shape[1]
-            k0, k1 = groups[g], groups[g + 1]
+                b = w[e, o]
+                for k in range(groups[g], groups[g + 1]):
+                    t = rows[k]
+                    if kind == K_Q4_0:
+                        v = _row_q4_0(b, xq[t], xd[t], lut)
+                    elif kind == K_Q5_0:
+                        v = _row_q5_0(b, xq[t], xd[t], lut)
+                    elif kind == K_Q4_1:
+                        v = _row_q4_1(b, xq[t], xd[t], xs[t], lut)
+                    elif kind == K_Q5_1:
+                        v = _row_q5_1(b, xq[t], xd[t], xs[t], lut)
+                    elif kind == K_Q2_K:
+                        v = _row_q2_k(b, xq[t], xd[t], xbs[t], lut)
+                    elif kind == K_Q3_K:
+                        v = _row_q3_k(b, xq[t], xd[t], lut, sc)
+                    else:
+                        v = _row_q5_k(b, xq[t], xd[t], xbs[t], lut)
+                    out[t, o] = v
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def gate_up_silu(kind, wg, wu, xq, xd, xbs, tok, rows, groups, gexp, lut, h, nthreads):
+    """The first half of a layer's expert FFN in one call, for one token per expert (decode):
+    h[p, o] = silu(wg[e, o] . x[tok[p]]) * (wu[e, o] . x[tok[p]]) for every pair p = rows[k] of group g
+    (expert e = gexp[g]).  Gate and up rows of the same output o are read back to back while the
+    token's activation codes stay in L1; silu is ggml's x / (1 + e^-x) in f32.
+
+    kind: K_Q8_0, K_Q4_K or K_Q6_K (gate and up of the same type); wg, wu uint8 [E, O, rb];
+    xq/xd/xbs the token's activation codes, scales and Q8_K sums [T, ...]; tok int64 [N] token of
+    each pair; rows/groups/gexp the expert groups of the pairs; h f32 [N, O]."""
+    O = wg.shape[1]
+    rb = wg.shape[2]
+    n = xq.shape[1]
+    nbx = xd.shape[1]
+    nbs = xbs.shape[1]
+    n_chunks = (O + ROW_CHUNK - 1) // ROW_CHUNK
+    G = gexp.shape[0]
+    total = G * n_chunks
+    nw = max(1, min(nthreads, total))
+    counter = np.zeros(1, np.int64)
+    one = np.float32(1.0)
+    for _wk in prange(nw):
+        while True:
+            item = fetch_add(counter, 1)
+            if item >= total:
+                break
+            g = item // n_chunks
+            r0 = (item % n_chunks) * ROW_CHUNK
+            r1 = min(O, r0 + ROW_CHUNK)
+            e = gexp[g]
             for o in range(r0, r1):
                 woff = (e * O + o) * rb
-                k = k0
-                while k + 4 <= k1:
+                for kk in range(groups[g], groups[g + 1]):
+                    p = rows[kk]
+                    t = tok[p]
                     if kind == K_Q8_0:
-                        v0, v1, v2, v3 = madd_q8_0_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        gv = madd_q8_0_row_dot(wg, woff, xq, t * n, xd, t * nbx, xbs, 0, nbx, lut)
+                        uv = madd_q8_0_row_dot(wu, woff, xq, t * n, xd, t * nbx, xbs, 0, nbx, lut)
                     elif kind == K_Q4_K:
-                        v0, v1, v2, v3 = madd_q4_k_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
+                        gv = madd_q4_k_row_dot(wg, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
+                        uv = madd_q4_k_row_dot(wu, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
                     else:
-                        v0, v1, v2, v3 = madd_q6_k_row_tile(w, woff, xq, xd, xbs, rows, k, nbx, lut)
-                    out[rows[k], o] = v0
-                    out[rows[k + 1], o] = v1
-                    out[rows[k + 2], o] = v2
-                    out[rows[k + 3], o] = v3
-                    k += 4
-                if k + 2 <= k1:
-                    if kind == K_Q8_0:
-                        v0, v1 = madd_q8_0_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
-                    elif kind == K_Q4_K:
-                        v0, v1 = madd_q4_k_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
-                    else:
-                        v0, v1 = madd_q6_k_row_tile2(w, woff, xq, xd, xbs, rows, k, nbx, lut)
-                    out[rows[k], o] = v0
-                    out[rows[k + 1], o] = v1
-                    k += 2
-                for kk in range(k, k1):
-                    t = rows[kk]
-                    if kind == K_Q8_0:
-                        v = madd_q8_0_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, 0, nbx, lut)
-                    elif kind == K_Q4_K:
-                        v = madd_q4_k_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
-                    else:
-                        v = madd_q6_k_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
-                    out[t, o] = v
-            continue
-        sc = np.empty(16, np.int32)  # Q3_K's unpacked scales
-        for o in range(r0, r1):
-            b = w[e, o]
-            for k in range(groups[g], groups[g + 1]):
-                t = rows[k]
-                if kind == K_Q4_0:
-                    v = _row_q4_0(b, xq[t], xd[t], lut)
-                elif kind == K_Q5_0:
-                    v = _row_q5_0(b, xq[t], xd[t], lut)
-                elif kind == K_Q4_1:
-                    v = _row_q4_1(b, xq[t], xd[t], xs[t], lut)
-                elif kind == K_Q5_1:
-                    v = _row_q5_1(b, xq[t], xd[t], xs[t], lut)
-                elif kind == K_Q2_K:
-                    v = _row_q2_k(b, xq[t], xd[t], xbs[t], lut)
-                elif kind == K_Q3_K:
-                    v = _row_q3_k(b, xq[t], xd[t], lut, sc)
-                else:
-                    v = _row_q5_k(b, xq[t], xd[t], xbs[t], lut)
-                out[t, o] = v
+                        gv = madd_q6_k_row_dot(wg, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
+                        uv = madd_q6_k_row_dot(wu, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
+                    h[p, o] = gv / (one + np.exp(-gv)) * uv
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _decode_float_row(kind, b, n, f, u):
     if kind == K_F32:
         f[:] = b.view(np.float32)
@@ -1055,34 +1126,45 @@ def _decode_float_row(kind, b, n, f, u):
             f[i] = -m if (hv & np.uint32(0x8000)) else m
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
-def float_matmul(kind, w, x, rows, groups, gexp, out):
+@njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})
+def float_matmul(kind, w, x, rows, groups, gexp, out, nthreads):
     """F32/F16/BF16 weights: w uint8 [E, O, rb]; x f32 [N, n] (already rounded); out f32 [N, O]."""
     O = w.shape[1]
     n = x.shape[1]
     n_chunks = (O + ROW_CHUNK - 1) // ROW_CHUNK
     G = gexp.shape[0]
-    for item in prange(G * n_chunks):
-        g = item // n_chunks
-        r0 = (item % n_chunks) * ROW_CHUNK
-        r1 = min(O, r0 + ROW_CHUNK)
-        e = gexp[g]
-        f = np.empty(n, np.float32)
-        u = np.empty(n, np.uint32)
-        for o in range(r0, r1):
-            _decode_float_row(kind, w[e, o], n, f, u)
-            for k in range(groups[g], groups[g + 1]):
-                t = rows[k]
-                xr = x[t]
-                acc = np.float32(0.0)
-                for i in range(n):
-                    acc += f[i] * xr[i]
-                out[t, o] = acc
+    total = G * n_chunks
+    # work queue: each thread takes the next item from an atomic counter, so a thread the OS
+    # preempts (a shared machine, or more threads than cores) delays only its current item.
+    # nthreads: numba.get_num_threads() from the caller (called in here it is a dynamic global
+    # that stops numba from caching the kernel)
+    nw = max(1, min(nthreads, total))
+    counter = np.zeros(1, np.int64)
+    for _wk in prange(nw):
+        while True:
+            item = fetch_add(counter, 1)
+            if item >= total:
+                break
+            g = item // n_chunks
+            r0 = (item % n_chunks) * ROW_CHUNK
+            r1 = min(O, r0 + ROW_CHUNK)
+            e = gexp[g]
+            f = np.empty(n, np.float32)
+            u = np.empty(n, np.uint32)
+            for o in range(r0, r1):
+                _decode_float_row(kind, w[e, o], n, f, u)
+                for k in range(groups[g], groups[g + 1]):
+                    t = rows[k]
+                    xr = x[t]
+                    acc = np.float32(0.0)
+                    for i in range(n):
+                        acc += f[i] * xr[i]
+                    out[t, o] = acc
 
 
 # --- activation quantizers (numba twins of actquant's numpy ones; tested equal) -------------------
 
-@njit(cache=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def quantize_rows_q8_0(x, qs, d, s):
     """x f32 [T, n] -> qs int8 [T, n], d f32 [T, n/32] (f32, caller rounds to f16), s f32 sums of qs."""
     T, n = x.shape
@@ -1098,13 +1180,15 @@ def quantize_rows_q8_0(x, qs, d, s):
             tot = 0
             for l in range(32):
                 v = np.rint(x[t, i * 32 + l] * inv)
+                if v != v:   # NaN (x NaN, or inf * 0 when amax is inf): code 0, as ggml's nearest_int
+                    v = np.float32(0.0)
                 v = min(max(v, np.float32(-128.0)), np.float32(127.0))
                 qs[t, i * 32 + l] = np.int8(v)
                 tot += np.int32(v)
             s[t, i] = np.float32(tot)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def quantize_rows_q8_k(x, qs, d, bsums):
     """x f32 [T, n] -> qs int8 [T, n], d f32 [T, n/256], bsums int16 [T, n/16] (quantize_row_q8_K_ref)."""
     T, n = x.shape
@@ -1125,10 +1209,14 @@ def quantize_rows_q8_k(x, qs, d, bsums):
                 for j in range(16):
                     bsums[t, i * 16 + j] = 0
                 continue
+            # an inf in x gives iscale -0 and d = 1/iscale = -inf (IEEE, as ggml; numba's default
+            # error model would raise ZeroDivisionError here): the dots come out non-finite, like llama.cpp's
             iscale = np.float32(-127.0) / vmax
             for l in range(256):
                 v = min(np.rint(iscale * x[t, o + l]), np.float32(127.0))
-                qs[t, o + l] = np.int8(v)
+                if v != v:   # NaN code (inf * -0): 0, as ggml's nearest_int gives
+                    v = np.float32(0.0)
+                qs[t, o + l] = np.int8(max(v, np.float32(-128.0)))
             for j in range(16):
                 tot = 0
                 for l in range(16):

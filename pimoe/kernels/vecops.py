@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _rmsnorm_rows(x, weight, eps, out):
     R, n = x.shape
     for r in range(R):

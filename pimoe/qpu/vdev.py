@@ -335,6 +335,9 @@ def _ArenaEmulator(memory, base):
             self.memory = memory
             self._mem32 = memory.view(np.uint32)
             self._programs: dict[int, DecodedProgram] = {}
+            import inspect
+
+            self._execute_params = inspect.signature(EmuDriver.execute).parameters
 
         def run(self, cfg: U.CSDConfig, timeout: float):
             off = cfg.shader - base

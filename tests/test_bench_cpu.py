@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from pimoe.bench import cpu as cpubench
+from pimoe.gguf_file import GGUFFile
+from pimoe.synth import make_model
 
 
 def test_more_bits_layers_follow_llama_quantize_rule():
@@ -23,21 +25,17 @@ def test_more_bits_layers_follow_llama_quantize_rule():
 
 @pytest.fixture(scope="module")
 def tiny_q8(tmp_path_factory):
-    from pimoe.synth import make_model
-
     return make_model(tmp_path_factory.mktemp("bench") / "tiny-q8.gguf", preset="tiny", qtype="Q8_0")
 
 
 def test_weight_bytes_per_token_counts_k_of_e_experts(tiny_q8):
-    from pimoe.gguf_file import GGUFFile
-
-    f = GGUFFile(tiny_q8)
-    cfg = f.config
     info = cpubench.weight_bytes_per_token(tiny_q8)
+    # the same count from the file's tensors, by hand: k of E experts' weights, one embedding row, the rest
+    f = GGUFFile(tiny_q8)
     exps = sum(t.nbytes for n, t in f.tensors.items() if "_exps" in n)
     emb = f.tensors["token_embd.weight"]
     dense = sum(t.nbytes for n, t in f.tensors.items() if "_exps" not in n) - emb.nbytes + emb.row_bytes
-    assert info["expert_bytes_per_token"] == exps * cfg.n_experts_used // cfg.n_experts
+    assert info["expert_bytes_per_token"] == exps * f.config.n_experts_used // f.config.n_experts
     assert info["bytes_per_token"] == dense + info["expert_bytes_per_token"]
     assert info["file_bytes"] > info["tensor_bytes"] > info["bytes_per_token"]
 
@@ -67,6 +65,9 @@ def test_bench_model_runs_both_engines_and_agrees(tiny_q8, tmp_path):
         assert len(r["all_rounds_tg_tps"]) == 2 and r["tg_tps"] == max(r["all_rounds_tg_tps"])
         assert r["tg_cpu_tps"] > 0
     assert rec["ratio_tg_cpu_time"] > 0
+    # paired rounds: one ratio per round, measured back to back; the reported ratio is their median
+    assert [q["round"] for q in rec["paired_rounds"]] == [1, 2]
+    assert rec["ratio_tg"] == pytest.approx(float(np.median([q["tg"] for q in rec["paired_rounds"]])))
     # same file, same activation quantization: the last prompt token's logits agree closely
     assert rec["last_logits_max_abs_diff"] < 1e-2 * max(rec["last_logits_scale"], 1.0)
     assert rec["same_argmax"]
@@ -80,3 +81,14 @@ def test_new_record_path_never_overwrites(tmp_path):
     a.write_text("{}")
     b = cpubench._new_record_path(tmp_path)
     assert a != b and not b.exists()
+
+
+def test_thread_list_and_worker_failure_reports():
+    assert cpubench._thread_list("1,2,4") == [1, 2, 4] and cpubench._thread_list(3) == [3]
+    for bad in ("0", "a,b", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cpubench._thread_list(bad)
+    # a native crash leaves no traceback: the signal's name is what the record keeps
+    assert cpubench.worker_failure(-11, "loading\n")[-1] == "worker killed by SIGSEGV (signal 11)"
+    assert cpubench.worker_failure(-4, "")[-1] == "worker killed by SIGILL (signal 4)"
+    assert cpubench.worker_failure(1, "Traceback\nValueError: x")[-2:] == ["ValueError: x", "worker exited with status 1"]
