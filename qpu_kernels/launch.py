@@ -24,6 +24,8 @@ def uniforms_address(unif) -> int:
 def launch(drv, code, unif, threads: int, **kwargs):
     """Run `code` on `threads` batches of 16 lanes with uniforms `unif` (an address or a driver array).
     Returns (the driver's counters -- EmuCounters, None on hardware --, host seconds)."""
+    # more than 2 threads per QPU need the dispatch's CFG5 THREADING bit, as on the hardware (emu lane)
+    kwargs.setdefault("threading", threads > 16)
     t0 = time.perf_counter()
     counters = drv.execute(code, local_invocation=(16, 1, 1), uniforms=uniforms_address(unif), thread=threads,
                            timeout_sec=TIMEOUT_SEC, **kwargs)

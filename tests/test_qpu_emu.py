@@ -544,7 +544,7 @@ def test_branch_forms_and_delay_slots():
 @qpu
 def k_uniform_branch(asm, *, mode):
     eidx(r0, sig=ldunifrf(rf0))
-    nop(sig=ldunifrf(rf1))           # for mode "reg": a vector whose lane 0 is the new address
+    nop(sig=ldunifrf(rf1))           # for modes "reg*": a vector holding the new address
     shl(r0, r0, 2)
     add(rf0, rf0, r0)
     add(rf1, rf1, r0)
@@ -566,7 +566,7 @@ def k_uniform_branch(asm, *, mode):
     _end(asm)
 
 
-@pytest.mark.parametrize("mode", ["rel", "abs", "reg"])
+@pytest.mark.parametrize("mode", ["rel", "abs", "reg", "reg_rotated"])
 def test_uniform_stream_branches(mode):
     with EmuDriver(data_area_size=1 << 16) as drv:
         code = drv.program(k_uniform_branch, mode=mode)
@@ -580,9 +580,16 @@ def test_uniform_stream_branches(mode):
         elif mode == "abs":
             unif[2] = unif.addresses()[4]
             want = 6
+        elif mode == "reg":
+            # the smallest non-zero lane: py-videocore6's test_uniform_branch_reg has the address in lane 1
+            # only (the other lanes 0)
+            vec[:] = 0
+            vec[1] = unif.addresses()[6]
+            want = 8
         else:
-            vec[:] = 0xBAD
-            vec[0] = unif.addresses()[6]   # lane 0, like unifa (py-videocore6's test_unifa)
+            # ... its test_unifa section 3 quad-rotates address + 4 * lane by one, so lane 1 holds the
+            # smallest value (lane 0 the quad's largest): the branch takes lane 1's
+            vec[:] = unif.addresses()[6] + 4 * np.array([3, 0, 1, 2] * 4) + 16 * np.repeat(np.arange(4), 4)
             want = 8
         drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
         assert np.all(y == want)
@@ -618,7 +625,7 @@ def test_tmu_vector_load_and_store(ncomp):
         unif = drv.alloc(3, dtype=np.uint32)
         x[:] = np.arange(64, dtype=np.uint32).reshape(16, 4) * 3 + 1
         y[:] = 0
-        unif[:] = [x.addresses()[0, 0], y.addresses()[0, 0], 0xFFFFFF00 | (1 << 7) | ncomp]
+        unif[:] = [x.addresses()[0, 0], y.addresses()[0, 0], 0xFFFFFFF8 | ncomp]  # per-pixel, regular op, vecN (py-videocore6: 0xfa..0xfc)
         c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
         assert np.array_equal(y[:, :ncomp], x[:, :ncomp]) and np.all(y[:, ncomp:] == 0)
         assert c.tmu_read_bytes == 16 * 4 * ncomp and c.tmu_write_bytes == 16 * 4 * ncomp
@@ -653,7 +660,7 @@ def test_tmu_8_and_16_bit_loads_sign_and_zero_extend():
         y = drv.alloc((len(cfgs), 16), dtype=np.uint32)
         x[:] = np.array([0x80, 0xFF, 0x7F, 0x01] * 8, dtype=np.uint8)
         unif[0] = x.addresses()[0]
-        unif[1:1 + len(cfgs)] = [0xFFFFFF80 | t for t in cfgs]
+        unif[1:1 + len(cfgs)] = [0xFFFFFFF8 | t for t in cfgs]  # per-pixel, regular op
         unif[1 + len(cfgs)] = y.addresses()[0, 0]
         drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=1)
         for k, t in enumerate(cfgs):
@@ -826,8 +833,12 @@ def k_ids(asm):
     _end(asm)
 
 
-@pytest.mark.parametrize("threads,mode", [(8, 1), (16, 2), (32, 4)])
-def test_tidx_and_thread_modes(threads, mode):
+# the thread mode comes from the dispatch's CFG5 THREADING bit (execute(threading=)), not the batch count:
+# off, 2 thread slots per QPU (tidx quarter 0 or 2), on, 4 (quarters 0..3); batches beyond 8 x slots
+# wait for a slot and reuse it
+@pytest.mark.parametrize("threads,threading,mode,slots", [(8, False, 1, 2), (16, False, 2, 2), (32, False, 2, 2),
+                                                          (8, True, 1, 4), (16, True, 2, 4), (32, True, 4, 4)])
+def test_tidx_and_thread_modes(threads, threading, mode, slots):
     with EmuDriver(data_area_size=1 << 16) as drv:
         code = drv.program(k_ids)
         y = drv.alloc((32, 4, 16), dtype=np.uint32)
@@ -835,7 +846,7 @@ def test_tidx_and_thread_modes(threads, mode):
         y[:] = 0xFFFFFFFF
         unif[0] = y.addresses()[0, 0, 0]
         c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=threads,
-                        workgroup=(threads, 1, 1), wgs_per_sg=16)
+                        workgroup=(threads, 1, 1), wgs_per_sg=16, threading=threading)
         assert c.threads_per_qpu == mode
         seen = set()
         for row in range(32):
@@ -843,16 +854,59 @@ def test_tidx_and_thread_modes(threads, mode):
                 continue
             t = int(y[row, 0, 0])
             qpu, quarter = t >> 2, t & 3
-            assert quarter % (4 // mode) == 0
+            assert quarter % (4 // slots) == 0
             seen.add((qpu, quarter))
-        assert len(seen) == threads
-        # batch b runs on QPU b % 8, slot b // 8: its workgroup id (local 16 -> one workgroup per batch)
+        assert len(seen) == min(threads, 8 * slots)
+        # batch b < 8 x slots starts on QPU b % 8, slot b // 8: its workgroup id (local 16 -> one workgroup
+        # per batch); later batches take whichever slot ends first
+        ids = []
         for qpu, quarter in seen:
-            slot = quarter // (4 // mode)
-            batch = qpu + 8 * slot
-            row = qpu + 8 * quarter
-            assert np.all(y[row, 1] & 0xFFFF == batch)
+            slot = quarter // (4 // slots)
+            batch = int(y[qpu + 8 * quarter, 1, 0]) & 0xFFFF
+            assert batch == qpu + 8 * slot or (threads > 8 * slots and batch < threads)
+            ids.append(batch)
+        assert len(set(ids)) == len(ids)
         assert np.all(c.instructions.sum(axis=1) > 0)
+
+
+@qpu
+def k_high_regs(asm):
+    nop(sig=ldunifrf(rf0))           # y
+    tidx(rf40)                       # rf40 .. rf63 exist with threading off (64 registers per thread)
+    mov(rf63, rf40)
+    nop(sig=thrsw)                   # the QPU's other thread runs meanwhile and writes its own rf63
+    nop()
+    nop()
+    shr(r0, rf63, 2)
+    band(r0, r0, 7)
+    shl(r0, r0, 1)
+    band(r1, rf63, 3)
+    shr(r1, r1, 1)
+    add(r0, r0, r1)                  # row = 2 * qpu + slot
+    shl(r0, r0, 6)
+    eidx(r1)
+    shl(r1, r1, 2)
+    add(r0, r0, r1)
+    add(r0, r0, rf0)
+    mov(tmud, rf63)
+    mov(tmua, r0)
+    tmuwt()
+    _end(asm)
+
+
+def test_threading_off_gives_each_of_two_threads_64_registers():
+    # py-videocore6's test_barrier (16 batches, 2 threads per QPU, told apart by tidx) writes rf32 and
+    # passes on a Pi 4: with THREADING off each of the 2 threads has 64 registers
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_high_regs)
+        y = drv.alloc((16, 16), dtype=np.uint32)
+        unif = drv.alloc(1, dtype=np.uint32)
+        unif[0] = y.addresses()[0, 0]
+        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=16)
+        assert c.threads_per_qpu == 2
+        want = np.array([(q << 2) | (2 * s) for q in range(8) for s in range(2)], dtype=np.uint32)
+        assert np.array_equal(y, np.repeat(want[:, None], 16, axis=1))
+    expect_fault(k_high_regs, "rf40", thread=16, threading=True)  # 4 slots: rf0..rf31
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -986,7 +1040,6 @@ def f_misaligned(asm):
 
 @pytest.mark.parametrize("kernel,pattern", [
     (f_r4_too_soon, "r4 read too soon"),
-    (f_two_units, "more than one of TMU"),
     (f_rotate_source, "rotate source"),
     (f_unifa, "ldunifa less than 3"),
     (f_thrsw_in_branch_delay, "thrsw in a branch delay slot"),
@@ -1009,7 +1062,7 @@ def test_faults_memory_runaway_barrier_registers():
     assert "b" in msg
     # 17 threads in one supergroup of 32 batches but only 16 thread slots (2 per QPU): deadlock
     expect_fault(f_barrier, "barrier deadlock", thread=17, threads_per_qpu=2, wgs_per_sg=32)
-    expect_fault(f_regs, "rf40", thread=16)  # 2 threads per QPU: rf0..rf31 only
+    expect_fault(f_regs, "rf40", thread=16, threading=True)  # 4 thread slots per QPU: rf0..rf31 only
 
 
 def test_driver_errors():
@@ -1330,7 +1383,7 @@ def _plan_bins(plan, threads=1):
         code = drv.program(k_plan_distance, plan=plan)
         x = drv.alloc((16, 4), dtype=np.uint32)
         unif = drv.alloc(1 + len(vec), dtype=np.uint32)
-        unif[:] = [x.addresses()[0, 0]] + [0xFFFFFF80 | n for n in vec]   # per-pixel vec-n 32-bit loads
+        unif[:] = [x.addresses()[0, 0]] + [0xFFFFFFF8 | n for n in vec]   # per-pixel vec-n 32-bit loads
         c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0], thread=threads)
     uses = sum(n for op, n in plan if op == "use")
     assert c.ldtmu == uses * threads
@@ -1372,3 +1425,321 @@ def test_ldtmu_distance_of_vector_loads_and_a_wrapping_fifo():
     assert bins == {"00": 6, "04": 2}
     per_slot = c.per_thread["ldtmu_near00"]
     assert sorted(per_slot[per_slot > 0].tolist()) == [3, 3]       # two thread slots, 3 each
+
+
+# ---------------------------------------------------------------------------------------------------------
+# semantics the silicon has (issue 12): each against its definition, the behaviour py-videocore6's
+# hardware-tested programs show
+
+
+@qpu
+def k_tmu_write_and_ldtmu(asm):
+    eidx(r0, sig=ldunifrf(rf0))      # src
+    nop(sig=ldunifrf(rf1))           # dst
+    shl(r0, r0, 2)
+    add(rf0, rf0, r0)
+    add(rf1, rf1, r0)
+    shl(r3, 4, 4)
+    mov(tmua, rf0).add(rf0, rf0, r3)
+    mov(tmua, rf0, sig=ldtmu(r1))    # a TMU write and an ldtmu in one instruction (py-videocore6 summation)
+    mov(tmud, r1, sig=ldtmu(r2))     # ... and a tmud write with one (its scopy)
+    mov(tmua, rf1).add(rf1, rf1, r3)
+    mov(tmud, r2)
+    mov(tmua, rf1)
+    tmuwt()
+    _end(asm)
+
+
+def test_tmu_write_and_ldtmu_share_an_instruction():
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_tmu_write_and_ldtmu)
+        x = drv.alloc((2, 16), dtype=np.uint32)
+        y = drv.alloc((2, 16), dtype=np.uint32)
+        unif = drv.alloc(2, dtype=np.uint32)
+        x[:] = np.arange(32, dtype=np.uint32).reshape(2, 16) * 7 + 3
+        y[:] = 0
+        unif[:] = [x.addresses()[0, 0], y.addresses()[0, 0]]
+        drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0])
+        assert np.array_equal(y, x)
+
+
+@qpu
+def k_tmuc_vec(asm, *, vec, offset):
+    eidx(r0, sig=ldunifrf(rf0))      # src: 16 lanes x 16 bytes
+    nop(sig=ldunifrf(rf1))           # dst: vec rows of 16 words, then one row of a plain load
+    shl(r1, r0, 4)
+    add(r1, r1, 4 * offset)
+    add(rf0, rf0, r1)                # a lane's vector starts `offset` words into its 16-byte block
+    shl(r0, r0, 2)
+    add(rf1, rf1, r0)
+    bnot(tmuc, 7 - vec)              # config word ~(7 - vec): this lookup vec-n, the next ones plain (0xff)
+    mov(tmua, rf0)
+    for i in range(vec):
+        nop(sig=ldtmu(rf[10 + i]))
+    mov(tmua, rf0)                   # the config byte has been shifted out: a plain 32-bit load
+    nop(sig=ldtmu(rf[10 + vec]))
+    shl(r3, 4, 4)
+    for i in range(vec + 1):
+        mov(tmud, rf[10 + i])
+        mov(tmua, rf1).add(rf1, rf1, r3)
+    tmuwt()
+    _end(asm)
+
+
+@pytest.mark.parametrize("vec", [2, 3, 4])
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_tmuc_vector_load_wraps_in_16_bytes(vec, offset):
+    # py-videocore6 test_tmu_vec_read / _naive_read: component k of a lane's vector at address a comes from
+    # (a & ~15) | ((a + 4k) & 15); several ldtmu results for one lookup
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_tmuc_vec, vec=vec, offset=offset)
+        x = drv.alloc((16, 4), dtype=np.uint32)
+        y = drv.alloc((vec + 1, 16), dtype=np.uint32)
+        unif = drv.alloc(2, dtype=np.uint32)
+        x[:] = np.arange(64, dtype=np.uint32).reshape(16, 4) * 5 + 1
+        unif[:] = [x.addresses()[0, 0], y.addresses()[0, 0]]
+        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0])
+        for k in range(vec):
+            assert np.array_equal(y[k], x[np.arange(16), (offset + k) % 4])
+        assert np.array_equal(y[vec], x[:, offset])
+        assert c.tmu_reads == 2 and c.tmu_read_requests == 32 and c.tmu_read_bytes == 16 * 4 * (vec + 1)
+
+
+@qpu
+def k_vec_store(asm, *, vec, offset):
+    eidx(r0, sig=ldunifrf(rf0))
+    shl(r1, r0, 4)
+    add(r1, r1, 4 * offset)
+    add(rf0, rf0, r1)
+    for i in range(vec):
+        add(tmud, r0, 2 * (i + 1))
+    mov(tmuau, rf0)                  # config from the uniform stream: a vec-n store
+    tmuwt()
+    _end(asm)
+
+
+@pytest.mark.parametrize("vec", [2, 3, 4])
+def test_vector_store_wraps_in_16_bytes(vec):
+    # py-videocore6 test_tmu_vec_write: config bytes 0xfa/0xfb/0xfc; the vector wraps in its 16 bytes
+    offset = 3
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_vec_store, vec=vec, offset=offset)
+        y = drv.alloc((16, 4), dtype=np.uint32)
+        unif = drv.alloc(2, dtype=np.uint32)
+        y[:] = 0xDEADBEEF
+        unif[:] = [y.addresses()[0, 0], 0xFFFFFF00 | {2: 0xFA, 3: 0xFB, 4: 0xFC}[vec]]
+        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0])
+        want = np.full((16, 4), 0xDEADBEEF, dtype=np.uint32)
+        for k in range(vec):
+            want[:, (offset + k) % 4] = LANE + 2 * (k + 1)
+        assert np.array_equal(y, want)
+        assert c.tmu_write_requests == 16 and c.tmu_write_bytes == 16 * 4 * vec
+
+
+@qpu
+def k_prefetch(asm):
+    nop(sig=ldunifrf(rf0))
+    mov(tmuau, rf0)                  # config byte 0x80: a prefetch, no result for ldtmu
+    mov(tmua, rf0)                   # next byte 0xff: a plain load
+    nop(sig=ldtmu(r1))
+    mov(tmud, r1)
+    mov(tmua, rf0)
+    tmuwt()
+    _end(asm)
+
+
+def test_prefetch_returns_no_result():
+    # py-videocore6 scopy (unroll 1): config 0xfc80fcfc, the 0x80 lookup prefetches the next source
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_prefetch)
+        y = drv.alloc(16, dtype=np.uint32)
+        unif = drv.alloc(2, dtype=np.uint32)
+        y[:] = 41
+        unif[:] = [y.addresses()[0], 0xFFFFFF80]
+        c = drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0])
+        assert np.all(y == 41) and c.tmu_prefetches == 1 and c.tmu_reads == 1 and c.ldtmu == 1
+
+
+@qpu
+def k_flags_ops(asm):
+    eidx(r0, sig=ldunifrf(rf0))      # x
+    nop(sig=ldunifrf(rf1))           # y: 7 rows
+    shl(r0, r0, 2)
+    add(rf0, rf0, r0)
+    add(rf1, rf1, r0)
+    mov(tmua, rf0)
+    nop(sig=ldtmu(r1))
+    eidx(r2)
+    band(null, r2, 1, cond='pushz')  # a = lane even
+    band(null, r2, 2, cond='pushz')  # b = lane even, a = lane & 2 == 0
+    shl(r3, 4, 4)
+    for op in ("flapush", "flbpush", "flpop"):
+        globals()[op](tmud, r1)
+        mov(tmua, rf1).add(rf1, rf1, r3)
+    for op in ("vfla", "vflna", "vflb", "vflnb"):
+        globals()[op](tmud)
+        mov(tmua, rf1).add(rf1, rf1, r3)
+    tmuwt()
+    _end(asm)
+
+
+def test_flag_push_pop_and_vflx():
+    # py-videocore6 test_cond_flx: flapush/flbpush = x << 2 | 3 * flag, flpop = x >> 2;
+    # test_cond_vflx: vfl* give the flag as an int16 in both halves
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_flags_ops)
+        x = drv.alloc(16, dtype=np.uint32)
+        y = drv.alloc((7, 16), dtype=np.uint32)
+        unif = drv.alloc(2, dtype=np.uint32)
+        x[:] = np.array(I_EDGE[:16], dtype=np.uint32)
+        unif[:] = [x.addresses()[0], y.addresses()[0, 0]]
+        drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0])
+        xs = np.asarray(x).astype(np.uint64)
+        fa = ((LANE & 2) == 0).astype(np.uint64)
+        fb = ((LANE & 1) == 0).astype(np.uint64)
+        assert np.array_equal(y[0], ((xs << 2) & 0xFFFFFFFF) | 3 * fa)
+        assert np.array_equal(y[1], ((xs << 2) & 0xFFFFFFFF) | 3 * fb)
+        assert np.array_equal(y[2], xs >> 2)
+        for row, f in zip(y[3:], (fa, 1 - fa, fb, 1 - fb)):
+            assert np.array_equal(np.asarray(row).view(np.int16), np.repeat(f, 2).astype(np.int16))
+
+
+@qpu
+def k_unifa_same_instruction(asm):
+    eidx(r0, sig=ldunifrf(rf0))      # y
+    nop(sig=ldunifrf(rf1))           # stream A
+    nop(sig=ldunifrf(rf2))           # stream B
+    shl(r0, r0, 2)
+    add(rf0, rf0, r0)
+    mov(unifa, rf1)
+    nop()
+    nop()
+    nop()
+    nop(sig=ldunifa).mov(unifa, rf2)  # reads stream A, then points unifa at stream B
+    mov(rf3, r5)
+    nop()
+    nop()
+    nop(sig=ldunifa)                 # stream B
+    shl(r3, 4, 4)
+    mov(tmud, rf3)
+    mov(tmua, rf0).add(rf0, rf0, r3)
+    mov(tmud, r5)
+    mov(tmua, rf0)
+    tmuwt()
+    _end(asm)
+
+
+def test_ldunifa_reads_before_the_same_instructions_unifa_write():
+    # py-videocore6 test_unifa: `mov(tmua, .., sig=ldunifa).mov(unifa, ..)` reads the old stream
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_unifa_same_instruction)
+        y = drv.alloc((2, 16), dtype=np.uint32)
+        a = drv.alloc(4, dtype=np.uint32)
+        b = drv.alloc(4, dtype=np.uint32)
+        unif = drv.alloc(3, dtype=np.uint32)
+        a[:] = [11, 12, 13, 14]
+        b[:] = [21, 22, 23, 24]
+        unif[:] = [y.addresses()[0, 0], a.addresses()[0], b.addresses()[0]]
+        drv.execute(code, local_invocation=(16, 1, 1), uniforms=unif.addresses()[0])
+        assert np.all(y[0] == 11) and np.all(y[1] == 21)
+
+
+@qpu
+def k_long_loop(asm, *, trips):
+    assert trips & (trips - 1) == 0 and 1 << 10 <= trips <= 1 << 25
+    mov(r0, 1)
+    shl(r0, r0, 10)
+    shl(r0, r0, trips.bit_length() - 11)
+    with loop as l:
+        sub(r0, r0, 1, cond='pushz')
+        l.b(cond='na0')
+        nop()
+        nop()
+        nop()
+    _end(asm)
+
+
+def test_timeout_is_on_predicted_hardware_time():
+    # 2^20 trips x 5 instructions x 4 cycles at 500 MHz = 42 ms predicted: over a 10 ms timeout, under 1 s,
+    # whatever the host's speed
+    with EmuDriver(data_area_size=1 << 12) as drv:
+        code = drv.program(k_long_loop, trips=1 << 20)
+        with pytest.raises(QPUFault, match="predicted Pi 4 time"):
+            drv.execute(code, thread=1, timeout_sec=0.01)
+        c = drv.execute(code, thread=1, timeout_sec=1)
+        assert c.total_instructions > 5 << 20
+        with pytest.raises(QPUFault, match="host timeout"):
+            drv.execute(code, thread=1, timeout_sec=1, host_timeout_sec=0.0, max_instructions=None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the device view (INTERFACES contract 1): GPUMemory, CSD configuration words, run_csd, submit / wait
+
+
+def test_csd_words_encode_as_py_videocore6_dispatch_writes_them():
+    from pimoe.qpu.emulator import CSDDispatch
+
+    # py-videocore6's dispatch(): cfg3 = (roundup(wgs_per_sg * wg_size, 16) - 1) << 12 | wgs_per_sg << 8 |
+    # wg_size; cfg5 = code | pnan << 2 | singleseg << 1 | threading (Mesa v3d_csd.h field positions)
+    d = CSDDispatch.for_launch(0x10001000, 0x10002000, thread=16, local_invocation=(16, 1, 1),
+                               workgroup=(3, 2, 1), wgs_per_sg=4, threading=True, single_seg=True)
+    words = d.encode()
+    assert words == (3 << 16, 2 << 16, 1 << 16, (4 - 1) << 12 | 4 << 8 | 16, 15, 0x10001000 | 2 | 1, 0x10002000)
+    assert CSDDispatch.decode(words) == d
+
+
+@qpu
+def k_store_eidx_plus_uniform(asm):
+    eidx(r0, sig=ldunifrf(rf0))      # dst
+    nop(sig=ldunifrf(rf1))           # an offset in bytes added to dst (to go out of bounds)
+    shl(r1, r0, 2)
+    add(r1, r1, rf0)
+    add(r1, r1, rf1)
+    mov(tmud, r0)
+    mov(tmua, r1)
+    tmuwt()
+    _end(asm)
+
+
+def test_run_csd_over_gpu_memory_and_the_mmu_scratch_page():
+    from pimoe.qpu.asm import assemble
+    from pimoe.qpu.emulator import CSDDispatch, GPUMemory, run_csd
+
+    mem = GPUMemory(1 << 20)
+    words = np.array(assemble(k_store_eidx_plus_uniform), dtype=np.uint64)
+    code = mem.alloc(words.nbytes)
+    mem.view(code, words.nbytes)[:] = words.view(np.uint8)
+    y = mem.alloc(64)
+    unif = mem.alloc(8)
+    u = mem.view(unif, 8).view(np.uint32)
+    u[:] = [y, 0]
+    res = run_csd(mem, CSDDispatch.for_launch(code, unif).encode())
+    assert np.array_equal(mem.view(y, 64).view(np.uint32), LANE)
+    assert res.scratch_accesses == 0
+    u[1] = 8192                          # past the end of y's page: in no buffer
+    with pytest.raises(QPUFault, match="outside every allocated buffer"):
+        run_csd(mem, CSDDispatch.for_launch(code, unif))
+    res = run_csd(mem, CSDDispatch.for_launch(code, unif), check_addresses=False)
+    assert res.scratch_accesses == 16
+    assert np.array_equal(mem.view(mem.scratch_address, 64).view(np.uint32), LANE)  # landed in the scratch page
+    mem.free(y)
+    assert mem.alloc(4096) == y          # the freed page is reused
+
+
+def test_submit_overlaps_python_work_and_wait_returns_the_counters():
+    import time
+
+    with EmuDriver(data_area_size=1 << 12) as drv:
+        code = drv.program(k_long_loop, trips=1 << 20)
+        drv.execute(code, thread=1)      # compiled and warm
+        t0 = time.perf_counter()
+        job = drv.submit(code, thread=1)
+        spins = 0
+        while not job.done():            # Python work runs while the dispatch is emulated (nogil)
+            spins += 1
+        c = job.wait(timeout=60)
+        assert c.total_instructions > 5 << 20 and spins > 0
+        bad = drv.submit(code, thread=1, timeout_sec=1e-4)
+        with pytest.raises(QPUFault, match="predicted"):
+            bad.wait()
+        assert time.perf_counter() - t0 < 60

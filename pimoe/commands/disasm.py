@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keyword argument for a kernel spec (VALUE is a Python literal, else a string)")
     parser.add_argument("--base", type=lambda s: int(s, 0), default=0,
                         help="address of the first instruction (default 0)")
+    parser.add_argument("--lint", action="store_true",
+                        help="also list each of Mesa's code-generation rules the program breaks (pimoe.qpu.lint), "
+                             "with PC and rule name; exit 1 if any")
+    parser.add_argument("--allow", action="append", default=[], metavar="RULE",
+                        help="with --lint: a rule the kernel breaks on purpose (repeatable)")
 
 
 def parse_hex_words(text: str, where: str) -> list[int]:
@@ -147,4 +152,15 @@ def main(args) -> int:
     if bad:
         print(f"pimoe disasm: {bad} of {len(words)} words are not valid V3D 4.2 instructions", file=sys.stderr)
         return 1
+    if args.lint:
+        from pimoe.qpu.lint import lint
+
+        try:
+            warnings = lint(words, allow=args.allow)
+        except ValueError as exc:
+            raise PimoeError(str(exc)) from None
+        for w in warnings:
+            print(f"lint: {w}")
+        print(f"lint: {len(warnings)} warning(s)" + (f" (allowed: {', '.join(args.allow)})" if args.allow else ""))
+        return 1 if warnings else 0
     return 0

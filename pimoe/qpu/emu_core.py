@@ -33,7 +33,8 @@ from pimoe.qpu.emu_decode import (
     F_A_MAGIC, F_A_MUXA, F_A_MUXB, F_A_NSRC, F_A_OP, F_A_PACK, F_A_UNA, F_A_UNB, F_A_WADDR, F_AC, F_APF, F_AUF,
     F_BR_BDI, F_BR_BDU, F_BR_COND, F_BR_LINK, F_BR_OFFSET, F_BR_UB, F_KIND, F_M_MAGIC, F_M_MUXA,
     F_M_MUXB, F_M_NSRC, F_M_OP, F_M_PACK, F_M_UNA, F_M_UNB, F_M_WADDR, F_MC, F_MPF, F_MUF, F_RADDR_A, F_RADDR_B, F_ROT,
-    F_SIG, F_SIG_ADDR, F_SIG_MAGIC, F_SMIMM, KIND_BRANCH, KIND_INVALID, S_LDTMU, S_LDUNIF, S_LDUNIFA,
+    F_SIG, F_SIG_ADDR, F_SIG_MAGIC, F_SMIMM, W_R4, W_R5, W_NOP, W_R5REP, W_UNIFA, W_TMUD, W_SYNC, W_SYNCB,
+    W_RECIP, W_RSQRT2, W_TMUA, W_TMUAU, W_TMUC, BD_ABS, BD_REL, BD_LRI, BD_RF, MUX_R5, MUX_A, MUX_B, KIND_BRANCH, KIND_INVALID, S_LDTMU, S_LDUNIF, S_LDUNIFA,
     S_LDUNIFARF, S_LDUNIFRF, S_ROTATE, S_SMIMM, S_THRSW, S_UNSUPPORTED, ADD_OP, MUL_OP, A_UNSUPPORTED,
     M_UNSUPPORTED,
 )
@@ -50,13 +51,19 @@ FIFO_MAX = 16
  I_PEND_N, I_PEND_HEAD, I_PEND_LO, I_PEND_HI, I_FIFO_T0) = range(35)
 # I_FIFO_T0 .. I_FIFO_T0 + FIFO_MAX - 1: per FIFO slot, the thread's instruction count when the load that
 # fills it was issued (-1 once the thread has switched out since: the wait is then the thrsw's)
-N_IST = I_FIFO_T0 + FIFO_MAX
+I_TMU_CFG = I_FIFO_T0 + FIFO_MAX  # the TMU config bytes for the next lookups (tmuc / tmuau), low byte first
+N_IST = I_TMU_CFG + 1
+TMU_CFG_PLAIN = 0xFF
+TMU_OP_REGULAR, TMU_OP_PREFETCH = 15, 0  # config byte bits 6:3 (Mesa's V3D_TMU_OP_*)  # per-pixel, regular op, 32-bit: what a lookup uses once the config bytes run out
 PEND_MAX = 128  # words of un-waited stores remembered per thread (older ones count as landed)
 ST_EMPTY, ST_RUN, ST_WAIT, ST_DONE = 0, 1, 2, 3
 
 # ---- counters --------------------------------------------------------------------------------------------
 (C_INSTR, C_TMU_RD, C_TMU_RD_BYTES, C_TMU_WR, C_TMU_WR_BYTES, C_SFU, C_THRSW, C_UNIF, C_TMUWT, C_BRANCH,
- C_BARRIER, C_LDTMU, C_NEAR0) = range(13)
+ C_BARRIER, C_LDTMU, C_TMU_RD_REQ, C_TMU_WR_REQ, C_TMU_PREFETCH, C_NEAR0) = range(16)
+# C_TMU_RD_REQ / C_TMU_WR_REQ: per-lane requests (one per active lane of a lookup, 4..16 bytes each, as the
+# TMU moves them); C_TMU_RD / C_TMU_WR count lookups (instructions). C_TMU_PREFETCH: prefetch lookups (no
+# result returned to the QPU; their lanes count in C_TMU_RD_REQ and their bytes in C_TMU_RD_BYTES).
 # Load-to-use distance: C_NEAR0 + k counts the ldtmu whose load this thread issued 4k .. 4k+3 instructions
 # earlier with no thread switch between (k < NEAR_BINS; farther ones, and those a thrsw covered, are not
 # binned). A thread that reads a result sooner than a memory round trip stalls for the rest of it; the
@@ -64,13 +71,17 @@ ST_EMPTY, ST_RUN, ST_WAIT, ST_DONE = 0, 1, 2, 3
 NEAR_BINS, NEAR_WIDTH = 16, 4
 N_CNT = C_NEAR0 + NEAR_BINS
 COUNTER_NAMES = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_writes", "tmu_write_bytes", "sfu_ops",
-                 "thread_switches", "uniforms_read", "tmuwt", "branches_taken", "barriers", "ldtmu") + tuple(
+                 "thread_switches", "uniforms_read", "tmuwt", "branches_taken", "barriers", "ldtmu",
+                 "tmu_read_requests", "tmu_write_requests", "tmu_prefetches") + tuple(
                  f"ldtmu_near{NEAR_WIDTH * k:02d}" for k in range(NEAR_BINS))
 
 # ---- dispatch --------------------------------------------------------------------------------------------
 (D_ENTRY, D_UNIF, D_NBATCH, D_MODE, D_NEXT, D_WGX, D_WGY, D_WGZ, D_WGSIZE, D_WGS_PER_SG, D_BPS, D_NCODE,
- D_SINGLE_SEG, D_REGCHECK, D_CODE_BASE, D_MEM_BASE, D_SLICE, D_IID_SHIFT, D_MEMCHECK) = range(19)
-N_DISP = 19
+ D_SINGLE_SEG, D_REGCHECK, D_CODE_BASE, D_MEM_BASE, D_SLICE, D_IID_SHIFT, D_MEMCHECK, D_NREGS, D_FIFO_CAP,
+ D_ADDRCHECK, D_NREGIONS, D_SCRATCH_OFF, D_SCRATCH_HITS) = range(25)
+N_DISP = 25  # followed by D_NREGIONS (start, end) address pairs: the buffers an access may touch
+# D_MODE: thread slots per QPU (2 with CFG5 THREADING off, 4 with it on); D_NREGS: registers of a thread
+# (64 with threading off, 32 with it on); D_FIFO_CAP: TMU result FIFO entries of a thread.
 
 # ---- faults ----------------------------------------------------------------------------------------------
 (FLT_NONE, FLT_INVALID_WORD, FLT_PC_RANGE, FLT_MEM_RANGE, FLT_MEM_ALIGN, FLT_R4_TOO_SOON, FLT_MULTI_UNIT,
@@ -82,6 +93,8 @@ N_DISP = 19
 UNS_ADD_OP, UNS_MUL_OP, UNS_SIGNAL, UNS_MAGIC, UNS_TMU_CONFIG, UNS_BRANCH = range(6)
 
 MASK32 = 0xFFFFFFFF
+# branch conditions (F_BR_COND: Mesa's order, isa.BRANCH_CONDS)
+BR_ALWAYS, BR_A0, BR_NA0, BR_ALLA, BR_ANYNA, BR_ANYA, BR_ALLNA = range(7)
 
 _A = ADD_OP
 _M = MUL_OP
@@ -100,6 +113,7 @@ A_RSQRT, A_EXP, A_LOG, A_SIN, A_RSQRT2, A_FCMP, A_VFMAX, A_FROUND, A_FTOIN, A_FT
     _A["ftoin"], _A["ftrunc"], _A["ftoiz"])
 A_FFLOOR, A_FTOUZ, A_FCEIL, A_FDX, A_FDY, A_ITOF, A_CLZ, A_UTOF = (
     _A["ffloor"], _A["ftouz"], _A["fceil"], _A["fdx"], _A["fdy"], _A["itof"], _A["clz"], _A["utof"])
+A_FLAPUSH, A_FLBPUSH, A_FLPOP = _A["flapush"], _A["flbpush"], _A["flpop"]
 M_NOP, M_ADD, M_SUB, M_UMUL24, M_VFMUL, M_SMUL24, M_MULTOP, M_FMOV, M_MOV, M_FMUL = (
     _M["nop"], _M["add"], _M["sub"], _M["umul24"], _M["vfmul"], _M["smul24"], _M["multop"], _M["fmov"],
     _M["mov"], _M["fmul"])
@@ -484,7 +498,17 @@ def _add_alu_rare(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb
             f = fa[l] if (op == A_VFLA or op == A_VFLNA) else fb[l]
             if op == A_VFLNA or op == A_VFLNB:
                 f = 1 - f
-            out[l] = f
+            out[l] = f | (f << 16)  # the flag as an int16 in both halves (py-videocore6 test_cond_vflx)
+        return 0
+    if op == A_FLAPUSH or op == A_FLBPUSH:
+        # the value shifted left 2, the flag in the two bits made free (py-videocore6 test_cond_flx)
+        for l in range(16):
+            f = fa[l] if op == A_FLAPUSH else fb[l]
+            out[l] = ((a[l] << 2) & MASK32) | (3 if f != 0 else 0)
+        return 0
+    if op == A_FLPOP:
+        for l in range(16):
+            out[l] = a[l] >> 2
         return 0
     if op == A_BARRIERID or op == A_TMUWT:
         for l in range(16):
@@ -656,22 +680,37 @@ def _flag_update(c, res, is_float, carry, pf, uf, fa, fb, sb, sf):
 
 @njit(cache=True)
 def _mem_check(addr, nbytes, align, mem8, disp, fault, c, pc, lane):
-    off = addr - disp[D_MEM_BASE]
-    if off < 0 or off + nbytes > mem8.shape[0]:
-        fault[0] = FLT_MEM_RANGE
-        fault[1] = c
-        fault[2] = pc
-        fault[3] = addr
-        fault[4] = lane
-        return -1
+    """Byte offset in mem8 of an access, or -1 after recording a fault.
+
+    The access must lie in one of the dispatch's regions (disp[N_DISP:], D_NREGIONS (start, end) pairs
+    sorted by start: the allocated buffers) or, with no regions, in mem8. Outside them: with D_ADDRCHECK a
+    fault; without, the v3d MMU's behaviour: the access goes to the scratch page (offset D_SCRATCH_OFF, 4 KiB;
+    reads see whatever it holds, writes land there), counted in D_SCRATCH_HITS."""
     if align > 1 and (addr % align) != 0:
-        fault[0] = FLT_MEM_ALIGN
-        fault[1] = c
-        fault[2] = pc
-        fault[3] = addr
-        fault[4] = align
+        _fault(fault, FLT_MEM_ALIGN, c, pc, addr, align)
         return -1
-    return off
+    off = addr - disp[D_MEM_BASE]
+    ok = off >= 0 and off + nbytes <= mem8.shape[0]
+    nreg = disp[D_NREGIONS]
+    if ok and nreg > 0:
+        lo = 0
+        hi = nreg - 1
+        k = -1
+        while lo <= hi:  # the last region starting at or below addr
+            mid = (lo + hi) // 2
+            if disp[N_DISP + 2 * mid] <= addr:
+                k = mid
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        ok = k >= 0 and addr + nbytes <= disp[N_DISP + 2 * k + 1]
+    if ok:
+        return off
+    if disp[D_ADDRCHECK] == 0:
+        disp[D_SCRATCH_HITS] += 1
+        return disp[D_SCRATCH_OFF] + ((addr & 0xFFF) & ~(align - 1) if align > 1 else (addr & 0xFFF) & 0xFF0)
+    _fault(fault, FLT_MEM_RANGE, c, pc, addr, lane)
+    return -1
 
 
 @njit(cache=True)
@@ -730,7 +769,7 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
                 rf[c, p, l] = v
         _note_write(curw, 8 + waddr)
         return
-    if waddr <= 4:
+    if waddr <= W_R4:
         if cond == 0 and pack == 0:
             for l in range(16):
                 acc[c, waddr, l] = vals[l]
@@ -744,7 +783,7 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
                 acc[c, waddr, l] = v
         _note_write(curw, waddr)
         return
-    if waddr == 5:  # r5 holds one value per quad: a write broadcasts each quad's first lane
+    if waddr == W_R5:  # r5 holds one value per quad: a write broadcasts each quad's first lane
         for l in range(16):
             if _lane_on(cond, fa[c, l], fb[c, l]):
                 v = vals[l & 12]
@@ -753,19 +792,19 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
                 acc[c, 5, l] = v
         _note_write(curw, 5)
         return
-    if waddr == 6:  # "-": no write
+    if waddr == W_NOP:  # "-": no write
         return
-    if waddr == 55:  # r5rep: lane 0 to every lane of r5
+    if waddr == W_R5REP:  # r5rep: lane 0 to every lane of r5
         v0 = vals[0]
         for l in range(16):
             acc[c, 5, l] = v0
         _note_write(curw, 5)
         return
-    if waddr == 9:  # unifa: the second uniform stream's address, from lane 0
+    if waddr == W_UNIFA:  # unifa: the second uniform stream's address, from lane 0
         ist[c, I_UNIFA] = vals[0]
         ist[c, I_LAST_UNIFA] = ist[c, I_ICOUNT]
         return
-    if waddr == 11:  # tmud
+    if waddr == W_TMUD:  # tmud
         n = ist[c, I_TMUD_N]
         if n >= 4:
             _fault(fault, FLT_TMUD_OVERFLOW, c, pc, n + 1, 0)
@@ -774,20 +813,23 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
             tmud[c, n, l] = vals[l]
         ist[c, I_TMUD_N] = n + 1
         return
-    if waddr == 12 or waddr == 13:  # tmua / tmuau
-        cfg = 0xFFFFFFFF
-        if waddr == 13:
+    if waddr == W_TMUA or waddr == W_TMUAU:
+        if waddr == W_TMUAU:  # the lookup's config word comes from the uniform stream
             cfg = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
             if fault[0] != 0:
                 return
-        _tmu_access(c, pc, vals, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, pend)
+            ist[c, I_TMU_CFG] = cfg
+        _tmu_access(c, pc, vals, cond, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, pend)
         return
-    if waddr == 16 or waddr == 17 or waddr == 18:  # sync / syncu / syncb: barrier
+    if waddr == W_TMUC:  # config word for the next lookups (lane 0), as tmuau's uniform
+        ist[c, I_TMU_CFG] = vals[0] & MASK32
+        return
+    if W_SYNC <= waddr <= W_SYNCB:  # sync / syncu / syncb: barrier
         ist[c, I_BAR_PENDING] = 1
         cnt[c, C_BARRIER] += 1
         return
-    if 19 <= waddr <= 24:  # SFU: result lands in r4
-        fn = waddr - 19
+    if W_RECIP <= waddr <= W_RSQRT2:  # SFU: result lands in r4
+        fn = waddr - W_RECIP
         for l in range(16):
             if _lane_on(cond, fa[c, l], fb[c, l]):
                 acc[c, 4, l] = _f_bits(_sfu(fn, _bits_f(_ftz(vals[l]), sb, sf)), sb, sf)
@@ -854,15 +896,33 @@ def _is_pending(c, ist, pend, word):
     return False
 
 
-@njit(cache=True)
-def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, pend):
-    """A TMU general access: a store when data was written to tmud first, else a load into the FIFO.
+@njit(cache=True, inline='always')
+def _vec_addr(a, k, ncomp):
+    """Address of component k of a lane's vector access: vec2..4 wrap within their 16-byte block
+    (py-videocore6 test_tmu_vec_read/_write); a plain access with several tmud writes runs on."""
+    if ncomp > 1:
+        return (a & ~15) | ((a + 4 * k) & 15)
+    return a + 4 * k
 
-    Config word (Mesa's general TMU lookup): bits 2:0 type (0 s8, 1 s16, 2..4 vec2..vec4 of 32 bits,
-    5 u8, 6 u16, 7 u32), bit 7 per-pixel (1) or per-quad (0), bits 6:3 the operation (plain access only).
+
+@njit(cache=True)
+def _tmu_access(c, pc, addrs, cond, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, pend):
+    """A TMU general lookup: a store when data was written to tmud first, else a load into the FIFO.
+
+    The lookup takes the low byte of the thread's config bytes (set by tmuc or tmuau's uniform; each
+    lookup shifts them right by a byte, filling with 0xff = plain 32-bit, so one config word serves four
+    lookups: py-videocore6 summation/scopy and test_tmu_vec_*). Byte: bits 2:0 type (0 s8, 1 s16,
+    2..4 vec2..vec4 of 32 bits, 5 u8, 6 u16, 7 u32), bits 6:3 op (15 regular; on a load 0 = prefetch: no
+    result returned), bit 7 per-pixel (1) or per-quad (0). Atomics and per-quad lookups fault.
     """
+    allcfg = ist[c, I_TMU_CFG]
+    cfg = allcfg & 0xFF
+    ist[c, I_TMU_CFG] = (allcfg >> 8) | 0xFF000000
     ttype = cfg & 7
-    if ((cfg >> 7) & 1) == 0:
+    op = (cfg >> 3) & 15
+    nd = ist[c, I_TMUD_N]
+    prefetch = nd == 0 and op == TMU_OP_PREFETCH
+    if ((cfg >> 7) & 1) == 0 or (op != TMU_OP_REGULAR and not prefetch):
         _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_TMU_CONFIG, cfg)
         return
     if ttype == 0 or ttype == 5:
@@ -871,9 +931,9 @@ def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem
         size = 2
     else:
         size = 4
-    nd = ist[c, I_TMUD_N]
+    vec = ttype if 2 <= ttype <= 4 else 1
     active = 0
-    if nd > 0:  # store
+    if nd > 0:  # store: one component per tmud write
         if size < 4 and nd > 1:
             _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_TMU_CONFIG, cfg)
             return
@@ -883,7 +943,7 @@ def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem
             active += 1
             base = addrs[l]
             for k in range(nd):
-                a = base + 4 * k
+                a = _vec_addr(base, k, vec)
                 off = _mem_check(a, size, size, mem8, disp, fault, c, pc, l)
                 if off < 0:
                     return
@@ -897,9 +957,20 @@ def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem
                         mem8[off + bi] = (v >> (8 * bi)) & 0xFF
         ist[c, I_TMUD_N] = 0
         cnt[c, C_TMU_WR] += 1
+        cnt[c, C_TMU_WR_REQ] += active
         cnt[c, C_TMU_WR_BYTES] += active * size * nd
         return
-    ncomp = ttype if 2 <= ttype <= 4 else 1
+    if prefetch:
+        for l in range(16):
+            if _lane_on(cond, fa[c, l], fb[c, l]):
+                if _mem_check(addrs[l], 1, 1, mem8, disp, fault, c, pc, l) < 0:
+                    return
+                active += 1
+        cnt[c, C_TMU_PREFETCH] += 1
+        cnt[c, C_TMU_RD_REQ] += active
+        cnt[c, C_TMU_RD_BYTES] += active * size * vec
+        return
+    ncomp = vec
     check_pending = disp[D_MEMCHECK] != 0 and ist[c, I_PEND_N] > 0
     if ist[c, I_FIFO_N] + ncomp > ist[c, I_FIFO_CAP]:
         _fault(fault, FLT_FIFO_OVERFLOW, c, pc, ist[c, I_FIFO_N] + ncomp, ist[c, I_FIFO_CAP])
@@ -910,7 +981,7 @@ def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem
         for l in range(16):
             v = 0
             if _lane_on(cond, fa[c, l], fb[c, l]):
-                a = addrs[l] + 4 * k
+                a = _vec_addr(addrs[l], k, vec)
                 off = _mem_check(a, size, size, mem8, disp, fault, c, pc, l)
                 if off < 0:
                     return
@@ -932,6 +1003,7 @@ def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem
             fifo[c, slot, l] = v
     ist[c, I_FIFO_N] += ncomp
     cnt[c, C_TMU_RD] += 1
+    cnt[c, C_TMU_RD_REQ] += active
     cnt[c, C_TMU_RD_BYTES] += active * size * ncomp
 
 
@@ -941,16 +1013,16 @@ def _tmu_access(c, pc, addrs, cond, cfg, fa, fb, ist, cnt, tmud, fifo, mem8, mem
 
 @njit(cache=True, inline='always')
 def _read_mux(c, mux, row, acc, rf, ist, disp, fault, pc, out):
-    if mux <= 5:
+    if mux <= MUX_R5:
         for l in range(16):
             out[l] = acc[c, mux, l]
         return
-    if mux == 7 and (row[F_SIG] & S_SMIMM) != 0:
+    if mux == MUX_B and (row[F_SIG] & S_SMIMM) != 0:
         v = np.int64(row[F_SMIMM]) & MASK32
         for l in range(16):
             out[l] = v
         return
-    idx = row[F_RADDR_A] if mux == 6 else row[F_RADDR_B]
+    idx = row[F_RADDR_A] if mux == MUX_A else row[F_RADDR_B]
     if disp[D_REGCHECK] != 0 and idx >= ist[c, I_NREGS]:
         _fault(fault, FLT_REG_RANGE, c, pc, idx, ist[c, I_NREGS])
         return
@@ -993,7 +1065,7 @@ def start_batch(c, b, acc, rf, fa, fb, ist, tmud, fifo, rtop, disp):
     mode = disp[D_MODE]
     qpu = c // SLOTS
     slot = c % SLOTS
-    tfield = slot * (4 // mode)
+    tfield = slot * (4 // mode)  # tidx counts threads in quarters: 0/2 with 2 slots, 0..3 with 4
     for col in range(N_IST):
         ist[c, col] = 0
     ist[c, I_STATUS] = ST_RUN
@@ -1002,7 +1074,8 @@ def start_batch(c, b, acc, rf, fa, fb, ist, tmud, fifo, rtop, disp):
     ist[c, I_BATCH] = b
     ist[c, I_QPU] = qpu
     ist[c, I_TFIELD] = tfield
-    ist[c, I_NREGS] = 64 // mode
+    ist[c, I_NREGS] = disp[D_NREGS]
+    ist[c, I_TMU_CFG] = 0xFFFFFFFF
     ist[c, I_LAST_SFU] = -100
     ist[c, I_LAST_UNIFA] = -100
     ist[c, I_BR_UNIF] = -1
@@ -1010,7 +1083,7 @@ def start_batch(c, b, acc, rf, fa, fb, ist, tmud, fifo, rtop, disp):
     ist[c, I_PREVW1] = -1
     ist[c, I_PREVW2] = -1
     ist[c, I_FINAL] = disp[D_SINGLE_SEG]
-    ist[c, I_FIFO_CAP] = FIFO_MAX // mode
+    ist[c, I_FIFO_CAP] = disp[D_FIFO_CAP]
     ist[c, I_SG] = b // disp[D_BPS]
     for r in range(6):
         for l in range(16):
@@ -1019,7 +1092,7 @@ def start_batch(c, b, acc, rf, fa, fb, ist, tmud, fifo, rtop, disp):
         fa[c, l] = 0
         fb[c, l] = 0
         rtop[c, l] = 0
-    nregs = 64 // mode
+    nregs = disp[D_NREGS]
     for r in range(64):
         for l in range(16):
             rf[c, r, l] = 0
@@ -1072,7 +1145,7 @@ def _arrive_barrier(c, ist, bar, disp):
                 ist[k, I_BAR_PENDING] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar, fault, budget, pend):
     """Run the dispatch until every batch is done, a fault, or `budget` instructions; returns the number
     of instructions executed in this call."""
@@ -1127,19 +1200,19 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                         return executed
                     bc = row[F_BR_COND]
                     taken = True
-                    if bc == 1:
+                    if bc == BR_A0:
                         taken = fa[c, 0] != 0
-                    elif bc == 2:
+                    elif bc == BR_NA0:
                         taken = fa[c, 0] == 0
-                    elif bc >= 3:
+                    elif bc >= BR_ALLA:
                         nset = 0
                         for l in range(16):
                             nset += fa[c, l]
-                        if bc == 3:
+                        if bc == BR_ALLA:
                             taken = nset == 16
-                        elif bc == 4:
+                        elif bc == BR_ANYNA:
                             taken = nset < 16
-                        elif bc == 5:
+                        elif bc == BR_ANYA:
                             taken = nset > 0
                         else:
                             taken = nset == 0
@@ -1147,11 +1220,11 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                         my_addr = code_base + 8 * pc
                         bdi = row[F_BR_BDI]
                         off = np.int64(row[F_BR_OFFSET])
-                        if bdi == 0:
+                        if bdi == BD_ABS:
                             target = off & MASK32
-                        elif bdi == 1:
+                        elif bdi == BD_REL:
                             target = (my_addr + 32 + off) & MASK32
-                        elif bdi == 2:
+                        elif bdi == BD_LRI:
                             target = ist[c, I_LR]
                         else:
                             _read_mux(c, 6, row, acc, rf, ist, disp, fault, pc, tmp)
@@ -1169,21 +1242,27 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             ist[c, I_LR] = my_addr + 32
                         if row[F_BR_UB] != 0:
                             bdu = row[F_BR_BDU]
-                            if bdu == 0 or bdu == 1:
+                            if bdu == BD_ABS or bdu == BD_REL:
                                 v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
                                 if fault[0] != 0:
                                     return executed
-                                if bdu == 0:
+                                if bdu == BD_ABS:
                                     ist[c, I_BR_UNIF] = v
                                 else:
                                     ist[c, I_BR_UNIF] = (ist[c, I_UNIF] + _s32(v)) & MASK32
-                            elif bdu == 3:
-                                # the new uniform address is lane 0 of the register, as for unifa (see the
-                                # emulator docstring for py-videocore6's conflicting lane-1 test)
+                            elif bdu == BD_RF:
+                                # the new uniform address: the smallest non-zero lane value of the register
+                                # (the one rule that fits all three of py-videocore6's hardware-tested cases,
+                                # see the emulator docstring); all lanes zero: 0
                                 _read_mux(c, 6, row, acc, rf, ist, disp, fault, pc, tmp)
                                 if fault[0] != 0:
                                     return executed
-                                ist[c, I_BR_UNIF] = tmp[0]
+                                best = 0
+                                for l in range(16):
+                                    v = tmp[l] & MASK32
+                                    if v != 0 and (best == 0 or v < best):
+                                        best = v
+                                ist[c, I_BR_UNIF] = best
                             else:
                                 _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_BRANCH, bdu)
                                 return executed
@@ -1202,8 +1281,7 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                     if mop == M_UNSUPPORTED:
                         _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MUL_OP, 0)
                         return executed
-                    # which units this instruction starts (at most one of TMU / SFU / barrier / ldtmu)
-                    units = 0
+                    # does this instruction start the SFU, or write r4 (the SFU's result register)?
                     sfu = False
                     writes_r4 = False
                     for half in range(2):
@@ -1213,23 +1291,15 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                         base = F_A_OP if half == 0 else F_M_OP
                         if row[base + 4] != 0:
                             w = row[base + 3]
-                            if (10 <= w <= 13) or (32 <= w <= 46):
-                                units += 1
-                            elif 19 <= w <= 24:
-                                units += 1
+                            if W_RECIP <= w <= W_RSQRT2:
                                 sfu = True
-                            elif 16 <= w <= 18:
-                                units += 1
-                            elif w == 4:
+                            elif w == W_R4:
                                 writes_r4 = True
-                    if (sigb & S_LDTMU) != 0:
-                        units += 1
                     if ((sigb & (S_LDTMU | S_LDUNIFRF | S_LDUNIFARF)) != 0 and row[F_SIG_MAGIC] != 0
-                            and row[F_SIG_ADDR] == 4):
+                            and row[F_SIG_ADDR] == W_R4):
                         writes_r4 = True
-                    if units > 1:
-                        _fault(fault, FLT_MULTI_UNIT, c, pc, units, 0)
-                        return executed
+                    # (Mesa's "one of TMU write / SFU / barrier / ldtmu per instruction" is a compiler rule, not
+                    # a hardware fault: py-videocore6's summation and scopy break it; pimoe.qpu.lint reports it)
                     if ic - ist[c, I_LAST_SFU] < 2:
                         if _uses_mux(row, 4):
                             _fault(fault, FLT_R4_TOO_SOON, c, pc, ic - ist[c, I_LAST_SFU], 0)
@@ -1298,7 +1368,7 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             rot = np.int64(acc[c, 5, 0]) & 15
                         for k in range(nm):
                             mux = row[F_M_MUXA] if k == 0 else row[F_M_MUXB]
-                            if mux == 7:
+                            if mux == MUX_B:
                                 _fault(fault, FLT_ROTATE_MUX, c, pc, 0, 0)
                                 return executed
                             if _prev_wrote(ist, c, _mux_code(row, mux)):
@@ -1307,7 +1377,7 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             src = ma_in if k == 0 else mb_in
                             for l in range(16):
                                 tmp[l] = src[l]
-                            if mux <= 5:  # accumulators rotate across all 16 lanes
+                            if mux <= MUX_R5:  # accumulators rotate across all 16 lanes
                                 for l in range(16):
                                     src[l] = tmp[(l - rot) & 15]
                             else:  # a register-file operand rotates within each quad
@@ -1336,6 +1406,13 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                                            rtop[c], sb, sf)
                         if m_float < 0:
                             _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MUL_OP, 0)
+                            return executed
+                    # the second uniform stream is read at the address from before this instruction's own write to
+                    # unifa (py-videocore6 test_unifa: `mov(tmua, .., sig=ldunifa).mov(unifa, ..)`)
+                    unifa_val = np.int64(0)
+                    if (sigb & (S_LDUNIFA | S_LDUNIFARF)) != 0:
+                        unifa_val = _read_unif(c, I_UNIFA, ist, mem8, mem32, disp, fault, cnt, pc)
+                        if fault[0] != 0:
                             return executed
                     # conditions read the flags from before this instruction's pushes/updates
                     flags_change = ((aop != 0 and (row[F_APF] != 0 or row[F_AUF] != 0))
@@ -1379,11 +1456,8 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             acc[c, 5, l] = v
                         _note_write(curw, 5)
                     if (sigb & S_LDUNIFA) != 0:
-                        v = _read_unif(c, I_UNIFA, ist, mem8, mem32, disp, fault, cnt, pc)
-                        if fault[0] != 0:
-                            return executed
                         for l in range(16):
-                            acc[c, 5, l] = v
+                            acc[c, 5, l] = unifa_val
                         _note_write(curw, 5)
                     if (sigb & (S_LDUNIFRF | S_LDUNIFARF | S_LDTMU)) != 0:
                         if (sigb & S_LDTMU) != 0:
@@ -1402,10 +1476,12 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                                 if dist < NEAR_BINS * NEAR_WIDTH:
                                     cnt[c, C_NEAR0 + dist // NEAR_WIDTH] += 1
                         else:
-                            col = I_UNIF if (sigb & S_LDUNIFRF) != 0 else I_UNIFA
-                            v = _read_unif(c, col, ist, mem8, mem32, disp, fault, cnt, pc)
-                            if fault[0] != 0:
-                                return executed
+                            if (sigb & S_LDUNIFRF) != 0:
+                                v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
+                                if fault[0] != 0:
+                                    return executed
+                            else:
+                                v = unifa_val
                             for l in range(16):
                                 sig_val[l] = v
                         _write(c, pc, row[F_SIG_ADDR], row[F_SIG_MAGIC] != 0, sig_val, 0, 0, acc, rf, fa, fb,

@@ -50,7 +50,7 @@ ADD_OP_LIST = (
     "ror", "fmin", "fmax", "vfmin", "and", "or", "xor", "vadd", "vsub", "not", "neg", "recip", "tidx", "eidx",
     "lr", "vfla", "vflna", "vflb", "vflnb", "barrierid", "tmuwt", "rsqrt", "exp", "log", "sin", "rsqrt2",
     "fcmp", "vfmax", "fround", "ftoin", "ftrunc", "ftoiz", "ffloor", "ftouz", "fceil", "fdx", "fdy", "itof",
-    "clz", "utof", "flafirst", "flnafirst",
+    "clz", "utof", "flafirst", "flnafirst", "flapush", "flbpush", "flpop",
 )
 MUL_OP_LIST = ("nop", "add", "sub", "umul24", "vfmul", "smul24", "multop", "fmov", "mov", "fmul")
 ADD_OP = {name: i for i, name in enumerate(ADD_OP_LIST)}
@@ -62,7 +62,10 @@ M_UNSUPPORTED = 255
 W_UNIFA, W_TMUD, W_TMUA, W_TMUAU, W_SYNCB = isa.W_UNIFA, isa.W_TMUD, isa.W_TMUA, isa.W_TMUAU, isa.W_SYNCB
 W_RECIP, W_RSQRT, W_EXP, W_LOG, W_SIN, W_RSQRT2 = (isa.W_RECIP, isa.W_RSQRT, isa.W_EXP, isa.W_LOG, isa.W_SIN,
                                                    isa.W_RSQRT2)
-W_R5REP, W_NOP = isa.W_R5REP, isa.W_NOP
+W_R5REP, W_NOP, W_TMUC, W_R4, W_R5 = isa.W_R5REP, isa.W_NOP, isa.W_TMUC, isa.W_R4, isa.W_R5
+W_SYNC = 16  # sync, syncu (17), syncb (18): the barrier
+# operand muxes (F_*_MUXA/B): 0..5 = r0..r5, 6 = register file A (raddr_a), 7 = B (raddr_b or small immediate)
+MUX_R5, MUX_A, MUX_B = 5, 6, 7
 
 _SUPPORTED_SIGS = {"thrsw", "ldunif", "ldunifa", "ldunifrf", "ldunifarf", "ldtmu", "rotate", "small_imm"}
 

@@ -1,4 +1,4 @@
-"""An instruction-level emulator of the VideoCore VI QPUs (V3D 4.2) behind py-videocore6's Driver API.
+r"""An instruction-level emulator of the VideoCore VI QPUs (V3D 4.2) behind py-videocore6's Driver API.
 
     from pimoe.qpu import EmuDriver
     with EmuDriver(data_area_size=1 << 20) as drv:
@@ -10,41 +10,40 @@
 
 Memory is one byte buffer holding a code area then a data area, as py-videocore6 lays out its single
 buffer object; bus addresses start at `BUS_BASE`. `execute` pre-decodes the code area once (cached) and
-runs the compiled interpreter in pimoe.qpu.emu_core. The emulated machine: 8 QPUs; a dispatch of
-`thread` 16-lane batches puts batch b on QPU b % 8 as thread b // 8, with 1, 2 or 4 threads per QPU
-(1 if thread <= 8, 2 if <= 16, else 4, or `threads_per_qpu=`), each thread owning 64/threads registers
-of its QPU's register file (a register beyond that faults; with EmuDriver(check_registers=False) each
-thread gets 64 private registers instead, which is what py-videocore6's 16-thread barrier test, using
-rf32, needs to pass as it does on hardware); batches beyond 8 x threads wait for a thread to end. `tidx` reads
-qpu << 2 | thread, where thread counts in quarters of the register file (0 or 2 in 2-thread mode).
-Any fault stops the dispatch with a PimoeError naming the QPU, thread, PC and the disassembled
-instruction.
+runs the compiled interpreter in pimoe.qpu.emu_core. Any fault stops the dispatch with a QPUFault naming
+the QPU, thread, PC and the disassembled instruction. Real faults stay faults: an address outside memory,
+a runaway program (max_instructions, host_timeout_sec), an ldtmu that can never be answered, a barrier
+that cannot complete. Mesa's code-generation rules (qpu_validate.c) are NOT faults here: the silicon runs
+programs that break them; pimoe.qpu.lint reports them.
 
-Modelling decisions (hardware-verified where py-videocore6's tests show it, else stated):
-- Results of both ALUs and of signals are written at the end of the instruction (the next one reads
-  them); conditions read the flags from before the instruction. r5 holds one value per quad, so any
-  write to r5 stores each quad's first lane (py-videocore6's quad-broadcast test); r5rep stores lane 0.
-- Rotate (mul ALU only): accumulator operands rotate across 16 lanes, register-file operands within
-  each quad; lane i takes lane i - n.
-- Branch targets and uniform-stream addresses read from a register use lane 0 (like unifa). The
-  evidence conflicts: py-videocore6's test_unifa needs lane 0 for `b(...).unif_addr(reg)`, while its
-  test_uniform_branch_reg puts the address only in lane 1 (there the register was written by ldtmu in
-  the instruction just before the branch). pimoe follows test_unifa.
-- Floats: denormal inputs and results are flushed to zero (sign kept); +, -, * correctly rounded;
-  fmin/fmax return the non-NaN operand; fcmp computes a - b. Flags of float results: Z = (x == 0),
-  N = (x < 0), C = (x <= 0) (Mesa tests fge with fcmp + pushc). Integer C: carry of add, borrow of sub,
-  a > b for min/max. ftoin/ftoiz/ftouz saturate, NaN -> 0. vadd/vsub: wrapping 16-bit halves (not
-  verified on hardware). multop + umul24 give the 32-bit product (Mesa's imul idiom).
-- SFU (recip, rsqrt, rsqrt2, exp = 2^x, log = log2, sin = sin(pi x) for |x| <= 0.5 and -1 / +1 beyond,
-  as py-videocore6's test_sfu shows): float64 math rounded to f32, more accurate than the hardware's
-  ~1e-4; the r4 result may be read 2 instructions after the write; the add-ALU forms (exp(rf2, r1))
-  write their destination like any op.
-- TMU: loads and stores happen when the address is written; since the hardware only promises a store
-  is visible after tmuwt, a load of a word the same thread stored without a tmuwt in between faults
-  (the last 128 stored words are remembered); config words (tmuau) select 8/16-bit
-  signed/unsigned or 32-bit vec1..4 per-pixel accesses; per-quad and atomic operations fault. The result
-  FIFO holds 16 / threads entries per thread (Broadcom's V3D FIFO sizes are per QPU, split by threads).
-- A not-taken branch with a uniform destination does not consume the uniform.
+Semantic decisions and their evidence ("pv6" = py-videocore6's tests/ and examples/, which pass on a Pi 4;
+"Mesa" = Mesa's broadcom/ driver and compiler; "none" = no evidence found, stated):
+
+| behaviour | emulator | evidence |
+|---|---|---|
+| thread mode | from the dispatch's CFG5 THREADING bit (execute(threading=)), not the batch count: off = up to 2 threads per QPU with 64 registers each, on = up to 4 with 32 each; batch b starts on QPU b % 8; batches beyond 8 x slots wait for a thread to end; tidx = qpu << 2 \| thread in quarters (0/2 or 0..3) | pv6 test_barrier / test_parallel_16 (16 batches, threading off, 2 threads per QPU told apart by tidx, rf32 used); Mesa v3d_csd.h (the bit); 32 registers with 4 threads: none (Mesa's allocator is stricter) |
+| TMU write + ldtmu (or SFU, barrier) in one instruction | executed | pv6 summation, scopy (published 7241 / 2424 MB/s); Mesa's qpu_validate forbids it for its compiler only |
+| TMU config (tmuc, tmuau's uniform) | one config byte per lookup, the word shifts right a byte per lookup, filling 0xff (plain 32-bit) | pv6 test_tmu_vec_* (config words for 4 lookups), summation/scopy |
+| vec2/3/4 loads and stores | one lookup, n ldtmu results / n tmud words; component k of a lane at (a & ~15) \| ((a + 4k) & 15); counted as one request per lane of up to 16 bytes | pv6 test_tmu_vec_read/_write, _naive_read/_write |
+| several tmud with a plain config | consecutive words | none (pimoe's own kernels rely on it; 16-byte aligned it equals vec4) |
+| prefetch (config op 0 on a load) | no ldtmu result; counted | pv6 scopy (unroll 1: config 0xfc80fcfc); op numbering Mesa v3d_tmu |
+| atomics, per-quad lookups | fault "not modelled" | - |
+| flapush / flbpush / flpop | x << 2 \| 3 * flag / x >> 2 (flags unchanged) | pv6 test_cond_flx (its effect on the flags: none) |
+| vfla/vflna/vflb/vflnb | the flag as an int16 in both halves | pv6 test_cond_vflx |
+| branch with a register uniform address (unif_addr(reg)) | the smallest non-zero lane value | pv6 test_uniform_branch_reg (address in lane 1, others 0), test_unifa (ascending lanes: lane 0; quad-rotated: lane 1): the one rule fitting all three |
+| branch target from a register, unifa address | lane 0 | pv6 test_unifa ("address is taken from element zero"); targets: none beyond uniform values |
+| ldunifa with a unifa write in the same instruction | reads the old stream | pv6 test_unifa |
+| a not-taken branch with a uniform destination | does not consume the uniform | pv6 memset/scopy/summation loops (unif_addr(absolute=False)) |
+| results | written at the end of the instruction; conditions read the flags from before it | Mesa; pv6 test_condition_codes |
+| r5 | one value per quad (a write stores each quad's first lane); r5rep lane 0 | pv6 test_signals (quad broadcast) |
+| rotate | mul ALU only; accumulators across 16 lanes, register-file operands within each quad; lane i takes lane i - n | pv6 test_signals |
+| floats | denormals flushed (sign kept); +, -, * correctly rounded; fmin/fmax return the non-NaN operand; fcmp = a - b; flags Z = (x == 0), N = (x < 0), C = (x <= 0) | pv6 test_alu; Mesa (fge via fcmp + pushc) |
+| integers | C: carry of add, borrow of sub, a > b for min/max; ftoi* saturate, NaN -> 0; multop + umul24 = 32-bit product; vadd/vsub wrap per 16-bit half | pv6 test_alu; Mesa imul idiom; vadd/vsub: none |
+| SFU | float64 math rounded to f32 (more exact than the hardware's ~1e-4); exp = 2^x, log = log2, sin = sin(pi x) on [-0.5, 0.5] and -1 / +1 beyond; r4 readable 2 instructions after the write | pv6 test_sfu |
+| store visibility | a load of a word this thread stored without a tmuwt between faults (check_memory_order=False allows it) | the hardware only promises visibility after tmuwt (pv6 tests use tmuwt) |
+| uniform reads of words stored by the TMU in the same dispatch | see the new value | pv6 test_tmu_read_tmu_write_uniform_read shows the hardware returns the OLD value: not modelled |
+| TMU result FIFO | 16 / (threads used per QPU) entries per thread | Broadcom's FIFO sizes per QPU, split by threads (Mesa) |
+| timeout_sec | bounds the PREDICTED Pi 4 time of the dispatch (pimoe.qpu.timing); the emulator's own budgets are max_instructions / host_timeout_sec | the hardware's wait is on real time; pv6's 1024^3 sgemm (0.55 s on a Pi 4) must not time out on a slow host |
 """
 
 from __future__ import annotations
@@ -125,6 +124,7 @@ class EmuCounters:
     batches: int
     wall_seconds: float
     per_thread: dict[str, np.ndarray] = field(repr=False)
+    scratch_accesses: int = 0  # accesses the MMU model sent to the scratch page (run_csd(check_addresses=False))
 
     @property
     def instructions(self) -> np.ndarray:
@@ -187,8 +187,25 @@ _UNSUPPORTED_TEXT = {core.UNS_ADD_OP: "add-ALU op", core.UNS_MUL_OP: "mul-ALU op
                      core.UNS_BRANCH: "uniform branch destination"}
 
 
-def _auto_threads_per_qpu(batches: int) -> int:
-    return 1 if batches <= core.N_QPUS else (2 if batches <= 2 * core.N_QPUS else 4)
+def thread_mode(batches: int, threading: bool, threads_per_qpu: int | None = None) -> tuple[int, int, int]:
+    """(thread slots per QPU, registers per thread, threads per QPU actually used) of a dispatch.
+
+    The hardware takes the mode from the dispatch's CFG5 THREADING bit, not from the batch count: off, a
+    QPU runs up to 2 threads with 64 registers each (py-videocore6's hardware-tested 16-batch programs
+    test_barrier / test_parallel_16 run 2 threads per QPU, tell them apart by tidx and use rf32); on, up
+    to 4 threads (32 registers each: no hardware test shows it, stated). Batches go round-robin over the
+    8 QPUs; batches beyond 8 x slots wait for a thread to end. threads_per_qpu (1, 2, 4) overrides the
+    slots (pimoe's extension; 4 slots have 32 registers)."""
+    if threads_per_qpu is not None:
+        slots = int(threads_per_qpu)
+        if slots not in (1, 2, 4):
+            raise DriverError(f"threads_per_qpu={threads_per_qpu}: the QPU runs 1, 2 or 4 threads")
+    else:
+        slots = 4 if threading else 2
+    nregs = 32 if slots == 4 else 64
+    used = min(slots, -(-int(batches) // core.N_QPUS))
+    used = 4 if used == 3 else used
+    return slots, nregs, used
 
 
 class Dispatcher:
@@ -234,6 +251,9 @@ class EmuDriver:
         self._blocks: list[tuple[int, DecodedProgram]] = []  # (word offset, decoded block)
         self.last_counters: EmuCounters | None = None
         self._closed = False
+        import threading
+
+        self._lock = threading.RLock()  # one dispatch at a time (submit() queues behind a running one)
 
     # ---- py-videocore6 API ---------------------------------------------------------------------------
     def __enter__(self):
@@ -306,109 +326,39 @@ class EmuDriver:
     def execute(self, code, local_invocation=None, uniforms=None, timeout_sec: float = 10,
                 workgroup=(1, 1, 1), wgs_per_sg: int = 16, thread: int = 1, propagate_nan: bool = False,
                 single_seg: bool = False, threading: bool = False, *, threads_per_qpu: int | None = None,
-                max_instructions: int | None = None, progress: bool = True) -> EmuCounters:
+                max_instructions: int | None = None, host_timeout_sec: float | None = None,
+                progress: bool = True) -> EmuCounters:
         """Run `thread` 16-lane batches of `code` to completion; returns (and keeps in last_counters) the
-        EmuCounters. Extensions over py-videocore6: threads_per_qpu (1/2/4), max_instructions."""
+        EmuCounters. timeout_sec bounds the PREDICTED Pi 4 time of the dispatch (pimoe.qpu.timing), as
+        the hardware's timeout bounds its real time. Extensions over py-videocore6: threads_per_qpu
+        (1/2/4), max_instructions and host_timeout_sec (the emulator's own budgets)."""
         self._check_open()
         if isinstance(local_invocation, (int, np.integer)) and uniforms is None:
             # the older py-videocore6 signature: execute(code, uniforms, ...)
             local_invocation, uniforms = None, int(local_invocation)
-        local = (16, 1, 1) if local_invocation is None else tuple(int(v) for v in local_invocation)
-        wg = tuple(int(v) for v in workgroup)
-        if len(local) != 3 or len(wg) != 3 or min(local) < 1 or min(wg) < 1:
-            raise DriverError(f"local_invocation {local_invocation} and workgroup {workgroup} must be 3 "
-                              f"positive sizes")
-        thread = int(thread)
-        if thread < 1:
-            raise DriverError(f"thread={thread}: need at least one batch")
-        mode = int(threads_per_qpu) if threads_per_qpu is not None else _auto_threads_per_qpu(thread)
-        if mode not in (1, 2, 4):
-            raise DriverError(f"threads_per_qpu={threads_per_qpu}: the QPU runs 1, 2 or 4 threads")
         entry = self._entry_index(code)
         table, errors = self._decoded_table()
-        wg_size = local[0] * local[1] * local[2]
-        bps = max(1, -(-int(wgs_per_sg) * wg_size // 16))
-        pow2 = max(1 << (wg_size - 1).bit_length(), 64)
-        iid_shift = max(0, 16 - int(math.log2(pow2)))
-
-        disp = np.zeros(core.N_DISP, dtype=np.int64)
-        disp[core.D_ENTRY] = entry
-        disp[core.D_UNIF] = 0 if uniforms is None else int(uniforms) & 0xFFFFFFFF
-        disp[core.D_NBATCH] = thread
-        disp[core.D_MODE] = mode
-        disp[core.D_WGX], disp[core.D_WGY], disp[core.D_WGZ] = wg
-        disp[core.D_WGSIZE] = wg_size
-        disp[core.D_WGS_PER_SG] = int(wgs_per_sg)
-        disp[core.D_BPS] = bps
-        disp[core.D_NCODE] = len(table)
-        disp[core.D_SINGLE_SEG] = int(bool(single_seg))
-        disp[core.D_REGCHECK] = int(self.check_registers)
-        disp[core.D_CODE_BASE] = BUS_BASE + self.code_area_base
-        disp[core.D_MEM_BASE] = BUS_BASE
-        disp[core.D_SLICE] = 4096
-        disp[core.D_IID_SHIFT] = iid_shift
-        disp[core.D_MEMCHECK] = int(self.check_memory_order)
-
-        acc = np.zeros((core.CTX, 6, 16), dtype=np.uint32)
-        rf = np.zeros((core.CTX, 64, 16), dtype=np.uint32)
-        fa = np.zeros((core.CTX, 16), dtype=np.uint8)
-        fb = np.zeros((core.CTX, 16), dtype=np.uint8)
-        ist = np.zeros((core.CTX, core.N_IST), dtype=np.int64)
-        cnt = np.zeros((core.CTX, core.N_CNT), dtype=np.int64)
-        tmud = np.zeros((core.CTX, 4, 16), dtype=np.uint32)
-        fifo = np.zeros((core.CTX, core.FIFO_MAX, 16), dtype=np.uint32)
-        rtop = np.zeros((core.CTX, 16), dtype=np.uint32)
-        bar = np.zeros(max(1, -(-thread // bps)), dtype=np.int64)
-        fault = np.zeros(8, dtype=np.int64)
-        pend = np.zeros((core.CTX, core.PEND_MAX), dtype=np.int64)
-        resident = min(thread, core.N_QPUS * mode)
-        for b in range(resident):
-            c = (b % core.N_QPUS) * core.SLOTS + b // core.N_QPUS
-            core.start_batch(c, b, acc, rf, fa, fb, ist, tmud, fifo, rtop, disp)
-        disp[core.D_NEXT] = resident
-
-        budget = int(max_instructions) if max_instructions is not None else 1 << 62
-        start = time.monotonic()
-        executed = 0
-        bar_ui = None
-        try:
-            while True:
-                chunk = min(CHUNK_INSTRUCTIONS, budget - executed)
-                executed += core.run(table, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, self.memory,
-                                     self._mem32, disp, bar, fault, chunk, pend)
-                if fault[0] != 0:
-                    break
-                if not np.any((ist[:, core.I_STATUS] == core.ST_RUN) | (ist[:, core.I_STATUS] == core.ST_WAIT)):
-                    break
-                elapsed = time.monotonic() - start
-                if executed >= budget:
-                    fault[:5] = (core.FLT_BUDGET, self._running_ctx(ist), 0, budget, 0)
-                    fault[2] = ist[fault[1], core.I_PC]
-                    break
-                if elapsed > timeout_sec:
-                    raise QPUFault(self._fault_message(
-                        np.array([core.FLT_BUDGET, self._running_ctx(ist), ist[self._running_ctx(ist), core.I_PC],
-                                  executed, 0, 0, 0, 0]), ist, table, errors,
-                        extra=f"timeout: still running after {elapsed:.1f} s and {executed} instructions "
-                              f"(execute(timeout_sec=...))"))
-                if progress and elapsed > 2.0 and bar_ui is None:
-                    from tqdm import tqdm
-
-                    bar_ui = tqdm(desc="emulating QPU instructions", unit=" instr", unit_scale=True,
-                                  initial=executed, file=sys.stderr)
-                elif bar_ui is not None:
-                    bar_ui.update(executed - bar_ui.n)
-        finally:
-            if bar_ui is not None:
-                bar_ui.close()
-        wall = time.monotonic() - start
-        per_thread = {name: cnt[:, i].reshape(core.N_QPUS, core.SLOTS).copy()
-                      for i, name in enumerate(core.COUNTER_NAMES)}
-        self.last_counters = EmuCounters(threads_per_qpu=mode, batches=thread, wall_seconds=wall,
-                                         per_thread=per_thread)
-        if fault[0] != 0:
-            raise QPUFault(self._fault_message(fault, ist, table, errors))
+        # an access must stay in the allocated code and data (what py-videocore6's single buffer object
+        # holds); a stray address faults naming the instruction
+        regions = [(BUS_BASE + self.code_area_base, BUS_BASE + self.code_pos)]
+        if self.data_pos > self.data_area_base:
+            regions.append((BUS_BASE + self.data_area_base, BUS_BASE + self.data_pos))
+        with self._lock:
+            self.last_counters = _run_dispatch(
+                self.memory, BUS_BASE, table, errors, BUS_BASE + self.code_area_base, entry,
+                uniforms=uniforms, local_invocation=local_invocation, workgroup=workgroup, wgs_per_sg=wgs_per_sg,
+                thread=thread, single_seg=single_seg, threading=threading, threads_per_qpu=threads_per_qpu,
+                check_registers=self.check_registers, check_memory_order=self.check_memory_order,
+                regions=regions, check_addresses=True, scratch_offset=0, timeout_sec=timeout_sec,
+                max_instructions=max_instructions, host_timeout_sec=host_timeout_sec, progress=progress)
         return self.last_counters
+
+    def submit(self, code, *args, **kwargs) -> "Job":
+        """execute() in the background (same arguments): returns a Job at once; Job.wait() gives the
+        EmuCounters (or raises the dispatch's fault). The interpreter releases the GIL, so Python threads
+        (e.g. CPU expert work) run meanwhile; jobs of one driver run one after another, as on the GPU."""
+        self._check_open()
+        return Job(lambda: self.execute(code, *args, **kwargs))
 
     # ---- internals ------------------------------------------------------------------------------------
     def _entry_index(self, code) -> int:
@@ -437,49 +387,416 @@ class EmuDriver:
                 errors[start + i] = e
         return table, errors
 
-    @staticmethod
-    def _running_ctx(ist) -> int:
-        running = np.nonzero(ist[:, core.I_STATUS] == core.ST_RUN)[0]
-        return int(running[0]) if len(running) else 0
 
-    def _fault_message(self, fault, ist, table, errors, extra: str | None = None) -> str:
-        from pimoe.qpu.disasm import disassemble_word
+class Job:
+    """A dispatch running in the background (EmuDriver.submit, submit_csd): wait() for its result."""
 
-        code, c, pc, a1, a2 = (int(v) for v in fault[:5])
-        qpu, slot = divmod(c, core.SLOTS)
-        batch = int(ist[c, core.I_BATCH])
-        words = self.memory[: self.code_pos].view(np.uint64)
-        where = f"QPU {qpu} thread {slot} (batch {batch}), PC {pc}"
-        if 0 <= pc < len(words):
-            word = int(words[pc])
+    def __init__(self, fn):
+        import threading
+
+        self._result = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+
+        def body():
             try:
-                text = disassemble_word(word)
-            except Exception as exc:  # an invalid word: say why it does not decode
-                text = errors.get(pc, str(exc))
-            where += f" (address 0x{BUS_BASE + 8 * pc:08x}, word 0x{word:016x}: {text})"
-        what = extra or _FAULT_TEXT.get(code, f"fault {code}")
-        if code == core.FLT_MEM_RANGE:
-            what += f": address 0x{a1 & 0xFFFFFFFF:08x} in lane {a2}; memory is 0x{BUS_BASE:08x}.." \
-                    f"0x{BUS_BASE + len(self.memory):08x}"
-        elif code == core.FLT_MEM_ALIGN:
-            what += f": address 0x{a1 & 0xFFFFFFFF:08x} is not {a2}-byte aligned"
-        elif code == core.FLT_UNSUPPORTED:
-            what = f"{_UNSUPPORTED_TEXT.get(a1, '?')} {'' if a1 != core.UNS_MAGIC else a2} " + what
-            if a1 == core.UNS_TMU_CONFIG:
-                what += f" (config 0x{a2 & 0xFFFFFFFF:08x}: only per-pixel plain loads/stores)"
-        elif code == core.FLT_REG_RANGE:
-            what += f": rf{a1}, but in {ist[c, core.I_NREGS] and 64 // int(ist[c, core.I_NREGS])}-thread mode " \
-                    f"a thread has rf0..rf{a2 - 1}"
-        elif code == core.FLT_BARRIER_DEADLOCK:
-            what += f" ({a1} of {a2} threads arrived; the rest cannot run: too few thread slots, or they ended)"
-        elif code == core.FLT_BUDGET and extra is None:
-            what += f" after {a1} instructions"
-        elif code == core.FLT_BRANCH_TARGET:
-            what += f": 0x{a1 & 0xFFFFFFFF:08x}"
-        elif code == core.FLT_INVALID_WORD:
-            what += f": {errors.get(pc, '')}"
-        elif code == core.FLT_LOAD_BEFORE_TMUWT:
-            what += f": address 0x{a1 & 0xFFFFFFFF:08x} in lane {a2}"
-        elif code == core.FLT_FIFO_OVERFLOW:
-            what += f" ({a1} > {a2})"
-        return f"QPU fault at {where}: {what}"
+                self._result = fn()
+            except BaseException as exc:  # handed to wait()
+                self._error = exc
+            finally:
+                self._done.set()
+
+        self._thread = threading.Thread(target=body, name="pimoe-qpu-job", daemon=True)
+        self._thread.start()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None):
+        """The dispatch's EmuCounters; raises its QPUFault, or TimeoutError if not done within `timeout`
+        seconds of host time."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"QPU job still running after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+# ==========================================================================================================
+# the device view: one GPU address space, CSD configuration words, run_csd (contract 1 of INTERFACES.md)
+
+PAGE = 4096
+
+
+class GPUMemory:
+    """One flat GPU virtual address space, as the v3d kernel driver gives a DRM file (32-bit, 4 GiB): a
+    byte buffer of `size` bytes at GPU address `base`, buffers allocated in it. Its first page is the MMU's
+    scratch page (never allocated): with run_csd(check_addresses=False) an access outside every buffer
+    goes there, as the v3d MMU sends unmapped addresses to its scratch page."""
+
+    def __init__(self, size: int = 256 << 20, *, base: int = BUS_BASE):
+        if size < 2 * PAGE or size % PAGE or base % PAGE or base + size > 1 << 32 or base < 0:
+            raise DriverError(f"GPUMemory(size={size}, base=0x{base:x}): whole pages inside 4 GiB, at least 2")
+        import threading
+
+        self.base = int(base)
+        self.size = int(size)
+        self.memory = np.zeros(self.size, dtype=np.uint8)   # zero pages cost nothing until touched
+        self._allocs: dict[int, int] = {}                     # address -> size
+        self._free: list[tuple[int, int]] = [(self.base + PAGE, self.base + self.size)]
+        self._decoded: dict[int, tuple[np.ndarray, DecodedProgram]] = {}
+        self.lock = threading.RLock()                         # one dispatch at a time on this device
+
+    @property
+    def scratch_address(self) -> int:
+        return self.base
+
+    def alloc(self, nbytes: int, align: int = PAGE) -> int:
+        """GPU address of a new zero-filled buffer of nbytes (rounded up to whole pages, as BOs are)."""
+        nbytes = int(nbytes)
+        if nbytes <= 0 or align <= 0 or align & (align - 1):
+            raise DriverError(f"alloc({nbytes}, align={align}): a positive size and a power-of-two alignment")
+        need = -(-nbytes // PAGE) * PAGE
+        for i, (lo, hi) in enumerate(self._free):
+            start = -(-lo // align) * align
+            if start + need <= hi:
+                pieces = [(lo, start)] if start > lo else []
+                if start + need < hi:
+                    pieces.append((start + need, hi))
+                self._free[i:i + 1] = pieces
+                self._allocs[start] = need
+                self.view(start, need)[:] = 0
+                return start
+        raise DriverError(f"GPUMemory: no room for {nbytes} bytes (size {self.size}; GPUMemory(size=...))")
+
+    def free(self, addr: int) -> None:
+        addr = int(addr)
+        if addr not in self._allocs:
+            raise DriverError(f"free(0x{addr:08x}): not an allocated buffer")
+        size = self._allocs.pop(addr)
+        self._decoded.pop(addr, None)
+        self._free.append((addr, addr + size))
+        self._free.sort()
+        merged: list[tuple[int, int]] = []
+        for lo, hi in self._free:
+            if merged and merged[-1][1] == lo:
+                merged[-1] = (merged[-1][0], hi)
+            else:
+                merged.append((lo, hi))
+        self._free = merged
+
+    def view(self, addr: int, nbytes: int) -> np.ndarray:
+        """A writable uint8 view (no copy) of nbytes at GPU address addr."""
+        off = int(addr) - self.base
+        if off < 0 or nbytes < 0 or off + nbytes > self.size:
+            raise DriverError(f"view(0x{int(addr):08x}, {nbytes}) is outside GPU memory "
+                              f"0x{self.base:08x}..0x{self.base + self.size:08x}")
+        return self.memory[off: off + int(nbytes)]
+
+    def buffer_of(self, addr: int) -> tuple[int, int] | None:
+        """(start, size) of the allocated buffer holding addr, or None."""
+        for start, size in self._allocs.items():
+            if start <= addr < start + size:
+                return start, size
+        return None
+
+    def regions(self) -> list[tuple[int, int]]:
+        return sorted((a, a + n) for a, n in self._allocs.items())
+
+    def decoded(self, start: int, size: int) -> DecodedProgram:
+        """The decoded words of a buffer (cached while its bytes are unchanged)."""
+        words = self.view(start, size).view(np.uint64)
+        hit = self._decoded.get(start)
+        if hit is not None and len(hit[0]) == len(words) and np.array_equal(hit[0], words):
+            return hit[1]
+        prog = DecodedProgram(words)
+        self._decoded[start] = (words.copy(), prog)
+        return prog
+
+
+# CSD configuration word fields (Mesa's broadcom/common/v3d_csd.h)
+CFG012_WG_COUNT_SHIFT = 16
+CFG3_OVERLAP_WITH_PREV = 1 << 26
+CFG3_MAX_SG_ID_SHIFT = 20
+CFG3_BATCHES_PER_SG_M1_SHIFT = 12
+CFG3_WGS_PER_SG_SHIFT = 8
+CFG5_PROPAGATE_NANS = 1 << 2
+CFG5_SINGLE_SEG = 1 << 1
+CFG5_THREADING = 1 << 0
+
+
+@dataclass(frozen=True)
+class CSDDispatch:
+    """A compute dispatch as the 7 CSD configuration words describe it (what DRM_IOCTL_V3D_SUBMIT_CSD
+    carries in cfg[7]; encode/decode as the hardware reads them)."""
+
+    shader_addr: int
+    uniforms_addr: int
+    num_batches: int
+    wg_count: tuple[int, int, int] = (1, 1, 1)
+    wg_size: int = 16
+    wgs_per_sg: int = 16
+    batches_per_sg: int = 1
+    threading: bool = False
+    single_seg: bool = False
+    propagate_nans: bool = False
+    overlap_with_prev: bool = False
+    max_sg_id: int = 0
+
+    @classmethod
+    def for_launch(cls, shader_addr: int, uniforms_addr: int, *, thread: int = 1, local_invocation=(16, 1, 1),
+                   workgroup=(1, 1, 1), wgs_per_sg: int = 16, threading: bool = False, single_seg: bool = False,
+                   propagate_nans: bool = False) -> "CSDDispatch":
+        """The words py-videocore6's dispatch() writes for the same arguments."""
+        wg_size = int(np.prod(local_invocation))
+        return cls(shader_addr=int(shader_addr), uniforms_addr=int(uniforms_addr), num_batches=int(thread),
+                   wg_count=tuple(int(v) for v in workgroup), wg_size=wg_size, wgs_per_sg=int(wgs_per_sg),
+                   batches_per_sg=-(-int(wgs_per_sg) * wg_size // 16), threading=bool(threading),
+                   single_seg=bool(single_seg), propagate_nans=bool(propagate_nans))
+
+    def encode(self) -> tuple[int, ...]:
+        if self.shader_addr & 7:
+            raise DriverError(f"shader address 0x{self.shader_addr:08x} is not 8-byte aligned")
+        x, y, z = self.wg_count
+        cfg3 = ((self.batches_per_sg - 1) << CFG3_BATCHES_PER_SG_M1_SHIFT) \
+            | ((self.wgs_per_sg & 0xF) << CFG3_WGS_PER_SG_SHIFT) | (self.wg_size & 0xFF) \
+            | (self.max_sg_id << CFG3_MAX_SG_ID_SHIFT) | (CFG3_OVERLAP_WITH_PREV if self.overlap_with_prev else 0)
+        cfg5 = self.shader_addr | (CFG5_PROPAGATE_NANS if self.propagate_nans else 0) \
+            | (CFG5_SINGLE_SEG if self.single_seg else 0) | (CFG5_THREADING if self.threading else 0)
+        return (x << CFG012_WG_COUNT_SHIFT, y << CFG012_WG_COUNT_SHIFT, z << CFG012_WG_COUNT_SHIFT, cfg3,
+                self.num_batches - 1, cfg5, self.uniforms_addr)
+
+    @classmethod
+    def decode(cls, words) -> "CSDDispatch":
+        w = [int(v) & 0xFFFFFFFF for v in words]
+        if len(w) != 7:
+            raise DriverError(f"CSD configuration: 7 words, got {len(w)}")
+        wg_size = w[3] & 0xFF
+        wgs = (w[3] >> CFG3_WGS_PER_SG_SHIFT) & 0xF
+        return cls(shader_addr=w[5] & ~7, uniforms_addr=w[6], num_batches=w[4] + 1,
+                   wg_count=tuple(v >> CFG012_WG_COUNT_SHIFT for v in w[:3]),
+                   wg_size=wg_size if wg_size else 256, wgs_per_sg=wgs if wgs else 16,
+                   batches_per_sg=((w[3] >> CFG3_BATCHES_PER_SG_M1_SHIFT) & 0xFF) + 1,
+                   threading=bool(w[5] & CFG5_THREADING), single_seg=bool(w[5] & CFG5_SINGLE_SEG),
+                   propagate_nans=bool(w[5] & CFG5_PROPAGATE_NANS),
+                   overlap_with_prev=bool(w[3] & CFG3_OVERLAP_WITH_PREV),
+                   max_sg_id=(w[3] >> CFG3_MAX_SG_ID_SHIFT) & 0x3F)
+
+
+EmuResult = EmuCounters  # what run_csd returns (scratch_accesses: accesses the MMU sent to the scratch page)
+
+
+def run_csd(memory: GPUMemory, dispatch: CSDDispatch | tuple | list, *, check_addresses: bool = True,
+            timeout_sec: float = 10, check_registers: bool = True, check_memory_order: bool = True,
+            max_instructions: int | None = None, host_timeout_sec: float | None = None,
+            progress: bool = False) -> EmuResult:
+    """Run one compute dispatch on the emulated V3D over `memory` (the hardware route's virtual device).
+
+    The shader runs from dispatch.shader_addr to the end of the buffer holding it. check_addresses=True: an
+    access outside every allocated buffer faults (naming instruction and address); False: the v3d MMU's
+    behaviour (the scratch page; counted in the result's scratch_accesses)."""
+    if not isinstance(dispatch, CSDDispatch):
+        dispatch = CSDDispatch.decode(dispatch)
+    buf = memory.buffer_of(dispatch.shader_addr)
+    if buf is None:
+        raise DriverError(f"shader address 0x{dispatch.shader_addr:08x} is not in an allocated buffer")
+    start, size = buf
+    prog = memory.decoded(start, size)
+    entry = (dispatch.shader_addr - start) // 8
+    with memory.lock:
+        return _run_dispatch(
+            memory.memory, memory.base, prog.table, prog.errors, start, entry,
+            uniforms=dispatch.uniforms_addr, wg_size=dispatch.wg_size, batches_per_sg=dispatch.batches_per_sg,
+            workgroup=dispatch.wg_count, wgs_per_sg=dispatch.wgs_per_sg, thread=dispatch.num_batches,
+            single_seg=dispatch.single_seg, threading=dispatch.threading, threads_per_qpu=None,
+            check_registers=check_registers, check_memory_order=check_memory_order, regions=memory.regions(),
+            check_addresses=check_addresses, scratch_offset=memory.scratch_address - memory.base,
+            timeout_sec=timeout_sec, max_instructions=max_instructions, host_timeout_sec=host_timeout_sec,
+            progress=progress)
+
+
+def submit_csd(memory: GPUMemory, dispatch, **kwargs) -> Job:
+    """run_csd in the background: a Job whose wait() gives the EmuResult (the interpreter releases the GIL)."""
+    return Job(lambda: run_csd(memory, dispatch, **kwargs))
+
+
+# ==========================================================================================================
+# one dispatch over a memory buffer (shared by EmuDriver.execute and run_csd)
+
+
+def _run_dispatch(memory, mem_base, table, errors, code_base, entry, *, uniforms, workgroup, wgs_per_sg, thread,
+                  single_seg, threading, threads_per_qpu, check_registers, check_memory_order, regions,
+                  check_addresses, scratch_offset, timeout_sec, max_instructions, host_timeout_sec, progress,
+                  local_invocation=None, wg_size=None, batches_per_sg=None) -> EmuCounters:
+    if wg_size is None:
+        local = (16, 1, 1) if local_invocation is None else tuple(int(v) for v in local_invocation)
+        if len(local) != 3 or min(local) < 1:
+            raise DriverError(f"local_invocation {local_invocation} must be 3 positive sizes")
+        wg_size = local[0] * local[1] * local[2]
+    wg = tuple(int(v) for v in workgroup)
+    if len(wg) != 3 or min(wg) < 1:
+        raise DriverError(f"workgroup {workgroup} must be 3 positive sizes")
+    thread = int(thread)
+    if thread < 1:
+        raise DriverError(f"thread={thread}: need at least one batch")
+    mode, nregs, used = thread_mode(thread, threading, threads_per_qpu)
+    bps = int(batches_per_sg) if batches_per_sg is not None else max(1, -(-int(wgs_per_sg) * wg_size // 16))
+    pow2 = max(1 << (wg_size - 1).bit_length(), 64)
+    iid_shift = max(0, 16 - int(math.log2(pow2)))
+    mem32 = memory[: len(memory) // 4 * 4].view(np.uint32)
+
+    disp = np.zeros(core.N_DISP + 2 * len(regions), dtype=np.int64)
+    disp[core.D_ENTRY] = entry
+    disp[core.D_UNIF] = 0 if uniforms is None else int(uniforms) & 0xFFFFFFFF
+    disp[core.D_NBATCH] = thread
+    disp[core.D_MODE] = mode
+    disp[core.D_WGX], disp[core.D_WGY], disp[core.D_WGZ] = wg
+    disp[core.D_WGSIZE] = wg_size
+    disp[core.D_WGS_PER_SG] = int(wgs_per_sg)
+    disp[core.D_BPS] = bps
+    disp[core.D_NCODE] = len(table)
+    disp[core.D_SINGLE_SEG] = int(bool(single_seg))
+    disp[core.D_REGCHECK] = int(check_registers)
+    disp[core.D_CODE_BASE] = code_base
+    disp[core.D_MEM_BASE] = mem_base
+    disp[core.D_SLICE] = 4096
+    disp[core.D_IID_SHIFT] = iid_shift
+    disp[core.D_MEMCHECK] = int(check_memory_order)
+    disp[core.D_NREGS] = nregs
+    disp[core.D_FIFO_CAP] = core.FIFO_MAX // used
+    disp[core.D_ADDRCHECK] = int(check_addresses)
+    disp[core.D_NREGIONS] = len(regions)
+    disp[core.D_SCRATCH_OFF] = int(scratch_offset)
+    for k, (lo, hi) in enumerate(sorted(regions)):
+        disp[core.N_DISP + 2 * k] = lo
+        disp[core.N_DISP + 2 * k + 1] = hi
+
+    acc = np.zeros((core.CTX, 6, 16), dtype=np.uint32)
+    rf = np.zeros((core.CTX, 64, 16), dtype=np.uint32)
+    fa = np.zeros((core.CTX, 16), dtype=np.uint8)
+    fb = np.zeros((core.CTX, 16), dtype=np.uint8)
+    ist = np.zeros((core.CTX, core.N_IST), dtype=np.int64)
+    cnt = np.zeros((core.CTX, core.N_CNT), dtype=np.int64)
+    tmud = np.zeros((core.CTX, 4, 16), dtype=np.uint32)
+    fifo = np.zeros((core.CTX, core.FIFO_MAX, 16), dtype=np.uint32)
+    rtop = np.zeros((core.CTX, 16), dtype=np.uint32)
+    bar = np.zeros(max(1, -(-thread // bps)), dtype=np.int64)
+    fault = np.zeros(8, dtype=np.int64)
+    pend = np.zeros((core.CTX, core.PEND_MAX), dtype=np.int64)
+    resident = min(thread, core.N_QPUS * mode)
+    for b in range(resident):
+        c = (b % core.N_QPUS) * core.SLOTS + b // core.N_QPUS
+        core.start_batch(c, b, acc, rf, fa, fb, ist, tmud, fifo, rtop, disp)
+    disp[core.D_NEXT] = resident
+
+    words = memory[code_base - mem_base: code_base - mem_base + 8 * len(table)].view(np.uint64)
+
+    def message(f, extra=None):
+        return _fault_message(f, ist, words, code_base, mem_base, len(memory), errors, extra)
+
+    budget = int(max_instructions) if max_instructions is not None else 1 << 62
+    start = time.monotonic()
+    executed = 0
+    bar_ui = None
+    try:
+        while True:
+            chunk = min(CHUNK_INSTRUCTIONS, budget - executed)
+            executed += core.run(table, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, memory, mem32, disp, bar,
+                                 fault, chunk, pend)
+            if fault[0] != 0:
+                break
+            if not np.any((ist[:, core.I_STATUS] == core.ST_RUN) | (ist[:, core.I_STATUS] == core.ST_WAIT)):
+                break
+            elapsed = time.monotonic() - start
+            if executed >= budget:
+                fault[:5] = (core.FLT_BUDGET, _running_ctx(ist), 0, budget, 0)
+                fault[2] = ist[fault[1], core.I_PC]
+                break
+            # timeout_sec bounds the dispatch's predicted Pi 4 time, as the hardware's wait does; the
+            # host's own budget is host_timeout_sec (and max_instructions)
+            predicted = _predicted_seconds(cnt, thread, used)
+            over = predicted > timeout_sec
+            if over or (host_timeout_sec is not None and elapsed > host_timeout_sec):
+                c0 = _running_ctx(ist)
+                why = (f"timeout: predicted Pi 4 time {predicted:.3g} s exceeds timeout_sec={timeout_sec} "
+                       f"(execute(timeout_sec=...))" if over else
+                       f"host timeout: still running after {elapsed:.1f} s of host time "
+                       f"(execute(host_timeout_sec=...))")
+                raise QPUFault(message(np.array([core.FLT_BUDGET, c0, ist[c0, core.I_PC], executed, 0, 0, 0, 0]),
+                                       extra=f"{why} after {executed} instructions"))
+            if progress and elapsed > 2.0 and bar_ui is None:
+                from tqdm import tqdm
+
+                bar_ui = tqdm(desc="emulating QPU instructions", unit=" instr", unit_scale=True,
+                              initial=executed, file=sys.stderr)
+            elif bar_ui is not None:
+                bar_ui.update(executed - bar_ui.n)
+    finally:
+        if bar_ui is not None:
+            bar_ui.close()
+    wall = time.monotonic() - start
+    per_thread = {name: cnt[:, i].reshape(core.N_QPUS, core.SLOTS).copy()
+                  for i, name in enumerate(core.COUNTER_NAMES)}
+    counters = EmuCounters(threads_per_qpu=used, batches=thread, wall_seconds=wall, per_thread=per_thread,
+                           scratch_accesses=int(disp[core.D_SCRATCH_HITS]))
+    if fault[0] != 0:
+        raise QPUFault(message(fault))
+    predicted = _predicted_seconds(cnt, thread, used)
+    if predicted > timeout_sec:
+        raise QPUFault(f"QPU dispatch timed out: predicted Pi 4 time {predicted:.3g} s exceeds "
+                       f"timeout_sec={timeout_sec} (execute(timeout_sec=...)); the emulation itself finished")
+    return counters
+
+
+def _predicted_seconds(cnt, batches: int, used: int) -> float:
+    from pimoe.qpu.timing import predict
+
+    per = {name: cnt[:, i].reshape(core.N_QPUS, core.SLOTS).astype(np.float64)
+           for i, name in enumerate(core.COUNTER_NAMES)}
+    return float(predict({"batches": int(batches), "threads_per_qpu": used, "per_thread": per}).seconds)
+
+
+def _running_ctx(ist) -> int:
+    running = np.nonzero(ist[:, core.I_STATUS] == core.ST_RUN)[0]
+    return int(running[0]) if len(running) else 0
+
+
+def _fault_message(fault, ist, words, code_base, mem_base, mem_size, errors, extra: str | None = None) -> str:
+    from pimoe.qpu.disasm import disassemble_word
+
+    code, c, pc, a1, a2 = (int(v) for v in fault[:5])
+    qpu, slot = divmod(c, core.SLOTS)
+    batch = int(ist[c, core.I_BATCH])
+    where = f"QPU {qpu} thread {slot} (batch {batch}), PC {pc}"
+    if 0 <= pc < len(words):
+        word = int(words[pc])
+        try:
+            text = disassemble_word(word)
+        except Exception as exc:  # an invalid word: say why it does not decode
+            text = errors.get(pc, str(exc))
+        where += f" (address 0x{code_base + 8 * pc:08x}, word 0x{word:016x}: {text})"
+    what = extra or _FAULT_TEXT.get(code, f"fault {code}")
+    if code == core.FLT_MEM_RANGE:
+        what += f": address 0x{a1 & 0xFFFFFFFF:08x} in lane {a2} is outside every allocated buffer (memory " \
+                f"0x{mem_base:08x}..0x{mem_base + mem_size:08x})"
+    elif code == core.FLT_MEM_ALIGN:
+        what += f": address 0x{a1 & 0xFFFFFFFF:08x} is not {a2}-byte aligned"
+    elif code == core.FLT_UNSUPPORTED:
+        what = f"{_UNSUPPORTED_TEXT.get(a1, '?')} {'' if a1 != core.UNS_MAGIC else a2} " + what
+        if a1 == core.UNS_TMU_CONFIG:
+            what += f" (config byte 0x{a2 & 0xFF:02x}: per-pixel regular loads/stores and prefetch only)"
+    elif code == core.FLT_REG_RANGE:
+        what += f": rf{a1}, but in this thread mode (execute(threading=...)) a thread has rf0..rf{a2 - 1}"
+    elif code == core.FLT_BARRIER_DEADLOCK:
+        what += f" ({a1} of {a2} threads arrived; the rest cannot run: too few thread slots, or they ended)"
+    elif code == core.FLT_BUDGET and extra is None:
+        what += f" after {a1} instructions"
+    elif code == core.FLT_BRANCH_TARGET:
+        what += f": 0x{a1 & 0xFFFFFFFF:08x}"
+    elif code == core.FLT_INVALID_WORD:
+        what += f": {errors.get(pc, '')}"
+    elif code == core.FLT_LOAD_BEFORE_TMUWT:
+        what += f": address 0x{a1 & 0xFFFFFFFF:08x} in lane {a2}"
+    elif code == core.FLT_FIFO_OVERFLOW:
+        what += f" ({a1} > {a2})"
+    return f"QPU fault at {where}: {what}"

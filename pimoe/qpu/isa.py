@@ -84,6 +84,7 @@ MAGIC_WADDR_NAMES: dict[int, str] = {
 }  # 44 prints "tmuscm" in Mesa too (its table has that typo); py-videocore6 calls it tmuhscm
 W_R0, W_R1, W_R2, W_R3, W_R4, W_R5, W_NOP = 0, 1, 2, 3, 4, 5, 6
 W_UNIFA, W_TMUD, W_TMUA, W_TMUAU, W_SYNCB = 9, 11, 12, 13, 18
+W_TMUC = 32
 W_RECIP, W_RSQRT, W_EXP, W_LOG, W_SIN, W_RSQRT2 = 19, 20, 21, 22, 23, 24
 W_R5REP = 55
 SFU_WADDRS = frozenset({W_RECIP, W_RSQRT, W_EXP, W_LOG, W_SIN, W_RSQRT2})

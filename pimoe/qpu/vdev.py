@@ -359,28 +359,20 @@ def _ArenaEmulator(memory, base):
             if prog is None or len(prog.words) != n or not np.array_equal(prog.words, words[:n]):
                 prog = DecodedProgram(np.array(words[:n]))
                 self._programs[off] = prog
-            self.code_area_base, self.code_area_size, self.code_pos = off, 8 * n, off + 8 * n
-            self._blocks = [(off // 8, prog)]
-            code = type("Code", (), {"address": cfg.shader})()
-            budget = {"host_timeout_sec": timeout} if "host_timeout_sec" in self._execute_params else {}
-            return self.execute(code, local_invocation=(cfg.wg_size, 1, 1), uniforms=cfg.uniforms,
-                                timeout_sec=timeout, workgroup=cfg.wg_count, wgs_per_sg=cfg.wgs_per_sg,
-                                thread=cfg.num_batches, propagate_nan=cfg.propagate_nans,
-                                single_seg=cfg.single_seg, threading=cfg.threading, progress=False, **budget)
+            # (emu lane: the emulator's shared dispatch runner, over the whole device memory, PCs counted
+            # from the shader; the next step is run_csd(GPUMemory, CSDDispatch), contract 1)
+            from pimoe.qpu.emulator import _run_dispatch
 
-        def _decoded_table(self):
-            _, prog = self._blocks[0]
-            return prog.table, dict(prog.errors)
-
-        def _fault_message(self, fault, ist, table, errors, extra=None):
-            # the base class counts PCs from the start of memory; here they count from the shader
-            mem, pos = self.memory, self.code_pos
-            self.memory, self.code_pos = mem[self.code_area_base:], pos - self.code_area_base
-            try:
-                msg = super()._fault_message(fault, ist, table, errors, extra)
-            finally:
-                self.memory, self.code_pos = mem, pos
-            return msg + f" [PC counted in words from the shader at 0x{base + self.code_area_base:08x}]"
+            with self._lock:
+                self.last_counters = _run_dispatch(
+                    memory, base, prog.table, dict(prog.errors), cfg.shader, 0, uniforms=cfg.uniforms,
+                    local_invocation=(cfg.wg_size, 1, 1), workgroup=cfg.wg_count, wgs_per_sg=cfg.wgs_per_sg,
+                    thread=cfg.num_batches, single_seg=cfg.single_seg, threading=cfg.threading,
+                    threads_per_qpu=None, check_registers=self.check_registers,
+                    check_memory_order=self.check_memory_order, regions=[], check_addresses=True,
+                    scratch_offset=0, timeout_sec=timeout, max_instructions=None, host_timeout_sec=timeout,
+                    progress=False)
+            return self.last_counters
 
     return ArenaEmulator()
 
