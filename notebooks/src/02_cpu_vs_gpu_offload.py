@@ -149,9 +149,10 @@ def qpu_experts_per_layer(path, token):
     with pimoe.load_model(path, backend="qpu-keep-counters", qpu="emu") as m:
         m.logits([int(token)])
         kept = list(m.backend.kept)
-    assert len(kept) == 2 * c.n_layers
+    per_layer = bench["dispatches"]                   # 1: gate/up and down chained in one dispatch per layer
+    assert len(kept) == per_layer * c.n_layers
     for layer in range(c.n_layers):
-        pair = kept[2 * layer: 2 * layer + 2]
+        pair = kept[per_layer * layer: per_layer * (layer + 1)]
         assert sum(k.total_instructions for k in pair) == bench["instructions"]
         assert sum(k.tmu_read_bytes for k in pair) == bench["tmu_read_bytes"]
     print(f"{path.name}: per layer and decode token, {len(kept) // c.n_layers} dispatches, "
