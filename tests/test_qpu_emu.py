@@ -1743,3 +1743,18 @@ def test_submit_overlaps_python_work_and_wait_returns_the_counters():
         with pytest.raises(QPUFault, match="predicted"):
             bad.wait()
         assert time.perf_counter() - t0 < 60
+
+
+def test_unsupported_signal_fault_is_one_clear_line():
+    """A graphics-only signal (ldvary: a fragment shader's varyings, meaningless in a compute dispatch)
+    is refused with one line naming the PC and the instruction, not a blank where the kind goes (the
+    fuzzer's finding: "signal  not modelled")."""
+    from pimoe.qpu.emulator import EmuDriver
+    word = 0x3D00318138811000          # add r1, r1, r2 ; nop ; ldvary.rf0
+    with EmuDriver() as drv:
+        code = drv.program([word])
+        with pytest.raises(PimoeError) as info:
+            drv.execute(code, thread=1, timeout_sec=1, progress=False)
+    msg = str(info.value)
+    assert "\n" not in msg and "  " not in msg.split(": ", 1)[-1].split("ldvary", 1)[-1]
+    assert "PC 0" in msg and "ldvary" in msg and "signal not modelled by the emulator" in msg

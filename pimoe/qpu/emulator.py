@@ -782,7 +782,8 @@ def _fault_message(fault, ist, words, code_base, mem_base, mem_size, errors, ext
     elif code == core.FLT_MEM_ALIGN:
         what += f": address 0x{a1 & 0xFFFFFFFF:08x} is not {a2}-byte aligned"
     elif code == core.FLT_UNSUPPORTED:
-        what = f"{_UNSUPPORTED_TEXT.get(a1, '?')} {'' if a1 != core.UNS_MAGIC else a2} " + what
+        # e.g. "signal not modelled by the emulator": the instruction text in `where` names which one
+        what = " ".join(p for p in (_UNSUPPORTED_TEXT.get(a1, "?"), str(a2) if a1 == core.UNS_MAGIC else "", what) if p)
         if a1 == core.UNS_TMU_CONFIG:
             what += f" (config byte 0x{a2 & 0xFF:02x}: per-pixel regular loads/stores and prefetch only)"
     elif code == core.FLT_REG_RANGE:
