@@ -6,17 +6,7 @@ import pytest
 
 from pimoe.qpu import assemble, qpu
 from pimoe.qpu.lint import RULES, lint
-
-
-def _end(asm):
-    nop(sig=thrsw)
-    nop(sig=thrsw)
-    nop()
-    nop()
-    nop(sig=thrsw)
-    nop()
-    nop()
-    nop()
+from qpu_kernels.emit import emit_program_end
 
 
 @qpu
@@ -29,7 +19,7 @@ def k_one_unit(asm):
     nop()
     mov(tmud, r1)
     mov(tmua, rf0)
-    _end(asm)
+    emit_program_end(asm)
 
 
 @qpu
@@ -38,7 +28,7 @@ def k_r4(asm):
     mov(r0, r4)                          # pc 1: too soon
     nop()
     mov(r1, r4)                          # pc 3: fine
-    _end(asm)
+    emit_program_end(asm)
 
 
 @qpu
@@ -48,7 +38,7 @@ def k_unifa(asm):
     nop()
     nop(sig=ldunifa)                     # pc 3: 2 after
     nop(sig=ldunifa)                     # pc 4: 3 after, fine
-    _end(asm)
+    emit_program_end(asm)
 
 
 @qpu
@@ -57,7 +47,7 @@ def k_rotate(asm):
     nop().mov(r1, r0, sig=rot(1))        # pc 1: r0 written by the previous instruction
     nop()
     nop().mov(r2, r1, sig=rot(1))        # pc 3: r1 written two before, fine
-    _end(asm)
+    emit_program_end(asm)
 
 
 @qpu
@@ -70,7 +60,7 @@ def k_delays(asm):
     nop(sig=thrsw)                       # pc 4
     mov(exp, 1.0)                        # pc 5: SFU in a thrsw delay slot
     nop()
-    _end(asm)
+    emit_program_end(asm)
 
 
 @pytest.mark.parametrize("kernel,want", [

@@ -17,17 +17,7 @@ from pimoe.qpu import qpu
 from pimoe.qpu import v3d_uapi as U
 from pimoe.qpu.asm import *  # noqa: F401,F403  (the kernel DSL's names)
 from pimoe.qpu.vdev import virtual_v3d
-
-
-def _end(asm):
-    nop(sig=thrsw)
-    nop(sig=thrsw)
-    nop()
-    nop()
-    nop(sig=thrsw)
-    nop()
-    nop()
-    nop()
+from qpu_kernels.emit import emit_program_end
 
 
 @qpu
@@ -47,13 +37,13 @@ def k_count(asm):
     mov(tmud, r1)
     add(tmua, rf0, r0)
     tmuwt()
-    _end(asm)
+    emit_program_end(asm)
 
 
 @qpu
 def k_ldtmu_without_load(asm):
     nop(sig=ldtmu(r0))
-    _end(asm)
+    emit_program_end(asm)
 
 
 def _errno(fn, *args, **kwargs) -> int:
