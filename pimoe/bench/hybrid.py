@@ -49,13 +49,15 @@ def add_arguments(parser) -> None:
 
 # -- rates -----------------------------------------------------------------------------------------------
 
-def expert_rates(cpu_run, qpu_layer_seconds: float, backend_info: dict, n_layers: int, k: int):
+def expert_rates(cpu_run, qpu_layer_seconds: float, backend_info: dict, n_layers: int, k: int,
+                 dispatches: int = 1):
     """LaneRates of ONE expert of a decode token: the CPU's from the cpu run's predicted expert region, the
-    QPU's from the predicted seconds of one layer's two expert dispatches (k experts)."""
+    QPU's from the predicted seconds of one layer's expert dispatches (k experts; one dispatch per layer
+    since ExpertFFN's one_dispatch)."""
     from pimoe import coexec
 
     per_layer_cpu = cpu_run.tg_predicted["tg/forward/layer/experts"] / n_layers
-    fixed = 2 * coexec.dispatch_overhead()          # gate+up and down dispatches per layer
+    fixed = dispatches * coexec.dispatch_overhead()
     return coexec.LaneRates(cpu_seconds=per_layer_cpu / k, cpu_bytes=backend_info["cpu_expert_bytes"],
                             qpu_seconds=max(qpu_layer_seconds - fixed, 0.0) / k,
                             qpu_bytes=backend_info["qpu_expert_bytes"], qpu_fixed_seconds=fixed,
@@ -171,7 +173,7 @@ def main(args) -> int:
     info = {"cpu_expert_bytes": sum(int(t.nbytes) // E for t in (lw.gate, lw.up, lw.down)),
             "qpu_expert_bytes": sum(QPUMatrices.nbytes_for(t) // E for t in (lw.gate, lw.up, lw.down))}
     layer = bench_expert_layer(lw.gate.qtype, cfg.hidden, cfg.expert_ff, k, 1, 8)
-    rates = expert_rates(cpu_run, layer["predicted"]["seconds"], info, L_run, k)
+    rates = expert_rates(cpu_run, layer["predicted"]["seconds"], info, L_run, k, layer.get("dispatches", 1))
 
     gemv_cache: dict = {}
     t = f.tensors

@@ -111,6 +111,9 @@ def main(args) -> int:
     print()
     print(f"per decode token (mean over {args.reps} x {args.n_gen} steps; Pi 4 figures are predicted):")
     print(cmp.regions_text(result))
+    offload = cmp.offload_text(result)
+    if offload:
+        print(offload)
     status = 0
     ref_name = result.reference.backend
     for r in result.runs[1:]:
