@@ -350,7 +350,7 @@ def test_bandwidth_concurrent_off_a_pi_prints_the_model(capsys):
     assert "not measurable" in out
 
 
-def test_compare_prints_offload_ratios_and_break_even_overhead(k4_model):
+def test_compare_prints_offload_ratios_and_break_even_overhead(k4_model, tmp_path):
     """pimoe compare's offload figures for the hybrid (and qpu) run: the predicted decode under each DRAM
     scenario (a faster DRAM never makes it slower), and the dispatch overhead at which its predicted decode
     equals the reference's."""
@@ -376,6 +376,15 @@ def test_compare_prints_offload_ratios_and_break_even_overhead(k4_model):
             assert at["tg"] >= ref_s
         assert run.backend in text
     assert "dispatch overhead" in text
+    # the record keeps them, and plots.plot_offload draws them (one bar per run and scenario)
+    from pimoe import plots
+
+    rec, _ = cmp.to_record(res)
+    files = plots.plot_offload(rec, tmp_path)
+    svg = next(f for f in files if f.suffix == ".svg").read_text()
+    for run in res.runs[1:]:
+        for v in run.offload["by_share"].values():
+            assert f"{v['x_reference']:.2f}x" in svg
 
 
 def mh_layers(res) -> int:
