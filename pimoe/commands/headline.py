@@ -22,7 +22,7 @@ HELP = "the headline table: which MoE models fit a Pi 4, and predicted CPU-only 
 def add_arguments(parser) -> None:
     from pimoe.output import add_output_argument
 
-    parser.add_argument("--models", "--shapes", "--presets", dest="models", default=None,
+    parser.add_argument("--models", "--shapes", "--presets", "--preset", dest="models", default=None,
                         help="comma list of make-model presets (default: olmoe-1b-7b, granite-3.0-1b-a400m, "
                              "granite-3.0-3b-a800m, qwen1.5-moe-a2.7b, qwen3-30b-a3b)")
     parser.add_argument("--types", "--type", dest="types", default="Q4_K_M,Q8_0",
@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
                              "(default Q4_K_M,Q8_0)")
     parser.add_argument("--layers", type=int, default=2, help="layers of each slice that run (default 2)")
     parser.add_argument("-p", "--n-prompt", type=int, default=1, metavar="N", help="prompt tokens (default 1)")
-    parser.add_argument("-n", "--n-gen", type=int, default=1, metavar="N",
+    parser.add_argument("-n", "--n-gen", "--n-predict", dest="n_gen", type=int, default=1, metavar="N",
                         help="decode steps whose Pi 4 time is predicted (default 1: the prediction comes from "
                              "the emulator's counts, which do not vary between steps)")
     parser.add_argument("-r", "--reps", "--repetitions", dest="reps", type=int, default=1,
@@ -127,7 +127,9 @@ def main(args) -> int:
           f"the file the CPU reads every token + the QPU copy of the experts + KV, the copy within the GPU's 4 GiB "
           f"address space; a board has its nominal RAM less {rows[0].fit.reserve_bytes >> 20} MiB for the OS. "
           f"t/s: PREDICTED for a Pi 4 from a slice of the model's layers scaled to full depth; nothing here ran on "
-          f"a Pi.", file=notes)
+          f"a Pi." + (" CPU+QPU: the hybrid backend (some of each layer's experts on the CPU while the QPU runs the "
+                      "others), the DRAM the two lanes share taken from pimoe/dram.py's central scenario (an "
+                      "assumption)." if any("hybrid" in r.tps for r in rows) else ""), file=notes)
     if args.quick:
         print("quick: only the granite-3.0-1b-a400m Q4_K_M row ran; `pimoe headline` runs every row "
               "(tens of minutes), the README's table is from its record", file=notes)
