@@ -45,7 +45,8 @@ def add_arguments(parser) -> None:
                              "minute on an idle 2-core machine)")
     parser.add_argument("--combine", nargs="+", metavar="RECORD", default=None,
                         help="no runs: one table, record and figure from the rows of earlier headline records "
-                             "(each row keeps the name of its record; the memory columns are recomputed)")
+                             "(each row keeps the name of its record; the memory columns are recomputed; a row "
+                             "in several records is taken from the one given last)")
     parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads for the runs")
     parser.add_argument("--cache-dir", default=None, help="where the models are written once "
                                                           "(default ~/.cache/pimoe/headline)")
@@ -103,6 +104,9 @@ def main(args) -> int:
 
     if args.combine:
         rows = hl.rows_from_records(args.combine)
+        # a (model, mix) in several records: the record given last wins (a newer run of the same row)
+        latest = {(r.model, r.mix): r for r in rows}
+        rows = [r for r in rows if latest[(r.model, r.mix)] is r]
         if args.models or args.types != "Q4_K_M,Q8_0":
             rows = [r for r in rows if r.model in models and r.mix in mixes]
         order = {(m, x): i for i, (m, x) in enumerate((m, x) for m in models for x in mixes)}
