@@ -69,12 +69,17 @@ def test_one_row_predicts_both_backends_and_draws_the_figure(tmp_path, capsys):
     assert list(tmp_path.glob("headline-*.png")) and list(tmp_path.glob("headline-*.svg"))
 
 
-def test_combine_rebuilds_the_table_from_records(tmp_path, capsys):
+def _one_fit_only_record(tmp_path, capsys):
+    """(printed JSON, record path, common options) of a one-row --fit-only run written to tmp_path."""
     common = ["--cache-dir", str(tmp_path / "m"), "--results", str(tmp_path)]
     rc, first, _ = _run(capsys, ["headline", "--fit-only", "--models", "granite-3.0-3b-a800m", "--types", "Q8_0",
                                  "-o", "json"] + common)
     assert rc == 0
-    rec = next(tmp_path.glob("headline-*.json"))
+    return first, next(tmp_path.glob("headline-*.json")), common
+
+
+def test_combine_rebuilds_the_table_from_records(tmp_path, capsys):
+    first, rec, common = _one_fit_only_record(tmp_path, capsys)
     rc, again, _ = _run(capsys, ["headline", "--combine", str(rec), "-o", "json", "--no-record"] + common)
     assert rc == 0
     a, b = json.loads(first)["rows"], json.loads(again)["rows"]
@@ -99,11 +104,7 @@ def test_hybrid_column_and_its_ratio_to_cpu_only(tmp_path):
 
 
 def test_combine_takes_a_row_in_several_records_from_the_last(tmp_path, capsys):
-    common = ["--cache-dir", str(tmp_path / "m"), "--results", str(tmp_path)]
-    rc, first, _ = _run(capsys, ["headline", "--fit-only", "--models", "granite-3.0-3b-a800m", "--types", "Q8_0",
-                                 "-o", "json"] + common)
-    assert rc == 0
-    old = next(tmp_path.glob("headline-*.json"))
+    _, old, common = _one_fit_only_record(tmp_path, capsys)
     newer = json.loads(old.read_text())                  # a later run of the same row, with speeds
     newer["rows"][0]["tps"] = {"cpu": 2.0, "hybrid": 3.0}
     newer["record_file"] = "headline-newer.json"
