@@ -31,7 +31,7 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
-from qpu_kernels.emit import emit_program_end
+from qpu_kernels.emit import emit_program_end, emit_thread_id
 from qpu_kernels.launch import check_equal, check_sum, launch
 
 N_QPUS = 8                   # 1 thread on each QPU
@@ -64,9 +64,7 @@ def _config_word(*cfg_bytes: int) -> int:
 def _emit_setup(asm, reg_a, reg_b, shift_b: int) -> None:
     """reg_a += 16 * g and reg_b += g << shift_b for this lane's global index g = 16 * qpu + lane;
     r2 = STRIDE (an accumulator, so a loop instruction can read two register-file operands besides it)."""
-    tidx(r0)
-    shr(r0, r0, 2)
-    band(r0, r0, 7)
+    emit_thread_id(asm, r0, N_QPUS)      # the QPU number (1 thread per QPU)
     shl(r0, r0, 4)
     eidx(r1)
     add(r0, r0, r1)
