@@ -826,16 +826,10 @@ def _row_q5_k(b, xq, xd, xbs, lut):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
         o = i * 176
+        packed, mins = kquant_scales_mins(b, o)
         msum = np.int32(0)
-        packed = np.int64(0)
         for j in range(8):
-            if j < 4:
-                sc = np.int64(b[o + 4 + j]) & 63
-                mn = np.int32(b[o + 8 + j]) & 63
-            else:
-                sc = (np.int64(b[o + 8 + j]) & 15) | ((np.int64(b[o + j]) >> 6) << 4)
-                mn = (np.int32(b[o + 8 + j]) >> 4) | ((np.int32(b[o + 4 + j]) >> 6) << 4)
-            packed |= sc << (8 * j)
+            mn = np.int32((mins >> (8 * j)) & 255)
             msum = np.int32(msum + mn * (np.int32(xbs[i * 16 + 2 * j]) + np.int32(xbs[i * 16 + 2 * j + 1])))
         isum = q5k_block_dot(b, o + 48, o + 16, xq, i * 256, packed)
         acc += xd[i] * (_f16(b, o, lut) * np.float32(isum) - _f16(b, o + 2, lut) * np.float32(msum))
@@ -913,13 +907,10 @@ def _dequant_row(kind, b, f, mv, lut):
             o = i * ts
             d = _f16(b, o, lut)
             dmin = _f16(b, o + 2, lut)
+            scales, mins = kquant_scales_mins(b, o)
             for j in range(8):
-                if j < 4:
-                    sc = np.int32(b[o + 4 + j]) & 63
-                    mn = np.int32(b[o + 8 + j]) & 63
-                else:
-                    sc = (np.int32(b[o + 8 + j]) & 15) | ((np.int32(b[o + j]) >> 6) << 4)
-                    mn = (np.int32(b[o + 8 + j]) >> 4) | ((np.int32(b[o + 4 + j]) >> 6) << 4)
+                sc = np.int32((scales >> (8 * j)) & 255)
+                mn = np.int32((mins >> (8 * j)) & 255)
                 deq_code_32(b, o + qs_off + (j >> 1) * 32, 4 * (j & 1), 15, o + 16, j, hmask, 4, 0,
                             f, i * 256 + j * 32, d * np.float32(sc), dmin * np.float32(mn))
     else:  # Q6_K
@@ -961,17 +952,20 @@ def _fdot4(a, b0, b1, b2, b3):
 def _work_queue(O, G, nthreads):
     """The work queue of a matmul kernel over G expert groups of O output rows: (items per group,
     items, workers, counter).  An item is ROW_CHUNK output rows of one group; each worker takes the
-    next item from the atomic counter, so a thread the OS preempts (a shared machine, or more threads
-    than cores) delays only its current item.  nthreads: numba.get_num_threads() from the caller
-    (called inside a kernel it is a dynamic global that stops numba from caching the kernel)."""
+    next item from the atomic counter (_next_item), so a thread the OS preempts (a shared machine, or
+    more threads than cores) delays only its current item.  nthreads: numba.get_num_threads() from the
+    caller (called inside a kernel it is a dynamic global that stops numba from caching the kernel)."""
     n_chunks = (O + ROW_CHUNK - 1) // ROW_CHUNK
     total = G * n_chunks
     return n_chunks, total, max(1, min(nthreads, total)), np.zeros(1, np.int64)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _work_item(item, n_chunks, O, gexp):
-    """Item -> (group, its expert, first output row, end row)."""
+def _next_item(counter, total, n_chunks, O, gexp):
+    """The next item -> (group, its expert, first output row, end row); group -1 when none is left."""
+    item = fetch_add(counter, 1)
+    if item >= total:
+        return -1, -1, 0, 0
     g = item // n_chunks
     r0 = (item % n_chunks) * ROW_CHUNK
     return g, gexp[g], r0, min(O, r0 + ROW_CHUNK)
@@ -991,10 +985,9 @@ def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out, nth
     n_chunks, total, nw, counter = _work_queue(O, gexp.shape[0], nthreads)
     for _wk in prange(nw):
         while True:
-            item = fetch_add(counter, 1)
-            if item >= total:
+            g, e, r0, r1 = _next_item(counter, total, n_chunks, O, gexp)
+            if g < 0:
                 break
-            g, e, r0, r1 = _work_item(item, n_chunks, O, gexp)
             fast = kind == K_Q8_0 or kind == K_Q4_K or kind == K_Q6_K
             if groups[g + 1] - groups[g] >= MULTI_TOKEN and not fast:
                 n = xq.shape[1]
@@ -1105,10 +1098,9 @@ def gate_up_silu(kind, wg, wu, xq, xd, xbs, tok, rows, groups, gexp, lut, h, nth
     one = np.float32(1.0)
     for _wk in prange(nw):
         while True:
-            item = fetch_add(counter, 1)
-            if item >= total:
+            g, e, r0, r1 = _next_item(counter, total, n_chunks, O, gexp)
+            if g < 0:
                 break
-            g, e, r0, r1 = _work_item(item, n_chunks, O, gexp)
             for o in range(r0, r1):
                 woff = (e * O + o) * rb
                 for kk in range(groups[g], groups[g + 1]):
@@ -1157,10 +1149,9 @@ def float_matmul(kind, w, x, rows, groups, gexp, out, nthreads):
     n_chunks, total, nw, counter = _work_queue(O, gexp.shape[0], nthreads)
     for _wk in prange(nw):
         while True:
-            item = fetch_add(counter, 1)
-            if item >= total:
+            g, e, r0, r1 = _next_item(counter, total, n_chunks, O, gexp)
+            if g < 0:
                 break
-            g, e, r0, r1 = _work_item(item, n_chunks, O, gexp)
             f = np.empty(n, np.float32)
             u = np.empty(n, np.uint32)
             for o in range(r0, r1):
