@@ -16,6 +16,7 @@ import pytest
 from pimoe.qpu import qpu
 from pimoe.qpu import v3d_uapi as U
 from pimoe.qpu.asm import *  # noqa: F401,F403  (the kernel DSL's names)
+from pimoe.qpu.emulator import CSDDispatch
 from pimoe.qpu.vdev import virtual_v3d
 from qpu_kernels.emit import emit_program_end
 
@@ -119,13 +120,12 @@ def test_a_kernel_runs_through_the_uapi_and_its_results_are_right():
         hd, data = dev.create_bo(4096)
         out = np.frombuffer(dev.map_bo(hd, 4096), np.uint32)
         out[:2] = [data + 64, 37]                   # uniforms, then the output at +64
-        cfg = U.CSDConfig.for_dispatch(code, data, thread=1)
-        dev.submit_csd(cfg.words(), [hc, hd])
+        words = CSDDispatch.for_launch(code, data, thread=1).encode()
+        dev.submit_csd(words, [hc, hd])
         dev.wait_bo(hd, 30 * 10**9)
         assert np.array_equal(out[16:32], np.full(16, 37))
         assert vd.jobs_run == 1 and not vd.faults
         # errno of a bad submission
-        words = cfg.words()
         assert _errno(dev.submit_csd, words, []) == errno.EINVAL                 # a job needs BOs
         assert _errno(dev.submit_csd, words, [hd, 999]) == errno.ENOENT         # unknown BO
         assert _errno(dev.submit_csd, words, [hd], in_sync=5) == errno.ENOENT   # no such sync object
@@ -139,7 +139,7 @@ def test_a_timed_out_wait_and_asynchronous_submit():
         hd, data = dev.create_bo(4096)
         out = np.frombuffer(dev.map_bo(hd, 4096), np.uint32)
         out[:2] = [data + 64, 400_000]              # ~2M instructions in the emulator
-        dev.submit_csd(U.CSDConfig.for_dispatch(code, data).words(), [hc, hd])   # returns at once
+        dev.submit_csd(CSDDispatch.for_launch(code, data).encode(), [hc, hd])   # returns at once
         assert _errno(dev.wait_bo, hd, 0) == errno.ETIME                           # the kernel's code
         dev.wait_bo(hd, 120 * 10**9)
         assert np.array_equal(out[16:32], np.full(16, 400_000))
@@ -151,23 +151,67 @@ def test_a_faulting_job_makes_wait_fail_with_eio_and_is_logged(caplog):
 
         hc, code, _ = _program(dev, assemble(k_ldtmu_without_load))
         with caplog.at_level(logging.ERROR, logger="pimoe.qpu.vdev"):
-            dev.submit_csd(U.CSDConfig.for_dispatch(code, 0).words(), [hc])
+            dev.submit_csd(CSDDispatch.for_launch(code, 0).encode(), [hc])
             assert _errno(dev.wait_bo, hc, 30 * 10**9) == errno.EIO
         assert "ldtmu" in vd.faults[0] and "ldtmu" in caplog.text
 
 
 def test_csd_words_decoded_as_the_hardware_does():
-    cfg = U.CSDConfig.for_dispatch(0x10000040, 0x10002000, local_invocation=(16, 1, 1), workgroup=(3, 2, 1),
-                                   wgs_per_sg=4, thread=24, single_seg=True)
-    assert U.CSDConfig.decode(cfg.words()) == cfg
-    w = cfg.words()
-    assert w[0] == 3 << 16 and w[4] == 23 and w[5] == 0x10000042 and w[6] == 0x10002000
     # py-videocore6 writes wgs_per_sg=16 as (16 << 8), which spills into bit 12, the batches-per-supergroup
     # field's lowest bit: the hardware reads wgs_per_sg 0 (= 16), and with a 1-invocation workgroup
     # (1 batch per supergroup, field 0) one batch more per supergroup
     pyvc6_cfg3 = ((-(-16 * 1 // 16) - 1) << 12) | (16 << 8) | 1
-    d = U.CSDConfig.decode([1 << 16, 1 << 16, 1 << 16, pyvc6_cfg3, 7, 0x10000000, 0])
+    d = CSDDispatch.decode([1 << 16, 1 << 16, 1 << 16, pyvc6_cfg3, 7, 0x10000000, 0])
     assert (d.wgs_per_sg, d.batches_per_sg, d.wg_size, d.num_batches) == (16, 2, 1, 8)
+
+
+def test_wait_bo_timeouts_are_judged_in_pi4_time_not_host_time():
+    """WAIT_BO's timeout counts GPU time: a job whose predicted Pi 4 time fits the timeout is waited for
+    however long the emulator takes on this host, and one whose Pi 4 time does not gets ETIME."""
+    from pimoe.qpu import assemble
+    from pimoe.qpu.timing import predict
+
+    with virtual_v3d() as vd, U.V3DDevice() as dev:
+        hc, code, _ = _program(dev, assemble(k_count))
+        hd, data = dev.create_bo(4096)
+        out = np.frombuffer(dev.map_bo(hd, 4096), np.uint32)
+        out[:2] = [data + 64, 200_000]
+        words = CSDDispatch.for_launch(code, data).encode()
+        dev.submit_csd(words, [hc, hd])
+        dev.wait_bo(hd, 120 * 10**9)
+        job = vd.files[dev.fd].last_job
+        pi4 = float(predict(job.counters).seconds)
+        assert job.predicted == pi4 and job.gpu_end - job.gpu_start == pytest.approx(pi4)
+        assert job.seconds > 2 * pi4         # emulating is slower than the QPUs (else this test shows nothing)
+        out[16:32] = 0
+        dev.submit_csd(words, [hc, hd])
+        dev.wait_bo(hd, int(1.5 * pi4 * 1e9))                 # waited for, though the host took longer
+        assert np.array_equal(out[16:32], np.full(16, 200_000))
+        assert vd.files[dev.fd].last_job.seconds > 1.5 * pi4
+        dev.submit_csd(words, [hc, hd])
+        assert _errno(dev.wait_bo, hd, int(0.5 * pi4 * 1e9)) == errno.ETIME   # a Pi 4 is not done yet either
+        dev.wait_bo(hd, 120 * 10**9)                          # the job itself goes on, as on the GPU
+        assert not vd.faults
+
+
+def test_an_access_outside_every_bo_goes_to_the_mmu_scratch_page(caplog):
+    """The MMU: only BO pages are mapped; a store into the hole after a BO neither faults nor lands in
+    the next BO (it hits the scratch page), and is logged and counted."""
+    from pimoe.qpu import assemble
+
+    with virtual_v3d() as vd, U.V3DDevice() as dev:
+        hc, code, _ = _program(dev, assemble(k_count))
+        hd, data = dev.create_bo(4096)
+        hn, nxt = dev.create_bo(4096)
+        assert nxt - data == U.BO_ALIGN      # a 124 KiB hole between the two BOs
+        uni = np.frombuffer(dev.map_bo(hd, 4096), np.uint32)
+        neighbour = np.frombuffer(dev.map_bo(hn, 4096), np.uint32)
+        uni[:2] = [data + 4096, 3]           # the first byte past the data BO's only page
+        with caplog.at_level(logging.WARNING, logger="pimoe.qpu.vdev"):
+            dev.submit_csd(CSDDispatch.for_launch(code, data).encode(), [hc, hd, hn])
+            dev.wait_bo(hd, 60 * 10**9)
+        assert vd.mmu_faults == 16 and "scratch page" in caplog.text and not vd.faults
+        assert not neighbour.any() and not uni[2:].any()
 
 
 def test_names_bound_before_the_block_are_patched_and_restored():
