@@ -194,6 +194,32 @@ def test_wait_bo_timeouts_are_judged_in_pi4_time_not_host_time():
         assert not vd.faults
 
 
+def test_pi_clock_shows_the_client_predicted_pi4_time_for_the_gpu_part():
+    """virtual_v3d(pi_clock=True): a client timing a dispatch with time.perf_counter sees the job's
+    predicted Pi 4 time (plus its own CPU time), not the host's much longer emulation; the clocks are the
+    time module's own again after the block."""
+    import time
+
+    from pimoe.qpu import assemble
+
+    host_clock = time.perf_counter
+    with virtual_v3d(pi_clock=True) as vd, U.V3DDevice() as dev:
+        hc, code, _ = _program(dev, assemble(k_count))
+        hd, data = dev.create_bo(4096)
+        np.frombuffer(dev.map_bo(hd, 4096), np.uint32)[:2] = [data + 64, 50_000]
+        words = CSDDispatch.for_launch(code, data).encode()
+        dev.submit_csd(words, [hc, hd])
+        dev.wait_bo(hd, 60 * 10**9)                  # warm (the first job compiles nothing, but imports)
+        t0, h0 = time.perf_counter(), host_clock()
+        dev.submit_csd(words, [hc, hd])
+        dev.wait_bo(hd, 60 * 10**9)
+        seen, host = time.perf_counter() - t0, host_clock() - h0
+        job = vd.files[dev.fd].last_job
+        assert job.predicted <= seen < job.predicted + 0.5 * (host - job.predicted)
+        assert seen < job.seconds                    # the emulation took longer than what the client saw
+    assert time.perf_counter is host_clock
+
+
 def test_an_access_outside_every_bo_goes_to_the_mmu_scratch_page(caplog):
     """The MMU: only BO pages are mapped; a store into the hole after a BO neither faults nor lands in
     the next BO (it hits the scratch page), and is logged and counted."""

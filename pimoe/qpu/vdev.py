@@ -161,13 +161,17 @@ class VirtualV3D:
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
         self._stalled = 0.0                           # host seconds clients waited for the emulator
+        self._waiting: list[float] = []               # GPU clock at the start of each wait in progress
         self._gpu_busy_until = 0.0                    # GPU clock: when the last finished job ended
 
     # ---- the GPU clock -------------------------------------------------------------------------------
     def gpu_now(self) -> float:
         """Seconds on the device's GPU clock: host time minus the time clients spent waiting for the emulator
-        beyond the Pi 4 time of what they waited for."""
-        return time.monotonic() - self._stalled
+        beyond the Pi 4 time of what they waited for. It stands still while a client waits (it moves on by
+        the Pi 4 time when the wait ends), so it never runs backwards."""
+        now = _host_monotonic() - self._stalled
+        waiting = self._waiting
+        return min(now, min(waiting)) if waiting else now
 
     # ---- address space ------------------------------------------------------------------------------
     def mapped_bytes(self) -> int:
@@ -281,16 +285,21 @@ class VirtualV3D:
     def _wait_bo(self, handle: int, job: Job | None, timeout_ns: int, data: bytearray) -> None:
         """WAIT_BO judged on the GPU clock: block (host time) until the emulator has run the job, then
         return as a Pi 4 would have, `timeout_ns` after the call at the latest."""
-        waited_from = self.gpu_now()
-        host_start = time.monotonic()
-        if job is not None:
-            job.done.wait()       # bounded: the worker gives up on a job after job_timeout host seconds
-        host = time.monotonic() - host_start
-        timeout = timeout_ns / 1e9
-        pi_wait = 0.0 if job is None else max(0.0, job.gpu_end - waited_from)   # how long a Pi 4 waits
-        finished = pi_wait <= timeout
-        with self._lock:          # the client's time blocked beyond what a Pi would take leaves the clock
-            self._stalled += host - (pi_wait if finished else timeout)
+        with self._lock:
+            waited_from = self.gpu_now()
+            host_start = _host_monotonic()
+            self._waiting.append(waited_from)
+        try:
+            if job is not None:
+                job.done.wait()   # bounded: the worker gives up on a job after job_timeout host seconds
+        finally:
+            with self._lock:      # the client's time blocked beyond what a Pi would take leaves the clock
+                host = _host_monotonic() - host_start
+                timeout = timeout_ns / 1e9
+                pi_wait = 0.0 if job is None else max(0.0, job.gpu_end - waited_from)   # how long a Pi waits
+                finished = pi_wait <= timeout
+                self._stalled += host - (pi_wait if finished else timeout)
+                self._waiting.remove(waited_from)
         left = max(0, timeout_ns - int(pi_wait * 1e9)) if finished else 0
         U.WAIT_BO.pack_into(data, 0, handle, 0, left)
         if job is not None and job.fault is not None:
@@ -332,7 +341,7 @@ class VirtualV3D:
             job = self._queue.get()
             if job is None:
                 return
-            start = time.monotonic()
+            start = _host_monotonic()
             try:
                 job.counters = run_csd(self.gpu, job.dispatch, check_addresses=False, timeout_sec=self.gpu_timeout,
                                        host_timeout_sec=self.job_timeout)
@@ -345,7 +354,7 @@ class VirtualV3D:
                 job.fault = str(exc)
                 self.faults.append(job.fault)
                 log.error("v3d (virtual): CSD job faulted: %s", job.fault)
-            job.seconds = time.monotonic() - start
+            job.seconds = _host_monotonic() - start
             job.gpu_start = max(job.submitted_gpu, self._gpu_busy_until)
             job.gpu_end = self._gpu_busy_until = job.gpu_start + job.predicted
             self.jobs_run += 1
@@ -463,13 +472,37 @@ class _mmap(mmap.mmap):
 
 
 _REPLACEMENTS = {"open": _open, "close": _close, "ioctl": _ioctl, "mmap": _mmap}
-_HOMES = {"open": os, "close": os, "ioctl": fcntl, "mmap": mmap}
+
+# ---- the Pi 4 clock (virtual_v3d(pi_clock=True)) --------------------------------------------------------
+_host_monotonic = time.monotonic
+_CLOCKS = {"time": time.time, "time_ns": time.time_ns, "monotonic": time.monotonic,
+           "monotonic_ns": time.monotonic_ns, "perf_counter": time.perf_counter,
+           "perf_counter_ns": time.perf_counter_ns}
+
+
+def _lag() -> float:
+    """Seconds the GPU clock is behind the host's, for the calling thread (0 on the device's own threads:
+    the emulator's budgets are host time)."""
+    dev = _state["dev"]
+    if dev is None or threading.current_thread().name.startswith("pimoe-vdev"):
+        return 0.0
+    return _host_monotonic() - dev.gpu_now()
+
+
+def _pi_clock(name: str):
+    orig = _CLOCKS[name]
+    if name.endswith("_ns"):
+        return lambda: orig() - int(_lag() * 1e9)
+    return lambda: orig() - _lag()
+
+
+_PI_CLOCK = {name: _pi_clock(name) for name in _CLOCKS}
 
 
 def _patch_all(table: dict) -> list:
     """Point every module-level name bound to an original at its replacement; returns what to undo."""
     undo = []
-    by_id = {id(_ORIG[k]): (k, table[k]) for k in _ORIG}
+    by_id = {id(_ORIG[k]): (k, table[k]) for k in table}
     for name, mod in list(sys.modules.items()):
         d = getattr(mod, "__dict__", None)
         if not isinstance(d, dict) or mod is sys.modules[__name__]:
@@ -483,10 +516,16 @@ def _patch_all(table: dict) -> list:
 
 
 @contextlib.contextmanager
-def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT, gpu_timeout: float = DEFAULT_GPU_TIMEOUT):
+def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT, gpu_timeout: float = DEFAULT_GPU_TIMEOUT,
+                pi_clock: bool = False):
     """In this process, for the duration of the block, the V3D device nodes are a virtual V3D 4.2 served
     by the emulator. Re-entrant: a nested block shares the outer device. job_timeout: host seconds a job
-    may emulate; gpu_timeout: predicted Pi 4 seconds it may run (past either, WAIT_BO fails with EIO)."""
+    may emulate; gpu_timeout: predicted Pi 4 seconds it may run (past either, WAIT_BO fails with EIO).
+
+    pi_clock=True: the time module's time/monotonic/perf_counter (and _ns forms) read the device's GPU clock
+    in every thread but the device's own, so a client that times its dispatches (py-videocore6's examples
+    print MB/s, its test_parallel_16 compares two dispatches' wall time) sees the emulator's PREDICTED
+    Pi 4 time for the GPU's part, and this host's own time for its CPU part."""
     if _state["dev"] is not None:
         _state["depth"] += 1
         try:
@@ -496,7 +535,13 @@ def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT, gpu_timeout: float = D
         return
     dev = VirtualV3D(job_timeout=job_timeout, gpu_timeout=gpu_timeout)
     _state["dev"], _state["depth"] = dev, 1
-    undo = _patch_all(_REPLACEMENTS)
+    table = dict(_REPLACEMENTS)
+    undo = _patch_all(table)
+    if pi_clock:          # the time module's own functions only: the standard library's timeouts keep host time
+        for name, fn in _PI_CLOCK.items():
+            undo.append((time.__dict__, name, _CLOCKS[name]))
+            table[name] = fn
+            setattr(time, name, fn)
     try:
         yield dev
     finally:
@@ -505,14 +550,14 @@ def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT, gpu_timeout: float = D
             with contextlib.suppress(OSError):
                 _ORIG["close"](fd)
         for d, attr, value in undo:
-            if d.get(attr) is _REPLACEMENTS.get(_name_of(value)):
+            if d.get(attr) is table.get(_name_of(value)):
                 d[attr] = value
         _state["dev"], _state["depth"] = None, 0
         dev.shutdown()
 
 
 def _name_of(value) -> str | None:
-    for k, v in _ORIG.items():
+    for k, v in {**_ORIG, **_CLOCKS}.items():
         if v is value:
             return k
     return None
