@@ -326,3 +326,20 @@ def test_compare_runs_through_the_virtual_route(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "| qpu" in out.out and "predicted" in out.out
+
+
+def test_running_into_the_zero_word_after_a_program_is_an_invalid_word_fault():
+    """The virtual device decodes a BO's code up to its first all-zero word, which does not decode: a
+    program without its end runs into it and faults naming that PC, as a whole-buffer decode would."""
+    from pimoe.qpu import assemble
+
+    @qpu
+    def k_no_end(asm):
+        nop()
+        nop()
+
+    with virtual_v3d() as vd, U.V3DDevice() as dev:
+        hc, code, _ = _program(dev, assemble(k_no_end))
+        dev.submit_csd(CSDDispatch.for_launch(code, 0).encode(), [hc])
+        assert _errno(dev.wait_bo, hc, 30 * 10**9) == errno.EIO
+        assert "PC 2" in vd.faults[0] and "invalid" in vd.faults[0] and "0x0000000000000000" in vd.faults[0]

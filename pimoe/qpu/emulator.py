@@ -609,14 +609,16 @@ def run_csd(memory: GPUMemory, dispatch: CSDDispatch | tuple | list, *, check_ad
     if buf is None:
         raise DriverError(f"shader address 0x{dispatch.shader_addr:08x} is not in an allocated buffer")
     start, size = buf
-    # the program ends at the first all-zero word at or after the shader (0 is not a valid instruction, so
-    # a program cannot run past it): a buffer holding code then data (py-videocore6's one BO) decodes its code
+    # the code area is the buffer up to and including the first all-zero word at or after the shader: 0 does
+    # not decode (mul op 0 without branch signal bits; Mesa's v3d_qpu_instr_unpack refuses it too), so
+    # executing it faults as an invalid word with its PC, as a whole-buffer decode would; a branch past it
+    # faults with PC and target. A buffer of code then data (py-videocore6's one BO) decodes only its code.
     words = memory.view(dispatch.shader_addr, start + size - dispatch.shader_addr).view(np.uint64)
     n, step = 0, 4096
     while n < len(words):
         zero = np.flatnonzero(words[n: n + step] == 0)
         if len(zero):
-            size = dispatch.shader_addr - start + 8 * (n + int(zero[0]))
+            size = dispatch.shader_addr - start + 8 * (n + int(zero[0]) + 1)
             break
         n, step = n + step, step * 2
     prog = memory.decoded(start, size)
