@@ -50,9 +50,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--layers", type=int, default=4, help="layers of the Qwen3-30B-A3B-shaped model (default 4)")
     parser.add_argument("--models", default="Q8_0,Q4_K_M",
                         help="comma list of weight mixes: Q8_0, Q4_K_M, Q4_K, Q6_K, F16 … (default Q8_0,Q4_K_M)")
-    parser.add_argument("--prompt", type=int, default=32, help="prompt tokens for pp (default 32)")
-    parser.add_argument("--decode", type=int, default=16, help="decode tokens for tg (default 16)")
-    parser.add_argument("--reps", type=int, default=3, help="repeats of pp (default 3)")
+    parser.add_argument("-p", "--n-prompt", "--prompt", dest="prompt", type=int, default=32, help="prompt tokens for pp (default 32)")
+    parser.add_argument("-n", "--n-gen", "--decode", dest="decode", type=int, default=16, help="decode tokens for tg (default 16)")
+    parser.add_argument("-r", "--reps", type=int, default=3, help="repeats of pp (default 3)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="paired rounds (pimoe and llama.cpp back to back, order alternating; default 2): "
                              "the ratio reported is the median of the rounds' ratios, the t/s each engine's best")
