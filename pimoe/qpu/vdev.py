@@ -48,6 +48,7 @@ BO memory is one memfd: the client's mappings and the emulator's memory are the 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import errno
@@ -157,6 +158,8 @@ class VirtualV3D:
         self.faults: list[str] = []
         self.mmu_faults = 0                           # accesses the MMU sent to the scratch page
         self.jobs_run = 0
+        # (predicted Pi 4 seconds, host seconds emulating, fault or None) of the last jobs, oldest first
+        self.job_log: collections.deque = collections.deque(maxlen=1000)
         self._lock = threading.RLock()
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -358,6 +361,7 @@ class VirtualV3D:
             job.gpu_start = max(job.submitted_gpu, self._gpu_busy_until)
             job.gpu_end = self._gpu_busy_until = job.gpu_start + job.predicted
             self.jobs_run += 1
+            self.job_log.append((job.predicted, job.seconds, job.fault))
             job.done.set()
 
     def idle(self, timeout: float | None = None) -> bool:
