@@ -325,34 +325,25 @@ def _worker(spec: dict) -> dict:
         for t in model.file.tensors.values():
             flat = t.data.reshape(-1)
             int(flat[::4096].sum())
-        load_s = time.perf_counter() - t0
-        model.forward(prompt[:2])  # warm-up: loads the cached kernels
-        model.forward(decode_tokens[:2])
-        model.reset()
-
-        def run_prompt():
-            model.reset()
-            return model.forward(prompt)[-1]
-
-        def run_token(tok):
-            model.forward([tok])
+        step, reset = model.forward, model.reset
     else:
         from pimoe.llamaref import Reference
 
         # the low-level API with extra buffer types off (pimoe.llamaref: the AMX/repack buffers crash
         # some hosts and a Pi has none); all-position logits for a prompt, like pimoe's forward
         llm = Reference(path, n_ctx=len(prompt) + n_decode + 8, n_batch=max(512, len(prompt)), n_threads=threads)
-        load_s = time.perf_counter() - t0
-        llm.eval(prompt[:2])
-        llm.eval(decode_tokens[:2])
-        llm.reset()
+        step, reset = llm.eval, llm.reset
+    load_s = time.perf_counter() - t0
+    step(prompt[:2])  # warm-up: loads pimoe's cached kernels
+    step(decode_tokens[:2])
+    reset()
 
-        def run_prompt():
-            llm.reset()
-            return llm.eval(prompt)[-1]
+    def run_prompt():
+        reset()
+        return step(prompt)[-1]
 
-        def run_token(tok):
-            llm.eval([tok])
+    def run_token(tok):
+        step([tok])
 
     pp, pp_cpu = [], []
     last_logits = None
