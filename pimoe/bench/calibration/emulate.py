@@ -1,11 +1,16 @@
 """Emulate the calibration kernels at small sizes and extrapolate their counts to the published sizes.
 
-The published runs are far too big for the emulator (sgemm 1024^3 is ~100 M QPU instructions), but every
+The published runs are slow in the emulator (sgemm 1024^3 is ~200 M QPU instructions, minutes), but every
 calibration kernel is loops with fixed bodies, so each per-thread counter is EXACTLY linear in the loop
 trip counts: count = c . features, with features (1, trips) for the streaming kernels and
 (1, i trips, tiles, tiles x Q) for the sgemm (outer loop, tile loop, k loop). The coefficients are solved
 from a few small runs, a further run the solve did not use must be reproduced exactly (to the instruction),
 and only then are they evaluated at the published size.
+
+Checked once against py-videocore6's own example programs run unchanged through the emulator at their
+published sizes (outside the project, 2026-12-04): instructions 0.997 (memset), 0.999 (summation, scopy),
+1.001 (sgemm) of theirs; TMU lookups, results, bytes, prefetches, thread switches equal for summation
+and scopy.
 """
 
 from __future__ import annotations
