@@ -1,7 +1,7 @@
 """`pimoe headline`: the answer for the MoE models a Raspberry Pi 4 can hold, in one table and one figure.
 
-    pimoe headline                                   # every model x Q4_K_M-like / Q8_0 (tens of minutes)
-    pimoe headline --models granite-3.0-1b-a400m --types Q4_K_M     # one row, about a minute
+    pimoe headline                                   # every model x Q4_K_M-like / Q8_0 (hours on a busy 2-core box)
+    pimoe headline --models granite-3.0-1b-a400m --types Q4_K_M     # one row (minutes)
     pimoe headline --fit-only                         # the memory columns only, instant
     pimoe headline -o json                            # the record on stdout, for scripts
 
@@ -41,8 +41,8 @@ def add_arguments(parser) -> None:
                         help="comma list (default cpu,qpu, plus hybrid when this pimoe has it)")
     parser.add_argument("--fit-only", action="store_true", help="the memory columns only: nothing runs")
     parser.add_argument("--quick", action="store_true",
-                        help="every row's memory columns, but run only granite-3.0-1b-a400m Q4_K_M (about a "
-                             "minute on an idle 2-core machine)")
+                        help="every row's memory columns, but run only granite-3.0-1b-a400m Q4_K_M (13 min "
+                             "with cpu,qpu,hybrid on a shared 2-core machine at load ~20)")
     parser.add_argument("--combine", nargs="+", metavar="RECORD", default=None,
                         help="no runs: one table, record and figure from the rows of earlier headline records "
                              "(each row keeps the name of its record; the memory columns are recomputed; a row "
@@ -136,7 +136,7 @@ def main(args) -> int:
                       "assumption)." if any("hybrid" in r.tps for r in rows) else ""), file=notes)
     if args.quick:
         print("quick: only the granite-3.0-1b-a400m Q4_K_M row ran; `pimoe headline` runs every row "
-              "(tens of minutes), the README's table is from its record", file=notes)
+              "(hours on a busy 2-core machine); the README's table is from such runs, combined", file=notes)
     bad = [f"{r.model} {r.mix} ({b})" for r in rows for b, ok in r.same_tokens.items() if not ok]
     if bad:
         print(f"WARNING: the QPU path chose other tokens than the CPU at a decisive margin: {', '.join(bad)}",
