@@ -489,10 +489,11 @@ def _mean_sd(values) -> tuple[float, float]:
 
 
 def backend_label(backend: str, driver: str | None = None) -> str:
-    """The backend as the tables print it: qpu says whether it ran on hardware or the emulator (a record's
-    run has the same two fields: backend_label(run["backend"], run["driver"]))."""
+    """The backend as the tables print it: qpu says whether it ran on hardware, the hardware route over the
+    virtual V3D device (whose jobs the emulator runs), or the emulator (a record's run has the same two
+    fields: backend_label(run["backend"], run["driver"]))."""
     if backend in ("qpu", "hybrid"):
-        return f"{backend} (hw)" if driver == "hw" else f"{backend} (emulator)"
+        return f"{backend} ({ {'hw': 'hw', 'virtual': 'virtual V3D'}.get(driver, 'emulator') })"
     return backend
 
 
