@@ -106,13 +106,17 @@ def _pimoe_kernels():
     return out
 
 
-# a kernel that breaks a rule on purpose names it here, with the reason
-ALLOWED: dict[str, set[str]] = {}
+# a kernel that breaks a rule on purpose names it here (by name prefix), with the reason
+ALLOWED: dict[str, set[str]] = {
+    # qpu_kernels.gemv_sched lets a TMU write (tmua/tmuc) share an instruction with an ldtmu, as
+    # py-videocore6's hardware-tested summation and scopy do on every loop trip
+    "gemv KernelConfig(": {"one-unit"},
+}
 
 
 def test_pimoe_kernels_are_lint_clean():
     for name, words in _pimoe_kernels().items():
-        bad = lint(words, allow=ALLOWED.get(name, ()))
+        bad = lint(words, allow=set().union(*(v for k, v in ALLOWED.items() if name.startswith(k))))
         assert bad == [], f"{name}: " + "; ".join(map(str, bad[:5]))
 
 
