@@ -259,7 +259,16 @@ def test_schedule_checker_catches_a_reordering():
     cfg = KernelConfig("q4", 1, 512, 1, "sum")
     ops = block_ops(cfg, Regs(cfg), issue_current_tail=True, issue_next_head=True, count=True)
     b = schedule_list(ops)
-    b[10], b[11] = b[11], b[10]
+    check_schedule(ops, b)
+
+    def slots(bundle):
+        return [s for s in (bundle.add, bundle.mul, bundle.sig) if s is not None]
+
+    # the first two adjacent instructions where the second reads a register the first writes
+    i = next(i for i in range(len(b) - 1)
+             if {w for op, _, _ in slots(b[i]) for w in op.dst_regs() if not w.startswith("@")}
+             & {r for op, _, srcs in slots(b[i + 1]) for r in op.src_regs(srcs)})
+    b[i], b[i + 1] = b[i + 1], b[i]
     with pytest.raises(AssertionError, match="reads"):
         check_schedule(ops, b)
 
