@@ -126,12 +126,12 @@ def describe(counters, rows: int, cols: int, tokens: int, qtype, seconds: float)
     return text
 
 
-def main(argv=None) -> int:
-    from gguf import GGMLQuantizationType as QT
-
+def check_real_shapes(qtypes) -> None:
+    """Each of `qtypes` at every REAL_SHAPES shape in the emulator against numpy; prints the counts and
+    the prediction, raises at a relative error over 1e-5."""
     from pimoe.qpu import open_driver
 
-    for qtype in (QT.Q8_0, QT.Q4_0, QT.Q4_K, QT.Q5_K, QT.Q6_K):
+    for qtype in qtypes:
         for name, (rows, cols) in REAL_SHAPES.items():
             with open_driver("emu", data_area_size=64 << 20) as drv:
                 err, counters, seconds = run(drv, qtype, rows, cols)
@@ -139,6 +139,12 @@ def main(argv=None) -> int:
                 raise PimoeError(f"gemv {qtype.name} {rows}x{cols}: relative error {err:.1e}")
             print(f"gemv {qtype.name:5s} {name:22s} {rows}x{cols}: equal to numpy (rel err {err:.1e}); "
                   f"{describe(counters, rows, cols, 1, qtype, seconds)}")
+
+
+def main(argv=None) -> int:
+    from gguf import GGMLQuantizationType as QT
+
+    check_real_shapes((QT.Q8_0, QT.Q4_0, QT.Q4_K, QT.Q5_K, QT.Q6_K))
     return 0
 
 
