@@ -118,6 +118,10 @@ M_NOP, M_ADD, M_SUB, M_UMUL24, M_VFMUL, M_SMUL24, M_MULTOP, M_FMOV, M_MOV, M_FMU
     _M["nop"], _M["add"], _M["sub"], _M["umul24"], _M["vfmul"], _M["smul24"], _M["multop"], _M["fmov"],
     _M["mov"], _M["fmul"])
 
+# what an instruction wrote, as remembered for the next one's rotate-source check (I_PREVW*): accumulator n
+# as n, register-file register n as WCODE_RF + n
+WCODE_RF = 8
+
 # SFU functions by magic waddr 19..24 (and by the add-ALU op codes)
 SFU_RECIP, SFU_RSQRT, SFU_EXP, SFU_LOG, SFU_SIN, SFU_RSQRT2 = 0, 1, 2, 3, 4, 5
 
@@ -136,52 +140,53 @@ def _ftz(u):
 
 @njit(cache=True)
 def f16_to_f32_bits(h):
-    s = (h >> 15) & 1
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    if e == 0:
-        if m == 0:
-            return s << 31
-        e = 1
-        while (m & 0x400) == 0:
-            m <<= 1
-            e -= 1
-        m &= 0x3FF
-        return (s << 31) | ((e + 112) << 23) | (m << 13)
-    if e == 31:
-        return (s << 31) | 0x7F800000 | (m << 13)
-    return (s << 31) | ((e + 112) << 23) | (m << 13)
+    """f16 bits -> f32 bits, exact (an f16 denormal becomes a normal f32; inf and NaN keep their class)."""
+    sign = (h & 0x8000) << 16
+    exp = (h >> 10) & 0x1F
+    frac = h & 0x3FF
+    if exp == 31:
+        return sign | 0x7F800000 | (frac << 13)
+    if exp == 0:
+        if frac == 0:
+            return sign
+        exp = 1
+        while (frac & 0x400) == 0:  # normalize: the leading one moves up to the implicit bit
+            frac <<= 1
+            exp -= 1
+        frac &= 0x3FF
+    return sign | ((exp + 127 - 15) << 23) | (frac << 13)
+
+
+@njit(cache=True, inline='always')
+def _round_half_even(v, shift):
+    """v >> shift, rounded to the nearest integer, ties to even."""
+    kept = v >> shift
+    rem = v & ((1 << shift) - 1)
+    halfway = 1 << (shift - 1)
+    if rem > halfway or (rem == halfway and (kept & 1) == 1):
+        kept += 1
+    return kept
 
 
 @njit(cache=True)
 def f32_to_f16_bits(u):
-    """f32 bits -> f16 bits, round to nearest even; NaN stays NaN, overflow goes to inf."""
-    s = (u >> 16) & 0x8000
-    e = (u >> 23) & 0xFF
-    m = u & 0x7FFFFF
-    if e == 255:
-        return s | 0x7C00 | (0x200 if m != 0 else 0)
-    if e == 0:
-        return s
-    E = e - 127 + 15
-    if E >= 31:
-        return s | 0x7C00
-    if E <= 0:
-        if E < -10:
-            return s
-        m |= 0x800000
-        shift = 14 - E
-        half = m >> shift
-        rem = m & ((1 << shift) - 1)
-        halfway = 1 << (shift - 1)
-        if rem > halfway or (rem == halfway and (half & 1) == 1):
-            half += 1
-        return s | half
-    half = (E << 10) | (m >> 13)
-    rem = m & 0x1FFF
-    if rem > 0x1000 or (rem == 0x1000 and (half & 1) == 1):
-        half += 1
-    return s | half
+    """f32 bits -> f16 bits, round to nearest even; NaN stays NaN, overflow goes to inf (a rounding carry
+    into the exponent is the right result, up to inf)."""
+    sign = (u >> 16) & 0x8000
+    exp = (u >> 23) & 0xFF
+    frac = u & 0x7FFFFF
+    if exp == 255:
+        return sign | 0x7C00 | (0x200 if frac != 0 else 0)
+    if exp == 0:
+        return sign
+    e16 = exp - 127 + 15
+    if e16 >= 31:
+        return sign | 0x7C00
+    if e16 <= 0:  # an f16 denormal: the implicit one joins the fraction
+        if e16 < -10:
+            return sign
+        return sign | _round_half_even(frac | 0x800000, 14 - e16)
+    return sign | _round_half_even((e16 << 23) | frac, 13)
 
 
 @njit(cache=True, inline='always')
@@ -235,25 +240,18 @@ def _f_f16(x, sb, sf):
 
 
 @njit(cache=True)
-def _fmin(x, y):
-    if math.isnan(x):
-        return y
-    if math.isnan(y):
-        return x
-    if x == y:  # -0 counts as below +0
-        return x if math.copysign(1.0, x) < 0 else y
-    return x if x < y else y
-
-
-@njit(cache=True)
-def _fmax(x, y):
+def _fmin_fmax(x, y, is_max):
+    """fmin (is_max False) / fmax of two floats: a NaN loses to the other operand; -0 counts as below +0."""
     if math.isnan(x):
         return y
     if math.isnan(y):
         return x
     if x == y:
-        return y if math.copysign(1.0, x) < 0 else x
-    return x if x > y else y
+        x_neg = math.copysign(1.0, x) < 0
+        if is_max:
+            return y if x_neg else x
+        return x if x_neg else y
+    return x if (x > y) == is_max else y
 
 
 @njit(cache=True)
@@ -287,6 +285,12 @@ def _sfu(fn, x):
     if x > 0.5:
         return 1.0
     return math.sin(math.pi * x)
+
+
+@njit(cache=True, inline='always')
+def _sfu_bits(fn, u, sb, sf):
+    """The SFU on a word: read as an f32 (no unpack, denormals flushed), the f32 result's word."""
+    return _f_bits(_sfu(fn, _bits_f(_ftz(u), sb, sf)), sb, sf)
 
 
 @njit(cache=True)
@@ -334,18 +338,15 @@ def _clz(u):
 
 # Integer add and sub exist on both ALUs with the same semantics (carry = unsigned overflow / borrow).
 @njit(cache=True, inline='always')
-def _int_add(a, b, out, carry):
+def _int_add_sub(is_sub, a, b, out, carry):
     for l in range(16):
-        s = a[l] + b[l]
-        out[l] = s & MASK32
-        carry[l] = s >> 32
-
-
-@njit(cache=True, inline='always')
-def _int_sub(a, b, out, carry):
-    for l in range(16):
-        out[l] = (a[l] - b[l]) & MASK32
-        carry[l] = 1 if a[l] < b[l] else 0
+        if is_sub:
+            out[l] = (a[l] - b[l]) & MASK32
+            carry[l] = 1 if a[l] < b[l] else 0
+        else:
+            s = a[l] + b[l]
+            out[l] = s & MASK32
+            carry[l] = s >> 32
 
 
 @njit(cache=True, inline='always')
@@ -360,19 +361,14 @@ def _add_alu_common(op, a, b, una, unb, out, carry, sb, sf):
             y = _bits_f(_unpack_f32(b[l], unb), sb, sf)
             if op == A_FSUB or op == A_FCMP:
                 r = x - y
-            elif op == A_FMIN:
-                r = _fmin(x, y)
-            elif op == A_FMAX:
-                r = _fmax(x, y)
+            elif op == A_FMIN or op == A_FMAX:
+                r = _fmin_fmax(x, y, op == A_FMAX)
             else:
                 r = x + y
             out[l] = _f_bits(r, sb, sf)
         return 1
-    if op == A_ADD:
-        _int_add(a, b, out, carry)
-        return 0
-    if op == A_SUB:
-        _int_sub(a, b, out, carry)
+    if op == A_ADD or op == A_SUB:
+        _int_add_sub(op == A_SUB, a, b, out, carry)
         return 0
     if op == A_MIN or op == A_MAX:
         for l in range(16):
@@ -425,7 +421,7 @@ def _add_alu_common(op, a, b, una, unb, out, carry, sb, sf):
 
 
 @njit(cache=True)
-def _add_alu_rare(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb, sb, sf, ta, tb):
+def _add_alu_rare(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa, fb, sb, sf, ta, tb):
     for l in range(16):
         carry[l] = 0
     if op == A_NOT:
@@ -462,7 +458,7 @@ def _add_alu_rare(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb
                 hy = (y2 >> (16 * half)) & 0xFFFF
                 x = _f16_f(hx, sb, sf)
                 y = _f16_f(hy, sb, sf)
-                r = _fmin(x, y) if op == A_VFMIN else _fmax(x, y)
+                r = _fmin_fmax(x, y, op == A_VFMAX)
                 res |= _f_f16(r, sb, sf) << (16 * half)
             out[l] = res
         return 0
@@ -479,7 +475,7 @@ def _add_alu_rare(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb
         elif op == A_RSQRT2:
             fn = SFU_RSQRT2
         for l in range(16):
-            out[l] = _f_bits(_sfu(fn, _bits_f(_ftz(a[l]), sb, sf)), sb, sf)
+            out[l] = _sfu_bits(fn, a[l], sb, sf)
         return 1
     if op == A_TIDX:
         for l in range(16):
@@ -562,14 +558,21 @@ def _add_alu_rare(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb
 
 
 @njit(cache=True, inline='always')
+def _add_alu(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa_c, fb_c, sb, sf, ta, tb):
+    """An add-ALU op: the frequent ones inlined, the others in _add_alu_rare. Returns 1 for a float result,
+    0 for an integer one, -1 for an op the emulator does not model."""
+    kind = _add_alu_common(op, a, b, una, unb, out, carry, sb, sf)
+    if kind == -2:
+        kind = _add_alu_rare(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa_c, fb_c, sb, sf, ta, tb)
+    return kind
+
+
+@njit(cache=True, inline='always')
 def _mul_alu(op, a, b, una, unb, out, carry, rtop_c, sb, sf):
     for l in range(16):
         carry[l] = 0
-    if op == M_ADD:
-        _int_add(a, b, out, carry)
-        return 0
-    if op == M_SUB:
-        _int_sub(a, b, out, carry)
+    if op == M_ADD or op == M_SUB:
+        _int_add_sub(op == M_SUB, a, b, out, carry)
         return 0
     if op == M_MOV:
         for l in range(16):
@@ -747,6 +750,18 @@ def _merge_pack(old, v, pack):
     return (old & 0xFFFF) | (h << 16)
 
 
+@njit(cache=True, inline='always')
+def _write_lanes(dst, vals, cond, pack, fa_c, fb_c, per_quad):
+    """dst[l] = vals[l] (vals[first lane of l's quad] when per_quad) in the lanes `cond` enables, an output
+    pack merging the f16 into the half it names."""
+    for l in range(16):
+        if cond == 0 or _lane_on(cond, fa_c[l], fb_c[l]):
+            v = vals[l & 12] if per_quad else vals[l]
+            if pack != 0:
+                v = _merge_pack(np.int64(dst[l]), v, pack)
+            dst[l] = v
+
+
 @njit(cache=True)
 def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp,
            fault, sb, sf, curw, pend):
@@ -755,42 +770,12 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
         if disp[D_REGCHECK] != 0 and waddr >= ist[c, I_NREGS]:
             _fault(fault, FLT_REG_RANGE, c, pc, waddr, ist[c, I_NREGS])
             return
-        p = waddr
-        if cond == 0 and pack == 0:
-            for l in range(16):
-                rf[c, p, l] = vals[l]
-            _note_write(curw, 8 + waddr)
-            return
-        for l in range(16):
-            if _lane_on(cond, fa[c, l], fb[c, l]):
-                v = vals[l]
-                if pack != 0:
-                    v = _merge_pack(np.int64(rf[c, p, l]), v, pack)
-                rf[c, p, l] = v
-        _note_write(curw, 8 + waddr)
+        _write_lanes(rf[c, waddr], vals, cond, pack, fa[c], fb[c], False)
+        _note_write(curw, WCODE_RF + waddr)
         return
-    if waddr <= W_R4:
-        if cond == 0 and pack == 0:
-            for l in range(16):
-                acc[c, waddr, l] = vals[l]
-            _note_write(curw, waddr)
-            return
-        for l in range(16):
-            if _lane_on(cond, fa[c, l], fb[c, l]):
-                v = vals[l]
-                if pack != 0:
-                    v = _merge_pack(np.int64(acc[c, waddr, l]), v, pack)
-                acc[c, waddr, l] = v
+    if waddr <= W_R5:  # r0..r4; r5 holds one value per quad: a write broadcasts each quad's first lane
+        _write_lanes(acc[c, waddr], vals, cond, pack, fa[c], fb[c], waddr == W_R5)
         _note_write(curw, waddr)
-        return
-    if waddr == W_R5:  # r5 holds one value per quad: a write broadcasts each quad's first lane
-        for l in range(16):
-            if _lane_on(cond, fa[c, l], fb[c, l]):
-                v = vals[l & 12]
-                if pack != 0:
-                    v = _merge_pack(np.int64(acc[c, 5, l]), v, pack)
-                acc[c, 5, l] = v
-        _note_write(curw, 5)
         return
     if waddr == W_NOP:  # "-": no write
         return
@@ -832,7 +817,7 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
         fn = waddr - W_RECIP
         for l in range(16):
             if _lane_on(cond, fa[c, l], fb[c, l]):
-                acc[c, 4, l] = _f_bits(_sfu(fn, _bits_f(_ftz(vals[l]), sb, sf)), sb, sf)
+                acc[c, 4, l] = _sfu_bits(fn, vals[l], sb, sf)
         cnt[c, C_SFU] += 1
         ist[c, I_LAST_SFU] = ist[c, I_ICOUNT]
         return
@@ -857,7 +842,7 @@ def _fast_write(c, waddr, magic, vals, cond, pack, acc, rf, ist, disp, curw):
     p = waddr
     for l in range(16):
         rf[c, p, l] = vals[l]
-    _note_write(curw, 8 + waddr)
+    _note_write(curw, WCODE_RF + waddr)
     return True
 
 
@@ -1049,11 +1034,11 @@ def _prev_wrote(ist, c, code):
 
 @njit(cache=True, inline='always')
 def _mux_code(row, mux):
-    if mux <= 5:
+    if mux <= MUX_R5:
         return mux
-    if mux == 6:
-        return 8 + row[F_RADDR_A]
-    return 8 + row[F_RADDR_B]
+    if mux == MUX_A:
+        return WCODE_RF + row[F_RADDR_A]
+    return WCODE_RF + row[F_RADDR_B]
 
 
 # ==========================================================================================================
@@ -1145,6 +1130,429 @@ def _arrive_barrier(c, ist, bar, disp):
                 ist[k, I_BAR_PENDING] = 0
 
 
+# ==========================================================================================================
+# the interpreter, in steps: each step is inlined into `run` (numba inline='always': no calls, no array
+# reference counting in the loop); a step that finds a fault records it and returns False
+
+
+LOAD_SIGNALS = S_LDTMU | S_LDUNIFRF | S_LDUNIFARF   # signals that write a register of the instruction's choice
+UNIFA_SIGNALS = S_LDUNIFA | S_LDUNIFARF              # signals that read the second uniform stream
+SLOTS_BRANCH = 3   # delay slots of a branch (the target is fetched after them)
+SLOTS_THRSW = 2    # delay slots of a thrsw
+SFU_LATENCY = 2    # an SFU result (r4) may be read this many instructions after the SFU write
+UNIFA_LATENCY = 3  # ldunifa may follow a write to unifa after this many instructions
+ACC_R4, ACC_R5 = 4, 5  # accumulator indices (and their write codes, see WCODE_RF)
+
+
+@njit(cache=True, inline='always')
+def _branch_taken(bc, fa_c):
+    """Whether a branch with condition bc (BR_*) is taken, from flag A of the 16 lanes."""
+    if bc == BR_A0:
+        return fa_c[0] != 0
+    if bc == BR_NA0:
+        return fa_c[0] == 0
+    if bc >= BR_ALLA:
+        nset = 0
+        for l in range(16):
+            nset += fa_c[l]
+        if bc == BR_ALLA:
+            return nset == 16
+        if bc == BR_ANYNA:
+            return nset < 16
+        if bc == BR_ANYA:
+            return nset > 0
+        return nset == 0
+    return True
+
+
+@njit(cache=True, inline='always')
+def _branch(c, pc, row, acc, rf, fa, ist, cnt, mem8, mem32, disp, fault, tmp, code_base, ncode):
+    """A branch instruction: when taken, the target (and a new uniform address) take effect after the
+    delay slots."""
+    if ist[c, I_BR_LEFT] > 0:
+        _fault(fault, FLT_BRANCH_IN_BRANCH, c, pc, 0, 0)
+        return False
+    if ist[c, I_SW_LEFT] > 0:
+        _fault(fault, FLT_BRANCH_IN_THRSW, c, pc, 0, 0)
+        return False
+    if not _branch_taken(row[F_BR_COND], fa[c]):
+        return True
+    my_addr = code_base + 8 * pc
+    bdi = row[F_BR_BDI]
+    off = np.int64(row[F_BR_OFFSET])
+    if bdi == BD_ABS:
+        target = off & MASK32
+    elif bdi == BD_REL:
+        target = (my_addr + 8 * (SLOTS_BRANCH + 1) + off) & MASK32
+    elif bdi == BD_LRI:
+        target = ist[c, I_LR]
+    else:
+        _read_mux(c, MUX_A, row, acc, rf, ist, disp, fault, pc, tmp)
+        if fault[0] != 0:
+            return False
+        target = tmp[0]
+    rel = target - code_base
+    if rel < 0 or (rel & 7) != 0 or rel // 8 >= ncode:
+        _fault(fault, FLT_BRANCH_TARGET, c, pc, target, 0)
+        return False
+    ist[c, I_BR_TARGET] = rel // 8
+    ist[c, I_BR_LEFT] = SLOTS_BRANCH + 1
+    ist[c, I_BR_UNIF] = -1
+    if row[F_BR_LINK] != 0:
+        ist[c, I_LR] = my_addr + 8 * (SLOTS_BRANCH + 1)
+    if row[F_BR_UB] != 0:
+        bdu = row[F_BR_BDU]
+        if bdu == BD_ABS or bdu == BD_REL:
+            v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
+            if fault[0] != 0:
+                return False
+            if bdu == BD_ABS:
+                ist[c, I_BR_UNIF] = v
+            else:
+                ist[c, I_BR_UNIF] = (ist[c, I_UNIF] + _s32(v)) & MASK32
+        elif bdu == BD_RF:
+            # the new uniform address: the smallest non-zero lane value of the register (the one rule that
+            # fits all three of py-videocore6's hardware-tested cases, see the emulator docstring); all
+            # lanes zero: 0
+            _read_mux(c, MUX_A, row, acc, rf, ist, disp, fault, pc, tmp)
+            if fault[0] != 0:
+                return False
+            best = 0
+            for l in range(16):
+                v = tmp[l] & MASK32
+                if v != 0 and (best == 0 or v < best):
+                    best = v
+            ist[c, I_BR_UNIF] = best
+        else:
+            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_BRANCH, bdu)
+            return False
+    cnt[c, C_BRANCH] += 1
+    return True
+
+
+@njit(cache=True, inline='always')
+def _hazards(c, pc, row, ic, sigb, aop, mop, ist, fault):
+    """The timing rules the silicon enforces by giving wrong results (r4 and the SFU, the end thrsw's
+    register file, unifa): a fault instead. (Mesa's "one of TMU write / SFU / barrier / ldtmu per
+    instruction" is a compiler rule, not a hardware fault: py-videocore6's summation and scopy break it;
+    pimoe.qpu.lint reports it.)"""
+    if (sigb & S_UNSUPPORTED) != 0:
+        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_SIGNAL, 0)
+        return False
+    if aop == A_UNSUPPORTED:
+        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_ADD_OP, 0)
+        return False
+    if mop == M_UNSUPPORTED:
+        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MUL_OP, 0)
+        return False
+    # does this instruction start the SFU, or write r4 (the SFU's result register)?
+    sfu = False
+    writes_r4 = False
+    if aop != 0 and row[F_A_MAGIC] != 0:
+        sfu = W_RECIP <= row[F_A_WADDR] <= W_RSQRT2
+        writes_r4 = row[F_A_WADDR] == W_R4
+    if mop != 0 and row[F_M_MAGIC] != 0:
+        sfu = sfu or W_RECIP <= row[F_M_WADDR] <= W_RSQRT2
+        writes_r4 = writes_r4 or row[F_M_WADDR] == W_R4
+    if (sigb & LOAD_SIGNALS) != 0 and row[F_SIG_MAGIC] != 0 and row[F_SIG_ADDR] == W_R4:
+        writes_r4 = True
+    since_sfu = ic - ist[c, I_LAST_SFU]
+    if since_sfu < SFU_LATENCY:
+        if _uses_mux(row, ACC_R4):
+            _fault(fault, FLT_R4_TOO_SOON, c, pc, since_sfu, 0)
+            return False
+        if writes_r4:
+            _fault(fault, FLT_R4_WRITE_TOO_SOON, c, pc, 0, 0)
+            return False
+        if sfu:
+            _fault(fault, FLT_SFU_TOO_SOON, c, pc, 0, 0)
+            return False
+    if sfu and ist[c, I_SW_LEFT] > 0:
+        _fault(fault, FLT_SFU_IN_THRSW, c, pc, 0, 0)
+        return False
+    if ist[c, I_SW_END] != 0 and 0 < ist[c, I_SW_LEFT] <= SLOTS_THRSW:
+        # the delay slots of the program-end thrsw: the register file is being given up
+        if ((aop != 0 and row[F_A_MAGIC] == 0) or (mop != 0 and row[F_M_MAGIC] == 0)
+                or ((sigb & LOAD_SIGNALS) != 0 and row[F_SIG_MAGIC] == 0)):
+            _fault(fault, FLT_RF_AFTER_END, c, pc, 0, 0)
+            return False
+    if (sigb & UNIFA_SIGNALS) != 0 and ic - ist[c, I_LAST_UNIFA] < UNIFA_LATENCY:
+        _fault(fault, FLT_UNIFA_TOO_SOON, c, pc, ic - ist[c, I_LAST_UNIFA], 0)
+        return False
+    return True
+
+
+@njit(cache=True, inline='always')
+def _thrsw_signal(c, pc, ist, fault):
+    """A thrsw: the switch happens after its delay slots; a second thrsw right after one marks the last
+    switch (the program ends at the next), one in the last delay slot chains another switch."""
+    if ist[c, I_SW_LEFT] == SLOTS_THRSW:
+        if ist[c, I_FINAL] != 0 or ist[c, I_SW_LAST] != 0:
+            _fault(fault, FLT_TWO_LAST_THRSW, c, pc, 0, 0)
+            return False
+        ist[c, I_SW_LAST] = 1
+    elif ist[c, I_SW_LEFT] == 1:
+        # a thrsw in the last delay slot of another (py-videocore6's tests do this): it starts the next
+        # switch as soon as this one is done
+        ist[c, I_SW_CHAIN] = 1
+    else:
+        if ist[c, I_BR_LEFT] > 0:
+            _fault(fault, FLT_THRSW_IN_BRANCH, c, pc, 0, 0)
+            return False
+        ist[c, I_SW_LEFT] = SLOTS_THRSW + 1
+        ist[c, I_SW_END] = ist[c, I_FINAL]
+        ist[c, I_SW_LAST] = 0
+    return True
+
+
+@njit(cache=True, inline='always')
+def _operands(c, pc, row, aop, mop, acc, rf, ist, disp, fault, a_in, b_in, ma_in, mb_in):
+    """Read the add and mul ops' operands through their muxes."""
+    na = row[F_A_NSRC]
+    nm = row[F_M_NSRC]
+    if aop != 0:
+        if na >= 1:
+            _read_mux(c, row[F_A_MUXA], row, acc, rf, ist, disp, fault, pc, a_in)
+        if na >= 2:
+            _read_mux(c, row[F_A_MUXB], row, acc, rf, ist, disp, fault, pc, b_in)
+    if mop != 0:
+        if nm >= 1:
+            _read_mux(c, row[F_M_MUXA], row, acc, rf, ist, disp, fault, pc, ma_in)
+        if nm >= 2:
+            _read_mux(c, row[F_M_MUXB], row, acc, rf, ist, disp, fault, pc, mb_in)
+    return fault[0] == 0
+
+
+@njit(cache=True, inline='always')
+def _rotate(c, pc, row, acc, ist, fault, ma_in, mb_in, tmp):
+    """The rotate signal on the mul op's operands: lane i takes lane i - n; accumulators rotate across all
+    16 lanes, register-file operands within each quad; n from the word or from r5."""
+    rot = row[F_ROT]
+    if rot == -2:
+        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_SIGNAL, 1)
+        return False
+    if rot == -1:
+        if _prev_wrote(ist, c, ACC_R5):
+            _fault(fault, FLT_ROTATE_SRC, c, pc, ACC_R5, 0)
+            return False
+        rot = np.int64(acc[c, ACC_R5, 0]) & 15
+    for k in range(row[F_M_NSRC]):
+        mux = row[F_M_MUXA] if k == 0 else row[F_M_MUXB]
+        if mux == MUX_B:
+            _fault(fault, FLT_ROTATE_MUX, c, pc, 0, 0)
+            return False
+        if _prev_wrote(ist, c, _mux_code(row, mux)):
+            _fault(fault, FLT_ROTATE_SRC, c, pc, _mux_code(row, mux), 0)
+            return False
+        src = ma_in if k == 0 else mb_in
+        for l in range(16):
+            tmp[l] = src[l]
+        if mux <= MUX_R5:
+            for l in range(16):
+                src[l] = tmp[(l - rot) & 15]
+        else:
+            for l in range(16):
+                src[l] = tmp[(l & 12) | ((l - rot) & 3)]
+    return True
+
+
+@njit(cache=True, inline='always')
+def _is_sfu_op(aop):
+    return (aop == A_RECIP or aop == A_RSQRT or aop == A_EXP or aop == A_LOG or aop == A_SIN
+            or aop == A_RSQRT2)
+
+
+@njit(cache=True, inline='always')
+def _flags_and_writes(c, pc, row, aop, mop, a_out, a_carry, a_float, m_out, m_carry, m_float, acc, rf, fa, fb,
+                      ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend, fa_old, fb_old, ta, tb):
+    """Push / update the flags from the results, then write the results; conditional writes read the
+    flags from before this instruction."""
+    a_flags = aop != 0 and (row[F_APF] != 0 or row[F_AUF] != 0)
+    m_flags = mop != 0 and (row[F_MPF] != 0 or row[F_MUF] != 0)
+    if a_flags or m_flags:
+        for l in range(16):
+            fa_old[l] = fa[c, l]
+            fb_old[l] = fb[c, l]
+    if a_flags:
+        _flag_update(c, a_out, a_float, a_carry, row[F_APF], row[F_AUF], fa, fb, sb, sf)
+    if m_flags:
+        _flag_update(c, m_out, m_float, m_carry, row[F_MPF], row[F_MUF], fa, fb, sb, sf)
+    if a_flags or m_flags:  # writes use the old flags: swap them in for the duration
+        for l in range(16):
+            tb[l] = fa[c, l]
+            ta[l] = fb[c, l]
+            fa[c, l] = fa_old[l]
+            fb[c, l] = fb_old[l]
+    if aop != 0 and not _fast_write(c, row[F_A_WADDR], row[F_A_MAGIC] != 0, a_out, row[F_AC], row[F_A_PACK], acc,
+                                    rf, ist, disp, curw):
+        _write(c, pc, row[F_A_WADDR], row[F_A_MAGIC] != 0, a_out, row[F_AC], row[F_A_PACK], acc, rf, fa, fb, ist,
+               cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
+    if mop != 0 and fault[0] == 0 and not _fast_write(c, row[F_M_WADDR], row[F_M_MAGIC] != 0, m_out, row[F_MC],
+                                                      row[F_M_PACK], acc, rf, ist, disp, curw):
+        _write(c, pc, row[F_M_WADDR], row[F_M_MAGIC] != 0, m_out, row[F_MC], row[F_M_PACK], acc, rf, fa, fb, ist,
+               cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
+    if a_flags or m_flags:
+        for l in range(16):
+            fa[c, l] = tb[l]
+            fb[c, l] = ta[l]
+    return fault[0] == 0
+
+
+@njit(cache=True, inline='always')
+def _ldtmu(c, pc, ist, cnt, fifo, fault, sig_val):
+    """The oldest TMU result of this thread into sig_val; its load-to-use distance binned (C_NEAR0...)."""
+    if ist[c, I_FIFO_N] == 0:
+        _fault(fault, FLT_LDTMU_EMPTY, c, pc, 0, 0)
+        return False
+    h = ist[c, I_FIFO_HEAD]
+    for l in range(16):
+        sig_val[l] = fifo[c, h, l]
+    ist[c, I_FIFO_HEAD] = (h + 1) % FIFO_MAX
+    ist[c, I_FIFO_N] -= 1
+    cnt[c, C_LDTMU] += 1
+    issued = ist[c, I_FIFO_T0 + h]
+    if issued >= 0:
+        dist = cnt[c, C_INSTR] - issued
+        if dist < NEAR_BINS * NEAR_WIDTH:
+            cnt[c, C_NEAR0 + dist // NEAR_WIDTH] += 1
+    return True
+
+
+@njit(cache=True, inline='always')
+def _signal_loads(c, pc, row, sigb, unifa_val, acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb,
+                  sf, curw, pend, sig_val):
+    """The signals that load a value: ldunif / ldunifa into r5, ldunifrf / ldunifarf / ldtmu into the
+    register the instruction names (written after the ALU results)."""
+    if (sigb & S_LDUNIF) != 0:
+        v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
+        if fault[0] != 0:
+            return False
+        for l in range(16):
+            acc[c, ACC_R5, l] = v
+        _note_write(curw, ACC_R5)
+    if (sigb & S_LDUNIFA) != 0:
+        for l in range(16):
+            acc[c, ACC_R5, l] = unifa_val
+        _note_write(curw, ACC_R5)
+    if (sigb & LOAD_SIGNALS) != 0:
+        if (sigb & S_LDTMU) != 0:
+            if not _ldtmu(c, pc, ist, cnt, fifo, fault, sig_val):
+                return False
+        else:
+            if (sigb & S_LDUNIFRF) != 0:
+                v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
+                if fault[0] != 0:
+                    return False
+            else:
+                v = unifa_val
+            for l in range(16):
+                sig_val[l] = v
+        _write(c, pc, row[F_SIG_ADDR], row[F_SIG_MAGIC] != 0, sig_val, 0, 0, acc, rf, fa, fb, ist, cnt, tmud,
+               fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
+    return fault[0] == 0
+
+
+@njit(cache=True, inline='always')
+def _alu_instruction(c, pc, row, ic, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, fault, sb,
+                     sf, curw, pend, a_in, b_in, ma_in, mb_in, tmp, a_out, m_out, a_carry, m_carry, sig_val, ta, tb,
+                     fa_old, fb_old):
+    """An ALU instruction: checks, operands, both ops, flags, writes, then the signals' loads."""
+    sigb = row[F_SIG]
+    aop = row[F_A_OP]
+    mop = row[F_M_OP]
+    if not _hazards(c, pc, row, ic, sigb, aop, mop, ist, fault):
+        return False
+    if (sigb & S_THRSW) != 0 and not _thrsw_signal(c, pc, ist, fault):
+        return False
+    if not _operands(c, pc, row, aop, mop, acc, rf, ist, disp, fault, a_in, b_in, ma_in, mb_in):
+        return False
+    if (sigb & S_ROTATE) != 0 and mop != 0 and not _rotate(c, pc, row, acc, ist, fault, ma_in, mb_in, tmp):
+        return False
+    a_float = 0
+    m_float = 0
+    if aop != 0:
+        a_float = _add_alu(aop, a_in, b_in, row[F_A_UNA], row[F_A_UNB], a_out, a_carry, ist[c, I_QPU],
+                           ist[c, I_TFIELD], ist[c, I_LR], fa[c], fb[c], sb, sf, ta, tb)
+        if a_float < 0:
+            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_ADD_OP, 0)
+            return False
+        if aop == A_TMUWT:
+            cnt[c, C_TMUWT] += 1
+            ist[c, I_PEND_N] = 0  # every store of this thread has landed
+        elif _is_sfu_op(aop):
+            cnt[c, C_SFU] += 1
+    if mop != 0:
+        m_float = _mul_alu(mop, ma_in, mb_in, row[F_M_UNA], row[F_M_UNB], m_out, m_carry, rtop[c], sb, sf)
+        if m_float < 0:
+            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MUL_OP, 0)
+            return False
+    # the second uniform stream is read at the address from before this instruction's own write to unifa
+    # (py-videocore6 test_unifa: `mov(tmua, .., sig=ldunifa).mov(unifa, ..)`)
+    unifa_val = np.int64(0)
+    if (sigb & UNIFA_SIGNALS) != 0:
+        unifa_val = _read_unif(c, I_UNIFA, ist, mem8, mem32, disp, fault, cnt, pc)
+        if fault[0] != 0:
+            return False
+    if not _flags_and_writes(c, pc, row, aop, mop, a_out, a_carry, a_float, m_out, m_carry, m_float, acc, rf, fa,
+                             fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend, fa_old, fb_old,
+                             ta, tb):
+        return False
+    return _signal_loads(c, pc, row, sigb, unifa_val, acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp,
+                         fault, sb, sf, curw, pend, sig_val)
+
+
+@njit(cache=True, inline='always')
+def _end_of_instruction(c, pc, ic, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, disp, bar, curw):
+    """Count the instruction, step the PC (or take a branch after its delay slots), switch threads after a
+    thrsw's, arrive at a barrier, start the next batch in a finished slot. Returns True when the context
+    yields."""
+    ist[c, I_ICOUNT] = ic + 1
+    cnt[c, C_INSTR] += 1
+    ist[c, I_PREVW0] = curw[0]
+    ist[c, I_PREVW1] = curw[1]
+    ist[c, I_PREVW2] = curw[2]
+    nxt = pc + 1
+    if ist[c, I_BR_LEFT] > 0:
+        ist[c, I_BR_LEFT] -= 1
+        if ist[c, I_BR_LEFT] == 0:
+            nxt = ist[c, I_BR_TARGET]
+            if ist[c, I_BR_UNIF] >= 0:
+                ist[c, I_UNIF] = ist[c, I_BR_UNIF]
+                ist[c, I_BR_UNIF] = -1
+    ist[c, I_PC] = nxt
+    yielded = False
+    if ist[c, I_SW_LEFT] > 0:
+        ist[c, I_SW_LEFT] -= 1
+        if ist[c, I_SW_LEFT] == 0:
+            _finish_switch(c, ist, cnt, bar, disp, fa)
+            yielded = True
+            if ist[c, I_SW_CHAIN] != 0:
+                ist[c, I_SW_CHAIN] = 0
+                ist[c, I_SW_LEFT] = SLOTS_THRSW
+                ist[c, I_SW_END] = ist[c, I_FINAL]
+                ist[c, I_SW_LAST] = 0
+    if ist[c, I_STATUS] == ST_RUN and ist[c, I_BAR_PENDING] != 0 and ist[c, I_SW_LEFT] == 0:
+        _arrive_barrier(c, ist, bar, disp)
+        yielded = True
+    if ist[c, I_STATUS] == ST_DONE:
+        # the slot takes the next batch waiting for a QPU thread
+        if disp[D_NEXT] < disp[D_NBATCH]:
+            start_batch(c, disp[D_NEXT], acc, rf, fa, fb, ist, tmud, fifo, rtop, disp)
+            disp[D_NEXT] += 1
+        yielded = True
+    return yielded
+
+
+@njit(cache=True, inline='always')
+def _deadlock(ist, disp, bar, fault):
+    """No context can run: the ones waiting at a barrier wait for threads that will never arrive."""
+    for k in range(CTX):
+        if ist[k, I_STATUS] == ST_WAIT and fault[0] == 0:
+            sg = ist[k, I_SG]
+            group = min(disp[D_BPS], disp[D_NBATCH] - sg * disp[D_BPS])
+            _fault(fault, FLT_BARRIER_DEADLOCK, k, ist[k, I_PC], bar[sg], group)
+
+
 @njit(cache=True, nogil=True)
 def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar, fault, budget, pend):
     """Run the dispatch until every batch is done, a fault, or `budget` instructions; returns the number
@@ -1192,350 +1600,81 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                     _fault(fault, FLT_INVALID_WORD, c, pc, 0, 0)
                     return executed
                 if kind == KIND_BRANCH:
-                    if ist[c, I_BR_LEFT] > 0:
-                        _fault(fault, FLT_BRANCH_IN_BRANCH, c, pc, 0, 0)
+                    if not _branch(c, pc, row, acc, rf, fa, ist, cnt, mem8, mem32, disp, fault, tmp, code_base,
+                                   ncode):
                         return executed
-                    if ist[c, I_SW_LEFT] > 0:
-                        _fault(fault, FLT_BRANCH_IN_THRSW, c, pc, 0, 0)
-                        return executed
-                    bc = row[F_BR_COND]
-                    taken = True
-                    if bc == BR_A0:
-                        taken = fa[c, 0] != 0
-                    elif bc == BR_NA0:
-                        taken = fa[c, 0] == 0
-                    elif bc >= BR_ALLA:
-                        nset = 0
-                        for l in range(16):
-                            nset += fa[c, l]
-                        if bc == BR_ALLA:
-                            taken = nset == 16
-                        elif bc == BR_ANYNA:
-                            taken = nset < 16
-                        elif bc == BR_ANYA:
-                            taken = nset > 0
-                        else:
-                            taken = nset == 0
-                    if taken:
-                        my_addr = code_base + 8 * pc
-                        bdi = row[F_BR_BDI]
-                        off = np.int64(row[F_BR_OFFSET])
-                        if bdi == BD_ABS:
-                            target = off & MASK32
-                        elif bdi == BD_REL:
-                            target = (my_addr + 32 + off) & MASK32
-                        elif bdi == BD_LRI:
-                            target = ist[c, I_LR]
-                        else:
-                            _read_mux(c, 6, row, acc, rf, ist, disp, fault, pc, tmp)
-                            if fault[0] != 0:
-                                return executed
-                            target = tmp[0]
-                        rel = target - code_base
-                        if rel < 0 or (rel & 7) != 0 or rel // 8 >= ncode:
-                            _fault(fault, FLT_BRANCH_TARGET, c, pc, target, 0)
-                            return executed
-                        ist[c, I_BR_TARGET] = rel // 8
-                        ist[c, I_BR_LEFT] = 4
-                        ist[c, I_BR_UNIF] = -1
-                        if row[F_BR_LINK] != 0:
-                            ist[c, I_LR] = my_addr + 32
-                        if row[F_BR_UB] != 0:
-                            bdu = row[F_BR_BDU]
-                            if bdu == BD_ABS or bdu == BD_REL:
-                                v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
-                                if fault[0] != 0:
-                                    return executed
-                                if bdu == BD_ABS:
-                                    ist[c, I_BR_UNIF] = v
-                                else:
-                                    ist[c, I_BR_UNIF] = (ist[c, I_UNIF] + _s32(v)) & MASK32
-                            elif bdu == BD_RF:
-                                # the new uniform address: the smallest non-zero lane value of the register
-                                # (the one rule that fits all three of py-videocore6's hardware-tested cases,
-                                # see the emulator docstring); all lanes zero: 0
-                                _read_mux(c, 6, row, acc, rf, ist, disp, fault, pc, tmp)
-                                if fault[0] != 0:
-                                    return executed
-                                best = 0
-                                for l in range(16):
-                                    v = tmp[l] & MASK32
-                                    if v != 0 and (best == 0 or v < best):
-                                        best = v
-                                ist[c, I_BR_UNIF] = best
-                            else:
-                                _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_BRANCH, bdu)
-                                return executed
-                        cnt[c, C_BRANCH] += 1
-                else:
-                    # ---------------- ALU instruction ----------------
-                    sigb = row[F_SIG]
-                    aop = row[F_A_OP]
-                    mop = row[F_M_OP]
-                    if (sigb & S_UNSUPPORTED) != 0:
-                        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_SIGNAL, 0)
-                        return executed
-                    if aop == A_UNSUPPORTED:
-                        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_ADD_OP, 0)
-                        return executed
-                    if mop == M_UNSUPPORTED:
-                        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MUL_OP, 0)
-                        return executed
-                    # does this instruction start the SFU, or write r4 (the SFU's result register)?
-                    sfu = False
-                    writes_r4 = False
-                    for half in range(2):
-                        op = aop if half == 0 else mop
-                        if op == 0:
-                            continue
-                        base = F_A_OP if half == 0 else F_M_OP
-                        if row[base + 4] != 0:
-                            w = row[base + 3]
-                            if W_RECIP <= w <= W_RSQRT2:
-                                sfu = True
-                            elif w == W_R4:
-                                writes_r4 = True
-                    if ((sigb & (S_LDTMU | S_LDUNIFRF | S_LDUNIFARF)) != 0 and row[F_SIG_MAGIC] != 0
-                            and row[F_SIG_ADDR] == W_R4):
-                        writes_r4 = True
-                    # (Mesa's "one of TMU write / SFU / barrier / ldtmu per instruction" is a compiler rule, not
-                    # a hardware fault: py-videocore6's summation and scopy break it; pimoe.qpu.lint reports it)
-                    if ic - ist[c, I_LAST_SFU] < 2:
-                        if _uses_mux(row, 4):
-                            _fault(fault, FLT_R4_TOO_SOON, c, pc, ic - ist[c, I_LAST_SFU], 0)
-                            return executed
-                        if writes_r4:
-                            _fault(fault, FLT_R4_WRITE_TOO_SOON, c, pc, 0, 0)
-                            return executed
-                        if sfu:
-                            _fault(fault, FLT_SFU_TOO_SOON, c, pc, 0, 0)
-                            return executed
-                    if sfu and ist[c, I_SW_LEFT] > 0:
-                        _fault(fault, FLT_SFU_IN_THRSW, c, pc, 0, 0)
-                        return executed
-                    if ist[c, I_SW_END] != 0 and 0 < ist[c, I_SW_LEFT] <= 2:
-                        # the delay slots of the program-end thrsw: the register file is being given up
-                        if ((aop != 0 and row[F_A_MAGIC] == 0) or (mop != 0 and row[F_M_MAGIC] == 0)
-                                or ((sigb & (S_LDTMU | S_LDUNIFRF | S_LDUNIFARF)) != 0 and row[F_SIG_MAGIC] == 0)):
-                            _fault(fault, FLT_RF_AFTER_END, c, pc, 0, 0)
-                            return executed
-                    if (sigb & (S_LDUNIFA | S_LDUNIFARF)) != 0 and ic - ist[c, I_LAST_UNIFA] < 3:
-                        _fault(fault, FLT_UNIFA_TOO_SOON, c, pc, ic - ist[c, I_LAST_UNIFA], 0)
-                        return executed
-                    # thread switch signal
-                    if (sigb & S_THRSW) != 0:
-                        if ist[c, I_SW_LEFT] == 2:
-                            # a second thrsw right after one marks it as the last thread switch
-                            if ist[c, I_FINAL] != 0 or ist[c, I_SW_LAST] != 0:
-                                _fault(fault, FLT_TWO_LAST_THRSW, c, pc, 0, 0)
-                                return executed
-                            ist[c, I_SW_LAST] = 1
-                        elif ist[c, I_SW_LEFT] == 1:
-                            # a thrsw in the last delay slot of another (py-videocore6's tests do this):
-                            # it starts the next switch as soon as this one is done
-                            ist[c, I_SW_CHAIN] = 1
-                        else:
-                            if ist[c, I_BR_LEFT] > 0:
-                                _fault(fault, FLT_THRSW_IN_BRANCH, c, pc, 0, 0)
-                                return executed
-                            ist[c, I_SW_LEFT] = 3
-                            ist[c, I_SW_END] = ist[c, I_FINAL]
-                            ist[c, I_SW_LAST] = 0
-                    # operands
-                    na = row[F_A_NSRC]
-                    nm = row[F_M_NSRC]
-                    if aop != 0:
-                        if na >= 1:
-                            _read_mux(c, row[F_A_MUXA], row, acc, rf, ist, disp, fault, pc, a_in)
-                        if na >= 2:
-                            _read_mux(c, row[F_A_MUXB], row, acc, rf, ist, disp, fault, pc, b_in)
-                    if mop != 0:
-                        if nm >= 1:
-                            _read_mux(c, row[F_M_MUXA], row, acc, rf, ist, disp, fault, pc, ma_in)
-                        if nm >= 2:
-                            _read_mux(c, row[F_M_MUXB], row, acc, rf, ist, disp, fault, pc, mb_in)
-                    if fault[0] != 0:
-                        return executed
-                    if (sigb & S_ROTATE) != 0 and mop != 0:
-                        rot = row[F_ROT]
-                        if rot == -2:
-                            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_SIGNAL, 1)
-                            return executed
-                        if rot == -1:
-                            if _prev_wrote(ist, c, 5):
-                                _fault(fault, FLT_ROTATE_SRC, c, pc, 5, 0)
-                                return executed
-                            rot = np.int64(acc[c, 5, 0]) & 15
-                        for k in range(nm):
-                            mux = row[F_M_MUXA] if k == 0 else row[F_M_MUXB]
-                            if mux == MUX_B:
-                                _fault(fault, FLT_ROTATE_MUX, c, pc, 0, 0)
-                                return executed
-                            if _prev_wrote(ist, c, _mux_code(row, mux)):
-                                _fault(fault, FLT_ROTATE_SRC, c, pc, _mux_code(row, mux), 0)
-                                return executed
-                            src = ma_in if k == 0 else mb_in
-                            for l in range(16):
-                                tmp[l] = src[l]
-                            if mux <= MUX_R5:  # accumulators rotate across all 16 lanes
-                                for l in range(16):
-                                    src[l] = tmp[(l - rot) & 15]
-                            else:  # a register-file operand rotates within each quad
-                                for l in range(16):
-                                    src[l] = tmp[(l & 12) | ((l - rot) & 3)]
-                    # compute
-                    a_float = 0
-                    m_float = 0
-                    if aop != 0:
-                        a_float = _add_alu_common(aop, a_in, b_in, row[F_A_UNA], row[F_A_UNB], a_out, a_carry, sb,
-                                                  sf)
-                        if a_float == -2:
-                            a_float = _add_alu_rare(aop, a_in, b_in, row[F_A_UNA], row[F_A_UNB], a_out, a_carry, c,
-                                           ist[c, I_QPU], ist[c, I_TFIELD], ist[c, I_LR], fa[c], fb[c], sb,
-                                           sf, ta, tb)
-                        if a_float < 0:
-                            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_ADD_OP, 0)
-                            return executed
-                        if aop == A_TMUWT:
-                            cnt[c, C_TMUWT] += 1
-                            ist[c, I_PEND_N] = 0  # every store of this thread has landed
-                        elif (A_RSQRT <= aop <= A_RSQRT2) or aop == A_RECIP:
-                            cnt[c, C_SFU] += 1
-                    if mop != 0:
-                        m_float = _mul_alu(mop, ma_in, mb_in, row[F_M_UNA], row[F_M_UNB], m_out, m_carry,
-                                           rtop[c], sb, sf)
-                        if m_float < 0:
-                            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MUL_OP, 0)
-                            return executed
-                    # the second uniform stream is read at the address from before this instruction's own write to
-                    # unifa (py-videocore6 test_unifa: `mov(tmua, .., sig=ldunifa).mov(unifa, ..)`)
-                    unifa_val = np.int64(0)
-                    if (sigb & (S_LDUNIFA | S_LDUNIFARF)) != 0:
-                        unifa_val = _read_unif(c, I_UNIFA, ist, mem8, mem32, disp, fault, cnt, pc)
-                        if fault[0] != 0:
-                            return executed
-                    # conditions read the flags from before this instruction's pushes/updates
-                    flags_change = ((aop != 0 and (row[F_APF] != 0 or row[F_AUF] != 0))
-                                    or (mop != 0 and (row[F_MPF] != 0 or row[F_MUF] != 0)))
-                    if flags_change:
-                        for l in range(16):
-                            fa_old[l] = fa[c, l]
-                            fb_old[l] = fb[c, l]
-                    if aop != 0 and (row[F_APF] != 0 or row[F_AUF] != 0):
-                        _flag_update(c, a_out, a_float, a_carry, row[F_APF], row[F_AUF], fa, fb, sb, sf)
-                    if mop != 0 and (row[F_MPF] != 0 or row[F_MUF] != 0):
-                        _flag_update(c, m_out, m_float, m_carry, row[F_MPF], row[F_MUF], fa, fb, sb, sf)
-                    # writes use the old flags: swap them in for the duration
-                    if flags_change:
-                        for l in range(16):
-                            tb[l] = fa[c, l]
-                            ta[l] = fb[c, l]
-                            fa[c, l] = fa_old[l]
-                            fb[c, l] = fb_old[l]
-                    if aop != 0 and not _fast_write(c, row[F_A_WADDR], row[F_A_MAGIC] != 0, a_out, row[F_AC],
-                                                    row[F_A_PACK], acc, rf, ist, disp, curw):
-                        _write(c, pc, row[F_A_WADDR], row[F_A_MAGIC] != 0, a_out, row[F_AC], row[F_A_PACK],
-                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
-                    if mop != 0 and fault[0] == 0 and not _fast_write(c, row[F_M_WADDR], row[F_M_MAGIC] != 0,
-                                                                      m_out, row[F_MC], row[F_M_PACK], acc, rf,
-                                                                      ist, disp, curw):
-                        _write(c, pc, row[F_M_WADDR], row[F_M_MAGIC] != 0, m_out, row[F_MC], row[F_M_PACK],
-                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
-                    if flags_change:
-                        for l in range(16):
-                            fa[c, l] = tb[l]
-                            fb[c, l] = ta[l]
-                    if fault[0] != 0:
-                        return executed
-                    # signals that load a value
-                    if (sigb & S_LDUNIF) != 0:
-                        v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
-                        if fault[0] != 0:
-                            return executed
-                        for l in range(16):
-                            acc[c, 5, l] = v
-                        _note_write(curw, 5)
-                    if (sigb & S_LDUNIFA) != 0:
-                        for l in range(16):
-                            acc[c, 5, l] = unifa_val
-                        _note_write(curw, 5)
-                    if (sigb & (S_LDUNIFRF | S_LDUNIFARF | S_LDTMU)) != 0:
-                        if (sigb & S_LDTMU) != 0:
-                            if ist[c, I_FIFO_N] == 0:
-                                _fault(fault, FLT_LDTMU_EMPTY, c, pc, 0, 0)
-                                return executed
-                            h = ist[c, I_FIFO_HEAD]
-                            for l in range(16):
-                                sig_val[l] = fifo[c, h, l]
-                            ist[c, I_FIFO_HEAD] = (h + 1) % FIFO_MAX
-                            ist[c, I_FIFO_N] -= 1
-                            cnt[c, C_LDTMU] += 1
-                            issued = ist[c, I_FIFO_T0 + h]
-                            if issued >= 0:
-                                dist = cnt[c, C_INSTR] - issued
-                                if dist < NEAR_BINS * NEAR_WIDTH:
-                                    cnt[c, C_NEAR0 + dist // NEAR_WIDTH] += 1
-                        else:
-                            if (sigb & S_LDUNIFRF) != 0:
-                                v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
-                                if fault[0] != 0:
-                                    return executed
-                            else:
-                                v = unifa_val
-                            for l in range(16):
-                                sig_val[l] = v
-                        _write(c, pc, row[F_SIG_ADDR], row[F_SIG_MAGIC] != 0, sig_val, 0, 0, acc, rf, fa, fb,
-                               ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
-                        if fault[0] != 0:
-                            return executed
-                # ---------------- end of instruction: delay slots, switches ----------------
-                ist[c, I_ICOUNT] = ic + 1
-                cnt[c, C_INSTR] += 1
+                elif not _alu_instruction(c, pc, row, ic, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32,
+                                          disp, fault, sb, sf, curw, pend, a_in, b_in, ma_in, mb_in, tmp, a_out,
+                                          m_out, a_carry, m_carry, sig_val, ta, tb, fa_old, fb_old):
+                    return executed
                 n += 1
-                ist[c, I_PREVW0] = curw[0]
-                ist[c, I_PREVW1] = curw[1]
-                ist[c, I_PREVW2] = curw[2]
-                nxt = pc + 1
-                if ist[c, I_BR_LEFT] > 0:
-                    ist[c, I_BR_LEFT] -= 1
-                    if ist[c, I_BR_LEFT] == 0:
-                        nxt = ist[c, I_BR_TARGET]
-                        if ist[c, I_BR_UNIF] >= 0:
-                            ist[c, I_UNIF] = ist[c, I_BR_UNIF]
-                            ist[c, I_BR_UNIF] = -1
-                ist[c, I_PC] = nxt
-                yielded = False
-                if ist[c, I_SW_LEFT] > 0:
-                    ist[c, I_SW_LEFT] -= 1
-                    if ist[c, I_SW_LEFT] == 0:
-                        _finish_switch(c, ist, cnt, bar, disp, fa)
-                        yielded = True
-                        if ist[c, I_SW_CHAIN] != 0:
-                            ist[c, I_SW_CHAIN] = 0
-                            ist[c, I_SW_LEFT] = 2
-                            ist[c, I_SW_END] = ist[c, I_FINAL]
-                            ist[c, I_SW_LAST] = 0
-                if ist[c, I_STATUS] == ST_RUN and ist[c, I_BAR_PENDING] != 0 and ist[c, I_SW_LEFT] == 0:
-                    _arrive_barrier(c, ist, bar, disp)
-                    yielded = True
-                if ist[c, I_STATUS] == ST_DONE:
-                    # the slot takes the next batch waiting for a QPU thread
-                    if disp[D_NEXT] < disp[D_NBATCH]:
-                        start_batch(c, disp[D_NEXT], acc, rf, fa, fb, ist, tmud, fifo, rtop, disp)
-                        disp[D_NEXT] += 1
-                    yielded = True
-                if yielded:
+                if _end_of_instruction(c, pc, ic, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, disp, bar, curw):
                     break
             executed += n
             if executed >= budget:
                 return executed
         if not any_run:
-            waiting = 0
-            for k in range(CTX):
-                if ist[k, I_STATUS] == ST_WAIT:
-                    waiting += 1
-                    if fault[0] == 0:
-                        sg = ist[k, I_SG]
-                        group = min(disp[D_BPS], disp[D_NBATCH] - sg * disp[D_BPS])
-                        _fault(fault, FLT_BARRIER_DEADLOCK, k, ist[k, I_PC], bar[sg], group)
+            _deadlock(ist, disp, bar, fault)
             return executed
+
+
+# ==========================================================================================================
+# direct entries: one op, flag update, write or branch condition through the same helpers `run` inlines, so
+# tests/test_emu_spec.py can check the core against the definition in pimoe.qpu.emu_spec lane by lane
+
+
+@njit(cache=True)
+def alu_op(is_mul, op, a, b, una, unb, qpu, tfield, lr, fa_c, fb_c, rtop_c):
+    """ADD_OP / MUL_OP `op` on int64[16] words a, b with unpack codes una, unb (UN_*); fa_c, fb_c uint8[16]
+    flags; rtop_c uint32[16] (multop -> umul24, updated). Returns (out, carry, 1 float / 0 integer result /
+    -1 not modelled)."""
+    sb = np.zeros(1, dtype=np.uint32)
+    sf = sb.view(np.float32)
+    out = np.zeros(16, dtype=np.int64)
+    carry = np.zeros(16, dtype=np.int64)
+    ta = np.zeros(16, dtype=np.int64)
+    tb = np.zeros(16, dtype=np.int64)
+    if is_mul:
+        kind = _mul_alu(op, a, b, una, unb, out, carry, rtop_c, sb, sf)
+    else:
+        kind = _add_alu(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa_c, fb_c, sb, sf, ta, tb)
+    return out, carry, kind
+
+
+@njit(cache=True)
+def sfu_op(fn, a):
+    """The SFU function fn (SFU_*) on int64[16] words, as a magic write computes it."""
+    sb = np.zeros(1, dtype=np.uint32)
+    sf = sb.view(np.float32)
+    out = np.zeros(16, dtype=np.int64)
+    for l in range(16):
+        out[l] = _sfu_bits(fn, a[l], sb, sf)
+    return out
+
+
+@njit(cache=True)
+def flag_update(res, is_float, carry, pf, uf, fa_c, fb_c):
+    """The flags (A, B: new uint8[16] arrays) after a push pf (1..3) or an update uf (1..12) from a result."""
+    sb = np.zeros(1, dtype=np.uint32)
+    sf = sb.view(np.float32)
+    fa = np.zeros((1, 16), dtype=np.uint8)
+    fb = np.zeros((1, 16), dtype=np.uint8)
+    fa[0, :] = fa_c
+    fb[0, :] = fb_c
+    _flag_update(0, res, is_float, carry, pf, uf, fa, fb, sb, sf)
+    return fa[0].copy(), fb[0].copy()
+
+
+@njit(cache=True)
+def write_lanes(old, vals, cond, pack, fa_c, fb_c):
+    """A register (uint32[16], copied) after a write of vals (int64[16]) under condition cond (0 none, 1..4
+    ifa ifb ifna ifnb) with output pack pack (PK_*)."""
+    dst = old.copy()
+    _write_lanes(dst, vals, cond, pack, fa_c, fb_c, False)
+    return dst
+
+
+@njit(cache=True)
+def branch_taken(bc, fa_c):
+    """Whether a branch with condition bc (BR_*) is taken with flag A = fa_c (uint8[16])."""
+    return _branch_taken(bc, fa_c)
