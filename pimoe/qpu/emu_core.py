@@ -558,12 +558,13 @@ def _add_alu_rare(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa, fb, sb, s
 
 
 @njit(cache=True, inline='always')
-def _add_alu(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa_c, fb_c, sb, sf, ta, tb):
-    """An add-ALU op: the frequent ones inlined, the others in _add_alu_rare. Returns 1 for a float result,
-    0 for an integer one, -1 for an op the emulator does not model."""
+def _add_alu(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa, fb, c, sb, sf, ta, tb):
+    """An add-ALU op of context c: the frequent ones inlined, the others in _add_alu_rare (which gets the
+    context's flag rows: views, made only on that path). Returns 1 for a float result, 0 for an integer one,
+    -1 for an op the emulator does not model."""
     kind = _add_alu_common(op, a, b, una, unb, out, carry, sb, sf)
     if kind == -2:
-        kind = _add_alu_rare(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa_c, fb_c, sb, sf, ta, tb)
+        kind = _add_alu_rare(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa[c], fb[c], sb, sf, ta, tb)
     return kind
 
 
@@ -751,15 +752,16 @@ def _merge_pack(old, v, pack):
 
 
 @njit(cache=True, inline='always')
-def _write_lanes(dst, vals, cond, pack, fa_c, fb_c, per_quad):
-    """dst[l] = vals[l] (vals[first lane of l's quad] when per_quad) in the lanes `cond` enables, an output
-    pack merging the f16 into the half it names."""
+def _write_lanes(dst, c, r, vals, cond, pack, fa, fb, per_quad):
+    """Register r of context c (dst: the register file or the accumulators): dst[c, r, l] = vals[l]
+    (vals[first lane of l's quad] when per_quad) in the lanes `cond` enables, an output pack merging the f16
+    into the half it names."""
     for l in range(16):
-        if cond == 0 or _lane_on(cond, fa_c[l], fb_c[l]):
+        if cond == 0 or _lane_on(cond, fa[c, l], fb[c, l]):
             v = vals[l & 12] if per_quad else vals[l]
             if pack != 0:
-                v = _merge_pack(np.int64(dst[l]), v, pack)
-            dst[l] = v
+                v = _merge_pack(np.int64(dst[c, r, l]), v, pack)
+            dst[c, r, l] = v
 
 
 @njit(cache=True)
@@ -770,11 +772,11 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
         if disp[D_REGCHECK] != 0 and waddr >= ist[c, I_NREGS]:
             _fault(fault, FLT_REG_RANGE, c, pc, waddr, ist[c, I_NREGS])
             return
-        _write_lanes(rf[c, waddr], vals, cond, pack, fa[c], fb[c], False)
+        _write_lanes(rf, c, waddr, vals, cond, pack, fa, fb, False)
         _note_write(curw, WCODE_RF + waddr)
         return
     if waddr <= W_R5:  # r0..r4; r5 holds one value per quad: a write broadcasts each quad's first lane
-        _write_lanes(acc[c, waddr], vals, cond, pack, fa[c], fb[c], waddr == W_R5)
+        _write_lanes(acc, c, waddr, vals, cond, pack, fa, fb, waddr == W_R5)
         _note_write(curw, waddr)
         return
     if waddr == W_NOP:  # "-": no write
@@ -1131,8 +1133,7 @@ def _arrive_barrier(c, ist, bar, disp):
 
 
 # ==========================================================================================================
-# the interpreter, in steps: each step is inlined into `run` (numba inline='always': no calls, no array
-# reference counting in the loop); a step that finds a fault records it and returns False
+# the interpreter
 
 
 LOAD_SIGNALS = S_LDTMU | S_LDUNIFRF | S_LDUNIFARF   # signals that write a register of the instruction's choice
@@ -1145,16 +1146,16 @@ ACC_R4, ACC_R5 = 4, 5  # accumulator indices (and their write codes, see WCODE_R
 
 
 @njit(cache=True, inline='always')
-def _branch_taken(bc, fa_c):
-    """Whether a branch with condition bc (BR_*) is taken, from flag A of the 16 lanes."""
+def _branch_taken(bc, fa, c):
+    """Whether a branch with condition bc (BR_*) is taken, from flag A of context c's 16 lanes."""
     if bc == BR_A0:
-        return fa_c[0] != 0
+        return fa[c, 0] != 0
     if bc == BR_NA0:
-        return fa_c[0] == 0
+        return fa[c, 0] == 0
     if bc >= BR_ALLA:
         nset = 0
         for l in range(16):
-            nset += fa_c[l]
+            nset += fa[c, l]
         if bc == BR_ALLA:
             return nset == 16
         if bc == BR_ANYNA:
@@ -1166,391 +1167,9 @@ def _branch_taken(bc, fa_c):
 
 
 @njit(cache=True, inline='always')
-def _branch(c, pc, row, acc, rf, fa, ist, cnt, mem8, mem32, disp, fault, tmp, code_base, ncode):
-    """A branch instruction: when taken, the target (and a new uniform address) take effect after the
-    delay slots."""
-    if ist[c, I_BR_LEFT] > 0:
-        _fault(fault, FLT_BRANCH_IN_BRANCH, c, pc, 0, 0)
-        return False
-    if ist[c, I_SW_LEFT] > 0:
-        _fault(fault, FLT_BRANCH_IN_THRSW, c, pc, 0, 0)
-        return False
-    if not _branch_taken(row[F_BR_COND], fa[c]):
-        return True
-    my_addr = code_base + 8 * pc
-    bdi = row[F_BR_BDI]
-    off = np.int64(row[F_BR_OFFSET])
-    if bdi == BD_ABS:
-        target = off & MASK32
-    elif bdi == BD_REL:
-        target = (my_addr + 8 * (SLOTS_BRANCH + 1) + off) & MASK32
-    elif bdi == BD_LRI:
-        target = ist[c, I_LR]
-    else:
-        _read_mux(c, MUX_A, row, acc, rf, ist, disp, fault, pc, tmp)
-        if fault[0] != 0:
-            return False
-        target = tmp[0]
-    rel = target - code_base
-    if rel < 0 or (rel & 7) != 0 or rel // 8 >= ncode:
-        _fault(fault, FLT_BRANCH_TARGET, c, pc, target, 0)
-        return False
-    ist[c, I_BR_TARGET] = rel // 8
-    ist[c, I_BR_LEFT] = SLOTS_BRANCH + 1
-    ist[c, I_BR_UNIF] = -1
-    if row[F_BR_LINK] != 0:
-        ist[c, I_LR] = my_addr + 8 * (SLOTS_BRANCH + 1)
-    if row[F_BR_UB] != 0:
-        bdu = row[F_BR_BDU]
-        if bdu == BD_ABS or bdu == BD_REL:
-            v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
-            if fault[0] != 0:
-                return False
-            if bdu == BD_ABS:
-                ist[c, I_BR_UNIF] = v
-            else:
-                ist[c, I_BR_UNIF] = (ist[c, I_UNIF] + _s32(v)) & MASK32
-        elif bdu == BD_RF:
-            # the new uniform address: the smallest non-zero lane value of the register (the one rule that
-            # fits all three of py-videocore6's hardware-tested cases, see the emulator docstring); all
-            # lanes zero: 0
-            _read_mux(c, MUX_A, row, acc, rf, ist, disp, fault, pc, tmp)
-            if fault[0] != 0:
-                return False
-            best = 0
-            for l in range(16):
-                v = tmp[l] & MASK32
-                if v != 0 and (best == 0 or v < best):
-                    best = v
-            ist[c, I_BR_UNIF] = best
-        else:
-            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_BRANCH, bdu)
-            return False
-    cnt[c, C_BRANCH] += 1
-    return True
-
-
-@njit(cache=True, inline='always')
-def _hazards(c, pc, row, ic, sigb, aop, mop, ist, fault):
-    """The timing rules the silicon enforces by giving wrong results (r4 and the SFU, the end thrsw's
-    register file, unifa): a fault instead. (Mesa's "one of TMU write / SFU / barrier / ldtmu per
-    instruction" is a compiler rule, not a hardware fault: py-videocore6's summation and scopy break it;
-    pimoe.qpu.lint reports it.)"""
-    if (sigb & S_UNSUPPORTED) != 0:
-        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_SIGNAL, 0)
-        return False
-    if aop == A_UNSUPPORTED:
-        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_ADD_OP, 0)
-        return False
-    if mop == M_UNSUPPORTED:
-        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MUL_OP, 0)
-        return False
-    # does this instruction start the SFU, or write r4 (the SFU's result register)?
-    sfu = False
-    writes_r4 = False
-    if aop != 0 and row[F_A_MAGIC] != 0:
-        sfu = W_RECIP <= row[F_A_WADDR] <= W_RSQRT2
-        writes_r4 = row[F_A_WADDR] == W_R4
-    if mop != 0 and row[F_M_MAGIC] != 0:
-        sfu = sfu or W_RECIP <= row[F_M_WADDR] <= W_RSQRT2
-        writes_r4 = writes_r4 or row[F_M_WADDR] == W_R4
-    if (sigb & LOAD_SIGNALS) != 0 and row[F_SIG_MAGIC] != 0 and row[F_SIG_ADDR] == W_R4:
-        writes_r4 = True
-    since_sfu = ic - ist[c, I_LAST_SFU]
-    if since_sfu < SFU_LATENCY:
-        if _uses_mux(row, ACC_R4):
-            _fault(fault, FLT_R4_TOO_SOON, c, pc, since_sfu, 0)
-            return False
-        if writes_r4:
-            _fault(fault, FLT_R4_WRITE_TOO_SOON, c, pc, 0, 0)
-            return False
-        if sfu:
-            _fault(fault, FLT_SFU_TOO_SOON, c, pc, 0, 0)
-            return False
-    if sfu and ist[c, I_SW_LEFT] > 0:
-        _fault(fault, FLT_SFU_IN_THRSW, c, pc, 0, 0)
-        return False
-    if ist[c, I_SW_END] != 0 and 0 < ist[c, I_SW_LEFT] <= SLOTS_THRSW:
-        # the delay slots of the program-end thrsw: the register file is being given up
-        if ((aop != 0 and row[F_A_MAGIC] == 0) or (mop != 0 and row[F_M_MAGIC] == 0)
-                or ((sigb & LOAD_SIGNALS) != 0 and row[F_SIG_MAGIC] == 0)):
-            _fault(fault, FLT_RF_AFTER_END, c, pc, 0, 0)
-            return False
-    if (sigb & UNIFA_SIGNALS) != 0 and ic - ist[c, I_LAST_UNIFA] < UNIFA_LATENCY:
-        _fault(fault, FLT_UNIFA_TOO_SOON, c, pc, ic - ist[c, I_LAST_UNIFA], 0)
-        return False
-    return True
-
-
-@njit(cache=True, inline='always')
-def _thrsw_signal(c, pc, ist, fault):
-    """A thrsw: the switch happens after its delay slots; a second thrsw right after one marks the last
-    switch (the program ends at the next), one in the last delay slot chains another switch."""
-    if ist[c, I_SW_LEFT] == SLOTS_THRSW:
-        if ist[c, I_FINAL] != 0 or ist[c, I_SW_LAST] != 0:
-            _fault(fault, FLT_TWO_LAST_THRSW, c, pc, 0, 0)
-            return False
-        ist[c, I_SW_LAST] = 1
-    elif ist[c, I_SW_LEFT] == 1:
-        # a thrsw in the last delay slot of another (py-videocore6's tests do this): it starts the next
-        # switch as soon as this one is done
-        ist[c, I_SW_CHAIN] = 1
-    else:
-        if ist[c, I_BR_LEFT] > 0:
-            _fault(fault, FLT_THRSW_IN_BRANCH, c, pc, 0, 0)
-            return False
-        ist[c, I_SW_LEFT] = SLOTS_THRSW + 1
-        ist[c, I_SW_END] = ist[c, I_FINAL]
-        ist[c, I_SW_LAST] = 0
-    return True
-
-
-@njit(cache=True, inline='always')
-def _operands(c, pc, row, aop, mop, acc, rf, ist, disp, fault, a_in, b_in, ma_in, mb_in):
-    """Read the add and mul ops' operands through their muxes."""
-    na = row[F_A_NSRC]
-    nm = row[F_M_NSRC]
-    if aop != 0:
-        if na >= 1:
-            _read_mux(c, row[F_A_MUXA], row, acc, rf, ist, disp, fault, pc, a_in)
-        if na >= 2:
-            _read_mux(c, row[F_A_MUXB], row, acc, rf, ist, disp, fault, pc, b_in)
-    if mop != 0:
-        if nm >= 1:
-            _read_mux(c, row[F_M_MUXA], row, acc, rf, ist, disp, fault, pc, ma_in)
-        if nm >= 2:
-            _read_mux(c, row[F_M_MUXB], row, acc, rf, ist, disp, fault, pc, mb_in)
-    return fault[0] == 0
-
-
-@njit(cache=True, inline='always')
-def _rotate(c, pc, row, acc, ist, fault, ma_in, mb_in, tmp):
-    """The rotate signal on the mul op's operands: lane i takes lane i - n; accumulators rotate across all
-    16 lanes, register-file operands within each quad; n from the word or from r5."""
-    rot = row[F_ROT]
-    if rot == -2:
-        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_SIGNAL, 1)
-        return False
-    if rot == -1:
-        if _prev_wrote(ist, c, ACC_R5):
-            _fault(fault, FLT_ROTATE_SRC, c, pc, ACC_R5, 0)
-            return False
-        rot = np.int64(acc[c, ACC_R5, 0]) & 15
-    for k in range(row[F_M_NSRC]):
-        mux = row[F_M_MUXA] if k == 0 else row[F_M_MUXB]
-        if mux == MUX_B:
-            _fault(fault, FLT_ROTATE_MUX, c, pc, 0, 0)
-            return False
-        if _prev_wrote(ist, c, _mux_code(row, mux)):
-            _fault(fault, FLT_ROTATE_SRC, c, pc, _mux_code(row, mux), 0)
-            return False
-        src = ma_in if k == 0 else mb_in
-        for l in range(16):
-            tmp[l] = src[l]
-        if mux <= MUX_R5:
-            for l in range(16):
-                src[l] = tmp[(l - rot) & 15]
-        else:
-            for l in range(16):
-                src[l] = tmp[(l & 12) | ((l - rot) & 3)]
-    return True
-
-
-@njit(cache=True, inline='always')
 def _is_sfu_op(aop):
     return (aop == A_RECIP or aop == A_RSQRT or aop == A_EXP or aop == A_LOG or aop == A_SIN
             or aop == A_RSQRT2)
-
-
-@njit(cache=True, inline='always')
-def _flags_and_writes(c, pc, row, aop, mop, a_out, a_carry, a_float, m_out, m_carry, m_float, acc, rf, fa, fb,
-                      ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend, fa_old, fb_old, ta, tb):
-    """Push / update the flags from the results, then write the results; conditional writes read the
-    flags from before this instruction."""
-    a_flags = aop != 0 and (row[F_APF] != 0 or row[F_AUF] != 0)
-    m_flags = mop != 0 and (row[F_MPF] != 0 or row[F_MUF] != 0)
-    if a_flags or m_flags:
-        for l in range(16):
-            fa_old[l] = fa[c, l]
-            fb_old[l] = fb[c, l]
-    if a_flags:
-        _flag_update(c, a_out, a_float, a_carry, row[F_APF], row[F_AUF], fa, fb, sb, sf)
-    if m_flags:
-        _flag_update(c, m_out, m_float, m_carry, row[F_MPF], row[F_MUF], fa, fb, sb, sf)
-    if a_flags or m_flags:  # writes use the old flags: swap them in for the duration
-        for l in range(16):
-            tb[l] = fa[c, l]
-            ta[l] = fb[c, l]
-            fa[c, l] = fa_old[l]
-            fb[c, l] = fb_old[l]
-    if aop != 0 and not _fast_write(c, row[F_A_WADDR], row[F_A_MAGIC] != 0, a_out, row[F_AC], row[F_A_PACK], acc,
-                                    rf, ist, disp, curw):
-        _write(c, pc, row[F_A_WADDR], row[F_A_MAGIC] != 0, a_out, row[F_AC], row[F_A_PACK], acc, rf, fa, fb, ist,
-               cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
-    if mop != 0 and fault[0] == 0 and not _fast_write(c, row[F_M_WADDR], row[F_M_MAGIC] != 0, m_out, row[F_MC],
-                                                      row[F_M_PACK], acc, rf, ist, disp, curw):
-        _write(c, pc, row[F_M_WADDR], row[F_M_MAGIC] != 0, m_out, row[F_MC], row[F_M_PACK], acc, rf, fa, fb, ist,
-               cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
-    if a_flags or m_flags:
-        for l in range(16):
-            fa[c, l] = tb[l]
-            fb[c, l] = ta[l]
-    return fault[0] == 0
-
-
-@njit(cache=True, inline='always')
-def _ldtmu(c, pc, ist, cnt, fifo, fault, sig_val):
-    """The oldest TMU result of this thread into sig_val; its load-to-use distance binned (C_NEAR0...)."""
-    if ist[c, I_FIFO_N] == 0:
-        _fault(fault, FLT_LDTMU_EMPTY, c, pc, 0, 0)
-        return False
-    h = ist[c, I_FIFO_HEAD]
-    for l in range(16):
-        sig_val[l] = fifo[c, h, l]
-    ist[c, I_FIFO_HEAD] = (h + 1) % FIFO_MAX
-    ist[c, I_FIFO_N] -= 1
-    cnt[c, C_LDTMU] += 1
-    issued = ist[c, I_FIFO_T0 + h]
-    if issued >= 0:
-        dist = cnt[c, C_INSTR] - issued
-        if dist < NEAR_BINS * NEAR_WIDTH:
-            cnt[c, C_NEAR0 + dist // NEAR_WIDTH] += 1
-    return True
-
-
-@njit(cache=True, inline='always')
-def _signal_loads(c, pc, row, sigb, unifa_val, acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb,
-                  sf, curw, pend, sig_val):
-    """The signals that load a value: ldunif / ldunifa into r5, ldunifrf / ldunifarf / ldtmu into the
-    register the instruction names (written after the ALU results)."""
-    if (sigb & S_LDUNIF) != 0:
-        v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
-        if fault[0] != 0:
-            return False
-        for l in range(16):
-            acc[c, ACC_R5, l] = v
-        _note_write(curw, ACC_R5)
-    if (sigb & S_LDUNIFA) != 0:
-        for l in range(16):
-            acc[c, ACC_R5, l] = unifa_val
-        _note_write(curw, ACC_R5)
-    if (sigb & LOAD_SIGNALS) != 0:
-        if (sigb & S_LDTMU) != 0:
-            if not _ldtmu(c, pc, ist, cnt, fifo, fault, sig_val):
-                return False
-        else:
-            if (sigb & S_LDUNIFRF) != 0:
-                v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
-                if fault[0] != 0:
-                    return False
-            else:
-                v = unifa_val
-            for l in range(16):
-                sig_val[l] = v
-        _write(c, pc, row[F_SIG_ADDR], row[F_SIG_MAGIC] != 0, sig_val, 0, 0, acc, rf, fa, fb, ist, cnt, tmud,
-               fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
-    return fault[0] == 0
-
-
-@njit(cache=True, inline='always')
-def _alu_instruction(c, pc, row, ic, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, fault, sb,
-                     sf, curw, pend, a_in, b_in, ma_in, mb_in, tmp, a_out, m_out, a_carry, m_carry, sig_val, ta, tb,
-                     fa_old, fb_old):
-    """An ALU instruction: checks, operands, both ops, flags, writes, then the signals' loads."""
-    sigb = row[F_SIG]
-    aop = row[F_A_OP]
-    mop = row[F_M_OP]
-    if not _hazards(c, pc, row, ic, sigb, aop, mop, ist, fault):
-        return False
-    if (sigb & S_THRSW) != 0 and not _thrsw_signal(c, pc, ist, fault):
-        return False
-    if not _operands(c, pc, row, aop, mop, acc, rf, ist, disp, fault, a_in, b_in, ma_in, mb_in):
-        return False
-    if (sigb & S_ROTATE) != 0 and mop != 0 and not _rotate(c, pc, row, acc, ist, fault, ma_in, mb_in, tmp):
-        return False
-    a_float = 0
-    m_float = 0
-    if aop != 0:
-        a_float = _add_alu(aop, a_in, b_in, row[F_A_UNA], row[F_A_UNB], a_out, a_carry, ist[c, I_QPU],
-                           ist[c, I_TFIELD], ist[c, I_LR], fa[c], fb[c], sb, sf, ta, tb)
-        if a_float < 0:
-            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_ADD_OP, 0)
-            return False
-        if aop == A_TMUWT:
-            cnt[c, C_TMUWT] += 1
-            ist[c, I_PEND_N] = 0  # every store of this thread has landed
-        elif _is_sfu_op(aop):
-            cnt[c, C_SFU] += 1
-    if mop != 0:
-        m_float = _mul_alu(mop, ma_in, mb_in, row[F_M_UNA], row[F_M_UNB], m_out, m_carry, rtop[c], sb, sf)
-        if m_float < 0:
-            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MUL_OP, 0)
-            return False
-    # the second uniform stream is read at the address from before this instruction's own write to unifa
-    # (py-videocore6 test_unifa: `mov(tmua, .., sig=ldunifa).mov(unifa, ..)`)
-    unifa_val = np.int64(0)
-    if (sigb & UNIFA_SIGNALS) != 0:
-        unifa_val = _read_unif(c, I_UNIFA, ist, mem8, mem32, disp, fault, cnt, pc)
-        if fault[0] != 0:
-            return False
-    if not _flags_and_writes(c, pc, row, aop, mop, a_out, a_carry, a_float, m_out, m_carry, m_float, acc, rf, fa,
-                             fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend, fa_old, fb_old,
-                             ta, tb):
-        return False
-    return _signal_loads(c, pc, row, sigb, unifa_val, acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp,
-                         fault, sb, sf, curw, pend, sig_val)
-
-
-@njit(cache=True, inline='always')
-def _end_of_instruction(c, pc, ic, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, disp, bar, curw):
-    """Count the instruction, step the PC (or take a branch after its delay slots), switch threads after a
-    thrsw's, arrive at a barrier, start the next batch in a finished slot. Returns True when the context
-    yields."""
-    ist[c, I_ICOUNT] = ic + 1
-    cnt[c, C_INSTR] += 1
-    ist[c, I_PREVW0] = curw[0]
-    ist[c, I_PREVW1] = curw[1]
-    ist[c, I_PREVW2] = curw[2]
-    nxt = pc + 1
-    if ist[c, I_BR_LEFT] > 0:
-        ist[c, I_BR_LEFT] -= 1
-        if ist[c, I_BR_LEFT] == 0:
-            nxt = ist[c, I_BR_TARGET]
-            if ist[c, I_BR_UNIF] >= 0:
-                ist[c, I_UNIF] = ist[c, I_BR_UNIF]
-                ist[c, I_BR_UNIF] = -1
-    ist[c, I_PC] = nxt
-    yielded = False
-    if ist[c, I_SW_LEFT] > 0:
-        ist[c, I_SW_LEFT] -= 1
-        if ist[c, I_SW_LEFT] == 0:
-            _finish_switch(c, ist, cnt, bar, disp, fa)
-            yielded = True
-            if ist[c, I_SW_CHAIN] != 0:
-                ist[c, I_SW_CHAIN] = 0
-                ist[c, I_SW_LEFT] = SLOTS_THRSW
-                ist[c, I_SW_END] = ist[c, I_FINAL]
-                ist[c, I_SW_LAST] = 0
-    if ist[c, I_STATUS] == ST_RUN and ist[c, I_BAR_PENDING] != 0 and ist[c, I_SW_LEFT] == 0:
-        _arrive_barrier(c, ist, bar, disp)
-        yielded = True
-    if ist[c, I_STATUS] == ST_DONE:
-        # the slot takes the next batch waiting for a QPU thread
-        if disp[D_NEXT] < disp[D_NBATCH]:
-            start_batch(c, disp[D_NEXT], acc, rf, fa, fb, ist, tmud, fifo, rtop, disp)
-            disp[D_NEXT] += 1
-        yielded = True
-    return yielded
-
-
-@njit(cache=True, inline='always')
-def _deadlock(ist, disp, bar, fault):
-    """No context can run: the ones waiting at a barrier wait for threads that will never arrive."""
-    for k in range(CTX):
-        if ist[k, I_STATUS] == ST_WAIT and fault[0] == 0:
-            sg = ist[k, I_SG]
-            group = min(disp[D_BPS], disp[D_NBATCH] - sg * disp[D_BPS])
-            _fault(fault, FLT_BARRIER_DEADLOCK, k, ist[k, I_PC], bar[sg], group)
 
 
 @njit(cache=True, nogil=True)
@@ -1600,21 +1219,328 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                     _fault(fault, FLT_INVALID_WORD, c, pc, 0, 0)
                     return executed
                 if kind == KIND_BRANCH:
-                    if not _branch(c, pc, row, acc, rf, fa, ist, cnt, mem8, mem32, disp, fault, tmp, code_base,
-                                   ncode):
+                    if ist[c, I_BR_LEFT] > 0:
+                        _fault(fault, FLT_BRANCH_IN_BRANCH, c, pc, 0, 0)
                         return executed
-                elif not _alu_instruction(c, pc, row, ic, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32,
-                                          disp, fault, sb, sf, curw, pend, a_in, b_in, ma_in, mb_in, tmp, a_out,
-                                          m_out, a_carry, m_carry, sig_val, ta, tb, fa_old, fb_old):
-                    return executed
+                    if ist[c, I_SW_LEFT] > 0:
+                        _fault(fault, FLT_BRANCH_IN_THRSW, c, pc, 0, 0)
+                        return executed
+                    if _branch_taken(row[F_BR_COND], fa, c):
+                        my_addr = code_base + 8 * pc
+                        bdi = row[F_BR_BDI]
+                        off = np.int64(row[F_BR_OFFSET])
+                        if bdi == BD_ABS:
+                            target = off & MASK32
+                        elif bdi == BD_REL:
+                            target = (my_addr + 8 * (SLOTS_BRANCH + 1) + off) & MASK32
+                        elif bdi == BD_LRI:
+                            target = ist[c, I_LR]
+                        else:
+                            _read_mux(c, MUX_A, row, acc, rf, ist, disp, fault, pc, tmp)
+                            if fault[0] != 0:
+                                return executed
+                            target = tmp[0]
+                        rel = target - code_base
+                        if rel < 0 or (rel & 7) != 0 or rel // 8 >= ncode:
+                            _fault(fault, FLT_BRANCH_TARGET, c, pc, target, 0)
+                            return executed
+                        ist[c, I_BR_TARGET] = rel // 8
+                        ist[c, I_BR_LEFT] = SLOTS_BRANCH + 1
+                        ist[c, I_BR_UNIF] = -1
+                        if row[F_BR_LINK] != 0:
+                            ist[c, I_LR] = my_addr + 8 * (SLOTS_BRANCH + 1)
+                        if row[F_BR_UB] != 0:
+                            bdu = row[F_BR_BDU]
+                            if bdu == BD_ABS or bdu == BD_REL:
+                                v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
+                                if fault[0] != 0:
+                                    return executed
+                                if bdu == BD_ABS:
+                                    ist[c, I_BR_UNIF] = v
+                                else:
+                                    ist[c, I_BR_UNIF] = (ist[c, I_UNIF] + _s32(v)) & MASK32
+                            elif bdu == BD_RF:
+                                # the new uniform address: the smallest non-zero lane value of the register
+                                # (the one rule that fits all three of py-videocore6's hardware-tested cases,
+                                # see the emulator docstring); all lanes zero: 0
+                                _read_mux(c, MUX_A, row, acc, rf, ist, disp, fault, pc, tmp)
+                                if fault[0] != 0:
+                                    return executed
+                                best = 0
+                                for l in range(16):
+                                    v = tmp[l] & MASK32
+                                    if v != 0 and (best == 0 or v < best):
+                                        best = v
+                                ist[c, I_BR_UNIF] = best
+                            else:
+                                _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_BRANCH, bdu)
+                                return executed
+                        cnt[c, C_BRANCH] += 1
+                else:
+                    # ---------------- ALU instruction ----------------
+                    sigb = row[F_SIG]
+                    aop = row[F_A_OP]
+                    mop = row[F_M_OP]
+                    if (sigb & S_UNSUPPORTED) != 0:
+                        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_SIGNAL, 0)
+                        return executed
+                    if aop == A_UNSUPPORTED:
+                        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_ADD_OP, 0)
+                        return executed
+                    if mop == M_UNSUPPORTED:
+                        _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MUL_OP, 0)
+                        return executed
+                    # does this instruction start the SFU, or write r4 (the SFU's result register)?
+                    sfu = False
+                    writes_r4 = False
+                    if aop != 0 and row[F_A_MAGIC] != 0:
+                        sfu = W_RECIP <= row[F_A_WADDR] <= W_RSQRT2
+                        writes_r4 = row[F_A_WADDR] == W_R4
+                    if mop != 0 and row[F_M_MAGIC] != 0:
+                        sfu = sfu or W_RECIP <= row[F_M_WADDR] <= W_RSQRT2
+                        writes_r4 = writes_r4 or row[F_M_WADDR] == W_R4
+                    if (sigb & LOAD_SIGNALS) != 0 and row[F_SIG_MAGIC] != 0 and row[F_SIG_ADDR] == W_R4:
+                        writes_r4 = True
+                    # (Mesa's "one of TMU write / SFU / barrier / ldtmu per instruction" is a compiler rule, not
+                    # a hardware fault: py-videocore6's summation and scopy break it; pimoe.qpu.lint reports it)
+                    if ic - ist[c, I_LAST_SFU] < SFU_LATENCY:
+                        if _uses_mux(row, ACC_R4):
+                            _fault(fault, FLT_R4_TOO_SOON, c, pc, ic - ist[c, I_LAST_SFU], 0)
+                            return executed
+                        if writes_r4:
+                            _fault(fault, FLT_R4_WRITE_TOO_SOON, c, pc, 0, 0)
+                            return executed
+                        if sfu:
+                            _fault(fault, FLT_SFU_TOO_SOON, c, pc, 0, 0)
+                            return executed
+                    if sfu and ist[c, I_SW_LEFT] > 0:
+                        _fault(fault, FLT_SFU_IN_THRSW, c, pc, 0, 0)
+                        return executed
+                    if ist[c, I_SW_END] != 0 and 0 < ist[c, I_SW_LEFT] <= SLOTS_THRSW:
+                        # the delay slots of the program-end thrsw: the register file is being given up
+                        if ((aop != 0 and row[F_A_MAGIC] == 0) or (mop != 0 and row[F_M_MAGIC] == 0)
+                                or ((sigb & LOAD_SIGNALS) != 0 and row[F_SIG_MAGIC] == 0)):
+                            _fault(fault, FLT_RF_AFTER_END, c, pc, 0, 0)
+                            return executed
+                    if (sigb & UNIFA_SIGNALS) != 0 and ic - ist[c, I_LAST_UNIFA] < UNIFA_LATENCY:
+                        _fault(fault, FLT_UNIFA_TOO_SOON, c, pc, ic - ist[c, I_LAST_UNIFA], 0)
+                        return executed
+                    # thread switch signal
+                    if (sigb & S_THRSW) != 0:
+                        if ist[c, I_SW_LEFT] == SLOTS_THRSW:
+                            # a second thrsw right after one marks it as the last thread switch
+                            if ist[c, I_FINAL] != 0 or ist[c, I_SW_LAST] != 0:
+                                _fault(fault, FLT_TWO_LAST_THRSW, c, pc, 0, 0)
+                                return executed
+                            ist[c, I_SW_LAST] = 1
+                        elif ist[c, I_SW_LEFT] == 1:
+                            # a thrsw in the last delay slot of another (py-videocore6's tests do this):
+                            # it starts the next switch as soon as this one is done
+                            ist[c, I_SW_CHAIN] = 1
+                        else:
+                            if ist[c, I_BR_LEFT] > 0:
+                                _fault(fault, FLT_THRSW_IN_BRANCH, c, pc, 0, 0)
+                                return executed
+                            ist[c, I_SW_LEFT] = SLOTS_THRSW + 1
+                            ist[c, I_SW_END] = ist[c, I_FINAL]
+                            ist[c, I_SW_LAST] = 0
+                    # operands
+                    na = row[F_A_NSRC]
+                    nm = row[F_M_NSRC]
+                    if aop != 0:
+                        if na >= 1:
+                            _read_mux(c, row[F_A_MUXA], row, acc, rf, ist, disp, fault, pc, a_in)
+                        if na >= 2:
+                            _read_mux(c, row[F_A_MUXB], row, acc, rf, ist, disp, fault, pc, b_in)
+                    if mop != 0:
+                        if nm >= 1:
+                            _read_mux(c, row[F_M_MUXA], row, acc, rf, ist, disp, fault, pc, ma_in)
+                        if nm >= 2:
+                            _read_mux(c, row[F_M_MUXB], row, acc, rf, ist, disp, fault, pc, mb_in)
+                    if fault[0] != 0:
+                        return executed
+                    if (sigb & S_ROTATE) != 0 and mop != 0:
+                        rot = row[F_ROT]
+                        if rot == -2:
+                            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_SIGNAL, 1)
+                            return executed
+                        if rot == -1:
+                            if _prev_wrote(ist, c, ACC_R5):
+                                _fault(fault, FLT_ROTATE_SRC, c, pc, ACC_R5, 0)
+                                return executed
+                            rot = np.int64(acc[c, ACC_R5, 0]) & 15
+                        for k in range(nm):
+                            mux = row[F_M_MUXA] if k == 0 else row[F_M_MUXB]
+                            if mux == MUX_B:
+                                _fault(fault, FLT_ROTATE_MUX, c, pc, 0, 0)
+                                return executed
+                            if _prev_wrote(ist, c, _mux_code(row, mux)):
+                                _fault(fault, FLT_ROTATE_SRC, c, pc, _mux_code(row, mux), 0)
+                                return executed
+                            src = ma_in if k == 0 else mb_in
+                            for l in range(16):
+                                tmp[l] = src[l]
+                            if mux <= MUX_R5:  # accumulators rotate across all 16 lanes
+                                for l in range(16):
+                                    src[l] = tmp[(l - rot) & 15]
+                            else:  # a register-file operand rotates within each quad
+                                for l in range(16):
+                                    src[l] = tmp[(l & 12) | ((l - rot) & 3)]
+                    # compute
+                    a_float = 0
+                    m_float = 0
+                    if aop != 0:
+                        a_float = _add_alu_common(aop, a_in, b_in, row[F_A_UNA], row[F_A_UNB], a_out, a_carry, sb,
+                                                  sf)
+                        if a_float == -2:
+                            a_float = _add_alu_rare(aop, a_in, b_in, row[F_A_UNA], row[F_A_UNB], a_out, a_carry,
+                                                    ist[c, I_QPU], ist[c, I_TFIELD], ist[c, I_LR], fa[c], fb[c],
+                                                    sb, sf, ta, tb)
+                        if a_float < 0:
+                            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_ADD_OP, 0)
+                            return executed
+                        if aop == A_TMUWT:
+                            cnt[c, C_TMUWT] += 1
+                            ist[c, I_PEND_N] = 0  # every store of this thread has landed
+                        elif _is_sfu_op(aop):
+                            cnt[c, C_SFU] += 1
+                    if mop != 0:
+                        m_float = _mul_alu(mop, ma_in, mb_in, row[F_M_UNA], row[F_M_UNB], m_out, m_carry,
+                                           rtop[c], sb, sf)
+                        if m_float < 0:
+                            _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_MUL_OP, 0)
+                            return executed
+                    # the second uniform stream is read at the address from before this instruction's own write to
+                    # unifa (py-videocore6 test_unifa: `mov(tmua, .., sig=ldunifa).mov(unifa, ..)`)
+                    unifa_val = np.int64(0)
+                    if (sigb & UNIFA_SIGNALS) != 0:
+                        unifa_val = _read_unif(c, I_UNIFA, ist, mem8, mem32, disp, fault, cnt, pc)
+                        if fault[0] != 0:
+                            return executed
+                    # conditions read the flags from before this instruction's pushes/updates
+                    flags_change = ((aop != 0 and (row[F_APF] != 0 or row[F_AUF] != 0))
+                                    or (mop != 0 and (row[F_MPF] != 0 or row[F_MUF] != 0)))
+                    if flags_change:
+                        for l in range(16):
+                            fa_old[l] = fa[c, l]
+                            fb_old[l] = fb[c, l]
+                    if aop != 0 and (row[F_APF] != 0 or row[F_AUF] != 0):
+                        _flag_update(c, a_out, a_float, a_carry, row[F_APF], row[F_AUF], fa, fb, sb, sf)
+                    if mop != 0 and (row[F_MPF] != 0 or row[F_MUF] != 0):
+                        _flag_update(c, m_out, m_float, m_carry, row[F_MPF], row[F_MUF], fa, fb, sb, sf)
+                    # writes use the old flags: swap them in for the duration
+                    if flags_change:
+                        for l in range(16):
+                            tb[l] = fa[c, l]
+                            ta[l] = fb[c, l]
+                            fa[c, l] = fa_old[l]
+                            fb[c, l] = fb_old[l]
+                    if aop != 0 and not _fast_write(c, row[F_A_WADDR], row[F_A_MAGIC] != 0, a_out, row[F_AC],
+                                                    row[F_A_PACK], acc, rf, ist, disp, curw):
+                        _write(c, pc, row[F_A_WADDR], row[F_A_MAGIC] != 0, a_out, row[F_AC], row[F_A_PACK],
+                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
+                    if mop != 0 and fault[0] == 0 and not _fast_write(c, row[F_M_WADDR], row[F_M_MAGIC] != 0,
+                                                                      m_out, row[F_MC], row[F_M_PACK], acc, rf,
+                                                                      ist, disp, curw):
+                        _write(c, pc, row[F_M_WADDR], row[F_M_MAGIC] != 0, m_out, row[F_MC], row[F_M_PACK],
+                               acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
+                    if flags_change:
+                        for l in range(16):
+                            fa[c, l] = tb[l]
+                            fb[c, l] = ta[l]
+                    if fault[0] != 0:
+                        return executed
+                    # signals that load a value
+                    if (sigb & S_LDUNIF) != 0:
+                        v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
+                        if fault[0] != 0:
+                            return executed
+                        for l in range(16):
+                            acc[c, ACC_R5, l] = v
+                        _note_write(curw, ACC_R5)
+                    if (sigb & S_LDUNIFA) != 0:
+                        for l in range(16):
+                            acc[c, ACC_R5, l] = unifa_val
+                        _note_write(curw, ACC_R5)
+                    if (sigb & LOAD_SIGNALS) != 0:
+                        if (sigb & S_LDTMU) != 0:
+                            if ist[c, I_FIFO_N] == 0:
+                                _fault(fault, FLT_LDTMU_EMPTY, c, pc, 0, 0)
+                                return executed
+                            h = ist[c, I_FIFO_HEAD]
+                            for l in range(16):
+                                sig_val[l] = fifo[c, h, l]
+                            ist[c, I_FIFO_HEAD] = (h + 1) % FIFO_MAX
+                            ist[c, I_FIFO_N] -= 1
+                            cnt[c, C_LDTMU] += 1
+                            issued = ist[c, I_FIFO_T0 + h]
+                            if issued >= 0:
+                                dist = cnt[c, C_INSTR] - issued
+                                if dist < NEAR_BINS * NEAR_WIDTH:
+                                    cnt[c, C_NEAR0 + dist // NEAR_WIDTH] += 1
+                        else:
+                            if (sigb & S_LDUNIFRF) != 0:
+                                v = _read_unif(c, I_UNIF, ist, mem8, mem32, disp, fault, cnt, pc)
+                                if fault[0] != 0:
+                                    return executed
+                            else:
+                                v = unifa_val
+                            for l in range(16):
+                                sig_val[l] = v
+                        _write(c, pc, row[F_SIG_ADDR], row[F_SIG_MAGIC] != 0, sig_val, 0, 0, acc, rf, fa, fb,
+                               ist, cnt, tmud, fifo, mem8, mem32, disp, fault, sb, sf, curw, pend)
+                        if fault[0] != 0:
+                            return executed
+                # ---------------- end of instruction: delay slots, switches ----------------
+                ist[c, I_ICOUNT] = ic + 1
+                cnt[c, C_INSTR] += 1
                 n += 1
-                if _end_of_instruction(c, pc, ic, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, disp, bar, curw):
+                ist[c, I_PREVW0] = curw[0]
+                ist[c, I_PREVW1] = curw[1]
+                ist[c, I_PREVW2] = curw[2]
+                nxt = pc + 1
+                if ist[c, I_BR_LEFT] > 0:
+                    ist[c, I_BR_LEFT] -= 1
+                    if ist[c, I_BR_LEFT] == 0:
+                        nxt = ist[c, I_BR_TARGET]
+                        if ist[c, I_BR_UNIF] >= 0:
+                            ist[c, I_UNIF] = ist[c, I_BR_UNIF]
+                            ist[c, I_BR_UNIF] = -1
+                ist[c, I_PC] = nxt
+                yielded = False
+                if ist[c, I_SW_LEFT] > 0:
+                    ist[c, I_SW_LEFT] -= 1
+                    if ist[c, I_SW_LEFT] == 0:
+                        _finish_switch(c, ist, cnt, bar, disp, fa)
+                        yielded = True
+                        if ist[c, I_SW_CHAIN] != 0:
+                            ist[c, I_SW_CHAIN] = 0
+                            ist[c, I_SW_LEFT] = SLOTS_THRSW
+                            ist[c, I_SW_END] = ist[c, I_FINAL]
+                            ist[c, I_SW_LAST] = 0
+                if ist[c, I_STATUS] == ST_RUN and ist[c, I_BAR_PENDING] != 0 and ist[c, I_SW_LEFT] == 0:
+                    _arrive_barrier(c, ist, bar, disp)
+                    yielded = True
+                if ist[c, I_STATUS] == ST_DONE:
+                    # the slot takes the next batch waiting for a QPU thread
+                    if disp[D_NEXT] < disp[D_NBATCH]:
+                        start_batch(c, disp[D_NEXT], acc, rf, fa, fb, ist, tmud, fifo, rtop, disp)
+                        disp[D_NEXT] += 1
+                    yielded = True
+                if yielded:
                     break
             executed += n
             if executed >= budget:
                 return executed
         if not any_run:
-            _deadlock(ist, disp, bar, fault)
+            waiting = 0
+            for k in range(CTX):
+                if ist[k, I_STATUS] == ST_WAIT:
+                    waiting += 1
+                    if fault[0] == 0:
+                        sg = ist[k, I_SG]
+                        group = min(disp[D_BPS], disp[D_NBATCH] - sg * disp[D_BPS])
+                        _fault(fault, FLT_BARRIER_DEADLOCK, k, ist[k, I_PC], bar[sg], group)
             return executed
 
 
@@ -1634,10 +1560,14 @@ def alu_op(is_mul, op, a, b, una, unb, qpu, tfield, lr, fa_c, fb_c, rtop_c):
     carry = np.zeros(16, dtype=np.int64)
     ta = np.zeros(16, dtype=np.int64)
     tb = np.zeros(16, dtype=np.int64)
+    fa = np.zeros((1, 16), dtype=np.uint8)
+    fb = np.zeros((1, 16), dtype=np.uint8)
+    fa[0, :] = fa_c
+    fb[0, :] = fb_c
     if is_mul:
         kind = _mul_alu(op, a, b, una, unb, out, carry, rtop_c, sb, sf)
     else:
-        kind = _add_alu(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa_c, fb_c, sb, sf, ta, tb)
+        kind = _add_alu(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa, fb, 0, sb, sf, ta, tb)
     return out, carry, kind
 
 
@@ -1669,12 +1599,19 @@ def flag_update(res, is_float, carry, pf, uf, fa_c, fb_c):
 def write_lanes(old, vals, cond, pack, fa_c, fb_c):
     """A register (uint32[16], copied) after a write of vals (int64[16]) under condition cond (0 none, 1..4
     ifa ifb ifna ifnb) with output pack pack (PK_*)."""
-    dst = old.copy()
-    _write_lanes(dst, vals, cond, pack, fa_c, fb_c, False)
-    return dst
+    dst = np.zeros((1, 1, 16), dtype=np.uint32)
+    dst[0, 0, :] = old
+    fa = np.zeros((1, 16), dtype=np.uint8)
+    fb = np.zeros((1, 16), dtype=np.uint8)
+    fa[0, :] = fa_c
+    fb[0, :] = fb_c
+    _write_lanes(dst, 0, 0, vals, cond, pack, fa, fb, False)
+    return dst[0, 0].copy()
 
 
 @njit(cache=True)
 def branch_taken(bc, fa_c):
     """Whether a branch with condition bc (BR_*) is taken with flag A = fa_c (uint8[16])."""
-    return _branch_taken(bc, fa_c)
+    fa = np.zeros((1, 16), dtype=np.uint8)
+    fa[0, :] = fa_c
+    return _branch_taken(bc, fa, 0)

@@ -45,7 +45,8 @@ def flush(bits) -> np.ndarray:
 
 def to_float(bits) -> np.ndarray:
     """f32 words -> float64 values, denormals read as zero."""
-    return flush(bits).view(np.float32).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # a signalling NaN stays a NaN
+        return flush(bits).view(np.float32).astype(np.float64)
 
 
 def to_bits(x) -> np.ndarray:
@@ -60,10 +61,12 @@ def f16_to_float(half) -> np.ndarray:
 
 
 def float_to_f16(x) -> np.ndarray:
-    """float64 values (already f32 values) -> f16 bits, rounded to nearest even; overflow -> inf."""
+    """float64 values (already f32 values) -> f16 bits, rounded to nearest even; overflow -> inf; a NaN
+    becomes the quiet NaN 0x7E00 with its sign (no payload)."""
     with np.errstate(over="ignore", invalid="ignore"):
         f = flush(np.asarray(x, dtype=np.float64).astype(np.float32).view(np.uint32)).view(np.float32)
-        return f.astype(np.float16).view(np.uint16).astype(np.uint32)
+        h = f.astype(np.float16).view(np.uint16).astype(np.uint32)
+        return np.where(np.isnan(f), (h & 0x8000) | 0x7E00, h).astype(np.uint32)
 
 
 # ---- input unpacks and output packs ----------------------------------------------------------------------
@@ -160,14 +163,17 @@ def _same_sign_zero(r, x):
 
 
 def _fmin(x, y):
-    """fmin: a NaN loses to the other operand; -0 is below +0."""
+    """fmin: a NaN loses to the other operand (two NaNs: the second); -0 is below +0."""
     both_zero = (x == 0) & (y == 0)
-    return np.where(both_zero, np.where(np.signbit(x), x, y), np.fmin(x, y))
+    r = np.where(both_zero, np.where(np.signbit(x), x, y), np.fmin(x, y))
+    return np.where(np.isnan(x), y, r)
 
 
 def _fmax(x, y):
+    """fmax: a NaN loses to the other operand (two NaNs: the second); +0 is above -0."""
     both_zero = (x == 0) & (y == 0)
-    return np.where(both_zero, np.where(np.signbit(x), y, x), np.fmax(x, y))
+    r = np.where(both_zero, np.where(np.signbit(x), y, x), np.fmax(x, y))
+    return np.where(np.isnan(x), y, r)
 
 
 def _f_to_int(r, lo, hi):
@@ -401,6 +407,7 @@ EVIDENCE = {
     "SFU exact to f32 (hardware ~1e-4)": "pv6 test_sfu tolerance",
     "sin(pi x) clamps to +-1 beyond 0.5": "pv6 test_sfu",
     "f16 denormals kept by the l/h unpacks and the 2 x f16 ops": "none",
+    "an f16 NaN result is 0x7E00 with the sign, no payload": "none",
     "vadd/vsub wrap per 16-bit half": "none",
     "barrierid / tmuwt write 0": "none",
 }
