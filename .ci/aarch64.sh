@@ -61,13 +61,6 @@ if [ "$x86" != "$arm" ]; then
 fi
 echo "aarch64 leg: pimoe run -n 8 gives the same text as on $(uname -m): $arm"
 
-# A test that starts sys.executable in a subprocess needs the kernel to run aarch64 binaries itself
-# (binfmt_misc with qemu registered); without it the exec fails (ENOEXEC), so such tests are left out.
-skip=()
-if ! grep -qs enabled /proc/sys/fs/binfmt_misc/qemu-aarch64; then
-    skip=(--deselect tests/test_kernels_cpubench.py::test_bench_model_runs_both_engines_and_agrees)
-    echo "aarch64 leg: no binfmt_misc entry for aarch64: ${skip[1]} (runs the model in a subprocess) left out"
-fi
 t0=$(date +%s)
-"${PY[@]}" -m pytest -q -p no:cacheprovider "${skip[@]}" tests/test_kernels*.py tests/test_quant.py tests/test_model.py
+"${PY[@]}" -m pytest -q -p no:cacheprovider tests/test_kernels*.py tests/test_quant.py tests/test_model.py
 echo "aarch64 leg: setup ${setup} s, tests $(( $(date +%s) - t0 )) s, total $(( $(date +%s) - start )) s"

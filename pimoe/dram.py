@@ -6,9 +6,9 @@ pimoe.qpu.timing). Together they share one 32-bit LPDDR4-3200 interface, 12.8 GB
 published what a Pi 4 gives CPU and V3D streaming together, so the combined ceiling is an ASSUMPTION with
 three values (`SCENARIOS`), each with how it was chosen:
 
-    pessimistic  7.24 GB/s   the QPU's own read ceiling: the interface gives both together no more than the
+    pessimistic  7.29 GB/s   the QPU's own read ceiling: the interface gives both together no more than the
                              faster agent alone gets (sharing adds nothing)
-    central      9.38 GB/s   midway between the pessimistic and the optimistic value
+    central      9.41 GB/s   midway between the pessimistic and the optimistic value
     optimistic  11.52 GB/s   90 % of the 12.8 GB/s on paper (an LPDDR4 controller rarely sustains more
                              than ~90 % of its pin rate with two streams interleaving pages)
 

@@ -212,12 +212,19 @@ class Row:
         cpu, qpu = self.tps.get("cpu"), self.tps.get("qpu")
         return qpu / cpu if cpu and qpu else None
 
+    @property
+    def hybrid_ratio(self) -> float | None:
+        """CPU+QPU (hybrid backend) t/s over CPU-only t/s, when the row ran both."""
+        cpu, both = self.tps.get("cpu"), self.tps.get("hybrid")
+        return both / cpu if cpu and both else None
+
     source: str | None = None     # the record the row's figures come from, when combined from records
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["fit"] = self.fit.to_json()
         d["qpu_over_cpu"] = self.ratio
+        d["hybrid_over_cpu"] = self.hybrid_ratio
         return d
 
     @classmethod
@@ -241,6 +248,7 @@ class Row:
         for backend in ("cpu", "qpu", "hybrid"):
             out[f"{backend}_tps_pred"] = self.tps.get(backend)
         out["qpu_over_cpu"] = self.ratio
+        out["hybrid_over_cpu"] = self.hybrid_ratio
         out["layers_run"] = self.layers_run
         out["layers_full"] = self.layers_full
         return out
@@ -350,6 +358,8 @@ def table_text(rows: list[Row]) -> str:
     if hybrid:
         head.append("CPU+QPU t/s (pred.)")
     head.append("QPU / CPU")
+    if hybrid:
+        head.append("CPU+QPU / CPU")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in rows:
         f = r.fit
@@ -360,6 +370,8 @@ def table_text(rows: list[Row]) -> str:
         if hybrid:
             cells.append(_tps(r.tps.get("hybrid")))
         cells.append("—" if r.ratio is None else f"{r.ratio:.2f}x")
+        if hybrid:
+            cells.append("—" if r.hybrid_ratio is None else f"{r.hybrid_ratio:.2f}x")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -371,4 +383,7 @@ def to_record(rows: list[Row], settings: dict, command: str) -> dict:
             "rows": [r.to_json() for r in rows],
             "notes": ["fit: arithmetic on the full-depth file and the QPU layout, against nominal board RAM "
                       "less a stated reserve", "t/s: PREDICTED for a Pi 4 (timing models), from a slice of "
-                      "layers_run layers scaled to layers_full; nothing here ran on a Pi"]}
+                      "layers_run layers scaled to layers_full; nothing here ran on a Pi",
+                      "CPU+QPU (hybrid): the CPU computes some of each layer's selected experts while the QPU "
+                      "dispatch for the others is in flight; the DRAM the two lanes share is pimoe.dram's 'central' "
+                      "scenario, an assumption until measured on a Pi"]}

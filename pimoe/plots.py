@@ -337,14 +337,19 @@ def plot_headline(rec: dict, out_dir: Path) -> list[Path]:
         fit4 = r["fit"]["fits_cpu"].get("4 GB") or r["fit"]["fits_qpu"].get("4 GB")
         mix = "Q4_K_M-like" if r["mix"] == "Q4_K_M" else r["mix"]
         where = "fits 4 GB" if fit4 else ("fits 8 GB" if fit8 else "fits NO Pi 4")
+        if (fit4 or fit8) and not r["fit"].get("qpu_copy_fits_gpu_va", True):
+            where += "; QPU copy > 4 GiB GPU VA"      # the QPU bars are what a full offload would give
         labels.append(f"{r['model']} {mix}\n({where})")
         if not any(r["tps"].get(b) for b in backends):
             ax.text(0, i, "  speed not run (memory columns only)", va="center", fontsize=7, color="#777777")
         for j, b in enumerate(backends):
             v = r["tps"].get(b)
-            if not v:
-                continue
             y = i + (j - (n - 1) / 2) * height
+            if not v:
+                if any(r["tps"].get(o) for o in backends):
+                    ax.text(0, y, f"  {HEADLINE_NAMES[b]}: not run for this row", va="center", fontsize=7,
+                            color="#777777")
+                continue
             ax.barh(y, v, height=height * 0.95, color=HEADLINE_COLORS[b], alpha=1.0 if fit8 else 0.35,
                     label=HEADLINE_NAMES[b] if b not in named else None)
             named.add(b)
@@ -356,7 +361,8 @@ def plot_headline(rec: dict, out_dir: Path) -> list[Path]:
     ax.set_ylim(len(rows) - 0.5, -0.5)           # first row on top, no bar or note clipped
     ax.set_xlim(0, top * 1.35)
     ax.set_xlabel("decode tokens/s on a Raspberry Pi 4 — PREDICTED by pimoe's timing models (not measured)")
-    ax.set_title("MoE models on a Pi 4: CPU only vs expert FFNs on the VideoCore VI GPU (predicted)", fontsize=10)
+    ax.set_title("MoE models on a Pi 4: CPU only vs expert FFNs on the VideoCore VI GPU" +
+                 (" vs both" if "hybrid" in backends else "") + " (predicted)", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -194,6 +194,23 @@ def _jsonable(obj):
     return obj
 
 
+# (path, record as written) of every write_record call while a capture_records() block is open
+_captured: list[list] = []
+
+
+class capture_records:
+    """`with capture_records() as written:` collects (json path, record as written) of every record written
+    inside the block; `pimoe bench -o json` prints the one a benchmark wrote."""
+
+    def __enter__(self) -> list:
+        self.written: list = []
+        _captured.append(self.written)
+        return self.written
+
+    def __exit__(self, *exc) -> None:
+        _captured.remove(self.written)
+
+
 def write_record(record: dict, results_dir="results", kind: str | None = None,
                  table: list[dict] | None = None) -> tuple[Path, Path | None]:
     """Write record (plus `table` rows as CSV) under results_dir with a new timestamped name.
@@ -228,8 +245,11 @@ def write_record(record: dict, results_dir="results", kind: str | None = None,
                 for row in table:
                     w.writerow({k: csv_cell(v) for k, v in row.items()})
             rec["table_csv"] = csv_path.name
-        json.dump(_jsonable(rec), fh, indent=1)
+        rec = _jsonable(rec)
+        json.dump(rec, fh, indent=1)
         fh.write("\n")
+    for written in _captured:
+        written.append((path, rec))
     return path, csv_path
 
 

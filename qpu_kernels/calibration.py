@@ -7,11 +7,7 @@ QPUs and threads, the same loads and stores of the same widths, the same loop sh
 loads in flight and the same places where a thread waits (thrsw, tmuwt). What each published kernel does
 (from its source in Idein/py-videocore6 examples/) and what the equivalent here does:
 
-- summation (32 Mi uint32): 8 QPUs x 1 thread; a 16-lane 32-bit load per row of 16 words, rows dealt
-  round-robin to the QPUs; 8 loads kept in flight with no thrsw in the loop (one thrsw before the loop
-  enables that), 2 instructions per load (issue + ldtmu/add), loop unrolled 32 loads x 8.
-- scopy (16 Mi float32): 8 QPUs x 1 thread; per trip 8 row loads issued, then 8 x (ldtmu, tmud, tmua):
-  32-bit stores of 64 bytes, no thrsw in the loop, unroll 1 (the pipeline drains every trip).
+- summation and scopy: qpu_kernels/vec4_stream.py (vec4 loads and stores, as the published kernels).
 - memset: qpu_kernels/memset.py (vec4 stores only).
 - sgemm (1024^3): 8 QPUs x 1 thread, C split into 2 x 4 blocks of 512 x 256; each block in 16 x 16 tiles;
   per k: a gathered load of an A column (lane r = A[r, k]) and a B row load, each followed by a thrsw,
@@ -33,133 +29,9 @@ from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
 from qpu_kernels.sgemm import check_result, random_operands
 from qpu_kernels.emit import emit_broadcast, emit_program_end
-from qpu_kernels.launch import check_equal, check_sum, launch
+from qpu_kernels.launch import launch
 
 N_QPUS = 8
-ROW = 64               # bytes of one 16-lane 32-bit load or store
-IN_FLIGHT = 8          # loads in flight per QPU (the published kernels' TMU request queue depth)
-
-
-@qpu
-def emit_lane_offset(asm, dst, shift: int) -> None:
-    """dst = (16 * qpu + lane) << shift: this lane's offset in the first block of rows (1 thread per QPU)."""
-    tidx(r0)
-    shr(r0, r0, 2)
-    band(r0, r0, 7)
-    shl(r0, r0, 4)
-    eidx(r1)
-    add(r0, r0, r1)
-    shl(dst, r0, shift)
-
-
-# ---- summation --------------------------------------------------------------------------------------------
-
-@qpu
-def qpu_stream_sum(asm, *, unroll: int = 32):
-    """Sum of uint32 rows: partial[qpu, lane] = sum of the lane's column over this QPU's rows.
-    uniforms: src, partial (8 x 16 uint32), trips (each trip reads 8 * unroll rows per QPU)."""
-    reg_src, reg_dst, reg_trips, reg_stride, reg_sum = rf0, rf1, rf2, rf3, rf4
-    nop(sig=ldunifrf(reg_src))
-    nop(sig=ldunifrf(reg_dst))
-    nop(sig=ldunifrf(reg_trips))
-    emit_lane_offset(asm, r2, 2)
-    add(reg_src, reg_src, r2).add(reg_dst, reg_dst, r2)
-    mov(r0, 1)
-    shl(reg_stride, r0, 9)               # 8 QPUs x 64 bytes between one QPU's rows
-    # one thread switch before the loop lets the thread issue loads without thrsw afterwards (published)
-    nop(sig=thrsw)
-    mov(reg_sum, 0)
-    mov(r0, 0)                           # the first ldtmu's "previous value"
-    loads = IN_FLIGHT * unroll
-    with loop as l:
-        sub(reg_trips, reg_trips, 1, cond='pushz')
-        # load k issued, then load k - 8 consumed: 8 in flight; each consume adds the previous result
-        for k in range(loads + IN_FLIGHT):
-            if k < loads:
-                mov(tmua, reg_src).add(reg_src, reg_src, reg_stride)
-            if k >= IN_FLIGHT:
-                if k == loads + IN_FLIGHT - 3:
-                    l.b(cond='anyna')    # the last 3 consumes are the branch delay slots
-                add(reg_sum, reg_sum, r0, sig=ldtmu(r0))
-    add(reg_sum, reg_sum, r0)
-    mov(tmud, reg_sum)
-    mov(tmua, reg_dst)
-    tmuwt()
-    barrierid(syncb, sig=thrsw)          # every QPU's loads done before the program ends (published)
-    nop()
-    nop()
-    emit_program_end(asm)
-
-
-def run_stream_sum(drv, *, nbytes: int, unroll: int = 32, check: bool = True, seed: int = 0):
-    """Sum nbytes of random uint32 on 8 QPUs; returns (counters, seconds)."""
-    per_trip = ROW * IN_FLIGHT * unroll * N_QPUS
-    if nbytes <= 0 or nbytes % per_trip:
-        raise PimoeError(f"stream_sum: {nbytes} bytes must be a positive multiple of {per_trip}")
-    code = drv.program(qpu_stream_sum, unroll=unroll)
-    x = drv.alloc(nbytes // 4, dtype=np.uint32)
-    partial = drv.alloc((N_QPUS, 16), dtype=np.uint32)
-    unif = drv.alloc(3, dtype=np.uint32)
-    x[:] = np.random.default_rng(seed).integers(0, 1 << 32, size=len(x), dtype=np.uint32)
-    partial[:] = 0
-    unif[:] = [x.addresses()[0], partial.addresses()[0, 0], nbytes // per_trip]
-    counters, seconds = launch(drv, code, unif, N_QPUS)
-    if check:
-        check_sum(partial, x, "stream_sum")
-    return counters, seconds
-
-
-# ---- scopy ------------------------------------------------------------------------------------------------
-
-@qpu
-def qpu_scopy(asm):
-    """y[:] = x[:] (float32) with 32-bit loads and stores. uniforms: src, dst, trips (8 rows per QPU)."""
-    reg_src, reg_dst, reg_trips, reg_stride = rf0, rf1, rf2, rf3
-    nop(sig=ldunifrf(reg_src))
-    nop(sig=ldunifrf(reg_dst))
-    nop(sig=ldunifrf(reg_trips))
-    emit_lane_offset(asm, r2, 2)
-    add(reg_src, reg_src, r2).add(reg_dst, reg_dst, r2)
-    mov(r0, 1)
-    shl(reg_stride, r0, 9)
-    mov(r3, 1)
-    nop(sig=thrsw)                       # as in summation: loads without thrsw afterwards
-    nop()
-    nop()
-    with loop as l:
-        for _ in range(IN_FLIGHT):
-            mov(tmua, reg_src).add(reg_src, reg_src, reg_stride)
-        for k in range(IN_FLIGHT):
-            nop(sig=ldtmu(r0))
-            if k == IN_FLIGHT - 2:
-                mov(tmud, r0).sub(reg_trips, reg_trips, r3, cond='pushz')
-            else:
-                mov(tmud, r0)
-            mov(tmua, reg_dst).add(reg_dst, reg_dst, reg_stride)
-            if k == IN_FLIGHT - 2:
-                l.b(cond='anyna')        # the last row's 3 instructions are the delay slots
-    barrierid(syncb, sig=thrsw)
-    nop()
-    nop()
-    emit_program_end(asm)
-
-
-def run_scopy(drv, *, nbytes: int, check: bool = True, seed: int = 0):
-    """Copy nbytes of float32 on 8 QPUs; returns (counters, seconds)."""
-    per_trip = ROW * IN_FLIGHT * N_QPUS
-    if nbytes <= 0 or nbytes % per_trip:
-        raise PimoeError(f"scopy: {nbytes} bytes must be a positive multiple of {per_trip}")
-    code = drv.program(qpu_scopy)
-    x = drv.alloc(nbytes // 4, dtype=np.float32)
-    y = drv.alloc(nbytes // 4, dtype=np.float32)
-    unif = drv.alloc(3, dtype=np.uint32)
-    x[:] = np.random.default_rng(seed).standard_normal(len(x)).astype(np.float32)
-    y[:] = 0
-    unif[:] = [x.addresses()[0], y.addresses()[0], nbytes // per_trip]
-    counters, seconds = launch(drv, code, unif, N_QPUS)
-    if check:
-        check_equal(y, x, "scopy")
-    return counters, seconds
 
 
 # ---- sgemm ------------------------------------------------------------------------------------------------
@@ -296,11 +168,6 @@ def main(argv=None) -> int:
     from pimoe.qpu import open_driver
 
     with open_driver("emu", data_area_size=1 << 20) as drv:
-        c, s = run_stream_sum(drv, nbytes=2 * ROW * IN_FLIGHT * 32 * N_QPUS)
-        print(f"stream_sum: equal to numpy; {c.total_instructions} instructions, {c.tmu_read_bytes} bytes read")
-        c, s = run_scopy(drv, nbytes=4 * ROW * IN_FLIGHT * N_QPUS)
-        print(f"scopy: equal to numpy; {c.total_instructions} instructions, {c.tmu_read_bytes} read, "
-              f"{c.tmu_write_bytes} written")
         c, s, err = run_sgemm(drv, p=64, q=16, r=128)
         print(f"sgemm 64x16x128: matches numpy (error {err:.1e}); {c.total_instructions} instructions")
     return 0

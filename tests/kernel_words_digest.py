@@ -19,7 +19,7 @@ import numpy as np
 def kernels():
     """(name, callable returning the words) for every kernel configuration checked."""
     from pimoe.qpu import assemble
-    from qpu_kernels import calibration, gemv_f32, memcpy, memset, sgemm, summation
+    from qpu_kernels import calibration, gemv_f32, memcpy, memset, sgemm, summation, vec4_stream
     from qpu_kernels.gemv_kernel import KernelConfig, kernel_words
 
     out = []
@@ -41,8 +41,8 @@ def kernels():
         out.append((f"gemv_f32_simple threads={threads}",
                     lambda t=threads: assemble(gemv_f32.qpu_gemv_f32_simple, threads=t)))
     out.append(("memset", lambda: assemble(memset.qpu_memset)))
-    out.append(("calibration stream_sum", lambda: assemble(calibration.qpu_stream_sum)))
-    out.append(("calibration scopy", lambda: assemble(calibration.qpu_scopy)))
+    out.append(("vec4_stream sum", lambda: assemble(vec4_stream.qpu_vec4_sum)))
+    out.append(("vec4_stream scopy", lambda: assemble(vec4_stream.qpu_vec4_scopy)))
     out.append(("calibration sgemm_blocks", lambda: assemble(calibration.qpu_sgemm_blocks)))
     return out
 

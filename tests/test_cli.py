@@ -255,3 +255,83 @@ def test_info_json_is_the_same_numbers_as_the_table(models, capsys):
     rc, out, _ = _run(capsys, ["info", "-m", str(path), "-o", "jsonl"])
     rows = [json.loads(line) for line in out.splitlines()]
     assert {r["group"] for r in rows} == set(groups)
+
+
+@pytest.mark.parametrize("old, new", [
+    (["run", "-n", "5"], ["run", "--n-gen", "5"]),
+    (["run", "-n", "5"], ["run", "--n-predict", "5"]),
+    (["compare", "-n", "5"], ["compare", "--n-predict", "5"]),
+    (["compare", "--shape", "olmoe-1b-7b"], ["compare", "--preset", "olmoe-1b-7b"]),
+    (["headline", "-n", "2", "--models", "olmoe-1b-7b"], ["headline", "--n-predict", "2", "--preset", "olmoe-1b-7b"]),
+    (["headline", "--types", "Q8_0", "-r", "2"], ["headline", "--type", "Q8_0", "--repetitions", "2"]),
+    (["calibrate", "--reps", "2"], ["calibrate", "-r", "2"]),
+    (["bandwidth", "--reps", "2", "--threads", "1"], ["bandwidth", "-r", "2", "-t", "1"]),
+    (["bench", "emulator", "--repeats", "2"], ["bench", "emulator", "-r", "2"]),
+    (["bench", "cpu", "--prompt", "4", "--decode", "2", "--reps", "2", "--threads", "1"],
+     ["bench", "cpu", "-p", "4", "-n", "2", "-r", "2", "-t", "1"]),
+    (["bench", "kernels", "--threads", "4", "--types", "Q8_0"], ["bench", "kernels", "--qpu-threads", "4", "--type", "Q8_0"]),
+    (["bench", "hybrid", "--shape", "qwen3-30b-a3b", "-n", "3"], ["bench", "hybrid", "--preset", "qwen3-30b-a3b", "--n-predict", "3"]),
+    (["bench", "placement", "--shape", "qwen3-30b-a3b", "--tokens", "3"],
+     ["bench", "placement", "--preset", "qwen3-30b-a3b", "-n", "3"]),
+])
+def test_flag_aliases_parse_to_the_same_options(old, new):
+    # one flag name per meaning across subcommands (-m -p -n -t -r --preset), the old spellings kept
+    from pimoe.cli import build_parser
+
+    parser = build_parser()
+    a, b = vars(parser.parse_args(old)), vars(parser.parse_args(new))
+    assert a == b
+    assert a != vars(parser.parse_args(old[:1] if old[0] != "bench" else old[:2]))    # the flag did something
+
+
+def test_every_table_command_takes_the_output_formats():
+    from pimoe.cli import build_parser
+    from pimoe.output import FORMATS
+
+    parser = build_parser()
+    for cmd in (["info"], ["bandwidth"], ["compare"], ["headline"], ["bench", "emulator"], ["bench", "cpu"],
+                ["bench", "kernels"], ["bench", "hybrid"], ["bench", "placement"]):
+        for fmt in FORMATS:
+            assert parser.parse_args([*cmd, "-o", fmt]).output_format == fmt
+
+
+def test_compare_json_on_stdout_is_the_record_it_writes(cache_home, tmp_path, capsys):
+    import csv
+    import io
+    import json
+
+    argv = ["compare", "-p", "2", "-n", "2", "-r", "1", "--backends", "cpu,qpu", "--results", str(tmp_path)]
+    rc, out, err = _run(capsys, argv + ["-o", "json"])
+    assert rc == 0
+    printed = json.loads(out)                                   # stdout is exactly one JSON document
+    rec_path = next(tmp_path.glob("compare-*[0-9].json"))
+    assert printed == json.loads(rec_path.read_text())
+    assert printed["kind"] == "compare" and [r["backend"] for r in printed["runs"]] == ["cpu", "qpu"]
+    assert "| model |" in err                                   # the human table went to stderr
+    # jsonl: one row per line, the same rows (and numbers) as the table of the record this run writes
+    rc, out, _ = _run(capsys, argv + ["-o", "jsonl", "--no-record"])
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rc == 0 and [(r["backend"], r["test"]) for r in rows] == [(r["backend"], r["test"])
+                                                                       for r in printed["table"]]
+    rc, out, _ = _run(capsys, argv + ["-o", "csv", "--no-record"])
+    table = list(csv.DictReader(io.StringIO(out)))
+    assert rc == 0 and [r["backend"] for r in table] == [r["backend"] for r in rows]
+    assert all(float(t["tps_mean"]) > 0 for t in table)
+
+
+def test_bench_json_on_stdout_is_the_record_it_writes(tmp_path, capsys):
+    import json
+
+    rc, out, err = _run(capsys, ["bench", "emulator", "--iterations", "20", "--length", "4096", "-r", "1",
+                                 "--results", str(tmp_path), "-o", "json"])
+    assert rc == 0
+    printed = json.loads(out)
+    rec = json.loads(next(tmp_path.glob("emulator-bench-*.json")).read_text())
+    assert printed == rec and rec["kind"] == "emulator-bench" and rec["command"]
+    assert [r["workload"] for r in rec["table"]] == ["alu-loop", "summation"]
+    assert "M instr/s" in err                                     # the human table went to stderr
+    rc, out, _ = _run(capsys, ["bench", "emulator", "--iterations", "20", "--length", "4096", "-r", "1",
+                               "--results", str(tmp_path), "-o", "jsonl"])
+    assert rc == 0 and [json.loads(line)["workload"] for line in out.splitlines()] == ["alu-loop", "summation"]
+    rc, out, err = _run(capsys, ["bench", "emulator", "--no-record", "-o", "json"])
+    assert rc == 2 and out == "" and "--no-record" in err

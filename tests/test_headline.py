@@ -69,13 +69,48 @@ def test_one_row_predicts_both_backends_and_draws_the_figure(tmp_path, capsys):
     assert list(tmp_path.glob("headline-*.png")) and list(tmp_path.glob("headline-*.svg"))
 
 
-def test_combine_rebuilds_the_table_from_records(tmp_path, capsys):
+def _one_fit_only_record(tmp_path, capsys):
+    """(printed JSON, record path, common options) of a one-row --fit-only run written to tmp_path."""
     common = ["--cache-dir", str(tmp_path / "m"), "--results", str(tmp_path)]
     rc, first, _ = _run(capsys, ["headline", "--fit-only", "--models", "granite-3.0-3b-a800m", "--types", "Q8_0",
                                  "-o", "json"] + common)
     assert rc == 0
-    rec = next(tmp_path.glob("headline-*.json"))
+    return first, next(tmp_path.glob("headline-*.json")), common
+
+
+def test_combine_rebuilds_the_table_from_records(tmp_path, capsys):
+    first, rec, common = _one_fit_only_record(tmp_path, capsys)
     rc, again, _ = _run(capsys, ["headline", "--combine", str(rec), "-o", "json", "--no-record"] + common)
     assert rc == 0
     a, b = json.loads(first)["rows"], json.loads(again)["rows"]
     assert [r["fit"] for r in a] == [r["fit"] for r in b] and b[0]["source"] == rec.name
+
+
+def test_hybrid_column_and_its_ratio_to_cpu_only(tmp_path):
+    # the CPU+QPU column appears with its own ratio when a row ran the hybrid backend, and only then
+    from pimoe import headline as hl
+
+    fit = hl.plan_fit("granite-3.0-1b-a400m", "Q8_0", cache_dir=tmp_path)
+    row = hl.Row(model="granite-3.0-1b-a400m", mix="Q8_0", arch="granitemoe", layers_full=24, params=1, fit=fit,
+                 tps={"cpu": 2.0, "qpu": 3.0, "hybrid": 5.0})
+    header, _, line = hl.table_text([row]).splitlines()
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in line.split("|")]))
+    assert cells["CPU+QPU t/s (pred.)"] == "5.00" and cells["CPU+QPU / CPU"] == "2.50x"
+    assert cells["QPU / CPU"] == "1.50x"
+    assert row.flat()["hybrid_over_cpu"] == 2.5 and row.to_json()["hybrid_over_cpu"] == 2.5
+    assert hl.Row.from_json(row.to_json()).hybrid_ratio == 2.5
+    row.tps.pop("hybrid")
+    assert "CPU+QPU" not in hl.table_text([row]).splitlines()[0]
+
+
+def test_combine_takes_a_row_in_several_records_from_the_last(tmp_path, capsys):
+    _, old, common = _one_fit_only_record(tmp_path, capsys)
+    newer = json.loads(old.read_text())                  # a later run of the same row, with speeds
+    newer["rows"][0]["tps"] = {"cpu": 2.0, "hybrid": 3.0}
+    newer["record_file"] = "headline-newer.json"
+    new = tmp_path / "headline-newer.json"
+    new.write_text(json.dumps(newer))
+    for order, want in (([old, new], {"cpu": 2.0, "hybrid": 3.0}), ([new, old], {})):
+        rc, out, _ = _run(capsys, ["headline", "--combine", *map(str, order), "-o", "json", "--no-record"] + common)
+        (row,) = json.loads(out)["rows"]
+        assert rc == 0 and row["tps"] == want and row["source"] == order[-1].name

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pimoe import coexec, dram, load_model, placement
+from pimoe import coexec, dram, load_model, pi4, placement
 from pimoe.errors import PimoeError
 
 TOKENS = [1, 17, 42, 7, 300, 5]
@@ -103,7 +103,10 @@ def test_hybrid_auto_plans_from_rates_and_bad_options(k4_model):
 
 def test_dram_scenarios_from_their_sources():
     s = dram.scenarios()
-    assert s["pessimistic"].combined == pytest.approx(7.261e9)          # pimoe.qpu.timing read ceiling
+    from pimoe.qpu.timing import PI4
+
+    assert s["pessimistic"].combined == pytest.approx(PI4.read_bandwidth)   # the timing model's read ceiling
+    assert s["pessimistic"].combined == pytest.approx(pi4.PYVC6_SUMMATION_BANDWIDTH, rel=0.02)  # ~ published
     assert s["optimistic"].combined == pytest.approx(0.9 * 12.8e9)
     assert s["pessimistic"].combined < s["central"].combined < s["optimistic"].combined
     assert all("ASSUMPTION" in v.source for v in s.values())

@@ -85,12 +85,12 @@ def test_allow_list_and_invalid_words():
 
 
 def _pimoe_kernels():
-    from qpu_kernels import calibration, gemv_f32, memcpy, memset, sgemm, summation
+    from qpu_kernels import calibration, gemv_f32, memcpy, memset, sgemm, summation, vec4_stream
     from qpu_kernels.gemv_kernel import KernelConfig, kernel_words
 
     out = {
-        "calibration.stream_sum": assemble(calibration.qpu_stream_sum),
-        "calibration.scopy": assemble(calibration.qpu_scopy),
+        "vec4_stream.sum": assemble(vec4_stream.qpu_vec4_sum),
+        "vec4_stream.scopy": assemble(vec4_stream.qpu_vec4_scopy),
         "calibration.sgemm_blocks": assemble(calibration.qpu_sgemm_blocks),
         "memset": assemble(memset.qpu_memset),
         "gemv_f32": assemble(gemv_f32.qpu_gemv_f32_simple, threads=8),
@@ -107,7 +107,12 @@ def _pimoe_kernels():
 
 
 # a kernel that breaks a rule on purpose names it here, with the reason
-ALLOWED: dict[str, set[str]] = {}
+ALLOWED: dict[str, set[str]] = {
+    # the published summation and scopy (behind 7241 and 2424 MB/s on a Pi 4) issue the next TMU lookup or
+    # store data in the instruction that reads a result; the calibration kernels have their instruction mix
+    "vec4_stream.sum": {"one-unit"},
+    "vec4_stream.scopy": {"one-unit"},
+}
 
 
 def test_pimoe_kernels_are_lint_clean():

@@ -112,6 +112,17 @@ def test_tmu_queue_limits_loads_in_flight_without_waits():
     assert body(predict(c, params=deeper)) == pytest.approx(body(p) / 2)
 
 
+def test_tmu_queue_holds_results_so_vec4_lookups_fill_it_four_times_faster():
+    # the 8-deep queue holds load RESULTS: a vec4 lookup returns 4 (4 ldtmu), a 32-bit one 1
+    plain = counters(instructions=1000, tmu_reads=100_000, ldtmu=100_000, tmu_read_bytes=64)
+    vec4 = counters(instructions=1000, tmu_reads=25_000, ldtmu=100_000, tmu_read_bytes=64)
+    assert body(predict(vec4)) == pytest.approx(body(predict(plain)))
+    assert body(predict(vec4)) == pytest.approx(100_000 * PI4.wait_latency_cycles / 8 / 500e6)
+    # counters without an ldtmu count (older records): the lookups
+    older = counters(instructions=1000, tmu_reads=25_000, tmu_read_bytes=64)
+    assert body(predict(older)) == pytest.approx(body(predict(vec4)) / 4)
+
+
 def test_latency_does_not_matter_when_memory_bound():
     c = counters(instructions=1000, tmu_reads=1000, tmu_read_bytes=64_000_000)
     slow = QPUTimingParams(wait_latency_cycles=2 * PI4.wait_latency_cycles)

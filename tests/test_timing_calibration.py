@@ -1,7 +1,8 @@
 """The timing model against py-videocore6's published Pi 4 figures (the calibration in pimoe/bench/calibration).
 
-Three parameters are fitted (read bandwidth <- summation, write bandwidth <- memset, wait latency <- sgemm);
-scopy is never fitted, and leave-one-out predicts each streaming kernel from bandwidths fitted on the others.
+Three parameters (read and write bandwidth, wait latency) are fitted by least squares on all four figures
+(issue 12: each within +-10 %); leave-one-out refits on every three and predicts the fourth (+-15 %), except
+that the streaming kernels do not determine the latency, so sgemm left out is reported as a range.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pimoe.bench import calibration as cal
 from pimoe.bench.calibration import emulate
 from pimoe.qpu.timing import PI4, predict
 
-TOLERANCE = 0.25   # the issue's bar: within +-25 % of each published figure
+FIT_TOLERANCE = 0.10   # issue 12: fitted on all four, each within +-10 %
+LOO_TOLERANCE = 0.15   # issue 12: left out of the fit, within +-15 %
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +48,30 @@ def test_stored_counts_do_the_published_work(counts, published):
     pub = published["kernels"]
     assert tot["summation"]["tmu_read_bytes"] == pub["summation"]["bytes_read"]
     assert tot["memset"]["tmu_write_bytes"] == pub["memset"]["bytes_written"]
-    assert tot["scopy"]["tmu_read_bytes"] == tot["scopy"]["tmu_write_bytes"] == pub["scopy"]["bytes_read"]
+    assert tot["scopy"]["tmu_write_bytes"] == pub["scopy"]["bytes_read"]
+    # scopy also prefetches each next row: one byte per lane (config 0x80: an s8 lookup), no result
+    assert tot["scopy"]["tmu_read_bytes"] == pub["scopy"]["bytes_read"] + 16 * tot["scopy"]["tmu_prefetches"]
+    assert tot["scopy"]["tmu_prefetches"] == tot["scopy"]["tmu_reads"] // 2
+    # vec4 lookups, as the published kernels: 256 bytes and 4 results per 16-lane lookup
+    for k in ("summation", "scopy"):
+        assert tot[k]["ldtmu"] == 4 * tot[k]["tmu_reads"]
+        assert tot[k]["tmu_reads"] * 256 == pub[k]["bytes_read"]
+        assert tot[k]["tmu_read_requests"] - 16 * tot[k]["tmu_prefetches"] == tot[k]["tmu_reads"] * 16
     # sgemm: 512 tiles per QPU, 1024 k steps of an A column and a B row + 16 C rows each, 1 parameter load
     assert tot["sgemm"]["tmu_reads"] == 8 * (512 * (1024 * 2 + 16) + 1)
     per_qpu = np.sum(counts["sgemm"]["counters"]["per_thread"]["instructions"], axis=1)
     assert np.all(per_qpu == per_qpu[0]) and per_qpu[0] // (512 * 1024) == 47   # 47 instructions per k step
     for k in ("summation", "memset", "scopy", "sgemm"):
         assert counts[k]["counters"]["batches"] == 8 and counts[k]["counters"]["threads_per_qpu"] == 1
+        # the record names the kernel that produced each count
+        assert counts[k]["kernel"] == emulate.KERNEL_OF[k] and counts[k]["kernel"].startswith("qpu_kernels.")
 
 
-@pytest.mark.parametrize("kernel, published_loop", [("summation", 513), ("scopy", 33), ("memset", 41)])
+@pytest.mark.parametrize("kernel, published_loop", [("summation", 35), ("scopy", 18), ("memset", 41)])
 def test_loop_length_matches_the_published_kernel(kernel, published_loop, counts):
     """Instructions per loop trip equal (within one) those of py-videocore6's kernel, counted from its
-    source: summation 8 + 31*16 + 5 + 1 + 3 per 256 loads, scopy 8 + 6*3 + 3 + 1 + 3, memset 7*5 + 2 + 1 + 3."""
+    source: summation (unroll_shift 2) 2 + 3*8 + 5 + 1 + 3 per 8 vec4 loads, scopy (unroll 1)
+    3 + 6 + 2 + 3 + 1 + 3 per 2 vec4 rows, memset 7*5 + 2 + 1 + 3."""
     trips = counts[kernel]["target"][1]
     per_qpu = np.sum(counts[kernel]["counters"]["per_thread"]["instructions"], axis=1)
     assert abs(per_qpu[0] / trips - published_loop) <= 1.0 + 100 / trips
@@ -74,38 +87,57 @@ def test_emulation_reproduces_the_stored_counts(counts):
 
 
 @pytest.mark.parametrize("kernel", ["summation", "memset", "scopy", "sgemm"])
-def test_prediction_within_25_percent_of_published(kernel, counts, published):
+def test_prediction_within_10_percent_of_published(kernel, counts, published):
     pred = predict(counts[kernel]["counters"])                        # the shipped parameters
     pub = published["kernels"][kernel]
     assert "predicted" in pred.label
     ratio = pred.seconds / pub["seconds"]
-    assert 1 - TOLERANCE <= ratio <= 1 + TOLERANCE, f"{kernel}: predicted {pred.seconds:.4g} s vs {pub['seconds']} s"
+    assert 1 - FIT_TOLERANCE <= ratio <= 1 + FIT_TOLERANCE, f"{kernel}: predicted {pred.seconds:.4g} s vs {pub['seconds']} s"
     fig = cal.figure_of(kernel, pred.seconds, published)
-    assert abs(fig / pub["figure"] - 1) <= TOLERANCE / (1 - TOLERANCE)
+    assert abs(fig / pub["figure"] - 1) <= FIT_TOLERANCE / (1 - FIT_TOLERANCE)
 
 
-def test_the_unfitted_kernel_and_the_bounds(counts):
-    """scopy is predicted from the two bandwidths alone (nothing fitted on it) within 5 %; each kernel is
-    bound where its parameter was fitted, so the fit meant what it says."""
+def test_each_kernel_is_bound_where_the_fit_says(counts):
+    """The streaming kernels are memory bound and the sgemm latency bound, so the fit meant what it says;
+    the summation stays memory bound at the sgemm's latency: 8 results in flight hide it (Little's law)."""
     p = {k: predict(counts[k]["counters"]) for k in cal.KERNELS}
-    assert p["scopy"].seconds == pytest.approx(0.02768789600000332, rel=0.05)
     assert p["summation"].bound == p["memset"].bound == p["scopy"].bound == "memory"
     assert p["sgemm"].bound == "latency"
-    # summation is memory bound with the sgemm-fitted latency: 8 loads in flight hide it (Little's law)
     assert p["summation"].breakdown["latency"] < 0.8 * p["summation"].breakdown["memory"]
 
 
-def test_shipped_parameters_are_the_fit(counts, published):
-    fitted = cal.fit(counts, published)
-    for name in cal.FITTED:
+def test_shipped_parameters_are_the_fit_on_all_four(counts, published):
+    fitted = cal.fit_all(counts, published)
+    for name in cal.FREE:
         assert getattr(PI4, name) == pytest.approx(getattr(fitted, name), rel=2e-3), name
 
 
-def test_leave_one_out_within_25_percent(counts, published):
-    rows = cal.leave_one_out(counts, published)
-    assert {r["held_out"] for r in rows} == {"summation", "memset", "scopy"}
-    for r in rows:
-        assert 1 - TOLERANCE <= r["ratio"] <= 1 + TOLERANCE, r
+def test_fit_all_minimises_the_log_error(counts, published):
+    """fit_all is a least-squares optimum: moving any parameter by 1 % either way does not lower the cost."""
+    best = cal.fit_all(counts, published)
+
+    def cost(params):
+        return sum(np.log(predict(counts[k]["counters"], params=params).seconds /
+                          published["kernels"][k]["seconds"]) ** 2 for k in cal.KERNELS)
+
+    from dataclasses import replace
+    c0 = cost(best)
+    for name in cal.FREE:
+        for f in (0.99, 1.01):
+            assert cost(replace(best, **{name: getattr(best, name) * f})) >= c0 - 1e-12, (name, f)
+
+
+def test_leave_one_out_within_15_percent(counts, published):
+    rows = {r["held_out"]: r for r in cal.leave_one_out(counts, published)}
+    assert set(rows) == set(cal.KERNELS)
+    for k in ("summation", "memset", "scopy"):
+        assert 1 - LOO_TOLERANCE <= rows[k]["ratio"] <= 1 + LOO_TOLERANCE, rows[k]
+    # the streaming kernels are memory bound at any latency the summation allows: sgemm left out leaves it
+    # open. The record then gives the range the three allow, which must contain the published sgemm.
+    s = rows["sgemm"]
+    assert s["ratio"] is None and "wait_latency_cycles not identifiable" in s["not_identifiable"]
+    rng = s["allowed_range"]
+    assert rng["ratio_at_zero_latency"] < 1 < rng["ratio_at_latency_max"]
 
 
 def test_fit_refuses_a_parameter_the_kernel_is_not_bound_by(counts, published):
@@ -131,6 +163,7 @@ def test_regeneration_script_writes_a_new_record(tmp_path):
     assert files == [".json", ".png", ".svg"]
     rec = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert {r["kernel"] for r in rec["table"]} == set(cal.KERNELS)
+    assert {r["kernel"]: r["counts_from"] for r in rec["table"]} == rec["kernel_of_each_count"] == emulate.KERNEL_OF
     assert all("predicted" in r["label"] for r in rec["table"])
     # one schema for every record: schema, kind, command, environment; the name every kind has
     assert rec["schema"] >= 1 and rec["kind"] == "calibration" and rec["command"]

@@ -565,3 +565,30 @@ path, csv_path = write_record(record, results_dir=OUT, kind="bytes-per-token", t
 back = read_record(path)
 assert back["active_bytes_per_token"] == active_bytes and len(back["table"]) == len(rows)
 print("wrote", path, "and", csv_path)
+
+# %% [markdown]
+# ## Conclusion
+#
+# The question: what does "3B active" mean for the speed of an MoE model on a Raspberry Pi 4? The answer,
+# printed from this run's own numbers (the cells above computed and checked each of them):
+
+# %%
+q4, o4 = scaled["Qwen3-30B-A3B", "Q4_K"], scaled["OLMoE-1B-7B", "Q4_K"]
+ceiling = {r["model"]: r for r in rows if r["weights"] == "Q4_K" and r["bandwidth"] == "LLM decode"}
+bw = PI4_BANDWIDTH_GBPS["LLM decode"]
+print(f"1. 'Active' = what one decode token reads. Qwen3-30B-A3B has {q4[0] / 1e9:.1f} B parameters; a token "
+      f"reads {q4[1] / 1e9:.2f} B of them ({q4[1] / q4[0]:.0%}), i.e. {q4[3] / 1e9:.2f} GB per token in Q4_K "
+      f"out of a {q4[2] / 1e9:.1f} GB file.")
+print(f"2. Measured, not assumed: on the built-in model every decode step handed the backend exactly "
+      f"{int(expert_active):,} expert bytes ({cfg.n_experts_used} of {cfg.n_experts} experts per layer)"
+      f"{', and experts poisoned with NaN were never read' if 'n_poisoned' in globals() else ''}; a {sizes[-1]}-token prompt read {read[-1] / expert_total:.0%} "
+      f"of all expert bytes, so prefill is far less sparse than decode.")
+print(f"3. Speed: at the Pi 4's published {bw:.2f} GB/s decode bandwidth, the ceiling is "
+      f"{ceiling['Qwen3-30B-A3B']['moe_tokens_per_s']:.1f} tokens/s for Qwen3-30B-A3B Q4_K (a dense model of "
+      f"the same size: {ceiling['Qwen3-30B-A3B']['dense_tokens_per_s']:.2f}) and "
+      f"{ceiling['OLMoE-1B-7B']['moe_tokens_per_s']:.1f} for OLMoE-1B-7B Q4_K "
+      f"({ceiling['OLMoE-1B-7B']['dense_tokens_per_s']:.2f} dense).")
+print(f"4. But capacity decides first: Qwen3-30B-A3B's {q4[2] / 1e9:.1f} GB Q4_K file does not fit a Pi 4's "
+      f"8 GB, OLMoE-1B-7B's {o4[2] / 1e9:.1f} GB does. The models a Pi 4 can hold are the subject of "
+      f"`pimoe headline` (README).")
+assert q4[1] / q4[0] < 0.15 and ceiling["Qwen3-30B-A3B"]["moe_tokens_per_s"] > 5 * ceiling["Qwen3-30B-A3B"]["dense_tokens_per_s"]

@@ -50,9 +50,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--layers", type=int, default=4, help="layers of the Qwen3-30B-A3B-shaped model (default 4)")
     parser.add_argument("--models", default="Q8_0,Q4_K_M",
                         help="comma list of weight mixes: Q8_0, Q4_K_M, Q4_K, Q6_K, F16 … (default Q8_0,Q4_K_M)")
-    parser.add_argument("--prompt", type=int, default=32, help="prompt tokens for pp (default 32)")
-    parser.add_argument("--decode", type=int, default=16, help="decode tokens for tg (default 16)")
-    parser.add_argument("--reps", type=int, default=3, help="repeats of pp (default 3)")
+    parser.add_argument("-p", "--n-prompt", "--prompt", dest="prompt", type=int, default=32, help="prompt tokens for pp (default 32)")
+    parser.add_argument("-n", "--n-gen", "--decode", dest="decode", type=int, default=16, help="decode tokens for tg (default 16)")
+    parser.add_argument("-r", "--reps", type=int, default=3, help="repeats of pp (default 3)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="paired rounds (pimoe and llama.cpp back to back, order alternating; default 2): "
                              "the ratio reported is the median of the rounds' ratios, the t/s each engine's best")
@@ -325,34 +325,25 @@ def _worker(spec: dict) -> dict:
         for t in model.file.tensors.values():
             flat = t.data.reshape(-1)
             int(flat[::4096].sum())
-        load_s = time.perf_counter() - t0
-        model.forward(prompt[:2])  # warm-up: loads the cached kernels
-        model.forward(decode_tokens[:2])
-        model.reset()
-
-        def run_prompt():
-            model.reset()
-            return model.forward(prompt)[-1]
-
-        def run_token(tok):
-            model.forward([tok])
+        step, reset = model.forward, model.reset
     else:
         from pimoe.llamaref import Reference
 
         # the low-level API with extra buffer types off (pimoe.llamaref: the AMX/repack buffers crash
         # some hosts and a Pi has none); all-position logits for a prompt, like pimoe's forward
         llm = Reference(path, n_ctx=len(prompt) + n_decode + 8, n_batch=max(512, len(prompt)), n_threads=threads)
-        load_s = time.perf_counter() - t0
-        llm.eval(prompt[:2])
-        llm.eval(decode_tokens[:2])
-        llm.reset()
+        step, reset = llm.eval, llm.reset
+    load_s = time.perf_counter() - t0
+    step(prompt[:2])  # warm-up: loads pimoe's cached kernels
+    step(decode_tokens[:2])
+    reset()
 
-        def run_prompt():
-            llm.reset()
-            return llm.eval(prompt)[-1]
+    def run_prompt():
+        reset()
+        return step(prompt)[-1]
 
-        def run_token(tok):
-            llm.eval([tok])
+    def run_token(tok):
+        step([tok])
 
     pp, pp_cpu = [], []
     last_logits = None

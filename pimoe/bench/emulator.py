@@ -2,7 +2,8 @@
 
 Two workloads, both run on every QPU (thread=8) and checked against numpy so a fast wrong emulator
 cannot score: an ALU loop (float and integer ops on both ALUs, flags, a branch per iteration) and
-the summation kernel (TMU loads, ldtmu, thread switches, a barrier). Prints the median of repeats.
+the summation kernel (TMU loads, ldtmu, thread switches, a barrier). Prints the median of repeats and
+writes a record (results/emulator-bench-*.json) with the same rows.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from pimoe.errors import PimoeError
 def add_arguments(parser) -> None:
     parser.add_argument("--iterations", type=int, default=20000, help="ALU loop trips per QPU (default 20000)")
     parser.add_argument("--length", type=int, default=1 << 20, help="summation elements (default 1Mi)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats, median reported (default 3)")
+    parser.add_argument("-r", "--reps", "--repeats", dest="repeats", type=int, default=3,
+                        help="timed repeats, median reported (default 3)")
+    parser.add_argument("--results", default="results", help="directory for the record (default results/)")
+    parser.add_argument("--no-record", action="store_true", help="print only")
 
 
 def _alu_loop_kernel():
@@ -120,9 +124,20 @@ def main(args) -> int:
         rows.append((name, counts, statistics.median(times)))
     print(f"{'workload':<12} {'instructions':>14} {'seconds':>9} {'M instr/s':>10} {'M lane-ops/s':>13} "
           f"{'vs 1 M/s goal':>14}")
+    table = []
     for name, counts, sec in rows:
         rate = counts / sec
         # each instruction is 16 lanes wide; the goal is 1 M emulated instructions per second
         print(f"{name:<12} {counts:>14,} {sec:>9.3f} {rate / 1e6:>10.2f} {16 * rate / 1e6:>13.1f} "
               f"{rate / 1e6:>13.1f}x")
+        table.append({"workload": name, "instructions": counts, "seconds_median": sec,
+                      "M_instr_per_s": rate / 1e6, "M_lane_ops_per_s": 16 * rate / 1e6, "repeats": repeats})
+    if not args.no_record:
+        from pimoe.records import environment, write_record
+
+        rec = {"kind": "emulator-bench", "environment": environment(backend="qpu-emu"),
+               "settings": {"iterations": trips, "length": length, "repeats": repeats},
+               "notes": "measured on this machine: the emulator's speed, not a Pi 4 figure"}
+        path, _ = write_record(rec, args.results, "emulator-bench", table=table)
+        print(f"record: {path}")
     return 0

@@ -34,11 +34,11 @@ SLICE_ROWS = 256           # rows of a dense matrix emulated to get its QPU rate
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--shape", default="olmoe-1b-7b", choices=("olmoe-1b-7b", "qwen3-30b-a3b"),
+    parser.add_argument("--shape", "--preset", dest="shape", default="olmoe-1b-7b", choices=("olmoe-1b-7b", "qwen3-30b-a3b"),
                         help="real model shape of the synthetic model (default olmoe-1b-7b)")
     parser.add_argument("--type", default="Q4_K", help="weight type (default Q4_K)")
     parser.add_argument("--layers", type=int, default=1, help="layers run, scaled to the full model (default 1)")
-    parser.add_argument("-n", "--n-gen", type=int, default=2, help="decode tokens predicted (default 2)")
+    parser.add_argument("-n", "--n-gen", "--n-predict", dest="n_gen", type=int, default=2, help="decode tokens predicted (default 2)")
     parser.add_argument("-p", "--n-prompt", type=int, default=2, help="prompt tokens before them (default 2)")
     parser.add_argument("--run-hybrid", action="store_true",
                         help="also run the hybrid backend itself (slow in the emulator): a check of the rate model")

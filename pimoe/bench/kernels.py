@@ -29,13 +29,14 @@ DEFAULT_TYPES = "F32,Q8_0,Q4_0,Q4_K,Q5_K,Q6_K"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--types", default=DEFAULT_TYPES,
+    parser.add_argument("--types", "--type", dest="types", default=DEFAULT_TYPES,
                         help=f"comma list of GGUF weight types (default {DEFAULT_TYPES})")
     parser.add_argument("--tokens", default="1,4",
                         help="comma list of tokens sharing the weights (1 = decode GEMV; default 1,4)")
     parser.add_argument("--shapes", default="all", choices=("all", "qwen3", "olmoe"),
                         help="which expert shapes (default all)")
-    parser.add_argument("--threads", type=int, default=8, help="QPU threads, one per QPU (default 8)")
+    parser.add_argument("--qpu-threads", "--threads", dest="threads", type=int, default=8,
+                        help="QPU threads, one per QPU (default 8; --threads is the old spelling)")
     parser.add_argument("--no-expert", action="store_true", help="skip the fused expert-layer benchmark")
     parser.add_argument("--results", type=Path, default=Path("results"), help="directory for the JSON record")
 
@@ -136,7 +137,7 @@ def main(args) -> int:
     if not tokens or min(tokens) < 1 or max(tokens) > 4:
         raise PimoeError("--tokens: token counts 1..4 (a tile of the GEMM variant)")
     if not 1 <= args.threads <= 8:
-        raise PimoeError(f"--threads {args.threads}: 1..8 (one per QPU)")
+        raise PimoeError(f"--qpu-threads {args.threads}: 1..8 (one per QPU)")
     shapes = {n: s for n, s in REAL_SHAPES.items() if args.shapes == "all" or n.startswith(args.shapes)}
     record = {"kind": "kernel-bench", "environment": environment(backend="qpu-emu", threads=args.threads),
               "qpu_read_anchor_GBps": QPU_READ_ANCHOR_GBPS, "gemv": [], "expert_layer": []}

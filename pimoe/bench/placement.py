@@ -25,11 +25,11 @@ import numpy as np
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--shape", default="olmoe-1b-7b", choices=("olmoe-1b-7b", "qwen3-30b-a3b"))
+    parser.add_argument("--shape", "--preset", dest="shape", default="olmoe-1b-7b", choices=("olmoe-1b-7b", "qwen3-30b-a3b"))
     parser.add_argument("--type", default="Q4_K")
     parser.add_argument("--layers", type=int, default=1, help="layers of the synthetic model run (default 1)")
     parser.add_argument("--calibration-tokens", type=int, default=32, help="calibration prompt (default 32)")
-    parser.add_argument("--tokens", type=int, default=32, help="evaluation decode tokens (default 32)")
+    parser.add_argument("-n", "--n-gen", "--tokens", dest="tokens", type=int, default=32, help="evaluation decode tokens (default 32)")
     parser.add_argument("--budget", type=float, default=None,
                         help="GiB for the experts' copies (default: 8 GiB Pi 4 minus the rest, see the doc)")
     parser.add_argument("--rates", type=Path, default=None, help="a hybrid-bench record (default: newest)")

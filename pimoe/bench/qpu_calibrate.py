@@ -61,13 +61,13 @@ def load_profile(path: Path | None = None) -> dict | None:
 
 
 def _sizes(quick: bool) -> dict:
-    from qpu_kernels import calibration as ck
     from qpu_kernels import memset as mk
+    from qpu_kernels import vec4_stream as vk
 
     trips = 1 if quick else 8
-    return {"summation": ck.ROW * ck.IN_FLIGHT * 32 * ck.N_QPUS * trips,
+    return {"summation": vk.ROW * vk.SUM_LOADS * vk.N_QPUS * 8 * trips,
             "memset": 4 * 16 * mk.DEFAULT_UNROLL * mk.N_QPUS * trips,
-            "scopy": ck.ROW * ck.IN_FLIGHT * ck.N_QPUS * 32 * trips,
+            "scopy": 2 * vk.ROW * vk.N_QPUS * 64 * trips,
             "sgemm": (32, 4, 64) if quick else (64, 64, 128),
             "expert": (256, 256) if quick else (2048, 768)}
 
@@ -86,18 +86,19 @@ def _run_kernel(drv, name: str, size, reps: int, dispatches: int):
     from pimoe.qpu import qpu
     from qpu_kernels import calibration as ck
     from qpu_kernels import memset as mk
+    from qpu_kernels import vec4_stream as vk
 
     times = []
     counters = None
     for _ in range(reps):
         if name == "summation":
-            c, s = ck.run_stream_sum(drv, nbytes=size)
+            c, s = vk.run_vec4_sum(drv, nbytes=size)
             cs = [c]
         elif name == "memset":
             c, s = mk.run(drv, nbytes=size)
             cs = [c]
         elif name == "scopy":
-            c, s = ck.run_scopy(drv, nbytes=size)
+            c, s = vk.run_vec4_scopy(drv, nbytes=size)
             cs = [c]
         elif name == "sgemm":
             c, s, _ = ck.run_sgemm(drv, p=size[0], q=size[1], r=size[2])

@@ -1,6 +1,10 @@
 """`pimoe bench TARGET`: the microbenchmarks, one module per target.
 
 Each target module exposes add_arguments(parser) and main(args) -> int, like a subcommand.
+
+`-o md|csv|json|jsonl` works on every target: md is the target's own printout; the other formats print the
+record the run wrote (json: the whole record, exactly as written; csv/jsonl: its table rows) and nothing else
+on stdout, the target's printout going to stderr.
 """
 
 from __future__ import annotations
@@ -25,8 +29,40 @@ def add_arguments(parser) -> None:
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
+        if not any(a.dest == "output_format" for a in p._actions):
+            from pimoe.output import add_output_argument
+
+            add_output_argument(p)
         p.set_defaults(_target_module=module)
 
 
+def record_rows(rec: dict) -> list[dict]:
+    """The rows csv/jsonl print for a record: its table, else its first list of row objects, else itself."""
+    if rec.get("table"):
+        return rec["table"]
+    for v in rec.values():
+        if isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
+            return v
+    return [rec]
+
+
 def main(args) -> int:
-    return int(args._target_module.main(args) or 0)
+    import sys
+    from contextlib import redirect_stdout
+
+    from pimoe.errors import PimoeError
+    from pimoe.output import emit
+    from pimoe.records import capture_records
+
+    fmt = getattr(args, "output_format", "md")
+    if fmt == "md":
+        return int(args._target_module.main(args) or 0)
+    if getattr(args, "no_record", False):
+        raise PimoeError(f"-o {fmt} prints the record the benchmark writes: drop --no-record")
+    with capture_records() as written, redirect_stdout(sys.stderr):
+        rc = int(args._target_module.main(args) or 0)
+    if not written:
+        raise PimoeError(f"bench {args.target}: no record was written, nothing to print as {fmt}")
+    _, rec = written[-1]
+    emit(fmt, record_rows(rec), rec)
+    return rc

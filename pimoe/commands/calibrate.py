@@ -14,7 +14,7 @@ HELP = "measure the QPU kernels and the dispatch overhead on a Pi (--qpu hw), re
 def add_arguments(parser) -> None:
     parser.add_argument("--qpu", default="hw", choices=("hw", "virtual"),
                         help="the GPU (hw, default) or the virtual V3D device (virtual: predictions stand in)")
-    parser.add_argument("--reps", type=int, default=5, help="repetitions per kernel on hw, median (default 5)")
+    parser.add_argument("-r", "--reps", type=int, default=5, help="repetitions per kernel on hw, median (default 5)")
     parser.add_argument("--dispatches", type=int, default=100,
                         help="empty dispatches timed for the overhead on hw, median (default 100)")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test of the procedure)")

@@ -4,6 +4,7 @@ per-region breakdown of a decode token, and the Pi 4 prediction; a results recor
     pimoe compare                                   # built-in tiny model, cpu vs qpu vs hybrid, pp16/tg8 x3
     pimoe compare -m model.gguf -p 512 -n 128       # llama-bench's pp512 / tg128
     pimoe compare --shape qwen3-30b-a3b --layers 2  # synthetic real-shape model, scaled to 48 layers
+    pimoe compare -o json                           # the record on stdout (exactly as written), for scripts
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--layers", type=int, default=2, help="layers of the --shape model (default 2)")
     parser.add_argument("--type", default="Q8_0", help="weight type of the --shape model (default Q8_0)")
     parser.add_argument("-p", "--n-prompt", type=int, default=16, metavar="N", help="prompt tokens, ppN (default 16)")
-    parser.add_argument("-n", "--n-gen", type=int, default=8, metavar="N", help="generated tokens, tgN (default 8)")
+    parser.add_argument("-n", "--n-gen", "--n-predict", dest="n_gen", type=int, default=8, metavar="N", help="generated tokens, tgN (default 8)")
     parser.add_argument("-r", "--reps", type=int, default=3, help="repetitions, t/s mean ± sd (default 3)")
     parser.add_argument("--backends", default="cpu,qpu,hybrid",
                         help="comma list, first is the reference (default cpu,qpu,hybrid: CPU-only, QPU offload, "
@@ -37,6 +38,9 @@ def add_arguments(parser) -> None:
                         help="where --shape models are written once (default ~/.cache/pimoe/compare)")
     parser.add_argument("--results", default="results", help="directory for the record and trace (default results/)")
     parser.add_argument("--no-record", action="store_true", help="print only: no record, no trace")
+    from pimoe.output import add_output_argument
+
+    add_output_argument(parser)
 
 
 def _note(msg: str) -> None:
@@ -53,7 +57,14 @@ def main(args) -> int:
     from pimoe.commands.run import cache_dir, default_model_path
     from pimoe.errors import PimoeError
     from pimoe import prediction
+    from pimoe.output import emit, note_stream
     from pimoe.records import write_record
+
+    fmt = args.output_format
+    out = note_stream(fmt)       # the human tables: stdout for md, stderr when stdout is JSON/CSV
+
+    def say(*parts):
+        print(*parts, file=out, flush=True)
 
     if args.threads is not None:
         if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
@@ -107,10 +118,10 @@ def main(args) -> int:
     if args.qpu == "hw":
         _note("pimoe compare: the qpu rows were measured on this Pi's GPU (--qpu hw); the Pi 4 rows next to them "
               "are the model's predictions")
-    print(cmp.table_text(rows))
-    print()
-    print(f"per decode token (mean over {args.reps} x {args.n_gen} steps; Pi 4 figures are predicted):")
-    print(cmp.regions_text(result))
+    say(cmp.table_text(rows))
+    say()
+    say(f"per decode token (mean over {args.reps} x {args.n_gen} steps; Pi 4 figures are predicted):")
+    say(cmp.regions_text(result))
     status = 0
     ref_name = result.reference.backend
     for r in result.runs[1:]:
@@ -118,28 +129,28 @@ def main(args) -> int:
         head = (f"tokens: {r.backend} vs {ref_name}, {a.n_tokens} greedy steps on the same inputs "
                 f"(teacher-forced): ")
         if a.same_tokens:
-            print(head + f"all equal; logits max |diff| {a.logits_max_abs_diff:.2e} "
-                         f"({a.logits_max_rel_diff:.1e} of max |logit|)")
+            say(head + f"all equal; logits max |diff| {a.logits_max_abs_diff:.2e} "
+                       f"({a.logits_max_rel_diff:.1e} of max |logit|)")
         else:
             # Only a flip at a decisive margin means a wrong computation; a near-tie flip is what two
             # correct paths with different rounding (f32 vs llama.cpp-style quantized activations) give.
             if a.decisive_mismatches:
                 status = 1
-            print(head + f"{a.n_agree} equal, {len(a.mismatches)} DIFFER "
-                         f"({a.decisive_mismatches} at a decisive margin); logits max |diff| "
-                         f"{a.logits_max_abs_diff:.2e} (median per step {a.logits_median_max_abs_diff:.2e})")
+            say(head + f"{a.n_agree} equal, {len(a.mismatches)} DIFFER "
+                       f"({a.decisive_mismatches} at a decisive margin); logits max |diff| "
+                       f"{a.logits_max_abs_diff:.2e} (median per step {a.logits_median_max_abs_diff:.2e})")
             for m in a.mismatches:
                 kind = ("near-tie: margin below the logit difference, either token is consistent"
                         if m.near_tie else "DECISIVE: margin above the logit difference")
-                print(f"  step {m.step}: {ref_name} {m.reference}, {r.backend} {m.other}; "
-                      f"{ref_name}'s margin between them {m.margin:.3e}, |diff| of logits at that step "
-                      f"{m.logits_max_abs_diff:.3e} ({kind})")
+                say(f"  step {m.step}: {ref_name} {m.reference}, {r.backend} {m.other}; "
+                    f"{ref_name}'s margin between them {m.margin:.3e}, |diff| of logits at that step "
+                    f"{m.logits_max_abs_diff:.3e} ({kind})")
     for r in result.runs:
         for note in r.notes:
-            print(f"note ({r.label}): {note}")
+            say(f"note ({r.label}): {note}")
     if result.layers_full != result.layers_run:
-        print(f"scaled rows: per-layer regions x {result.layers_full}/{result.layers_run} + embedding, "
-              f"output head and sampling once (see pimoe/compare.py)")
+        say(f"scaled rows: per-layer regions x {result.layers_full}/{result.layers_run} + embedding, "
+            f"output head and sampling once (see pimoe/compare.py)")
     if not args.no_record:
         json_path, csv_path = write_record(rec, args.results, "compare", table=rows)
         trace = json_path.with_suffix(".trace.json")
@@ -152,5 +163,10 @@ def main(args) -> int:
                     r.profiler, lambda reg: reg.name == "tg", pid=n + i + 1,
                     process_name=f"pimoe {r.backend} on a Pi 4, PREDICTED (decode steps only)")
         trace.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
-        print(f"record written: {json_path} (+ {csv_path.name}); trace: {trace} (open in ui.perfetto.dev)")
+        say(f"record written: {json_path} (+ {csv_path.name}); trace: {trace} (open in ui.perfetto.dev)")
+        rec = json.loads(json_path.read_text())       # -o json: exactly the record as written
+    else:
+        rec = dict(rec, table=rows)
+    if fmt != "md":
+        emit(fmt, rows, rec)
     return status

@@ -1,7 +1,7 @@
 """`pimoe headline`: the answer for the MoE models a Raspberry Pi 4 can hold, in one table and one figure.
 
-    pimoe headline                                   # every model x Q4_K_M-like / Q8_0 (tens of minutes)
-    pimoe headline --models granite-3.0-1b-a400m --types Q4_K_M     # one row, about a minute
+    pimoe headline                                   # every model x Q4_K_M-like / Q8_0 (hours on a busy 2-core box)
+    pimoe headline --models granite-3.0-1b-a400m --types Q4_K_M     # one row (minutes)
     pimoe headline --fit-only                         # the memory columns only, instant
     pimoe headline -o json                            # the record on stdout, for scripts
 
@@ -22,7 +22,7 @@ HELP = "the headline table: which MoE models fit a Pi 4, and predicted CPU-only 
 def add_arguments(parser) -> None:
     from pimoe.output import add_output_argument
 
-    parser.add_argument("--models", "--shapes", "--presets", dest="models", default=None,
+    parser.add_argument("--models", "--shapes", "--presets", "--preset", dest="models", default=None,
                         help="comma list of make-model presets (default: olmoe-1b-7b, granite-3.0-1b-a400m, "
                              "granite-3.0-3b-a800m, qwen1.5-moe-a2.7b, qwen3-30b-a3b)")
     parser.add_argument("--types", "--type", dest="types", default="Q4_K_M,Q8_0",
@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
                              "(default Q4_K_M,Q8_0)")
     parser.add_argument("--layers", type=int, default=2, help="layers of each slice that run (default 2)")
     parser.add_argument("-p", "--n-prompt", type=int, default=1, metavar="N", help="prompt tokens (default 1)")
-    parser.add_argument("-n", "--n-gen", type=int, default=1, metavar="N",
+    parser.add_argument("-n", "--n-gen", "--n-predict", dest="n_gen", type=int, default=1, metavar="N",
                         help="decode steps whose Pi 4 time is predicted (default 1: the prediction comes from "
                              "the emulator's counts, which do not vary between steps)")
     parser.add_argument("-r", "--reps", "--repetitions", dest="reps", type=int, default=1,
@@ -41,11 +41,12 @@ def add_arguments(parser) -> None:
                         help="comma list (default cpu,qpu, plus hybrid when this pimoe has it)")
     parser.add_argument("--fit-only", action="store_true", help="the memory columns only: nothing runs")
     parser.add_argument("--quick", action="store_true",
-                        help="every row's memory columns, but run only granite-3.0-1b-a400m Q4_K_M (about a "
-                             "minute on an idle 2-core machine)")
+                        help="every row's memory columns, but run only granite-3.0-1b-a400m Q4_K_M (13 min "
+                             "with cpu,qpu,hybrid on a shared 2-core machine at load ~20)")
     parser.add_argument("--combine", nargs="+", metavar="RECORD", default=None,
                         help="no runs: one table, record and figure from the rows of earlier headline records "
-                             "(each row keeps the name of its record; the memory columns are recomputed)")
+                             "(each row keeps the name of its record; the memory columns are recomputed; a row "
+                             "in several records is taken from the one given last)")
     parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads for the runs")
     parser.add_argument("--cache-dir", default=None, help="where the models are written once "
                                                           "(default ~/.cache/pimoe/headline)")
@@ -103,6 +104,9 @@ def main(args) -> int:
 
     if args.combine:
         rows = hl.rows_from_records(args.combine)
+        # a (model, mix) in several records: the record given last wins (a newer run of the same row)
+        latest = {(r.model, r.mix): r for r in rows}
+        rows = [r for r in rows if latest[(r.model, r.mix)] is r]
         if args.models or args.types != "Q4_K_M,Q8_0":
             rows = [r for r in rows if r.model in models and r.mix in mixes]
         order = {(m, x): i for i, (m, x) in enumerate((m, x) for m in models for x in mixes)}
@@ -127,10 +131,12 @@ def main(args) -> int:
           f"the file the CPU reads every token + the QPU copy of the experts + KV, the copy within the GPU's 4 GiB "
           f"address space; a board has its nominal RAM less {rows[0].fit.reserve_bytes >> 20} MiB for the OS. "
           f"t/s: PREDICTED for a Pi 4 from a slice of the model's layers scaled to full depth; nothing here ran on "
-          f"a Pi.", file=notes)
+          f"a Pi." + (" CPU+QPU: the hybrid backend (some of each layer's experts on the CPU while the QPU runs the "
+                      "others), the DRAM the two lanes share taken from pimoe/dram.py's central scenario (an "
+                      "assumption)." if any("hybrid" in r.tps for r in rows) else ""), file=notes)
     if args.quick:
         print("quick: only the granite-3.0-1b-a400m Q4_K_M row ran; `pimoe headline` runs every row "
-              "(tens of minutes), the README's table is from its record", file=notes)
+              "(hours on a busy 2-core machine); the README's table is from such runs, combined", file=notes)
     bad = [f"{r.model} {r.mix} ({b})" for r in rows for b, ok in r.same_tokens.items() if not ok]
     if bad:
         print(f"WARNING: the QPU path chose other tokens than the CPU at a decisive margin: {', '.join(bad)}",

@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("-m", "--model", metavar="MODEL.gguf",
                         help="GGUF model file (default: the built-in tiny synthetic model)")
     parser.add_argument("-p", "--prompt", default=DEFAULT_PROMPT, help=f"prompt text (default: {DEFAULT_PROMPT!r})")
-    parser.add_argument("-n", "--n-predict", type=int, default=64, metavar="N",
+    parser.add_argument("-n", "--n-predict", "--n-gen", dest="n_predict", type=int, default=64, metavar="N",
                         help="number of tokens to generate (default 64)")
     parser.add_argument("--backend", default="cpu", help="where the expert FFNs run (default cpu)")
     parser.add_argument("--qpu", choices=("auto", "hw", "virtual", "emu"), default="auto",

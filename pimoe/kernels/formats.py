@@ -24,23 +24,13 @@ and they are tested against gguf.quants.dequantize.
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType as QT
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
 
-# qtype -> (weights per block, bytes per block); same figures as gguf.GGML_QUANT_SIZES
+# qtype -> (weights per block, bytes per block) for the types pimoe reads: gguf's own table
 BLOCK_SIZES: dict[QT, tuple[int, int]] = {
-    QT.F32: (1, 4),
-    QT.F16: (1, 2),
-    QT.BF16: (1, 2),
-    QT.Q8_0: (32, 34),
-    QT.Q4_0: (32, 18),
-    QT.Q4_1: (32, 20),
-    QT.Q5_0: (32, 22),
-    QT.Q5_1: (32, 24),
-    QT.Q2_K: (256, 84),
-    QT.Q3_K: (256, 110),
-    QT.Q4_K: (256, 144),
-    QT.Q5_K: (256, 176),
-    QT.Q6_K: (256, 210),
+    qt: GGML_QUANT_SIZES[qt]
+    for qt in (QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1,
+               QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q6_K)
 }
 
 QK_K = 256  # weights per K-quant super-block

@@ -88,13 +88,20 @@ def _q3_k(x):
     return b
 
 
-def _q4_k(x):
-    n = x.shape[0]
-    d, dmin, sc, mn, q = _affine_k(x, 32, 15, 6)
-    b = np.empty((n, 144), np.uint8)
+def _affine_k_header(x, qmax, type_size):
+    """Q4_K / Q5_K: the codes (0..qmax, 8 sub-blocks of 32) and the blocks with their common head
+    filled: d @0, dmin @2, the packed 6-bit scales and mins @4..16."""
+    d, dmin, sc, mn, q = _affine_k(x, 32, qmax, 6)
+    b = np.empty((x.shape[0], type_size), np.uint8)
     b[:, 0:2] = _f16_bytes(d)
     b[:, 2:4] = _f16_bytes(dmin)
     b[:, 4:16] = pack_k_scale_min(sc, mn)
+    return b, q
+
+
+def _q4_k(x):
+    n = x.shape[0]
+    b, q = _affine_k_header(x, 15, 144)
     q8 = q.reshape(n, 4, 2, 32)  # chunk c: sub-block 2c in low nibbles, 2c+1 in high
     b[:, 16:144] = (q8[:, :, 0] | (q8[:, :, 1] << 4)).reshape(n, 128)
     return b
@@ -102,11 +109,7 @@ def _q4_k(x):
 
 def _q5_k(x):
     n = x.shape[0]
-    d, dmin, sc, mn, q = _affine_k(x, 32, 31, 6)
-    b = np.empty((n, 176), np.uint8)
-    b[:, 0:2] = _f16_bytes(d)
-    b[:, 2:4] = _f16_bytes(dmin)
-    b[:, 4:16] = pack_k_scale_min(sc, mn)
+    b, q = _affine_k_header(x, 31, 176)
     q8 = q.reshape(n, 8, 32)
     b[:, 16:48] = (((q8 >> 4) & 1) << np.arange(8, dtype=np.uint8).reshape(1, 8, 1)).sum(axis=1).astype(np.uint8)
     lo = (q8 & 0x0F).reshape(n, 4, 2, 32)

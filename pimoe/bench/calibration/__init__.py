@@ -5,13 +5,18 @@ Data (in this directory):
 - counts.json: emulator counts of pimoe's equivalent kernels (qpu_kernels/calibration.py, memset.py),
   extrapolated exactly to the published sizes (see emulate.py), with the small runs they came from.
 
-Fit: three free parameters of the model, each from one figure, the rest fixed by published facts or
-stated assumptions (see QPUTimingParams):
-    read_bandwidth       <- summation (a pure streaming read, memory bound in the model)
-    write_bandwidth      <- memset (stores only)
-    wait_latency_cycles  <- sgemm (1 thread per QPU, 2 waits per k step: latency bound)
-checked on the rest: scopy (reads + writes: never fitted), plus leave-one-out over the three
-streaming kernels (fit the two bandwidths from any two, predict the third).
+Fit: three free parameters of the model (FREE), the rest fixed by published facts or stated assumptions
+(see QPUTimingParams):
+    read_bandwidth       (the streaming reads: summation, scopy)
+    write_bandwidth      (the stores: memset, scopy)
+    wait_latency_cycles  (sgemm: 1 thread per QPU, 2 waits per k step: latency bound)
+fit_all() solves them by least squares on log(predicted / published time) over all four figures (the
+shipped pimoe.qpu.timing.PI4); leave_one_out() refits on every three and predicts the fourth. A parameter
+no kernel of a fit is bound by is not identifiable from it: sgemm is the only published figure that
+depends on the round trip (the streaming kernels are memory bound at any latency below the summation's
+Little's-law bound), so leaving sgemm out leaves the latency open; leave_one_out() then reports the range
+of sgemm predictions the other three allow instead of a number.
+fit() is the older exact solve (one parameter from one kernel), which `pimoe calibrate` uses on a Pi.
 
     python -m pimoe.bench.calibration            # re-emulate, refit, write results/calibration-<time>.{json,png,svg}
     python -m pimoe.bench.calibration --no-emulate   # refit from the stored counts.json
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import json
 import math
+
+import numpy as np
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +39,7 @@ PUBLISHED_PATH = HERE / "published.json"
 COUNTS_PATH = HERE / "counts.json"
 KERNELS = ("summation", "memset", "scopy", "sgemm")
 FITTED = {"read_bandwidth": "summation", "write_bandwidth": "memset", "wait_latency_cycles": "sgemm"}
+FREE = ("read_bandwidth", "write_bandwidth", "wait_latency_cycles")
 
 
 def load_published() -> dict:
@@ -100,7 +108,7 @@ def compare(counts: dict, published: dict, params: QPUTimingParams) -> list[dict
         pub = published["kernels"][kernel]
         pred = predict(counts[kernel]["counters"], params=params)
         rows.append({
-            "kernel": kernel, "role": pub["role"], "unit": pub["unit"],
+            "kernel": kernel, "counts_from": counts[kernel].get("kernel"), "role": pub["role"], "unit": pub["unit"],
             "published_seconds": pub["seconds"], "predicted_seconds": pred.seconds,
             "published_figure": pub["figure"], "predicted_figure": figure_of(kernel, pred.seconds, published),
             "ratio_predicted_to_published_time": pred.seconds / pub["seconds"],
@@ -109,19 +117,85 @@ def compare(counts: dict, published: dict, params: QPUTimingParams) -> list[dict
     return rows
 
 
+def _log_residuals(counts: dict, published: dict, params: QPUTimingParams, kernels) -> np.ndarray:
+    return np.array([math.log(predict(counts[k]["counters"], params=params).seconds /
+                              published["kernels"][k]["seconds"]) for k in kernels])
+
+
+def fit_all(counts: dict, published: dict, kernels=KERNELS, base: QPUTimingParams = PI4,
+            free=FREE) -> QPUTimingParams:
+    """The parameters in `free` that minimise sum over `kernels` of log(predicted / published time)^2
+    (Gauss-Newton in log parameters, numeric derivatives, step halving). Raises PimoeError naming a
+    parameter none of the kernels' predictions depends on (not identifiable from them)."""
+    kernels = tuple(kernels)
+    x = np.log([getattr(base, n) for n in free])
+
+    def params_at(v):
+        return replace(base, **{n: float(math.exp(e)) for n, e in zip(free, v)})
+
+    def cost(v):
+        r = _log_residuals(counts, published, params_at(v), kernels)
+        return float(r @ r), r
+
+    c, r = cost(x)
+    for _ in range(100):
+        jac = np.empty((len(kernels), len(free)))
+        for j in range(len(free)):
+            step = np.zeros(len(free))
+            step[j] = 1e-4
+            jac[:, j] = (_log_residuals(counts, published, params_at(x + step), kernels) - r) / 1e-4
+        dead = [free[j] for j in range(len(free)) if not np.any(np.abs(jac[:, j]) > 1e-6)]
+        if dead:
+            raise PimoeError(f"calibration: {', '.join(dead)} not identifiable from {', '.join(kernels)}: none of "
+                             f"these kernels' predicted times depends on it")
+        dx = np.linalg.lstsq(jac, -r, rcond=None)[0]
+        t = 1.0
+        while t > 1e-6:
+            c_new, r_new = cost(x + t * dx)
+            if c_new <= c:
+                break
+            t /= 2
+        else:
+            break
+        x, moved = x + t * dx, float(np.max(np.abs(t * dx)))
+        c, r = c_new, r_new
+        if moved < 1e-10:
+            break
+    return params_at(x)
+
+
+def sgemm_range_without_latency(counts: dict, published: dict, params: QPUTimingParams) -> dict[str, float]:
+    """What the streaming kernels alone allow for the sgemm: the round trip L is anywhere from 0 to the
+    summation's Little's-law bound (published time x clock x queue depth / results per QPU: beyond it the
+    model's summation could not keep its published rate), and the sgemm time follows L."""
+    res = np.maximum(np.asarray(counts["summation"]["counters"]["per_thread"]["ldtmu"]),
+                     np.asarray(counts["summation"]["counters"]["per_thread"]["tmu_reads"])).sum(axis=1).max()
+    l_max = published["kernels"]["summation"]["seconds"] * params.clock_hz * params.tmu_queue_depth / res
+    pub = published["kernels"]["sgemm"]["seconds"]
+    lo = predict(counts["sgemm"]["counters"], params=replace(params, wait_latency_cycles=1e-9)).seconds / pub
+    hi = predict(counts["sgemm"]["counters"], params=replace(params, wait_latency_cycles=l_max)).seconds / pub
+    return {"latency_max_cycles": float(l_max), "ratio_at_zero_latency": lo, "ratio_at_latency_max": hi}
+
+
 def leave_one_out(counts: dict, published: dict, base: QPUTimingParams = PI4) -> list[dict[str, object]]:
-    """Each streaming kernel predicted from bandwidths fitted on the other two (the third a true check)."""
+    """Each kernel predicted from the parameters fit_all() finds on the other three. Where the three do not
+    determine a parameter the held-out kernel needs (sgemm: the latency), the row has ratio None, the
+    reason, and the range of ratios the three allow."""
     out = []
-    pairs = {  # held out -> which kernel fixes which bandwidth
-        "scopy": {"read_bandwidth": "summation", "write_bandwidth": "memset"},
-        "memset": {"read_bandwidth": "summation", "write_bandwidth": "scopy"},
-        "summation": {"write_bandwidth": "memset", "read_bandwidth": "scopy"},
-    }
-    for held, fitted in pairs.items():
-        params = fit(counts, published, base, fitted=dict(fitted, wait_latency_cycles="sgemm"))
+    for held in KERNELS:
+        rest = tuple(k for k in KERNELS if k != held)
+        row: dict[str, object] = {"held_out": held, "fitted_on": list(rest),
+                                  "published_seconds": published["kernels"][held]["seconds"]}
+        try:
+            params = fit_all(counts, published, rest, base)
+        except PimoeError as exc:
+            bw = fit_all(counts, published, rest, base, free=("read_bandwidth", "write_bandwidth"))
+            row.update(predicted_seconds=None, ratio=None, not_identifiable=str(exc),
+                       allowed_range=sgemm_range_without_latency(counts, published, bw) if held == "sgemm" else None)
+            out.append(row)
+            continue
         pred = predict(counts[held]["counters"], params=params).seconds
-        out.append({"held_out": held, "fitted_from": fitted, "predicted_seconds": pred,
-                    "published_seconds": published["kernels"][held]["seconds"],
-                    "ratio": pred / published["kernels"][held]["seconds"],
-                    "read_bandwidth": params.read_bandwidth, "write_bandwidth": params.write_bandwidth})
+        row.update(predicted_seconds=pred, ratio=pred / published["kernels"][held]["seconds"],
+                   **{n: getattr(params, n) for n in FREE})
+        out.append(row)
     return out
