@@ -1550,25 +1550,30 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
 
 
 @njit(cache=True)
+def _flag_rows(fa_c, fb_c):
+    """Flags A and B of one lane row (uint8[16] each) as the [context, lane] arrays the helpers index."""
+    fa = np.zeros((1, 16), dtype=np.uint8)
+    fb = np.zeros((1, 16), dtype=np.uint8)
+    fa[0, :] = fa_c
+    fb[0, :] = fb_c
+    return fa, fb
+
+
+@njit(cache=True)
 def alu_op(is_mul, op, a, b, una, unb, qpu, tfield, lr, fa_c, fb_c, rtop_c):
     """ADD_OP / MUL_OP `op` on int64[16] words a, b with unpack codes una, unb (UN_*); fa_c, fb_c uint8[16]
     flags; rtop_c uint32[16] (multop -> umul24, updated). Returns (out, carry, 1 float / 0 integer result /
     -1 not modelled)."""
     sb = np.zeros(1, dtype=np.uint32)
     sf = sb.view(np.float32)
-    out = np.zeros(16, dtype=np.int64)
-    carry = np.zeros(16, dtype=np.int64)
-    ta = np.zeros(16, dtype=np.int64)
-    tb = np.zeros(16, dtype=np.int64)
-    fa = np.zeros((1, 16), dtype=np.uint8)
-    fb = np.zeros((1, 16), dtype=np.uint8)
-    fa[0, :] = fa_c
-    fb[0, :] = fb_c
+    lanes = np.zeros((4, 16), dtype=np.int64)   # the result, the carry and two scratch rows
+    fa, fb = _flag_rows(fa_c, fb_c)
     if is_mul:
-        kind = _mul_alu(op, a, b, una, unb, out, carry, rtop_c, sb, sf)
+        kind = _mul_alu(op, a, b, una, unb, lanes[0], lanes[1], rtop_c, sb, sf)
     else:
-        kind = _add_alu(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa, fb, 0, sb, sf, ta, tb)
-    return out, carry, kind
+        kind = _add_alu(op, a, b, una, unb, lanes[0], lanes[1], qpu, tfield, lr, fa, fb, 0, sb, sf, lanes[2],
+                        lanes[3])
+    return lanes[0].copy(), lanes[1].copy(), kind
 
 
 @njit(cache=True)
@@ -1587,10 +1592,7 @@ def flag_update(res, is_float, carry, pf, uf, fa_c, fb_c):
     """The flags (A, B: new uint8[16] arrays) after a push pf (1..3) or an update uf (1..12) from a result."""
     sb = np.zeros(1, dtype=np.uint32)
     sf = sb.view(np.float32)
-    fa = np.zeros((1, 16), dtype=np.uint8)
-    fb = np.zeros((1, 16), dtype=np.uint8)
-    fa[0, :] = fa_c
-    fb[0, :] = fb_c
+    fa, fb = _flag_rows(fa_c, fb_c)
     _flag_update(0, res, is_float, carry, pf, uf, fa, fb, sb, sf)
     return fa[0].copy(), fb[0].copy()
 
@@ -1601,10 +1603,7 @@ def write_lanes(old, vals, cond, pack, fa_c, fb_c):
     ifa ifb ifna ifnb) with output pack pack (PK_*)."""
     dst = np.zeros((1, 1, 16), dtype=np.uint32)
     dst[0, 0, :] = old
-    fa = np.zeros((1, 16), dtype=np.uint8)
-    fb = np.zeros((1, 16), dtype=np.uint8)
-    fa[0, :] = fa_c
-    fb[0, :] = fb_c
+    fa, fb = _flag_rows(fa_c, fb_c)
     _write_lanes(dst, 0, 0, vals, cond, pack, fa, fb, False)
     return dst[0, 0].copy()
 
@@ -1612,6 +1611,5 @@ def write_lanes(old, vals, cond, pack, fa_c, fb_c):
 @njit(cache=True)
 def branch_taken(bc, fa_c):
     """Whether a branch with condition bc (BR_*) is taken with flag A = fa_c (uint8[16])."""
-    fa = np.zeros((1, 16), dtype=np.uint8)
-    fa[0, :] = fa_c
+    fa, _ = _flag_rows(fa_c, fa_c)
     return _branch_taken(bc, fa, 0)
