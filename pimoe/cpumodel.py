@@ -22,10 +22,11 @@ Pi 4 figures (pimoe.pi4, with their sources), except the fp32 rate, which is an 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from pimoe import pi4
 from pimoe.errors import PimoeError
+from pimoe.qpu.timing import Prediction
 
 CPU_PREDICTED_LABEL = "predicted (Pi 4 CPU model)"
 
@@ -54,15 +55,11 @@ PI4_CPU = CPUParams()
 
 
 @dataclass(frozen=True)
-class CPUPrediction:
-    seconds: float
-    bound: str                            # "memory" | "compute"
-    breakdown: dict[str, float] = field(default_factory=dict)
-    label: str = CPU_PREDICTED_LABEL
+class CPUPrediction(Prediction):
+    """The timing model's record of a predicted time (seconds, bound "memory" | "compute", breakdown),
+    labelled as the CPU model's."""
 
-    def as_dict(self) -> dict[str, object]:
-        return {"label": self.label, "predicted_seconds": self.seconds, "bound": self.bound,
-                "breakdown_seconds": dict(self.breakdown)}
+    label: str = CPU_PREDICTED_LABEL
 
 
 def predict_cpu(weight_bytes: float, flops: float, *, threads: int = 4, bandwidth: str = "decode",

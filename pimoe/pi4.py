@@ -48,3 +48,12 @@ PYVC6_SUMMATION_BANDWIDTH = 7241.514141947083e6   # examples/summation.py, read 
 PYVC6_MEMSET_BANDWIDTH = 3751.5408215319367e6     # examples/memset.py, write 64 MiB
 PYVC6_SCOPY_BANDWIDTH = 2423.761776625857e6       # examples/scopy.py, read + write 64 MiB each
 PYVC6_SGEMM_1024_SECONDS = 0.5546                 # examples/sgemm.py, 1024^3 on 8 QPUs: 3.878 GFLOP/s
+
+# The TMU round trip Mesa's V3D compiler assumes (the only independent figure found; no measured V3D 4.2
+# latency is published -- py-videocore6's benchmarks/test_tmu_performance.py measures it but prints no
+# number): Mesa src/broadcom/compiler/qpu_schedule.c, magic_waddr_latency(), returns 100 for a TMU write
+# followed by an instruction waiting on the TMU (ldtmu), in the scheduler's time unit of one instruction
+# ("Apply some huge latency between texture fetch requests and getting their results back"; its own FIXME
+# calls the estimate "pretty bogus": a scheduling heuristic, not a measurement).
+# https://gitlab.freedesktop.org/mesa/mesa/-/blob/main/src/broadcom/compiler/qpu_schedule.c
+MESA_V3D_TMU_LATENCY_INSTRUCTIONS = 100

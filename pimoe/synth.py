@@ -65,36 +65,25 @@ def _tiny(block: int) -> Shape:
 
 _GRANITE_SCALES = dict(embedding_scale=12.0, residual_scale=0.22, attention_scale=0.015625, logit_scale=6.0)
 
-PRESETS: dict[str, Shape] = {
-    # Qwen3-30B-A3B (config.json of Qwen/Qwen3-30B-A3B)
-    "qwen3-30b-a3b": Shape(arch="qwen3moe", n_layers=48, hidden=2048, n_heads=32, n_kv_heads=4, head_dim=128,
-                           n_experts=128, n_experts_used=8, expert_ff=768, shared_ff=0, dense_ff=6144,
-                           vocab_size=151936, context_length=40960, rope_base=1e6, rms_eps=1e-6),
-    # OLMoE-1B-7B-0924 (allenai/OLMoE-1B-7B-0924)
-    "olmoe-1b-7b": Shape(arch="olmoe", n_layers=16, hidden=2048, n_heads=16, n_kv_heads=16, head_dim=128,
-                         n_experts=64, n_experts_used=8, expert_ff=1024, shared_ff=0, dense_ff=1024,
-                         vocab_size=50304, context_length=4096, rope_base=1e4, rms_eps=1e-5),
-    # Qwen1.5-MoE-A2.7B (Qwen/Qwen1.5-MoE-A2.7B)
-    "qwen1.5-moe-a2.7b": Shape(arch="qwen2moe", n_layers=24, hidden=2048, n_heads=16, n_kv_heads=16,
-                               head_dim=128, n_experts=60, n_experts_used=4, expert_ff=1408, shared_ff=5632,
-                               dense_ff=5632, vocab_size=151936, context_length=8192, rope_base=1e6,
-                               rms_eps=1e-6),
-    # Mixtral-8x7B (mistralai/Mixtral-8x7B-v0.1)
-    "mixtral-8x7b": Shape(arch="llama", n_layers=32, hidden=4096, n_heads=32, n_kv_heads=8, head_dim=128,
-                          n_experts=8, n_experts_used=2, expert_ff=14336, shared_ff=0, dense_ff=14336,
-                          vocab_size=32000, context_length=32768, rope_base=1e6, rms_eps=1e-5),
-    # IBM Granite 3.0 MoE (ibm-granite/granite-3.0-1b-a400m-instruct and -3b-a800m-instruct config.json:
-    # embedding_multiplier 12, residual_multiplier 0.22, attention_multiplier 0.015625, logits_scaling 6,
-    # tied embeddings; the 3.1 releases have the same shapes with a 128K context and rope_theta 1.5e6/1e7)
-    "granite-3.0-1b-a400m": Shape(arch="granitemoe", n_layers=24, hidden=1024, n_heads=16, n_kv_heads=8,
-                                  head_dim=64, n_experts=32, n_experts_used=8, expert_ff=512, shared_ff=0,
-                                  dense_ff=512, vocab_size=49155, context_length=4096, rope_base=1e4,
-                                  rms_eps=1e-6, tied_output=True, **_GRANITE_SCALES),
-    "granite-3.0-3b-a800m": Shape(arch="granitemoe", n_layers=32, hidden=1536, n_heads=24, n_kv_heads=8,
-                                  head_dim=64, n_experts=40, n_experts_used=8, expert_ff=512, shared_ff=0,
-                                  dense_ff=512, vocab_size=49155, context_length=4096, rope_base=1e4,
-                                  rms_eps=1e-6, tied_output=True, **_GRANITE_SCALES),
+# The real-shape presets, one row each: Shape's fields arch .. rms_eps in order, from each model's config.json
+# (repositories below the table). Granite 3.0 MoE also: embedding_multiplier 12, residual_multiplier 0.22,
+# attention_multiplier 0.015625, logits_scaling 6, tied embeddings (_GRANITE_SCALES); the 3.1 releases have the
+# same shapes with a 128K context and rope_theta 1.5e6/1e7.
+_PRESET_ROWS = {
+    #             arch, layers, hidden, heads, kv heads, head dim, experts, used, expert ff, shared ff, dense ff,
+    #             vocab, context, rope base, rms eps
+    "qwen3-30b-a3b":        ("qwen3moe",   48, 2048, 32,  4, 128, 128, 8,   768,    0,  6144, 151936, 40960, 1e6, 1e-6),
+    "olmoe-1b-7b":          ("olmoe",      16, 2048, 16, 16, 128,  64, 8,  1024,    0,  1024,  50304,  4096, 1e4, 1e-5),
+    "qwen1.5-moe-a2.7b":    ("qwen2moe",   24, 2048, 16, 16, 128,  60, 4,  1408, 5632,  5632, 151936,  8192, 1e6, 1e-6),
+    "mixtral-8x7b":         ("llama",      32, 4096, 32,  8, 128,   8, 2, 14336,    0, 14336,  32000, 32768, 1e6, 1e-5),
+    "granite-3.0-1b-a400m": ("granitemoe", 24, 1024, 16,  8,  64,  32, 8,   512,    0,   512,  49155,  4096, 1e4, 1e-6),
+    "granite-3.0-3b-a800m": ("granitemoe", 32, 1536, 24,  8,  64,  40, 8,   512,    0,   512,  49155,  4096, 1e4, 1e-6),
 }
+# repositories: Qwen/Qwen3-30B-A3B, allenai/OLMoE-1B-7B-0924, Qwen/Qwen1.5-MoE-A2.7B, mistralai/Mixtral-8x7B-v0.1,
+# ibm-granite/granite-3.0-{1b-a400m,3b-a800m}-instruct
+PRESETS: dict[str, Shape] = {
+    name: Shape(*row, **(dict(tied_output=True, **_GRANITE_SCALES) if row[0] == "granitemoe" else {}))
+    for name, row in _PRESET_ROWS.items()}
 PRESET_NAMES = ("tiny",) + tuple(PRESETS)
 
 _TOKENIZER_STYLE = {"qwen3moe": ("gpt2", "qwen2"), "qwen2moe": ("gpt2", "qwen2"),

@@ -28,8 +28,8 @@ import numpy as np
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
 from qpu_kernels.sgemm import check_result, random_operands
-from qpu_kernels.emit import emit_broadcast, emit_program_end
-from qpu_kernels.launch import launch
+from qpu_kernels.emit import emit_broadcast, emit_loop_end, emit_program_end
+from qpu_kernels.launch import launch_with_table, param_table
 
 N_QPUS = 8
 
@@ -97,11 +97,7 @@ def qpu_sgemm_blocks(asm):
                     rotate(r5rep, r0, -r)
                     fadd(rf[r - 1], rf[r - 1], r3).fmul(r3, r5, r4)
                 fadd(rf15, rf15, r3)
-                sub(reg_k, reg_k, 1, cond='pushz')
-                lk.b(cond='anyna')
-                nop()
-                nop()
-                nop()
+                emit_loop_end(asm, lk, reg_k)
             # epilogue: C row r = alpha * acc[r] + beta * C row r (one load + thrsw, one store + tmuwt)
             eidx(r0)
             shl(r0, r0, 2)
@@ -120,20 +116,12 @@ def qpu_sgemm_blocks(asm):
             shl(r0, 4, 4)                       # 64 bytes: the next 16 columns
             add(reg_b_tile, reg_b_tile, r0)
             add(reg_c_cur, reg_c_cur, r0)
-            sub(reg_j, reg_j, 1, cond='pushz')
-            lj.b(cond='anyna')
-            nop()
-            nop()
-            nop()
+            emit_loop_end(asm, lj, reg_j)
         shl(r0, reg_a_stride, 4)                 # next 16 rows
         add(reg_a_tile, reg_a_tile, r0)
         shl(r0, reg_c_stride, 4)
         add(reg_c_row, reg_c_row, r0)
-        sub(reg_i, reg_i, 1, cond='pushz')
-        li.b(cond='anyna')
-        nop()
-        nop()
-        nop()
+        emit_loop_end(asm, li, reg_i)
     emit_program_end(asm)
 
 
@@ -149,17 +137,14 @@ def run_sgemm(drv, *, p: int, q: int, r: int, check: bool = True, seed: int = 0)
         raise PimoeError(f"sgemm: P={p} must be a multiple of 32, R={r} of 64, Q={q} positive")
     code = drv.program(qpu_sgemm_blocks)
     a, b, c, c0, alpha, beta = random_operands(drv, p, q, r, seed)
-    table = drv.alloc((N_QPUS, 16), dtype=np.uint32)
-    table[:] = 0
+    table = param_table(drv, N_QPUS)
     bp, br = p // 2, r // 4
     for t in range(N_QPUS):
         i, j = divmod(t, 4)
         table[t, :len(SGEMM_PARAMS)] = [bp, q, br, a.addresses()[bp * i, 0], a.strides[0], b.addresses()[0, br * j],
                                         b.strides[0], c.addresses()[bp * i, br * j], c.strides[0],
                                         alpha.view(np.uint32), beta.view(np.uint32)]
-    unif = drv.alloc(2, dtype=np.uint32)
-    unif[:] = [table.addresses()[0, 0], table.strides[0]]
-    counters, seconds = launch(drv, code, unif, N_QPUS)
+    counters, seconds = launch_with_table(drv, code, table, N_QPUS)
     err = check_result(c, a, b, c0, alpha, beta, f"sgemm {p}x{q}x{r} (2 x 4 blocks)", check)
     return counters, seconds, err
 

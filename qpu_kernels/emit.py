@@ -1,5 +1,5 @@
-"""The small emitters every kernel in qpu_kernels shares: the thread index, a lane broadcast, and the
-program end. Each is a @qpu fragment called from inside another kernel (`emit_thread_id(dst, threads)`).
+"""The small emitters every kernel in qpu_kernels shares: the uniforms into registers, the thread index,
+a lane broadcast, a counted loop's bottom, the skip past the work, and the program end. Each is a @qpu fragment called from inside another kernel (`emit_thread_id(dst, threads)`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ def thread_id_shift(threads: int) -> int:
 
 
 @qpu
+def emit_load_uniforms(asm, *regs) -> None:
+    """The next uniforms into `regs`, one per instruction (an instruction carries at most one signal)."""
+    for reg in regs:
+        nop(sig=ldunifrf(reg))
+
+
+@qpu
 def emit_thread_id(asm, dst, threads: int) -> None:
     """dst = this thread's index 0..threads-1 (bits 4:shift of tidx)."""
     s = thread_id_shift(threads)
@@ -35,6 +42,28 @@ def emit_broadcast(asm, dst, vec, lane: int):
     else:
         rotate(r5rep, vec, -lane)
     mov(dst, r5)
+
+
+@qpu
+def emit_loop_end(asm, loop_label, counter) -> None:
+    """The bottom of a counted loop: counter -= 1, back to `loop_label` while any lane's counter is non-zero,
+    and the branch's three delay slots left empty."""
+    sub(counter, counter, 1, cond='pushz')
+    loop_label.b(cond='anyna')
+    nop()
+    nop()
+    nop()
+
+
+@qpu
+def emit_skip_if_zero(asm, reg, target) -> None:
+    """Branch to `target` (a label reference, R.name) when `reg` is zero in every lane -- a thread with no
+    work; the branch's three delay slots left empty."""
+    mov(null, reg, cond='pushz')
+    b(target, cond='alla')
+    nop()
+    nop()
+    nop()
 
 
 @qpu

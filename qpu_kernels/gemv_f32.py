@@ -26,8 +26,9 @@ import numpy as np
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
 from qpu_kernels.gemv_kernel import Scratch, base_address, write_tables
-from qpu_kernels.gemv_quant import REAL_SHAPES, QPUGemv, describe, run  # noqa: F401  (re-exported launcher)
-from qpu_kernels.emit import emit_broadcast, emit_program_end, emit_thread_id
+from qpu_kernels.gemv_quant import REAL_SHAPES, QPUGemv, check_real_shapes, describe, run  # noqa: F401  (re-exported launcher)
+from qpu_kernels.emit import (emit_broadcast, emit_load_uniforms, emit_loop_end, emit_program_end,
+                              emit_skip_if_zero, emit_thread_id)
 from qpu_kernels.launch import launch
 
 
@@ -37,10 +38,7 @@ def qpu_gemv_f32_simple(asm, *, threads: int):
     [item count, item list]; items [16-row group address, output address]."""
     reg_tab, reg_cols, reg_rb, reg_x = rf0, rf1, rf2, rf3
     reg_n, reg_items, reg_ptr, reg_out, reg_k, reg_acc, reg_lane4 = rf4, rf5, rf6, rf7, rf8, rf9, rf10
-    nop(sig=ldunifrf(reg_tab))
-    nop(sig=ldunifrf(reg_cols))
-    nop(sig=ldunifrf(reg_rb))
-    nop(sig=ldunifrf(reg_x))
+    emit_load_uniforms(asm, reg_tab, reg_cols, reg_rb, reg_x)
     emit_thread_id(asm, r0, threads)
     shl(r0, r0, 6)
     eidx(r1)
@@ -52,11 +50,7 @@ def qpu_gemv_f32_simple(asm, *, threads: int):
     nop()
     emit_broadcast(asm, reg_n, r2, 0)
     emit_broadcast(asm, reg_items, r2, 1)
-    mov(null, reg_n, cond="pushz")
-    b(R.done, cond="alla")
-    nop()
-    nop()
-    nop()
+    emit_skip_if_zero(asm, reg_n, R.done)
     with loop as item_loop:
         add(tmua, reg_items, reg_lane4)
         nop(sig=ldtmu(r2))
@@ -85,11 +79,7 @@ def qpu_gemv_f32_simple(asm, *, threads: int):
         add(reg_items, reg_items, 15)
         add(reg_items, reg_items, 15)
         add(reg_items, reg_items, 4)
-        sub(reg_n, reg_n, 1, cond="pushz")
-        item_loop.b(cond="anyna")
-        nop()
-        nop()
-        nop()
+        emit_loop_end(asm, item_loop, reg_n)
     L.done
     tmuwt()
     emit_program_end(asm)
@@ -146,13 +136,7 @@ def main(argv=None) -> int:
             err, counters, seconds = run(drv, QT.F32, 256, 512, threads=threads)
         print(f"gemv f32 256x512 on {threads} threads: rel err {err:.1e}; "
               f"{describe(counters, 256, 512, 1, QT.F32, seconds)}")
-    for name, (rows, cols) in REAL_SHAPES.items():
-        with open_driver("emu", data_area_size=64 << 20) as drv:
-            err, counters, seconds = run(drv, QT.F32, rows, cols)
-        if err > 1e-5:
-            raise PimoeError(f"gemv f32 {rows}x{cols}: relative error {err:.1e}")
-        print(f"gemv f32 {name:22s} {rows}x{cols}: equal to numpy (rel err {err:.1e}); "
-              f"{describe(counters, rows, cols, 1, QT.F32, seconds)}")
+    check_real_shapes((QT.F32,))
     return 0
 
 

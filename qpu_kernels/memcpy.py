@@ -11,14 +11,15 @@ the thread ends.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
-from qpu_kernels.emit import emit_program_end, emit_thread_id
-from qpu_kernels.launch import check_equal, launch
+from qpu_kernels.emit import emit_load_uniforms, emit_program_end, emit_thread_id
+from qpu_kernels.launch import check_equal, launch, self_check
 
 BLOCK_BYTES = 256
 THREAD_COUNTS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
@@ -28,10 +29,7 @@ THREAD_COUNTS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
 def qpu_memcpy(asm, *, threads: int):
     # uniforms: src, dst, trips (blocks per thread), stride (bytes between a thread's blocks)
     reg_src, reg_dst, reg_trips, reg_stride = rf0, rf1, rf2, rf3
-    nop(sig=ldunifrf(reg_src))
-    nop(sig=ldunifrf(reg_dst))
-    nop(sig=ldunifrf(reg_trips))
-    nop(sig=ldunifrf(reg_stride))
+    emit_load_uniforms(asm, reg_src, reg_dst, reg_trips, reg_stride)
     emit_thread_id(asm, r0, threads)
     shl(r0, r0, 8)                       # 256 bytes per block
     eidx(r1)
@@ -83,16 +81,9 @@ def run(drv, *, nbytes: int, threads: int = 8, check: bool = True, seed: int = 0
 
 
 def main(argv=None) -> int:
-    from pimoe.qpu import open_driver
-
-    for threads in THREAD_COUNTS:
-        nbytes = BLOCK_BYTES * threads * 16
-        with open_driver("emu", data_area_size=2 * nbytes + (1 << 16)) as drv:
-            counters, seconds = run(drv, nbytes=nbytes, threads=threads)
-        print(f"memcpy {nbytes} bytes on {threads:2d} threads: equal to numpy; "
-              f"{counters.total_instructions} instructions, {counters.tmu_read_bytes} bytes read, "
-              f"{counters.tmu_write_bytes} written, {seconds:.3f} s emulated")
-    return 0
+    sizes = {threads: BLOCK_BYTES * threads * 16 for threads in THREAD_COUNTS}
+    return self_check((f"memcpy {n} bytes on {t:2d} threads", 2 * n + (1 << 16),
+                       functools.partial(run, nbytes=n, threads=t)) for t, n in sizes.items())
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
-from qpu_kernels.emit import emit_broadcast, emit_program_end, emit_thread_id
-from qpu_kernels.launch import launch
+from qpu_kernels.emit import (emit_broadcast, emit_load_uniforms, emit_loop_end, emit_program_end,
+                              emit_skip_if_zero, emit_thread_id)
+from qpu_kernels.launch import launch_with_table, param_table
 
 THREAD_COUNTS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
 PARAMS = 8  # words per thread in the parameter table (padded to 16)
@@ -36,8 +37,7 @@ def qpu_sgemm(asm, *, threads: int):
     reg_a, reg_b, reg_c, reg_k = rf26, rf27, rf28, rf29
     # my row of the parameter table: uniforms are (table address, row bytes)
     emit_thread_id(asm, r0, threads)
-    nop(sig=ldunifrf(rf16))
-    nop(sig=ldunifrf(rf17))
+    emit_load_uniforms(asm, rf16, rf17)
     umul24(r0, r0, rf17)
     eidx(r1).add(r0, r0, rf16)
     shl(r1, r1, 2)
@@ -47,11 +47,7 @@ def qpu_sgemm(asm, *, threads: int):
     for lane, reg in enumerate([reg_tiles, reg_q, reg_a_stride, reg_b_stride, reg_c_stride, reg_alpha, reg_beta,
                                 reg_list]):
         emit_broadcast(asm, reg, r2, lane)
-    mov(null, reg_tiles, cond='pushz')
-    b(R.done, cond='alla')                      # no tile for this thread
-    nop()
-    nop()
-    nop()
+    emit_skip_if_zero(asm, reg_tiles, R.done)   # no tile for this thread
     with loop as tile_loop:
         # this tile's (A, B, C) addresses
         eidx(r1)
@@ -98,11 +94,7 @@ def qpu_sgemm(asm, *, threads: int):
             fadd(tmud, r3, r2)
             mov(tmua, reg_c).add(reg_c, reg_c, reg_c_stride)
             tmuwt()
-        sub(reg_tiles, reg_tiles, 1, cond='pushz')
-        tile_loop.b(cond='anyna')
-        nop()
-        nop()
-        nop()
+        emit_loop_end(asm, tile_loop, reg_tiles)
     L.done
     emit_program_end(asm)
 
@@ -150,8 +142,7 @@ def run(drv, *, p: int, q: int, r: int, threads: int = 8, check: bool = True, se
     tiles = [(i, j) for i in range(p // 16) for j in range(r // 16)]
     per_thread = [tiles[t::threads] for t in range(threads)]
     tile_list = drv.alloc((len(tiles), 4), dtype=np.uint32)
-    table = drv.alloc((threads, 16), dtype=np.uint32)
-    table[:] = 0
+    table = param_table(drv, threads)
     row = 0
     for t, mine in enumerate(per_thread):
         for k, (i, j) in enumerate(mine):
@@ -161,9 +152,7 @@ def run(drv, *, p: int, q: int, r: int, threads: int = 8, check: bool = True, se
         table[t, :PARAMS] = [len(mine), q, a.strides[0], b.strides[0], c.strides[0],
                              alpha.view(np.uint32), beta.view(np.uint32), list_addr]
         row += len(mine)
-    unif = drv.alloc(2, dtype=np.uint32)
-    unif[:] = [table.addresses()[0, 0], table.strides[0]]
-    counters, seconds = launch(drv, code, unif, threads)
+    counters, seconds = launch_with_table(drv, code, table, threads)
     err = check_result(c, a, b, c0, alpha, beta, f"sgemm {p}x{q}x{r} on {threads} threads", check)
     return counters, seconds, err
 

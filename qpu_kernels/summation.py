@@ -13,14 +13,15 @@ FIFO even in 4-thread mode (16 entries / 4 threads).
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
-from qpu_kernels.emit import emit_program_end, emit_thread_id
-from qpu_kernels.launch import check_sum, launch
+from qpu_kernels.emit import emit_load_uniforms, emit_program_end, emit_thread_id
+from qpu_kernels.launch import check_sum, launch, self_check
 
 DEPTH = 4  # TMU loads in flight per thread
 THREAD_COUNTS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)  # 1..8 QPUs x 1 thread, 8 QPUs x 2 and x 4 threads
@@ -30,10 +31,7 @@ THREAD_COUNTS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)  # 1..8 QPUs x 1 thread, 8 QPUs
 def qpu_summation(asm, *, threads: int, barrier: bool = True):
     # uniforms: src address, partials address, trips (row blocks per thread), stride (bytes between rows)
     reg_src, reg_dst, reg_trips, reg_stride, reg_sum = rf0, rf1, rf2, rf3, rf4
-    nop(sig=ldunifrf(reg_src))
-    nop(sig=ldunifrf(reg_dst))
-    nop(sig=ldunifrf(reg_trips))
-    nop(sig=ldunifrf(reg_stride))
+    emit_load_uniforms(asm, reg_src, reg_dst, reg_trips, reg_stride)
     emit_thread_id(asm, r0, threads)
     # r1 = 4 * (16 * id + lane): this lane's byte offset in the first row, and in partials
     shl(r1, r0, 4)
@@ -92,16 +90,9 @@ def run(drv, *, length: int, threads: int = 8, check: bool = True, seed: int = 0
 
 
 def main(argv=None) -> int:
-    from pimoe.qpu import open_driver
-
-    for threads in THREAD_COUNTS:
-        length = 16 * DEPTH * threads * 64
-        with open_driver("emu", data_area_size=length * 4 + (1 << 16)) as drv:
-            counters, seconds = run(drv, length=length, threads=threads)
-        print(f"summation {length} x uint32 on {threads:2d} threads: equal to numpy; "
-              f"{counters.total_instructions} instructions, {counters.tmu_read_bytes} bytes read, "
-              f"{seconds:.3f} s emulated")
-    return 0
+    lengths = {threads: 16 * DEPTH * threads * 64 for threads in THREAD_COUNTS}
+    return self_check((f"summation {n} x uint32 on {t:2d} threads", 4 * n + (1 << 16),
+                       functools.partial(run, length=n, threads=t)) for t, n in lengths.items())
 
 
 if __name__ == "__main__":

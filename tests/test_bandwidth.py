@@ -70,6 +70,16 @@ def test_qpu_rows_are_predicted_from_counts():
     assert summ[0]["GBps"] < summ[1]["GBps"]                       # dispatch overhead amortizes with size
 
 
+def test_qpu_rows_through_the_virtual_device_equal_the_emulator_route():
+    """`pimoe bandwidth --qpu virtual`: the same kernel through the hardware route over the virtual V3D
+    device gives the same counts and so the same predicted Pi 4 time as the emulator called directly."""
+    kw = dict(sizes=(1 << 16,), kernels=("summation",), threads=(8,), progress=False)
+    emu, virt = bandwidth.qpu_bandwidth(driver="emu", **kw), bandwidth.qpu_bandwidth(driver="virtual", **kw)
+    assert (emu[0]["route"], virt[0]["route"]) == ("emu", "virtual") and virt[0]["source"] == "predicted"
+    counts = [{k: v for k, v in r[0]["counters"].items() if k != "wall_seconds"} for r in (emu, virt)]
+    assert counts[0] == counts[1] and virt[0]["seconds"] == emu[0]["seconds"]
+
+
 def test_bandwidth_command_small(tmp_path, capsys):
     rc = cli_main(["bandwidth", "--small", "--threads", "1", "--results", str(tmp_path)])
     out = capsys.readouterr().out

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 from pimoe.fuzz.engine import Worker, execute, make_seeds, strategies  # noqa: E402
 from pimoe.fuzz.gguf_mutate import MUTATIONS  # noqa: E402
@@ -39,8 +39,11 @@ def test_every_gguf_mutation_kind_gives_ok_or_a_clear_error(kind, seeds, tmp_pat
     assert not bugs(outcomes), outcomes
 
 
+# too_slow is suppressed: each case runs a worker process, and on a loaded 2-core machine one draw took
+# 31 s, which is the machine, not the generator (a real hang is caught by the worker's own time cap).
 def test_gguf_hypothesis_cases(seeds, tmp_path):
-    @settings(max_examples=8, deadline=None, derandomize=True, database=None)
+    @settings(max_examples=8, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
     @given(strategies("gguf", seeds))
     def check(case):
         outcomes = execute(case, tmp_path)
@@ -52,7 +55,8 @@ def test_gguf_hypothesis_cases(seeds, tmp_path):
 def test_command_lines(seeds, tmp_path):
     seen = []
 
-    @settings(max_examples=40, deadline=None, derandomize=True, database=None)
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
     @given(strategies("cli", {k: seeds[k] for k in SEED_NAMES[:1]}, tmp_path))
     def check(case):
         outcomes = execute(case, tmp_path)
@@ -66,7 +70,8 @@ def test_command_lines(seeds, tmp_path):
 def test_qpu_programs(tmp_path):
     seen = []
 
-    @settings(max_examples=150, deadline=None, derandomize=True, database=None)
+    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
     @given(strategies("qpu"))
     def check(case):
         outcomes = execute(case, tmp_path)
@@ -79,15 +84,18 @@ def test_qpu_programs(tmp_path):
 
 
 def test_qpu_write_outside_the_buffer_is_never_silent():
-    # the seed kernel stores 16 lanes x 4 bytes at uniform 0; aimed 64 bytes before the data buffer it
-    # writes into the guard buffer: the emulator must fault (once it checks buffers) or the guard sees it
+    # the seed kernel stores 16 lanes x 4 bytes at uniform 0. Aimed 64 bytes before the data buffer it
+    # writes into the unmapped guard page: the emulator must fault. Aimed at the uniforms buffer (two
+    # pages before the data: another allocated buffer) the write is legal, as on the hardware.
     from pimoe.fuzz import targets
     from pimoe.fuzz.qpu_programs import seed_words
 
     words = list(seed_words("add_one"))
     assert targets.run_qpu(words)[0]["status"] == "ok"
-    out = targets.run_qpu(words, uniform_offset=-64)[0]
-    assert out["status"] == "error" or (out["status"] == "bug" and "guard" in out["detail"]), out
+    for offset in (-64, targets.PAGE, 2 * targets.PAGE - 4):
+        out = targets.run_qpu(words, uniform_offset=offset)[0]
+        assert out["status"] == "error" and "memory access outside" in out["detail"], (offset, out)
+    assert targets.run_qpu(words, uniform_offset=-2 * targets.PAGE)[0]["status"] == "ok"
 
 
 @pytest.mark.parametrize("what,expect", [("signal", "killed by SIGSEGV"), ("hang", "hang"),

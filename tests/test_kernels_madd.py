@@ -95,6 +95,8 @@ def test_madd_dots_equal_integer_reference(name, dots, extreme):
 
 
 ROW_VARIANTS = _spellings(fused._make_row_dots)
+if fused.USE_X86_VNNI:
+    ROW_VARIANTS.append(("x86-vnni", fused._make_row_dots(True, True)))
 
 
 @pytest.mark.parametrize("name,dots", ROW_VARIANTS, ids=[v[0] for v in ROW_VARIANTS])
@@ -139,3 +141,30 @@ def test_token_tiles_equal_reference_and_single_tokens(qtype):
         assert np.abs(y - ref).max() <= 2e-5 * np.abs(ref).max()
         singles = np.concatenate([quant.matmul(w, x[t:t + 1]) for t in range(T)])
         np.testing.assert_array_equal(y, singles)
+
+
+@pytest.mark.parametrize("name,dots", ROW_VARIANTS, ids=[v[0] for v in ROW_VARIANTS])
+def test_q8_0_row_dot_exact_at_the_code_extremes(name, dots):
+    """Q8_0 rows of codes -128..127 (d = 1) against activation codes -127..127 (d = 1): every spelling,
+    the VNNI one included (it moves the weight's sign onto the activation), gives the exact integer dot."""
+    row_dot = dots[0]
+
+    @njit
+    def run(w, xq, xd, xbs, lut, out):
+        for o in range(w.shape[0]):
+            out[o] = row_dot(w, o * w.shape[1], xq, 0, xd, 0, xbs, 0, xd.shape[1], lut)
+
+    rng = np.random.default_rng(7)
+    nb = 16
+    codes = rng.integers(-128, 128, size=(5, nb, 32)).astype(np.int8)
+    codes[0] = -128                                   # the code whose magnitude only fits as unsigned
+    blocks = np.empty((5, nb, 34), np.uint8)
+    blocks[:, :, 0:2] = F16_ONE
+    blocks[:, :, 2:] = codes.view(np.uint8)
+    xq = rng.integers(-127, 128, size=(1, nb * 32)).astype(np.int8)
+    xq[0, :32] = -127
+    xq[0, 32:64] = 127
+    out = np.zeros(5, np.float32)
+    run(blocks.reshape(5, -1), xq, np.ones((1, nb), np.float32), np.zeros((1, 1), np.int16), fused.F16_TABLE, out)
+    expect = codes.reshape(5, -1).astype(np.int64) @ xq[0].astype(np.int64)
+    np.testing.assert_array_equal(out.astype(np.int64), expect)

@@ -16,6 +16,7 @@ import pytest
 from pimoe.qpu import qpu
 from pimoe.qpu import v3d_uapi as U
 from pimoe.qpu.asm import *  # noqa: F401,F403  (the kernel DSL's names)
+from pimoe.qpu.emulator import CSDDispatch
 from pimoe.qpu.vdev import virtual_v3d
 from qpu_kernels.emit import emit_program_end
 
@@ -50,6 +51,23 @@ def _errno(fn, *args, **kwargs) -> int:
     with pytest.raises(OSError) as info:
         fn(*args, **kwargs)
     return info.value.errno
+
+
+def _judged_wait(vd, dev, handle, timeout_s: float, margin: float = 2e-3):
+    """WAIT_BO(timeout_s) on the device's GPU clock: returns (finished, Pi 4 seconds the job still had to
+    run when the client called). Checks the verdict against that whenever it is clear by `margin` (the
+    client's own host time counts as GPU time, so on a loaded host a job may be done before the call)."""
+    t = vd.gpu_now()
+    try:
+        dev.wait_bo(handle, int(timeout_s * 1e9))
+        finished = True
+    except OSError as exc:
+        assert exc.errno == errno.ETIME, exc           # the kernel's code
+        finished = False
+    late = vd.files[dev.fd].last_job.gpu_end - t
+    if abs(late - timeout_s) > margin:
+        assert finished == (late <= timeout_s), (finished, late, timeout_s)
+    return finished, late
 
 
 def _program(dev, words):
@@ -119,30 +137,34 @@ def test_a_kernel_runs_through_the_uapi_and_its_results_are_right():
         hd, data = dev.create_bo(4096)
         out = np.frombuffer(dev.map_bo(hd, 4096), np.uint32)
         out[:2] = [data + 64, 37]                   # uniforms, then the output at +64
-        cfg = U.CSDConfig.for_dispatch(code, data, thread=1)
-        dev.submit_csd(cfg.words(), [hc, hd])
+        words = CSDDispatch.for_launch(code, data, thread=1).encode()
+        dev.submit_csd(words, [hc, hd])
         dev.wait_bo(hd, 30 * 10**9)
         assert np.array_equal(out[16:32], np.full(16, 37))
         assert vd.jobs_run == 1 and not vd.faults
         # errno of a bad submission
-        words = cfg.words()
         assert _errno(dev.submit_csd, words, []) == errno.EINVAL                 # a job needs BOs
         assert _errno(dev.submit_csd, words, [hd, 999]) == errno.ENOENT         # unknown BO
         assert _errno(dev.submit_csd, words, [hd], in_sync=5) == errno.ENOENT   # no such sync object
 
 
 def test_a_timed_out_wait_and_asynchronous_submit():
-    with virtual_v3d(), U.V3DDevice() as dev:
+    with virtual_v3d() as vd, U.V3DDevice() as dev:
         from pimoe.qpu import assemble
 
         hc, code, _ = _program(dev, assemble(k_count))
         hd, data = dev.create_bo(4096)
         out = np.frombuffer(dev.map_bo(hd, 4096), np.uint32)
-        out[:2] = [data + 64, 400_000]              # ~2M instructions in the emulator
-        dev.submit_csd(U.CSDConfig.for_dispatch(code, data).words(), [hc, hd])   # returns at once
-        assert _errno(dev.wait_bo, hd, 0) == errno.ETIME                           # the kernel's code
-        dev.wait_bo(hd, 120 * 10**9)
-        assert np.array_equal(out[16:32], np.full(16, 400_000))
+        out[:2] = [data + 64, 400_000]              # ~2M instructions in the emulator, ~16 ms on a Pi 4
+        timed_out = 0
+        for _ in range(4):
+            dev.submit_csd(CSDDispatch.for_launch(code, data).encode(), [hc, hd])   # returns at once
+            timed_out += not _judged_wait(vd, dev, hd, 0.0)[0]     # a poll right after the submit
+            dev.wait_bo(hd, 120 * 10**9)
+            assert np.array_equal(out[16:32], np.full(16, 400_000))
+            if timed_out:
+                break
+        assert timed_out
 
 
 def test_a_faulting_job_makes_wait_fail_with_eio_and_is_logged(caplog):
@@ -151,23 +173,98 @@ def test_a_faulting_job_makes_wait_fail_with_eio_and_is_logged(caplog):
 
         hc, code, _ = _program(dev, assemble(k_ldtmu_without_load))
         with caplog.at_level(logging.ERROR, logger="pimoe.qpu.vdev"):
-            dev.submit_csd(U.CSDConfig.for_dispatch(code, 0).words(), [hc])
+            dev.submit_csd(CSDDispatch.for_launch(code, 0).encode(), [hc])
             assert _errno(dev.wait_bo, hc, 30 * 10**9) == errno.EIO
         assert "ldtmu" in vd.faults[0] and "ldtmu" in caplog.text
 
 
 def test_csd_words_decoded_as_the_hardware_does():
-    cfg = U.CSDConfig.for_dispatch(0x10000040, 0x10002000, local_invocation=(16, 1, 1), workgroup=(3, 2, 1),
-                                   wgs_per_sg=4, thread=24, single_seg=True)
-    assert U.CSDConfig.decode(cfg.words()) == cfg
-    w = cfg.words()
-    assert w[0] == 3 << 16 and w[4] == 23 and w[5] == 0x10000042 and w[6] == 0x10002000
     # py-videocore6 writes wgs_per_sg=16 as (16 << 8), which spills into bit 12, the batches-per-supergroup
     # field's lowest bit: the hardware reads wgs_per_sg 0 (= 16), and with a 1-invocation workgroup
     # (1 batch per supergroup, field 0) one batch more per supergroup
     pyvc6_cfg3 = ((-(-16 * 1 // 16) - 1) << 12) | (16 << 8) | 1
-    d = U.CSDConfig.decode([1 << 16, 1 << 16, 1 << 16, pyvc6_cfg3, 7, 0x10000000, 0])
+    d = CSDDispatch.decode([1 << 16, 1 << 16, 1 << 16, pyvc6_cfg3, 7, 0x10000000, 0])
     assert (d.wgs_per_sg, d.batches_per_sg, d.wg_size, d.num_batches) == (16, 2, 1, 8)
+
+
+def test_wait_bo_timeouts_are_judged_in_pi4_time_not_host_time():
+    """WAIT_BO's timeout counts GPU time: a job whose predicted Pi 4 time fits the timeout is waited for
+    however long the emulator takes on this host, and one whose Pi 4 time does not gets ETIME."""
+    from pimoe.qpu import assemble
+    from pimoe.qpu.timing import predict
+
+    with virtual_v3d() as vd, U.V3DDevice() as dev:
+        hc, code, _ = _program(dev, assemble(k_count))
+        hd, data = dev.create_bo(4096)
+        out = np.frombuffer(dev.map_bo(hd, 4096), np.uint32)
+        out[:2] = [data + 64, 200_000]
+        words = CSDDispatch.for_launch(code, data).encode()
+        dev.submit_csd(words, [hc, hd])
+        dev.wait_bo(hd, 120 * 10**9)
+        job = vd.files[dev.fd].last_job
+        pi4 = float(predict(job.counters).seconds)
+        assert job.predicted == pi4 and job.gpu_end - job.gpu_start == pytest.approx(pi4)
+        assert job.seconds > 2 * pi4         # emulating is slower than the QPUs (else this test shows nothing)
+        out[16:32] = 0
+        dev.submit_csd(words, [hc, hd])
+        assert _judged_wait(vd, dev, hd, 1.5 * pi4)[0]       # waited for, though the host took longer
+        assert np.array_equal(out[16:32], np.full(16, 200_000))
+        assert vd.files[dev.fd].last_job.seconds > 1.5 * pi4
+        verdicts = []
+        for _ in range(3):
+            dev.submit_csd(words, [hc, hd])
+            verdicts.append(_judged_wait(vd, dev, hd, 0.5 * pi4))   # a Pi 4 is not done yet either: ETIME
+            dev.wait_bo(hd, 120 * 10**9)                      # the job itself goes on, as on the GPU
+            if not verdicts[-1][0]:
+                break
+        assert not verdicts[-1][0], verdicts
+        assert not vd.faults
+
+
+def test_pi_clock_shows_the_client_predicted_pi4_time_for_the_gpu_part():
+    """virtual_v3d(pi_clock=True): a client timing a dispatch with time.perf_counter sees the job's
+    predicted Pi 4 time (plus its own CPU time), not the host's much longer emulation; the clocks are the
+    time module's own again after the block."""
+    import time
+
+    from pimoe.qpu import assemble
+
+    host_clock = time.perf_counter
+    with virtual_v3d(pi_clock=True) as vd, U.V3DDevice() as dev:
+        hc, code, _ = _program(dev, assemble(k_count))
+        hd, data = dev.create_bo(4096)
+        np.frombuffer(dev.map_bo(hd, 4096), np.uint32)[:2] = [data + 64, 50_000]
+        words = CSDDispatch.for_launch(code, data).encode()
+        dev.submit_csd(words, [hc, hd])
+        dev.wait_bo(hd, 60 * 10**9)                  # warm (the first job compiles nothing, but imports)
+        t0, h0 = time.perf_counter(), host_clock()
+        dev.submit_csd(words, [hc, hd])
+        dev.wait_bo(hd, 60 * 10**9)
+        seen, host = time.perf_counter() - t0, host_clock() - h0
+        job = vd.files[dev.fd].last_job
+        assert job.predicted <= seen < job.predicted + 0.5 * (host - job.predicted)
+        assert seen < job.seconds                    # the emulation took longer than what the client saw
+    assert time.perf_counter is host_clock
+
+
+def test_an_access_outside_every_bo_goes_to_the_mmu_scratch_page(caplog):
+    """The MMU: only BO pages are mapped; a store into the hole after a BO neither faults nor lands in
+    the next BO (it hits the scratch page), and is logged and counted."""
+    from pimoe.qpu import assemble
+
+    with virtual_v3d() as vd, U.V3DDevice() as dev:
+        hc, code, _ = _program(dev, assemble(k_count))
+        hd, data = dev.create_bo(4096)
+        hn, nxt = dev.create_bo(4096)
+        assert nxt - data == U.BO_ALIGN      # a 124 KiB hole between the two BOs
+        uni = np.frombuffer(dev.map_bo(hd, 4096), np.uint32)
+        neighbour = np.frombuffer(dev.map_bo(hn, 4096), np.uint32)
+        uni[:2] = [data + 4096, 3]           # the first byte past the data BO's only page
+        with caplog.at_level(logging.WARNING, logger="pimoe.qpu.vdev"):
+            dev.submit_csd(CSDDispatch.for_launch(code, data).encode(), [hc, hd, hn])
+            dev.wait_bo(hd, 60 * 10**9)
+        assert vd.mmu_faults == 16 and "scratch page" in caplog.text and not vd.faults
+        assert not neighbour.any() and not uni[2:].any()
 
 
 def test_names_bound_before_the_block_are_patched_and_restored():
@@ -256,3 +353,20 @@ def test_compare_runs_through_the_virtual_route(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "| qpu" in out.out and "predicted" in out.out
+
+
+def test_running_into_the_zero_word_after_a_program_is_an_invalid_word_fault():
+    """The virtual device decodes a BO's code up to its first all-zero word, which does not decode: a
+    program without its end runs into it and faults naming that PC, as a whole-buffer decode would."""
+    from pimoe.qpu import assemble
+
+    @qpu
+    def k_no_end(asm):
+        nop()
+        nop()
+
+    with virtual_v3d() as vd, U.V3DDevice() as dev:
+        hc, code, _ = _program(dev, assemble(k_no_end))
+        dev.submit_csd(CSDDispatch.for_launch(code, 0).encode(), [hc])
+        assert _errno(dev.wait_bo, hc, 30 * 10**9) == errno.EIO
+        assert "PC 2" in vd.faults[0] and "invalid" in vd.faults[0] and "0x0000000000000000" in vd.faults[0]

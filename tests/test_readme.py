@@ -1,5 +1,5 @@
 """The README's code must stay true: its QPU kernel example runs (in the emulator here) and checks
-itself, and its first command's job runs on the built-in model."""
+itself, its first command's job runs on the built-in model, and its layout names what is in the tree."""
 
 from __future__ import annotations
 
@@ -26,3 +26,19 @@ def test_readme_qpu_kernel_example_runs_and_checks_itself(capsys):
     exec(compile(block, str(README), "exec"), {})           # asserts x == arange(16) + 1 inside
     listing = capsys.readouterr().out
     assert "ldtmu.r1" in listing and "tmuwt" in listing
+
+
+def test_readme_layout_names_every_package_and_module():
+    """The Layout section is drawn from the tree: every pimoe module and subpackage, and every kernel file,
+    must be named in it (a new one makes this fail until the drawing has it)."""
+    text = README.read_text()
+    layout = text[text.index("## Layout"):]
+    layout = layout[:layout.index("```", layout.index("```") + 3)]
+    root = README.parent
+    names = {p.name for p in (root / "pimoe").glob("*.py") if p.stem not in ("__init__", "__main__")}
+    names |= {p.name + "/" for p in (root / "pimoe").iterdir() if (p / "__init__.py").exists()}
+    names |= {p.stem for p in (root / "pimoe" / "qpu").glob("*.py") if p.stem != "__init__"}
+    names |= {p.stem for p in (root / "qpu_kernels").glob("*.py") if p.stem != "__init__"}
+    missing = sorted(n for n in names if not re.search(r"(?<![\w.])" + re.escape(n.rstrip("/").removesuffix(".py"))
+                                                       + r"(?![\w])", layout))
+    assert missing == [], f"README Layout does not name {missing}"

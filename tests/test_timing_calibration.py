@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 
+from pimoe import pi4
 from pimoe.errors import PimoeError
 from pimoe.bench import calibration as cal
 from pimoe.bench.calibration import emulate
@@ -132,12 +133,35 @@ def test_leave_one_out_within_15_percent(counts, published):
     assert set(rows) == set(cal.KERNELS)
     for k in ("summation", "memset", "scopy"):
         assert 1 - LOO_TOLERANCE <= rows[k]["ratio"] <= 1 + LOO_TOLERANCE, rows[k]
-    # the streaming kernels are memory bound at any latency the summation allows: sgemm left out leaves it
-    # open. The record then gives the range the three allow, which must contain the published sgemm.
-    s = rows["sgemm"]
-    assert s["ratio"] is None and "wait_latency_cycles not identifiable" in s["not_identifiable"]
-    rng = s["allowed_range"]
+        assert rows[k]["held_at_prior"] == {}, rows[k]
+
+
+def test_sgemm_left_out_takes_the_latency_prior(counts, published):
+    """The streaming kernels are memory bound at any latency the summation allows, so without sgemm the round
+    trip is not identifiable: it is held at its prior (Mesa's scheduler estimate, pimoe.pi4), the bandwidths
+    are fitted, and sgemm gets a number."""
+    from dataclasses import replace
+
+    assert cal.unidentified(counts, published, ("summation", "memset", "scopy")) == ["wait_latency_cycles"]
+    assert cal.unidentified(counts, published, cal.KERNELS) == []
+    prior = pi4.MESA_V3D_TMU_LATENCY_INSTRUCTIONS * PI4.cycles_per_instruction
+    s = {r["held_out"]: r for r in cal.leave_one_out(counts, published)}["sgemm"]
+    assert s["held_at_prior"] == {"wait_latency_cycles": prior} and s["wait_latency_cycles"] == prior
+    assert "qpu_schedule.c" in s["prior_source"]["wait_latency_cycles"]
+    bw = cal.fit_all(counts, published, ("summation", "memset", "scopy"),
+                     replace(PI4, wait_latency_cycles=prior), free=("read_bandwidth", "write_bandwidth"))
+    want = predict(counts["sgemm"]["counters"], params=bw).seconds / published["kernels"]["sgemm"]["seconds"]
+    assert s["ratio"] == pytest.approx(want, rel=1e-9)
+    rng = s["allowed_range"]   # the published sgemm lies inside what the three allow with the latency free
     assert rng["ratio_at_zero_latency"] < 1 < rng["ratio_at_latency_max"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 unmet for sgemm: with the round trip held at Mesa's scheduler "
+                   "estimate (100 instructions = 400 cycles) the sgemm left out is predicted 1.89x its published "
+                   "time; the fitted 167 cycles is far below that prior")
+def test_sgemm_left_out_within_15_percent(counts, published):
+    s = {r["held_out"]: r for r in cal.leave_one_out(counts, published)}["sgemm"]
+    assert 1 - LOO_TOLERANCE <= s["ratio"] <= 1 + LOO_TOLERANCE, s
 
 
 def test_fit_refuses_a_parameter_the_kernel_is_not_bound_by(counts, published):

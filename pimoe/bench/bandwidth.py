@@ -171,14 +171,18 @@ def _qpu_bytes_moved(name: str, nbytes: int) -> int:
 def qpu_bandwidth(sizes=QPU_DEFAULT_SIZES, kernels=QPU_KERNELS, threads=QPU_THREADS, driver: str = "auto",
                   progress: bool = True) -> list[dict]:
     """Rows {device: qpu, kernel, threads, bytes, bytes_moved, seconds, GBps, source: measured|predicted,
-    counters}. On the emulator `seconds` is the predicted Pi 4 time (pimoe.qpu.timing)."""
+    counters, route: hw|virtual|emu}. On the emulator, directly (emu) or behind the virtual V3D device
+    (virtual: the hardware route's ioctls, BOs and jobs), `seconds` is the predicted Pi 4 time
+    (pimoe.qpu.timing)."""
     from pimoe.qpu.driver import hardware_available, open_driver
 
     hw = driver == "hw" or (driver == "auto" and hardware_available()[0])
+    route = "hw" if hw else ("virtual" if driver == "virtual" else "emu")
     rows = []
     threads = (threads,) if isinstance(threads, int) else tuple(threads)
     jobs = [(k, s, t) for k in kernels for t in (threads if k != "memset" else (8,)) for s in sizes]
-    bar = _bar(len(jobs), "qpu bandwidth" + ("" if hw else " (emulated)"), progress)
+    bar = _bar(len(jobs), "qpu bandwidth" + {"hw": "", "virtual": " (virtual V3D, emulated)",
+                                               "emu": " (emulated)"}[route], progress)
     try:
         for name, size, threads in jobs:
             run = _qpu_kernel_run(name)
@@ -188,10 +192,11 @@ def qpu_bandwidth(sizes=QPU_DEFAULT_SIZES, kernels=QPU_KERNELS, threads=QPU_THRE
                 bar.update(1)
                 continue
             area = 2 * size + (1 << 20)
-            with open_driver("hw" if hw else "emu", data_area_size=area) as drv:
+            with open_driver(route, data_area_size=area) as drv:
                 counters, wall = run(drv, size, threads)
             moved = _qpu_bytes_moved(name, size)
-            row = {"device": "qpu", "kernel": name, "threads": threads, "bytes": size, "bytes_moved": moved}
+            row = {"device": "qpu", "kernel": name, "threads": threads, "bytes": size, "bytes_moved": moved,
+                   "route": route}
             if hw:
                 row.update(seconds=wall, GBps=moved / wall / 1e9, source="measured")
             else:

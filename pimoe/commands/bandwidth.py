@@ -35,8 +35,9 @@ def add_arguments(parser) -> None:
                         help="QPU bytes per kernel run (default 64K,1M,16M; the emulator runs each)")
     parser.add_argument("--qpu-threads", default="8,32",
                         help="QPU 16-lane threads per dispatch: 8 = 1 per QPU, 16 = 2, 32 = 4 (default 8,32)")
-    parser.add_argument("--qpu", default="auto", choices=("auto", "emu", "hw"),
-                        help="QPU driver: the GPU when present (auto), the emulator, or require hardware")
+    parser.add_argument("--qpu", default="auto", choices=("auto", "emu", "virtual", "hw"),
+                        help="QPU driver: the GPU when present (auto), the emulator, the hardware route over the "
+                             "virtual V3D device (predicted times), or require hardware")
     parser.add_argument("--no-qpu", action="store_true", help="CPU only")
     parser.add_argument("-r", "--reps", type=int, default=5, help="timed repeats per point, median reported (default 5)")
     parser.add_argument("--small", action="store_true", help="CI-sized run (64K,1M,4M CPU; 64K QPU on 8 threads; 3 reps)")

@@ -118,10 +118,17 @@ def main(args) -> int:
     if args.qpu == "hw":
         _note("pimoe compare: the qpu rows were measured on this Pi's GPU (--qpu hw); the Pi 4 rows next to them "
               "are the model's predictions")
+    elif args.qpu == "virtual":
+        _note("pimoe compare: the qpu rows ran the hardware route end to end over the virtual V3D device "
+              "(--qpu virtual: ioctls, buffer objects, jobs run by the emulator); where a Pi would measure its "
+              "GPU, the emulator's predicted Pi 4 times stand in: the '(Pi 4)' rows, source predicted")
     say(cmp.table_text(rows))
     say()
     say(f"per decode token (mean over {args.reps} x {args.n_gen} steps; Pi 4 figures are predicted):")
     say(cmp.regions_text(result))
+    offload = cmp.offload_text(result)
+    if offload:
+        say(offload)
     status = 0
     ref_name = result.reference.backend
     for r in result.runs[1:]:

@@ -93,38 +93,49 @@ def run_cli(argv: list[str]) -> list[dict]:
 # QPU programs
 
 GUARD = 0xA5
+PAGE = 4096
 
 
 def run_qpu(words: list[int], max_instructions: int = 200_000, uniform_offset: int = 0) -> list[dict]:
-    """Run a program (list of 64-bit words) in the emulator with one 4 KiB data buffer whose address is
-    uniform 0, between two guard buffers. A fault (QPUFault/DriverError) is a clean refusal; a change to
-    a guard buffer without a fault means the emulator let the program write outside its buffers."""
-    from pimoe.qpu.emulator import EmuDriver
+    """Run a program (list of 64-bit words) on the emulator's device view (pimoe.qpu.emulator.run_csd) with
+    one 4 KiB data buffer whose address is uniform 0, between two unmapped guard pages: holes in the GPU
+    address space, as the v3d MMU sees pages no buffer holds. A fault (QPUFault/DriverError) is a clean
+    refusal. An access into a hole must fault; a hole whose bytes changed without a fault means the
+    emulator let the program write outside every buffer. (A write into another allocated buffer is legal,
+    as on the hardware, and is not a finding.)
+
+    Layout (GPU addresses from the memory's base): the scratch page, the uniforms buffer (4 KiB), a hole,
+    the data page, a hole, then the code."""
+    from pimoe.qpu.emulator import CSDDispatch, GPUMemory, run_csd
 
     res = {"target": "qpu"}
     try:
-        with EmuDriver(code_area_size=max(4096, 8 * len(words) + 64), data_area_size=1 << 16) as drv:
-            before = drv.alloc(1024, dtype=np.uint32)
-            data = drv.alloc(1024, dtype=np.uint32)
-            after = drv.alloc(1024, dtype=np.uint32)
-            unif = drv.alloc(16, dtype=np.uint32)
-            before[:] = after[:] = GUARD * 0x01010101
-            data[:] = np.arange(1024, dtype=np.uint32)
-            unif[:] = int(data.addresses()[0]) + uniform_offset
-            code = drv.program(list(words))
-            try:
-                drv.execute(code, uniforms=unif.addresses()[0], thread=1, timeout_sec=5,
-                            max_instructions=max_instructions, progress=False)
-                status, detail = "ok", ""
-            except PimoeError as exc:
-                msg = str(exc)
-                clean = bool(msg) and "\n" not in msg and "  not modelled" not in msg
-                status, detail = ("error", msg[:200]) if clean else ("bug", f"[emu] unclear fault text: {msg[:200]!r}")
-            for name, guard in (("before", before), ("after", after)):
-                if (np.asarray(guard) != GUARD * 0x01010101).any():
-                    status, detail = "bug", (f"[emu] wrote into the '{name}' guard buffer, outside its data "
-                                             f"buffer, without a fault ({detail or 'run completed'})")
-                    break
+        mem = GPUMemory(1 << 20)
+        unif = mem.alloc(PAGE)
+        holes = [mem.alloc(PAGE)]
+        data = mem.alloc(PAGE)
+        holes.append(mem.alloc(PAGE))
+        code_words = np.array([int(w) for w in words], dtype=np.uint64)
+        code = mem.alloc(max(8, code_words.nbytes))
+        for h in holes:
+            mem.free(h)
+            mem.view(h, PAGE)[:] = GUARD
+        mem.view(data, PAGE).view(np.uint32)[:] = np.arange(PAGE // 4, dtype=np.uint32)
+        mem.view(unif, PAGE).view(np.uint32)[:] = (data + uniform_offset) & 0xFFFFFFFF
+        mem.view(code, code_words.nbytes)[:] = code_words.view(np.uint8)
+        try:
+            run_csd(mem, CSDDispatch.for_launch(code, unif), check_addresses=True, timeout_sec=5,
+                    max_instructions=max_instructions)
+            status, detail = "ok", ""
+        except PimoeError as exc:
+            msg = str(exc)
+            clean = bool(msg) and "\n" not in msg and "  not modelled" not in msg
+            status, detail = ("error", msg[:200]) if clean else ("bug", f"[emu] unclear fault text: {msg[:200]!r}")
+        for name, h in zip(("before", "after"), holes):
+            if (mem.view(h, PAGE) != GUARD).any():
+                status, detail = "bug", (f"[emu] wrote into the unmapped page {name} the data buffer without a "
+                                         f"fault ({detail or 'run completed'})")
+                break
     except PimoeError as exc:
         status, detail = "error", str(exc)[:200]
     except Exception as exc:                     # noqa: BLE001

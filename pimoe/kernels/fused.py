@@ -238,7 +238,19 @@ def _host_has_avx2() -> bool:
         return False
 
 
+def _host_has_vnni() -> bool:
+    """AVX-512 VNNI (with VL, for 256-bit vectors) or AVX-VNNI: vpdpbusd, u8 x s8 -> i32 in one step."""
+    try:
+        from llvmlite import binding as llb
+
+        f = llb.get_host_cpu_features()
+        return bool(f.get("avxvnni", False) or (f.get("avx512vnni", False) and f.get("avx512vl", False)))
+    except Exception:  # noqa: BLE001 - any failure: the pmaddwd or generic spelling is always correct
+        return False
+
+
 USE_X86_MADD = _host_has_avx2()   # numba compiles for the host CPU and keys its cache by CPU features
+USE_X86_VNNI = USE_X86_MADD and _host_has_vnni()
 
 
 def _even_odd_add(builder, v, width, out_type):
@@ -382,6 +394,27 @@ def _s8_apply(builder, halves, x, xo, x86):
     return acc
 
 
+def _s8_vnni_unpack(builder, w, wo):
+    """A Q8_0 block's 32 codes as (|code| as u8, code < 0) for the vpdpbusd dot."""
+    v8 = ir.VectorType(_I8, 32)
+    a = _vload(builder, w, wo, 0, v8)
+    zero = ir.Constant(v8, [0] * 32)
+    neg = builder.icmp_signed("<", a, zero)
+    return builder.select(neg, builder.sub(zero, a), a), neg
+
+
+def _s8_vnni_apply(builder, u, x, xo):
+    """<8 x i32> whose sum is sum_l w_l * x_l: |w| (u8) times x with w's sign (s8) in one vpdpbusd (the
+    sign moves to the activation; |x| <= 127 for Q8_0 activations, so negating it cannot overflow)."""
+    absw, neg = u
+    v8, v32 = ir.VectorType(_I8, 32), ir.VectorType(_I32, 8)
+    b = _vload(builder, x, xo, 0, v8)
+    sb = builder.select(neg, builder.sub(ir.Constant(v8, [0] * 32), b), b)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v32, [v32, v32, v32]),
+                                        "llvm.x86.avx512.vpdpbusd.256")
+    return builder.call(fn, [ir.Constant(v32, [0] * 8), builder.bitcast(absw, v32), builder.bitcast(sb, v32)])
+
+
 def _s8_vec(builder, w, wo, x, xo, x86):
     """<8 x i32> whose sum is sum_{l<32} int8(w[wo+l]) * x[xo+l] (Q8_0 block)."""
     return _s8_apply(builder, _s8_unpack(builder, w, wo), x, xo, x86)
@@ -483,7 +516,9 @@ def _make_madd_block_dots(x86):
 PREFETCH_AHEAD = 4096
 
 
-def _make_row_dots(x86):
+def _make_row_dots(x86, vnni=False):
+    """The row dots, spelled for x86 AVX2 (x86=True) or generic IR; vnni=True (x86 only): Q8_0 blocks
+    through vpdpbusd."""
     def f16_reader(builder, w, lut):
         def f16_at(o, k):
             h = _vload(builder, w, o, k, _I16)
@@ -530,11 +565,13 @@ def _make_row_dots(x86):
     # per block type: (bytes per block, weights per block, unpack(builder, w, o, f16_at) -> u,
     #                  apply(builder, u, x, xo, dx, bs, bo) -> [(<8 x i32>, f32 scale)])
     def q8_0_unpack(builder, w, o, f16_at):
-        return _s8_unpack(builder, w, builder.add(o, ir.Constant(o.type, 2))), f16_at(o, 0)
+        unpack = _s8_vnni_unpack if vnni else _s8_unpack
+        return unpack(builder, w, builder.add(o, ir.Constant(o.type, 2))), f16_at(o, 0)
 
     def q8_0_apply(builder, u, x, xo, dx, bs, bo):
-        halves, d = u
-        return [(_s8_apply(builder, halves, x, xo, x86), builder.fmul(d, dx))]
+        codes, d = u
+        v = _s8_vnni_apply(builder, codes, x, xo) if vnni else _s8_apply(builder, codes, x, xo, x86)
+        return [(v, builder.fmul(d, dx))]
 
     def q4_k_unpack(builder, w, o, f16_at):
         sc, mn = _kquant_scales_mins_ir(builder, w, o)
@@ -647,7 +684,7 @@ def _make_row_dots(x86):
 # (prompts route ~2 tokens to each expert), then single tokens
 (madd_q8_0_row_dot, madd_q4_k_row_dot, madd_q6_k_row_dot,
  madd_q8_0_row_tile, madd_q4_k_row_tile, madd_q6_k_row_tile,
- madd_q8_0_row_tile2, madd_q4_k_row_tile2, madd_q6_k_row_tile2) = _make_row_dots(USE_X86_MADD)
+ madd_q8_0_row_tile2, madd_q4_k_row_tile2, madd_q6_k_row_tile2) = _make_row_dots(USE_X86_MADD, USE_X86_VNNI)
 
 @intrinsic
 def fetch_add(typingctx, arr, val):
@@ -782,41 +819,52 @@ def _row_q5_1(b, xq, xd, xs, lut):
     return lanes.sum() + macc
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _two_bit_isum(b, qs, hm, hbit, bias, xq, xo, sc):
+    """Q2_K / Q3_K super-block: sum over its 8 runs of 32 weights (p = 4h + j, 16-weight groups 2p and
+    2p+1 with integer scales sc[2p], sc[2p+1]) of scale * (code - bias) * x, exact int32.  The low two
+    bits of weight h*128 + j*32 + l are bits 2j of b[qs + h*32 + l] (both types); Q3_K's third bit is
+    bit p of b[hm + l] (hbit = 1), Q2_K has none (hbit = 0)."""
+    isum = np.int32(0)
+    for p in range(8):
+        h, j = p >> 2, p & 3
+        isum = np.int32(isum + dot_code_32s(b, qs + h * 32, 2 * j, 3, hm, p, hbit, 2, bias, xq, xo + p * 32,
+                                            sc[2 * p], sc[2 * p + 1]))
+    return isum
+
+
 @njit(cache=True, nogil=True)
-def _row_q2_k(b, xq, xd, xbs, lut):
+def _row_q2_k(b, xq, xd, xbs, lut, sc):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
         o = i * 84
-        isum = np.int32(0)
         msum = np.int32(0)
-        for g in range(16):
+        for g in range(16):  # byte g: scale (low nibble) and min (high nibble) of group g
+            sc[g] = np.int32(b[o + g]) & 15
             msum = np.int32(msum + (np.int32(b[o + g]) >> 4) * np.int32(xbs[i * 16 + g]))
-        for p in range(8):  # 32 weights h*128 + j*32 + l (p = 4h + j): bits 2j of qs[h*32 + l], groups 2p, 2p+1
-            h, j = p >> 2, p & 3
-            qo = o + 16 + h * 32
-            sa = np.int32(b[o + 2 * p]) & 15
-            sb = np.int32(b[o + 2 * p + 1]) & 15
-            isum = np.int32(isum + dot_code_32s(b, qo, 2 * j, 3, qo, 0, 0, 0, 0, xq, i * 256 + p * 32, sa, sb))
+        isum = _two_bit_isum(b, o + 16, o + 16, 0, 0, xq, i * 256, sc)
         acc += xd[i] * (_f16(b, o + 80, lut) * np.float32(isum) - _f16(b, o + 82, lut) * np.float32(msum))
     return acc
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _q3k_scales(b, o, sc):
+    """The 16 signed 6-bit scales of the Q3_K super-block at b[o:] into sc: low 4 bits in bytes
+    96..103 (low nibbles for groups 0..7, high for 8..15), high 2 bits in 104..107, stored + 32."""
+    for g in range(16):
+        lo = np.int32(b[o + 96 + (g & 7)])
+        lo = (lo & 15) if g < 8 else (lo >> 4)
+        hi = (np.int32(b[o + 104 + (g & 3)]) >> (2 * (g >> 2))) & 3
+        sc[g] = (lo | (hi << 4)) - 32
 
 
 @njit(cache=True, nogil=True)
 def _row_q3_k(b, xq, xd, lut, sc):
     acc = np.float32(0.0)
     for i in range(xd.shape[0]):
-        o = i * 110
-        for g in range(16):  # 6-bit scales: low 4 bits in bytes 96..103, high 2 bits in 104..107
-            lo = np.int32(b[o + 96 + (g & 7)])
-            lo = (lo & 15) if g < 8 else (lo >> 4)
-            hi = (np.int32(b[o + 104 + (g & 3)]) >> (2 * (g >> 2))) & 3
-            sc[g] = (lo | (hi << 4)) - 32
-        isum = np.int32(0)
-        for p in range(8):  # 32 weights p = 4h + j; code = (2 bits of qs) | (hmask bit 4h+j << 2), minus 4
-            h, j = p >> 2, p & 3
-            isum = np.int32(isum + dot_code_32s(b, o + 32 + h * 32, 2 * j, 3, o, p, 1, 2, 4, xq, i * 256 + p * 32,
-                                                sc[2 * p], sc[2 * p + 1]))
-        acc += xd[i] * _f16(b, o + 108, lut) * np.float32(isum)
+        _q3k_scales(b, i * 110, sc)
+        acc += xd[i] * _f16(b, i * 110 + 108, lut) * np.float32(_two_bit_isum(b, i * 110 + 32, i * 110, 1, 4, xq,
+                                                                               i * 256, sc))
     return acc
 
 
@@ -888,16 +936,15 @@ def _dequant_row(kind, b, f, mv, lut):
                 deq_code_16(b, qo, 2 * j, 3, qo, 0, 0, 0, 0, f, i * 256 + g * 16,
                             d * np.float32(s & 15), dmin * np.float32(s >> 4))
     elif kind == K_Q3_K:
+        sc = np.empty(16, np.int32)
         for i in range(n // 256):
             o = i * 110
             d = _f16(b, o + 108, lut)
+            _q3k_scales(b, o, sc)
             for g in range(16):
-                lo = np.int32(b[o + 96 + (g & 7)])
-                lo = (lo & 15) if g < 8 else (lo >> 4)
-                hi = (np.int32(b[o + 104 + (g & 3)]) >> (2 * (g >> 2))) & 3
                 h, j, half = g >> 3, (g >> 1) & 3, g & 1
                 deq_code_16(b, o + 32 + h * 32 + half * 16, 2 * j, 3, o + half * 16, h * 4 + j, 1, 2, 4,
-                            f, i * 256 + g * 16, d * np.float32((lo | (hi << 4)) - 32), zero)
+                            f, i * 256 + g * 16, d * np.float32(sc[g]), zero)
     elif kind == K_Q4_K or kind == K_Q5_K:
         five = kind == K_Q5_K
         ts = 176 if five else 144
@@ -983,12 +1030,13 @@ def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out, nth
     """
     O = w.shape[1]
     n_chunks, total, nw, counter = _work_queue(O, gexp.shape[0], nthreads)
+    fast = kind == K_Q8_0 or kind == K_Q4_K or kind == K_Q6_K
     for _wk in prange(nw):
+        sc = np.empty(16, np.int32)  # Q2_K/Q3_K's unpacked scales, one per worker
         while True:
             g, e, r0, r1 = _next_item(counter, total, n_chunks, O, gexp)
             if g < 0:
                 break
-            fast = kind == K_Q8_0 or kind == K_Q4_K or kind == K_Q6_K
             if groups[g + 1] - groups[g] >= MULTI_TOKEN and not fast:
                 n = xq.shape[1]
                 f = np.empty(n, np.float32)
@@ -1057,7 +1105,6 @@ def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out, nth
                             v = madd_q6_k_row_dot(w, woff, xq, t * n, xd, t * nbx, xbs, t * nbs, nbx, lut)
                         out[t, o] = v
                 continue
-            sc = np.empty(16, np.int32)  # Q3_K's unpacked scales
             for o in range(r0, r1):
                 b = w[e, o]
                 for k in range(groups[g], groups[g + 1]):
@@ -1071,7 +1118,7 @@ def quant_matmul(kind, w, xq, xd, xs, xbs, xr, rows, groups, gexp, lut, out, nth
                     elif kind == K_Q5_1:
                         v = _row_q5_1(b, xq[t], xd[t], xs[t], lut)
                     elif kind == K_Q2_K:
-                        v = _row_q2_k(b, xq[t], xd[t], xbs[t], lut)
+                        v = _row_q2_k(b, xq[t], xd[t], xbs[t], lut, sc)
                     elif kind == K_Q3_K:
                         v = _row_q3_k(b, xq[t], xd[t], lut, sc)
                     else:
@@ -1148,12 +1195,12 @@ def float_matmul(kind, w, x, rows, groups, gexp, out, nthreads):
     n = x.shape[1]
     n_chunks, total, nw, counter = _work_queue(O, gexp.shape[0], nthreads)
     for _wk in prange(nw):
+        f = np.empty(n, np.float32)  # one row decoded to f32, one buffer per worker
+        u = np.empty(n, np.uint32)
         while True:
             g, e, r0, r1 = _next_item(counter, total, n_chunks, O, gexp)
             if g < 0:
                 break
-            f = np.empty(n, np.float32)
-            u = np.empty(n, np.uint32)
             for o in range(r0, r1):
                 _decode_float_row(kind, w[e, o], n, f, u)
                 for k in range(groups[g], groups[g + 1]):

@@ -170,15 +170,16 @@ class V3DDriver(_Closing):
     def submit(self, code, local_invocation=None, uniforms=None, workgroup=(1, 1, 1), wgs_per_sg=16, thread=1,
                propagate_nan=False, single_seg=False, threading=False, timeout_sec: float = 10, **_ignored) -> Job:
         """Queue the dispatch (SUBMIT_CSD) and return at once; Job.wait() is WAIT_BO on the driver's BOs."""
-        from pimoe.qpu.v3d_uapi import CSDConfig
+        from pimoe.qpu.emulator import CSDDispatch
 
         self._check_open()
         if isinstance(local_invocation, (int, np.integer)) and uniforms is None:
             local_invocation, uniforms = None, int(local_invocation)   # the older execute(code, uniforms)
-        cfg = CSDConfig.for_dispatch(int(code.address), uniforms, local_invocation=local_invocation or (16, 1, 1),
-                                     workgroup=workgroup, wgs_per_sg=wgs_per_sg, thread=thread,
-                                     propagate_nan=propagate_nan, single_seg=single_seg, threading=threading)
-        self.dev.submit_csd(cfg.words(), self.handles)
+        cfg = CSDDispatch.for_launch(int(code.address), int(uniforms or 0), thread=thread,
+                                     local_invocation=local_invocation or (16, 1, 1), workgroup=workgroup,
+                                     wgs_per_sg=wgs_per_sg, threading=threading, single_seg=single_seg,
+                                     propagate_nans=propagate_nan)
+        self.dev.submit_csd(cfg.encode(), self.handles)
         default_timeout = timeout_sec
 
         def wait(timeout):

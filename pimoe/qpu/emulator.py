@@ -441,14 +441,18 @@ class GPUMemory:
     scratch page (never allocated): with run_csd(check_addresses=False) an access outside every buffer
     goes there, as the v3d MMU sends unmapped addresses to its scratch page."""
 
-    def __init__(self, size: int = 256 << 20, *, base: int = BUS_BASE):
+    def __init__(self, size: int = 256 << 20, *, base: int = BUS_BASE, buffer=None):
+        """buffer: an existing writable byte buffer of `size` bytes to use as the memory (e.g. the shared
+        mapping pimoe.qpu.vdev's clients also map) instead of fresh zero pages."""
         if size < 2 * PAGE or size % PAGE or base % PAGE or base + size > 1 << 32 or base < 0:
             raise DriverError(f"GPUMemory(size={size}, base=0x{base:x}): whole pages inside 4 GiB, at least 2")
         import threading
 
         self.base = int(base)
         self.size = int(size)
-        self.memory = np.zeros(self.size, dtype=np.uint8)   # zero pages cost nothing until touched
+        # zero pages cost nothing until touched
+        self.memory = np.zeros(self.size, dtype=np.uint8) if buffer is None else \
+            np.frombuffer(buffer, dtype=np.uint8, count=self.size)
         self._allocs: dict[int, int] = {}                     # address -> size
         self._free: list[tuple[int, int]] = [(self.base + PAGE, self.base + self.size)]
         self._decoded: dict[int, tuple[np.ndarray, DecodedProgram]] = {}
@@ -472,9 +476,13 @@ class GPUMemory:
                     pieces.append((start + need, hi))
                 self._free[i:i + 1] = pieces
                 self._allocs[start] = need
-                self.view(start, need)[:] = 0
+                self._zero(start, need)
                 return start
         raise DriverError(f"GPUMemory: no room for {nbytes} bytes (size {self.size}; GPUMemory(size=...))")
+
+    def _zero(self, addr: int, nbytes: int) -> None:
+        """A new buffer reads as zeros (pimoe.qpu.vdev frees the pages instead of writing them)."""
+        self.view(addr, nbytes)[:] = 0
 
     def free(self, addr: int) -> None:
         addr = int(addr)
@@ -608,6 +616,18 @@ def run_csd(memory: GPUMemory, dispatch: CSDDispatch | tuple | list, *, check_ad
     if buf is None:
         raise DriverError(f"shader address 0x{dispatch.shader_addr:08x} is not in an allocated buffer")
     start, size = buf
+    # the code area is the buffer up to and including the first all-zero word at or after the shader: 0 does
+    # not decode (mul op 0 without branch signal bits; Mesa's v3d_qpu_instr_unpack refuses it too), so
+    # executing it faults as an invalid word with its PC, as a whole-buffer decode would; a branch past it
+    # faults with PC and target. A buffer of code then data (py-videocore6's one BO) decodes only its code.
+    words = memory.view(dispatch.shader_addr, start + size - dispatch.shader_addr).view(np.uint64)
+    n, step = 0, 4096
+    while n < len(words):
+        zero = np.flatnonzero(words[n: n + step] == 0)
+        if len(zero):
+            size = dispatch.shader_addr - start + 8 * (n + int(zero[0]) + 1)
+            break
+        n, step = n + step, step * 2
     prog = memory.decoded(start, size)
     entry = (dispatch.shader_addr - start) // 8
     with memory.lock:

@@ -50,7 +50,8 @@ least squares over all four figures, on the counts of kernels with the published
 and vec4 loads); tests/test_timing_calibration.py checks that the values below are what that fit gives from
 the counts stored in pimoe/bench/calibration/counts.json, and the bounds of issue 12 (each figure within
 10 % fitted on all four, each streaming figure within 15 % left out; sgemm left out leaves the round trip
-undetermined: it is the only published figure that depends on it).
+undetermined -- it is the only published figure that depends on it -- so it is held at its prior, Mesa's
+scheduler estimate of 400 cycles, which predicts the sgemm 1.89x too slow: that bound is NOT met).
 
 The Pi 4 CPU model is pimoe.cpumodel; the published figures both models start from are in pimoe.pi4.
 """

@@ -9,13 +9,13 @@ py-videocore6's Driver instead (see pimoe.qpu.driver).
         dev.identity()                            # V3D 4.2, 2 slices x 4 QPUs ... (GET_PARAM)
         handle, gpu_addr = dev.create_bo(1 << 20)
         buf = dev.map_bo(handle, 1 << 20)         # mmap of the render node at MMAP_BO's offset
-        dev.submit_csd(CSDConfig(...).words(), [handle])
+        dev.submit_csd(CSDDispatch.for_launch(...).encode(), [handle])   # pimoe.qpu.emulator
         dev.wait_bo(handle, timeout_ns=10**9)     # OSError(ETIME) on timeout
 
 Every ioctl number and struct layout below is the kernel's `include/uapi/drm/v3d_drm.h` and
 `include/uapi/drm/drm.h` (asm-generic _IOC encoding, used by arm64 and x86-64 alike); the compute
-dispatch's configuration words are Mesa's `broadcom/common/v3d_csd.h`. Errors are the kernel's: an
-ioctl failure raises OSError with its errno (EINVAL, ENOENT, ETIME, ...).
+dispatch's configuration words are pimoe.qpu.emulator.CSDDispatch's (Mesa's `broadcom/common/v3d_csd.h`).
+Errors are the kernel's: an ioctl failure raises OSError with its errno (EINVAL, ENOENT, ETIME, ...).
 
 Memory facts that matter for sizing (the kernel's drivers/gpu/drm/v3d/): buffer objects are shmem pages
 behind the V3D MMU, not CMA; all BOs of the device share one 32-bit (4 GiB) GPU virtual address space;
@@ -80,75 +80,6 @@ IOCTL_SUBMIT_CSD = _ioc(_IOC_WRITE, NR_SUBMIT_CSD, SUBMIT_CSD.size)
 GPU_VA_SIZE = 1 << 32          # one 32-bit GPU virtual address space for all BOs of the device
 BO_ALIGN = 128 << 10           # CREATE_BO places BOs at GMP granularity (v3d_bo.c: GMP_GRANULARITY)
 PAGE = 4096
-
-# ---- the compute dispatch's configuration words (Mesa broadcom/common/v3d_csd.h) ----------------------
-CFG012_WG_COUNT_SHIFT = 16
-CFG3_OVERLAP_WITH_PREV = 1 << 26
-CFG3_MAX_SG_ID_SHIFT = 20          # 6 bits
-CFG3_BATCHES_PER_SG_M1_SHIFT = 12  # 8 bits
-CFG3_WGS_PER_SG_SHIFT = 8          # 4 bits, 0 means 16
-CFG3_WG_SIZE_SHIFT = 0             # 8 bits
-CFG5_PROPAGATE_NANS, CFG5_SINGLE_SEG, CFG5_THREADING = 1 << 2, 1 << 1, 1 << 0
-
-
-@dataclass(frozen=True)
-class CSDConfig:
-    """One compute dispatch as the CSD sees it (7 configuration words).
-
-    Until the emulator lane's pimoe.qpu.emulator.CSDDispatch lands, this is the one place the words are
-    encoded (the client) and decoded (the virtual device)."""
-
-    shader: int                       # bus address of the first instruction (8-byte aligned)
-    uniforms: int = 0
-    wg_count: tuple[int, int, int] = (1, 1, 1)
-    wg_size: int = 16                 # invocations per workgroup, 1..256
-    wgs_per_sg: int = 16              # workgroups per supergroup, 1..16
-    batches_per_sg: int = 1           # 16-lane batches per supergroup
-    num_batches: int = 1
-    propagate_nans: bool = False
-    single_seg: bool = False
-    threading: bool = False
-    overlap_with_prev: bool = False
-
-    @classmethod
-    def for_dispatch(cls, shader: int, uniforms: int | None, *, local_invocation=(16, 1, 1), workgroup=(1, 1, 1),
-                     wgs_per_sg: int = 16, thread: int = 1, propagate_nan: bool = False, single_seg: bool = False,
-                     threading: bool = False) -> "CSDConfig":
-        """The words py-videocore6's Driver.execute arguments stand for (`thread` = number of batches)."""
-        wg_size = int(local_invocation[0]) * int(local_invocation[1]) * int(local_invocation[2])
-        return cls(shader=int(shader), uniforms=int(uniforms or 0), wg_count=tuple(int(v) for v in workgroup),
-                   wg_size=wg_size, wgs_per_sg=int(wgs_per_sg),
-                   batches_per_sg=max(1, -(-int(wgs_per_sg) * wg_size // 16)), num_batches=int(thread),
-                   propagate_nans=propagate_nan, single_seg=single_seg, threading=threading)
-
-    def words(self) -> tuple[int, ...]:
-        if not 1 <= self.wg_size <= 256 or not 1 <= self.wgs_per_sg <= 16 or not 1 <= self.batches_per_sg <= 256:
-            raise ValueError(f"CSD config out of range: wg_size {self.wg_size} (1..256), wgs_per_sg "
-                             f"{self.wgs_per_sg} (1..16), batches_per_sg {self.batches_per_sg} (1..256)")
-        if self.num_batches < 1 or self.shader % 8:
-            raise ValueError(f"CSD config: num_batches {self.num_batches} >= 1, shader 0x{self.shader:x} 8-aligned")
-        cfg3 = ((self.wg_size & 0xFF) << CFG3_WG_SIZE_SHIFT | (self.wgs_per_sg & 0xF) << CFG3_WGS_PER_SG_SHIFT
-                | (self.batches_per_sg - 1) << CFG3_BATCHES_PER_SG_M1_SHIFT
-                | (CFG3_OVERLAP_WITH_PREV if self.overlap_with_prev else 0))
-        cfg5 = (self.shader | (CFG5_PROPAGATE_NANS if self.propagate_nans else 0)
-                | (CFG5_SINGLE_SEG if self.single_seg else 0) | (CFG5_THREADING if self.threading else 0))
-        return tuple(int(n) << CFG012_WG_COUNT_SHIFT for n in self.wg_count) + (
-            cfg3, self.num_batches - 1, cfg5 & 0xFFFFFFFF, self.uniforms & 0xFFFFFFFF)
-
-    @classmethod
-    def decode(cls, words) -> "CSDConfig":
-        """The words as the hardware reads them (fields wider than their bits are cut, 0 means 16/256)."""
-        w = [int(v) & 0xFFFFFFFF for v in words]
-        if len(w) != 7:
-            raise ValueError(f"a CSD dispatch has 7 configuration words, got {len(w)}")
-        wg_size = (w[3] >> CFG3_WG_SIZE_SHIFT) & 0xFF
-        wgs = (w[3] >> CFG3_WGS_PER_SG_SHIFT) & 0xF
-        return cls(shader=w[5] & ~0x7, uniforms=w[6], wg_count=tuple(v >> CFG012_WG_COUNT_SHIFT for v in w[:3]),
-                   wg_size=wg_size or 256, wgs_per_sg=wgs or 16,
-                   batches_per_sg=((w[3] >> CFG3_BATCHES_PER_SG_M1_SHIFT) & 0xFF) + 1, num_batches=w[4] + 1,
-                   propagate_nans=bool(w[5] & CFG5_PROPAGATE_NANS), single_seg=bool(w[5] & CFG5_SINGLE_SEG),
-                   threading=bool(w[5] & CFG5_THREADING), overlap_with_prev=bool(w[3] & CFG3_OVERLAP_WITH_PREV))
-
 
 # ---- identity ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)

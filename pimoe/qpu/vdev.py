@@ -20,23 +20,35 @@ returns them):
   unknown parameter -> EINVAL.
 - CREATE_BO: zero-filled BOs in one 32-bit GPU address space shared by every open file (the v3d MMU has
   one page table), 128 KiB aligned; flags != 0 or size 0 -> EINVAL; no room -> ENOSPC. The virtual
-  address space starts at the emulator's bus base (0x10000000), so 3.75 of the 4 GiB are usable here.
+  address space starts at the emulator's bus base (0x10000000), so 3.75 of the 4 GiB are usable here;
+  its first page is the MMU's scratch page, never a BO.
 - GET_BO_OFFSET, MMAP_BO (unknown handle -> ENOENT), GEM_CLOSE (unknown handle -> EINVAL).
-- SUBMIT_CSD: the 7 configuration words decoded as the hardware does (pimoe.qpu.v3d_uapi.CSDConfig), the
-  job queued and run by the emulator on a worker thread, in submission order; bad pad/flags, no BOs ->
-  EINVAL, unknown BO handle, sync object or perfmon -> ENOENT (the virtual device has no sync objects).
-- WAIT_BO: waits for the last job that used the BO, with its timeout (in GPU time: the wall-clock wait is
-  `wait_scale` times longer, since emulating is that much slower than the QPUs): -> ETIME when it runs
-  out (the kernel's code), timeout_ns written back as what is left. A job the emulator stopped with a fault makes
-  WAIT_BO fail with EIO (the real GPU would hang or read the MMU's scratch page; the fault is logged to
-  the "pimoe.qpu.vdev" logger, the way the kernel logs MMU errors, and kept in `VirtualV3D.faults`).
+- SUBMIT_CSD: the 7 configuration words decoded as the hardware does (pimoe.qpu.emulator.CSDDispatch), the
+  job queued and run by the emulator (pimoe.qpu.emulator.run_csd) on a worker thread, in submission order;
+  bad pad/flags, no BOs -> EINVAL, unknown BO handle, sync object or perfmon -> ENOENT (the virtual device
+  has no sync objects). Neither pimoe nor py-videocore6 uses PERFMON: its ioctls are not served (EINVAL,
+  as for an ioctl number the driver lacks) and GET_PARAM says SUPPORTS_PERFMON = 0.
+- The MMU: the BOs are the only mapped pages of the address space (page-rounded, 128 KiB apart); a QPU
+  access anywhere else goes to the scratch page, as the v3d MMU sends it there (run_csd with
+  check_addresses=False), and is logged like the kernel's "MMU error" and counted (`VirtualV3D.mmu_faults`).
+- WAIT_BO: waits for the last job that used the BO, its timeout judged as the hardware would: in Pi 4 time.
+  The device keeps a GPU clock: host time, minus the time clients spent blocked waiting for the emulator
+  (which is much slower than the QPUs), plus the Pi 4 time the emulator predicts for each job
+  (pimoe.qpu.timing). A job finishes at start + predicted time, starting at its submission or when the
+  job before it finishes; WAIT_BO returns when that is within the timeout, else ETIME (the kernel's code;
+  timeout_ns written back as what is left). The host's own budget is separate: a job may emulate for
+  `job_timeout` host seconds, so a slow host never turns into ETIME for a job that finishes in time on a
+  Pi. A job longer than `gpu_timeout` seconds of predicted Pi 4 time, or one the emulator stops with a
+  fault (an invalid instruction, a runaway program), makes WAIT_BO fail with EIO (the real GPU would hang
+  until the kernel resets it; the fault is logged to the "pimoe.qpu.vdev" logger and kept in
+  `VirtualV3D.faults`).
 
 BO memory is one memfd: the client's mappings and the emulator's memory are the same pages.
 """
 
 from __future__ import annotations
 
-import bisect
+import collections
 import contextlib
 import ctypes
 import errno
@@ -50,9 +62,8 @@ import sys
 import threading
 import time
 
-import numpy as np
-
 from pimoe.qpu import v3d_uapi as U
+from pimoe.qpu.emulator import BUS_BASE, CSDDispatch, DriverError, GPUMemory, run_csd
 
 log = logging.getLogger("pimoe.qpu.vdev")
 
@@ -73,11 +84,10 @@ V3D42_REGISTERS = {
 V3D_FEATURES = {U.PARAM_SUPPORTS_TFU: 1, U.PARAM_SUPPORTS_CSD: 1, U.PARAM_SUPPORTS_CACHE_FLUSH: 1,
                 U.PARAM_SUPPORTS_PERFMON: 0, U.PARAM_SUPPORTS_MULTISYNC_EXT: 0, U.PARAM_SUPPORTS_CPU_QUEUE: 0}
 MMAP_OFFSET_BASE = 1 << 32          # DRM's fake mmap offsets start above 4 GiB (DRM_FILE_PAGE_OFFSET_START)
-DEFAULT_JOB_TIMEOUT = 600.0         # seconds of emulation before a job counts as hung
-# WAIT_BO timeouts are the client's idea of GPU time; emulating takes far longer than the QPUs would
-# (pimoe doctor --qpu virtual: a 4 MB summation takes 0.43 s to emulate, 0.92 ms predicted on a Pi 4, ~470x),
-# so a wait lasts timeout x this factor of wall time (0 still means "do not wait")
-DEFAULT_WAIT_SCALE = 1000.0
+DEFAULT_JOB_TIMEOUT = 600.0         # host seconds a job may emulate before the device counts it hung
+# predicted Pi 4 seconds a job may run before the device counts it hung (the kernel resets a CSD job that
+# stops making progress; pv6's 1024^3 sgemm takes 0.55 s on a Pi 4)
+DEFAULT_GPU_TIMEOUT = 60.0
 SUBMIT_FLAG_EXTENSION = 0x02
 
 
@@ -93,15 +103,18 @@ class BO:
 
 
 class Job:
-    """One SUBMIT_CSD: done (an Event), and after it the emulator's counters or the fault."""
+    """One SUBMIT_CSD: done (an Event); after it the emulator's counters or the fault, and the job's place
+    on the device's GPU clock (gpu_start, gpu_end: seconds; gpu_end - gpu_start = its predicted Pi 4 time)."""
 
-    def __init__(self, cfg: U.CSDConfig, bos: list[BO], file: "VirtualFile"):
-        self.cfg, self.bos, self.file = cfg, bos, file
+    def __init__(self, dispatch: CSDDispatch, bos: list[BO], file: "VirtualFile", submitted_gpu: float):
+        self.dispatch, self.bos, self.file = dispatch, bos, file
         self.done = threading.Event()
         self.counters = None
         self.fault: str | None = None
-        self.submitted = time.monotonic()
-        self.seconds = 0.0
+        self.submitted_gpu = submitted_gpu
+        self.gpu_start = self.gpu_end = submitted_gpu
+        self.predicted = 0.0          # Pi 4 seconds (pimoe.qpu.timing)
+        self.seconds = 0.0            # host seconds the emulation took
 
 
 class VirtualFile:
@@ -114,47 +127,58 @@ class VirtualFile:
         self.last_job: Job | None = None
 
 
+class _DeviceMemory(GPUMemory):
+    """The emulator's GPU address space over the device's memfd: a new BO's pages are dropped (they read
+    as zero, like fresh shmem pages) instead of written."""
+
+    def __init__(self, size: int, base: int, mapping: mmap.mmap):
+        super().__init__(size, base=base, buffer=mapping)
+        self._mapping = mapping
+
+    def _zero(self, addr: int, nbytes: int) -> None:
+        self._mapping.madvise(mmap.MADV_REMOVE, addr - self.base, nbytes)
+
+
 class VirtualV3D:
-    """The device: GPU address space, BOs, the CSD job queue and the emulator behind it."""
+    """The device: GPU address space (pimoe.qpu.emulator.GPUMemory), BOs, the CSD job queue run by
+    pimoe.qpu.emulator.run_csd, and the GPU clock WAIT_BO's timeouts are judged by."""
 
-    def __init__(self, job_timeout: float = DEFAULT_JOB_TIMEOUT, wait_scale: float = DEFAULT_WAIT_SCALE):
-        from pimoe.qpu.emulator import BUS_BASE
-
+    def __init__(self, job_timeout: float = DEFAULT_JOB_TIMEOUT, gpu_timeout: float = DEFAULT_GPU_TIMEOUT):
         self.base = BUS_BASE
         self.size = U.GPU_VA_SIZE - BUS_BASE
         self.job_timeout = float(job_timeout)
-        self.wait_scale = float(wait_scale)
+        self.gpu_timeout = float(gpu_timeout)
         self.memfd = os.memfd_create("pimoe-v3d", os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, self.size)
         self._map = _ORIG["mmap"](self.memfd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.memory = np.frombuffer(self._map, dtype=np.uint8)
-        self._used: list[tuple[int, int]] = []       # sorted (start, end) of live BOs
+        self.gpu = _DeviceMemory(self.size, self.base, self._map)
+        self.memory = self.gpu.memory
         self.bos: dict[int, BO] = {}                  # by address
         self.files: dict[int, VirtualFile] = {}
         self.faults: list[str] = []
+        self.mmu_faults = 0                           # accesses the MMU sent to the scratch page
         self.jobs_run = 0
+        # (predicted Pi 4 seconds, host seconds emulating, fault or None) of the last jobs, oldest first
+        self.job_log: collections.deque = collections.deque(maxlen=1000)
         self._lock = threading.RLock()
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
-        self._emu = None
+        self._stalled = 0.0                           # host seconds clients waited for the emulator
+        self._waiting: list[float] = []               # GPU clock at the start of each wait in progress
+        self._gpu_busy_until = 0.0                    # GPU clock: when the last finished job ended
+
+    # ---- the GPU clock -------------------------------------------------------------------------------
+    def gpu_now(self) -> float:
+        """Seconds on the device's GPU clock: host time minus the time clients spent waiting for the emulator
+        beyond the Pi 4 time of what they waited for. It stands still while a client waits (it moves on by
+        the Pi 4 time when the wait ends), so it never runs backwards."""
+        now = _host_monotonic() - self._stalled
+        waiting = self._waiting
+        return min(now, min(waiting)) if waiting else now
 
     # ---- address space ------------------------------------------------------------------------------
-    def _alloc_va(self, size: int) -> int:
-        start = self.base
-        for lo, hi in self._used:
-            if lo - start >= size:
-                break
-            start = -(-hi // U.BO_ALIGN) * U.BO_ALIGN
-        if start + size > self.base + self.size:
-            raise _err(errno.ENOSPC, f"no {size} bytes of GPU address space left")
-        bisect.insort(self._used, (start, start + size))
-        return start
-
-    def _free_va(self, addr: int, size: int) -> None:
-        self._used.remove((addr, addr + size))
-
     def mapped_bytes(self) -> int:
-        return sum(hi - lo for lo, hi in self._used)
+        return sum(hi - lo for lo, hi in self.gpu.regions())
 
     # ---- files ---------------------------------------------------------------------------------------
     def open_file(self, fd: int) -> VirtualFile:
@@ -177,7 +201,17 @@ class VirtualV3D:
         bo.handle_count -= 1
         if bo.handle_count == 0:
             self.bos.pop(bo.addr, None)
-            self._free_va(bo.addr, bo.size)
+            # the pages stay in use while a job that uses them runs (the kernel holds a reference)
+            job = bo.last_job
+            if job is not None and not job.done.is_set():
+                threading.Thread(target=lambda: (job.done.wait(), self._free_bo(bo)), daemon=True).start()
+            else:
+                self._free_bo(bo)
+
+    def _free_bo(self, bo: BO) -> None:
+        with self._lock:
+            if self.gpu is not None:
+                self.gpu.free(bo.addr)
 
     def _lookup(self, f: VirtualFile, handle: int, code: int = errno.ENOENT) -> BO:
         bo = f.handles.get(handle)
@@ -215,10 +249,10 @@ class VirtualV3D:
                 if flags or size == 0:
                     raise _err(errno.EINVAL, "flags must be 0 and size > 0")
                 size = -(-size // U.PAGE) * U.PAGE
-                addr = self._alloc_va(size)
-                off = addr - self.base
-                # fresh shmem pages read as zero: drop whatever an earlier BO left there
-                self._map.madvise(mmap.MADV_REMOVE, off, size)
+                try:
+                    addr = self.gpu.alloc(size, align=U.BO_ALIGN)
+                except DriverError:
+                    raise _err(errno.ENOSPC, f"no {size} bytes of GPU address space left") from None
                 bo = BO(addr, size)
                 bo.handle_count = 1
                 self.bos[addr] = bo
@@ -248,15 +282,34 @@ class VirtualV3D:
             else:
                 raise _err(errno.EINVAL, f"ioctl nr 0x{nr:02x} is not served by the virtual V3D device")
         if nr == U.NR_WAIT_BO:          # outside the lock: the worker must be able to finish the job
-            start = time.monotonic()
-            finished = job is None or job.done.wait(timeout_ns / 1e9 * self.wait_scale)
-            left = max(0, timeout_ns - int((time.monotonic() - start) * 1e9 / self.wait_scale))
-            U.WAIT_BO.pack_into(data, 0, handle, 0, left if finished else 0)
-            if not finished:
-                raise _err(errno.ETIME, f"BO {handle}: job still running after {timeout_ns} ns")
-            if job is not None and job.fault is not None:
-                raise _err(errno.EIO, f"the job using BO {handle} faulted: {job.fault}")
+            self._wait_bo(handle, job, timeout_ns, data)
         return data
+
+    def _wait_bo(self, handle: int, job: Job | None, timeout_ns: int, data: bytearray) -> None:
+        """WAIT_BO judged on the GPU clock: block (host time) until the emulator has run the job, then
+        return as a Pi 4 would have, `timeout_ns` after the call at the latest."""
+        with self._lock:
+            waited_from = self.gpu_now()
+            host_start = _host_monotonic()
+            self._waiting.append(waited_from)
+        try:
+            if job is not None:
+                job.done.wait()   # bounded: the worker gives up on a job after job_timeout host seconds
+        finally:
+            with self._lock:      # the client's time blocked beyond what a Pi would take leaves the clock
+                host = _host_monotonic() - host_start
+                timeout = timeout_ns / 1e9
+                pi_wait = 0.0 if job is None else max(0.0, job.gpu_end - waited_from)   # how long a Pi waits
+                finished = pi_wait <= timeout
+                self._stalled += host - (pi_wait if finished else timeout)
+                self._waiting.remove(waited_from)
+        left = max(0, timeout_ns - int(pi_wait * 1e9)) if finished else 0
+        U.WAIT_BO.pack_into(data, 0, handle, 0, left)
+        if job is not None and job.fault is not None:
+            raise _err(errno.EIO, f"the job using BO {handle} faulted: {job.fault}")
+        if not finished:
+            raise _err(errno.ETIME, f"BO {handle}: job still running after {timeout_ns} ns on the GPU clock "
+                                    f"(its predicted Pi 4 time is {job.predicted * 1e3:.3g} ms)")
 
     def _submit_csd(self, f: VirtualFile, data: bytearray) -> None:
         v = U.SUBMIT_CSD.unpack_from(data)
@@ -274,7 +327,7 @@ class VirtualV3D:
         for what, value in (("in_sync", in_sync), ("out_sync", out_sync), ("perfmon_id", perfmon)):
             if value:
                 raise _err(errno.ENOENT, f"{what} {value}: the virtual device has none")
-        job = Job(U.CSDConfig.decode(cfg_words), bos, f)
+        job = Job(CSDDispatch.decode(cfg_words), bos, f, self.gpu_now())
         for bo in bos:
             bo.last_job = job
         f.last_job = job
@@ -285,25 +338,31 @@ class VirtualV3D:
 
     # ---- the CSD queue -----------------------------------------------------------------------------------
     def _run_jobs(self) -> None:
+        from pimoe.qpu.timing import predict
+
         while True:
             job = self._queue.get()
             if job is None:
                 return
-            start = time.monotonic()
+            start = _host_monotonic()
             try:
-                job.counters = self._emulator().run(job.cfg, self.job_timeout)
+                job.counters = run_csd(self.gpu, job.dispatch, check_addresses=False, timeout_sec=self.gpu_timeout,
+                                       host_timeout_sec=self.job_timeout)
+                job.predicted = float(predict(job.counters).seconds)
+                if job.counters.scratch_accesses:
+                    self.mmu_faults += job.counters.scratch_accesses
+                    log.warning("v3d (virtual): MMU error: %d accesses outside every BO went to the scratch "
+                                "page", job.counters.scratch_accesses)
             except Exception as exc:      # a QPU fault, or a dispatch the emulator refuses
                 job.fault = str(exc)
                 self.faults.append(job.fault)
                 log.error("v3d (virtual): CSD job faulted: %s", job.fault)
-            job.seconds = time.monotonic() - start
+            job.seconds = _host_monotonic() - start
+            job.gpu_start = max(job.submitted_gpu, self._gpu_busy_until)
+            job.gpu_end = self._gpu_busy_until = job.gpu_start + job.predicted
             self.jobs_run += 1
+            self.job_log.append((job.predicted, job.seconds, job.fault))
             job.done.set()
-
-    def _emulator(self):
-        if self._emu is None:
-            self._emu = _ArenaEmulator(self.memory, self.base)
-        return self._emu
 
     def idle(self, timeout: float | None = None) -> bool:
         """Wait until every submitted job has run."""
@@ -315,66 +374,13 @@ class VirtualV3D:
         if self._worker is not None and self._worker.is_alive():
             self._queue.put(None)
             self._worker.join(timeout=self.job_timeout)
-        self.memory, self._emu = None, None
+        with self._lock:
+            self.memory = self.gpu = None
         try:
             self._map.close()
         except BufferError:          # a client still holds a view of the pages: leave them to the GC
             pass
         os.close(self.memfd)
-
-
-def _ArenaEmulator(memory, base):
-    """The emulator over the device's memory. A private adapter over today's EmuDriver, until the
-    emulator lane's run_csd(GPUMemory, CSDDispatch) lands (INTERFACES.md contract 1)."""
-    from pimoe.qpu.emu_decode import DecodedProgram
-    from pimoe.qpu.emulator import EmuDriver
-
-    class ArenaEmulator(EmuDriver):
-        def __init__(self):
-            super().__init__(code_area_size=8, data_area_size=0)
-            self.memory = memory
-            self._mem32 = memory.view(np.uint32)
-            self._programs: dict[int, DecodedProgram] = {}
-            import inspect
-
-            self._execute_params = inspect.signature(EmuDriver.execute).parameters
-
-        def run(self, cfg: U.CSDConfig, timeout: float):
-            off = cfg.shader - base
-            if off < 0 or off + 8 > len(memory):
-                raise ValueError(f"shader address 0x{cfg.shader:08x} is outside the GPU memory")
-            words = memory[off:].view(np.uint64)
-            # the program: from the shader address to the first all-zero word (never a valid instruction)
-            n, step = 0, 4096
-            while n < len(words):
-                zero = np.flatnonzero(words[n:n + step] == 0)
-                if len(zero):
-                    n += int(zero[0])
-                    break
-                n += step
-            n = min(n, len(words))
-            if n == 0:
-                raise ValueError(f"no program at 0x{cfg.shader:08x} (first word is 0)")
-            prog = self._programs.get(off)
-            if prog is None or len(prog.words) != n or not np.array_equal(prog.words, words[:n]):
-                prog = DecodedProgram(np.array(words[:n]))
-                self._programs[off] = prog
-            # (emu lane: the emulator's shared dispatch runner, over the whole device memory, PCs counted
-            # from the shader; the next step is run_csd(GPUMemory, CSDDispatch), contract 1)
-            from pimoe.qpu.emulator import _run_dispatch
-
-            with self._lock:
-                self.last_counters = _run_dispatch(
-                    memory, base, prog.table, dict(prog.errors), cfg.shader, 0, uniforms=cfg.uniforms,
-                    local_invocation=(cfg.wg_size, 1, 1), workgroup=cfg.wg_count, wgs_per_sg=cfg.wgs_per_sg,
-                    thread=cfg.num_batches, single_seg=cfg.single_seg, threading=cfg.threading,
-                    threads_per_qpu=None, check_registers=self.check_registers,
-                    check_memory_order=self.check_memory_order, regions=[], check_addresses=True,
-                    scratch_offset=0, timeout_sec=timeout, max_instructions=None, host_timeout_sec=timeout,
-                    progress=False)
-            return self.last_counters
-
-    return ArenaEmulator()
 
 
 # ---- the patches ---------------------------------------------------------------------------------------
@@ -470,13 +476,37 @@ class _mmap(mmap.mmap):
 
 
 _REPLACEMENTS = {"open": _open, "close": _close, "ioctl": _ioctl, "mmap": _mmap}
-_HOMES = {"open": os, "close": os, "ioctl": fcntl, "mmap": mmap}
+
+# ---- the Pi 4 clock (virtual_v3d(pi_clock=True)) --------------------------------------------------------
+_host_monotonic = time.monotonic
+_CLOCKS = {"time": time.time, "time_ns": time.time_ns, "monotonic": time.monotonic,
+           "monotonic_ns": time.monotonic_ns, "perf_counter": time.perf_counter,
+           "perf_counter_ns": time.perf_counter_ns}
+
+
+def _lag() -> float:
+    """Seconds the GPU clock is behind the host's, for the calling thread (0 on the device's own threads:
+    the emulator's budgets are host time)."""
+    dev = _state["dev"]
+    if dev is None or threading.current_thread().name.startswith("pimoe-vdev"):
+        return 0.0
+    return _host_monotonic() - dev.gpu_now()
+
+
+def _pi_clock(name: str):
+    orig = _CLOCKS[name]
+    if name.endswith("_ns"):
+        return lambda: orig() - int(_lag() * 1e9)
+    return lambda: orig() - _lag()
+
+
+_PI_CLOCK = {name: _pi_clock(name) for name in _CLOCKS}
 
 
 def _patch_all(table: dict) -> list:
     """Point every module-level name bound to an original at its replacement; returns what to undo."""
     undo = []
-    by_id = {id(_ORIG[k]): (k, table[k]) for k in _ORIG}
+    by_id = {id(_ORIG[k]): (k, table[k]) for k in table}
     for name, mod in list(sys.modules.items()):
         d = getattr(mod, "__dict__", None)
         if not isinstance(d, dict) or mod is sys.modules[__name__]:
@@ -490,9 +520,16 @@ def _patch_all(table: dict) -> list:
 
 
 @contextlib.contextmanager
-def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT, wait_scale: float = DEFAULT_WAIT_SCALE):
+def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT, gpu_timeout: float = DEFAULT_GPU_TIMEOUT,
+                pi_clock: bool = False):
     """In this process, for the duration of the block, the V3D device nodes are a virtual V3D 4.2 served
-    by the emulator. Re-entrant: a nested block shares the outer device."""
+    by the emulator. Re-entrant: a nested block shares the outer device. job_timeout: host seconds a job
+    may emulate; gpu_timeout: predicted Pi 4 seconds it may run (past either, WAIT_BO fails with EIO).
+
+    pi_clock=True: the time module's time/monotonic/perf_counter (and _ns forms) read the device's GPU clock
+    in every thread but the device's own, so a client that times its dispatches (py-videocore6's examples
+    print MB/s, its test_parallel_16 compares two dispatches' wall time) sees the emulator's PREDICTED
+    Pi 4 time for the GPU's part, and this host's own time for its CPU part."""
     if _state["dev"] is not None:
         _state["depth"] += 1
         try:
@@ -500,9 +537,15 @@ def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT, wait_scale: float = DE
         finally:
             _state["depth"] -= 1
         return
-    dev = VirtualV3D(job_timeout=job_timeout, wait_scale=wait_scale)
+    dev = VirtualV3D(job_timeout=job_timeout, gpu_timeout=gpu_timeout)
     _state["dev"], _state["depth"] = dev, 1
-    undo = _patch_all(_REPLACEMENTS)
+    table = dict(_REPLACEMENTS)
+    undo = _patch_all(table)
+    if pi_clock:          # the time module's own functions only: the standard library's timeouts keep host time
+        for name, fn in _PI_CLOCK.items():
+            undo.append((time.__dict__, name, _CLOCKS[name]))
+            table[name] = fn
+            setattr(time, name, fn)
     try:
         yield dev
     finally:
@@ -511,14 +554,14 @@ def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT, wait_scale: float = DE
             with contextlib.suppress(OSError):
                 _ORIG["close"](fd)
         for d, attr, value in undo:
-            if d.get(attr) is _REPLACEMENTS.get(_name_of(value)):
+            if d.get(attr) is table.get(_name_of(value)):
                 d[attr] = value
         _state["dev"], _state["depth"] = None, 0
         dev.shutdown()
 
 
 def _name_of(value) -> str | None:
-    for k, v in _ORIG.items():
+    for k, v in {**_ORIG, **_CLOCKS}.items():
         if v is value:
             return k
     return None

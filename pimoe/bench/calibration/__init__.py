@@ -14,8 +14,10 @@ fit_all() solves them by least squares on log(predicted / published time) over a
 shipped pimoe.qpu.timing.PI4); leave_one_out() refits on every three and predicts the fourth. A parameter
 no kernel of a fit is bound by is not identifiable from it: sgemm is the only published figure that
 depends on the round trip (the streaming kernels are memory bound at any latency below the summation's
-Little's-law bound), so leaving sgemm out leaves the latency open; leave_one_out() then reports the range
-of sgemm predictions the other three allow instead of a number.
+Little's-law bound), so leaving sgemm out leaves the latency open. Rule: a parameter the kernels of a fit
+do not determine takes its PRIOR (PRIORS: a value sourced independently of the four figures), the others
+are fitted; leave_one_out() says which were held, and also gives the range of sgemm predictions the other
+three allow.
 fit() is the older exact solve (one parameter from one kernel), which `pimoe calibrate` uses on a Pi.
 
     python -m pimoe.bench.calibration            # re-emulate, refit, write results/calibration-<time>.{json,png,svg}
@@ -31,6 +33,7 @@ import numpy as np
 from dataclasses import replace
 from pathlib import Path
 
+from pimoe import pi4
 from pimoe.errors import PimoeError
 from pimoe.qpu.timing import PI4, QPUTimingParams, predict
 
@@ -40,6 +43,13 @@ COUNTS_PATH = HERE / "counts.json"
 KERNELS = ("summation", "memset", "scopy", "sgemm")
 FITTED = {"read_bandwidth": "summation", "write_bandwidth": "memset", "wait_latency_cycles": "sgemm"}
 FREE = ("read_bandwidth", "write_bandwidth", "wait_latency_cycles")
+# Independent values for parameters a fit may leave undetermined (never tuned to the figures):
+# the round trip = the TMU latency Mesa's V3D compiler schedules for (pimoe.pi4, 100 instructions) x 4 cycles
+# per instruction.
+PRIORS = {"wait_latency_cycles": pi4.MESA_V3D_TMU_LATENCY_INSTRUCTIONS * PI4.cycles_per_instruction}
+PRIOR_SOURCES = {"wait_latency_cycles": "Mesa src/broadcom/compiler/qpu_schedule.c magic_waddr_latency(): 100 "
+                                        "instructions from a TMU write to the ldtmu waiting on it (a scheduler "
+                                        "heuristic), x 4 cycles per instruction"}
 
 
 def load_published() -> dict:
@@ -144,7 +154,7 @@ def fit_all(counts: dict, published: dict, kernels=KERNELS, base: QPUTimingParam
             step = np.zeros(len(free))
             step[j] = 1e-4
             jac[:, j] = (_log_residuals(counts, published, params_at(x + step), kernels) - r) / 1e-4
-        dead = [free[j] for j in range(len(free)) if not np.any(np.abs(jac[:, j]) > 1e-6)]
+        dead = _dead(jac, free)
         if dead:
             raise PimoeError(f"calibration: {', '.join(dead)} not identifiable from {', '.join(kernels)}: none of "
                              f"these kernels' predicted times depends on it")
@@ -164,6 +174,33 @@ def fit_all(counts: dict, published: dict, kernels=KERNELS, base: QPUTimingParam
     return params_at(x)
 
 
+def _dead(jac: np.ndarray, free) -> list[str]:
+    return [free[j] for j in range(len(free)) if not np.any(np.abs(jac[:, j]) > 1e-6)]
+
+
+def unidentified(counts: dict, published: dict, kernels, base: QPUTimingParams = PI4, free=FREE) -> list[str]:
+    """The parameters in `free` none of `kernels`' predicted times depends on at `base`."""
+    kernels = tuple(kernels)
+    r0 = _log_residuals(counts, published, base, kernels)
+    jac = np.empty((len(kernels), len(free)))
+    for j, n in enumerate(free):
+        jac[:, j] = _log_residuals(counts, published, replace(base, **{n: getattr(base, n) * math.exp(1e-4)}),
+                                   kernels) - r0
+        jac[:, j] /= 1e-4
+    return _dead(jac, free)
+
+
+def fit_with_priors(counts: dict, published: dict, kernels, base: QPUTimingParams = PI4,
+                    priors: dict[str, float] = PRIORS) -> tuple[QPUTimingParams, dict[str, float]]:
+    """fit_all() on `kernels`, except that the parameters they do not determine take their prior (the rule
+    for unidentified parameters). Returns (parameters, {name: prior} of those held). A parameter with no
+    prior still raises PimoeError."""
+    dead = unidentified(counts, published, kernels, base)
+    held = {n: float(priors[n]) for n in dead if n in priors}
+    free = tuple(n for n in FREE if n not in held)
+    return fit_all(counts, published, kernels, replace(base, **held), free=free), held
+
+
 def sgemm_range_without_latency(counts: dict, published: dict, params: QPUTimingParams) -> dict[str, float]:
     """What the streaming kernels alone allow for the sgemm: the round trip L is anywhere from 0 to the
     summation's Little's-law bound (published time x clock x queue depth / results per QPU: beyond it the
@@ -177,25 +214,22 @@ def sgemm_range_without_latency(counts: dict, published: dict, params: QPUTiming
     return {"latency_max_cycles": float(l_max), "ratio_at_zero_latency": lo, "ratio_at_latency_max": hi}
 
 
-def leave_one_out(counts: dict, published: dict, base: QPUTimingParams = PI4) -> list[dict[str, object]]:
-    """Each kernel predicted from the parameters fit_all() finds on the other three. Where the three do not
-    determine a parameter the held-out kernel needs (sgemm: the latency), the row has ratio None, the
-    reason, and the range of ratios the three allow."""
+def leave_one_out(counts: dict, published: dict, base: QPUTimingParams = PI4,
+                  priors: dict[str, float] = PRIORS) -> list[dict[str, object]]:
+    """Each kernel predicted from the parameters fit_all() finds on the other three. A parameter the three do
+    not determine (sgemm left out: the latency) is held at its prior (fit_with_priors); the row names it
+    (held_at_prior, prior_source) and, for sgemm, also gives the range of ratios the three allow."""
     out = []
-    for held in KERNELS:
-        rest = tuple(k for k in KERNELS if k != held)
-        row: dict[str, object] = {"held_out": held, "fitted_on": list(rest),
-                                  "published_seconds": published["kernels"][held]["seconds"]}
-        try:
-            params = fit_all(counts, published, rest, base)
-        except PimoeError as exc:
-            bw = fit_all(counts, published, rest, base, free=("read_bandwidth", "write_bandwidth"))
-            row.update(predicted_seconds=None, ratio=None, not_identifiable=str(exc),
-                       allowed_range=sgemm_range_without_latency(counts, published, bw) if held == "sgemm" else None)
-            out.append(row)
-            continue
-        pred = predict(counts[held]["counters"], params=params).seconds
-        row.update(predicted_seconds=pred, ratio=pred / published["kernels"][held]["seconds"],
-                   **{n: getattr(params, n) for n in FREE})
+    for held_out in KERNELS:
+        rest = tuple(k for k in KERNELS if k != held_out)
+        row: dict[str, object] = {"held_out": held_out, "fitted_on": list(rest),
+                                  "published_seconds": published["kernels"][held_out]["seconds"]}
+        params, held = fit_with_priors(counts, published, rest, base, priors)
+        pred = predict(counts[held_out]["counters"], params=params).seconds
+        row.update(predicted_seconds=pred, ratio=pred / published["kernels"][held_out]["seconds"],
+                   **{n: getattr(params, n) for n in FREE},
+                   held_at_prior=held, prior_source={n: PRIOR_SOURCES.get(n) for n in held})
+        if held_out == "sgemm":
+            row["allowed_range"] = sgemm_range_without_latency(counts, published, params)
         out.append(row)
     return out

@@ -56,24 +56,22 @@ def plot(rows: list[dict], loo: list[dict], png: Path, svg: Path) -> None:
     ax.set_ylabel("time per dispatch [ms] (log)")
     ax.set_title("QPU timing model (fitted on all four) vs published (error bars: +-10 %)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
-    held = [r["held_out"] for r in loo]
     ax2.axhspan(0.85, 1.15, color="#cccccc", alpha=0.5, label="+-15 %")
     for i, r in enumerate(loo):
-        if r["ratio"] is not None:
-            ax2.bar(i, r["ratio"], 0.5, color="#55a868")
-            ax2.annotate(f"{r['ratio']:.3f}", (i, r["ratio"]), textcoords="offset points", xytext=(0, 3),
-                         ha="center", fontsize=8)
-        else:   # not identifiable: the range the other kernels allow
-            rng = r["allowed_range"]
-            lo, hi = rng["ratio_at_zero_latency"], min(rng["ratio_at_latency_max"], 1.5)
+        rng = r.get("allowed_range")
+        if rng:   # what the other three allow with the latency free
+            lo, hi = rng["ratio_at_zero_latency"], min(rng["ratio_at_latency_max"], 2.0)
             ax2.bar(i, hi - lo, 0.5, bottom=lo, color="none", edgecolor="#c44e52", hatch="//")
-            ax2.annotate("latency not\nidentifiable", (i, hi), textcoords="offset points", xytext=(0, 3),
-                         ha="center", fontsize=7)
+        held = r.get("held_at_prior") or {}
+        ax2.bar(i, r["ratio"], 0.3, color="#c44e52" if held else "#55a868")
+        note = f"{r['ratio']:.3f}" + ("".join(f"\n{n} = prior {v:g}" for n, v in held.items()))
+        ax2.annotate(note, (i, min(r["ratio"], 2.0)), textcoords="offset points", xytext=(0, 3),
+                     ha="center", fontsize=7)
     ax2.axhline(1.0, color="k", lw=0.8)
-    ax2.set_xticks(range(len(loo)), [f"{h}\n(held out)" for h in held], fontsize=8)
-    ax2.set_ylim(0, 1.5)
+    ax2.set_xticks(range(len(loo)), [f"{r['held_out']}\n(held out)" for r in loo], fontsize=8)
+    ax2.set_ylim(0, 2.2)
     ax2.set_ylabel("predicted / published time")
-    ax2.set_title("leave-one-out: fitted on the other three", fontsize=9)
+    ax2.set_title("leave-one-out: fitted on the other three\n(hatched: range with the latency free)", fontsize=9)
     ax2.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(png, dpi=120)
@@ -142,12 +140,16 @@ def main(argv=None) -> int:
               f"{r['ratio_predicted_to_published_time']:7.3f}  {r['bound']:9s} {counts[r['kernel']].get('kernel')}")
     print("  leave-one-out (fitted on the other three):")
     for r in loo:
-        if r["ratio"] is not None:
-            print(f"    {r['held_out']:10s} predicted/published = {r['ratio']:.3f}")
-        else:
-            rng = r["allowed_range"]
-            print(f"    {r['held_out']:10s} not identifiable ({r['not_identifiable']}); the other three allow "
-                  f"{rng['ratio_at_zero_latency']:.3f} .. {rng['ratio_at_latency_max']:.3f}")
+        held = r.get("held_at_prior") or {}
+        line = f"    {r['held_out']:10s} predicted/published = {r['ratio']:.3f}"
+        if held:
+            line += " (" + ", ".join(f"{n} not identifiable from the other three: held at its prior {v:g}, "
+                                     f"{r['prior_source'][n]}" for n, v in held.items()) + ")"
+        rng = r.get("allowed_range")
+        if rng:
+            line += (f"; with the latency free the other three allow {rng['ratio_at_zero_latency']:.3f} .. "
+                     f"{rng['ratio_at_latency_max']:.3f}")
+        print(line)
     lb = record["latency_consistency"]
     print(f"  latency: fitted {lb['fitted_latency_cycles']:.1f} cycles <= {lb['summation_max_latency_cycles']:.1f} "
           f"allowed by the summation's rate with 8 results in flight: {lb['consistent']}")
