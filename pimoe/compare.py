@@ -159,6 +159,7 @@ class BackendRun:
     agreement: Agreement | None = None                # set on every run but the reference
     teacher_forced: bool = False
     scaled: Scaled | None = None
+    offload: dict | None = None                       # offload_figures() for a run with QPU dispatches
 
     @property
     def label(self) -> str:
@@ -180,6 +181,8 @@ class BackendRun:
             d.update(agreement=self.agreement.to_json(), teacher_forced=self.teacher_forced)
         if self.scaled is not None:
             d["scaled"] = self.scaled.to_json()
+        if self.offload is not None:
+            d["offload"] = self.offload
         return d
 
 
@@ -353,8 +356,81 @@ def compare(path, backends=("cpu", "qpu"), n_prompt: int = 16, n_gen: int = 8, r
     L_full = full_layers(shape, ref.model)
     for r in runs:
         r.scaled = scale_to_full(r.tg_regions, r.tg_predicted, L_run, L_full)
+    for r in runs[1:]:
+        r.offload = offload_figures(r, ref, L_run, L_full)
     return Comparison(model=model_info(ref.model), shape=shape, layers_run=L_run, layers_full=L_full,
                       prompt=prompt, runs=runs)
+
+
+def offload_figures(run: BackendRun, ref: BackendRun, L_run: int, L_full: int) -> dict | None:
+    """For a run with QPU dispatches and a reference with a prediction: its predicted Pi 4 decode (scaled to
+    the full model) under every DRAM-sharing scenario (pimoe.dram; only concurrent regions depend on it) and
+    as a ratio to the reference's; QPU dispatches per token; and the dispatch overhead at which it stops
+    paying (predicted time = the reference's, the planned splits kept), found by bisection over the fixed
+    cost the timing model charges each dispatch. None when there is nothing to predict."""
+    from pimoe import dram
+    from pimoe.qpu import timing
+
+    prof = run.profiler
+    ref_s = ref.scaled.predicted_seconds_per_token if ref.scaled else None
+    if not run.tg_predicted or not ref_s or prof is None or not any(r.dispatches for r in prof.regions):
+        return None
+    steps = len(run.tg_s) * run.n_gen
+    tg = lambda reg: reg.name == "tg"   # noqa: E731
+
+    def seconds(share=None, overhead=None) -> float:
+        pred = prediction.predict_regions(prof, tg, steps, share=share, dispatch_overhead=overhead)
+        return scale_to_full({}, pred, L_run, L_full).predicted_seconds_per_token
+
+    by_share = {}
+    for name in dram.SCENARIO_NAMES:
+        sec = seconds(name)
+        by_share[name] = {"predicted_seconds_per_token": sec, "predicted_tps": 1.0 / sec, "x_reference": ref_s / sec}
+    keep = profile.subtree_filter(prof.regions, tg)
+    disp_run = sum(len(r.dispatches or ()) for r in prof.regions if keep[r.index] and r.dispatches)
+    layer_disp = sum(len(r.dispatches or ()) for r in prof.regions if keep[r.index] and r.dispatches
+                     and _under_layer(prof.regions, r))
+    per_token = (disp_run + (L_full / L_run - 1) * layer_disp) / steps
+    model_overhead = (prediction._TIMING_PARAMS or timing.PI4).dispatch_overhead_s
+    lo, hi = 0.0, 1e-3
+    if seconds("central", lo) >= ref_s:
+        break_even = 0.0                                  # does not pay even with free dispatches
+    else:
+        while seconds("central", hi) < ref_s and hi < 1.0:
+            hi *= 2
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if seconds("central", mid) < ref_s else (lo, mid)
+        break_even = lo
+    return {"reference": ref.backend, "by_share": by_share, "dispatches_per_token": per_token,
+            "dispatch_overhead_s": model_overhead, "break_even_dispatch_overhead_s": break_even,
+            "break_even_share": "central"}
+
+
+def _under_layer(regions, r) -> bool:
+    while r is not None:
+        if r.name == "layer":
+            return True
+        r = regions[r.parent] if r.parent >= 0 else None
+    return False
+
+
+def offload_text(result: "Comparison") -> str:
+    """One line per offload run: predicted Pi 4 decode x the reference under each DRAM-sharing scenario, and
+    the dispatch overhead at which it stops paying."""
+    lines = []
+    for r in result.runs[1:]:
+        o = r.offload
+        if not o:
+            continue
+        ratios = ", ".join(f"{k} {v['x_reference']:.2f}x ({v['predicted_tps']:.2f} t/s)" for k, v in o["by_share"].items())
+        lines.append(f"{r.backend} vs {o['reference']}, Pi 4 predicted decode (DRAM sharing {ratios}); "
+                     f"{o['dispatches_per_token']:.0f} QPU dispatches per token; "
+                     + (f"offload stops paying at a dispatch overhead of "
+                        f"{o['break_even_dispatch_overhead_s'] * 1e6:.0f} us"
+                        if o["break_even_dispatch_overhead_s"] > 0 else "no faster even with free dispatches")
+                     + f" (timing model: {o['dispatch_overhead_s'] * 1e6:.0f} us, DRAM sharing central)")
+    return "\n".join(lines)
 
 
 def agreement(ref_tokens, ref_logits: np.ndarray, tokens, logits: np.ndarray) -> Agreement:

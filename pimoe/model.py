@@ -297,7 +297,7 @@ class Model:
             with prof.region("output_head", bytes=self.output.nbytes,
                              flops=2 * T * self.output.shape[0] * self.output.shape[1]):
                 x = rmsnorm(x, self.output_norm, cfg.rms_eps)
-                logits = quant.matmul(self.output, x)         # [T, vocab]
+                logits, = self.backend.dense_matmul((self.output,), x)         # [T, vocab]
                 if cfg.logit_scale != 1.0:          # granitemoe: llama.cpp multiplies by 1/scale (in f32)
                     logits = logits * (np.float32(1.0) / np.float32(cfg.logit_scale))
             if not np.isfinite(logits).all():
@@ -375,9 +375,8 @@ class Model:
     def _attention_body(self, i: int, layer: LayerWeights, h: np.ndarray, cos, sin) -> np.ndarray:
         cfg, a = self.config, layer.attn
         T, H, Hkv, hd = h.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        q = quant.matmul(a.q, h)          # [T, H*hd]
-        k = quant.matmul(a.k, h)          # [T, Hkv*hd]
-        v = quant.matmul(a.v, h)          # [T, Hkv*hd]
+        # [T, H*hd], [T, Hkv*hd] x 2: the backend's dense seam (quant.matmul unless it splits them with the QPU)
+        q, k, v = self.backend.dense_matmul((a.q, a.k, a.v), h)
         if a.q_bias is not None:
             q = q + a.q_bias
         if a.k_bias is not None:
@@ -408,7 +407,7 @@ class Model:
         scores = np.where(future, np.float32(-np.inf), scores)
         att = softmax(scores) @ V[:, None]                    # [Hkv, group, T, hd]
         att = att.reshape(H, T, hd).transpose(1, 0, 2).reshape(T, H * hd)
-        out = quant.matmul(a.o, np.ascontiguousarray(att))    # [T, hidden]
+        out, = self.backend.dense_matmul((a.o,), np.ascontiguousarray(att))    # [T, hidden]
         if a.o_bias is not None:
             out = out + a.o_bias
         return out

@@ -8,6 +8,8 @@ compare record   -> breakdown.png  per-decode-token time by region, each backend
                     tokens.png     tg t/s per backend: measured here, Pi 4 predicted (and scaled to the full
                                    model when the run had fewer layers)
                     experts.png    expert-usage heatmap (layer x expert, counts of routed tokens)
+                    offload.png    predicted Pi 4 decode of each offload backend as a multiple of the
+                                   reference's, per DRAM-sharing scenario (runs' "offload"; when present)
 headline record  -> <stem>.png    predicted Pi 4 t/s per model and mix, CPU only vs QPU (vs hybrid), linear
 either / both    -> roofline.png   arithmetic intensity (FLOP per weight byte) vs GFLOP/s with the Pi 4
                                    ceilings (CPU decode bandwidth and fp32 peak, QPU read bandwidth and peak):
@@ -227,6 +229,40 @@ def plot_tokens(rec: dict, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, _stem(rec) + "-tokens")
 
 
+OFFLOAD_TARGET = 1.5      # issue 14: the best offload backend >= 1.5x CPU-only (predicted Pi 4 decode)
+
+
+def plot_offload(rec: dict, out_dir: Path) -> list[Path]:
+    """Predicted Pi 4 decode of every offload run as a multiple of the reference's (compare's offload_figures),
+    one bar per DRAM-sharing scenario, with the 1x and issue-14 target lines. Nothing when no run has them."""
+    runs = [r for r in rec.get("runs", []) if r.get("offload")]
+    if not runs:
+        return []
+    shares = list(runs[0]["offload"]["by_share"])
+    fig, ax = _subplots(figsize=(7.5, 1.6 + 0.9 * len(runs)))
+    h = 0.8 / len(shares)
+    colors = {"pessimistic": "#d62728", "central": "#ff7f0e", "optimistic": "#2ca02c"}
+    for i, r in enumerate(runs):
+        for j, name in enumerate(shares):
+            x = r["offload"]["by_share"][name]["x_reference"]
+            y = i + (j - (len(shares) - 1) / 2) * h
+            ax.barh(y, x, height=h * 0.95, color=colors.get(name, "#7f7f7f"), hatch="//", edgecolor="k", lw=0.5,
+                    label=f"DRAM sharing {name}" if i == 0 else None)
+            ax.text(x, y, f" {x:.2f}x", va="center", fontsize=8)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.axvline(OFFLOAD_TARGET, color="#555555", lw=0.8, ls="--", label=f"{OFFLOAD_TARGET}x (issue 14)")
+    ax.set_yticks(range(len(runs)), [f"{r['backend']} vs {r['offload']['reference']}" for r in runs], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(max(v["x_reference"] for v in r["offload"]["by_share"].values()) for r in runs) * 1.25)
+    full = rec.get("layers_full")
+    ax.set_xlabel("Pi 4 decode speed x the reference — PREDICTED" + (f" (scaled to {full} layers)" if full else ""))
+    ax.set_title(f"Offload vs CPU-only, predicted — {rec['model']['file']}", fontsize=9)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, out_dir, _stem(rec) + "-offload")
+
+
 def plot_experts(rec: dict, out_dir: Path) -> list[Path]:
     usage = np.asarray(rec["runs"][0]["expert_usage"], float)      # [layers, experts]
     fig, ax = _subplots(figsize=(min(14, 3 + usage.shape[1] * 0.08), 1.5 + 0.4 * usage.shape[0]))
@@ -395,6 +431,7 @@ def plot_records(paths, out_dir=None) -> list[Path]:
                 made += plot_breakdown(rec, out)
                 made += plot_tokens(rec, out)
                 made += plot_experts(rec, out)
+                made += plot_offload(rec, out)
                 made += plot_roofline(rec, bw_recs[-1] if bw_recs else None, out)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             # a hand-edited or truncated record: say which file and what is missing or wrong

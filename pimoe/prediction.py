@@ -86,21 +86,32 @@ def predict_each(prof: profile.Profiler, where, share=None) -> list[float] | Non
 
     A region tagged concurrent=True (the hybrid backend's "coexec") runs its lane children (tag lane="cpu" /
     "qpu") at the same time: its time is pimoe.dram.concurrent of the two lanes' predicted times and DRAM
-    bytes under the DRAM-sharing scenario `share` (default central), not their sum."""
+    bytes under the DRAM-sharing scenario `share` (default central), not their sum. Its QPU dispatches do not
+    make its parent a QPU region: the parent keeps its CPU prediction, of its bytes and FLOPs minus what its
+    concurrent children say they took over (tags covers_bytes / covers_flops: e.g. the attention region
+    keeps the scores and A.V FLOPs while a coexec child computes the q projection)."""
     regions = prof.regions
     keep = profile.subtree_filter(regions, where)
     has_qpu = [bool(r.dispatches) for r in regions]
+    covered = [[0, 0] for _ in regions]      # bytes, flops a region's concurrent children took over
     for r in reversed(regions):             # children come after their parent: propagate upwards
-        if has_qpu[r.index] and r.parent >= 0:
+        if r.parent < 0:
+            continue
+        if r.tags.get("concurrent"):
+            covered[r.parent][0] += r.tags.get("covers_bytes", 0)
+            covered[r.parent][1] += r.tags.get("covers_flops", 0)
+        elif has_qpu[r.index]:
             has_qpu[r.parent] = True
     own = [0.0] * len(regions)
     for r in regions:
         if not keep[r.index] or not r.end:
             continue
-        if has_qpu[r.index]:
+        nbytes = max(r.counters.get("bytes", 0) - covered[r.index][0], 0)
+        flops = max(r.counters.get("flops", 0) - covered[r.index][1], 0)
+        if has_qpu[r.index] or r.tags.get("concurrent"):
             parts = [predict_qpu_seconds(d) for d in (r.dispatches or ())]
-        elif r.counters.get("bytes") or r.counters.get("flops"):
-            parts = [predict_cpu_seconds(r.counters.get("bytes", 0), r.counters.get("flops", 0))]
+        elif nbytes or flops:
+            parts = [predict_cpu_seconds(nbytes, flops)]
         else:
             parts = []
         if any(p is None for p in parts):
@@ -129,9 +140,21 @@ def predict_each(prof: profile.Profiler, where, share=None) -> list[float] | Non
     return incl
 
 
-def predict_regions(prof: profile.Profiler, where, steps: int) -> dict[str, float] | None:
-    """Predicted Pi 4 seconds per step by region path (inclusive), or None (see predict_each)."""
-    incl = predict_each(prof, where)
+def predict_regions(prof: profile.Profiler, where, steps: int, share=None,
+                    dispatch_overhead: float | None = None) -> dict[str, float] | None:
+    """Predicted Pi 4 seconds per step by region path (inclusive), or None (see predict_each). share: the
+    DRAM-sharing scenario of concurrent regions (pimoe.dram; default central); dispatch_overhead: predict
+    every QPU dispatch with this fixed cost (seconds) instead of the timing parameters' own."""
+    global _TIMING_PARAMS
+    saved = _TIMING_PARAMS
+    if dispatch_overhead is not None:
+        from dataclasses import replace
+
+        _TIMING_PARAMS = replace(saved or timing.PI4, dispatch_overhead_s=float(dispatch_overhead))
+    try:
+        incl = predict_each(prof, where, share)
+    finally:
+        _TIMING_PARAMS = saved
     if incl is None:
         return None
     out: dict[str, float] = {}

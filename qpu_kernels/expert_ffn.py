@@ -42,33 +42,47 @@ MAX_TILE = {"f32": 4, "q4": 2, "q8": 2}   # tokens per tile the register file ho
 @dataclass
 class QPUMatrices:
     """One expert tensor [E, rows, cols] in QPU layout, living in a driver buffer."""
-    buf: np.ndarray          # uint32 [E, padded_rows, row_words]
+    buf: np.ndarray          # uint32 [experts held, padded_rows, row_words]
     spec: lay.LayoutSpec
     rows: int
     cols: int
+    slots: np.ndarray | None = None    # int [E]: expert -> its index in buf, -1 if not held (None: all, in order)
 
     @property
     def row_bytes(self) -> int:
         return self.spec.row_words(self.cols) * 4
 
     def addr(self, e: int, row: int = 0) -> int:
+        if self.slots is not None:
+            slot = int(self.slots[e])
+            if slot < 0:
+                raise PimoeError(f"expert {e} is not in this QPU copy (its placement keeps it on the CPU)")
+            e = slot
         return base_address(self.buf) + (e * self.buf.shape[1] + row) * self.row_bytes
 
     @classmethod
-    def upload(cls, drv, qtensor) -> "QPUMatrices":
+    def upload(cls, drv, qtensor, experts=None) -> "QPUMatrices":
         """Repack a GGUF expert tensor (QTensor [E, rows, cols]) into a new driver buffer, expert by
-        expert (no dequantized copy except for f32-layout types, one expert at a time)."""
+        expert (no dequantized copy except for f32-layout types, one expert at a time). experts: bool [E],
+        only those (None: all)."""
         E, rows, cols = qtensor.shape
         spec = lay.spec_for(qtensor.qtype, f"tensor '{qtensor.name}'")
-        buf = drv.alloc((E, lay.padded_rows(rows), spec.row_words(cols)), dtype=np.uint32)
-        for e in range(E):
-            lay.pack_matrix(qtensor.data[e], qtensor.qtype, rows, cols, out=buf[e])
-        return cls(buf, spec, rows, cols)
+        held = np.arange(E) if experts is None else np.nonzero(np.asarray(experts, bool))[0]
+        buf = drv.alloc((max(len(held), 1), lay.padded_rows(rows), spec.row_words(cols)), dtype=np.uint32)
+        for i, e in enumerate(held):
+            lay.pack_matrix(qtensor.data[e], qtensor.qtype, rows, cols, out=buf[i])
+        slots = None
+        if experts is not None:
+            slots = np.full(E, -1, np.int64)
+            slots[held] = np.arange(len(held))
+        return cls(buf, spec, rows, cols, slots)
 
     @staticmethod
-    def nbytes_for(qtensor) -> int:
+    def nbytes_for(qtensor, n_experts: int | None = None) -> int:
+        """Bytes of the QPU copy of all experts of qtensor [E, rows, cols] (or of n_experts of them)."""
         E, rows, cols = qtensor.shape
-        return E * lay.spec_for(qtensor.qtype, f"tensor '{qtensor.name}'").nbytes(rows, cols)
+        n = E if n_experts is None else max(int(n_experts), 1)
+        return n * lay.spec_for(qtensor.qtype, f"tensor '{qtensor.name}'").nbytes(rows, cols)
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -104,15 +118,46 @@ class ExpertFFN:
 
     def _execute(self, phases: list, kernel: str) -> None:
         """One dispatch of phases [(cfg, table address, row bytes)] (several: chained, see qpu_gemv)."""
+        self._submit(phases, kernel)()
+
+    def _submit(self, phases: list, kernel: str):
+        """Submit one dispatch of phases; returns wait() -> None, which waits for it and records its counts
+        (in the calling thread: the profiler hooks run there)."""
         # the GEMV loops wait on ldtmu without thrsw: no thread switch shows it, so the timing model charges
         # the waits the emulator's load-to-use distance bins measured (waits="ldtmu")
         targs = timing_args()
-        with self.region("compute", kernel=kernel):
-            c = execute_chain(self.drv, self.programs, phases, self.threads, self.scratch)
-            if c is not None and self.on_dispatch is not None:
-                self.on_dispatch(c, kernel=kernel, timing_args=targs)
-        self.counters.append(c)
-        self.timing_args.append(targs)
+        job = execute_chain(self.drv, self.programs, phases, self.threads, self.scratch, wait=False)
+
+        def wait() -> None:
+            with self.region("compute", kernel=kernel):
+                c = job.wait()
+                if c is not None and self.on_dispatch is not None:
+                    self.on_dispatch(c, kernel=kernel, timing_args=targs)
+            self.counters.append(c)
+            self.timing_args.append(targs)
+
+        return wait
+
+    def submit_decode(self, gate: QPUMatrices, up: QPUMatrices, down: QPUMatrices, x: np.ndarray,
+                      expert_ids: np.ndarray, expert_weights: np.ndarray):
+        """__call__ for one token (x [1, hidden]) without waiting: the dispatch is submitted and this returns
+        result() -> f32 [1, hidden], which waits for it (needs one_dispatch). The host works meanwhile."""
+        if x.shape[0] != 1 or not self.one_dispatch:
+            raise PimoeError("submit_decode: one token, one dispatch (one_dispatch=True)")
+        hidden = x.shape[1]
+        self.scratch.reset()
+        x_full = np.zeros((1, lay.padded_cols(hidden)), np.float32)
+        x_full[:, :hidden] = x
+        tiles = [(int(e), [0], [float(w)]) for e, w in zip(expert_ids[0], expert_weights[0])]
+        wait, out = self._decode(gate, up, down, x_full, tiles, hidden, gate.spec.kind != "f32",
+                                 down.spec.kind != "f32", wait=False)
+
+        def result() -> np.ndarray:
+            wait()
+            with self.region("readback"):
+                return out[None, :hidden].copy()
+
+        return result
 
     def __call__(self, gate: QPUMatrices, up: QPUMatrices, down: QPUMatrices, x: np.ndarray,
                  expert_ids: np.ndarray, expert_weights: np.ndarray, tile: int | None = None) -> np.ndarray:
@@ -191,10 +236,10 @@ class ExpertFFN:
             table_a = write_tables(self.scratch, items_a, self.threads)
         return (cfg_a, table_a, [gate.row_bytes, up.row_bytes]), h_streams
 
-    def _decode(self, gate, up, down, x_full, tiles, hidden, quant_in, quant_h) -> np.ndarray:
+    def _decode(self, gate, up, down, x_full, tiles, hidden, quant_in, quant_h, wait: bool = True):
         """One token: phase A for its k experts, phase B = down projections summed over the k experts
         inside the kernel (one item per 16 output rows with k entries); one dispatch (one_dispatch) or
-        two."""
+        two. wait=False (one_dispatch): (wait(), out) with the dispatch submitted."""
         phase_a, h_streams = self._swiglu_phase(gate, up, down, x_full, tiles, 1, quant_in, quant_h)
         cfg_b = KernelConfig.for_layout(down.spec, lay.padded_cols(down.cols), 1, "sum")
         n_groups = lay.padded_rows(hidden) // 16
@@ -210,6 +255,8 @@ class ExpertFFN:
                 items_b.append([len(tiles), eaddr + 4 * 16 * g * len(tiles), oaddr + 64 * g, 0])
             table_b = write_tables(self.scratch, items_b, self.threads)
         phase_b = (cfg_b, table_b, [down.row_bytes])
+        if not wait:
+            return self._submit([phase_a, phase_b], "expert_layer"), out.view(np.float32)
         if self.one_dispatch:
             self._execute([phase_a, phase_b], "expert_layer")
         else:

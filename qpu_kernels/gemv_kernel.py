@@ -803,14 +803,19 @@ def execute(drv, programs: Programs, cfg: KernelConfig, threads: int, scratch: S
     return execute_chain(drv, programs, [(cfg, table_addr, row_bytes)], threads, scratch)
 
 
-def execute_chain(drv, programs: Programs, phases: list, threads: int, scratch: Scratch):
+def execute_chain(drv, programs: Programs, phases: list, threads: int, scratch: Scratch, wait: bool = True):
     """One dispatch of the phases [(cfg, table address, row bytes)] in order (one phase: qpu_gemv itself,
-    more: its chain, with a barrier between phases)."""
+    more: its chain, with a barrier between phases). wait=False: submit it and return the driver's Job
+    (Job.wait() -> the counters) so the host works meanwhile."""
     vals = [v for cfg, table_addr, row_bytes in phases for v in uniforms_for(cfg, table_addr, row_bytes)]
     unif, unif_addr = scratch.take(max(16, len(vals)))
     unif[: len(vals)] = vals
     cfgs = tuple(cfg for cfg, _, _ in phases)
     code = programs.get(cfgs[0] if len(cfgs) == 1 else cfgs, threads)
+    if not wait:
+        from qpu_kernels.launch import submit
+
+        return submit(drv, code, unif_addr, threads)
     return launch(drv, code, unif_addr, threads)[0]
 
 

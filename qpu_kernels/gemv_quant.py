@@ -54,30 +54,38 @@ class QPUGemv:
         return buf, spec, rows, cols
 
     def __call__(self, mat, x: np.ndarray) -> np.ndarray:
-        buf, spec, rows, cols = mat
-        x = np.atleast_2d(np.asarray(x, np.float32))
-        T = x.shape[0]
-        if x.shape[1] != cols:
-            raise PimoeError(f"gemv: x has {x.shape[1]} columns, the matrix {cols}")
-        pc = lay.padded_cols(cols)
-        cfg = KernelConfig.for_layout(spec, pc, T, "sum")
         self.scratch.reset()
-        xs, xaddr = self.scratch.take(cfg.x_stream.words)
-        xp = np.zeros((T, pc), np.float32)
-        xp[:, :cols] = x
-        cfg.x_stream.pack(xp, out=xs.view(np.float32))
-        rp = lay.padded_rows(rows)
-        out, oaddr = self.scratch.take(T * rp)
-        ents, eaddr = self.scratch.take(16 * (rp // 16))
-        ents[:] = 0
-        row_bytes = spec.row_words(cols) * 4
-        items = []
-        for g in range(rp // 16):
-            ents[16 * g: 16 * g + 3] = [base_address(buf) + 16 * g * row_bytes, xaddr, f32_bits(1.0)]
-            items.append([1, eaddr + 64 * g, oaddr + 64 * g, 4 * rp])
-        table = write_tables(self.scratch, items, self.threads)
-        self.last_counters = execute(self.drv, self.programs, cfg, self.threads, self.scratch, table, [row_bytes])
-        return out.view(np.float32).reshape(T, rp)[:, :rows].copy()
+        (cfg, table, row_bytes), result = gemv_phase(self.scratch, mat, x, self.threads)
+        self.last_counters = execute(self.drv, self.programs, cfg, self.threads, self.scratch, table, row_bytes)
+        return result()
+
+
+def gemv_phase(scratch: Scratch, mat, x: np.ndarray, threads: int):
+    """The work of one GEMV y = W @ x[t] (x uploaded, work table written into `scratch`) for a matrix
+    mat = (buffer, spec, rows, cols) as QPUGemv.upload returns: ((cfg, table address, [row bytes]) -- a
+    phase for gemv_kernel.execute / execute_chain --, result() -> f32 [T, rows] once the dispatch ran)."""
+    buf, spec, rows, cols = mat
+    x = np.atleast_2d(np.asarray(x, np.float32))
+    T = x.shape[0]
+    if x.shape[1] != cols:
+        raise PimoeError(f"gemv: x has {x.shape[1]} columns, the matrix {cols}")
+    pc = lay.padded_cols(cols)
+    cfg = KernelConfig.for_layout(spec, pc, T, "sum")
+    xs, xaddr = scratch.take(cfg.x_stream.words)
+    xp = np.zeros((T, pc), np.float32)
+    xp[:, :cols] = x
+    cfg.x_stream.pack(xp, out=xs.view(np.float32))
+    rp = lay.padded_rows(rows)
+    out, oaddr = scratch.take(T * rp)
+    ents, eaddr = scratch.take(16 * (rp // 16))
+    ents[:] = 0
+    row_bytes = spec.row_words(cols) * 4
+    items = []
+    for g in range(rp // 16):
+        ents[16 * g: 16 * g + 3] = [base_address(buf) + 16 * g * row_bytes, xaddr, f32_bits(1.0)]
+        items.append([1, eaddr + 64 * g, oaddr + 64 * g, 4 * rp])
+    table = write_tables(scratch, items, threads)
+    return (cfg, table, [row_bytes]), lambda: out.view(np.float32).reshape(T, rp)[:, :rows].copy()
 
 
 def run(drv, qtype, rows: int, cols: int, *, tokens: int = 1, threads: int = 8, seed: int = 0):

@@ -33,6 +33,14 @@ def launch(drv, code, unif, threads: int, **kwargs):
     return counters, time.perf_counter() - t0
 
 
+def submit(drv, code, unif, threads: int, **kwargs):
+    """launch() without waiting: the driver's Job (drv.submit); Job.wait() gives the counters (EmuCounters,
+    None on hardware). The host runs meanwhile (the emulator releases the GIL; the GPU runs on its own)."""
+    kwargs.setdefault("threading", threads > 16)
+    return drv.submit(code, local_invocation=(16, 1, 1), uniforms=uniforms_address(unif), thread=threads,
+                      timeout_sec=TIMEOUT_SEC, **kwargs)
+
+
 def param_table(drv, rows: int):
     """A zeroed per-thread parameter table: `rows` rows of 16 uint32 words (one 64-byte load per thread)."""
     table = drv.alloc((rows, 16), dtype=np.uint32)

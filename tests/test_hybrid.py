@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pimoe import coexec, dram, load_model, pi4, placement
+from pimoe import coexec, dram, load_model, pi4, placement, profile
 from pimoe.errors import PimoeError
 
 TOKENS = [1, 17, 42, 7, 300, 5]
@@ -97,6 +97,114 @@ def test_hybrid_auto_plans_from_rates_and_bad_options(k4_model):
         load_model(k4_model, backend="hybrid", qpu="emu", cpu_experts=5)
     with pytest.raises(PimoeError, match="scenario"):
         load_model(k4_model, backend="hybrid", qpu="emu", share="rosy")
+
+
+@pytest.mark.parametrize("dense", [1.0, 0.5, 0.0])
+def test_hybrid_dense_split_rows(k4_model, dense):
+    """The dense GEMVs of a decode token split by rows: the CPU's rows equal quant.matmul's (the cpu backend's
+    arithmetic) exactly, the QPU's the numpy product of the dequantized rows with f32 x; dense=1.0 (all on
+    the CPU) with all experts on the CPU gives the cpu backend's logits exactly, the others stay as close to
+    them as the qpu backend's logits are."""
+    from pimoe import quant
+
+    with load_model(k4_model, backend="cpu") as mc, load_model(k4_model, backend="qpu", qpu="emu") as mq:
+        lc = [mc.logits(TOKENS)] + [mc.forward([t]) for t in (9, 11)]
+        lq = [mq.logits(TOKENS)] + [mq.forward([t]) for t in (9, 11)]
+    tol = 2 * max(max(_rel(a, b) for a, b in zip(lq, lc)), 1e-3)
+    with load_model(k4_model, backend="hybrid", qpu="emu", cpu_experts=4, dense=dense) as mh:
+        b = mh.backend
+        run = b.dense_matmul
+        seen = []
+
+        def checked(ws, x):
+            ys = run(ws, x)
+            for w, y in zip(ws, ys):
+                part = b.dense.rows.get(w.name)
+                n = part.n_qpu if (part is not None and x.shape[0] == 1) else 0
+                if n < w.shape[0]:
+                    assert np.array_equal(y[:, n:], quant.matmul(w[n:], x))
+                if n:
+                    ref = x.astype(np.float64) @ w[:n].dequantize().astype(np.float64).T
+                    assert _rel(y[:, :n], ref) < 1e-5
+                seen.append(n)
+            return ys
+
+        b.dense_matmul = checked
+        lh = [mh.logits(TOKENS)] + [mh.forward([t]) for t in (9, 11)]
+        rows = sum(p.rows for p in b.dense.rows.values())
+        n_qpu = sum(p.n_qpu for p in b.dense.rows.values())
+    if dense == 1.0:
+        assert n_qpu == 0 and all(np.array_equal(a, c) for a, c in zip(lh, lc))
+    else:
+        assert n_qpu == (rows if dense == 0.0 else pytest.approx(rows * (1 - dense), abs=16 * len(b.dense.rows)))
+        assert max(seen) > 0 and b.stats["dense_calls"] == 2 * (2 * mh.config.n_layers + 1)
+        assert max(_rel(a, c) for a, c in zip(lh, lc)) < tol
+    assert all(np.isfinite(v).all() for v in lh)
+
+
+def test_hybrid_all_qpu_dense_and_experts(k4_model):
+    """Everything the hybrid backend can move (experts and dense rows) on the QPU: still the cpu backend's
+    logits within the qpu backend's tolerance, and the predicted decode has dense coexec regions whose
+    parent keeps only what they do not cover."""
+    from pimoe import prediction
+
+    with load_model(k4_model, backend="cpu") as mc, load_model(k4_model, backend="qpu", qpu="emu") as mq:
+        lc, lq = mc.logits(TOKENS[:3]), mq.logits(TOKENS[:3])
+        dc, dq = mc.forward([9]), mq.forward([9])
+    prof = profile.Profiler()
+    with load_model(k4_model, backend="hybrid", qpu="emu", cpu_experts=0, dense=0.0) as mh:
+        assert np.array_equal(mh.logits(TOKENS[:3]), lq)       # prompts: dense on the CPU, experts on the QPU
+        with profile.activate(prof), profile.region("tg"):
+            dh = mh.forward([9])
+    assert _rel(dh, dc) < 2 * max(_rel(dq, dc), 1e-3)
+    co = [r for r in prof.regions if r.name == "coexec"]
+    assert len(co) == 2 * mh.config.n_layers + 1 and all(r.tags["concurrent"] for r in co)
+    assert all(any(d for d in (prof.regions[i].dispatches or ()) ) for r in co for i in range(len(prof.regions))
+               if prof.regions[i].parent == r.index and prof.regions[i].tags.get("lane") == "qpu")
+    incl = prediction.predict_each(prof, lambda r: True)
+    att = [r for r in prof.regions if r.name == "attention"]
+    for a in att:
+        kids = [r for r in co if r.parent == a.index]
+        rest = prediction.predict_cpu_seconds(a.counters["bytes"] - sum(k.tags["covers_bytes"] for k in kids),
+                                              a.counters["flops"] - sum(k.tags["covers_flops"] for k in kids))
+        assert a.counters["bytes"] == sum(k.tags["covers_bytes"] for k in kids)    # q, k, v, o all covered
+        assert incl[a.index] == pytest.approx(rest + sum(incl[k.index] for k in kids))
+
+
+def test_hybrid_uploads_only_its_placement(k4_model):
+    """A one-copy placement: the QPU copy holds only the QPU's experts, each expert runs where it lives."""
+    from pimoe.backends.qpu import qpu_memory_plan
+
+    with load_model(k4_model, backend="hybrid", qpu="emu", cpu_experts=2, placement="static", dense="off") as mh, \
+            load_model(k4_model, backend="cpu") as mc:
+        b = mh.backend
+        pl = b.placement
+        assert (pl.cpu ^ pl.qpu).all() and pl.qpu.any() and pl.cpu.any()
+        for i, (gate, up, down) in enumerate(b.qpu.mats):
+            assert gate.buf.shape[0] == int(pl.qpu[i].sum())
+            assert (gate.slots >= 0).tolist() == pl.qpu[i].tolist()
+        full = qpu_memory_plan(mh.file, mh.config, b.experts)
+        assert b.qpu.plan.weights == pytest.approx(full.weights * pl.qpu.sum() / pl.qpu.size)
+        seen = []
+        run = b.qpu.runner.submit_decode
+
+        layer_of = {id(m[0]): i for i, m in enumerate(b.qpu.mats)}
+
+        def watched(gate, up, down, x, ids, w):
+            seen.extend((layer_of[id(gate)], int(e)) for e in ids.ravel())
+            return run(gate, up, down, x, ids, w)
+
+        b.qpu.runner.submit_decode = watched
+        lh = mh.logits(TOKENS)
+        dh = [mh.forward([t]) for t in (9, 11)]
+        lc = mc.logits(TOKENS)
+        dc = [mc.forward([t]) for t in (9, 11)]
+        assert seen and all(pl.qpu[layer, e] for layer, e in seen)
+        for step in mh.routing_history[1:]:                # decode steps: every routed expert ran somewhere
+            for layer, r in enumerate(step):
+                ids = r.expert_ids[0]
+                assert pl.cpu[layer, ids].sum() + sum(1 for lay_, e in seen if lay_ == layer and e in ids) >= len(ids)
+    assert _rel(lh, lc) < 5e-2 and all(_rel(a, c) < 5e-2 for a, c in zip(dh, dc))
 
 
 # -- the DRAM-sharing model ------------------------------------------------------------------------------
@@ -196,7 +304,8 @@ def test_predicted_coexec_is_the_dram_combination_of_its_lanes(k4_model):
     from pimoe import prediction, profile
 
     prof = profile.Profiler()
-    with load_model(k4_model, backend="hybrid", qpu="emu", cpu_experts=2) as mh, profile.activate(prof):
+    with load_model(k4_model, backend="hybrid", qpu="emu", cpu_experts=2, dense="off") as mh, \
+            profile.activate(prof):
         with profile.region("tg"):
             mh.forward([3])
     every = lambda r: True  # noqa: E731
@@ -242,3 +351,44 @@ def test_bandwidth_concurrent_off_a_pi_prints_the_model(capsys):
     for name in dram.SCENARIO_NAMES:
         assert f"{dram.scenario(name).combined / 1e9:5.2f} GB/s" in out
     assert "not measurable" in out
+
+
+def test_compare_prints_offload_ratios_and_break_even_overhead(k4_model, tmp_path):
+    """pimoe compare's offload figures for the hybrid (and qpu) run: the predicted decode under each DRAM
+    scenario (a faster DRAM never makes it slower), and the dispatch overhead at which its predicted decode
+    equals the reference's."""
+    from pimoe import compare as cmp
+    from pimoe import prediction
+
+    res = cmp.compare(k4_model, ("cpu", "qpu", "hybrid"), n_prompt=2, n_gen=2, reps=1, progress=False,
+                      backend_opts={"qpu": {"qpu": "emu"}, "hybrid": {"qpu": "emu", "cpu_experts": 2}})
+    ref_s = res.reference.scaled.predicted_seconds_per_token
+    text = cmp.offload_text(res)
+    for run in res.runs[1:]:
+        o = run.offload
+        assert set(o["by_share"]) == set(dram.SCENARIO_NAMES)
+        x = [o["by_share"][n]["x_reference"] for n in dram.SCENARIO_NAMES]
+        assert x[0] <= x[1] + 1e-12 <= x[2] + 2e-12
+        assert o["dispatches_per_token"] >= mh_layers(res)
+        d = o["break_even_dispatch_overhead_s"]
+        steps = len(run.tg_s) * run.n_gen
+        at = prediction.predict_regions(run.profiler, lambda r: r.name == "tg", steps, dispatch_overhead=d)
+        if d > 0:
+            assert at["tg"] == pytest.approx(ref_s, rel=1e-6)
+        else:
+            assert at["tg"] >= ref_s
+        assert run.backend in text
+    assert "dispatch overhead" in text
+    # the record keeps them, and plots.plot_offload draws them (one bar per run and scenario)
+    from pimoe import plots
+
+    rec, _ = cmp.to_record(res)
+    files = plots.plot_offload(rec, tmp_path)
+    svg = next(f for f in files if f.suffix == ".svg").read_text()
+    for run in res.runs[1:]:
+        for v in run.offload["by_share"].values():
+            assert f"{v['x_reference']:.2f}x" in svg
+
+
+def mh_layers(res) -> int:
+    return res.layers_run

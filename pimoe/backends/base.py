@@ -9,6 +9,11 @@ The forward pass routes each token to k experts and hands the rest to a backend:
         returns         sum_j w[t, j] * down_e(silu(gate_e x_t) * up_e x_t),  e = expert_ids[t, j]
 
 A backend reads only the selected experts' blocks: a decode token touches k of E experts per layer.
+
+The dense weight multiplications (attention projections, output head) go through a second, optional seam:
+
+    backend.dense_matmul(ws, x) -> [f32 [T, rows_i]]   ws: QTensors [rows_i, cols] sharing x f32 [T, cols]
+        default: pimoe.quant.matmul of each on the CPU (the hybrid backend splits their rows with the QPU)
 """
 
 from __future__ import annotations
@@ -47,6 +52,12 @@ class Backend:
     def expert_ffn(self, layer: int, x: np.ndarray, expert_ids: np.ndarray,
                    expert_weights: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def dense_matmul(self, ws, x: np.ndarray) -> list[np.ndarray]:
+        """x @ w.T for each QTensor w of `ws` (all [rows, cols] with x f32 [T, cols]), as quant.matmul."""
+        from pimoe import quant
+
+        return [quant.matmul(w, x) for w in ws]
 
     def close(self) -> None:
         """Release device resources (nothing on the CPU)."""

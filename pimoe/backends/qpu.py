@@ -48,13 +48,15 @@ class QPUMemoryPlan:
                 f"layout, {self.scratch / mib:.1f} MiB scratch, {self.code / mib:.1f} MiB code)")
 
 
-def qpu_memory_plan(gguf_file, config, experts) -> QPUMemoryPlan:
+def qpu_memory_plan(gguf_file, config, experts, on_qpu=None, extra_weights: int = 0) -> QPUMemoryPlan:
+    """on_qpu: bool [L, E], the experts the QPU copy holds (None: all); extra_weights: bytes of other
+    matrices in QPU layout (the hybrid backend's share of the dense rows)."""
     from qpu_kernels.expert_ffn import ExpertFFN, QPUMatrices
 
-    weights = 0
-    for lw in experts:
+    weights = int(extra_weights)
+    for i, lw in enumerate(experts):
         for t in (lw.gate, lw.up, lw.down):
-            weights += QPUMatrices.nbytes_for(t)
+            weights += QPUMatrices.nbytes_for(t, None if on_qpu is None else int(np.sum(on_qpu[i])))
     scratch = ExpertFFN.scratch_bytes(config.hidden, config.expert_ff, config.n_experts_used, MAX_TOKENS_PER_CALL)
     return QPUMemoryPlan(weights, scratch, CODE_AREA)
 
@@ -70,7 +72,9 @@ class QPUBackend(Backend):
     name = "qpu"
 
     def __init__(self, gguf_file, config, qpu: str = "auto", threads: int = 8, memory_limit: int | None = None,
-                 progress: bool = True, **opts):
+                 progress: bool = True, experts_on_qpu=None, extra_weight_bytes: int = 0, **opts):
+        # experts_on_qpu: bool [L, E], only those experts are uploaded (the hybrid backend's placement; None:
+        # all); extra_weight_bytes: room for other matrices the caller uploads into self.drv
         super().__init__(gguf_file, config, **opts)
         from pimoe.qpu import open_driver
         from pimoe.qpu.driver import hardware_available
@@ -83,7 +87,8 @@ class QPUBackend(Backend):
         kind = qpu
         if kind == "auto":
             kind = "hw" if hardware_available()[0] else "emu"
-        self.plan = qpu_memory_plan(gguf_file, config, self.experts)
+        self.on_qpu = None if experts_on_qpu is None else np.asarray(experts_on_qpu, bool)
+        self.plan = qpu_memory_plan(gguf_file, config, self.experts, self.on_qpu, extra_weight_bytes)
         from pimoe.backends import qpu_memory as qm
 
         data_area = self.plan.weights + self.plan.scratch + (1 << 20)
@@ -105,7 +110,8 @@ class QPUBackend(Backend):
             self.mats = []
             for i in layers:
                 lw = self.experts[i]
-                self.mats.append(tuple(QPUMatrices.upload(self.drv, t) for t in (lw.gate, lw.up, lw.down)))
+                held = None if self.on_qpu is None else self.on_qpu[i]
+                self.mats.append(tuple(QPUMatrices.upload(self.drv, t, held) for t in (lw.gate, lw.up, lw.down)))
             self.programs = Programs(self.drv)
             self.scratch = Scratch(self.drv, self.plan.scratch)
             from pimoe import profile

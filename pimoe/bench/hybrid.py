@@ -7,7 +7,7 @@ does) it runs, under the profiler, with Pi 4 predictions from the timing models:
 
   cpu     the cpu backend (the CPU-only baseline; every region's Pi 4 time from its bytes and FLOPs),
   qpu     one decode token's k experts of a layer through the QPU expert kernels in the emulator (the qpu
-          backend's two dispatches, checked against numpy): the QPU's per-expert rate, and the qpu
+          backend's one dispatch, checked against numpy): the QPU's per-expert rate, and the qpu
           backend's predicted decode (the cpu run with its experts replaced by these dispatches),
   hybrid  (--run-hybrid) the hybrid backend itself with the split planned for the central scenario: its
           own dispatches combined with its CPU part by pimoe.dram (a check of the rate model below);
@@ -20,7 +20,8 @@ and, from those rates, predicts per DRAM-sharing scenario (pessimistic / central
                   takes a share of each GEMV while the CPU does the rest). The QPU's rate for every dense
                   matrix type and shape comes from the timing model's prediction of the GEMV kernel
                   (qpu_kernels.gemv_quant) run in the emulator on a slice of its rows, scaled by rows.
-                  PLANNED: the backend does not run the dense split yet; this row predicts it.
+                  The hybrid backend runs this split (its dense= option; `pimoe compare` predicts from
+                  its real dispatches); this row predicts it from the slices.
 
 Every figure is a prediction (labelled so in the record), never a Pi measurement.
 """
@@ -49,13 +50,15 @@ def add_arguments(parser) -> None:
 
 # -- rates -----------------------------------------------------------------------------------------------
 
-def expert_rates(cpu_run, qpu_layer_seconds: float, backend_info: dict, n_layers: int, k: int):
+def expert_rates(cpu_run, qpu_layer_seconds: float, backend_info: dict, n_layers: int, k: int,
+                 dispatches: int = 1):
     """LaneRates of ONE expert of a decode token: the CPU's from the cpu run's predicted expert region, the
-    QPU's from the predicted seconds of one layer's two expert dispatches (k experts)."""
+    QPU's from the predicted seconds of one layer's expert dispatches (k experts; one dispatch per layer
+    since ExpertFFN's one_dispatch)."""
     from pimoe import coexec
 
     per_layer_cpu = cpu_run.tg_predicted["tg/forward/layer/experts"] / n_layers
-    fixed = 2 * coexec.dispatch_overhead()          # gate+up and down dispatches per layer
+    fixed = dispatches * coexec.dispatch_overhead()
     return coexec.LaneRates(cpu_seconds=per_layer_cpu / k, cpu_bytes=backend_info["cpu_expert_bytes"],
                             qpu_seconds=max(qpu_layer_seconds - fixed, 0.0) / k,
                             qpu_bytes=backend_info["qpu_expert_bytes"], qpu_fixed_seconds=fixed,
@@ -171,7 +174,7 @@ def main(args) -> int:
     info = {"cpu_expert_bytes": sum(int(t.nbytes) // E for t in (lw.gate, lw.up, lw.down)),
             "qpu_expert_bytes": sum(QPUMatrices.nbytes_for(t) // E for t in (lw.gate, lw.up, lw.down))}
     layer = bench_expert_layer(lw.gate.qtype, cfg.hidden, cfg.expert_ff, k, 1, 8)
-    rates = expert_rates(cpu_run, layer["predicted"]["seconds"], info, L_run, k)
+    rates = expert_rates(cpu_run, layer["predicted"]["seconds"], info, L_run, k, layer.get("dispatches", 1))
 
     gemv_cache: dict = {}
     t = f.tensors
@@ -199,7 +202,8 @@ def main(args) -> int:
                 sp = sc["hybrid_experts"]["split"]
                 note = f"experts split {sp['n_cpu']:.0f} CPU / {sp['n_qpu']:.0f} QPU"
                 if v == "hybrid_dense":
-                    note += ", dense GEMVs split by rows (PLANNED, not run by the backend yet)"
+                    note += (", dense GEMVs split by rows (as the hybrid backend's dense= option runs them; here "
+                             "from the GEMV kernel's predicted rate per row)")
                 rows.append({"variant": v.replace("_", "-"), "share": name, "tps": tps, "ratio": tps / cpu_tps,
                              "note": note})
     hybrid_run = None
@@ -229,8 +233,8 @@ def main(args) -> int:
            "runs": {"cpu": cpu_run.to_json(), "hybrid": hybrid_run.to_json() if hybrid_run else None},
            "notes": {"predicted": "every t/s is a Pi 4 prediction (pimoe.cpumodel, pimoe.qpu.timing, pimoe.dram), "
                                   "not a measurement",
-                     "hybrid-dense": "PLANNED: the dense GEMV split is predicted from the GEMV kernel's timing "
-                                     "on a slice of rows; the hybrid backend does not run it yet"}}
+                     "hybrid-dense": "the dense GEMV split (run by the hybrid backend's dense= option) predicted "
+                                     "here from the GEMV kernel's timing on a slice of rows"}}
     jp, _ = write_record(rec, args.results, "hybrid-bench", table=rows)
     print(f"record: {jp}")
     return 0

@@ -126,6 +126,9 @@ def main(args) -> int:
     say()
     say(f"per decode token (mean over {args.reps} x {args.n_gen} steps; Pi 4 figures are predicted):")
     say(cmp.regions_text(result))
+    offload = cmp.offload_text(result)
+    if offload:
+        say(offload)
     status = 0
     ref_name = result.reference.backend
     for r in result.runs[1:]:
