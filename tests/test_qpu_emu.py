@@ -1559,13 +1559,10 @@ def k_uniform_after_tmu_store(asm):
     nop()
     nop()
     nop(sig=ldtmu(r0))
-    add(tmud, r0, 1)
+    b(R.moved, cond="always").unif_addr(rf0)
+    add(tmud, r0, 1)                 # the store, waited for, in the branch's delay slots
     mov(tmua, rf0)
     tmuwt()
-    b(R.moved, cond="always").unif_addr(rf0)
-    nop()
-    nop()
-    nop()
     L.moved
     nop(sig=ldunifrf(r0))
     add(tmud, r0, 1)
