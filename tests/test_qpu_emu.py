@@ -1548,3 +1548,33 @@ def test_unsupported_signal_fault_is_one_clear_line():
     msg = str(info.value)
     assert "\n" not in msg and "  " not in msg.split(": ", 1)[-1].split("ldvary", 1)[-1]
     assert "PC 0" in msg and "ldvary" in msg and "signal not modelled by the emulator" in msg
+
+
+@qpu
+def k_uniform_after_tmu_store(asm):
+    # py-videocore6 test_tmu_read_tmu_write_uniform_read, written again: data = x + 1 through the TMU (waited
+    # for), then a uniform read of data[0] through a branch that moves the uniform stream there
+    lane_addresses(asm, rf0, rf1)    # rf0: data, rf1: result
+    mov(tmua, rf0, sig=thrsw)
+    nop()
+    nop()
+    nop(sig=ldtmu(r0))
+    b(R.moved, cond="always").unif_addr(rf0)
+    add(tmud, r0, 1)                 # the store, waited for, in the branch's delay slots
+    mov(tmua, rf0)
+    tmuwt()
+    L.moved
+    nop(sig=ldunifrf(r0))
+    add(tmud, r0, 1)
+    mov(tmua, rf1)
+    tmuwt()
+    emit_program_end(asm)
+
+
+def test_a_uniform_read_does_not_see_the_dispatchs_own_tmu_store():
+    """On a Pi 4 the uniform read returns the word as it was before the dispatch stored to it (py-videocore6's
+    test asserts result == 2, 'not 3'), while the TMU store itself landed (data == 2)."""
+    (data, result), c = run_kernel(k_uniform_after_tmu_store, np.ones(16, dtype=np.uint32),
+                                   np.zeros(16, dtype=np.uint32))
+    assert np.all(data == 2)
+    assert np.all(result == 2)

@@ -41,7 +41,7 @@ Semantic decisions and their evidence ("pv6" = py-videocore6's tests/ and exampl
 | integers | C: carry of add, borrow of sub, a > b for min/max; ftoi* saturate, NaN -> 0; multop + umul24 = 32-bit product; vadd/vsub wrap per 16-bit half | pv6 test_alu; Mesa imul idiom; vadd/vsub: none |
 | SFU | float64 math rounded to f32 (more exact than the hardware's ~1e-4); exp = 2^x, log = log2, sin = sin(pi x) on [-0.5, 0.5] and -1 / +1 beyond; r4 readable 2 instructions after the write | pv6 test_sfu |
 | store visibility | a load of a word this thread stored without a tmuwt between faults (check_memory_order=False allows it) | the hardware only promises visibility after tmuwt (pv6 tests use tmuwt) |
-| uniform reads of words stored by the TMU in the same dispatch | see the new value | pv6 test_tmu_read_tmu_write_uniform_read shows the hardware returns the OLD value: not modelled |
+| uniform reads of words stored by the TMU in the same dispatch | see the OLD value: memory as the dispatch found it (the first 16 stored 4 KiB pages are kept; beyond them uniform reads see the stores) | pv6 test_tmu_read_tmu_write_uniform_read (stored 2, waited with tmuwt, the uniform read returns 1); why (uniforms fetched around the TMU's write-back cache): assumed |
 | TMU result FIFO | 16 / (threads used per QPU) entries per thread | Broadcom's FIFO sizes per QPU, split by threads (Mesa) |
 | timeout_sec | bounds the PREDICTED Pi 4 time of the dispatch (pimoe.qpu.timing); the emulator's own budgets are max_instructions / host_timeout_sec | the hardware's wait is on real time; pv6's 1024^3 sgemm (0.55 s on a Pi 4) must not time out on a slow host |
 """
@@ -672,7 +672,9 @@ def _run_dispatch(memory, mem_base, table, errors, code_base, entry, *, uniforms
     iid_shift = max(0, 16 - int(math.log2(pow2)))
     mem32 = memory[: len(memory) // 4 * 4].view(np.uint32)
 
-    disp = np.zeros(core.N_DISP + 2 * len(regions), dtype=np.int64)
+    disp = np.zeros(core.N_DISP + 2 * len(regions) + core.SHADOW_WORDS, dtype=np.int64)
+    disp[core.D_SHADOW_AT] = core.N_DISP + 2 * len(regions)
+    disp[core.D_SHADOW_LAST] = -1
     disp[core.D_ENTRY] = entry
     disp[core.D_UNIF] = 0 if uniforms is None else int(uniforms) & 0xFFFFFFFF
     disp[core.D_NBATCH] = thread
