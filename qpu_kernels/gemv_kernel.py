@@ -11,8 +11,10 @@ FIFO) through a per-thread table: thread t reads [item count, item list address]
 each item's 16-word descriptor with one TMU load, broadcasting the fields it needs.
 
 Inner loop, one 32-column block per iteration (8 columns for f32): every lane streams its own row's
-block words through the TMU (32-bit loads at ptr + 0/4/8/12, the pointer stepped every 4 words), keeping
-up to 16 loads in flight across block boundaries (software pipelining: the load for word g + depth is
+block words through the TMU (32-bit loads at ptr + 0/4/8/12, the pointer stepped every 4 words; the
+one-token quantized kernels use vec4 loads instead, KernelConfig.vec: one tmuc config write and one
+address per 4 words, at ptr + 0/16/32/48, the pointer stepped every 16), keeping
+up to 16 words in flight across block boundaries (software pipelining: the load for word g + depth is
 issued right after word g is consumed; the last iteration is peeled so nothing is fetched past the row).
 The activations are the same for all 16 lanes, so they come through the second uniform stream (unifa /
 ldunifarf) as broadcast values: no load, no rotate, one signal per value. The host (or the swiglu
@@ -23,12 +25,17 @@ epilogue, for the down projection) lays x out as the kernel reads it, per 32-col
     f32:             x[i, t] i-major
 
 The block body is a list of operations packed into dual-issue instructions by gemv_sched.
+
+The one-token q4 swiglu kernel streams gate and up one after the other (two one-matrix passes over the
+row group, each reading the x stream once: split_swiglu), which the register-file read ports favour over
+streaming them together.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -47,6 +54,9 @@ MAX_THREADS = 8          # one thread per QPU
 ITEM_WORDS = 16          # words per item / entry descriptor (one 16-lane TMU load)
 NEG_LOG2E = -1.0 / math.log(2.0)
 MIN_UNROLL = 4           # quantized blocks per loop iteration at least (see KernelConfig.unroll)
+VEC_LOADS = True         # vec4 weight loads where the layout allows (KernelConfig.vec)
+TMU_CFG_VEC4 = -4        # tmuc config word 0xFFFFFFFC: next lookup regular per-pixel vec4 (low byte 0xFC),
+                         # the ones after it plain 32-bit (0xFF) -- the emulator's TMU config model
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,17 @@ class KernelConfig:
     @property
     def iterations(self) -> int:
         return self.n_blocks // self.unroll
+
+    @property
+    def vec(self) -> int:
+        """32-bit words per TMU load of the weights: 4 (one vec4 lookup fills four FIFO entries, so one
+        address write serves four words) for the one-token quantized kernels whose iteration is whole
+        16-byte groups (rows then are too, and every lane's row starts 16-byte aligned), one matrix at a
+        time (a vec4 load fills the FIFO with four words of one row: the two-matrix body, which takes
+        gate and up word by word, keeps 32-bit loads); else 1."""
+        if not VEC_LOADS or self.kind == "f32" or self.tokens != 1 or (self.n_mats != 1 and not split_swiglu(self)):
+            return 1
+        return 4 if (self.unroll * self.words_per_block) % 4 == 0 else 1
 
     @property
     def x_stream(self) -> "XStream":
@@ -182,6 +203,8 @@ class Regs:
         for name in ("TAB", "NITEMS", "ITP", "CNT", "NBM1", "LANE4", "MASK", "EXPO", "K16", "K4", "K8", "K12",
                      "K1", "K64", "XADDR", "NL2E"):
             setattr(self, name, take())
+        if cfg.vec == 4:
+            self.K32, self.K48 = take(), take()
         self.RB = [take() for _ in range(nm)]        # row bytes of each matrix
         self.LRB = [take() for _ in range(nm)]       # lane * row bytes
         self.PTR = [take() for _ in range(nm)]
@@ -264,6 +287,8 @@ def _issue_ops(cfg: KernelConfig, rg: Regs, m: int, j: int, tmua_unit: str = "an
     nw = cfg.words_per_block * cfg.unroll
     ptr = rg.PTR[m]
     ops = []
+    if cfg.vec == 4:
+        return _issue_vec4_ops(cfg, rg, ptr, j, nw, tmua_unit)
     if j % 4 == 0 and j > 0:
         ops.append(Op("any", "add", ptr, (ptr, rg.K16), alts=[]))
     off = 4 * (j % 4)
@@ -275,6 +300,25 @@ def _issue_ops(cfg: KernelConfig, rg: Regs, m: int, j: int, tmua_unit: str = "an
         step = 16 if nw % 4 == 0 else 4 * (nw % 4)
         kreg = {16: rg.K16, 4: rg.K4, 8: rg.K8, 12: rg.K12}[step]
         ops.append(Op("any", "add", ptr, (ptr, kreg)))
+    return ops
+
+
+def _issue_vec4_ops(cfg: KernelConfig, rg: Regs, ptr: str, j: int, nw: int, tmua_unit: str) -> list[Op]:
+    """The vec4 TMU request for words j..j+3 of the iteration (j a multiple of 4): the config write
+    (tmuc) and the address, the pointer stepped every 16 words and past the iteration after its last
+    load. Nothing for the other three words."""
+    if j % 4:
+        return []
+    konst = {16: rg.K16, 32: rg.K32, 48: rg.K48, 64: rg.K64}
+    ops = []
+    if j % 16 == 0 and j > 0:
+        ops.append(Op("any", "add", ptr, (ptr, rg.K64), alts=[]))
+    ops.append(Op("any", "mov", "tmuc", (TMU_CFG_VEC4,), reads=("@tmuq",), writes=("@tmuq",)))
+    off = 4 * (j % 16)
+    form = ("add", (ptr, konst[off])) if off else ("mov", (ptr,))
+    ops.append(Op(tmua_unit, form[0], "tmua", form[1], reads=("@fifo", "@tmuq"), writes=("@tmuq",)))
+    if j == nw - 4:
+        ops.append(Op("any", "add", ptr, (ptr, konst[4 * (nw - j // 16 * 16)])))
     return ops
 
 
@@ -315,6 +359,10 @@ class _BlockBuilder:
         self.after: dict[int, list[Op]] = {}
         for g in range(depth, W + depth):
             n = g - depth
+            if cfg.vec == 4:        # load g fills entries g..g+3: it waits until g + 3 - depth is consumed
+                if g % 4:
+                    continue
+                n += 3
             if g < W and issue_current_tail:
                 self.after.setdefault(n, []).extend(_issue_ops(cfg, rg, *self.plan[g], tmua_unit=variant.tmua_unit))
             elif g >= W and issue_next_head:
@@ -566,6 +614,9 @@ def qpu_gemv(asm, *, cfg: KernelConfig | None = None, threads: int = MAX_THREADS
         mov(rfr(rg.K12), 12)
         mov(rfr(rg.K1), 1)
         shl(rfr(rg.K64), rfr(rg.K4), 4)
+        if cfg.vec == 4:
+            shl(rfr(rg.K32), rfr(rg.K4), 3)
+            add(rfr(rg.K48), rfr(rg.K16), rfr(rg.K32))
         emit_broadcast(asm, rfr(rg.NITEMS), r2, 0)
         emit_broadcast(asm, rfr(rg.ITP), r2, 1)
         mov(null, rfr(rg.NITEMS), cond="pushz")
@@ -620,7 +671,11 @@ def qpu_gemv(asm, *, cfg: KernelConfig | None = None, threads: int = MAX_THREADS
                 emit_broadcast(asm, rfr(rg.HSUM), r2, 4)
                 for t in range(T):
                     emit_broadcast(asm, rfr(rg.WT[t]), r2, 5 + t)
-                _emit_entry(asm, lang, cfg, rg)
+                if split_swiglu(cfg):
+                    for m in range(nm):
+                        _emit_entry(asm, lang, *_one_matrix_pass(cfg, rg, m))
+                else:
+                    _emit_entry(asm, lang, cfg, rg)
                 _emit_swiglu_epilogue(asm, lang, cfg, rg)
             sub(rfr(rg.NITEMS), rfr(rg.NITEMS), 1, cond="pushz")
             item_loop.b(cond="anyna")
@@ -634,6 +689,35 @@ def qpu_gemv(asm, *, cfg: KernelConfig | None = None, threads: int = MAX_THREADS
             nop()
             nop()
     emit_program_end(asm)
+
+
+def split_swiglu(cfg: KernelConfig) -> bool:
+    """Whether the swiglu kernel streams gate and up one after the other (two one-matrix passes over the
+    row group, each reading the x stream, with vec4 weight loads) instead of word by word together (one
+    pass, each x value serving both matrices). Together reads the x stream once but takes more
+    instructions: the second matrix's block sums, pair registers and constants all live in the register
+    file, whose two read ports per instruction then bound the schedule. Measured on the 2048-column
+    block bodies, T = 1, instructions per 4 blocks of both matrices: q4 611 together, 2 x 255 apart; q8
+    601 together, 2 x 248 apart. On a Qwen3 layer (k = 8) apart the timing model predicts Q4_K 5.35 ms
+    (was 5.67 together) but Q8_0 7.30 ms (was 6.84): it charges every uniform as a DRAM read, and the
+    9-bit q8 layer is memory bound there, so q8 stays together (results/kernel-bench-20261204-155845.json
+    for the apart figures)."""
+    return cfg.mode == "swiglu" and cfg.kind == "q4" and cfg.tokens == 1
+
+
+def _one_matrix_pass(cfg: KernelConfig, rg: Regs, m: int):
+    """(config, registers) of a one-matrix pass over matrix m of a swiglu kernel: the block body of the
+    "sum" kernel on m's pointer, accumulators and scale registers (block sums in r4, as in "sum")."""
+    sub = replace(cfg, mode="sum", header_out=False)
+    if sub.iterations != cfg.iterations:       # the NB-1 uniform serves both
+        raise PimoeError(f"gemv kernel {cfg}: a one-matrix pass would unroll differently")
+    pv = copy.copy(rg)
+    pv.PTR, pv.RB, pv.LRB, pv.A = [rg.PTR[m]], [rg.RB[m]], [rg.LRB[m]], [rg.A[m]]
+    pv.S, pv.SC = [rg.S[0]], [rg.SC[m]]
+    pv.W8 = [rg.W8[m]] if rg.W8 else []
+    if getattr(rg, "ALT", False):
+        pv.S2, pv.SC2 = pv.S, [rg.SC2[m]]
+    return sub, pv
 
 
 def _emit_entry(asm, lang, cfg: KernelConfig, rg: Regs):

@@ -13,7 +13,11 @@ encoding and pipeline allow:
   raddr_b, so with one only a single register-file register can be read, all immediates must be equal,
   and the only signal that can accompany it is ldtmu (Mesa's signal table: smimm pairs only with ldtmu
   and ldvary);
-- one TMU access per instruction: a tmua/tmud write and an ldtmu never share one;
+- at most one TMU write (tmua/tmud) per instruction; an ldtmu may share it (what the silicon runs:
+  py-videocore6's hardware-tested summation and scopy do so on every loop trip; Mesa's compiler does not,
+  so kernels scheduled here opt out of pimoe.qpu.lint's "one-unit" rule by name). The emulator performs
+  an instruction's TMU write before its ldtmu, so a load issued next to the ldtmu that frees its FIFO
+  entry would overflow a full FIFO: the FIFO stream pseudo-registers order them one instruction apart;
 - ordered streams (the TMU result FIFO, the unifa uniform stream, the TMU request queue, the flags) are
   pseudo-registers that ops read and write, so they keep their program order.
 
@@ -27,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MUL_OPS = frozenset({"add", "sub", "umul24", "smul24", "fmul", "mov", "fmov", "vfmul"})
-TMU_WRITES = frozenset({"tmua", "tmud", "tmuau"})
+TMU_WRITES = frozenset({"tmua", "tmud", "tmuau", "tmuc"})
 
 
 def _reg_of(operand):
@@ -74,7 +78,7 @@ class Op:
 
     def dst_regs(self) -> list[str]:
         out = list(self.writes)
-        if self.dst is not None and self.dst not in ("null", "tmua", "tmud", "tmuau", "unifa"):
+        if self.dst is not None and self.dst not in ("null", "tmua", "tmud", "tmuau", "tmuc", "unifa"):
             out.append(self.dst)
         elif self.dst == "unifa":
             out.append("@unifa_addr")
@@ -96,8 +100,6 @@ def _fits(b: Bundle, op: Op, unit: str, name: str, srcs) -> bool:
     if unit == "sig":
         if b.sig is not None:
             return False
-        if op.name == "ldtmu" and b.tmu:
-            return False
         if b.imm is not None and op.name != "ldtmu":
             return False
         if op.dst is not None and b.cond:   # a signal with a destination uses the condition field
@@ -109,7 +111,7 @@ def _fits(b: Bundle, op: Op, unit: str, name: str, srcs) -> bool:
         return False
     if unit == "mul" and name not in MUL_OPS:
         return False
-    if op.dst in TMU_WRITES and (b.tmu or (b.sig is not None and b.sig[0].name == "ldtmu")):
+    if op.dst in TMU_WRITES and b.tmu:
         return False
     rf = set(b.rf)
     rf.update(r for r in (_reg_of(s) for s in srcs) if r is not None and r.startswith("rf"))
@@ -167,7 +169,7 @@ class Scheduler:
         for s in srcs:
             if _is_imm(s):
                 b.imm = s
-        if op.dst in TMU_WRITES or (unit == "sig" and op.name == "ldtmu"):
+        if op.dst in TMU_WRITES:
             b.tmu = True
         for r in op.src_regs(srcs):
             self.last_read[r] = max(self.last_read.get(r, 0), i)

@@ -22,6 +22,8 @@ from dataclasses import replace
 
 from pimoe.qpu.disasm import disassemble_word, parse_instr
 from pimoe.qpu.isa import MUX_A, MUX_B, SMALL_IMM_INDEX, decode, encode
+from qpu_kernels.emit import emit_broadcast
+from tests.qpu_run import emit_program_end, lane_addresses, store_and_end
 
 # (Mesa test-vector word, the py-videocore6 statement that must assemble to it)
 MESA_WORDS_FROM_DSL = [
@@ -89,11 +91,7 @@ def test_nop_and_smimm_words():
 @qpu
 def _branch_rel_label(asm):
     # py-videocore6 tests/test_branch.py, qpu_branch_rel_label, written again
-    eidx(r0, sig=ldunifrf(rf0))
-    nop(sig=ldunifrf(rf1))
-    shl(r0, r0, 2)
-    add(rf0, rf0, r0)
-    add(rf1, rf1, r0)
+    lane_addresses(asm, rf0, rf1)
     mov(tmua, rf0, sig=thrsw)
     nop()
     nop()
@@ -105,17 +103,7 @@ def _branch_rel_label(asm):
     add(r1, r1, 1)
     L.foo
     add(r1, r1, 1)
-    mov(tmud, r1)
-    mov(tmua, rf1)
-    tmuwt()
-    nop(sig=thrsw)
-    nop(sig=thrsw)
-    nop()
-    nop()
-    nop(sig=thrsw)
-    nop()
-    nop()
-    nop()
+    store_and_end(asm, r1, rf1)
 
 
 def test_branch_program_listing():
@@ -156,6 +144,7 @@ def _summation(asm, *, num_qpus, unroll_shift):
     nop(sig=ldunifrf(reg_src))
     nop(sig=ldunifrf(reg_dst))
     num_qpus_shift = {1: 0, 8: 3}[num_qpus]
+    eidx(r1)                         # the lane, then the QPU number: offset (16 * qpu + lane) * 4
     if num_qpus == 1:
         mov(reg_qpu_num, 0)
     else:
@@ -163,7 +152,6 @@ def _summation(asm, *, num_qpus, unroll_shift):
         shr(r0, r0, 2)
         band(reg_qpu_num, r0, 0b1111)
     shl(r0, reg_qpu_num, 4)
-    eidx(r1)
     add(r0, r0, r1)
     shl(r0, r0, 2)
     add(reg_src, reg_src, r0).add(reg_dst, reg_dst, r0)
@@ -193,14 +181,7 @@ def _summation(asm, *, num_qpus, unroll_shift):
     barrierid(syncb, sig=thrsw)
     nop()
     nop()
-    nop(sig=thrsw)
-    nop(sig=thrsw)
-    nop()
-    nop()
-    nop(sig=thrsw)
-    nop()
-    nop()
-    nop()
+    emit_program_end(asm)
 
 
 @pytest.mark.parametrize("num_qpus,unroll_shift", [(1, 0), (8, 2)])
@@ -745,11 +726,7 @@ def _load_params(asm, regs):
     nop()
     nop(sig=ldtmu(r1))
     for i, reg in enumerate(regs):
-        if i == 0:
-            mov(r5rep, r1)
-        else:
-            rotate(r5rep, r1, -i)
-        mov(reg, r5)
+        emit_broadcast(asm, reg, r1, i)
 
 
 @qpu
@@ -762,9 +739,10 @@ def _sgemm_inner(asm):
         mov(r5rep, r0)
         nop(sig=ldtmu(r4))
         nop().fmul(r3, r5, r4)
-        for i in range(1, 3):
-            rotate(r5rep, r0, -i)
-            fadd(rf[i - 1], rf[i - 1], r3).fmul(r3, r5, r4)
+        rotate(r5rep, r0, -1)
+        fadd(rf0, rf0, r3).fmul(r3, r5, r4)
+        rotate(r5rep, r0, -2)
+        fadd(rf1, rf1, r3).fmul(r3, r5, r4)
         sub(rf48, rf48, 1, cond="pushz")
         lk.b(cond="anyna")
         nop()

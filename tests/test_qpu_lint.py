@@ -106,18 +106,21 @@ def _pimoe_kernels():
     return out
 
 
-# a kernel that breaks a rule on purpose names it here, with the reason
+# a kernel that breaks a rule on purpose names it here (by name, or name prefix), with the reason
 ALLOWED: dict[str, set[str]] = {
     # the published summation and scopy (behind 7241 and 2424 MB/s on a Pi 4) issue the next TMU lookup or
     # store data in the instruction that reads a result; the calibration kernels have their instruction mix
     "vec4_stream.sum": {"one-unit"},
     "vec4_stream.scopy": {"one-unit"},
+    # qpu_kernels.gemv_sched lets a TMU write (tmua/tmuc) share an instruction with an ldtmu, as
+    # py-videocore6's hardware-tested summation and scopy do on every loop trip
+    "gemv KernelConfig(": {"one-unit"},
 }
 
 
 def test_pimoe_kernels_are_lint_clean():
     for name, words in _pimoe_kernels().items():
-        bad = lint(words, allow=ALLOWED.get(name, ()))
+        bad = lint(words, allow=set().union(*(v for k, v in ALLOWED.items() if name.startswith(k))))
         assert bad == [], f"{name}: " + "; ".join(map(str, bad[:5]))
 
 

@@ -79,7 +79,18 @@ class Job:
         return self._result
 
 
-class V3DDriver:
+class _Closing:
+    """`with driver:` closes it at the end (close() is idempotent)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class V3DDriver(_Closing):
     """py-videocore6's Driver API over pimoe's own UAPI client: a code BO and a data BO, bump-allocated."""
 
     def __init__(self, *, code_area_size: int = DEFAULT_CODE_AREA_SIZE, data_area_size: int = DEFAULT_DATA_AREA_SIZE,
@@ -108,13 +119,6 @@ class V3DDriver:
         buf = self.dev.map_bo(handle, size)
         self._bos.append((handle, buf))
         return handle, addr, np.frombuffer(buf, dtype=np.uint8)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def close(self) -> None:
         if self.dev is None:
@@ -266,7 +270,7 @@ class HardwareDriver:
         return getattr(self._drv, name)
 
 
-class _Virtual:
+class _Virtual(_Closing):
     """A hardware-route driver over the virtual V3D device, which lives as long as the driver."""
 
     def __init__(self, make):
@@ -279,13 +283,6 @@ class _Virtual:
         except BaseException:
             self._stack.close()
             raise
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def close(self) -> None:
         drv, self._drv = self.__dict__.get("_drv"), None

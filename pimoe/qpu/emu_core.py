@@ -78,8 +78,17 @@ COUNTER_NAMES = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_writes", "t
 # ---- dispatch --------------------------------------------------------------------------------------------
 (D_ENTRY, D_UNIF, D_NBATCH, D_MODE, D_NEXT, D_WGX, D_WGY, D_WGZ, D_WGSIZE, D_WGS_PER_SG, D_BPS, D_NCODE,
  D_SINGLE_SEG, D_REGCHECK, D_CODE_BASE, D_MEM_BASE, D_SLICE, D_IID_SHIFT, D_MEMCHECK, D_NREGS, D_FIFO_CAP,
- D_ADDRCHECK, D_NREGIONS, D_SCRATCH_OFF, D_SCRATCH_HITS) = range(25)
-N_DISP = 25  # followed by D_NREGIONS (start, end) address pairs: the buffers an access may touch
+ D_ADDRCHECK, D_NREGIONS, D_SCRATCH_OFF, D_SCRATCH_HITS, D_SHADOW_AT, D_SHADOW_USED, D_SHADOW_MISSED,
+ D_SHADOW_LAST) = range(29)
+N_DISP = 29  # followed by D_NREGIONS (start, end) address pairs: the buffers an access may touch, then the
+# shadow area at D_SHADOW_AT: SHADOW_PAGES page numbers, then SHADOW_PAGES pages of 1024 words
+# Uniform reads do not see the dispatch's own TMU stores (py-videocore6 test_tmu_read_tmu_write_uniform_read:
+# a uniform read of a word stored, and waited for, earlier in the dispatch returns the old value): before the
+# first store to a 4 KiB page of memory its words are kept in the shadow area, and a uniform read of that page
+# reads them. Beyond SHADOW_PAGES stored pages, uniform reads see the stores (D_SHADOW_MISSED counts them).
+SHADOW_PAGES = 16
+PAGE_WORDS = 1024
+SHADOW_WORDS = SHADOW_PAGES * (1 + PAGE_WORDS)
 # D_MODE: thread slots per QPU (2 with CFG5 THREADING off, 4 with it on); D_NREGS: registers of a thread
 # (64 with threading off, 32 with it on); D_FIFO_CAP: TMU result FIFO entries of a thread.
 
@@ -118,6 +127,10 @@ M_NOP, M_ADD, M_SUB, M_UMUL24, M_VFMUL, M_SMUL24, M_MULTOP, M_FMOV, M_MOV, M_FMU
     _M["nop"], _M["add"], _M["sub"], _M["umul24"], _M["vfmul"], _M["smul24"], _M["multop"], _M["fmov"],
     _M["mov"], _M["fmul"])
 
+# what an instruction wrote, as remembered for the next one's rotate-source check (I_PREVW*): accumulator n
+# as n, register-file register n as WCODE_RF + n
+WCODE_RF = 8
+
 # SFU functions by magic waddr 19..24 (and by the add-ALU op codes)
 SFU_RECIP, SFU_RSQRT, SFU_EXP, SFU_LOG, SFU_SIN, SFU_RSQRT2 = 0, 1, 2, 3, 4, 5
 
@@ -136,52 +149,53 @@ def _ftz(u):
 
 @njit(cache=True)
 def f16_to_f32_bits(h):
-    s = (h >> 15) & 1
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    if e == 0:
-        if m == 0:
-            return s << 31
-        e = 1
-        while (m & 0x400) == 0:
-            m <<= 1
-            e -= 1
-        m &= 0x3FF
-        return (s << 31) | ((e + 112) << 23) | (m << 13)
-    if e == 31:
-        return (s << 31) | 0x7F800000 | (m << 13)
-    return (s << 31) | ((e + 112) << 23) | (m << 13)
+    """f16 bits -> f32 bits, exact (an f16 denormal becomes a normal f32; inf and NaN keep their class)."""
+    sign = (h & 0x8000) << 16
+    exp = (h >> 10) & 0x1F
+    frac = h & 0x3FF
+    if exp == 31:
+        return sign | 0x7F800000 | (frac << 13)
+    if exp == 0:
+        if frac == 0:
+            return sign
+        exp = 1
+        while (frac & 0x400) == 0:  # normalize: the leading one moves up to the implicit bit
+            frac <<= 1
+            exp -= 1
+        frac &= 0x3FF
+    return sign | ((exp + 127 - 15) << 23) | (frac << 13)
+
+
+@njit(cache=True, inline='always')
+def _round_half_even(v, shift):
+    """v >> shift, rounded to the nearest integer, ties to even."""
+    kept = v >> shift
+    rem = v & ((1 << shift) - 1)
+    halfway = 1 << (shift - 1)
+    if rem > halfway or (rem == halfway and (kept & 1) == 1):
+        kept += 1
+    return kept
 
 
 @njit(cache=True)
 def f32_to_f16_bits(u):
-    """f32 bits -> f16 bits, round to nearest even; NaN stays NaN, overflow goes to inf."""
-    s = (u >> 16) & 0x8000
-    e = (u >> 23) & 0xFF
-    m = u & 0x7FFFFF
-    if e == 255:
-        return s | 0x7C00 | (0x200 if m != 0 else 0)
-    if e == 0:
-        return s
-    E = e - 127 + 15
-    if E >= 31:
-        return s | 0x7C00
-    if E <= 0:
-        if E < -10:
-            return s
-        m |= 0x800000
-        shift = 14 - E
-        half = m >> shift
-        rem = m & ((1 << shift) - 1)
-        halfway = 1 << (shift - 1)
-        if rem > halfway or (rem == halfway and (half & 1) == 1):
-            half += 1
-        return s | half
-    half = (E << 10) | (m >> 13)
-    rem = m & 0x1FFF
-    if rem > 0x1000 or (rem == 0x1000 and (half & 1) == 1):
-        half += 1
-    return s | half
+    """f32 bits -> f16 bits, round to nearest even; NaN stays NaN, overflow goes to inf (a rounding carry
+    into the exponent is the right result, up to inf)."""
+    sign = (u >> 16) & 0x8000
+    exp = (u >> 23) & 0xFF
+    frac = u & 0x7FFFFF
+    if exp == 255:
+        return sign | 0x7C00 | (0x200 if frac != 0 else 0)
+    if exp == 0:
+        return sign
+    e16 = exp - 127 + 15
+    if e16 >= 31:
+        return sign | 0x7C00
+    if e16 <= 0:  # an f16 denormal: the implicit one joins the fraction
+        if e16 < -10:
+            return sign
+        return sign | _round_half_even(frac | 0x800000, 14 - e16)
+    return sign | _round_half_even((e16 << 23) | frac, 13)
 
 
 @njit(cache=True, inline='always')
@@ -235,25 +249,18 @@ def _f_f16(x, sb, sf):
 
 
 @njit(cache=True)
-def _fmin(x, y):
-    if math.isnan(x):
-        return y
-    if math.isnan(y):
-        return x
-    if x == y:  # -0 counts as below +0
-        return x if math.copysign(1.0, x) < 0 else y
-    return x if x < y else y
-
-
-@njit(cache=True)
-def _fmax(x, y):
+def _fmin_fmax(x, y, is_max):
+    """fmin (is_max False) / fmax of two floats: a NaN loses to the other operand; -0 counts as below +0."""
     if math.isnan(x):
         return y
     if math.isnan(y):
         return x
     if x == y:
-        return y if math.copysign(1.0, x) < 0 else x
-    return x if x > y else y
+        x_neg = math.copysign(1.0, x) < 0
+        if is_max:
+            return y if x_neg else x
+        return x if x_neg else y
+    return x if (x > y) == is_max else y
 
 
 @njit(cache=True)
@@ -287,6 +294,12 @@ def _sfu(fn, x):
     if x > 0.5:
         return 1.0
     return math.sin(math.pi * x)
+
+
+@njit(cache=True, inline='always')
+def _sfu_bits(fn, u, sb, sf):
+    """The SFU on a word: read as an f32 (no unpack, denormals flushed), the f32 result's word."""
+    return _f_bits(_sfu(fn, _bits_f(_ftz(u), sb, sf)), sb, sf)
 
 
 @njit(cache=True)
@@ -334,18 +347,15 @@ def _clz(u):
 
 # Integer add and sub exist on both ALUs with the same semantics (carry = unsigned overflow / borrow).
 @njit(cache=True, inline='always')
-def _int_add(a, b, out, carry):
+def _int_add_sub(is_sub, a, b, out, carry):
     for l in range(16):
-        s = a[l] + b[l]
-        out[l] = s & MASK32
-        carry[l] = s >> 32
-
-
-@njit(cache=True, inline='always')
-def _int_sub(a, b, out, carry):
-    for l in range(16):
-        out[l] = (a[l] - b[l]) & MASK32
-        carry[l] = 1 if a[l] < b[l] else 0
+        if is_sub:
+            out[l] = (a[l] - b[l]) & MASK32
+            carry[l] = 1 if a[l] < b[l] else 0
+        else:
+            s = a[l] + b[l]
+            out[l] = s & MASK32
+            carry[l] = s >> 32
 
 
 @njit(cache=True, inline='always')
@@ -360,19 +370,14 @@ def _add_alu_common(op, a, b, una, unb, out, carry, sb, sf):
             y = _bits_f(_unpack_f32(b[l], unb), sb, sf)
             if op == A_FSUB or op == A_FCMP:
                 r = x - y
-            elif op == A_FMIN:
-                r = _fmin(x, y)
-            elif op == A_FMAX:
-                r = _fmax(x, y)
+            elif op == A_FMIN or op == A_FMAX:
+                r = _fmin_fmax(x, y, op == A_FMAX)
             else:
                 r = x + y
             out[l] = _f_bits(r, sb, sf)
         return 1
-    if op == A_ADD:
-        _int_add(a, b, out, carry)
-        return 0
-    if op == A_SUB:
-        _int_sub(a, b, out, carry)
+    if op == A_ADD or op == A_SUB:
+        _int_add_sub(op == A_SUB, a, b, out, carry)
         return 0
     if op == A_MIN or op == A_MAX:
         for l in range(16):
@@ -425,7 +430,7 @@ def _add_alu_common(op, a, b, una, unb, out, carry, sb, sf):
 
 
 @njit(cache=True)
-def _add_alu_rare(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb, sb, sf, ta, tb):
+def _add_alu_rare(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa, fb, sb, sf, ta, tb):
     for l in range(16):
         carry[l] = 0
     if op == A_NOT:
@@ -462,7 +467,7 @@ def _add_alu_rare(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb
                 hy = (y2 >> (16 * half)) & 0xFFFF
                 x = _f16_f(hx, sb, sf)
                 y = _f16_f(hy, sb, sf)
-                r = _fmin(x, y) if op == A_VFMIN else _fmax(x, y)
+                r = _fmin_fmax(x, y, op == A_VFMAX)
                 res |= _f_f16(r, sb, sf) << (16 * half)
             out[l] = res
         return 0
@@ -479,7 +484,7 @@ def _add_alu_rare(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb
         elif op == A_RSQRT2:
             fn = SFU_RSQRT2
         for l in range(16):
-            out[l] = _f_bits(_sfu(fn, _bits_f(_ftz(a[l]), sb, sf)), sb, sf)
+            out[l] = _sfu_bits(fn, a[l], sb, sf)
         return 1
     if op == A_TIDX:
         for l in range(16):
@@ -562,14 +567,22 @@ def _add_alu_rare(op, a, b, una, unb, out, carry, ctx_c, qpu, tfield, lr, fa, fb
 
 
 @njit(cache=True, inline='always')
+def _add_alu(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa, fb, c, sb, sf, ta, tb):
+    """An add-ALU op of context c: the frequent ones inlined, the others in _add_alu_rare (which gets the
+    context's flag rows: views, made only on that path). Returns 1 for a float result, 0 for an integer one,
+    -1 for an op the emulator does not model."""
+    kind = _add_alu_common(op, a, b, una, unb, out, carry, sb, sf)
+    if kind == -2:
+        kind = _add_alu_rare(op, a, b, una, unb, out, carry, qpu, tfield, lr, fa[c], fb[c], sb, sf, ta, tb)
+    return kind
+
+
+@njit(cache=True, inline='always')
 def _mul_alu(op, a, b, una, unb, out, carry, rtop_c, sb, sf):
     for l in range(16):
         carry[l] = 0
-    if op == M_ADD:
-        _int_add(a, b, out, carry)
-        return 0
-    if op == M_SUB:
-        _int_sub(a, b, out, carry)
+    if op == M_ADD or op == M_SUB:
+        _int_add_sub(op == M_SUB, a, b, out, carry)
         return 0
     if op == M_MOV:
         for l in range(16):
@@ -713,14 +726,52 @@ def _mem_check(addr, nbytes, align, mem8, disp, fault, c, pc, lane):
     return -1
 
 
+@njit(cache=True, inline='always')
+def _shadow_slot(disp, page):
+    """The shadow slot holding `page` as it was before the dispatch stored to it, or -1."""
+    at = disp[D_SHADOW_AT]
+    for k in range(disp[D_SHADOW_USED]):
+        if disp[at + k] == page:
+            return k
+    return -1
+
+
+@njit(cache=True, inline='always')
+def _before_store(off, mem32, disp):
+    """Keep the words of the page at byte offset `off` before the dispatch's first store to it (the
+    uniform reads' view, see SHADOW_PAGES)."""
+    page = off >> 12
+    if page == disp[D_SHADOW_LAST]:
+        return
+    disp[D_SHADOW_LAST] = page
+    if _shadow_slot(disp, page) >= 0:
+        return
+    k = disp[D_SHADOW_USED]
+    if k >= SHADOW_PAGES:
+        disp[D_SHADOW_MISSED] += 1
+        return
+    at = disp[D_SHADOW_AT]
+    disp[at + k] = page
+    base = at + SHADOW_PAGES + k * PAGE_WORDS
+    w0 = page * PAGE_WORDS
+    for i in range(min(PAGE_WORDS, mem32.shape[0] - w0)):
+        disp[base + i] = mem32[w0 + i]
+    disp[D_SHADOW_USED] = k + 1
+
+
 @njit(cache=True)
 def _read_unif(c, ptr_col, ist, mem8, mem32, disp, fault, cnt, pc):
+    """The next word of a uniform stream: memory as the dispatch found it (not its own TMU stores)."""
     addr = ist[c, ptr_col]
     off = _mem_check(addr, 4, 4, mem8, disp, fault, c, pc, -1)
     if off < 0:
         return 0
     ist[c, ptr_col] = addr + 4
     cnt[c, C_UNIF] += 1
+    if disp[D_SHADOW_USED] > 0:
+        k = _shadow_slot(disp, off >> 12)
+        if k >= 0:
+            return disp[disp[D_SHADOW_AT] + SHADOW_PAGES + k * PAGE_WORDS + ((off >> 2) & (PAGE_WORDS - 1))]
     return np.int64(mem32[off >> 2])
 
 
@@ -747,6 +798,19 @@ def _merge_pack(old, v, pack):
     return (old & 0xFFFF) | (h << 16)
 
 
+@njit(cache=True, inline='always')
+def _write_lanes(dst, c, r, vals, cond, pack, fa, fb, per_quad):
+    """Register r of context c (dst: the register file or the accumulators): dst[c, r, l] = vals[l]
+    (vals[first lane of l's quad] when per_quad) in the lanes `cond` enables, an output pack merging the f16
+    into the half it names."""
+    for l in range(16):
+        if cond == 0 or _lane_on(cond, fa[c, l], fb[c, l]):
+            v = vals[l & 12] if per_quad else vals[l]
+            if pack != 0:
+                v = _merge_pack(np.int64(dst[c, r, l]), v, pack)
+            dst[c, r, l] = v
+
+
 @njit(cache=True)
 def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, disp,
            fault, sb, sf, curw, pend):
@@ -755,42 +819,12 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
         if disp[D_REGCHECK] != 0 and waddr >= ist[c, I_NREGS]:
             _fault(fault, FLT_REG_RANGE, c, pc, waddr, ist[c, I_NREGS])
             return
-        p = waddr
-        if cond == 0 and pack == 0:
-            for l in range(16):
-                rf[c, p, l] = vals[l]
-            _note_write(curw, 8 + waddr)
-            return
-        for l in range(16):
-            if _lane_on(cond, fa[c, l], fb[c, l]):
-                v = vals[l]
-                if pack != 0:
-                    v = _merge_pack(np.int64(rf[c, p, l]), v, pack)
-                rf[c, p, l] = v
-        _note_write(curw, 8 + waddr)
+        _write_lanes(rf, c, waddr, vals, cond, pack, fa, fb, False)
+        _note_write(curw, WCODE_RF + waddr)
         return
-    if waddr <= W_R4:
-        if cond == 0 and pack == 0:
-            for l in range(16):
-                acc[c, waddr, l] = vals[l]
-            _note_write(curw, waddr)
-            return
-        for l in range(16):
-            if _lane_on(cond, fa[c, l], fb[c, l]):
-                v = vals[l]
-                if pack != 0:
-                    v = _merge_pack(np.int64(acc[c, waddr, l]), v, pack)
-                acc[c, waddr, l] = v
+    if waddr <= W_R5:  # r0..r4; r5 holds one value per quad: a write broadcasts each quad's first lane
+        _write_lanes(acc, c, waddr, vals, cond, pack, fa, fb, waddr == W_R5)
         _note_write(curw, waddr)
-        return
-    if waddr == W_R5:  # r5 holds one value per quad: a write broadcasts each quad's first lane
-        for l in range(16):
-            if _lane_on(cond, fa[c, l], fb[c, l]):
-                v = vals[l & 12]
-                if pack != 0:
-                    v = _merge_pack(np.int64(acc[c, 5, l]), v, pack)
-                acc[c, 5, l] = v
-        _note_write(curw, 5)
         return
     if waddr == W_NOP:  # "-": no write
         return
@@ -832,7 +866,7 @@ def _write(c, pc, waddr, magic, vals, cond, pack, acc, rf, fa, fb, ist, cnt, tmu
         fn = waddr - W_RECIP
         for l in range(16):
             if _lane_on(cond, fa[c, l], fb[c, l]):
-                acc[c, 4, l] = _f_bits(_sfu(fn, _bits_f(_ftz(vals[l]), sb, sf)), sb, sf)
+                acc[c, 4, l] = _sfu_bits(fn, vals[l], sb, sf)
         cnt[c, C_SFU] += 1
         ist[c, I_LAST_SFU] = ist[c, I_ICOUNT]
         return
@@ -857,7 +891,7 @@ def _fast_write(c, waddr, magic, vals, cond, pack, acc, rf, ist, disp, curw):
     p = waddr
     for l in range(16):
         rf[c, p, l] = vals[l]
-    _note_write(curw, 8 + waddr)
+    _note_write(curw, WCODE_RF + waddr)
     return True
 
 
@@ -948,6 +982,7 @@ def _tmu_access(c, pc, addrs, cond, fa, fb, ist, cnt, tmud, fifo, mem8, mem32, d
                 if off < 0:
                     return
                 v = np.int64(tmud[c, k, l])
+                _before_store(off, mem32, disp)
                 if disp[D_MEMCHECK] != 0:
                     _pending_store(c, ist, pend, a & ~3)
                 if size == 4:
@@ -1049,11 +1084,11 @@ def _prev_wrote(ist, c, code):
 
 @njit(cache=True, inline='always')
 def _mux_code(row, mux):
-    if mux <= 5:
+    if mux <= MUX_R5:
         return mux
-    if mux == 6:
-        return 8 + row[F_RADDR_A]
-    return 8 + row[F_RADDR_B]
+    if mux == MUX_A:
+        return WCODE_RF + row[F_RADDR_A]
+    return WCODE_RF + row[F_RADDR_B]
 
 
 # ==========================================================================================================
@@ -1145,6 +1180,46 @@ def _arrive_barrier(c, ist, bar, disp):
                 ist[k, I_BAR_PENDING] = 0
 
 
+# ==========================================================================================================
+# the interpreter
+
+
+LOAD_SIGNALS = S_LDTMU | S_LDUNIFRF | S_LDUNIFARF   # signals that write a register of the instruction's choice
+UNIFA_SIGNALS = S_LDUNIFA | S_LDUNIFARF              # signals that read the second uniform stream
+SLOTS_BRANCH = 3   # delay slots of a branch (the target is fetched after them)
+SLOTS_THRSW = 2    # delay slots of a thrsw
+SFU_LATENCY = 2    # an SFU result (r4) may be read this many instructions after the SFU write
+UNIFA_LATENCY = 3  # ldunifa may follow a write to unifa after this many instructions
+ACC_R4, ACC_R5 = 4, 5  # accumulator indices (and their write codes, see WCODE_RF)
+
+
+@njit(cache=True, inline='always')
+def _branch_taken(bc, fa, c):
+    """Whether a branch with condition bc (BR_*) is taken, from flag A of context c's 16 lanes."""
+    if bc == BR_A0:
+        return fa[c, 0] != 0
+    if bc == BR_NA0:
+        return fa[c, 0] == 0
+    if bc >= BR_ALLA:
+        nset = 0
+        for l in range(16):
+            nset += fa[c, l]
+        if bc == BR_ALLA:
+            return nset == 16
+        if bc == BR_ANYNA:
+            return nset < 16
+        if bc == BR_ANYA:
+            return nset > 0
+        return nset == 0
+    return True
+
+
+@njit(cache=True, inline='always')
+def _is_sfu_op(aop):
+    return (aop == A_RECIP or aop == A_RSQRT or aop == A_EXP or aop == A_LOG or aop == A_SIN
+            or aop == A_RSQRT2)
+
+
 @njit(cache=True, nogil=True)
 def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar, fault, budget, pend):
     """Run the dispatch until every batch is done, a fault, or `budget` instructions; returns the number
@@ -1198,36 +1273,18 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                     if ist[c, I_SW_LEFT] > 0:
                         _fault(fault, FLT_BRANCH_IN_THRSW, c, pc, 0, 0)
                         return executed
-                    bc = row[F_BR_COND]
-                    taken = True
-                    if bc == BR_A0:
-                        taken = fa[c, 0] != 0
-                    elif bc == BR_NA0:
-                        taken = fa[c, 0] == 0
-                    elif bc >= BR_ALLA:
-                        nset = 0
-                        for l in range(16):
-                            nset += fa[c, l]
-                        if bc == BR_ALLA:
-                            taken = nset == 16
-                        elif bc == BR_ANYNA:
-                            taken = nset < 16
-                        elif bc == BR_ANYA:
-                            taken = nset > 0
-                        else:
-                            taken = nset == 0
-                    if taken:
+                    if _branch_taken(row[F_BR_COND], fa, c):
                         my_addr = code_base + 8 * pc
                         bdi = row[F_BR_BDI]
                         off = np.int64(row[F_BR_OFFSET])
                         if bdi == BD_ABS:
                             target = off & MASK32
                         elif bdi == BD_REL:
-                            target = (my_addr + 32 + off) & MASK32
+                            target = (my_addr + 8 * (SLOTS_BRANCH + 1) + off) & MASK32
                         elif bdi == BD_LRI:
                             target = ist[c, I_LR]
                         else:
-                            _read_mux(c, 6, row, acc, rf, ist, disp, fault, pc, tmp)
+                            _read_mux(c, MUX_A, row, acc, rf, ist, disp, fault, pc, tmp)
                             if fault[0] != 0:
                                 return executed
                             target = tmp[0]
@@ -1236,10 +1293,10 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             _fault(fault, FLT_BRANCH_TARGET, c, pc, target, 0)
                             return executed
                         ist[c, I_BR_TARGET] = rel // 8
-                        ist[c, I_BR_LEFT] = 4
+                        ist[c, I_BR_LEFT] = SLOTS_BRANCH + 1
                         ist[c, I_BR_UNIF] = -1
                         if row[F_BR_LINK] != 0:
-                            ist[c, I_LR] = my_addr + 32
+                            ist[c, I_LR] = my_addr + 8 * (SLOTS_BRANCH + 1)
                         if row[F_BR_UB] != 0:
                             bdu = row[F_BR_BDU]
                             if bdu == BD_ABS or bdu == BD_REL:
@@ -1254,7 +1311,7 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                                 # the new uniform address: the smallest non-zero lane value of the register
                                 # (the one rule that fits all three of py-videocore6's hardware-tested cases,
                                 # see the emulator docstring); all lanes zero: 0
-                                _read_mux(c, 6, row, acc, rf, ist, disp, fault, pc, tmp)
+                                _read_mux(c, MUX_A, row, acc, rf, ist, disp, fault, pc, tmp)
                                 if fault[0] != 0:
                                     return executed
                                 best = 0
@@ -1284,24 +1341,18 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                     # does this instruction start the SFU, or write r4 (the SFU's result register)?
                     sfu = False
                     writes_r4 = False
-                    for half in range(2):
-                        op = aop if half == 0 else mop
-                        if op == 0:
-                            continue
-                        base = F_A_OP if half == 0 else F_M_OP
-                        if row[base + 4] != 0:
-                            w = row[base + 3]
-                            if W_RECIP <= w <= W_RSQRT2:
-                                sfu = True
-                            elif w == W_R4:
-                                writes_r4 = True
-                    if ((sigb & (S_LDTMU | S_LDUNIFRF | S_LDUNIFARF)) != 0 and row[F_SIG_MAGIC] != 0
-                            and row[F_SIG_ADDR] == W_R4):
+                    if aop != 0 and row[F_A_MAGIC] != 0:
+                        sfu = W_RECIP <= row[F_A_WADDR] <= W_RSQRT2
+                        writes_r4 = row[F_A_WADDR] == W_R4
+                    if mop != 0 and row[F_M_MAGIC] != 0:
+                        sfu = sfu or W_RECIP <= row[F_M_WADDR] <= W_RSQRT2
+                        writes_r4 = writes_r4 or row[F_M_WADDR] == W_R4
+                    if (sigb & LOAD_SIGNALS) != 0 and row[F_SIG_MAGIC] != 0 and row[F_SIG_ADDR] == W_R4:
                         writes_r4 = True
                     # (Mesa's "one of TMU write / SFU / barrier / ldtmu per instruction" is a compiler rule, not
                     # a hardware fault: py-videocore6's summation and scopy break it; pimoe.qpu.lint reports it)
-                    if ic - ist[c, I_LAST_SFU] < 2:
-                        if _uses_mux(row, 4):
+                    if ic - ist[c, I_LAST_SFU] < SFU_LATENCY:
+                        if _uses_mux(row, ACC_R4):
                             _fault(fault, FLT_R4_TOO_SOON, c, pc, ic - ist[c, I_LAST_SFU], 0)
                             return executed
                         if writes_r4:
@@ -1313,18 +1364,18 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                     if sfu and ist[c, I_SW_LEFT] > 0:
                         _fault(fault, FLT_SFU_IN_THRSW, c, pc, 0, 0)
                         return executed
-                    if ist[c, I_SW_END] != 0 and 0 < ist[c, I_SW_LEFT] <= 2:
+                    if ist[c, I_SW_END] != 0 and 0 < ist[c, I_SW_LEFT] <= SLOTS_THRSW:
                         # the delay slots of the program-end thrsw: the register file is being given up
                         if ((aop != 0 and row[F_A_MAGIC] == 0) or (mop != 0 and row[F_M_MAGIC] == 0)
-                                or ((sigb & (S_LDTMU | S_LDUNIFRF | S_LDUNIFARF)) != 0 and row[F_SIG_MAGIC] == 0)):
+                                or ((sigb & LOAD_SIGNALS) != 0 and row[F_SIG_MAGIC] == 0)):
                             _fault(fault, FLT_RF_AFTER_END, c, pc, 0, 0)
                             return executed
-                    if (sigb & (S_LDUNIFA | S_LDUNIFARF)) != 0 and ic - ist[c, I_LAST_UNIFA] < 3:
+                    if (sigb & UNIFA_SIGNALS) != 0 and ic - ist[c, I_LAST_UNIFA] < UNIFA_LATENCY:
                         _fault(fault, FLT_UNIFA_TOO_SOON, c, pc, ic - ist[c, I_LAST_UNIFA], 0)
                         return executed
                     # thread switch signal
                     if (sigb & S_THRSW) != 0:
-                        if ist[c, I_SW_LEFT] == 2:
+                        if ist[c, I_SW_LEFT] == SLOTS_THRSW:
                             # a second thrsw right after one marks it as the last thread switch
                             if ist[c, I_FINAL] != 0 or ist[c, I_SW_LAST] != 0:
                                 _fault(fault, FLT_TWO_LAST_THRSW, c, pc, 0, 0)
@@ -1338,7 +1389,7 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             if ist[c, I_BR_LEFT] > 0:
                                 _fault(fault, FLT_THRSW_IN_BRANCH, c, pc, 0, 0)
                                 return executed
-                            ist[c, I_SW_LEFT] = 3
+                            ist[c, I_SW_LEFT] = SLOTS_THRSW + 1
                             ist[c, I_SW_END] = ist[c, I_FINAL]
                             ist[c, I_SW_LAST] = 0
                     # operands
@@ -1362,10 +1413,10 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                             _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_SIGNAL, 1)
                             return executed
                         if rot == -1:
-                            if _prev_wrote(ist, c, 5):
-                                _fault(fault, FLT_ROTATE_SRC, c, pc, 5, 0)
+                            if _prev_wrote(ist, c, ACC_R5):
+                                _fault(fault, FLT_ROTATE_SRC, c, pc, ACC_R5, 0)
                                 return executed
-                            rot = np.int64(acc[c, 5, 0]) & 15
+                            rot = np.int64(acc[c, ACC_R5, 0]) & 15
                         for k in range(nm):
                             mux = row[F_M_MUXA] if k == 0 else row[F_M_MUXB]
                             if mux == MUX_B:
@@ -1390,16 +1441,16 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                         a_float = _add_alu_common(aop, a_in, b_in, row[F_A_UNA], row[F_A_UNB], a_out, a_carry, sb,
                                                   sf)
                         if a_float == -2:
-                            a_float = _add_alu_rare(aop, a_in, b_in, row[F_A_UNA], row[F_A_UNB], a_out, a_carry, c,
-                                           ist[c, I_QPU], ist[c, I_TFIELD], ist[c, I_LR], fa[c], fb[c], sb,
-                                           sf, ta, tb)
+                            a_float = _add_alu_rare(aop, a_in, b_in, row[F_A_UNA], row[F_A_UNB], a_out, a_carry,
+                                                    ist[c, I_QPU], ist[c, I_TFIELD], ist[c, I_LR], fa[c], fb[c],
+                                                    sb, sf, ta, tb)
                         if a_float < 0:
                             _fault(fault, FLT_UNSUPPORTED, c, pc, UNS_ADD_OP, 0)
                             return executed
                         if aop == A_TMUWT:
                             cnt[c, C_TMUWT] += 1
                             ist[c, I_PEND_N] = 0  # every store of this thread has landed
-                        elif (A_RSQRT <= aop <= A_RSQRT2) or aop == A_RECIP:
+                        elif _is_sfu_op(aop):
                             cnt[c, C_SFU] += 1
                     if mop != 0:
                         m_float = _mul_alu(mop, ma_in, mb_in, row[F_M_UNA], row[F_M_UNB], m_out, m_carry,
@@ -1410,7 +1461,7 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                     # the second uniform stream is read at the address from before this instruction's own write to
                     # unifa (py-videocore6 test_unifa: `mov(tmua, .., sig=ldunifa).mov(unifa, ..)`)
                     unifa_val = np.int64(0)
-                    if (sigb & (S_LDUNIFA | S_LDUNIFARF)) != 0:
+                    if (sigb & UNIFA_SIGNALS) != 0:
                         unifa_val = _read_unif(c, I_UNIFA, ist, mem8, mem32, disp, fault, cnt, pc)
                         if fault[0] != 0:
                             return executed
@@ -1453,13 +1504,13 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                         if fault[0] != 0:
                             return executed
                         for l in range(16):
-                            acc[c, 5, l] = v
-                        _note_write(curw, 5)
+                            acc[c, ACC_R5, l] = v
+                        _note_write(curw, ACC_R5)
                     if (sigb & S_LDUNIFA) != 0:
                         for l in range(16):
-                            acc[c, 5, l] = unifa_val
-                        _note_write(curw, 5)
-                    if (sigb & (S_LDUNIFRF | S_LDUNIFARF | S_LDTMU)) != 0:
+                            acc[c, ACC_R5, l] = unifa_val
+                        _note_write(curw, ACC_R5)
+                    if (sigb & LOAD_SIGNALS) != 0:
                         if (sigb & S_LDTMU) != 0:
                             if ist[c, I_FIFO_N] == 0:
                                 _fault(fault, FLT_LDTMU_EMPTY, c, pc, 0, 0)
@@ -1512,7 +1563,7 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                         yielded = True
                         if ist[c, I_SW_CHAIN] != 0:
                             ist[c, I_SW_CHAIN] = 0
-                            ist[c, I_SW_LEFT] = 2
+                            ist[c, I_SW_LEFT] = SLOTS_THRSW
                             ist[c, I_SW_END] = ist[c, I_FINAL]
                             ist[c, I_SW_LAST] = 0
                 if ist[c, I_STATUS] == ST_RUN and ist[c, I_BAR_PENDING] != 0 and ist[c, I_SW_LEFT] == 0:
@@ -1539,3 +1590,74 @@ def run(tab, acc, rf, fa, fb, ist, cnt, tmud, fifo, rtop, mem8, mem32, disp, bar
                         group = min(disp[D_BPS], disp[D_NBATCH] - sg * disp[D_BPS])
                         _fault(fault, FLT_BARRIER_DEADLOCK, k, ist[k, I_PC], bar[sg], group)
             return executed
+
+
+# ==========================================================================================================
+# direct entries: one op, flag update, write or branch condition through the same helpers `run` inlines, so
+# tests/test_emu_spec.py can check the core against the definition in pimoe.qpu.emu_spec lane by lane
+
+
+@njit(cache=True)
+def _flag_rows(fa_c, fb_c):
+    """Flags A and B of one lane row (uint8[16] each) as the [context, lane] arrays the helpers index."""
+    fa = np.zeros((1, 16), dtype=np.uint8)
+    fb = np.zeros((1, 16), dtype=np.uint8)
+    fa[0, :] = fa_c
+    fb[0, :] = fb_c
+    return fa, fb
+
+
+@njit(cache=True)
+def alu_op(is_mul, op, a, b, una, unb, qpu, tfield, lr, fa_c, fb_c, rtop_c):
+    """ADD_OP / MUL_OP `op` on int64[16] words a, b with unpack codes una, unb (UN_*); fa_c, fb_c uint8[16]
+    flags; rtop_c uint32[16] (multop -> umul24, updated). Returns (out, carry, 1 float / 0 integer result /
+    -1 not modelled)."""
+    sb = np.zeros(1, dtype=np.uint32)
+    sf = sb.view(np.float32)
+    lanes = np.zeros((4, 16), dtype=np.int64)   # the result, the carry and two scratch rows
+    fa, fb = _flag_rows(fa_c, fb_c)
+    if is_mul:
+        kind = _mul_alu(op, a, b, una, unb, lanes[0], lanes[1], rtop_c, sb, sf)
+    else:
+        kind = _add_alu(op, a, b, una, unb, lanes[0], lanes[1], qpu, tfield, lr, fa, fb, 0, sb, sf, lanes[2],
+                        lanes[3])
+    return lanes[0].copy(), lanes[1].copy(), kind
+
+
+@njit(cache=True)
+def sfu_op(fn, a):
+    """The SFU function fn (SFU_*) on int64[16] words, as a magic write computes it."""
+    sb = np.zeros(1, dtype=np.uint32)
+    sf = sb.view(np.float32)
+    out = np.zeros(16, dtype=np.int64)
+    for l in range(16):
+        out[l] = _sfu_bits(fn, a[l], sb, sf)
+    return out
+
+
+@njit(cache=True)
+def flag_update(res, is_float, carry, pf, uf, fa_c, fb_c):
+    """The flags (A, B: new uint8[16] arrays) after a push pf (1..3) or an update uf (1..12) from a result."""
+    sb = np.zeros(1, dtype=np.uint32)
+    sf = sb.view(np.float32)
+    fa, fb = _flag_rows(fa_c, fb_c)
+    _flag_update(0, res, is_float, carry, pf, uf, fa, fb, sb, sf)
+    return fa[0].copy(), fb[0].copy()
+
+
+@njit(cache=True)
+def write_lanes(old, vals, cond, pack, fa_c, fb_c):
+    """A register (uint32[16], copied) after a write of vals (int64[16]) under condition cond (0 none, 1..4
+    ifa ifb ifna ifnb) with output pack pack (PK_*)."""
+    dst = np.zeros((1, 1, 16), dtype=np.uint32)
+    dst[0, 0, :] = old
+    fa, fb = _flag_rows(fa_c, fb_c)
+    _write_lanes(dst, 0, 0, vals, cond, pack, fa, fb, False)
+    return dst[0, 0].copy()
+
+
+@njit(cache=True)
+def branch_taken(bc, fa_c):
+    """Whether a branch with condition bc (BR_*) is taken with flag A = fa_c (uint8[16])."""
+    fa, _ = _flag_rows(fa_c, fa_c)
+    return _branch_taken(bc, fa, 0)

@@ -41,7 +41,7 @@ Semantic decisions and their evidence ("pv6" = py-videocore6's tests/ and exampl
 | integers | C: carry of add, borrow of sub, a > b for min/max; ftoi* saturate, NaN -> 0; multop + umul24 = 32-bit product; vadd/vsub wrap per 16-bit half | pv6 test_alu; Mesa imul idiom; vadd/vsub: none |
 | SFU | float64 math rounded to f32 (more exact than the hardware's ~1e-4); exp = 2^x, log = log2, sin = sin(pi x) on [-0.5, 0.5] and -1 / +1 beyond; r4 readable 2 instructions after the write | pv6 test_sfu |
 | store visibility | a load of a word this thread stored without a tmuwt between faults (check_memory_order=False allows it) | the hardware only promises visibility after tmuwt (pv6 tests use tmuwt) |
-| uniform reads of words stored by the TMU in the same dispatch | see the new value | pv6 test_tmu_read_tmu_write_uniform_read shows the hardware returns the OLD value: not modelled |
+| uniform reads of words stored by the TMU in the same dispatch | see the OLD value: memory as the dispatch found it (the first 16 stored 4 KiB pages are kept; beyond them uniform reads see the stores) | pv6 test_tmu_read_tmu_write_uniform_read (stored 2, waited with tmuwt, the uniform read returns 1); why (uniforms fetched around the TMU's write-back cache): assumed |
 | TMU result FIFO | 16 / (threads used per QPU) entries per thread | Broadcom's FIFO sizes per QPU, split by threads (Mesa) |
 | timeout_sec | bounds the PREDICTED Pi 4 time of the dispatch (pimoe.qpu.timing); the emulator's own budgets are max_instructions / host_timeout_sec | the hardware's wait is on real time; pv6's 1024^3 sgemm (0.55 s on a Pi 4) must not time out on a slow host |
 """
@@ -151,11 +151,12 @@ class EmuCounters:
 
 
 _FAULT_TEXT = {
-    core.FLT_INVALID_WORD: "invalid instruction word",
+    core.FLT_INVALID_WORD: ("invalid instruction word", ": {error}"),
     core.FLT_PC_RANGE: "program counter left the code area (ran off the end of the program, or a missing "
                        "program-end thrsw)",
-    core.FLT_MEM_RANGE: "memory access outside the driver's memory",
-    core.FLT_MEM_ALIGN: "misaligned memory access",
+    core.FLT_MEM_RANGE: ("memory access outside the driver's memory",
+                        ": address {addr} in lane {a2} is outside every allocated buffer (memory {lo}..{hi})"),
+    core.FLT_MEM_ALIGN: ("misaligned memory access", ": address {addr} is not {a2}-byte aligned"),
     core.FLT_R4_TOO_SOON: "r4 read too soon after an SFU write (the result arrives 2 instructions later)",
     core.FLT_MULTI_UNIT: "more than one of TMU write / SFU write / barrier / ldtmu in one instruction",
     core.FLT_ROTATE_SRC: "rotate source (or the r5 rotate amount) written by the previous instruction",
@@ -165,23 +166,29 @@ _FAULT_TEXT = {
     core.FLT_SFU_IN_THRSW: "SFU write in a thrsw delay slot (the result would land in the other thread)",
     core.FLT_THRSW_TOO_CLOSE: "thrsw in the delay slots of another thrsw",
     core.FLT_LDTMU_EMPTY: "ldtmu with no TMU load outstanding (the hardware would hang)",
-    core.FLT_FIFO_OVERFLOW: "too many TMU load results outstanding for this thread's FIFO (16 / threads "
-                            "entries; the hardware would stall forever)",
+    core.FLT_FIFO_OVERFLOW: ("too many TMU load results outstanding for this thread's FIFO (16 / threads "
+                             "entries; the hardware would stall forever)", " ({a1} > {a2})"),
     core.FLT_TMUD_OVERFLOW: "more than 4 tmud writes before the address",
     core.FLT_UNSUPPORTED: "not modelled by the emulator",
-    core.FLT_REG_RANGE: "register outside this thread's part of the register file",
-    core.FLT_BARRIER_DEADLOCK: "barrier deadlock: not every thread of the supergroup can reach the barrier",
-    core.FLT_BUDGET: "instruction budget exhausted (runaway program?)",
+    core.FLT_REG_RANGE: ("register outside this thread's part of the register file",
+                        ": rf{a1}, but in this thread mode (execute(threading=...)) a thread has rf0..rf{last}"),
+    core.FLT_BARRIER_DEADLOCK: ("barrier deadlock: not every thread of the supergroup can reach the barrier",
+                               " ({a1} of {a2} threads arrived; the rest cannot run: too few thread slots, or "
+                               "they ended)"),
+    core.FLT_BUDGET: ("instruction budget exhausted (runaway program?)", " after {a1} instructions"),
     core.FLT_ROTATE_MUX: "rotate with a register-file operand read through raddr_b (which holds the amount)",
-    core.FLT_BRANCH_TARGET: "branch target outside the code area or not 8-byte aligned",
+    core.FLT_BRANCH_TARGET: ("branch target outside the code area or not 8-byte aligned", ": {addr}"),
     core.FLT_R4_WRITE_TOO_SOON: "r4 written too soon after an SFU write",
     core.FLT_SFU_TOO_SOON: "SFU write too soon after another SFU write",
     core.FLT_BRANCH_IN_THRSW: "branch in a thrsw delay slot",
     core.FLT_TWO_LAST_THRSW: "second last-thrsw marker (two thrsw pairs)",
     core.FLT_RF_AFTER_END: "register-file write in the delay slots of the program-end thrsw",
-    core.FLT_LOAD_BEFORE_TMUWT: "load of a word this thread stored without a tmuwt in between (the store "
-                                "need not be visible yet; EmuDriver(check_memory_order=False) allows it)",
+    core.FLT_LOAD_BEFORE_TMUWT: ("load of a word this thread stored without a tmuwt in between (the store "
+                                 "need not be visible yet; EmuDriver(check_memory_order=False) allows it)",
+                                 ": address {addr} in lane {a2}"),
 }
+# (a fault's text, or (text, detail): the detail is formatted with the fault's arguments a1, a2, addr = a1 as
+# a bus address, last = a2 - 1, lo..hi = the memory's bus range, error = why the word does not decode)
 _UNSUPPORTED_TEXT = {core.UNS_ADD_OP: "add-ALU op", core.UNS_MUL_OP: "mul-ALU op", core.UNS_SIGNAL: "signal",
                      core.UNS_MAGIC: "magic write address", core.UNS_TMU_CONFIG: "TMU config word",
                      core.UNS_BRANCH: "uniform branch destination"}
@@ -665,7 +672,9 @@ def _run_dispatch(memory, mem_base, table, errors, code_base, entry, *, uniforms
     iid_shift = max(0, 16 - int(math.log2(pow2)))
     mem32 = memory[: len(memory) // 4 * 4].view(np.uint32)
 
-    disp = np.zeros(core.N_DISP + 2 * len(regions), dtype=np.int64)
+    disp = np.zeros(core.N_DISP + 2 * len(regions) + core.SHADOW_WORDS, dtype=np.int64)
+    disp[core.D_SHADOW_AT] = core.N_DISP + 2 * len(regions)
+    disp[core.D_SHADOW_LAST] = -1
     disp[core.D_ENTRY] = entry
     disp[core.D_UNIF] = 0 if uniforms is None else int(uniforms) & 0xFFFFFFFF
     disp[core.D_NBATCH] = thread
@@ -781,6 +790,12 @@ def _running_ctx(ist) -> int:
     return int(running[0]) if len(running) else 0
 
 
+def _fault_text(code: int) -> tuple[str, str]:
+    """A fault code's text and its detail template (see _FAULT_TEXT)."""
+    entry = _FAULT_TEXT.get(code, f"fault {code}")
+    return entry if isinstance(entry, tuple) else (entry, "")
+
+
 def _fault_message(fault, ist, words, code_base, mem_base, mem_size, errors, extra: str | None = None) -> str:
     from pimoe.qpu.disasm import disassemble_word
 
@@ -795,29 +810,14 @@ def _fault_message(fault, ist, words, code_base, mem_base, mem_size, errors, ext
         except Exception as exc:  # an invalid word: say why it does not decode
             text = errors.get(pc, str(exc))
         where += f" (address 0x{code_base + 8 * pc:08x}, word 0x{word:016x}: {text})"
-    what = extra or _FAULT_TEXT.get(code, f"fault {code}")
-    if code == core.FLT_MEM_RANGE:
-        what += f": address 0x{a1 & 0xFFFFFFFF:08x} in lane {a2} is outside every allocated buffer (memory " \
-                f"0x{mem_base:08x}..0x{mem_base + mem_size:08x})"
-    elif code == core.FLT_MEM_ALIGN:
-        what += f": address 0x{a1 & 0xFFFFFFFF:08x} is not {a2}-byte aligned"
-    elif code == core.FLT_UNSUPPORTED:
+    text, detail = _fault_text(code)
+    what = extra or text
+    if code == core.FLT_UNSUPPORTED:
         # e.g. "signal not modelled by the emulator": the instruction text in `where` names which one
         what = " ".join(p for p in (_UNSUPPORTED_TEXT.get(a1, "?"), str(a2) if a1 == core.UNS_MAGIC else "", what) if p)
         if a1 == core.UNS_TMU_CONFIG:
             what += f" (config byte 0x{a2 & 0xFF:02x}: per-pixel regular loads/stores and prefetch only)"
-    elif code == core.FLT_REG_RANGE:
-        what += f": rf{a1}, but in this thread mode (execute(threading=...)) a thread has rf0..rf{a2 - 1}"
-    elif code == core.FLT_BARRIER_DEADLOCK:
-        what += f" ({a1} of {a2} threads arrived; the rest cannot run: too few thread slots, or they ended)"
-    elif code == core.FLT_BUDGET and extra is None:
-        what += f" after {a1} instructions"
-    elif code == core.FLT_BRANCH_TARGET:
-        what += f": 0x{a1 & 0xFFFFFFFF:08x}"
-    elif code == core.FLT_INVALID_WORD:
-        what += f": {errors.get(pc, '')}"
-    elif code == core.FLT_LOAD_BEFORE_TMUWT:
-        what += f": address 0x{a1 & 0xFFFFFFFF:08x} in lane {a2}"
-    elif code == core.FLT_FIFO_OVERFLOW:
-        what += f" ({a1} > {a2})"
+    elif not (code == core.FLT_BUDGET and extra is not None):
+        what += detail.format(a1=a1, a2=a2, addr=f"0x{a1 & 0xFFFFFFFF:08x}", last=a2 - 1, lo=f"0x{mem_base:08x}",
+                              hi=f"0x{mem_base + mem_size:08x}", error=errors.get(pc, ""))
     return f"QPU fault at {where}: {what}"

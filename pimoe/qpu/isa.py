@@ -228,27 +228,29 @@ _FLAG_COMBOS: dict[frozenset[str], int] = {
 }
 
 
+def _push_or_update(packed: int) -> tuple[str | None, str | None]:
+    """The low nibble of a one-ALU cond field: 1..3 a flag push, 4..15 a flag update (0: neither)."""
+    low = packed & 0xF
+    if low == 0:
+        return None, None
+    return (PUSH_FLAGS[low - 1], None) if low < 4 else (None, UPDATE_FLAGS[low - 4])
+
+
 def unpack_flags(packed: int) -> Flags | None:
-    """7-bit cond field -> Flags, or None if the value is reserved (0x10)."""
-    if packed == 0:
-        return NO_FLAGS
-    if packed >> 2 == 0:
-        return Flags(apf=PUSH_FLAGS[(packed & 3) - 1])
-    if packed >> 4 == 0:
-        return Flags(auf=UPDATE_FLAGS[(packed & 0xF) - 4])
+    """7-bit cond field -> Flags, or None if the value is reserved (0x10).
+
+    0x00..0x0F: the add op's push/update alone; 0x11..0x1F: the mul op's; 0x2X / 0x3X: the add / mul op's
+    write condition (bits 3:2) with a push of the other op (bits 1:0); 0x40..0x7F: the mul op's condition
+    (bits 5:4) with the add op's condition or update."""
     if packed == 0x10:
         return None
-    if packed >> 2 == 0x4:
-        return Flags(mpf=PUSH_FLAGS[(packed & 3) - 1])
-    if packed >> 4 == 0x1:
-        return Flags(muf=UPDATE_FLAGS[(packed & 0xF) - 4])
-    if packed >> 4 == 0x2:
-        pf = packed & 3
-        return Flags(ac=CONDS[(packed >> 2) & 3], mpf=PUSH_FLAGS[pf - 1] if pf else None)
-    if packed >> 4 == 0x3:
-        pf = packed & 3
-        return Flags(mc=CONDS[(packed >> 2) & 3], apf=PUSH_FLAGS[pf - 1] if pf else None)
-    # packed >> 6 == 1
+    if packed >> 5 == 0:
+        pf, uf = _push_or_update(packed)
+        return Flags(apf=pf, auf=uf) if packed < 0x10 else Flags(mpf=pf, muf=uf)
+    if packed >> 6 == 0:
+        cond = CONDS[(packed >> 2) & 3]
+        push = PUSH_FLAGS[(packed & 3) - 1] if packed & 3 else None
+        return Flags(ac=cond, mpf=push) if packed >> 4 == 0x2 else Flags(mc=cond, apf=push)
     mc = CONDS[(packed >> 4) & 3]
     if (packed >> 2) & 3 == 0:
         return Flags(mc=mc, ac=CONDS[packed & 3])
@@ -290,6 +292,30 @@ def _r(lo: int, hi: int) -> frozenset[int]:
     return frozenset(range(lo, hi + 1))
 
 
+def _consecutive(first: int, *names: str) -> tuple:
+    """Rows of ops with one opcode each, first, first + 1, ..., any operand muxes."""
+    return tuple((first + i, first + i, _ANY, _ANY, name) for i, name in enumerate(names))
+
+
+def _by_mux(op: int, names, mux_a: int | None = None) -> tuple:
+    """Rows of ops sharing an opcode: names[i] is the op when mux_a is i (mux_b any), or, with mux_a given,
+    when mux_b is i. A name of None: no op there; a ((lo, hi), name) pair spans the mux values lo..hi."""
+    rows = []
+    for i, name in enumerate(names):
+        if name is None:
+            continue
+        muxes, name = (_m(i), name) if isinstance(name, str) else (_r(*name[0]), name[1])
+        rows.append((op, op, muxes, _ANY, name) if mux_a is None else (op, op, _m(mux_a), muxes, name))
+    return tuple(rows)
+
+
+def _float_rounding(op: int, *names) -> tuple:
+    """An opcode whose mux_a picks one of four ops: 0..2, 3, 4..6, 7 (the low ones take a rounding mode)."""
+    lo, three, hi, seven = names
+    return _by_mux(op, [((0, 2), lo) if lo else None, None, None, three, ((4, 6), hi) if hi else None, None,
+                        None, seven])
+
+
 ADD_OPS: tuple[tuple[int, int, frozenset[int], frozenset[int], str], ...] = (
     (0, 47, _ANY, _ANY, "fadd"),  # fadd vs faddnf: decided by operand order
     (0, 47, _ANY, _ANY, "faddnf"),
@@ -299,86 +325,33 @@ ADD_OPS: tuple[tuple[int, int, frozenset[int], frozenset[int], str], ...] = (
     (60, 60, _ANY, _ANY, "sub"),
     (61, 63, _ANY, _ANY, "vfpack"),
     (64, 111, _ANY, _ANY, "fsub"),
-    (120, 120, _ANY, _ANY, "min"),
-    (121, 121, _ANY, _ANY, "max"),
-    (122, 122, _ANY, _ANY, "umin"),
-    (123, 123, _ANY, _ANY, "umax"),
-    (124, 124, _ANY, _ANY, "shl"),
-    (125, 125, _ANY, _ANY, "shr"),
-    (126, 126, _ANY, _ANY, "asr"),
-    (127, 127, _ANY, _ANY, "ror"),
+    *_consecutive(120, "min", "max", "umin", "umax", "shl", "shr", "asr", "ror"),
     (128, 175, _ANY, _ANY, "fmin"),  # fmin vs fmax: decided by operand order
     (128, 175, _ANY, _ANY, "fmax"),
     (176, 180, _ANY, _ANY, "vfmin"),
-    (181, 181, _ANY, _ANY, "and"),
-    (182, 182, _ANY, _ANY, "or"),
-    (183, 183, _ANY, _ANY, "xor"),
-    (184, 184, _ANY, _ANY, "vadd"),
-    (185, 185, _ANY, _ANY, "vsub"),
-    (186, 186, _m(0), _ANY, "not"),
-    (186, 186, _m(1), _ANY, "neg"),
-    (186, 186, _m(2), _ANY, "flapush"),
-    (186, 186, _m(3), _ANY, "flbpush"),
-    (186, 186, _m(4), _ANY, "flpop"),
-    (186, 186, _m(5), _ANY, "recip"),
-    (186, 186, _m(6), _ANY, "setmsf"),
-    (186, 186, _m(7), _ANY, "setrevf"),
-    (187, 187, _m(0), _m(0), "nop"),
-    (187, 187, _m(0), _m(1), "tidx"),
-    (187, 187, _m(0), _m(2), "eidx"),
-    (187, 187, _m(0), _m(3), "lr"),
-    (187, 187, _m(0), _m(4), "vfla"),
-    (187, 187, _m(0), _m(5), "vflna"),
-    (187, 187, _m(0), _m(6), "vflb"),
-    (187, 187, _m(0), _m(7), "vflnb"),
-    (187, 187, _m(1), _r(0, 2), "fxcd"),
-    (187, 187, _m(1), _m(3), "xcd"),
-    (187, 187, _m(1), _r(4, 6), "fycd"),
-    (187, 187, _m(1), _m(7), "ycd"),
-    (187, 187, _m(2), _m(0), "msf"),
-    (187, 187, _m(2), _m(1), "revf"),
-    (187, 187, _m(2), _m(2), "vdwwt"),  # Mesa lists vdwwt (ver >= 33) before iid: it wins the lookup
-    (187, 187, _m(2), _m(3), "sampid"),
-    (187, 187, _m(2), _m(4), "barrierid"),
-    (187, 187, _m(2), _m(5), "tmuwt"),
-    (187, 187, _m(2), _m(6), "vpmwt"),
-    (187, 187, _m(2), _m(7), "flafirst"),
+    *_consecutive(181, "and", "or", "xor", "vadd", "vsub"),
+    *_by_mux(186, ["not", "neg", "flapush", "flbpush", "flpop", "recip", "setmsf", "setrevf"]),
+    *_by_mux(187, ["nop", "tidx", "eidx", "lr", "vfla", "vflna", "vflb", "vflnb"], mux_a=0),
+    *_by_mux(187, [((0, 2), "fxcd"), None, None, "xcd", ((4, 6), "fycd"), None, None, "ycd"], mux_a=1),
+    # Mesa lists vdwwt (ver >= 33) before iid: it wins the lookup
+    *_by_mux(187, ["msf", "revf", "vdwwt", "sampid", "barrierid", "tmuwt", "vpmwt", "flafirst"], mux_a=2),
     (187, 187, _m(3), _m(0), "flnafirst"),
     (187, 187, _m(3), _ANY, "vpmsetup"),
-    (188, 188, _m(0), _ANY, "ldvpmv_in"),
-    (188, 188, _m(1), _ANY, "ldvpmd_in"),
-    (188, 188, _m(2), _ANY, "ldvpmp"),
-    (188, 188, _m(3), _ANY, "rsqrt"),
-    (188, 188, _m(4), _ANY, "exp"),
-    (188, 188, _m(5), _ANY, "log"),
-    (188, 188, _m(6), _ANY, "sin"),
-    (188, 188, _m(7), _ANY, "rsqrt2"),
+    *_by_mux(188, ["ldvpmv_in", "ldvpmd_in", "ldvpmp", "rsqrt", "exp", "log", "sin", "rsqrt2"]),
     (189, 189, _ANY, _ANY, "ldvpmg_in"),
     (192, 239, _ANY, _ANY, "fcmp"),
     (240, 244, _ANY, _ANY, "vfmax"),
-    (245, 245, _r(0, 2), _ANY, "fround"),
-    (245, 245, _m(3), _ANY, "ftoin"),
-    (245, 245, _r(4, 6), _ANY, "ftrunc"),
-    (245, 245, _m(7), _ANY, "ftoiz"),
-    (246, 246, _r(0, 2), _ANY, "ffloor"),
-    (246, 246, _m(3), _ANY, "ftouz"),
-    (246, 246, _r(4, 6), _ANY, "fceil"),
-    (246, 246, _m(7), _ANY, "ftoc"),
-    (247, 247, _r(0, 2), _ANY, "fdx"),
-    (247, 247, _r(4, 6), _ANY, "fdy"),
+    *_float_rounding(245, "fround", "ftoin", "ftrunc", "ftoiz"),
+    *_float_rounding(246, "ffloor", "ftouz", "fceil", "ftoc"),
+    *_float_rounding(247, "fdx", None, "fdy", None),
     (248, 248, _ANY, _ANY, "stvpm"),  # stvpmv/stvpmd/stvpmp by waddr 0/1/2
-    (252, 252, _r(0, 2), _ANY, "itof"),
-    (252, 252, _m(3), _ANY, "clz"),
-    (252, 252, _r(4, 6), _ANY, "utof"),
+    *_float_rounding(252, "itof", "clz", "utof", None),
 )
 
 MUL_OPS: tuple[tuple[int, int, frozenset[int], frozenset[int], str], ...] = (
-    (1, 1, _ANY, _ANY, "add"),
-    (2, 2, _ANY, _ANY, "sub"),
-    (3, 3, _ANY, _ANY, "umul24"),
+    *_consecutive(1, "add", "sub", "umul24"),
     (4, 8, _ANY, _ANY, "vfmul"),
-    (9, 9, _ANY, _ANY, "smul24"),
-    (10, 10, _ANY, _ANY, "multop"),
+    *_consecutive(9, "smul24", "multop"),
     (14, 14, _ANY, _ANY, "fmov"),
     (15, 15, _r(0, 3), _ANY, "fmov"),
     (15, 15, _m(4), _m(0), "nop"),
