@@ -1,6 +1,12 @@
-"""The fused MoE expert step of one layer on the QPUs: one dispatch per layer for a decode token (the two
-phases below chained in one program, a barrier between them; `one_dispatch=False` runs them as two), and
-two per tile width in use, at most 2 x the widest tile, for a prompt.
+"""The fused MoE expert step of one layer on the QPUs: two dispatches per layer for a decode token (the two
+phases below), and two per tile width in use, at most 2 x the widest tile, for a prompt.
+
+Why not one dispatch for a decode token (the phases chained, a barrier between; `one_dispatch=True`):
+phase B reads h through the uniform stream, and on the Pi a uniform read does not see TMU stores made
+earlier in the same dispatch (py-videocore6's hardware-tested test_tmu_read_tmu_write_uniform_read; the
+v3d kernel cleans the TMU's L2 cache only at the end of a job). The emulator models that, so the chained
+program reads stale h there as it would on the silicon. It stays as an option for the day phase B reads h
+through the TMU; until then it gives wrong results and is off by default.
 
     dispatch A (swiglu):  for every (selected expert, token tile, 16 rows of ff):
                               h[t, rows] = w[t, e] * silu(gate_e[rows] @ x_t) * (up_e[rows] @ x_t)
@@ -105,9 +111,11 @@ class ExpertFFN:
     """Runs one layer's routed experts on the driver. gate/up/down: QPUMatrices of the layer."""
 
     def __init__(self, drv, programs: Programs, scratch: Scratch, threads: int = DEFAULT_THREADS,
-                 region=None, on_dispatch=None, one_dispatch: bool = True):
+                 region=None, on_dispatch=None, one_dispatch: bool = False):
         self.drv, self.programs, self.scratch, self.threads = drv, programs, scratch, threads
-        self.one_dispatch = one_dispatch     # decode: swiglu and down_sum in one dispatch (a barrier between)
+        # decode: swiglu and down_sum in one dispatch (a barrier between) -- reads stale h on the Pi, see
+        # the module docstring; two dispatches by default
+        self.one_dispatch = one_dispatch
         self.counters: list = []     # EmuCounters (or None on hardware) of every dispatch
         # profiling hooks (the qpu backend passes pimoe.profile.region / qpu_dispatch; kernels stay free of
         # pimoe.profile): region(name) -> context manager around upload / dispatch / compute / readback,
@@ -141,9 +149,10 @@ class ExpertFFN:
     def submit_decode(self, gate: QPUMatrices, up: QPUMatrices, down: QPUMatrices, x: np.ndarray,
                       expert_ids: np.ndarray, expert_weights: np.ndarray):
         """__call__ for one token (x [1, hidden]) without waiting: the dispatch is submitted and this returns
-        result() -> f32 [1, hidden], which waits for it (needs one_dispatch). The host works meanwhile."""
-        if x.shape[0] != 1 or not self.one_dispatch:
-            raise PimoeError("submit_decode: one token, one dispatch (one_dispatch=True)")
+        result() -> f32 [1, hidden], which waits for it. The host works meanwhile: through the whole layer
+        with one_dispatch, through phase A (gate and up: two thirds of the weights) with two dispatches."""
+        if x.shape[0] != 1:
+            raise PimoeError(f"submit_decode: one token at a time, got {x.shape[0]}")
         hidden = x.shape[1]
         self.scratch.reset()
         x_full = np.zeros((1, lay.padded_cols(hidden)), np.float32)
@@ -239,7 +248,9 @@ class ExpertFFN:
     def _decode(self, gate, up, down, x_full, tiles, hidden, quant_in, quant_h, wait: bool = True):
         """One token: phase A for its k experts, phase B = down projections summed over the k experts
         inside the kernel (one item per 16 output rows with k entries); one dispatch (one_dispatch) or
-        two. wait=False (one_dispatch): (wait(), out) with the dispatch submitted."""
+        two. wait=False: (wait(), out) with the (first) dispatch submitted; with two dispatches wait() waits
+        for phase A and then runs phase B (submitting B before A finished could start it first: the
+        emulator's jobs queue on a lock, not in order)."""
         phase_a, h_streams = self._swiglu_phase(gate, up, down, x_full, tiles, 1, quant_in, quant_h)
         cfg_b = KernelConfig.for_layout(down.spec, lay.padded_cols(down.cols), 1, "sum")
         n_groups = lay.padded_rows(hidden) // 16
@@ -256,7 +267,15 @@ class ExpertFFN:
             table_b = write_tables(self.scratch, items_b, self.threads)
         phase_b = (cfg_b, table_b, [down.row_bytes])
         if not wait:
-            return self._submit([phase_a, phase_b], "expert_layer"), out.view(np.float32)
+            if self.one_dispatch:
+                return self._submit([phase_a, phase_b], "expert_layer"), out.view(np.float32)
+            wait_a = self._submit([phase_a], "swiglu")
+
+            def wait_both() -> None:
+                wait_a()
+                self._execute([phase_b], "down_sum")
+
+            return wait_both, out.view(np.float32)
         if self.one_dispatch:
             self._execute([phase_a, phase_b], "expert_layer")
         else:
@@ -295,7 +314,7 @@ class ExpertFFN:
 
 
 def run_check(drv, qtype, *, hidden: int, ff: int, n_experts: int, k: int, tokens: int, threads: int = 8,
-              seed: int = 0, tile: int | None = None, region=None, on_dispatch=None, one_dispatch: bool = True):
+              seed: int = 0, tile: int | None = None, region=None, on_dispatch=None, one_dispatch: bool = False):
     """Random experts of `qtype`, random routing: QPU vs numpy. Returns (max relative error, counters).
     region / on_dispatch: ExpertFFN's profiling hooks (e.g. pimoe.profile.region / qpu_dispatch)."""
     from pimoe import quant

@@ -137,8 +137,8 @@ def test_expert_ffn_equals_numpy(name, tokens):
                                      threads=8, seed=tokens)
     assert err < 1e-5
     if tokens == 1:
-        assert len(counters) == 1                          # decode: one dispatch per layer (two phases)
-        assert counters[0].sfu_ops > 0 and counters[0].total("barriers") > 0
+        assert len(counters) == 2                          # decode: swiglu, then down_sum (see next test)
+        assert counters[0].sfu_ops > 0 and counters[1].sfu_ops == 0
         return
     assert len(counters) in (2, 4)                         # prompt: two per tile width (1 and/or 2 tokens)
     for a, b in zip(counters[0::2], counters[1::2]):
@@ -147,16 +147,18 @@ def test_expert_ffn_equals_numpy(name, tokens):
 
 
 @pytest.mark.parametrize("name,threads", [("Q4_0", 8), ("Q8_0", 3), ("F32", 5)])
-def test_decode_one_dispatch_equals_two_dispatches(name, threads):
-    """The chained dispatch (swiglu, barrier, down_sum) computes bit for bit what the two dispatches do,
-    with the same instructions but one dispatch, and both equal numpy."""
-    outs = {}
+def test_decode_one_dispatch_reads_stale_h_two_dispatches_do_not(name, threads):
+    """Why a decode token takes two dispatches: chained in one (swiglu, barrier, down_sum), phase B reads h
+    through the uniform stream, which on the Pi does not see the same dispatch's TMU stores
+    (py-videocore6's test_tmu_read_tmu_write_uniform_read). The chain runs the same instructions, a few
+    fewer, but reads the stale h; the two dispatches equal numpy."""
+    outs, errs = {}, {}
     for one in (True, False):
         with EmuDriver(data_area_size=32 << 20) as drv:
-            err, counters, _ = run_check(drv, QT[name], hidden=256, ff=96, n_experts=4, k=3, tokens=1,
-                                         threads=threads, seed=5, one_dispatch=one)
-        assert err < 1e-5
-        outs[one] = counters
+            errs[one], outs[one], _ = run_check(drv, QT[name], hidden=256, ff=96, n_experts=4, k=3, tokens=1,
+                                                threads=threads, seed=5, one_dispatch=one)
+    assert errs[False] < 1e-5
+    assert errs[True] > 1e-2                               # stale h: the silicon's answer, and a wrong one
     assert len(outs[True]) == 1 and len(outs[False]) == 2
     chained = outs[True][0].total_instructions
     separate = sum(c.total_instructions for c in outs[False])

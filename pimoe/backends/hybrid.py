@@ -34,8 +34,9 @@ decode token's split is free. With a one-copy placement each selected expert run
 QPU's experts are uploaded (qpu_memory's budget then counts one copy). What that costs against "all" is
 measured by `pimoe bench placement` (a routing trace replayed under the rate model).
 
-Overlap: a decode token's QPU part (one dispatch per layer for the experts, one per dense group) is submitted
-with the driver's submit() and waited for (Job.wait) after the CPU part ran; a prompt's QPU part (several
+Overlap: a decode token's QPU part (for the experts two dispatches per layer, swiglu then down_sum,
+see qpu_kernels.expert_ffn; one per dense group) is submitted with the driver's submit(); the CPU part
+overlaps the first (two thirds of the expert weights), and Job.wait then runs the second; a prompt's QPU part (several
 dispatches) runs in a worker thread.
 
 Profiling: the two lanes are regions "cpu" and "qpu" (tag lane=) under a region "coexec" tagged
@@ -402,7 +403,7 @@ class HybridBackend(Backend):
                              covers_flops=c_flops + q_flops):
                 runner.region, runner.on_dispatch = deferred.region, deferred.on_dispatch
                 worker = None
-                if decode and runner.one_dispatch:
+                if decode:
                     result["start_ns"] = time.perf_counter_ns()
                     gate, up, down = self.qpu.mats[layer]
                     finish = runner.submit_decode(gate, up, down, np.ascontiguousarray(q_args[0], np.float32),

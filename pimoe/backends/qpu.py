@@ -2,8 +2,9 @@
 
 At load every layer's gate/up/down expert tensors are repacked once into QPU memory in the kernels'
 layout (qpu_kernels.qpu_layout: lossless, no dequantized CPU copy is kept); each expert_ffn call for a
-decode token is one dispatch per layer (gate+up+SiLU, a barrier across the QPUs, then down + the weighted
-sum over the k experts), a prompt two per tile width. The driver comes
+decode token is two dispatches per layer (gate+up+SiLU, then down + the weighted sum over the k experts;
+chained in one, the down phase would read stale h on the Pi: qpu_kernels.expert_ffn), a prompt two per
+tile width. The driver comes
 from pimoe.qpu.open_driver: "hw" the VideoCore VI through the v3d kernel driver on a Pi 4, "virtual" the
 same hardware route over the virtual V3D device (pimoe.qpu.vdev, jobs run by the emulator), "emu" the
 emulator called directly, "auto" the GPU when present else "emu".

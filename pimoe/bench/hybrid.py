@@ -53,8 +53,8 @@ def add_arguments(parser) -> None:
 def expert_rates(cpu_run, qpu_layer_seconds: float, backend_info: dict, n_layers: int, k: int,
                  dispatches: int = 1):
     """LaneRates of ONE expert of a decode token: the CPU's from the cpu run's predicted expert region, the
-    QPU's from the predicted seconds of one layer's expert dispatches (k experts; one dispatch per layer
-    since ExpertFFN's one_dispatch)."""
+    QPU's from the predicted seconds of one layer's expert dispatches (k experts; `dispatches` per layer:
+    two with ExpertFFN's default, one with its one_dispatch)."""
     from pimoe import coexec
 
     per_layer_cpu = cpu_run.tg_predicted["tg/forward/layer/experts"] / n_layers
