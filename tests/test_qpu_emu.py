@@ -14,6 +14,7 @@ import pytest
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import EmuDriver, QPUFault, qpu
+from pimoe.qpu.emulator import BUS_BASE
 from tests.qpu_run import emit_program_end, lane_addresses, run_kernel, store_and_end, store_row
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1514,6 +1515,28 @@ def test_run_csd_over_gpu_memory_and_the_mmu_scratch_page():
     assert np.array_equal(mem.view(mem.scratch_address, 64).view(np.uint32), LANE)  # landed in the scratch page
     mem.free(y)
     assert mem.alloc(4096) == y          # the freed page is reused
+
+
+def test_emudriver_maps_its_whole_buffer_object_as_the_pi_does():
+    """py-videocore6's Driver maps code and data as one buffer object, so on the Pi an access past the last
+    Array but inside the data area is legal (its hardware-tested sgemm example reads past its last row);
+    outside the buffer object it is not. check_allocations=True is the stricter debugging check."""
+    for strict in (False, True):
+        with EmuDriver(data_area_size=1 << 16, check_allocations=strict) as drv:
+            code = drv.program(k_store_eidx_plus_uniform)
+            y = drv.alloc(16, dtype=np.uint32)
+            unif = drv.alloc(2, dtype=np.uint32)
+            unif[:] = [y.addresses()[0], 4096]   # a page past y: in the data area, in no Array
+            if strict:
+                with pytest.raises(QPUFault, match="outside every allocated buffer"):
+                    drv.execute(code, unif.addresses()[0], thread=1)
+            else:
+                drv.execute(code, unif.addresses()[0], thread=1)
+                at = int(y.addresses()[0]) - BUS_BASE + 4096     # where the store landed in the BO
+                assert np.array_equal(drv.memory[at: at + 64].view(np.uint32), LANE)
+            unif[1] = (1 << 16) + 8192           # past the end of the data area: outside the buffer object
+            with pytest.raises(QPUFault, match="outside every allocated buffer"):
+                drv.execute(code, unif.addresses()[0], thread=1)
 
 
 def test_submit_overlaps_python_work_and_wait_returns_the_counters():

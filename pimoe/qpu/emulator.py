@@ -41,6 +41,7 @@ Semantic decisions and their evidence ("pv6" = py-videocore6's tests/ and exampl
 | integers | C: carry of add, borrow of sub, a > b for min/max; ftoi* saturate, NaN -> 0; multop + umul24 = 32-bit product; vadd/vsub wrap per 16-bit half | pv6 test_alu; Mesa imul idiom; vadd/vsub: none |
 | SFU | float64 math rounded to f32 (more exact than the hardware's ~1e-4); exp = 2^x, log = log2, sin = sin(pi x) on [-0.5, 0.5] and -1 / +1 beyond; r4 readable 2 instructions after the write | pv6 test_sfu |
 | store visibility | a load of a word this thread stored without a tmuwt between faults (check_memory_order=False allows it) | the hardware only promises visibility after tmuwt (pv6 tests use tmuwt) |
+| EmuDriver address check | an access outside the buffer object (code + data areas) faults; inside it, past the last Array, it is legal (EmuDriver(check_allocations=True) faults there, for debugging) | pv6 Driver: one BO for code and data; pv6 examples/sgemm.py reads 16 words of an 11-word last row (hardware-tested) |
 | uniform reads of words stored by the TMU in the same dispatch | see the OLD value: memory as the dispatch found it (the first 16 stored 4 KiB pages are kept; beyond them uniform reads see the stores) | pv6 test_tmu_read_tmu_write_uniform_read (stored 2, waited with tmuwt, the uniform read returns 1); why (uniforms fetched around the TMU's write-back cache): assumed |
 | TMU result FIFO | 16 / (threads used per QPU) entries per thread | Broadcom's FIFO sizes per QPU, split by threads (Mesa) |
 | timeout_sec | bounds the PREDICTED Pi 4 time of the dispatch (pimoe.qpu.timing); the emulator's own budgets are max_instructions / host_timeout_sec | the hardware's wait is on real time; pv6's 1024^3 sgemm (0.55 s on a Pi 4) must not time out on a slow host |
@@ -237,7 +238,11 @@ class EmuDriver:
     """py-videocore6's Driver, emulated: alloc / program / execute over an in-process QPU model."""
 
     def __init__(self, *, code_area_size: int = DEFAULT_CODE_AREA_SIZE, data_area_size: int = DEFAULT_DATA_AREA_SIZE,
-                 check_registers: bool = True, check_memory_order: bool = True):
+                 check_registers: bool = True, check_memory_order: bool = True, check_allocations: bool = False):
+        # check_allocations: fault on an access outside the Arrays allocated so far (a debugging aid for
+        # pimoe's own kernels). Off by default: on the Pi, py-videocore6's Driver maps code and data as ONE
+        # buffer object, so the silicon reads past the last Array without complaint (py-videocore6's
+        # hardware-tested examples/sgemm.py reads 16 words of an 11-word row at the end of its data).
         if code_area_size <= 0 or code_area_size % 8 or data_area_size < 0:
             raise DriverError(f"code_area_size {code_area_size} must be a positive multiple of 8 and "
                               f"data_area_size {data_area_size} non-negative")
@@ -253,6 +258,7 @@ class EmuDriver:
         self.data_pos = self.data_area_base
         self.check_registers = check_registers
         self.check_memory_order = check_memory_order
+        self.check_allocations = check_allocations
         self.memory = np.zeros(total, dtype=np.uint8)
         self._mem32 = self.memory.view(np.uint32)
         self._blocks: list[tuple[int, DecodedProgram]] = []  # (word offset, decoded block)
@@ -345,11 +351,15 @@ class EmuDriver:
             local_invocation, uniforms = None, int(local_invocation)
         entry = self._entry_index(code)
         table, errors = self._decoded_table()
-        # an access must stay in the allocated code and data (what py-videocore6's single buffer object
-        # holds); a stray address faults naming the instruction
-        regions = [(BUS_BASE + self.code_area_base, BUS_BASE + self.code_pos)]
-        if self.data_pos > self.data_area_base:
-            regions.append((BUS_BASE + self.data_area_base, BUS_BASE + self.data_pos))
+        # an access must stay in py-videocore6's single buffer object (code and data areas), as the v3d MMU
+        # maps it; with check_allocations, in the code and Arrays allocated so far. A stray address faults
+        # naming the instruction.
+        if self.check_allocations:
+            regions = [(BUS_BASE + self.code_area_base, BUS_BASE + self.code_pos)]
+            if self.data_pos > self.data_area_base:
+                regions.append((BUS_BASE + self.data_area_base, BUS_BASE + self.data_pos))
+        else:
+            regions = [(BUS_BASE, BUS_BASE + len(self.memory))]
         with self._lock:
             self.last_counters = _run_dispatch(
                 self.memory, BUS_BASE, table, errors, BUS_BASE + self.code_area_base, entry,
