@@ -105,7 +105,11 @@ def make_placement(name: str, n_layers: int, n_experts: int, cpu_expert_bytes: i
     else:
         # add-one smoothing: an expert the calibration prompt never chose still gets routed to later, and
         # without it every unseen expert would land on the same lane
-        u = np.asarray(usage, float).reshape(L, E) + 1.0
+        u = np.asarray(usage, float)
+        if u.size != L * E:
+            raise PimoeError(f"placement {name}: usage has {u.size} counts (shape {u.shape}), the model has "
+                             f"{L} layers x {E} experts = {L * E}: routing frequencies of another model?")
+        u = u.reshape(L, E) + 1.0
         for layer in range(L):
             order = np.argsort(-u[layer], kind="stable")
             cpu[layer] = _deal(order, u[layer], cpu_fraction)

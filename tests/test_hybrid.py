@@ -282,6 +282,9 @@ def test_placements_memory_and_assignment():
     assert on.tolist() == [False, True, False, True]
     with pytest.raises(PimoeError):
         placement.assign([False], [False], 0)
+    # another model's routing frequencies: a clear error naming both shapes, not numpy's reshape error
+    with pytest.raises(PimoeError, match="12 counts .* 2 layers x 8 experts"):
+        placement.make_placement("frequency", L, E, 100, 130, 0.5, usage=np.ones((3, 4)))
 
 
 def test_placement_all_is_the_ideal_and_one_copy_costs():

@@ -168,3 +168,17 @@ def test_q8_0_row_dot_exact_at_the_code_extremes(name, dots):
     run(blocks.reshape(5, -1), xq, np.ones((1, nb), np.float32), np.zeros((1, 1), np.int16), fused.F16_TABLE, out)
     expect = codes.reshape(5, -1).astype(np.int64) @ xq[0].astype(np.int64)
     np.testing.assert_array_equal(out.astype(np.int64), expect)
+
+
+def test_the_x86_spellings_follow_numbas_target_cpu_not_the_host(monkeypatch):
+    """NUMBA_CPU_NAME=generic (a portable cache) compiles for a CPU without AVX2: an x86 intrinsic there
+    aborts LLVM, so the feature test must read numba's target, not the host."""
+    import numba
+
+    from pimoe.kernels import fused
+
+    monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
+    assert not fused._host_has_avx2() and not fused._host_has_vnni()
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,+avxvnni")
+    assert fused._host_has_avx2() and fused._host_has_vnni()

@@ -396,19 +396,19 @@ class HybridBackend(Backend):
         c_flops = profile.expert_flops(tensors, c_args[1]) if prof.enabled else 0
         q_bytes = profile.expert_bytes(tensors, q_args[1]) if prof.enabled else 0
         q_flops = profile.expert_flops(tensors, q_args[1]) if prof.enabled else 0
-        finish = None
+        finish = worker = None
         try:
             # covers_*: the experts region's bytes and FLOPs both lanes take over (pimoe.prediction)
             with prof.region("coexec", layer=layer, concurrent=True, covers_bytes=c_bytes + q_bytes,
                              covers_flops=c_flops + q_flops):
                 runner.region, runner.on_dispatch = deferred.region, deferred.on_dispatch
-                worker = None
                 if decode:
                     result["start_ns"] = time.perf_counter_ns()
                     gate, up, down = self.qpu.mats[layer]
                     finish = runner.submit_decode(gate, up, down, np.ascontiguousarray(q_args[0], np.float32),
                                                   q_args[1], q_args[2])
                     if not self.overlap:
+                        result["waited"] = True
                         result["y"] = finish()
                         result["end_ns"] = time.perf_counter_ns()
                 elif self.overlap:
@@ -423,6 +423,7 @@ class HybridBackend(Backend):
                 if worker is not None:
                     worker.join()
                 if "y" not in result and finish is not None:
+                    result["waited"] = True
                     result["y"] = finish()                       # Job.wait: the dispatch's counters
                     result["end_ns"] = time.perf_counter_ns()
                 if finish is not None:
@@ -435,6 +436,15 @@ class HybridBackend(Backend):
                 if prof.enabled and "end_ns" in result:    # the measured span is the QPU part's
                     qr.start, qr.end = result["start_ns"], result["end_ns"]
         finally:
+            # an error on the CPU lane after the submit: let the QPU part finish before anything reuses its
+            # scratch (the next call's scratch.reset() would rewrite tables a running job still reads)
+            if worker is not None and worker.is_alive():
+                worker.join()
+            if finish is not None and not result.get("waited"):
+                try:
+                    finish()
+                except Exception:  # noqa: BLE001 - the CPU lane's error is the one to report
+                    pass
             runner.region, runner.on_dispatch = saved
         if "error" in result:
             raise result["error"]
@@ -463,9 +473,17 @@ class HybridBackend(Backend):
             finish = self.dense.submit(self.qpu, [p for _, p in q_mats], x)
             if not self.overlap:
                 outs, counters = finish()
-            with prof.region("cpu", lane="cpu", bytes=c_bytes, flops=c_flops):
-                for w, v in cpu_views:
-                    y_c[w.name] = quant_matmul(v, x)
+            try:
+                with prof.region("cpu", lane="cpu", bytes=c_bytes, flops=c_flops):
+                    for w, v in cpu_views:
+                        y_c[w.name] = quant_matmul(v, x)
+            except BaseException:
+                if self.overlap:      # the dispatch must end before its scratch is reused
+                    try:
+                        finish()
+                    except Exception:  # noqa: BLE001 - the CPU lane's error is the one to report
+                        pass
+                raise
             if self.overlap:
                 outs, counters = finish()
             t_end = time.perf_counter_ns()

@@ -229,11 +229,22 @@ q5k_block_dot = _make_qk_block_dot(True)  # Q5_K only (Q4_K goes through the mul
 # smull/sadalp-style NEON.  The two spellings agree exactly whenever the i16 sums do not saturate:
 # codes are 0..63 and activations -127..127 (Q8_K/Q8_0), so |a*b + a*b| <= 2*63*127 = 16002 < 32767.
 
+def _target_features() -> dict:
+    """The CPU features numba compiles for: NUMBA_CPU_NAME / NUMBA_CPU_FEATURES when set (e.g. 'generic' for
+    a portable cache: an x86 intrinsic there aborts LLVM), else the host's."""
+    import numba
+
+    name, feats = numba.config.CPU_NAME, numba.config.CPU_FEATURES
+    if name or feats:
+        return {f[1:]: f[0] == "+" for f in (feats or "").split(",") if f[:1] in "+-" and len(f) > 1}
+    from llvmlite import binding as llb
+
+    return dict(llb.get_host_cpu_features())
+
+
 def _host_has_avx2() -> bool:
     try:
-        from llvmlite import binding as llb
-
-        return bool(llb.get_host_cpu_features().get("avx2", False))
+        return bool(_target_features().get("avx2", False))
     except Exception:  # noqa: BLE001 - any failure: the generic IR is always correct
         return False
 
@@ -241,15 +252,13 @@ def _host_has_avx2() -> bool:
 def _host_has_vnni() -> bool:
     """AVX-512 VNNI (with VL, for 256-bit vectors) or AVX-VNNI: vpdpbusd, u8 x s8 -> i32 in one step."""
     try:
-        from llvmlite import binding as llb
-
-        f = llb.get_host_cpu_features()
+        f = _target_features()
         return bool(f.get("avxvnni", False) or (f.get("avx512vnni", False) and f.get("avx512vl", False)))
     except Exception:  # noqa: BLE001 - any failure: the pmaddwd or generic spelling is always correct
         return False
 
 
-USE_X86_MADD = _host_has_avx2()   # numba compiles for the host CPU and keys its cache by CPU features
+USE_X86_MADD = _host_has_avx2()   # numba compiles for its target CPU and keys its cache by CPU name + features
 USE_X86_VNNI = USE_X86_MADD and _host_has_vnni()
 
 
@@ -510,9 +519,10 @@ def _make_madd_block_dots(x86):
 # (an fpext of a half made LLVM insert it into the accumulator's register, a false dependency that
 # chained every block: measured 1.5x slower).
 
-# Bytes ahead of the block being dotted that the row dots prefetch.  Measured on x86 (one thread, a
-# 713 MB Q8_0 matrix streamed from DRAM, CPU-seconds): 5.7 GB/s without, 7.9 at 1 KiB, 9.3 at 2 KiB,
-# 9.7 at 4 KiB; weights already in cache are unaffected.
+# Bytes ahead of the block being dotted that the row dots prefetch.  Measured on x86 (one thread, a Q8_0
+# matrix streamed from DRAM, GB/s per CPU-second): 5.2-5.4 without, 8.4-8.5 with 4 KiB
+# (results/cpu-gemv-ab-20261204-152752.json); 4 KiB was the best of a 1/2/4 KiB sweep that was not
+# recorded.
 PREFETCH_AHEAD = 4096
 
 

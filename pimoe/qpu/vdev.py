@@ -173,7 +173,7 @@ class VirtualV3D:
         beyond the Pi 4 time of what they waited for. It stands still while a client waits (it moves on by
         the Pi 4 time when the wait ends), so it never runs backwards."""
         now = _host_monotonic() - self._stalled
-        waiting = self._waiting
+        waiting = tuple(self._waiting)   # a snapshot: any thread's time call lands here, unlocked
         return min(now, min(waiting)) if waiting else now
 
     # ---- address space ------------------------------------------------------------------------------
