@@ -51,7 +51,9 @@ def run_kernel(kernel, *buffers, thread: int = 1, data_area_size: int = 1 << 16,
     Each of `buffers` (an ndarray: its shape, dtype and initial contents) is copied into GPU memory, and the
     uniforms are their addresses in order, then `extra_uniforms`. Returns (the buffers' contents after the
     dispatch, as plain arrays, the dispatch's EmuCounters)."""
-    with EmuDriver(data_area_size=data_area_size, **(driver_kw or {})) as drv:
+    # check_allocations: pimoe's own programs must stay inside the Arrays they were given (stricter than
+    # the Pi, which only faults outside the buffer object): an over-read here is a bug in the kernel
+    with EmuDriver(data_area_size=data_area_size, **{"check_allocations": True, **(driver_kw or {})}) as drv:
         code = drv.program(kernel, **(kernel_kw or {}))
         mem = []
         for host in buffers:

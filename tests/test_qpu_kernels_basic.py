@@ -14,7 +14,7 @@ from qpu_kernels import memcpy, sgemm, summation
 @pytest.mark.parametrize("threads", summation.THREAD_COUNTS)
 def test_summation_equals_numpy(threads):
     length = 16 * summation.DEPTH * threads * 8
-    with EmuDriver(data_area_size=length * 4 + (1 << 14)) as drv:
+    with EmuDriver(check_allocations=True, data_area_size=length * 4 + (1 << 14)) as drv:
         counters, _ = summation.run(drv, length=length, threads=threads, seed=threads)
     assert counters.tmu_read_bytes == 4 * length
     assert counters.tmu_write_bytes == 64 * threads        # one 16-lane partial per thread
@@ -27,7 +27,7 @@ def test_summation_equals_numpy(threads):
 @pytest.mark.parametrize("threads", memcpy.THREAD_COUNTS)
 def test_memcpy_equals_numpy(threads):
     nbytes = memcpy.BLOCK_BYTES * threads * 4
-    with EmuDriver(data_area_size=2 * nbytes + (1 << 12)) as drv:
+    with EmuDriver(check_allocations=True, data_area_size=2 * nbytes + (1 << 12)) as drv:
         counters, _ = memcpy.run(drv, nbytes=nbytes, threads=threads, seed=threads)
     assert counters.tmu_read_bytes == nbytes and counters.tmu_write_bytes == nbytes
     assert counters.tmu_writes == nbytes // 256              # one vec4 store per block
@@ -35,7 +35,7 @@ def test_memcpy_equals_numpy(threads):
 
 @pytest.mark.parametrize("threads", sgemm.THREAD_COUNTS)
 def test_sgemm_tiles_equal_numpy(threads):
-    with EmuDriver(data_area_size=1 << 18) as drv:
+    with EmuDriver(check_allocations=True, data_area_size=1 << 18) as drv:
         counters, _, err = sgemm.run(drv, p=48, q=20, r=32, threads=threads, seed=threads)
     assert err < 1e-5
     tiles = (48 // 16) * (32 // 16)
@@ -46,7 +46,7 @@ def test_sgemm_tiles_equal_numpy(threads):
 
 
 def test_kernel_launchers_reject_bad_shapes():
-    with EmuDriver(data_area_size=1 << 16) as drv:
+    with EmuDriver(check_allocations=True, data_area_size=1 << 16) as drv:
         with pytest.raises(PimoeError, match="multiple"):
             summation.run(drv, length=100, threads=8)
         with pytest.raises(PimoeError, match="multiple"):

@@ -89,7 +89,7 @@ def test_x_stream_offsets_point_at_the_values_pack_writes(quantized):
     ("Q4_1", 16, 96, 1, 5), ("Q5_0", 16, 64, 2, 8), ("Q4_K", 32, 256, 1, 8), ("Q5_K", 16, 256, 2, 4),
     ("Q6_K", 24, 256, 1, 8), ("Q2_K", 16, 256, 1, 2), ("Q3_K", 16, 256, 4, 8)])
 def test_gemv_equals_numpy(name, rows, cols, tokens, threads):
-    with EmuDriver(data_area_size=8 << 20) as drv:
+    with EmuDriver(check_allocations=True, data_area_size=8 << 20) as drv:
         err, counters, _ = run(drv, QT[name], rows, cols, tokens=tokens, threads=threads, seed=rows + cols)
     assert err < 1e-5
     spec = lay.spec_for(QT[name])
@@ -102,7 +102,7 @@ def test_gemv_equals_numpy(name, rows, cols, tokens, threads):
                                         ("Q6_K", "qwen3-30b-a3b down"), ("F32", "olmoe-1b-7b up/gate")])
 def test_gemv_real_shapes(name, shape):
     rows, cols = REAL_SHAPES[shape]
-    with EmuDriver(data_area_size=64 << 20) as drv:
+    with EmuDriver(check_allocations=True, data_area_size=64 << 20) as drv:
         err, counters, _ = run(drv, QT[name], rows, cols)
     assert err < 1e-5
     # measured (see the report): q4 2.43, q8 2.62, Q6_K 2.90, f32 3.52 instructions per weight; guard them
@@ -132,7 +132,7 @@ def test_schedule_respects_one_signal_and_two_register_reads():
 @pytest.mark.parametrize("name,tokens", [("F32", 1), ("Q8_0", 1), ("Q4_0", 3), ("Q4_K", 1), ("Q6_K", 5),
                                          ("Q5_K", 1), ("Q2_K", 2)])
 def test_expert_ffn_equals_numpy(name, tokens):
-    with EmuDriver(data_area_size=32 << 20) as drv:
+    with EmuDriver(check_allocations=True, data_area_size=32 << 20) as drv:
         err, counters, _ = run_check(drv, QT[name], hidden=256, ff=256, n_experts=4, k=2, tokens=tokens,
                                      threads=8, seed=tokens)
     assert err < 1e-5
@@ -154,7 +154,7 @@ def test_decode_one_dispatch_reads_stale_h_two_dispatches_do_not(name, threads):
     fewer, but reads the stale h; the two dispatches equal numpy."""
     outs, errs = {}, {}
     for one in (True, False):
-        with EmuDriver(data_area_size=32 << 20) as drv:
+        with EmuDriver(check_allocations=True, data_area_size=32 << 20) as drv:
             errs[one], outs[one], _ = run_check(drv, QT[name], hidden=256, ff=96, n_experts=4, k=3, tokens=1,
                                                 threads=threads, seed=5, one_dispatch=one)
     assert errs[False] < 1e-5
@@ -169,14 +169,14 @@ def test_decode_one_dispatch_reads_stale_h_two_dispatches_do_not(name, threads):
 
 def test_expert_ffn_odd_ff_and_few_threads():
     """ff = 48 (a 16-row group without its partner half) and 3 threads."""
-    with EmuDriver(data_area_size=16 << 20) as drv:
+    with EmuDriver(check_allocations=True, data_area_size=16 << 20) as drv:
         err, _, _ = run_check(drv, QT.F32, hidden=64, ff=48, n_experts=3, k=2, tokens=1, threads=3)
     assert err < 1e-5
 
 
 @pytest.mark.slow
 def test_expert_ffn_real_shape_qwen3():
-    with EmuDriver(data_area_size=128 << 20) as drv:
+    with EmuDriver(check_allocations=True, data_area_size=128 << 20) as drv:
         err, counters, _ = run_check(drv, QT.Q4_K, hidden=2048, ff=768, n_experts=8, k=8, tokens=1)
     assert err < 1e-5
     weights = 3 * 8 * 2048 * 768
@@ -282,7 +282,7 @@ def test_gemv_f32_v1_baseline(threads):
     rng = np.random.default_rng(threads)
     w = rng.standard_normal((48, 40)).astype(np.float32)
     x = rng.standard_normal(40).astype(np.float32)
-    with EmuDriver(data_area_size=1 << 20) as drv:
+    with EmuDriver(check_allocations=True, data_area_size=1 << 20) as drv:
         y, c = gemv_f32_simple(drv, w, x, threads=threads)
     ref = gemv_f32_reference(w, x)
     assert np.max(np.abs(y - ref)) / np.max(np.abs(ref)) < 1e-5
