@@ -266,21 +266,17 @@ class ExpertFFN:
                 items_b.append([len(tiles), eaddr + 4 * 16 * g * len(tiles), oaddr + 64 * g, 0])
             table_b = write_tables(self.scratch, items_b, self.threads)
         phase_b = (cfg_b, table_b, [down.row_bytes])
-        if not wait:
-            if self.one_dispatch:
-                return self._submit([phase_a, phase_b], "expert_layer"), out.view(np.float32)
+        if self.one_dispatch:
+            finish = self._submit([phase_a, phase_b], "expert_layer")
+        else:
             wait_a = self._submit([phase_a], "swiglu")
 
-            def wait_both() -> None:
+            def finish() -> None:
                 wait_a()
                 self._execute([phase_b], "down_sum")
-
-            return wait_both, out.view(np.float32)
-        if self.one_dispatch:
-            self._execute([phase_a, phase_b], "expert_layer")
-        else:
-            self._execute([phase_a], "swiglu")
-            self._execute([phase_b], "down_sum")
+        if not wait:
+            return finish, out.view(np.float32)
+        finish()
         return out.view(np.float32)
 
     def _down_tiles(self, down, tiles, h_streams, TT, hidden) -> np.ndarray:

@@ -179,6 +179,6 @@ def test_the_x86_spellings_follow_numbas_target_cpu_not_the_host(monkeypatch):
 
     monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
     monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
-    assert not fused._host_has_avx2() and not fused._host_has_vnni()
+    assert not fused._target_has_avx2() and not fused._target_has_vnni()
     monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,+avxvnni")
-    assert fused._host_has_avx2() and fused._host_has_vnni()
+    assert fused._target_has_avx2() and fused._target_has_vnni()

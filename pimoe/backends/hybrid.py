@@ -36,8 +36,8 @@ measured by `pimoe bench placement` (a routing trace replayed under the rate mod
 
 Overlap: a decode token's QPU part (for the experts two dispatches per layer, swiglu then down_sum,
 see qpu_kernels.expert_ffn; one per dense group) is submitted with the driver's submit(); the CPU part
-overlaps the first (two thirds of the expert weights), and Job.wait then runs the second; a prompt's QPU part (several
-dispatches) runs in a worker thread.
+overlaps the first (two thirds of the expert weights), and Job.wait then runs the second; a prompt's QPU
+part (several dispatches) runs in a worker thread.
 
 Profiling: the two lanes are regions "cpu" and "qpu" (tag lane=) under a region "coexec" tagged
 concurrent=True (covers_bytes / covers_flops: what it takes over from its parent), which the Pi 4 prediction
@@ -202,6 +202,15 @@ class _Deferred:
     def on_dispatch(self, *args, **kwargs):
         self.dispatches.append((args, kwargs))
 
+
+def _drain(finish) -> None:
+    """The CPU lane raised while a submitted QPU dispatch runs: wait for it before anything reuses its
+    scratch (the next call's scratch.reset() would rewrite tables a running job still reads). Its own
+    error, if any, is dropped: the CPU lane's is the one to report."""
+    try:
+        finish()
+    except Exception:  # noqa: BLE001
+        pass
 
 class HybridBackend(Backend):
     name = "hybrid"
@@ -368,7 +377,7 @@ class HybridBackend(Backend):
         return np.concatenate([y_q, y_c], axis=0)
 
     def _co_execute(self, layer, c_args, q_args, decode: bool = False):
-        """The CPU part (c_args) while the QPU part (q_args) runs: decode (one token, one dispatch) through
+        """The CPU part (c_args) while the QPU part (q_args) runs: decode (one token) through
         the driver's submit/wait, else in a worker thread. Returns (y_cpu, y_qpu, (cpu wall, qpu wall),
         counters, timing args)."""
         prof = profile.current()
@@ -396,19 +405,19 @@ class HybridBackend(Backend):
         c_flops = profile.expert_flops(tensors, c_args[1]) if prof.enabled else 0
         q_bytes = profile.expert_bytes(tensors, q_args[1]) if prof.enabled else 0
         q_flops = profile.expert_flops(tensors, q_args[1]) if prof.enabled else 0
-        finish = worker = None
+        finish = None
         try:
             # covers_*: the experts region's bytes and FLOPs both lanes take over (pimoe.prediction)
             with prof.region("coexec", layer=layer, concurrent=True, covers_bytes=c_bytes + q_bytes,
                              covers_flops=c_flops + q_flops):
                 runner.region, runner.on_dispatch = deferred.region, deferred.on_dispatch
+                worker = None
                 if decode:
                     result["start_ns"] = time.perf_counter_ns()
                     gate, up, down = self.qpu.mats[layer]
                     finish = runner.submit_decode(gate, up, down, np.ascontiguousarray(q_args[0], np.float32),
                                                   q_args[1], q_args[2])
                     if not self.overlap:
-                        result["waited"] = True
                         result["y"] = finish()
                         result["end_ns"] = time.perf_counter_ns()
                 elif self.overlap:
@@ -416,14 +425,20 @@ class HybridBackend(Backend):
                     worker.start()
                 else:
                     qpu_part()
-                with prof.region("cpu", lane="cpu", bytes=c_bytes, flops=c_flops):
-                    t0 = time.perf_counter()
-                    y_c = self.cpu.expert_ffn(layer, *c_args)
-                    cpu_wall = time.perf_counter() - t0
+                try:
+                    with prof.region("cpu", lane="cpu", bytes=c_bytes, flops=c_flops):
+                        t0 = time.perf_counter()
+                        y_c = self.cpu.expert_ffn(layer, *c_args)
+                        cpu_wall = time.perf_counter() - t0
+                except BaseException:
+                    if worker is not None:
+                        worker.join()
+                    if finish is not None and "y" not in result:
+                        _drain(finish)
+                    raise
                 if worker is not None:
                     worker.join()
                 if "y" not in result and finish is not None:
-                    result["waited"] = True
                     result["y"] = finish()                       # Job.wait: the dispatch's counters
                     result["end_ns"] = time.perf_counter_ns()
                 if finish is not None:
@@ -436,15 +451,6 @@ class HybridBackend(Backend):
                 if prof.enabled and "end_ns" in result:    # the measured span is the QPU part's
                     qr.start, qr.end = result["start_ns"], result["end_ns"]
         finally:
-            # an error on the CPU lane after the submit: let the QPU part finish before anything reuses its
-            # scratch (the next call's scratch.reset() would rewrite tables a running job still reads)
-            if worker is not None and worker.is_alive():
-                worker.join()
-            if finish is not None and not result.get("waited"):
-                try:
-                    finish()
-                except Exception:  # noqa: BLE001 - the CPU lane's error is the one to report
-                    pass
             runner.region, runner.on_dispatch = saved
         if "error" in result:
             raise result["error"]
@@ -478,11 +484,8 @@ class HybridBackend(Backend):
                     for w, v in cpu_views:
                         y_c[w.name] = quant_matmul(v, x)
             except BaseException:
-                if self.overlap:      # the dispatch must end before its scratch is reused
-                    try:
-                        finish()
-                    except Exception:  # noqa: BLE001 - the CPU lane's error is the one to report
-                        pass
+                if self.overlap:
+                    _drain(finish)
                 raise
             if self.overlap:
                 outs, counters = finish()

@@ -242,14 +242,14 @@ def _target_features() -> dict:
     return dict(llb.get_host_cpu_features())
 
 
-def _host_has_avx2() -> bool:
+def _target_has_avx2() -> bool:
     try:
         return bool(_target_features().get("avx2", False))
     except Exception:  # noqa: BLE001 - any failure: the generic IR is always correct
         return False
 
 
-def _host_has_vnni() -> bool:
+def _target_has_vnni() -> bool:
     """AVX-512 VNNI (with VL, for 256-bit vectors) or AVX-VNNI: vpdpbusd, u8 x s8 -> i32 in one step."""
     try:
         f = _target_features()
@@ -258,8 +258,8 @@ def _host_has_vnni() -> bool:
         return False
 
 
-USE_X86_MADD = _host_has_avx2()   # numba compiles for its target CPU and keys its cache by CPU name + features
-USE_X86_VNNI = USE_X86_MADD and _host_has_vnni()
+USE_X86_MADD = _target_has_avx2()   # numba compiles for its target CPU and keys its cache by CPU name + features
+USE_X86_VNNI = USE_X86_MADD and _target_has_vnni()
 
 
 def _even_odd_add(builder, v, width, out_type):
