@@ -33,6 +33,22 @@ def test_hybrid_all_cpu_and_all_qpu_equal_those_backends(k4_model):
         assert mh.backend.stats["cpu_experts"] == 0
 
 
+def test_an_error_on_the_cpu_lane_waits_for_the_submitted_qpu_dispatches(k4_model, monkeypatch):
+    """The CPU lane raises while the decode token's QPU dispatches are submitted: both (swiglu, down_sum) are
+    waited for before the error propagates, so the next call cannot reuse scratch a running job reads."""
+    with load_model(k4_model, backend="hybrid", qpu="emu", cpu_experts=2) as mh:
+        hb = mh.backend
+
+        def broken(*args):
+            raise RuntimeError("cpu lane failed")
+
+        monkeypatch.setattr(hb.cpu, "expert_ffn", broken)
+        x = np.ones((1, mh.config.hidden), np.float32)
+        with pytest.raises(RuntimeError, match="cpu lane failed"):
+            hb.expert_ffn(0, x, np.array([[0, 1, 2, 3]]), np.full((1, 4), 0.25, np.float32))
+        assert len(hb.qpu.runner.counters) == 2       # both dispatches ran to their wait
+
+
 @pytest.mark.parametrize("n_cpu", [1, 2, 3])
 def test_hybrid_split_is_cpu_part_plus_qpu_part(k4_model, n_cpu):
     """Every layer's expert output, for prompt (token split) and decode (slot split) calls, equals the cpu
