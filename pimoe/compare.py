@@ -712,11 +712,11 @@ def measured_text(result: "Comparison") -> str:
         pm = r.pi4_measured
         hw = pm["route"] == "hw"
         q = pm["qpu"]
-        out.append(f"{r.backend}, Pi 4 per decode token: predicted ({pm['predicted_by']} over the emulator; "
-                   f"QPU timing model with {pm['predicted_with']}) next to "
-                   + ("measured (--qpu hw on this Pi)" if hw else
+        out.append(f"{r.backend}, Pi 4 per decode token. Predicted: the {pm['predicted_by']} run over the emulator, "
+                   f"its QPU dispatches' counts through the timing model with {pm['predicted_with']}. Next to it: "
+                   + ("measured with --qpu hw on this Pi." if hw else
                       "the virtual device's STAND-IN (--qpu virtual: the emulator's predicted times of the "
-                      "device's own jobs, NOT a measurement)") + ":")
+                      "device's own jobs, NOT a measurement)."))
         col = "measured (hw)" if hw else "virtual stand-in"
         out += [f"| backend | per decode token | Pi 4 predicted | {col} | {col} / predicted (time) |",
                 "|---|---|---:|---:|---:|"]
