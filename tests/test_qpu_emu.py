@@ -1574,14 +1574,24 @@ def test_unsupported_signal_fault_is_one_clear_line():
 
 
 @qpu
-def k_uniform_after_tmu_store(asm):
+def k_uniform_after_tmu_store(asm, pages=1):
     # py-videocore6 test_tmu_read_tmu_write_uniform_read, written again: data = x + 1 through the TMU (waited
-    # for), then a uniform read of data[0] through a branch that moves the uniform stream there
+    # for), then a uniform read of data[0] through a branch that moves the uniform stream there. pages > 1:
+    # first the same store (x + 1 in 16 lanes) to the pages before, 4 KiB apart, and the read is of the last
     lane_addresses(asm, rf0, rf1)    # rf0: data, rf1: result
-    mov(tmua, rf0, sig=thrsw)
-    nop()
-    nop()
-    nop(sig=ldtmu(r0))
+    if pages > 1:
+        mov(r1, 1)
+        shl(r1, r1, 12)              # 4096
+    for page in range(pages):
+        mov(tmua, rf0, sig=thrsw)
+        nop()
+        nop()
+        nop(sig=ldtmu(r0))
+        if page < pages - 1:
+            add(tmud, r0, 1)
+            mov(tmua, rf0)
+            tmuwt()
+            add(rf0, rf0, r1)
     b(R.moved, cond="always").unif_addr(rf0)
     add(tmud, r0, 1)                 # the store, waited for, in the branch's delay slots
     mov(tmua, rf0)
@@ -1606,45 +1616,15 @@ def test_a_uniform_read_does_not_see_the_dispatchs_own_tmu_store():
 SHADOW_TEST_PAGES = 20   # more than the 16 pages the first model kept
 
 
-@qpu
-def k_uniform_after_stores_to_many_pages(asm, pages):
-    # data = x + 1 in `pages` 4 KiB pages (lane l of page p at data + 4096 p + 4 l), each store waited for;
-    # then the uniform stream moves to the last page and a uniform read of its first word goes to result
-    lane_addresses(asm, rf0, rf1)    # rf0: data, rf1: result
-    mov(r1, 1)
-    shl(r1, r1, 12)                  # 4096
-    mov(rf2, rf0)
-    for _ in range(pages):
-        mov(tmua, rf2, sig=thrsw)
-        nop()
-        nop()
-        nop(sig=ldtmu(r0))
-        add(tmud, r0, 1)
-        mov(tmua, rf2)
-        tmuwt()
-        add(rf2, rf2, r1)
-    sub(rf2, rf2, r1)                # the last page
-    b(R.moved, cond="always").unif_addr(rf2)
-    nop()
-    nop()
-    nop()
-    L.moved
-    nop(sig=ldunifrf(r0))
-    mov(tmud, r0)
-    mov(tmua, rf1)
-    tmuwt()
-    emit_program_end(asm)
-
-
 def test_uniform_reads_see_no_stores_in_any_number_of_pages():
     """The stale uniform read holds whatever number of pages the dispatch stored to (the first model kept
     16 and let a read of the 17th and later see the store, silently), and the counters say it happened."""
     x = (np.arange(SHADOW_TEST_PAGES * 1024, dtype=np.uint32) * 7 + 5).reshape(SHADOW_TEST_PAGES, 1024)
     x[:, 16:] = 0                   # the words past each page's 16 lanes stay as they were
-    (data, result), c = run_kernel(k_uniform_after_stores_to_many_pages, x, np.zeros(16, dtype=np.uint32),
+    (data, result), c = run_kernel(k_uniform_after_tmu_store, x, np.zeros(16, dtype=np.uint32),
                                    kernel_kw={"pages": SHADOW_TEST_PAGES}, data_area_size=1 << 20)
     want = x.copy()
     want[:, :16] += 1
     assert np.array_equal(data, want)                        # every store landed
-    assert np.all(result == x[-1, 0])                        # the uniform read got the word before its store
+    assert np.all(result == x[-1, 0] + 1)                    # the uniform read got the word before its store
     assert c.stale_uniform_reads == 1 and c.unshadowed_stores == 0
