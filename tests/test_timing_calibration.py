@@ -164,6 +164,25 @@ def test_sgemm_left_out_within_15_percent(counts, published):
     assert 1 - LOO_TOLERANCE <= s["ratio"] <= 1 + LOO_TOLERANCE, s
 
 
+@pytest.mark.parametrize("p, q, r", [(1, 1, 16), (3, 5, 48), (7, 2, 32)])
+def test_naive_sgemm_equals_numpy(p, q, r):
+    """The 2019 naive sgemm (one thread, one 16-column strip of a C row at a time) against numpy, at sizes
+    with one k step, one row, one strip; 9 instructions and 2 lookups + 2 thrsw per k step, one thread."""
+    from pimoe.qpu.emulator import EmuDriver
+    from qpu_kernels import calibration as ck
+
+    with EmuDriver(data_area_size=4 * (p * q + q * r + p * r) + (1 << 16), check_allocations=True) as drv:
+        c, _, err = ck.run_sgemm_naive(drv, p=p, q=q, r=r, seed=p + q)
+    assert err < 1e-6
+    per = {n: np.asarray(v) for n, v in c.per_thread.items()}
+    assert c.batches == 1 and per["instructions"][0, 0] == per["instructions"].sum()
+    steps, strips = p * q * r // 16, p * r // 16
+    assert per["tmu_reads"].sum() == 2 * steps + strips
+    assert per["tmu_read_bytes"].sum() == 128 * steps + 64 * strips
+    assert per["tmu_write_bytes"].sum() == 64 * strips and per["tmuwt"].sum() == strips
+    assert per["thread_switches"].sum() == 2 * steps + strips + 2      # + the program end's last-thrsw pair
+
+
 def test_fit_refuses_a_parameter_the_kernel_is_not_bound_by(counts, published):
     with pytest.raises(PimoeError, match="not bound"):
         cal.fit(counts, published, fitted={"write_bandwidth": "summation"})
