@@ -42,3 +42,23 @@ def test_readme_layout_names_every_package_and_module():
     missing = sorted(n for n in names if not re.search(r"(?<![\w.])" + re.escape(n.rstrip("/").removesuffix(".py"))
                                                        + r"(?![\w])", layout))
     assert missing == [], f"README Layout does not name {missing}"
+
+
+def test_readme_headline_table_is_the_table_its_record_prints():
+    """The headline table, and the figure under it, come from the record the text below the table names:
+    `pimoe.headline.table_text` on that record's rows must print the README's table cell for cell."""
+    from pimoe.headline import Row, table_text
+    from pimoe.records import read_record
+
+    text = README.read_text()
+    section = text[text.index("## The answer"):]
+    section = section[:section.index("\n## ", 3)]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
+    cited = re.search(r"Record `(results/headline-[0-9-]+\.json)`", section)
+    assert cited, "the text under the headline table names no results/headline-*.json record"
+    record = README.parent / cited.group(1)
+    rows = [Row.from_json(r) for r in read_record(record)["rows"]]
+    assert table == table_text(rows)
+    figure = re.search(r"!\[[^\]]*\]\((results/headline-[0-9-]+\.png)\)", section)
+    assert figure and figure.group(1) == cited.group(1).removesuffix(".json") + ".png"
+    assert (README.parent / figure.group(1)).exists()

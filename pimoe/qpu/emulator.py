@@ -42,7 +42,7 @@ Semantic decisions and their evidence ("pv6" = py-videocore6's tests/ and exampl
 | SFU | float64 math rounded to f32 (more exact than the hardware's ~1e-4); exp = 2^x, log = log2, sin = sin(pi x) on [-0.5, 0.5] and -1 / +1 beyond; r4 readable 2 instructions after the write | pv6 test_sfu |
 | store visibility | a load of a word this thread stored without a tmuwt between faults (check_memory_order=False allows it) | the hardware only promises visibility after tmuwt (pv6 tests use tmuwt) |
 | EmuDriver address check | an access outside the buffer object (code + data areas) faults; inside it, past the last Array, it is legal (EmuDriver(check_allocations=True) faults there, for debugging) | pv6 Driver: one BO for code and data; pv6 examples/sgemm.py reads 16 words of an 11-word last row (hardware-tested) |
-| uniform reads of words stored by the TMU in the same dispatch | see the OLD value: memory as the dispatch found it (the first 16 stored 4 KiB pages are kept; beyond them uniform reads see the stores) | pv6 test_tmu_read_tmu_write_uniform_read (stored 2, waited with tmuwt, the uniform read returns 1); why (uniforms fetched around the TMU's write-back cache): assumed |
+| uniform reads of words stored by the TMU in the same dispatch | see the OLD value: memory as the dispatch found it (every stored 4 KiB page is kept before its first store; EmuCounters.stale_uniform_reads counts the reads that got an old word) | pv6 test_tmu_read_tmu_write_uniform_read (stored 2, waited with tmuwt, the uniform read returns 1); why (uniforms fetched around the TMU's write-back cache): assumed |
 | TMU result FIFO | 16 / (threads used per QPU) entries per thread | Broadcom's FIFO sizes per QPU, split by threads (Mesa) |
 | timeout_sec | bounds the PREDICTED Pi 4 time of the dispatch (pimoe.qpu.timing); the emulator's own budgets are max_instructions / host_timeout_sec | the hardware's wait is on real time; pv6's 1024^3 sgemm (0.55 s on a Pi 4) must not time out on a slow host |
 """
@@ -126,6 +126,11 @@ class EmuCounters:
     wall_seconds: float
     per_thread: dict[str, np.ndarray] = field(repr=False)
     scratch_accesses: int = 0  # accesses the MMU model sent to the scratch page (run_csd(check_addresses=False))
+    # uniform reads that returned a word the dispatch had since overwritten through the TMU (what a Pi 4
+    # returns: see the docstring's table), and stores whose page could not be kept for them (always 0 unless
+    # the shadow's sizing is wrong; a RuntimeWarning says so)
+    stale_uniform_reads: int = 0
+    unshadowed_stores: int = 0
 
     @property
     def instructions(self) -> np.ndarray:
@@ -682,8 +687,17 @@ def _run_dispatch(memory, mem_base, table, errors, code_base, entry, *, uniforms
     iid_shift = max(0, 16 - int(math.log2(pow2)))
     mem32 = memory[: len(memory) // 4 * 4].view(np.uint32)
 
-    disp = np.zeros(core.N_DISP + 2 * len(regions) + core.SHADOW_WORDS, dtype=np.int64)
-    disp[core.D_SHADOW_AT] = core.N_DISP + 2 * len(regions)
+    # the shadow of stored pages for uniform reads (emu_core D_SHADOW_AT): a page table over the memory and a
+    # slot for every page a store can reach: the pages of the buffers an access may touch, and the MMU's
+    # scratch page. np.zeros maps it lazily: only the slots a dispatch fills cost memory.
+    n_pages = -(-len(memory) // PAGE)
+    reach = sum(((hi - 1 - mem_base) >> 12) - ((lo - mem_base) >> 12) + 1 for lo, hi in regions if hi > lo)
+    cap = min(n_pages, reach + 1)
+    at = core.N_DISP + 2 * len(regions)
+    disp = np.zeros(at + n_pages + cap * core.PAGE_WORDS, dtype=np.int64)
+    disp[core.D_SHADOW_AT] = at
+    disp[core.D_SHADOW_DATA] = at + n_pages
+    disp[core.D_SHADOW_CAP] = cap
     disp[core.D_SHADOW_LAST] = -1
     disp[core.D_ENTRY] = entry
     disp[core.D_UNIF] = 0 if uniforms is None else int(uniforms) & 0xFFFFFFFF
@@ -777,7 +791,16 @@ def _run_dispatch(memory, mem_base, table, errors, code_base, entry, *, uniforms
     per_thread = {name: cnt[:, i].reshape(core.N_QPUS, core.SLOTS).copy()
                   for i, name in enumerate(core.COUNTER_NAMES)}
     counters = EmuCounters(threads_per_qpu=used, batches=thread, wall_seconds=wall, per_thread=per_thread,
-                           scratch_accesses=int(disp[core.D_SCRATCH_HITS]))
+                           scratch_accesses=int(disp[core.D_SCRATCH_HITS]),
+                           stale_uniform_reads=int(disp[core.D_STALE_UNIF]),
+                           unshadowed_stores=int(disp[core.D_SHADOW_MISSED]))
+    if counters.unshadowed_stores:
+        import warnings
+
+        warnings.warn(f"QPU dispatch: {counters.unshadowed_stores} TMU stores went to pages the emulator could not "
+                      f"keep for uniform reads (more stored pages than the {cap} it sized for): uniform reads of "
+                      f"those pages saw the new words, where a Pi 4 reads the old ones", RuntimeWarning,
+                      stacklevel=3)
     if fault[0] != 0:
         raise QPUFault(message(fault))
     predicted = _predicted_seconds(cnt, thread, used)
