@@ -1480,6 +1480,11 @@ def test_csd_words_encode_as_py_videocore6_dispatch_writes_them():
     words = d.encode()
     assert words == (3 << 16, 2 << 16, 1 << 16, (4 - 1) << 12 | 4 << 8 | 16, 15, 0x10001000 | 2 | 1, 0x10002000)
     assert CSDDispatch.decode(words) == d
+    # its default wgs_per_sg=16 is written unmasked: bit 12 (batches per supergroup - 1, bit 0) set, the 4-bit
+    # field 0 (= 16); with 3-invocation workgroups the hardware reads 4 batches per supergroup, not 3
+    d = CSDDispatch.for_launch(0x10001000, 0, thread=16, local_invocation=(3, 1, 1), wgs_per_sg=16)
+    assert d.encode()[3] == (3 - 1) << 12 | 16 << 8 | 3
+    assert (d.wgs_per_sg, d.batches_per_sg, d.wg_size) == (16, 4, 3)
 
 
 @qpu
