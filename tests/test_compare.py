@@ -288,9 +288,14 @@ def test_compare_qpu_hw_measures_submit_to_wait(cache_home, monkeypatch):
     real_open = pimoe.qpu.open_driver
     monkeypatch.setattr(pimoe.qpu, "open_driver", lambda kind="auto", **kw: (
         _CountlessDriver(real_open("virtual", **kw)) if kind == "hw" else real_open(kind, **kw)))
-    result = compare.compare(default_model_path(), compare.with_device(("cpu", "qpu"), "hw"), n_prompt=2, n_gen=2,
-                             reps=1, progress=False)
-    cpu, twin, dev = result.runs
+    result = compare.compare(default_model_path(), compare.with_device(("cpu", "qpu", "hybrid"), "hw"), n_prompt=2,
+                             n_gen=2, reps=1, progress=False)
+    cpu, twin, dev, h_twin, h_dev = result.runs
+    # the hybrid: every dispatch (experts and dense rows) counted on hw too; its CPU lane runs between submit
+    # and wait, so its QPU time has no ratio
+    hq = h_dev.pi4_measured["qpu"]
+    assert h_dev.name == "hybrid@hw" and hq["dispatches_per_token"] == hq["predicted_dispatches_per_token"] > 0
+    assert hq["measured_seconds_per_token"] > 0 and hq["measured_to_predicted"] is None
     assert (twin.name, twin.driver, dev.name, dev.driver) == ("qpu", "emu", "qpu@hw", "hw")
     assert dev.tg_predicted is None and twin.tg_predicted and dev.offload is None
     assert any("no emulator counts" in n for n in dev.notes)
