@@ -29,7 +29,7 @@ from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
 from qpu_kernels.sgemm import check_result, random_operands
 from qpu_kernels.emit import emit_broadcast, emit_loop_end, emit_program_end
-from qpu_kernels.launch import launch_with_table, param_table
+from qpu_kernels.launch import launch, launch_with_table, param_table
 
 N_QPUS = 8
 
@@ -149,12 +149,96 @@ def run_sgemm(drv, *, p: int, q: int, r: int, check: bool = True, seed: int = 0)
     return counters, seconds, err
 
 
+# ---- naive sgemm (the 2019 figure) ------------------------------------------------------------------------
+
+NAIVE_UNIFORMS = ("a", "b", "c", "alpha", "beta", "p", "q", "r")
+
+
+@qpu
+def qpu_sgemm_naive(asm):
+    """C = alpha A B + beta C on ONE thread of one QPU (a single 16-lane batch), one 16-column strip of a C
+    row at a time, with one multiply-add per k step: the work of py-videocore6's first sgemm example
+    (commit d56ef25, 2019), behind its README's 0.8327 s for 123 x 567 times 567 x 512.
+    Per k step (9 instructions): a lookup of A[i, k] (every lane the same address) and a thrsw, the loop
+    test, a lookup of B[k, j0 + lane] (64 contiguous bytes) and a thrsw, both results read in the thrsw's
+    delay slots, the loop branch, and in its delay slots the multiply, the add and the two pointer steps.
+    Per strip: C loaded (thrsw), scaled by alpha and beta, stored, tmuwt.
+    uniforms: NAIVE_UNIFORMS (addresses, alpha and beta as f32 bits, P, Q, R; R a multiple of 16)."""
+    reg_a_row, reg_b_row, reg_c, reg_alpha, reg_beta, reg_p, reg_q, reg_r = (rf[i] for i in range(8))
+    reg_b_col, reg_a_k, reg_b_k, reg_i, reg_j, reg_k, reg_row_a, reg_row_b = (rf[i] for i in range(8, 16))
+    reg_strip = rf16
+    for reg in (reg_a_row, reg_b_row, reg_c, reg_alpha, reg_beta, reg_p, reg_q, reg_r):
+        nop(sig=ldunifrf(reg))
+    eidx(r0)
+    shl(r0, r0, 2)                              # lane c reads and writes column j0 + c
+    add(reg_b_row, reg_b_row, r0)
+    add(reg_c, reg_c, r0)
+    shl(reg_strip, 4, 4)                        # 64 bytes: the next 16 columns
+    shl(reg_row_a, reg_q, 2)                    # bytes per A row
+    shl(reg_row_b, reg_r, 2)                    # bytes per B row
+    mov(reg_i, reg_p)
+    with loop as li:
+        shr(reg_j, reg_r, 4)
+        mov(reg_b_col, reg_b_row)
+        with loop as lj:
+            mov(reg_a_k, reg_a_row).mov(reg_b_k, reg_b_col)
+            mov(r0, 0.0).mov(reg_k, reg_q)
+            with loop as lk:
+                mov(tmua, reg_a_k, sig=thrsw)               # A[i, k] in every lane
+                sub(reg_k, reg_k, 1, cond='pushz')
+                mov(tmua, reg_b_k, sig=thrsw)               # B[k, j0 .. j0 + 15]
+                nop(sig=ldtmu(r1))
+                nop(sig=ldtmu(r2))
+                lk.b(cond='anyna')
+                nop().fmul(r1, r1, r2)
+                fadd(r0, r0, r1).add(reg_a_k, reg_a_k, 4)
+                add(reg_b_k, reg_b_k, reg_row_b)
+            mov(tmua, reg_c, sig=thrsw)                     # this strip of C
+            nop().fmul(r0, r0, reg_alpha)
+            sub(reg_j, reg_j, 1, cond='pushz')
+            nop(sig=ldtmu(r1))
+            nop().fmul(r1, r1, reg_beta)
+            lj.b(cond='anyna')
+            fadd(tmud, r0, r1).add(reg_b_col, reg_b_col, reg_strip)
+            mov(tmua, reg_c).add(reg_c, reg_c, reg_strip)
+            tmuwt()
+        sub(reg_i, reg_i, 1, cond='pushz')
+        li.b(cond='anyna')
+        add(reg_a_row, reg_a_row, reg_row_a)
+        nop()
+        nop()
+    emit_program_end(asm)
+
+
+def naive_features(p: int, q: int, r: int) -> tuple[int, int, int, int]:
+    """The naive kernel's loop trips: (1, rows, strips, k steps) -- every counter is linear in them."""
+    strips = p * (r // 16)
+    return (1, p, strips, strips * q)
+
+
+def run_sgemm_naive(drv, *, p: int, q: int, r: int, check: bool = True, seed: int = 0):
+    """The naive sgemm on one 16-lane batch (one QPU, one thread: the 2019 driver's single-batch dispatch);
+    R a multiple of 16. Returns (counters, seconds, max error relative to the entry scale)."""
+    if r % 16 or min(p, q, r) <= 0:
+        raise PimoeError(f"naive sgemm: R={r} must be a positive multiple of 16, P={p} and Q={q} positive")
+    code = drv.program(qpu_sgemm_naive)
+    a, b, c, c0, alpha, beta = random_operands(drv, p, q, r, seed)
+    unif = drv.alloc(len(NAIVE_UNIFORMS), dtype=np.uint32)
+    unif[:] = [a.addresses()[0, 0], b.addresses()[0, 0], c.addresses()[0, 0], alpha.view(np.uint32),
+               beta.view(np.uint32), p, q, r]
+    counters, seconds = launch(drv, code, unif, 1)
+    err = check_result(c, a, b, c0, alpha, beta, f"naive sgemm {p}x{q}x{r} (1 thread)", check)
+    return counters, seconds, err
+
+
 def main(argv=None) -> int:
     from pimoe.qpu import open_driver
 
     with open_driver("emu", data_area_size=1 << 20) as drv:
         c, s, err = run_sgemm(drv, p=64, q=16, r=128)
         print(f"sgemm 64x16x128: matches numpy (error {err:.1e}); {c.total_instructions} instructions")
+        c, s, err = run_sgemm_naive(drv, p=5, q=7, r=32)
+        print(f"naive sgemm 5x7x32: matches numpy (error {err:.1e}); {c.total_instructions} instructions")
     return 0
 
 

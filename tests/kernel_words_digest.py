@@ -44,6 +44,7 @@ def kernels():
     out.append(("vec4_stream sum", lambda: assemble(vec4_stream.qpu_vec4_sum)))
     out.append(("vec4_stream scopy", lambda: assemble(vec4_stream.qpu_vec4_scopy)))
     out.append(("calibration sgemm_blocks", lambda: assemble(calibration.qpu_sgemm_blocks)))
+    out.append(("calibration sgemm_naive", lambda: assemble(calibration.qpu_sgemm_naive)))
     return out
 
 

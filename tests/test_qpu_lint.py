@@ -92,6 +92,7 @@ def _pimoe_kernels():
         "vec4_stream.sum": assemble(vec4_stream.qpu_vec4_sum),
         "vec4_stream.scopy": assemble(vec4_stream.qpu_vec4_scopy),
         "calibration.sgemm_blocks": assemble(calibration.qpu_sgemm_blocks),
+        "calibration.sgemm_naive": assemble(calibration.qpu_sgemm_naive),
         "memset": assemble(memset.qpu_memset),
         "gemv_f32": assemble(gemv_f32.qpu_gemv_f32_simple, threads=8),
         "sgemm": assemble(sgemm.qpu_sgemm, threads=8),

@@ -52,6 +52,10 @@ the counts stored in pimoe/bench/calibration/counts.json, and the bounds of issu
 10 % fitted on all four, each streaming figure within 15 % left out; sgemm left out leaves the round trip
 undetermined -- it is the only published figure that depends on it -- so it is held at its prior, Mesa's
 scheduler estimate of 400 cycles, which predicts the sgemm 1.89x too slow: that bound is NOT met).
+A fifth published figure, py-videocore6's 2019 naive sgemm (one thread, 2 thrsw per k step like the
+1024^3 one, but one-line lookups instead of a 16-line A gather), gives L = 75 cycles: these parameters
+predict it 1.99x too slow, and with it in place of the prior the 1024^3 sgemm left out is 0.645x. The
+round trip of a lookup depends on how many cache lines it touches, which this model does not count.
 
 The Pi 4 CPU model is pimoe.cpumodel; the published figures both models start from are in pimoe.pi4.
 """

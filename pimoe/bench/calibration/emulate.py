@@ -5,7 +5,8 @@ calibration kernel is loops with fixed bodies, so each per-thread counter is EXA
 trip counts: count = c . features, with features (1, trips) for the streaming kernels and
 (1, i trips, tiles, tiles x Q) for the sgemm (outer loop, tile loop, k loop). The coefficients are solved
 from a few small runs, a further run the solve did not use must be reproduced exactly (to the instruction),
-and only then are they evaluated at the published size.
+and only then are they evaluated at the published size. The naive sgemm (one thread) is linear in
+(1, rows, strips, strips x Q): C rows, 16-column strips, k steps.
 
 Checked once against py-videocore6's own example programs run unchanged through the emulator at their
 published sizes (outside the project, 2026-12-04): instructions 0.997 (memset), 0.999 (summation, scopy),
@@ -68,6 +69,8 @@ KERNEL_OF = {
     "scopy": "qpu_kernels.vec4_stream.qpu_vec4_scopy (8 QPUs x 1 thread, vec4 loads + prefetch + vec4 stores)",
     "sgemm": "qpu_kernels.calibration.qpu_sgemm_blocks (8 QPUs x 1 thread, 2x4 blocks, 16x16 tiles, 47 "
              "instructions and 2 thrsw per k)",
+    "sgemm_naive": "qpu_kernels.calibration.qpu_sgemm_naive (1 QPU x 1 thread, one 16-column strip of a C row "
+                   "at a time, 9 instructions and 2 thrsw per k)",
 }
 
 
@@ -101,7 +104,7 @@ def emulate_all(progress: bool = True) -> dict[str, dict[str, object]]:
 
     pub = load_published()["kernels"]
     result: dict[str, dict[str, object]] = {}
-    steps = ["summation", "memset", "scopy", "sgemm"]
+    steps = ["summation", "memset", "scopy", "sgemm", "sgemm_naive"]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -129,6 +132,20 @@ def emulate_all(progress: bool = True) -> dict[str, dict[str, object]]:
     result["sgemm"] = {"kernel": KERNEL_OF["sgemm"], "features": ["1", "i_trips", "tiles", "tiles*Q"], "sizes": [list(s) for s in sizes],
                        "samples": [list(s.features) for s in samples], "target": list(target),
                        "counters": extrapolate(samples[:4], samples[4], target)}
+    if bar:
+        bar.update()
+    # the 2019 naive sgemm: features (1, rows, strips, k steps); the last size is the check
+    sizes = [(1, 2, 16), (2, 2, 16), (1, 3, 16), (1, 2, 32), (3, 5, 48)]
+    samples = []
+    for p, q, r in sizes:
+        with EmuDriver(data_area_size=4 * (p * q + q * r + p * r) + (1 << 16)) as drv:
+            counters = ck.run_sgemm_naive(drv, p=p, q=q, r=r)[0]
+        samples.append(_sample(ck.naive_features(p, q, r), counters))
+    size = pub["sgemm_naive"]["size"]
+    target = ck.naive_features(size["p"], size["q"], size["r"])
+    result["sgemm_naive"] = {"kernel": KERNEL_OF["sgemm_naive"], "features": ["1", "rows", "strips", "strips*Q"],
+                             "sizes": [list(s) for s in sizes], "samples": [list(s.features) for s in samples],
+                             "target": list(target), "counters": extrapolate(samples[:4], samples[4], target)}
     if bar:
         bar.update()
         bar.close()
