@@ -1633,3 +1633,26 @@ def test_uniform_reads_see_no_stores_in_any_number_of_pages():
     assert np.array_equal(data, want)                        # every store landed
     assert np.all(result == x[-1, 0] + 1)                    # the uniform read got the word before its store
     assert c.stale_uniform_reads == 1 and c.unshadowed_stores == 0
+
+
+def test_a_store_the_shadow_could_not_keep_is_counted_and_warned(monkeypatch):
+    """If the host refuses to reserve a slot for every reachable page (MemoryError), the emulator keeps
+    fewer; a store to a page past them is counted in unshadowed_stores and a RuntimeWarning names the
+    consequence (the uniform read of that page sees the store, unlike a Pi 4), never silently."""
+    import pimoe.qpu.emulator as emu
+
+    real_zeros = np.zeros
+
+    def refusing_zeros(shape, *args, **kwargs):
+        if kwargs.get("dtype") is np.int64 and isinstance(shape, int) and shape > 8 * 1024:
+            raise MemoryError                                # the shadow's reservation (over 8 slots)
+        return real_zeros(shape, *args, **kwargs)
+
+    monkeypatch.setattr(emu, "SHADOW_FALLBACK_PAGES", 2)
+    monkeypatch.setattr(emu.np, "zeros", refusing_zeros)
+    x = np.zeros((SHADOW_TEST_PAGES, 1024), dtype=np.uint32)
+    with pytest.warns(RuntimeWarning, match="uniform reads of those pages saw the new words"):
+        (data, result), c = run_kernel(k_uniform_after_tmu_store, x, np.zeros(16, dtype=np.uint32),
+                                       kernel_kw={"pages": SHADOW_TEST_PAGES}, data_area_size=1 << 20)
+    assert c.unshadowed_stores >= SHADOW_TEST_PAGES - 2
+    assert np.all(result == 2)                               # 0 stored as 1, read back by the uniform, + 1

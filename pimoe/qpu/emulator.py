@@ -457,6 +457,7 @@ class Job:
 # the device view: one GPU address space, CSD configuration words, run_csd (contract 1 of INTERFACES.md)
 
 PAGE = 4096
+SHADOW_FALLBACK_PAGES = 4096   # stored pages kept for uniform reads when the host refuses to reserve them all
 
 
 class GPUMemory:
@@ -714,7 +715,11 @@ def _run_dispatch(memory, mem_base, table, errors, code_base, entry, *, uniforms
     reach = sum(((hi - 1 - mem_base) >> 12) - ((lo - mem_base) >> 12) + 1 for lo, hi in regions if hi > lo)
     cap = min(n_pages, reach + 1)
     at = core.N_DISP + 2 * len(regions)
-    disp = np.zeros(at + n_pages + cap * core.PAGE_WORDS, dtype=np.int64)
+    try:
+        disp = np.zeros(at + n_pages + cap * core.PAGE_WORDS, dtype=np.int64)
+    except MemoryError:   # a host that will not reserve it: fewer slots; a store past them is counted and warned
+        cap = min(cap, SHADOW_FALLBACK_PAGES)
+        disp = np.zeros(at + n_pages + cap * core.PAGE_WORDS, dtype=np.int64)
     disp[core.D_SHADOW_AT] = at
     disp[core.D_SHADOW_DATA] = at + n_pages
     disp[core.D_SHADOW_CAP] = cap
