@@ -160,6 +160,16 @@ class BackendRun:
     teacher_forced: bool = False
     scaled: Scaled | None = None
     offload: dict | None = None                       # offload_figures() for a run with QPU dispatches
+    name: str = ""                                    # unique in a comparison: the backend, or "qpu@hw" etc.
+    pi4_measured: dict | None = None                  # a device run's Pi 4 figures next to its twin's prediction
+
+    def __post_init__(self):
+        self.name = self.name or self.backend
+
+    @property
+    def device(self) -> bool:
+        """A run on a device route ("qpu@hw", "qpu@virtual"), whose prediction is its emulator twin's."""
+        return "@" in self.name
 
     @property
     def label(self) -> str:
@@ -172,7 +182,7 @@ class BackendRun:
         return sum(v.get("bytes", 0) for v in self.tg_regions.values())
 
     def to_json(self) -> dict:
-        d = {"backend": self.backend, "load_s": self.load_s, "warmup_s": self.warmup_s, "pp_s": self.pp_s,
+        d = {"name": self.name, "backend": self.backend, "load_s": self.load_s, "warmup_s": self.warmup_s, "pp_s": self.pp_s,
              "tg_s": self.tg_s, "n_prompt": self.n_prompt, "n_gen": self.n_gen, "tokens": self.tokens,
              "tg_regions": self.tg_regions, "pp_regions": self.pp_regions, "tg_predicted": self.tg_predicted,
              "expert_usage": np.asarray(self.expert_usage).tolist(), "notes": self.notes, "driver": self.driver,
@@ -183,6 +193,8 @@ class BackendRun:
             d["scaled"] = self.scaled.to_json()
         if self.offload is not None:
             d["offload"] = self.offload
+        if self.pi4_measured is not None:
+            d["pi4_measured"] = self.pi4_measured
         return d
 
 
@@ -227,11 +239,11 @@ class RegionRow:
     """One region path (e.g. "tg/forward/layer/experts") and each backend's cell there."""
 
     region: str
-    cells: dict[str, RegionCell]      # backend -> cell (absent where the backend has no such region)
+    cells: dict[str, RegionCell]      # run name -> cell (absent where the run has no such region)
 
     def to_json(self) -> dict:
-        """The record's flat form: {"region": p, "cpu_ms": ..., "qpu_pi4_predicted_ms": ..., ...}; a field
-        that is None is left out (bytes with its GBps are present when the region read bytes)."""
+        """The record's flat form: {"region": p, "cpu_ms": ..., "qpu_pi4_predicted_ms": ..., ...} (keyed by run
+        name: "qpu@hw_ms" for a device run); a field that is None is left out (bytes with its GBps are present when the region read bytes)."""
         d: dict = {"region": self.region}
         for b, c in self.cells.items():
             for name, col in RegionCell.COLUMNS:
@@ -249,7 +261,7 @@ def _greedy(logits_row: np.ndarray) -> int:
 
 
 def run_backend(path, backend: str, prompt: list[int], n_gen: int, reps: int, backend_opts=None,
-                bar=None, force_tokens: list[int] | None = None) -> BackendRun:
+                bar=None, force_tokens: list[int] | None = None, name: str | None = None) -> BackendRun:
     """Load `path` on `backend`, warm up, time reps x (ppN, tgM) under the profiler.
 
     force_tokens (the reference backend's greedy tokens): decode steps are fed these instead of this
@@ -303,13 +315,15 @@ def run_backend(path, backend: str, prompt: list[int], n_gen: int, reps: int, ba
             # a QPU backend that did not report its dispatches to the profiler: a CPU-based prediction
             # of its experts would be wrong, so there is none
             pred = None
-            notes.append("measured on the GPU: hardware dispatches have no emulator counts to predict from"
-                         if driver == "hw" else
-                         "the QPU backend reported no dispatches to the profiler: no Pi 4 prediction")
+            notes.append("the QPU backend reported no dispatches to the profiler: no Pi 4 prediction")
+        elif pred is None and driver == "hw":
+            notes.append("measured on the GPU: hardware dispatches have no emulator counts to predict from "
+                         "(compare --qpu hw predicts from the same backend's run over the emulator)")
         return BackendRun(backend=backend, load_s=load_s, warmup_s=warm_s, pp_s=pp_s, tg_s=tg_s,
                           n_prompt=len(prompt), n_gen=n_gen, tokens=tokens, logits=logits_trace,
                           tg_regions=tg_summary, pp_regions=pp_summary, tg_predicted=pred, expert_usage=usage,
-                          notes=notes, driver=driver, threads=numba.get_num_threads(), profiler=prof, model=model)
+                          notes=notes, driver=driver, threads=numba.get_num_threads(), profiler=prof, model=model,
+                          name=name or backend)
     finally:
         model.close()
 
@@ -332,22 +346,50 @@ def default_prompt(model_vocab: int, n: int, seed: int = 1) -> list[int]:
     return [int(t) for t in rng.integers(1, min(model_vocab, 1000), size=n)]
 
 
+DEVICE_ROUTES = ("hw", "virtual")
+QPU_BACKENDS = ("qpu", "hybrid")      # the backends that take a qpu= driver
+
+
+def with_device(backends, route: str) -> list[str]:
+    """`compare --qpu hw|virtual`: each QPU backend twice, "qpu" over the emulator (the Pi 4 prediction from
+    its counts) and "qpu@hw" on the device route right after it (the measurement); the rest unchanged."""
+    out = []
+    for b in backends:
+        out.append(b)
+        if b in QPU_BACKENDS and route in DEVICE_ROUTES:
+            out.append(f"{b}@{route}")
+    return out
+
+
 def compare(path, backends=("cpu", "qpu"), n_prompt: int = 16, n_gen: int = 8, reps: int = 3,
             shape: str | None = None, backend_opts: dict | None = None, progress: bool = True) -> Comparison:
     """Run every backend on the same prompt; return the comparison (see module doc). backend_opts:
-    {backend: {option: value}}."""
+    {backend: {option: value}}. A backend "qpu@hw" / "qpu@virtual" (with_device) is the qpu backend with
+    qpu="hw" / "virtual"; it gets pi4_measured, its Pi 4 figures next to the prediction of the run named
+    "qpu" (which then runs over the emulator unless backend_opts say otherwise)."""
     if n_prompt < 1 or n_gen < 1 or reps < 1:
         raise PimoeError(f"need at least 1 prompt token, 1 generated token and 1 repetition "
                          f"(got -p {n_prompt}, -n {n_gen}, -r {reps})")
     cfg = GGUFFile(path).config
     prompt = default_prompt(cfg.vocab_size, n_prompt)
     runs: list[BackendRun] = []
+    opts_all = backend_opts or {}
+    devices = {b.partition("@")[0] for b in backends if "@" in b}
     with tqdm(total=reps * len(backends), desc="compare", disable=not progress, leave=False) as bar:
         for b in backends:
             bar.set_description(f"compare: {b}")
             force = runs[0].tokens if runs else None     # later backends decode the reference's tokens
-            runs.append(run_backend(path, b, prompt, n_gen, reps, (backend_opts or {}).get(b), bar=bar,
-                                    force_tokens=force))
+            backend, _, route = b.partition("@")
+            opts = dict(opts_all.get(backend) or {})
+            if route:
+                if route not in DEVICE_ROUTES or backend not in QPU_BACKENDS:
+                    raise PimoeError(f"backend '{b}': a device run is one of "
+                                     f"{', '.join(q + '@' + d for q in QPU_BACKENDS for d in DEVICE_ROUTES)}")
+                opts["qpu"] = route
+            elif backend in devices:
+                opts.setdefault("qpu", "emu")          # the twin that predicts the device run
+            runs.append(run_backend(path, backend, prompt, n_gen, reps, opts, bar=bar, force_tokens=force,
+                                    name=b))
     ref = runs[0]
     for r in runs[1:]:
         r.agreement = agreement(ref.tokens, ref.logits, r.tokens, r.logits)
@@ -357,9 +399,93 @@ def compare(path, backends=("cpu", "qpu"), n_prompt: int = 16, n_gen: int = 8, r
     for r in runs:
         r.scaled = scale_to_full(r.tg_regions, r.tg_predicted, L_run, L_full)
     for r in runs[1:]:
-        r.offload = offload_figures(r, ref, L_run, L_full)
+        if not r.device:                               # a device run's prediction is its twin's
+            r.offload = offload_figures(r, ref, L_run, L_full)
+    by_name = {r.name: r for r in runs}
+    for r in runs:
+        if r.device and r.backend in by_name:
+            r.pi4_measured = measured_vs_predicted(r, by_name[r.backend])
     return Comparison(model=model_info(ref.model), shape=shape, layers_run=L_run, layers_full=L_full,
                       prompt=prompt, runs=runs)
+
+
+STAND_IN_LABEL = ("virtual V3D STAND-IN, not a measurement: the emulator's predicted Pi 4 times of the device's "
+                  "own jobs (their counts through the same timing model), where a Pi would time its GPU")
+PREDICTED_LABEL = ("Pi 4 PREDICTED: the same backend run over the emulator, its dispatches' counts through the QPU "
+                   "timing model (pimoe.qpu.timing), the other regions through the CPU model (pimoe.cpumodel)")
+HW_DECODE_LABEL = "measured on this Pi: wall time of a decode step (mean over the repetitions' steps)"
+HW_QPU_LABEL = ("measured on this Pi's GPU: per dispatch, host wall time from writing its uniforms and SUBMIT_CSD "
+                "to WAIT_BO's return, summed over a token's dispatches")
+
+
+def dispatch_figures(run: BackendRun) -> dict:
+    """Per decode token (the tg steps): QPU dispatches, their predicted Pi 4 seconds (None when one has no
+    emulator counts: hardware) and their submit-to-wait host seconds (qpu_kernels.expert_ffn's tag; None
+    when a dispatch lacks it)."""
+    prof = run.profiler
+    steps = len(run.tg_s) * run.n_gen
+    keep = profile.subtree_filter(prof.regions, lambda r: r.name == "tg")
+    ds = [d for r in prof.regions if keep[r.index] and r.dispatches for d in r.dispatches]
+    pred = [prediction.predict_qpu_seconds(d) for d in ds]
+    wall = [d.get("submit_to_wait_s") if isinstance(d, dict) else None for d in ds]
+    return {"dispatches_per_token": len(ds) / steps,
+            "predicted_seconds_per_token": sum(pred) / steps if ds and None not in pred else None,
+            "submit_to_wait_seconds_per_token": sum(wall) / steps if ds and None not in wall else None}
+
+
+def _predicted_with() -> str:
+    p = prediction._TIMING_PARAMS
+    if p is None:
+        return "the timing model's own parameters (pimoe.qpu.timing.PI4; no calibrated profile in use)"
+    return (f"calibrated parameters (dispatch overhead {p.dispatch_overhead_s * 1e6:.1f} us, read "
+            f"{p.read_bandwidth / 1e9:.2f} GB/s, write {p.write_bandwidth / 1e9:.2f} GB/s)")
+
+
+def _pair(predicted_s, measured_s, ratio: bool = True, **extra) -> dict:
+    return dict(extra, predicted_seconds_per_token=predicted_s, measured_seconds_per_token=measured_s,
+                predicted_tps=1.0 / predicted_s if predicted_s else None,
+                measured_tps=1.0 / measured_s if measured_s else None,
+                measured_to_predicted=measured_s / predicted_s if ratio and measured_s and predicted_s else None)
+
+
+def measured_vs_predicted(run: BackendRun, twin: BackendRun) -> dict:
+    """A device run's Pi 4 figures per decode token next to its emulator twin's prediction, with the ratio
+    measured / predicted (of times: above 1 the Pi is slower than predicted).
+
+    decode: on "hw" the measured decode step (this process runs on the Pi); on "virtual" the stand-in is the
+    device run's own prediction (its jobs' counts from the virtual device). qpu: the token's dispatches; on
+    "hw" their submit-to-wait wall time, which is what the timing model's per-dispatch figure (kernel +
+    dispatch_overhead_s) predicts for a backend that waits at once (qpu); the hybrid works on its CPU lane
+    between submit and wait, so there it spans that lane too and has no ratio. On "virtual" the stand-in is
+    the predicted time of the device's jobs, equal to the twin's when both routes ran the same dispatches."""
+    hw = run.driver == "hw"
+    steps = len(run.tg_s) * run.n_gen
+    twin_d, run_d = dispatch_figures(twin), dispatch_figures(run)
+    pred_tok = (twin.tg_predicted or {}).get("tg")
+    if hw:
+        meas_tok = sum(run.tg_s) / steps
+        meas_qpu = run_d["submit_to_wait_seconds_per_token"]
+    else:
+        meas_tok = (run.tg_predicted or {}).get("tg")
+        meas_qpu = run_d["predicted_seconds_per_token"]
+    tps = [run.n_gen / t for t in run.tg_s]
+    out = {"route": run.driver, "predicted_by": twin.name, "predicted_with": _predicted_with(),
+           "predicted_label": PREDICTED_LABEL, "measured_label": HW_DECODE_LABEL if hw else STAND_IN_LABEL,
+           "decode": _pair(pred_tok, meas_tok, measured_tps_sd=_mean_sd(tps)[1] if hw else None)}
+    overlapped = hw and run.backend != "qpu"
+    out["qpu"] = _pair(twin_d["predicted_seconds_per_token"], meas_qpu, ratio=not overlapped,
+                       dispatches_per_token=run_d["dispatches_per_token"],
+                       predicted_dispatches_per_token=twin_d["dispatches_per_token"],
+                       measured_label=(HW_QPU_LABEL + (" (the hybrid's CPU lane runs between submit and wait: an "
+                                                        "upper bound of the GPU's time, no ratio)" if overlapped else ""))
+                       if hw else STAND_IN_LABEL)
+    del out["qpu"]["predicted_tps"], out["qpu"]["measured_tps"]
+    if twin.scaled is not None and twin.scaled.factor != 1 and run.scaled is not None:
+        sc = run.scaled
+        out["decode_scaled"] = _pair(twin.scaled.predicted_seconds_per_token,
+                                     sc.seconds_per_token if hw else sc.predicted_seconds_per_token,
+                                     layers_full=sc.layers_full)
+    return out
 
 
 def offload_figures(run: BackendRun, ref: BackendRun, L_run: int, L_full: int) -> dict | None:
@@ -515,7 +641,7 @@ def summary_rows(result: Comparison) -> list[dict]:
                 row["bytes_per_token"] = bytes_tok
                 row["GBps"] = bytes_tok * mean / 1e9
             rows.append(row)
-        pred = r.tg_predicted
+        pred = r.tg_predicted if not r.device else None     # a device run: its pi4_measured row instead
         if pred and pred.get("tg"):
             ptps = 1.0 / pred["tg"]
             rows.append(dict(base, backend=r.backend + " (Pi 4)", threads=prediction.PI4_CPU_THREADS,
@@ -532,12 +658,82 @@ def summary_rows(result: Comparison) -> list[dict]:
                              source="measured, scaled", tps_mean=sc.tps, tps_sd=None,
                              bytes_per_token=sc.bytes_per_token,
                              GBps=sc.bytes_per_token * sc.tps / 1e9 if sc.tps else None))
-            if sc.predicted_tps:
+            if sc.predicted_tps and not r.device:
                 rows.append(dict(base, backend=r.backend + " (Pi 4)", threads=prediction.PI4_CPU_THREADS,
                                  test=f"tg{r.n_gen} x{sc.layers_full}L", source="predicted, scaled",
                                  tps_mean=sc.predicted_tps, tps_sd=None, bytes_per_token=sc.bytes_per_token,
                                  GBps=sc.bytes_per_token * sc.predicted_tps / 1e9))
+        rows += _pi4_measured_rows(r, m)
     return rows
+
+
+def pi4_label(run: BackendRun) -> str:
+    """A device run's Pi 4 row as the tables print it."""
+    return f"{run.backend} (Pi 4, hw)" if run.driver == "hw" else f"{run.backend} (Pi 4, virtual stand-in)"
+
+
+def _pi4_measured_rows(r: BackendRun, m: dict) -> list[dict]:
+    """A device run's Pi 4 decode rows (the run's layers; scaled to the full model when it ran fewer) with
+    its twin's prediction and the ratio of times (pi4_measured)."""
+    pm = r.pi4_measured
+    if not pm or not pm["decode"]["measured_tps"]:
+        return []
+    hw = pm["route"] == "hw"
+    q = pm["qpu"]
+    ms = lambda v: v * 1e3 if v is not None else None   # noqa: E731
+    common = {"backend": pi4_label(r), "threads": r.threads if hw else prediction.PI4_CPU_THREADS,
+              "source": "measured on a Pi 4 (--qpu hw)" if hw else "virtual stand-in: emulator-predicted, not measured",
+              "qpu_dispatches_per_token": q["dispatches_per_token"], "qpu_ms_per_token": ms(q["measured_seconds_per_token"]),
+              "qpu_predicted_ms_per_token": ms(q["predicted_seconds_per_token"]),
+              "qpu_measured_to_predicted": q["measured_to_predicted"]}
+    rows = []
+    for key, suffix in (("decode", ""), ("decode_scaled", f" x{r.scaled.layers_full}L" if r.scaled else "")):
+        d = pm.get(key)
+        if not d or not d["measured_tps"]:
+            continue
+        nbytes = r.bytes_per_token if key == "decode" else r.scaled.bytes_per_token
+        model = m["file"] if key == "decode" else f"{m['file']} x{r.scaled.layers_full}L"
+        size = m["file_bytes"] + (r.scaled.factor - 1) * m.get("layer_weight_bytes", 0) if key != "decode" else m["file_bytes"]
+        params = m["params"] + (r.scaled.factor - 1) * m.get("layer_params", 0) if key != "decode" else m["params"]
+        rows.append(dict(common, model=model, size_bytes=size, params=params, test=f"tg{r.n_gen}{suffix}",
+                         tps_mean=d["measured_tps"], tps_sd=d.get("measured_tps_sd") if key == "decode" else None,
+                         bytes_per_token=nbytes, GBps=nbytes * d["measured_tps"] / 1e9,
+                         predicted_tps=d["predicted_tps"], measured_to_predicted=d["measured_to_predicted"]))
+    return rows
+
+
+def measured_text(result: "Comparison") -> str:
+    """The device runs' Pi 4 figures next to their twins' predictions (compare --qpu hw|virtual); "" if none."""
+    runs = [r for r in result.runs if r.pi4_measured]
+    if not runs:
+        return ""
+    out = []
+    for r in runs:
+        pm = r.pi4_measured
+        hw = pm["route"] == "hw"
+        q = pm["qpu"]
+        out.append(f"{r.backend}, Pi 4 per decode token. Predicted: the {pm['predicted_by']} run over the emulator, "
+                   f"its QPU dispatches' counts through the timing model with {pm['predicted_with']}. Next to it: "
+                   + ("measured with --qpu hw on this Pi." if hw else
+                      "the virtual device's STAND-IN (--qpu virtual: the emulator's predicted times of the "
+                      "device's own jobs, NOT a measurement)."))
+        col = "measured (hw)" if hw else "virtual stand-in"
+        out += [f"| backend | per decode token | Pi 4 predicted | {col} | {col} / predicted (time) |",
+                "|---|---|---:|---:|---:|"]
+        f = lambda v, fmt: format(v, fmt) if v is not None else "—"   # noqa: E731
+        for key, what in (("decode", f"decode t/s, tg{r.n_gen} ({result.layers_run} layers run)"),
+                          ("decode_scaled", f"decode t/s, x{result.layers_full}L")):
+            d = pm.get(key)
+            if d:
+                out.append(f"| {r.backend} | {what} | {f(d['predicted_tps'], '.2f')} | {f(d['measured_tps'], '.2f')} "
+                           f"| {f(d['measured_to_predicted'], '.3f')} |")
+        ms = lambda v: v * 1e3 if v is not None else None   # noqa: E731
+        out.append(f"| {r.backend} | QPU dispatches, ms ({q['predicted_dispatches_per_token']:.0f} predicted, "
+                   f"{q['dispatches_per_token']:.0f} run) | {f(ms(q['predicted_seconds_per_token']), '.4f')} | "
+                   f"{f(ms(q['measured_seconds_per_token']), '.4f')} | {f(q['measured_to_predicted'], '.3f')} |")
+        out.append(f"  measured: {pm['measured_label']}" if not hw else
+                   f"  measured: decode: {pm['measured_label']}; QPU: {q['measured_label']}")
+    return "\n".join(out)
 
 
 def table_text(rows: list[dict]) -> str:
@@ -579,7 +775,7 @@ def region_rows(result: Comparison) -> list[RegionRow]:
         for r in result.runs:
             v = r.tg_regions.get(p)
             if v is not None:
-                cells[r.backend] = _region_cell(v, (r.tg_predicted or {}).get(p))
+                cells[r.name] = _region_cell(v, (r.tg_predicted or {}).get(p))
         rows.append(RegionRow(p, cells))
     return rows
 
@@ -587,8 +783,8 @@ def region_rows(result: Comparison) -> list[RegionRow]:
 def regions_text(result: Comparison) -> str:
     runs = result.runs
     rows = region_rows(result)
-    qpu = [r.backend for r in runs
-           if any(row.cells.get(r.backend) and row.cells[r.backend].qpu_instructions for row in rows)]
+    qpu = [r.name for r in runs
+           if any(row.cells.get(r.name) and row.cells[r.name].qpu_instructions for row in rows)]
     head = ("| region |" + "".join(f" {r.label} ms | Pi 4 pred. ms |" for r in runs) +
             " weight bytes | GB/s (" + runs[0].backend + ") |" +
             "".join(f" {b}: QPU instr | {b}: TMU read bytes |" for b in qpu))
@@ -598,12 +794,12 @@ def regions_text(result: Comparison) -> str:
         name = ". " * p.count("/") + p.split("/")[-1]
         line = f"| {name} |"
         for r in runs:
-            c = row.cells.get(r.backend)
+            c = row.cells.get(r.name)
             line += f" {c.ms:.3f} |" if c is not None else " |"
             line += f" {c.pi4_predicted_ms:.3f} |" if c is not None and c.pi4_predicted_ms is not None else " |"
-        nb = next((row.cells[r.backend].bytes for r in runs
-                   if row.cells.get(r.backend) and row.cells[r.backend].bytes), None)
-        c0 = row.cells.get(runs[0].backend)
+        nb = next((row.cells[r.name].bytes for r in runs
+                   if row.cells.get(r.name) and row.cells[r.name].bytes), None)
+        c0 = row.cells.get(runs[0].name)
         gb = c0.GBps if c0 is not None else None
         line += (f" {nb:,.0f} |" if nb else " |") + (f" {gb:.2f} |" if gb else " |")
         for b in qpu:

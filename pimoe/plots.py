@@ -114,10 +114,16 @@ def plot_bandwidth(rec: dict, out_dir: Path) -> list[Path]:
 # -- compare ---------------------------------------------------------------------------------------------
 
 def _label(run: dict) -> str:
+    """A run as compare's tables print it (pimoe.compare.backend_label)."""
     b = run["backend"]
-    if b == "qpu":
-        return "qpu (hw)" if run.get("driver") == "hw" else "qpu (emulator)"
+    if b in ("qpu", "hybrid"):
+        return f"{b} ({ {'hw': 'hw', 'virtual': 'virtual V3D'}.get(run.get('driver'), 'emulator') })"
     return b
+
+
+def _predicted_label(run: dict) -> str:
+    """A run's Pi 4 prediction: a compare --qpu virtual device run's ("qpu@virtual") is the stand-in row."""
+    return f"{run['backend']} (Pi 4" + (", virtual stand-in)" if "@" in run.get("name", "") else ")")
 
 
 def _segments(regions: dict, step: str = "tg") -> dict[str, float]:
@@ -164,9 +170,9 @@ def plot_breakdown(rec: dict, out_dir: Path) -> list[Path]:
             regs = run["tg_regions"] if kind == "measured" else run.get("tg_predicted")
             if not regs:
                 continue
-            bars = [(_label(run) if kind == "measured" else f"{run['backend']} (Pi 4)", 1.0)]
+            bars = [(_label(run) if kind == "measured" else _predicted_label(run), 1.0)]
             if kind == "predicted" and factor != 1:
-                bars.append((f"{run['backend']} (Pi 4) x{rec['layers_full']}L", factor))
+                bars.append((f"{_predicted_label(run)} x{rec['layers_full']}L", factor))
             seg = _segments(regs)
             for label, f in bars:
                 left = 0.0

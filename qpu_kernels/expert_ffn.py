@@ -134,13 +134,18 @@ class ExpertFFN:
         # the GEMV loops wait on ldtmu without thrsw: no thread switch shows it, so the timing model charges
         # the waits the emulator's load-to-use distance bins measured (waits="ldtmu")
         targs = timing_args()
+        t0 = time.perf_counter()
         job = execute_chain(self.drv, self.programs, phases, self.threads, self.scratch, wait=False)
 
         def wait() -> None:
             with self.region("compute", kernel=kernel):
                 c = job.wait()
-                if c is not None and self.on_dispatch is not None:
-                    self.on_dispatch(c, kernel=kernel, timing_args=targs)
+                # submit_to_wait_s: host wall time from writing the uniforms and SUBMIT_CSD to WAIT_BO's
+                # return (on "hw" the dispatch as the Pi runs it, the only time there is; on "emu" and
+                # "virtual" the emulation's). A hardware dispatch has no counts: {} (nothing to predict)
+                if self.on_dispatch is not None:
+                    self.on_dispatch(c if c is not None else {}, kernel=kernel, timing_args=targs,
+                                     submit_to_wait_s=time.perf_counter() - t0)
             self.counters.append(c)
             self.timing_args.append(targs)
 

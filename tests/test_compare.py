@@ -192,3 +192,133 @@ def test_agreement_separates_near_ties_from_decisive_flips():
     assert not a.same_tokens and a.n_agree == 0
     assert [m.near_tie for m in a.mismatches] == [True, False]
     assert a.decisive_mismatches == 1
+
+
+def test_compare_qpu_virtual_puts_the_device_next_to_the_prediction(cache_home, tmp_path, monkeypatch, capsys):
+    """--qpu virtual runs qpu twice: over the emulator (the Pi 4 prediction) and on the hardware route over the
+    virtual V3D device, whose 'measured' figures are the emulator's predicted times standing in. Both come
+    from the emulator's counts of the same dispatches through the same timing model (here a stored profile
+    with a 2 ms dispatch overhead, named in the record), so the stand-in equals the prediction up to float
+    summation order (rel 1e-9); the prediction's QPU part is also checked against the profiler's experts region."""
+    from pimoe.qpu.timing import PI4
+
+    prof = tmp_path / "prof.json"
+    prof.write_text(json.dumps({"route": "hw", "params": dict(PI4.as_dict(), dispatch_overhead_s=2e-3),
+                                "created_utc": "x", "record": None, "label": "test"}))
+    monkeypatch.setenv("PIMOE_TIMING_PROFILE", str(prof))
+    rc = cli_main(["compare", "-p", "2", "-n", "2", "-r", "1", "--backends", "cpu,qpu", "--qpu", "virtual",
+                   "--results", str(tmp_path)])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    rec = json.loads(next(p for p in tmp_path.glob("compare-*.json") if "trace" not in p.name).read_text())
+    runs = {r["name"]: r for r in rec["runs"]}
+    assert list(runs) == ["cpu", "qpu", "qpu@virtual"]
+    assert runs["qpu"]["driver"] == "emu" and runs["qpu@virtual"]["driver"] == "virtual"
+    assert "pi4_measured" not in runs["qpu"]
+    pm = runs["qpu@virtual"]["pi4_measured"]
+    assert pm["route"] == "virtual" and pm["predicted_by"] == "qpu" and str(prof) in pm["predicted_with"]
+    assert pm["measured_label"] == compare.STAND_IN_LABEL and "not a measurement" in pm["measured_label"]
+    q, d = pm["qpu"], pm["decode"]
+    L = rec["layers_run"]
+    assert q["dispatches_per_token"] == q["predicted_dispatches_per_token"] == 2 * L
+    twin_pred = runs["qpu"]["tg_predicted"]
+    assert q["predicted_seconds_per_token"] == pytest.approx(twin_pred["tg/forward/layer/experts/compute"], rel=1e-9)
+    assert q["predicted_seconds_per_token"] > 2 * L * 2e-3            # the profile's dispatch overhead is in it
+    assert q["measured_seconds_per_token"] == pytest.approx(q["predicted_seconds_per_token"], rel=1e-9)
+    assert q["measured_to_predicted"] == pytest.approx(1.0, rel=1e-9)
+    assert d["predicted_tps"] == pytest.approx(1 / twin_pred["tg"])
+    assert d["measured_tps"] == pytest.approx(d["predicted_tps"], rel=1e-9)
+    # the table (and CSV): one predicted qpu row, one stand-in row with both figures and the ratio
+    table = rec["table"]
+    assert [r["backend"] for r in table if r["source"] == "predicted"] == ["cpu (Pi 4)", "qpu (Pi 4)"]
+    (row,) = [r for r in table if r["backend"] == "qpu (Pi 4, virtual stand-in)"]
+    assert "not measured" in row["source"] and row["measured_to_predicted"] == pytest.approx(1.0, rel=1e-9)
+    assert row["predicted_tps"] == pytest.approx(d["predicted_tps"])
+    assert "qpu_measured_to_predicted" in (tmp_path / rec["table_csv"]).read_text().splitlines()[0]
+    assert any(k.startswith("qpu@virtual_") for r in rec["regions"] for k in r)
+    text = out.out
+    assert "| qpu (Pi 4, virtual stand-in) |" in text and "| qpu (Pi 4) |" in text
+    assert "virtual stand-in / predicted (time)" in text and "NOT a measurement" in text
+    assert "tokens: qpu@virtual vs cpu" in text
+
+
+def test_compare_qpu_hw_without_a_device_says_what_is_missing(cache_home, monkeypatch, capsys):
+    """--qpu hw on a machine without a usable V3D device stops before running anything, with doctor's findings."""
+    import pimoe.qpu.driver as drv
+
+    monkeypatch.setattr(drv, "hardware_available", lambda client=None: (False, "no V3D render node (test)"))
+    monkeypatch.setattr(compare, "compare", lambda *a, **k: pytest.fail("compare ran without a device"))
+    rc = cli_main(["compare", "-p", "2", "-n", "2", "-r", "1", "--qpu", "hw", "--no-record"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "--qpu hw: the QPU hardware route is not usable here: no V3D render node (test)" in err
+    assert "pimoe doctor" in err and "--qpu virtual" in err
+
+
+class _CountlessDriver:
+    """A hardware-route driver as on a Pi: the virtual device underneath, but no emulator counts come back."""
+
+    def __init__(self, drv):
+        self._drv = drv
+
+    def __getattr__(self, name):
+        return getattr(self._drv, name)
+
+    def submit(self, *args, **kwargs):
+        from pimoe.qpu.driver import Job
+
+        job = self._drv.submit(*args, **kwargs)
+        return Job(lambda timeout: job.wait(timeout) and None)
+
+    def execute(self, *args, **kwargs):
+        return self.submit(*args, **kwargs).wait()
+
+    def close(self):
+        self._drv.close()
+
+
+def test_compare_qpu_hw_measures_submit_to_wait(cache_home, monkeypatch):
+    """The hw plumbing without a Pi: "hw" opens the hardware route over the virtual device with the counts
+    withheld, as the GPU gives none. The device run has no prediction of its own; its measured QPU part is
+    the dispatches' submit-to-wait wall time, its decode the measured step time, each next to the emulator
+    twin's prediction with their ratio."""
+    import pimoe.qpu
+    from pimoe.commands.run import default_model_path
+
+    real_open = pimoe.qpu.open_driver
+    monkeypatch.setattr(pimoe.qpu, "open_driver", lambda kind="auto", **kw: (
+        _CountlessDriver(real_open("virtual", **kw)) if kind == "hw" else real_open(kind, **kw)))
+    result = compare.compare(default_model_path(), compare.with_device(("cpu", "qpu", "hybrid"), "hw"), n_prompt=2,
+                             n_gen=2, reps=1, progress=False)
+    cpu, twin, dev, h_twin, h_dev = result.runs
+    # the hybrid: every dispatch (experts and dense rows) counted on hw too; its CPU lane runs between submit
+    # and wait, so its QPU time has no ratio
+    hq = h_dev.pi4_measured["qpu"]
+    assert h_dev.name == "hybrid@hw" and hq["dispatches_per_token"] == hq["predicted_dispatches_per_token"] > 0
+    assert hq["measured_seconds_per_token"] > 0 and hq["measured_to_predicted"] is None
+    assert (twin.name, twin.driver, dev.name, dev.driver) == ("qpu", "emu", "qpu@hw", "hw")
+    assert dev.tg_predicted is None and twin.tg_predicted and dev.offload is None
+    assert any("no emulator counts" in n for n in dev.notes)
+    pm = dev.pi4_measured
+    assert pm["route"] == "hw" and pm["measured_label"] == compare.HW_DECODE_LABEL
+    q, d = pm["qpu"], pm["decode"]
+    steps = dev.n_gen * len(dev.tg_s)
+    keep = {r.index for r in dev.profiler.regions if r.name == "tg"}
+    walls = []
+    for r in dev.profiler.regions:
+        p = r.parent
+        while p >= 0 and p not in keep:
+            p = dev.profiler.regions[p].parent
+        if p >= 0 and r.dispatches:
+            walls += [x["submit_to_wait_s"] for x in r.dispatches]
+    assert len(walls) == steps * 2 * result.layers_run == steps * q["dispatches_per_token"]
+    assert q["measured_seconds_per_token"] == pytest.approx(sum(walls) / steps)
+    assert 0 < q["measured_seconds_per_token"] < dev.tg_regions["tg/forward/layer/experts"]["seconds"]
+    assert q["predicted_seconds_per_token"] == pytest.approx(twin.tg_predicted["tg/forward/layer/experts/compute"])
+    assert q["measured_to_predicted"] == pytest.approx(q["measured_seconds_per_token"] / q["predicted_seconds_per_token"])
+    assert d["measured_seconds_per_token"] == pytest.approx(sum(dev.tg_s) / steps)
+    assert d["predicted_tps"] == pytest.approx(1 / twin.tg_predicted["tg"])
+    rows = compare.summary_rows(result)
+    (row,) = [r for r in rows if r["backend"] == "qpu (Pi 4, hw)"]
+    assert row["source"] == "measured on a Pi 4 (--qpu hw)" and row["tps_mean"] == pytest.approx(d["measured_tps"])
+    assert "measured (hw) / predicted (time)" in compare.measured_text(result)

@@ -1480,6 +1480,11 @@ def test_csd_words_encode_as_py_videocore6_dispatch_writes_them():
     words = d.encode()
     assert words == (3 << 16, 2 << 16, 1 << 16, (4 - 1) << 12 | 4 << 8 | 16, 15, 0x10001000 | 2 | 1, 0x10002000)
     assert CSDDispatch.decode(words) == d
+    # its default wgs_per_sg=16 is written unmasked: bit 12 (batches per supergroup - 1, bit 0) set, the 4-bit
+    # field 0 (= 16); with 3-invocation workgroups the hardware reads 4 batches per supergroup, not 3
+    d = CSDDispatch.for_launch(0x10001000, 0, thread=16, local_invocation=(3, 1, 1), wgs_per_sg=16)
+    assert d.encode()[3] == (3 - 1) << 12 | 16 << 8 | 3
+    assert (d.wgs_per_sg, d.batches_per_sg, d.wg_size) == (16, 4, 3)
 
 
 @qpu
@@ -1574,14 +1579,24 @@ def test_unsupported_signal_fault_is_one_clear_line():
 
 
 @qpu
-def k_uniform_after_tmu_store(asm):
+def k_uniform_after_tmu_store(asm, pages=1):
     # py-videocore6 test_tmu_read_tmu_write_uniform_read, written again: data = x + 1 through the TMU (waited
-    # for), then a uniform read of data[0] through a branch that moves the uniform stream there
+    # for), then a uniform read of data[0] through a branch that moves the uniform stream there. pages > 1:
+    # first the same store (x + 1 in 16 lanes) to the pages before, 4 KiB apart, and the read is of the last
     lane_addresses(asm, rf0, rf1)    # rf0: data, rf1: result
-    mov(tmua, rf0, sig=thrsw)
-    nop()
-    nop()
-    nop(sig=ldtmu(r0))
+    if pages > 1:
+        mov(r1, 1)
+        shl(r1, r1, 12)              # 4096
+    for page in range(pages):
+        mov(tmua, rf0, sig=thrsw)
+        nop()
+        nop()
+        nop(sig=ldtmu(r0))
+        if page < pages - 1:
+            add(tmud, r0, 1)
+            mov(tmua, rf0)
+            tmuwt()
+            add(rf0, rf0, r1)
     b(R.moved, cond="always").unif_addr(rf0)
     add(tmud, r0, 1)                 # the store, waited for, in the branch's delay slots
     mov(tmua, rf0)
@@ -1601,3 +1616,43 @@ def test_a_uniform_read_does_not_see_the_dispatchs_own_tmu_store():
                                    np.zeros(16, dtype=np.uint32))
     assert np.all(data == 2)
     assert np.all(result == 2)
+
+
+SHADOW_TEST_PAGES = 20   # more than the 16 pages the first model kept
+
+
+def test_uniform_reads_see_no_stores_in_any_number_of_pages():
+    """The stale uniform read holds whatever number of pages the dispatch stored to (the first model kept
+    16 and let a read of the 17th and later see the store, silently), and the counters say it happened."""
+    x = (np.arange(SHADOW_TEST_PAGES * 1024, dtype=np.uint32) * 7 + 5).reshape(SHADOW_TEST_PAGES, 1024)
+    x[:, 16:] = 0                   # the words past each page's 16 lanes stay as they were
+    (data, result), c = run_kernel(k_uniform_after_tmu_store, x, np.zeros(16, dtype=np.uint32),
+                                   kernel_kw={"pages": SHADOW_TEST_PAGES}, data_area_size=1 << 20)
+    want = x.copy()
+    want[:, :16] += 1
+    assert np.array_equal(data, want)                        # every store landed
+    assert np.all(result == x[-1, 0] + 1)                    # the uniform read got the word before its store
+    assert c.stale_uniform_reads == 1 and c.unshadowed_stores == 0
+
+
+def test_a_store_the_shadow_could_not_keep_is_counted_and_warned(monkeypatch):
+    """If the host refuses to reserve a slot for every reachable page (MemoryError), the emulator keeps
+    fewer; a store to a page past them is counted in unshadowed_stores and a RuntimeWarning names the
+    consequence (the uniform read of that page sees the store, unlike a Pi 4), never silently."""
+    import pimoe.qpu.emulator as emu
+
+    real_zeros = np.zeros
+
+    def refusing_zeros(shape, *args, **kwargs):
+        if kwargs.get("dtype") is np.int64 and isinstance(shape, int) and shape > 8 * 1024:
+            raise MemoryError                                # the shadow's reservation (over 8 slots)
+        return real_zeros(shape, *args, **kwargs)
+
+    monkeypatch.setattr(emu, "SHADOW_FALLBACK_PAGES", 2)
+    monkeypatch.setattr(emu.np, "zeros", refusing_zeros)
+    x = np.zeros((SHADOW_TEST_PAGES, 1024), dtype=np.uint32)
+    with pytest.warns(RuntimeWarning, match="uniform reads of those pages saw the new words"):
+        (data, result), c = run_kernel(k_uniform_after_tmu_store, x, np.zeros(16, dtype=np.uint32),
+                                       kernel_kw={"pages": SHADOW_TEST_PAGES}, data_area_size=1 << 20)
+    assert c.unshadowed_stores >= SHADOW_TEST_PAGES - 2
+    assert np.all(result == 2)                               # 0 stored as 1, read back by the uniform, + 1

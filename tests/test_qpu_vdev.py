@@ -370,3 +370,65 @@ def test_running_into_the_zero_word_after_a_program_is_an_invalid_word_fault():
         dev.submit_csd(CSDDispatch.for_launch(code, 0).encode(), [hc])
         assert _errno(dev.wait_bo, hc, 30 * 10**9) == errno.EIO
         assert "PC 2" in vd.faults[0] and "invalid" in vd.faults[0] and "0x0000000000000000" in vd.faults[0]
+
+
+@qpu
+def k_payload(asm):
+    """Each lane stores its compute payload: rf0 (workgroup x | y << 16) at out + 128 tidx + 4 lane, rf2
+    (workgroup z | scaled local index << 16) 64 bytes further (uniform: out)."""
+    tidx(r0, sig=ldunifrf(rf3))
+    shl(r0, r0, 7)
+    eidx(r1)
+    shl(r1, r1, 2)
+    add(r0, r0, r1)
+    add(r0, r0, rf3)
+    mov(r2, 1)
+    shl(r2, r2, 6)
+    mov(tmud, rf0)
+    mov(tmua, r0)
+    mov(tmud, rf2)
+    add(tmua, r0, r2)
+    tmuwt()
+    emit_program_end(asm)
+
+
+@pytest.mark.parametrize("local,threading", [((3, 1, 1), False), ((16, 1, 1), True), ((8, 2, 1), False)])
+def test_one_dispatch_through_emudriver_and_the_virtual_device_is_the_same_dispatch(local, threading):
+    """EmuDriver.execute(arguments) and the virtual device given the CSD words py-videocore6's Driver writes
+    for the same arguments run the same dispatch: the same payload in every lane (workgroup ids, local
+    index), the same thread mode and the same counts. The words are written here from the v3d_csd.h layout
+    as py-videocore6 fills it: CFG3 = (ceil(wgs_per_sg * wg_size / 16) - 1) << 12 | wgs_per_sg << 8 |
+    wg_size, wgs_per_sg unmasked (16 spills into bit 12: a 3-invocation workgroup makes it 4 batches per
+    supergroup, not 3); CFG4 = batches - 1; CFG5 = code | threading."""
+    from pimoe.qpu import EmuDriver, assemble
+
+    wg_count, wgs_per_sg, batches = (5, 4, 3), 16, 16
+    wg_size = local[0] * local[1] * local[2]
+    with EmuDriver(data_area_size=1 << 16) as drv:
+        code = drv.program(k_payload)
+        out = drv.alloc(32 * 32, dtype=np.uint32)      # 32 tidx values x (rf0, rf2) x 16 lanes
+        out[:] = 0xDEADBEEF
+        unif = drv.alloc(1, dtype=np.uint32)
+        unif[0] = out.addresses()[0]
+        emu = drv.execute(code, local_invocation=local, uniforms=unif.addresses()[0], workgroup=wg_count,
+                          wgs_per_sg=wgs_per_sg, thread=batches, threading=threading)
+        emu_out = np.array(out)
+    with virtual_v3d() as vd, U.V3DDevice() as dev:
+        hc, code_addr, _ = _program(dev, assemble(k_payload))
+        hd, data = dev.create_bo(8192)
+        mem = np.frombuffer(dev.map_bo(hd, 8192), np.uint32)
+        mem[:1024] = 0xDEADBEEF
+        mem[1024] = data
+        cfg3 = ((-(-wgs_per_sg * wg_size // 16) - 1) << 12) | (wgs_per_sg << 8) | wg_size
+        words = [wg_count[0] << 16, wg_count[1] << 16, wg_count[2] << 16, cfg3, batches - 1,
+                 code_addr | int(threading), data + 4096]
+        dev.submit_csd(words, [hc, hd])
+        dev.wait_bo(hd, 120 * 10**9)
+        dev_out = mem[:1024].copy()
+        job = vd.files[dev.fd].last_job
+        assert not vd.faults
+    assert np.array_equal(emu_out, dev_out)
+    assert (emu_out != 0xDEADBEEF).sum() == 2 * 16 * batches        # every batch stored its 2 x 16 words
+    assert emu.threads_per_qpu == job.counters.threads_per_qpu == (2 if batches > 8 else 1)
+    for name in ("instructions", "tmu_writes", "uniforms_read"):
+        assert np.array_equal(emu.per_thread[name], job.counters.per_thread[name]), name

@@ -30,7 +30,9 @@ def add_arguments(parser) -> None:
                         help="comma list, first is the reference (default cpu,qpu,hybrid: CPU-only, QPU offload, "
                              "and both on the same layer's experts)")
     parser.add_argument("--qpu", default=None, choices=("auto", "hw", "virtual", "emu"),
-                        help="QPU driver for the qpu backend (default: the backend's own default, auto)")
+                        help="QPU driver for the qpu and hybrid backends (default: the backend's own, auto). hw / "
+                             "virtual run each of them twice: over the emulator (the Pi 4 prediction) and on the "
+                             "device (hw: measured on this Pi; virtual: the emulator's predicted times stand in)")
     parser.add_argument("--no-timing-profile", action="store_true",
                         help="predict with the model's own parameters, not the profile `pimoe calibrate` stored")
     parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all numba threads)")
@@ -45,6 +47,23 @@ def add_arguments(parser) -> None:
 
 def _note(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _no_hw_message(why: str) -> str:
+    """--qpu hw without a usable V3D device: what `pimoe doctor` finds missing, with the fixes."""
+    from pimoe import doctor
+
+    lines = [c.line() for c in doctor.machine_checks(required=True) if c.status == doctor.MISSING]
+    try:
+        from pimoe.qpu.driver import qpu_client
+
+        dev, _ = doctor.device_checks("hw", qpu_client())
+        lines += [c.line() for c in dev if c.status == doctor.MISSING]
+    except Exception:  # noqa: BLE001 -- the message must come out whatever the probe hits
+        pass
+    return ("--qpu hw: the QPU hardware route is not usable here: " + why + "\n" + "\n".join(lines)
+            + "\nRun `pimoe doctor` for the full check; on any machine `--qpu virtual` runs the same route over the "
+              "virtual V3D device (the emulator's predicted times standing in for measurements).")
 
 
 def main(args) -> int:
@@ -96,7 +115,20 @@ def main(args) -> int:
                   f"skipped")
     if not backends:
         raise PimoeError(f"none of the backends {wanted} exists (available: {', '.join(sorted(have))})")
-    opts = {b: {"qpu": args.qpu} for b in ("qpu", "hybrid") if args.qpu and b in backends}
+    route = args.qpu
+    if route in ("hw", "auto"):
+        from pimoe.qpu.driver import hardware_available
+
+        ok, why = hardware_available()
+        if route == "auto":
+            route = "hw" if ok else None               # auto on a Pi: measured next to predicted
+        elif not ok:
+            raise PimoeError(_no_hw_message(why))
+    opts = {}
+    if route in cmp.DEVICE_ROUTES:
+        backends = cmp.with_device(backends, route)    # qpu over the emulator (predicted), then qpu@hw / @virtual
+    elif args.qpu:
+        opts = {b: {"qpu": args.qpu} for b in cmp.QPU_BACKENDS if b in backends}
 
     from pimoe.bench.qpu_calibrate import describe_profile, load_profile
 
@@ -115,13 +147,19 @@ def main(args) -> int:
         rec["qpu_timing_profile"] = {"path": tprof["path"], "route": tprof["route"], "label": tprof.get("label"),
                                      "created_utc": tprof.get("created_utc"), "record": tprof.get("record"),
                                      "params": tprof["params"].as_dict()}
-    if args.qpu == "hw":
-        _note("pimoe compare: the qpu rows were measured on this Pi's GPU (--qpu hw); the Pi 4 rows next to them "
-              "are the model's predictions")
-    elif args.qpu == "virtual":
-        _note("pimoe compare: the qpu rows ran the hardware route end to end over the virtual V3D device "
-              "(--qpu virtual: ioctls, buffer objects, jobs run by the emulator); where a Pi would measure its "
-              "GPU, the emulator's predicted Pi 4 times stand in: the '(Pi 4)' rows, source predicted")
+    if tprof is not None:
+        for r in result.runs:
+            if r.pi4_measured:
+                r.pi4_measured["predicted_with"] = describe_profile(tprof)
+        rec["runs"] = [r.to_json() for r in result.runs]
+    if route == "hw":
+        _note("pimoe compare: each QPU backend ran twice: over the emulator (its '(Pi 4)' row: predicted from the "
+              "emulator's counts) and on this Pi's GPU (its '(hw)' rows and the '(Pi 4, hw)' row: measured)")
+    elif route == "virtual":
+        _note("pimoe compare: each QPU backend ran twice: over the emulator (its '(Pi 4)' row: predicted) and the "
+              "hardware route end to end over the virtual V3D device (--qpu virtual: ioctls, buffer objects, jobs "
+              "run by the emulator); where a Pi would measure its GPU, the emulator's predicted Pi 4 times of the "
+              "device's jobs stand in: the '(Pi 4, virtual stand-in)' row, not a measurement")
     say(cmp.table_text(rows))
     say()
     say(f"per decode token (mean over {args.reps} x {args.n_gen} steps; Pi 4 figures are predicted):")
@@ -129,11 +167,15 @@ def main(args) -> int:
     offload = cmp.offload_text(result)
     if offload:
         say(offload)
+    measured = cmp.measured_text(result)
+    if measured:
+        say()
+        say(measured)
     status = 0
     ref_name = result.reference.backend
     for r in result.runs[1:]:
         a = r.agreement
-        head = (f"tokens: {r.backend} vs {ref_name}, {a.n_tokens} greedy steps on the same inputs "
+        head = (f"tokens: {r.name} vs {ref_name}, {a.n_tokens} greedy steps on the same inputs "
                 f"(teacher-forced): ")
         if a.same_tokens:
             say(head + f"all equal; logits max |diff| {a.logits_max_abs_diff:.2e} "
@@ -149,7 +191,7 @@ def main(args) -> int:
             for m in a.mismatches:
                 kind = ("near-tie: margin below the logit difference, either token is consistent"
                         if m.near_tie else "DECISIVE: margin above the logit difference")
-                say(f"  step {m.step}: {ref_name} {m.reference}, {r.backend} {m.other}; "
+                say(f"  step {m.step}: {ref_name} {m.reference}, {r.name} {m.other}; "
                     f"{ref_name}'s margin between them {m.margin:.3e}, |diff| of logits at that step "
                     f"{m.logits_max_abs_diff:.3e} ({kind})")
     for r in result.runs:
@@ -168,7 +210,7 @@ def main(args) -> int:
             if r.tg_predicted:
                 events += prediction.predicted_trace_events(
                     r.profiler, lambda reg: reg.name == "tg", pid=n + i + 1,
-                    process_name=f"pimoe {r.backend} on a Pi 4, PREDICTED (decode steps only)")
+                    process_name=f"pimoe {r.name} on a Pi 4, PREDICTED (decode steps only)")
         trace.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
         say(f"record written: {json_path} (+ {csv_path.name}); trace: {trace} (open in ui.perfetto.dev)")
         rec = json.loads(json_path.read_text())       # -o json: exactly the record as written

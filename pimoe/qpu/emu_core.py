@@ -85,16 +85,22 @@ COUNTER_NAMES = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_writes", "t
 (D_ENTRY, D_UNIF, D_NBATCH, D_MODE, D_NEXT, D_WGX, D_WGY, D_WGZ, D_WGSIZE, D_WGS_PER_SG, D_BPS, D_NCODE,
  D_SINGLE_SEG, D_REGCHECK, D_CODE_BASE, D_MEM_BASE, D_SLICE, D_IID_SHIFT, D_MEMCHECK, D_NREGS, D_FIFO_CAP,
  D_ADDRCHECK, D_NREGIONS, D_SCRATCH_OFF, D_SCRATCH_HITS, D_SHADOW_AT, D_SHADOW_USED, D_SHADOW_MISSED,
- D_SHADOW_LAST) = range(29)
-N_DISP = 29  # followed by D_NREGIONS (start, end) address pairs: the buffers an access may touch, then the
-# shadow area at D_SHADOW_AT: SHADOW_PAGES page numbers, then SHADOW_PAGES pages of 1024 words
+ D_SHADOW_LAST, D_SHADOW_DATA, D_SHADOW_CAP, D_STALE_UNIF) = range(32)
+N_DISP = 32  # followed by D_NREGIONS (start, end) address pairs: the buffers an access may touch, then the
+# shadow area (shadow_words(); the emulator sizes it, see there)
 # Uniform reads do not see the dispatch's own TMU stores (py-videocore6 test_tmu_read_tmu_write_uniform_read:
 # a uniform read of a word stored, and waited for, earlier in the dispatch returns the old value): before the
 # first store to a 4 KiB page of memory its words are kept in the shadow area, and a uniform read of that page
-# reads them. Beyond SHADOW_PAGES stored pages, uniform reads see the stores (D_SHADOW_MISSED counts them).
-SHADOW_PAGES = 16
+# reads them. The shadow area: at D_SHADOW_AT a page table (one entry per 4 KiB page of memory: 0, or the
+# page's slot + 1), at D_SHADOW_DATA D_SHADOW_CAP slots of PAGE_WORDS words. The emulator gives it a slot for
+# every page a store can reach (the allocated buffers, and the scratch page), so no stored page goes
+# unshadowed; D_SHADOW_MISSED counts stores to a page that found no free slot (0 unless that sizing is
+# wrong: the emulator then warns), D_STALE_UNIF the uniform reads that returned a word the dispatch had
+# since overwritten (what the hardware returns; counted so a user can see it happened).
 PAGE_WORDS = 1024
-SHADOW_WORDS = SHADOW_PAGES * (1 + PAGE_WORDS)
+# D_MODE: thread slots per QPU (2 with CFG5 THREADING off, 4 with it on); D_NREGS: registers of a thread
+# (64 with threading off, 32 with it on); D_FIFO_CAP: TMU result FIFO entries of a thread.
+
 # D_MODE: thread slots per QPU (2 with CFG5 THREADING off, 4 with it on); D_NREGS: registers of a thread
 # (64 with threading off, 32 with it on); D_FIFO_CAP: TMU result FIFO entries of a thread.
 
@@ -733,32 +739,22 @@ def _mem_check(addr, nbytes, align, mem8, disp, fault, c, pc, lane):
 
 
 @njit(cache=True, inline='always')
-def _shadow_slot(disp, page):
-    """The shadow slot holding `page` as it was before the dispatch stored to it, or -1."""
-    at = disp[D_SHADOW_AT]
-    for k in range(disp[D_SHADOW_USED]):
-        if disp[at + k] == page:
-            return k
-    return -1
-
-
-@njit(cache=True, inline='always')
 def _before_store(off, mem32, disp):
     """Keep the words of the page at byte offset `off` before the dispatch's first store to it (the
-    uniform reads' view, see SHADOW_PAGES)."""
+    uniform reads' view, see D_SHADOW_AT)."""
     page = off >> 12
     if page == disp[D_SHADOW_LAST]:
         return
     disp[D_SHADOW_LAST] = page
-    if _shadow_slot(disp, page) >= 0:
+    entry = disp[D_SHADOW_AT] + page
+    if disp[entry] != 0:
         return
     k = disp[D_SHADOW_USED]
-    if k >= SHADOW_PAGES:
+    if k >= disp[D_SHADOW_CAP]:
         disp[D_SHADOW_MISSED] += 1
         return
-    at = disp[D_SHADOW_AT]
-    disp[at + k] = page
-    base = at + SHADOW_PAGES + k * PAGE_WORDS
+    disp[entry] = k + 1
+    base = disp[D_SHADOW_DATA] + k * PAGE_WORDS
     w0 = page * PAGE_WORDS
     for i in range(min(PAGE_WORDS, mem32.shape[0] - w0)):
         disp[base + i] = mem32[w0 + i]
@@ -775,9 +771,12 @@ def _read_unif(c, ptr_col, ist, mem8, mem32, disp, fault, cnt, pc):
     ist[c, ptr_col] = addr + 4
     cnt[c, C_UNIF] += 1
     if disp[D_SHADOW_USED] > 0:
-        k = _shadow_slot(disp, off >> 12)
+        k = disp[disp[D_SHADOW_AT] + (off >> 12)] - 1
         if k >= 0:
-            return disp[disp[D_SHADOW_AT] + SHADOW_PAGES + k * PAGE_WORDS + ((off >> 2) & (PAGE_WORDS - 1))]
+            old = disp[disp[D_SHADOW_DATA] + k * PAGE_WORDS + ((off >> 2) & (PAGE_WORDS - 1))]
+            if old != mem32[off >> 2]:
+                disp[D_STALE_UNIF] += 1
+            return old
     return np.int64(mem32[off >> 2])
 
 

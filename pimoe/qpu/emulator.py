@@ -22,6 +22,7 @@ Semantic decisions and their evidence ("pv6" = py-videocore6's tests/ and exampl
 | behaviour | emulator | evidence |
 |---|---|---|
 | thread mode | from the dispatch's CFG5 THREADING bit (execute(threading=)), not the batch count: off = up to 2 threads per QPU with 64 registers each, on = up to 4 with 32 each; batch b starts on QPU b % 8; batches beyond 8 x slots wait for a thread to end; tidx = qpu << 2 \| thread in quarters (0/2 or 0..3) | pv6 test_barrier / test_parallel_16 (16 batches, threading off, 2 threads per QPU told apart by tidx, rf32 used); Mesa v3d_csd.h (the bit); 32 registers with 4 threads: none (Mesa's allocator is stricter) |
+| the dispatch execute() runs | the CSD words py-videocore6's Driver writes for the same arguments, decoded as the hardware reads them (CSDDispatch.for_launch): its unmasked wgs_per_sg=16 leaves the 4-bit field 0 (= 16) and sets bit 0 of batches per supergroup - 1 (an odd workgroup size gets one batch more per supergroup); the virtual device decodes the same words, so both run the same dispatch | Mesa v3d_csd.h (fields, 0 = 16); pv6 driver.py dispatch() (the words); what the hardware does with the extra batch: none |
 | TMU write + ldtmu (or SFU, barrier) in one instruction | executed | pv6 summation, scopy (published 7241 / 2424 MB/s); Mesa's qpu_validate forbids it for its compiler only |
 | TMU config (tmuc, tmuau's uniform) | one config byte per lookup, the word shifts right a byte per lookup, filling 0xff (plain 32-bit) | pv6 test_tmu_vec_* (config words for 4 lookups), summation/scopy |
 | vec2/3/4 loads and stores | one lookup, n ldtmu results / n tmud words; component k of a lane at (a & ~15) \| ((a + 4k) & 15); counted as one request per lane of up to 16 bytes | pv6 test_tmu_vec_read/_write, _naive_read/_write |
@@ -42,7 +43,7 @@ Semantic decisions and their evidence ("pv6" = py-videocore6's tests/ and exampl
 | SFU | float64 math rounded to f32 (more exact than the hardware's ~1e-4); exp = 2^x, log = log2, sin = sin(pi x) on [-0.5, 0.5] and -1 / +1 beyond; r4 readable 2 instructions after the write | pv6 test_sfu |
 | store visibility | a load of a word this thread stored without a tmuwt between faults (check_memory_order=False allows it) | the hardware only promises visibility after tmuwt (pv6 tests use tmuwt) |
 | EmuDriver address check | an access outside the buffer object (code + data areas) faults; inside it, past the last Array, it is legal (EmuDriver(check_allocations=True) faults there, for debugging) | pv6 Driver: one BO for code and data; pv6 examples/sgemm.py reads 16 words of an 11-word last row (hardware-tested) |
-| uniform reads of words stored by the TMU in the same dispatch | see the OLD value: memory as the dispatch found it (the first 16 stored 4 KiB pages are kept; beyond them uniform reads see the stores) | pv6 test_tmu_read_tmu_write_uniform_read (stored 2, waited with tmuwt, the uniform read returns 1); why (uniforms fetched around the TMU's write-back cache): assumed |
+| uniform reads of words stored by the TMU in the same dispatch | see the OLD value: memory as the dispatch found it (every stored 4 KiB page is kept before its first store; EmuCounters.stale_uniform_reads counts the reads that got an old word) | pv6 test_tmu_read_tmu_write_uniform_read (stored 2, waited with tmuwt, the uniform read returns 1); why (uniforms fetched around the TMU's write-back cache): assumed |
 | TMU result FIFO | 16 / (threads used per QPU) entries per thread | Broadcom's FIFO sizes per QPU, split by threads (Mesa) |
 | timeout_sec | bounds the PREDICTED Pi 4 time of the dispatch (pimoe.qpu.timing); the emulator's own budgets are max_instructions / host_timeout_sec | the hardware's wait is on real time; pv6's 1024^3 sgemm (0.55 s on a Pi 4) must not time out on a slow host |
 """
@@ -126,6 +127,11 @@ class EmuCounters:
     wall_seconds: float
     per_thread: dict[str, np.ndarray] = field(repr=False)
     scratch_accesses: int = 0  # accesses the MMU model sent to the scratch page (run_csd(check_addresses=False))
+    # uniform reads that returned a word the dispatch had since overwritten through the TMU (what a Pi 4
+    # returns: see the docstring's table), and stores whose page could not be kept for them (always 0 unless
+    # the shadow's sizing is wrong; a RuntimeWarning says so)
+    stale_uniform_reads: int = 0
+    unshadowed_stores: int = 0
 
     @property
     def instructions(self) -> np.ndarray:
@@ -350,6 +356,13 @@ class EmuDriver:
             # the older py-videocore6 signature: execute(code, uniforms, ...)
             local_invocation, uniforms = None, int(local_invocation)
         entry = self._entry_index(code)
+        # the dispatch as the hardware reads the CSD words py-videocore6's Driver writes for these arguments
+        # (the virtual device decodes the same words: both run the same dispatch)
+        csd = CSDDispatch.for_launch(BUS_BASE + self.code_area_base + 8 * entry,
+                                     0 if uniforms is None else int(uniforms) & 0xFFFFFFFF, thread=thread,
+                                     local_invocation=(16, 1, 1) if local_invocation is None else local_invocation,
+                                     workgroup=workgroup, wgs_per_sg=wgs_per_sg, threading=threading,
+                                     single_seg=single_seg, propagate_nans=propagate_nan)
         table, errors = self._decoded_table()
         # an access must stay in py-videocore6's single buffer object (code and data areas), as the v3d MMU
         # maps it; with check_allocations, in the code and Arrays allocated so far. A stray address faults
@@ -363,8 +376,9 @@ class EmuDriver:
         with self._lock:
             self.last_counters = _run_dispatch(
                 self.memory, BUS_BASE, table, errors, BUS_BASE + self.code_area_base, entry,
-                uniforms=uniforms, local_invocation=local_invocation, workgroup=workgroup, wgs_per_sg=wgs_per_sg,
-                thread=thread, single_seg=single_seg, threading=threading, threads_per_qpu=threads_per_qpu,
+                uniforms=csd.uniforms_addr, wg_size=csd.wg_size, batches_per_sg=csd.batches_per_sg,
+                workgroup=csd.wg_count, wgs_per_sg=csd.wgs_per_sg, thread=csd.num_batches,
+                single_seg=csd.single_seg, threading=csd.threading, threads_per_qpu=threads_per_qpu,
                 check_registers=self.check_registers, check_memory_order=self.check_memory_order,
                 regions=regions, check_addresses=True, scratch_offset=0, timeout_sec=timeout_sec,
                 max_instructions=max_instructions, host_timeout_sec=host_timeout_sec, progress=progress)
@@ -443,6 +457,7 @@ class Job:
 # the device view: one GPU address space, CSD configuration words, run_csd (contract 1 of INTERFACES.md)
 
 PAGE = 4096
+SHADOW_FALLBACK_PAGES = 4096   # stored pages kept for uniform reads when the host refuses to reserve them all
 
 
 class GPUMemory:
@@ -572,12 +587,27 @@ class CSDDispatch:
     def for_launch(cls, shader_addr: int, uniforms_addr: int, *, thread: int = 1, local_invocation=(16, 1, 1),
                    workgroup=(1, 1, 1), wgs_per_sg: int = 16, threading: bool = False, single_seg: bool = False,
                    propagate_nans: bool = False) -> "CSDDispatch":
-        """The words py-videocore6's dispatch() writes for the same arguments."""
-        wg_size = int(np.prod(local_invocation))
-        return cls(shader_addr=int(shader_addr), uniforms_addr=int(uniforms_addr), num_batches=int(thread),
-                   wg_count=tuple(int(v) for v in workgroup), wg_size=wg_size, wgs_per_sg=int(wgs_per_sg),
-                   batches_per_sg=-(-int(wgs_per_sg) * wg_size // 16), threading=bool(threading),
-                   single_seg=bool(single_seg), propagate_nans=bool(propagate_nans))
+        """The dispatch the hardware reads from the words py-videocore6's dispatch() writes for the same
+        arguments. It writes wgs_per_sg unmasked at bit 8 of CFG3, so its default 16 leaves the 4-bit field
+        0 (= 16 in Mesa's v3d_csd.h) and sets bit 12, the lowest bit of batches per supergroup - 1: with an
+        odd workgroup size the hardware reads one batch more per supergroup than the invocations fill."""
+        local = tuple(int(v) for v in local_invocation)
+        wg = tuple(int(v) for v in workgroup)
+        if len(local) != 3 or min(local) < 1:
+            raise DriverError(f"local_invocation {local_invocation} must be 3 positive sizes")
+        if len(wg) != 3 or min(wg) < 1:
+            raise DriverError(f"workgroup {workgroup} must be 3 positive sizes")
+        if int(shader_addr) & 7:
+            raise DriverError(f"shader address 0x{int(shader_addr):08x} is not 8-byte aligned")
+        if int(thread) < 1 or int(wgs_per_sg) < 1:
+            raise DriverError(f"thread={thread}, wgs_per_sg={wgs_per_sg}: both at least 1")
+        wg_size = local[0] * local[1] * local[2]
+        cfg3 = ((-(-int(wgs_per_sg) * wg_size // 16) - 1) << CFG3_BATCHES_PER_SG_M1_SHIFT) \
+            | (int(wgs_per_sg) << CFG3_WGS_PER_SG_SHIFT) | (wg_size & 0xFF)
+        cfg5 = int(shader_addr) | (CFG5_PROPAGATE_NANS if propagate_nans else 0) \
+            | (CFG5_SINGLE_SEG if single_seg else 0) | (CFG5_THREADING if threading else 0)
+        return cls.decode([v << CFG012_WG_COUNT_SHIFT for v in wg] + [cfg3, int(thread) - 1, cfg5,
+                                                                     int(uniforms_addr)])
 
     def encode(self) -> tuple[int, ...]:
         if self.shader_addr & 7:
@@ -664,12 +694,8 @@ def submit_csd(memory: GPUMemory, dispatch, **kwargs) -> Job:
 def _run_dispatch(memory, mem_base, table, errors, code_base, entry, *, uniforms, workgroup, wgs_per_sg, thread,
                   single_seg, threading, threads_per_qpu, check_registers, check_memory_order, regions,
                   check_addresses, scratch_offset, timeout_sec, max_instructions, host_timeout_sec, progress,
-                  local_invocation=None, wg_size=None, batches_per_sg=None) -> EmuCounters:
-    if wg_size is None:
-        local = (16, 1, 1) if local_invocation is None else tuple(int(v) for v in local_invocation)
-        if len(local) != 3 or min(local) < 1:
-            raise DriverError(f"local_invocation {local_invocation} must be 3 positive sizes")
-        wg_size = local[0] * local[1] * local[2]
+                  wg_size, batches_per_sg) -> EmuCounters:
+    """One dispatch as the hardware reads its CSD words (the arguments are a decoded CSDDispatch's fields)."""
     wg = tuple(int(v) for v in workgroup)
     if len(wg) != 3 or min(wg) < 1:
         raise DriverError(f"workgroup {workgroup} must be 3 positive sizes")
@@ -677,13 +703,26 @@ def _run_dispatch(memory, mem_base, table, errors, code_base, entry, *, uniforms
     if thread < 1:
         raise DriverError(f"thread={thread}: need at least one batch")
     mode, nregs, used = thread_mode(thread, threading, threads_per_qpu)
-    bps = int(batches_per_sg) if batches_per_sg is not None else max(1, -(-int(wgs_per_sg) * wg_size // 16))
+    bps = int(batches_per_sg)
     pow2 = max(1 << (wg_size - 1).bit_length(), 64)
     iid_shift = max(0, 16 - int(math.log2(pow2)))
     mem32 = memory[: len(memory) // 4 * 4].view(np.uint32)
 
-    disp = np.zeros(core.N_DISP + 2 * len(regions) + core.SHADOW_WORDS, dtype=np.int64)
-    disp[core.D_SHADOW_AT] = core.N_DISP + 2 * len(regions)
+    # the shadow of stored pages for uniform reads (emu_core D_SHADOW_AT): a page table over the memory and a
+    # slot for every page a store can reach: the pages of the buffers an access may touch, and the MMU's
+    # scratch page. np.zeros maps it lazily: only the slots a dispatch fills cost memory.
+    n_pages = -(-len(memory) // PAGE)
+    reach = sum(((hi - 1 - mem_base) >> 12) - ((lo - mem_base) >> 12) + 1 for lo, hi in regions if hi > lo)
+    cap = min(n_pages, reach + 1)
+    at = core.N_DISP + 2 * len(regions)
+    try:
+        disp = np.zeros(at + n_pages + cap * core.PAGE_WORDS, dtype=np.int64)
+    except MemoryError:   # a host that will not reserve it: fewer slots; a store past them is counted and warned
+        cap = min(cap, SHADOW_FALLBACK_PAGES)
+        disp = np.zeros(at + n_pages + cap * core.PAGE_WORDS, dtype=np.int64)
+    disp[core.D_SHADOW_AT] = at
+    disp[core.D_SHADOW_DATA] = at + n_pages
+    disp[core.D_SHADOW_CAP] = cap
     disp[core.D_SHADOW_LAST] = -1
     disp[core.D_ENTRY] = entry
     disp[core.D_UNIF] = 0 if uniforms is None else int(uniforms) & 0xFFFFFFFF
@@ -777,7 +816,16 @@ def _run_dispatch(memory, mem_base, table, errors, code_base, entry, *, uniforms
     per_thread = {name: cnt[:, i].reshape(core.N_QPUS, core.SLOTS).copy()
                   for i, name in enumerate(core.COUNTER_NAMES)}
     counters = EmuCounters(threads_per_qpu=used, batches=thread, wall_seconds=wall, per_thread=per_thread,
-                           scratch_accesses=int(disp[core.D_SCRATCH_HITS]))
+                           scratch_accesses=int(disp[core.D_SCRATCH_HITS]),
+                           stale_uniform_reads=int(disp[core.D_STALE_UNIF]),
+                           unshadowed_stores=int(disp[core.D_SHADOW_MISSED]))
+    if counters.unshadowed_stores:
+        import warnings
+
+        warnings.warn(f"QPU dispatch: {counters.unshadowed_stores} TMU stores went to pages the emulator could not "
+                      f"keep for uniform reads (more stored pages than the {cap} it sized for): uniform reads of "
+                      f"those pages saw the new words, where a Pi 4 reads the old ones", RuntimeWarning,
+                      stacklevel=3)
     if fault[0] != 0:
         raise QPUFault(message(fault))
     predicted = _predicted_seconds(cnt, thread, used)

@@ -43,6 +43,12 @@ returns them):
   until the kernel resets it; the fault is logged to the "pimoe.qpu.vdev" logger and kept in
   `VirtualV3D.faults`).
 
+- /dev/mem (what py-videocore6's RegisterMapping maps): opening it gives a descriptor on which an mmap of
+  the V3D register windows (physical 0xFEC00000 hub, 0xFEC04000 core 0, 16 KiB each) maps memory the
+  device keeps as the registers: the identity registers hold V3D42_REGISTERS (the values GET_PARAM
+  returns), and the performance counters count the V3D clock and each job's predicted cycles (the
+  sources modelled and how: pimoe.qpu.vdev_regs). Any other range -> EPERM, as a STRICT_DEVMEM kernel.
+
 BO memory is one memfd: the client's mappings and the emulator's memory are the same pages.
 """
 
@@ -63,6 +69,7 @@ import threading
 import time
 
 from pimoe.qpu import v3d_uapi as U
+from pimoe.qpu import vdev_regs
 from pimoe.qpu.emulator import BUS_BASE, CSDDispatch, DriverError, GPUMemory, run_csd
 
 log = logging.getLogger("pimoe.qpu.vdev")
@@ -166,6 +173,7 @@ class VirtualV3D:
         self._stalled = 0.0                           # host seconds clients waited for the emulator
         self._waiting: list[float] = []               # GPU clock at the start of each wait in progress
         self._gpu_busy_until = 0.0                    # GPU clock: when the last finished job ended
+        self.regs: vdev_regs.V3DRegisters | None = None   # the /dev/mem register windows, once opened
 
     # ---- the GPU clock -------------------------------------------------------------------------------
     def gpu_now(self) -> float:
@@ -175,6 +183,14 @@ class VirtualV3D:
         now = _host_monotonic() - self._stalled
         waiting = tuple(self._waiting)   # a snapshot: any thread's time call lands here, unlocked
         return min(now, min(waiting)) if waiting else now
+
+    def registers(self) -> vdev_regs.V3DRegisters:
+        """The register windows /dev/mem maps (made on first use); identity = GET_PARAM's values."""
+        with self._lock:
+            if self.regs is None:
+                identity = {vdev_regs.PARAM_REGISTER[p]: v for p, v in V3D42_REGISTERS.items()}
+                self.regs = vdev_regs.V3DRegisters(identity, self.gpu_now)
+            return self.regs
 
     # ---- address space ------------------------------------------------------------------------------
     def mapped_bytes(self) -> int:
@@ -230,6 +246,8 @@ class VirtualV3D:
     def ioctl(self, f: VirtualFile, request: int, data: bytearray) -> bytearray:
         """`data` holds the kernel-sized struct (zero-extended); returns it updated."""
         nr = request & 0xFF
+        if self.regs is not None:         # register stores the client made before this call take effect
+            self.regs.refresh()
         with self._lock:
             if nr == U.NR_GET_PARAM:
                 param, pad, value = U.GET_PARAM.unpack_from(data)
@@ -303,6 +321,8 @@ class VirtualV3D:
                 finished = pi_wait <= timeout
                 self._stalled += host - (pi_wait if finished else timeout)
                 self._waiting.remove(waited_from)
+            if self.regs is not None:     # the counters see the GPU clock's step at once
+                self.regs.refresh()
         left = max(0, timeout_ns - int(pi_wait * 1e9)) if finished else 0
         U.WAIT_BO.pack_into(data, 0, handle, 0, left)
         if job is not None and job.fault is not None:
@@ -338,7 +358,7 @@ class VirtualV3D:
 
     # ---- the CSD queue -----------------------------------------------------------------------------------
     def _run_jobs(self) -> None:
-        from pimoe.qpu.timing import predict
+        from pimoe.qpu.timing import PI4, predict
 
         while True:
             job = self._queue.get()
@@ -349,6 +369,8 @@ class VirtualV3D:
                 job.counters = run_csd(self.gpu, job.dispatch, check_addresses=False, timeout_sec=self.gpu_timeout,
                                        host_timeout_sec=self.job_timeout)
                 job.predicted = float(predict(job.counters).seconds)
+                if self.regs is not None:
+                    self.regs.add_job(job.counters, job.predicted, PI4.cycles_per_instruction)
                 if job.counters.scratch_accesses:
                     self.mmu_faults += job.counters.scratch_accesses
                     log.warning("v3d (virtual): MMU error: %d accesses outside every BO went to the scratch "
@@ -374,6 +396,8 @@ class VirtualV3D:
         if self._worker is not None and self._worker.is_alive():
             self._queue.put(None)
             self._worker.join(timeout=self.job_timeout)
+        if self.regs is not None:
+            self.regs.close()
         with self._lock:
             self.memory = self.gpu = None
         try:
@@ -387,6 +411,7 @@ class VirtualV3D:
 _ORIG = {"open": os.open, "close": os.close, "ioctl": fcntl.ioctl, "mmap": mmap.mmap}
 _state = {"dev": None, "depth": 0}
 _files: dict[int, VirtualFile] = {}
+_devmem: dict[int, vdev_regs.DevMemFile] = {}       # open /dev/mem descriptors inside the block
 
 
 def current() -> VirtualV3D | None:
@@ -411,6 +436,10 @@ def _open(path, flags, mode=0o777, *, dir_fd=None):
         fd = _ORIG["open"](os.devnull, os.O_RDWR | (flags & os.O_CLOEXEC))
         _files[fd] = dev.open_file(fd)
         return fd
+    if dev is not None and dir_fd is None and os.fspath(path) == vdev_regs.DEVMEM_PATH:
+        fd = _ORIG["open"](os.devnull, os.O_RDWR | (flags & os.O_CLOEXEC))
+        _devmem[fd] = vdev_regs.DevMemFile(dev.registers())
+        return fd
     if dir_fd is None:
         return _ORIG["open"](path, flags, mode)
     return _ORIG["open"](path, flags, mode, dir_fd=dir_fd)
@@ -420,6 +449,8 @@ def _close(fd):
     f = _files.pop(fd, None) if isinstance(fd, int) else None
     if f is not None:
         f.dev.close_file(fd)
+    elif isinstance(fd, int):
+        _devmem.pop(fd, None)
     return _ORIG["close"](fd)
 
 
@@ -462,15 +493,22 @@ _KERNEL_SIZE = {U.NR_GET_PARAM: U.GET_PARAM.size, U.NR_CREATE_BO: U.CREATE_BO.si
 
 
 class _mmap(mmap.mmap):
-    """mmap.mmap that maps a virtual V3D file's BO (at its MMAP_BO offset) onto the device's memfd."""
+    """mmap.mmap that maps a virtual V3D file's BO (at its MMAP_BO offset) onto the device's memfd, and a
+    /dev/mem register window onto the register memfd."""
 
     def __new__(cls, fileno, length, *args, **kwargs):
         f = _files.get(fileno) if isinstance(fileno, int) else None
-        if f is None:
+        mem = _devmem.get(fileno) if f is None and isinstance(fileno, int) else None
+        if f is None and mem is None:
             return super().__new__(cls, fileno, length, *args, **kwargs)
         offset = kwargs.pop("offset", 0)
         if len(args) >= 4:
             offset, args = args[3], args[:3]
+        if mem is not None:
+            at = mem.regs.map_offset(int(offset), int(length))
+            window = super().__new__(cls, mem.regs.memfd, length, *args, offset=at, **kwargs)
+            mem.regs.track(window)
+            return window
         bo = f.dev.bo_at_mmap_offset(int(offset), int(length))
         return super().__new__(cls, f.dev.memfd, length, *args, offset=bo.addr - f.dev.base, **kwargs)
 
@@ -551,6 +589,10 @@ def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT, gpu_timeout: float = D
     finally:
         for fd in [fd for fd, f in _files.items() if f.dev is dev]:
             _files.pop(fd, None)
+            with contextlib.suppress(OSError):
+                _ORIG["close"](fd)
+        for fd in [fd for fd, m in _devmem.items() if m.regs is dev.regs]:
+            _devmem.pop(fd, None)
             with contextlib.suppress(OSError):
                 _ORIG["close"](fd)
         for d, attr, value in undo:
