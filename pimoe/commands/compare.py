@@ -5,6 +5,8 @@ per-region breakdown of a decode token, and the Pi 4 prediction; a results recor
     pimoe compare -m model.gguf -p 512 -n 128       # llama-bench's pp512 / tg128
     pimoe compare --shape qwen3-30b-a3b --layers 2  # synthetic real-shape model, scaled to 48 layers
     pimoe compare -o json                           # the record on stdout (exactly as written), for scripts
+    pimoe compare --qpu hw                          # on a Pi: measured QPU rows next to the predicted ones
+    pimoe compare --qpu virtual                     # the same over the virtual V3D device (a labelled stand-in)
 """
 
 from __future__ import annotations

@@ -519,7 +519,12 @@ _REPLACEMENTS = {"open": _open, "close": _close, "ioctl": _ioctl, "mmap": _mmap}
 _host_monotonic = time.monotonic
 _CLOCKS = {"time": time.time, "time_ns": time.time_ns, "monotonic": time.monotonic,
            "monotonic_ns": time.monotonic_ns, "perf_counter": time.perf_counter,
-           "perf_counter_ns": time.perf_counter_ns}
+           "perf_counter_ns": time.perf_counter_ns, "clock_gettime": time.clock_gettime,
+           "clock_gettime_ns": time.clock_gettime_ns}
+# the clock ids of clock_gettime that tell elapsed time (py-videocore6's sgemm.py times with CLOCK_MONOTONIC);
+# CPU-time clocks stay the host's
+_ELAPSED_CLOCK_IDS = {getattr(time, n) for n in ("CLOCK_REALTIME", "CLOCK_MONOTONIC", "CLOCK_MONOTONIC_RAW",
+                                                 "CLOCK_BOOTTIME", "CLOCK_TAI") if hasattr(time, n)}
 
 
 def _lag() -> float:
@@ -533,6 +538,9 @@ def _lag() -> float:
 
 def _pi_clock(name: str):
     orig = _CLOCKS[name]
+    if name.startswith("clock_gettime"):
+        scale, kind = (1e9, int) if name.endswith("_ns") else (1.0, float)
+        return lambda clk_id: orig(clk_id) - (kind(_lag() * scale) if clk_id in _ELAPSED_CLOCK_IDS else 0)
     if name.endswith("_ns"):
         return lambda: orig() - int(_lag() * 1e9)
     return lambda: orig() - _lag()
