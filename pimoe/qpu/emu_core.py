@@ -87,7 +87,7 @@ COUNTER_NAMES = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_writes", "t
  D_ADDRCHECK, D_NREGIONS, D_SCRATCH_OFF, D_SCRATCH_HITS, D_SHADOW_AT, D_SHADOW_USED, D_SHADOW_MISSED,
  D_SHADOW_LAST, D_SHADOW_DATA, D_SHADOW_CAP, D_STALE_UNIF) = range(32)
 N_DISP = 32  # followed by D_NREGIONS (start, end) address pairs: the buffers an access may touch, then the
-# shadow area (shadow_words(); the emulator sizes it, see there)
+# shadow area (sized by pimoe.qpu.emulator._run_dispatch, which lays it out as below)
 # Uniform reads do not see the dispatch's own TMU stores (py-videocore6 test_tmu_read_tmu_write_uniform_read:
 # a uniform read of a word stored, and waited for, earlier in the dispatch returns the old value): before the
 # first store to a 4 KiB page of memory its words are kept in the shadow area, and a uniform read of that page
@@ -98,9 +98,6 @@ N_DISP = 32  # followed by D_NREGIONS (start, end) address pairs: the buffers an
 # wrong: the emulator then warns), D_STALE_UNIF the uniform reads that returned a word the dispatch had
 # since overwritten (what the hardware returns; counted so a user can see it happened).
 PAGE_WORDS = 1024
-# D_MODE: thread slots per QPU (2 with CFG5 THREADING off, 4 with it on); D_NREGS: registers of a thread
-# (64 with threading off, 32 with it on); D_FIFO_CAP: TMU result FIFO entries of a thread.
-
 # D_MODE: thread slots per QPU (2 with CFG5 THREADING off, 4 with it on); D_NREGS: registers of a thread
 # (64 with threading off, 32 with it on); D_FIFO_CAP: TMU result FIFO entries of a thread.
 
