@@ -385,5 +385,6 @@ def to_record(rows: list[Row], settings: dict, command: str) -> dict:
                       "less a stated reserve", "t/s: PREDICTED for a Pi 4 (timing models), from a slice of "
                       "layers_run layers scaled to layers_full; nothing here ran on a Pi",
                       "CPU+QPU (hybrid): the CPU computes some of each layer's selected experts while the QPU "
-                      "dispatch for the others is in flight; the DRAM the two lanes share is pimoe.dram's 'central' "
-                      "scenario, an assumption until measured on a Pi"]}
+                      "dispatch for the others is in flight, and a decode token's dense GEMVs (attention, output "
+                      "head) are split by rows between the two as well; the DRAM the two lanes share is "
+                      "pimoe.dram's 'central' scenario, an assumption until measured on a Pi"]}

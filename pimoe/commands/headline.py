@@ -132,8 +132,9 @@ def main(args) -> int:
           f"address space; a board has its nominal RAM less {rows[0].fit.reserve_bytes >> 20} MiB for the OS. "
           f"t/s: PREDICTED for a Pi 4 from a slice of the model's layers scaled to full depth; nothing here ran on "
           f"a Pi." + (" CPU+QPU: the hybrid backend (some of each layer's experts on the CPU while the QPU runs the "
-                      "others), the DRAM the two lanes share taken from pimoe/dram.py's central scenario (an "
-                      "assumption)." if any("hybrid" in r.tps for r in rows) else ""), file=notes)
+                      "others, and the dense GEMVs split by rows between the two), the DRAM the two lanes "
+                      "share taken from pimoe/dram.py's central scenario (an assumption)."
+                      if any("hybrid" in r.tps for r in rows) else ""), file=notes)
     if args.quick:
         print("quick: only the granite-3.0-1b-a400m Q4_K_M row ran; `pimoe headline` runs every row "
               "(hours on a busy 2-core machine); the README's table is from such runs, combined", file=notes)

@@ -60,7 +60,13 @@ ST_EMPTY, ST_RUN, ST_WAIT, ST_DONE = 0, 1, 2, 3
 
 # ---- counters --------------------------------------------------------------------------------------------
 (C_INSTR, C_TMU_RD, C_TMU_RD_BYTES, C_TMU_WR, C_TMU_WR_BYTES, C_SFU, C_THRSW, C_UNIF, C_TMUWT, C_BRANCH,
- C_BARRIER, C_LDTMU, C_TMU_RD_REQ, C_TMU_WR_REQ, C_TMU_PREFETCH, C_NEAR0) = range(16)
+ C_BARRIER, C_LDTMU, C_TMU_RD_REQ, C_TMU_WR_REQ, C_TMU_PREFETCH, C_THRSW_LOADS, C_NEAR0) = range(17)
+# C_THRSW_LOADS: thread switches (of C_THRSW) that take effect -- after the thrsw's 2 delay slots -- while the
+# thread has TMU load results it has not yet taken with ldtmu (a lookup issued, in the delay slots too, whose
+# results are not all read, including those read in the delay slots). Only these can make a thread wait for a
+# memory round trip when it is next scheduled. Not counted: pending stores (a thread never waits for its
+# stores except in tmuwt, counted as C_TMUWT), prefetches (no result), and the program-end switch (the thread
+# ends). The timing model charges one round trip per such switch (pimoe.qpu.timing.thread_waits).
 # C_TMU_RD_REQ / C_TMU_WR_REQ: per-lane requests (one per active lane of a lookup, 4..16 bytes each, as the
 # TMU moves them); C_TMU_RD / C_TMU_WR count lookups (instructions). C_TMU_PREFETCH: prefetch lookups (no
 # result returned to the QPU; their lanes count in C_TMU_RD_REQ and their bytes in C_TMU_RD_BYTES).
@@ -72,7 +78,7 @@ NEAR_BINS, NEAR_WIDTH = 16, 4
 N_CNT = C_NEAR0 + NEAR_BINS
 COUNTER_NAMES = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_writes", "tmu_write_bytes", "sfu_ops",
                  "thread_switches", "uniforms_read", "tmuwt", "branches_taken", "barriers", "ldtmu",
-                 "tmu_read_requests", "tmu_write_requests", "tmu_prefetches") + tuple(
+                 "tmu_read_requests", "tmu_write_requests", "tmu_prefetches", "thread_switches_with_loads") + tuple(
                  f"ldtmu_near{NEAR_WIDTH * k:02d}" for k in range(NEAR_BINS))
 
 # ---- dispatch --------------------------------------------------------------------------------------------
@@ -1155,6 +1161,8 @@ def start_batch(c, b, acc, rf, fa, fb, ist, tmud, fifo, rtop, disp):
 def _finish_switch(c, ist, cnt, bar, disp, fa):
     """The thread switch after a thrsw's delay slots: end the program, or enter the final segment."""
     cnt[c, C_THRSW] += 1
+    if ist[c, I_FIFO_N] > 0 and ist[c, I_SW_END] == 0:
+        cnt[c, C_THRSW_LOADS] += 1  # results still to be taken: the thread may wait for them
     for k in range(FIFO_MAX):       # loads in flight now arrive while the thread is switched out
         ist[c, I_FIFO_T0 + k] = -1
     if ist[c, I_SW_END] != 0:

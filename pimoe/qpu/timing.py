@@ -15,11 +15,14 @@ The model (V3D 4.2 on BCM2711, 2 slices x 4 QPUs at 500 MHz). A dispatch takes
     latency: for each thread, its own issue cycles plus `waits x L`: a thread that switches out (thrsw)
              with loads in flight, or waits for its stores (tmuwt), is not runnable for one memory round
              trip L; the other threads of its QPU issue meanwhile, which is how 2 or 4 threads hide
-             latency -- until the QPU's issue slot is full (the issue term). The counters cannot tell
-             whether loads were in flight at a thrsw, so every thrsw but the program-end ones counts
-             (a kernel that yields with nothing outstanding is over-charged), and a kernel that waits
-             in ldtmu without a thrsw is under-charged unless predict(waits="ldtmu") adds those waits
-             from the emulator's load-to-use distance bins (or predict(loads_in_flight=...) states them),
+             latency -- until the QPU's issue slot is full (the issue term). The emulator counts the
+             thread switches that take effect (after the thrsw's 2 delay slots) while the thread has load
+             results it has not yet taken with ldtmu (EmuCounters thread_switches_with_loads); a switch
+             with nothing outstanding, or only stores pending, costs nothing. Counters recorded before
+             that field existed fall back to charging every thrsw but the program-end ones (OLD_WAIT_RULE,
+             named in the Prediction's label). A kernel that waits in ldtmu without a thrsw is
+             under-charged unless predict(waits="ldtmu") adds those waits from the emulator's
+             load-to-use distance bins (or predict(loads_in_flight=...) states them),
     queue:   load results a QPU receives x L / 8: at most 8 results in flight per QPU (the depth of the
              TMU queue py-videocore6's summation relies on, which its comment calls "eight-depth"), so
              even a kernel that never waits cannot stream faster than 8 results per round trip. A result
@@ -32,10 +35,10 @@ The model (V3D 4.2 on BCM2711, 2 slices x 4 QPUs at 500 MHz). A dispatch takes
 - sfu = SFU ops of a slice x cycles per op (one SFU per slice shared by its 4 QPUs).
 
 Why a thrsw with loads in flight counts as one round trip even with 1 thread per QPU: the sgemm figure
-then gives L = 167 cycles (2 thrsw per k step); counting only one wait per k step would need L = 341
-cycles, but the summation streams 7.24 GB/s with 8 results (512 bytes) in flight per QPU, which by
-Little's law allows at most 283 cycles. Only the first reading fits both published figures. (The record written by
-`python -m pimoe.bench.calibration` repeats this check.)
+then gives L = 167 cycles (2 such thrsw per k step: at each, one lookup is still in flight); counting only
+one wait per k step would need L = 341 cycles, but the summation streams 7.24 GB/s with 8 results (512
+bytes) in flight per QPU, which by Little's law allows at most 283 cycles. Only the first reading fits
+both published figures. (The record written by `python -m pimoe.bench.calibration` repeats this check.)
 
 Bytes are the bytes the lanes asked for (EmuCounters tmu_read_bytes / tmu_write_bytes, plus 4 bytes per
 uniform read, since a kernel may stream data through the uniform stream). The model has no
@@ -49,13 +52,14 @@ pimoe.bench.calibration (`python -m pimoe.bench.calibration`: read and write ban
 least squares over all four figures, on the counts of kernels with the published kernels' instruction mix
 and vec4 loads); tests/test_timing_calibration.py checks that the values below are what that fit gives from
 the counts stored in pimoe/bench/calibration/counts.json, and the bounds of issue 12 (each figure within
-10 % fitted on all four, each streaming figure within 15 % left out; sgemm left out leaves the round trip
-undetermined -- it is the only published figure that depends on it -- so it is held at its prior, Mesa's
-scheduler estimate of 400 cycles, which predicts the sgemm 1.89x too slow: that bound is NOT met).
-A fifth published figure, py-videocore6's 2019 naive sgemm (one thread, 2 thrsw per k step like the
-1024^3 one, but one-line lookups instead of a 16-line A gather), gives L = 75 cycles: these parameters
-predict it 1.99x too slow, and with it in place of the prior the 1024^3 sgemm left out is 0.645x. The
-round trip of a lookup depends on how many cache lines it touches, which this model does not count.
+10 % fitted on all four, each streaming figure within 15 % left out; sgemm left out of the four leaves the
+round trip undetermined -- it is the only one of the four that depends on it -- so it is held at its prior,
+Mesa's scheduler estimate of 400 cycles, which predicts the sgemm 1.89x too slow). A fifth published figure,
+py-videocore6's 2019 naive sgemm (one thread; per k step its first thrsw takes effect with both lookups in
+flight, its second after both results were read in its delay slots, so 1 wait per k step against the
+1024^3 sgemm's 2), identifies the round trip on its own: L = 150 cycles, and left out of the five the
+1024^3 sgemm is predicted 0.933x, the naive sgemm 1.094x (fitted on all five: 0.957x / 1.034x). Charging
+every thrsw instead (the old rule) the two needed 167 vs 75 cycles (0.645x / 1.99x left out).
 
 The Pi 4 CPU model is pimoe.cpumodel; the published figures both models start from are in pimoe.pi4.
 """
@@ -133,6 +137,11 @@ class Prediction:
 _NEEDED = ("instructions", "tmu_reads", "tmu_read_bytes", "tmu_write_bytes", "sfu_ops", "thread_switches",
            "tmuwt")
 _OPTIONAL = ("uniforms_read", "ldtmu")   # 0 when a caller's counters lack them
+# thread switches that took effect with load results outstanding (emu_core.C_THRSW_LOADS); counters recorded
+# before the emulator counted them lack it, and thread_waits() then falls back to OLD_WAIT_RULE
+SWITCH_WAITS = "thread_switches_with_loads"
+OLD_WAIT_RULE = ("every thrsw but the program end's charged as a wait: counters without "
+                 f"'{SWITCH_WAITS}' (recorded by an older emulator)")
 UNIFORM_BYTES = 4                # a uniform (ldunif/ldunifa) is one 32-bit word read from memory
 NEAR_PREFIX = "ldtmu_near"       # the emulator's load-to-use distance bins: ldtmu_nearDD counts the ldtmu
                                  # whose load the thread issued DD .. DD + width - 1 instructions before
@@ -196,6 +205,8 @@ def _spread_totals(totals: Mapping, n_qpus: int) -> tuple[dict[str, np.ndarray],
         if name not in totals and name in _NEEDED:
             raise PimoeError(f"predict(): counters lack '{name}'")
         per[name] = float(totals.get(name, 0)) * share
+    if SWITCH_WAITS in totals:
+        per[SWITCH_WAITS] = float(totals[SWITCH_WAITS]) * share
     for name in totals:
         if name.startswith(NEAR_PREFIX):
             per[name] = float(totals[name]) * share
@@ -218,8 +229,10 @@ def _per_thread(counters, near: bool = False) -> tuple[dict[str, np.ndarray], in
     out = {}
     shape = np.shape(per["instructions"]) if "instructions" in per else None
     bins = [name for _, _, name in _near_bins(per)] if near and shape is not None else []
-    for name in _NEEDED + _OPTIONAL + tuple(bins):
+    for name in _NEEDED + _OPTIONAL + tuple(bins) + (SWITCH_WAITS,):
         if name not in per:
+            if name == SWITCH_WAITS:   # absent: thread_waits() uses the old rule
+                continue
             if name in _NEEDED:
                 raise PimoeError(f"predict(): counters lack '{name}'")
             out[name] = np.zeros(shape)
@@ -236,7 +249,11 @@ def _per_thread(counters, near: bool = False) -> tuple[dict[str, np.ndarray], in
 
 
 def thread_waits(per: dict[str, np.ndarray], batches: int, params: QPUTimingParams = PI4) -> np.ndarray:
-    """Memory round trips each thread slot waits for: its thrsw (minus the program-end ones) + tmuwt."""
+    """Memory round trips each thread slot waits for: its thread switches that took effect with load results
+    outstanding (the emulator's thread_switches_with_loads) + its tmuwt. Counters without that field
+    (recorded by an older emulator) fall back to OLD_WAIT_RULE: every thrsw minus the program-end ones."""
+    if SWITCH_WAITS in per:
+        return np.asarray(per[SWITCH_WAITS], dtype=np.float64) + per["tmuwt"]
     used = (per["instructions"] > 0) | (per["thread_switches"] > 0)
     n_used = max(1, int(used.sum()))
     batches_per_slot = np.where(used, max(batches, n_used) / n_used, 0.0)
@@ -318,7 +335,10 @@ def predict(counters, *, params: QPUTimingParams = PI4, clock_hz: float | None =
     if overhead > body:
         bound = "dispatch"
     breakdown = dict(terms, memory=memory, compute=compute, dispatch_overhead=overhead)
-    return Prediction(seconds=overhead + body, bound=bound, breakdown=breakdown)
+    label = PREDICTED_LABEL
+    if loads_in_flight is None and SWITCH_WAITS not in per:
+        label = f"{PREDICTED_LABEL}; {OLD_WAIT_RULE}"
+    return Prediction(seconds=overhead + body, bound=bound, breakdown=breakdown, label=label)
 
 
 def counters_to_dict(counters) -> dict[str, object]:

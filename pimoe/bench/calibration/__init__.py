@@ -20,10 +20,11 @@ are fitted; leave_one_out() says which were held, and also gives the range of sg
 three allow.
 A fifth published figure, py-videocore6's first sgemm (2019, naive, one thread: README at commit 878a1f4,
 0.8327 s for 123 x 567 times 567 x 512), is latency bound too (ALL_KERNELS): with it the latency IS
-identified without the 1024^3 sgemm (leave_one_out(kernels=ALL_KERNELS)). It does not rescue the sgemm
-left out: at 2 round trips per k step it needs L = 75 cycles where the 1024^3 sgemm needs 167 (one round
-trip per step: 150 vs 332). The two differ in the A lookup -- a gather over 16 cache lines there, one
-address here -- which the model has no term for. The shipped parameters stay the fit on the four.
+identified without the 1024^3 sgemm (leave_one_out(kernels=ALL_KERNELS)), and it predicts the 1024^3
+sgemm within 15 %: per k step its first thrsw takes effect with both lookups in flight and its second after
+both results were read in the delay slots (the emulator's thread_switches_with_loads counts 1 wait per step,
+the 1024^3 sgemm's 2), so both figures give L ~ 150-167 cycles. (Charging every thrsw, as the model did
+before that counter, they needed 75 vs 167 cycles.) The shipped parameters stay the fit on the four.
 fit() is the older exact solve (one parameter from one kernel), which `pimoe calibrate` uses on a Pi.
 
     python -m pimoe.bench.calibration            # re-emulate, refit, write results/calibration-<time>.{json,png,svg}
