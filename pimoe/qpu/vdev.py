@@ -572,8 +572,9 @@ def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT, gpu_timeout: float = D
     by the emulator. Re-entrant: a nested block shares the outer device. job_timeout: host seconds a job
     may emulate; gpu_timeout: predicted Pi 4 seconds it may run (past either, WAIT_BO fails with EIO).
 
-    pi_clock=True: the time module's time/monotonic/perf_counter (and _ns forms) read the device's GPU clock
-    in every thread but the device's own, so a client that times its dispatches (py-videocore6's examples
+    pi_clock=True: the time module's time/monotonic/perf_counter (and _ns forms), and clock_gettime(_ns) for
+    the elapsed-time clock ids (_ELAPSED_CLOCK_IDS; CPU-time clocks stay the host's), read the device's GPU
+    clock in every thread but the device's own, so a client that times its dispatches (py-videocore6's examples
     print MB/s, its test_parallel_16 compares two dispatches' wall time) sees the emulator's PREDICTED
     Pi 4 time for the GPU's part, and this host's own time for its CPU part."""
     if _state["dev"] is not None:
