@@ -1471,7 +1471,7 @@ def test_timeout_is_on_predicted_hardware_time():
 
 
 def test_csd_words_encode_as_py_videocore6_dispatch_writes_them():
-    from pimoe.qpu.emulator import CSDDispatch
+    from pimoe.qpu.emulator import CSDDispatch, DriverError
 
     # py-videocore6's dispatch(): cfg3 = (roundup(wgs_per_sg * wg_size, 16) - 1) << 12 | wgs_per_sg << 8 |
     # wg_size; cfg5 = code | pnan << 2 | singleseg << 1 | threading (Mesa v3d_csd.h field positions)
@@ -1485,6 +1485,13 @@ def test_csd_words_encode_as_py_videocore6_dispatch_writes_them():
     d = CSDDispatch.for_launch(0x10001000, 0, thread=16, local_invocation=(3, 1, 1), wgs_per_sg=16)
     assert d.encode()[3] == (3 - 1) << 12 | 16 << 8 | 3
     assert (d.wgs_per_sg, d.batches_per_sg, d.wg_size) == (16, 4, 3)
+    # the largest the fields hold decode back; one more is refused, not silently read as another dispatch
+    d = CSDDispatch.for_launch(0x10001000, 0, thread=16, local_invocation=(16, 16, 1), wgs_per_sg=1,
+                               workgroup=(0xFFFF, 1, 1))
+    assert (d.wg_size, d.batches_per_sg, d.wg_count) == (256, 16, (0xFFFF, 1, 1))
+    for bad in ({"local_invocation": (16, 16, 2)}, {"workgroup": (0x10000, 1, 1)}):
+        with pytest.raises(DriverError, match="CSD words hold at most"):
+            CSDDispatch.for_launch(0x10001000, 0, thread=16, **bad)
 
 
 @qpu

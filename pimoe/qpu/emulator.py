@@ -604,6 +604,13 @@ class CSDDispatch:
         if int(thread) < 1 or int(wgs_per_sg) < 1:
             raise DriverError(f"thread={thread}, wgs_per_sg={wgs_per_sg}: both at least 1")
         wg_size = local[0] * local[1] * local[2]
+        # what the words' fields cannot hold: py-videocore6 would write it anyway and the hardware read another
+        # dispatch (a 512-invocation workgroup as 512 & 0xFF = 0 = 256, its batch count spilling into MAX_SG_ID)
+        # (a wgs_per_sg above 16 is not refused: it spills into the batch count as 16 does, see above)
+        if wg_size > 256 or max(wg) > 0xFFFF:
+            raise DriverError(f"local_invocation {local} ({wg_size} invocations), workgroup {wg}: the CSD words "
+                              f"hold at most 256 invocations per workgroup and 65535 workgroups per dimension "
+                              f"(Mesa v3d_csd.h)")
         cfg3 = ((-(-int(wgs_per_sg) * wg_size // 16) - 1) << CFG3_BATCHES_PER_SG_M1_SHIFT) \
             | (int(wgs_per_sg) << CFG3_WGS_PER_SG_SHIFT) | (wg_size & 0xFF)
         cfg5 = int(shader_addr) | (CFG5_PROPAGATE_NANS if propagate_nans else 0) \
