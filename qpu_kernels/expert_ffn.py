@@ -119,7 +119,8 @@ class ExpertFFN:
         self.counters: list = []     # EmuCounters (or None on hardware) of every dispatch
         # profiling hooks (the qpu backend passes pimoe.profile.region / qpu_dispatch; kernels stay free of
         # pimoe.profile): region(name) -> context manager around upload / dispatch / compute / readback,
-        # on_dispatch(counters, kernel=..., timing_args=...) for each execute's emulator counts
+        # on_dispatch(counters, kernel=..., timing_args=..., submit_to_wait_s=...) for each execute: its
+        # emulator counts ({} on hardware, which gives none) and its host wall time from submit to wait
         self.region = region or (lambda name, **tags: nullcontext())
         self.on_dispatch = on_dispatch
         self.timing_args: list[dict] = []   # per dispatch, what pimoe.qpu.timing.predict() must be told
