@@ -59,7 +59,8 @@ py-videocore6's 2019 naive sgemm (one thread; per k step its first thrsw takes e
 flight, its second after both results were read in its delay slots, so 1 wait per k step against the
 1024^3 sgemm's 2), identifies the round trip on its own: L = 150 cycles, and left out of the five the
 1024^3 sgemm is predicted 0.933x, the naive sgemm 1.094x (fitted on all five: 0.957x / 1.034x). Charging
-every thrsw instead (the old rule) the two needed 167 vs 75 cycles (0.645x / 1.99x left out).
+every thrsw instead (the old rule) the two needed 167 vs 75 cycles (0.645x / 1.99x left out). Records:
+results/calibration-20261204-184104.json (this rule), -182310.json (the old one).
 
 The Pi 4 CPU model is pimoe.cpumodel; the published figures both models start from are in pimoe.pi4.
 """
