@@ -130,8 +130,9 @@ class EmuCounters:
     per_thread: dict[str, np.ndarray] = field(repr=False)
     scratch_accesses: int = 0  # accesses the MMU model sent to the scratch page (run_csd(check_addresses=False))
     # uniform reads that returned a word the dispatch had since overwritten through the TMU (what a Pi 4
-    # returns: see the docstring's table), and stores whose page could not be kept for them (always 0 unless
-    # the shadow's sizing is wrong; a RuntimeWarning says so)
+    # returns: see the docstring's table), and stores whose page could not be kept for them (consecutive
+    # stores to one page count once; 0 unless the host refused the shadow's reservation: a RuntimeWarning
+    # says so)
     stale_uniform_reads: int = 0
     unshadowed_stores: int = 0
 
