@@ -242,8 +242,7 @@ class HybridBackend(Backend):
         tensors = (lw.gate, lw.up, lw.down)
         self.cpu_expert_bytes = sum(int(t.nbytes) // E for t in tensors)
         self.qpu_expert_bytes = sum(QPUMatrices.nbytes_for(t) // E for t in tensors)
-        weights = sum(int(np.prod(t.shape[1:])) for t in tensors)
-        self.expert_flops = 2 * weights
+        self.expert_flops = 2 * sum(int(np.prod(t.shape[1:])) for t in tensors)
         self.dense = _DenseSplit(gguf_file, config, dense, self.share)
         self.placement = self._make_placement(placement, usage, budget)
         on_qpu = None if self.placement.name == "all" else self.placement.qpu
@@ -256,12 +255,7 @@ class HybridBackend(Backend):
         except Exception:
             self.qpu.close()
             raise
-        self.rates = coexec.LaneRates(
-            cpu_seconds=coexec.cpu_rate(self.cpu_expert_bytes, self.expert_flops),
-            cpu_bytes=self.cpu_expert_bytes,
-            qpu_seconds=coexec.qpu_prior_seconds(weights, self.qpu_expert_bytes),
-            qpu_bytes=self.qpu_expert_bytes,
-            qpu_fixed_seconds=self.decode_dispatches() * coexec.dispatch_overhead(), source="prior")
+        self.rates = self._prior_rates(self.decode_dispatches())
         self.stats = {"calls": 0, "cpu_experts": 0, "qpu_experts": 0, "cpu_tokens": 0, "qpu_tokens": 0,
                       "dense_calls": 0, "dense_qpu_rows": 0, "dense_cpu_rows": 0}
         self.splits: list[int] = []       # n_cpu of every decode call (for checking and the records)
@@ -272,18 +266,21 @@ class HybridBackend(Backend):
         cfg = self.config
         k = cfg.n_experts_used
         n_cpu = k if self.cpu_experts == "auto" else self.cpu_experts     # refined below for "auto"
-        if self.cpu_experts == "auto":
-            from qpu_kernels.expert_ffn import QPUMatrices  # noqa: F401 (rates below use the same sizes)
-
-            lw = self.experts[0]
-            w = sum(int(np.prod(t.shape[1:])) for t in (lw.gate, lw.up, lw.down))
-            prior = coexec.LaneRates(coexec.cpu_rate(self.cpu_expert_bytes, self.expert_flops),
-                                     self.cpu_expert_bytes, coexec.qpu_prior_seconds(w, self.qpu_expert_bytes),
-                                     self.qpu_expert_bytes, coexec.dispatch_overhead())
-            n_cpu = coexec.plan_units(k, prior, self.share).n_cpu
+        if self.cpu_experts == "auto":           # (before the QPU backend exists: one dispatch's overhead)
+            n_cpu = coexec.plan_units(k, self._prior_rates(1), self.share).n_cpu
         return pl.make_placement(name, cfg.n_layers, cfg.n_experts, self.cpu_expert_bytes, self.qpu_expert_bytes,
                                  n_cpu / k if k else 0.0, budget=budget,
                                  usage=None if usage is None else np.asarray(usage))
+
+    def _prior_rates(self, dispatches: int) -> coexec.LaneRates:
+        """One expert's rates before any call: the CPU's from pimoe.cpumodel, the QPU's prior, and the
+        overhead of `dispatches` QPU dispatches."""
+        return coexec.LaneRates(
+            cpu_seconds=coexec.cpu_rate(self.cpu_expert_bytes, self.expert_flops),
+            cpu_bytes=self.cpu_expert_bytes,
+            qpu_seconds=coexec.qpu_prior_seconds(self.expert_flops // 2, self.qpu_expert_bytes),
+            qpu_bytes=self.qpu_expert_bytes,
+            qpu_fixed_seconds=dispatches * coexec.dispatch_overhead(), source="prior")
 
     # -- planning ----------------------------------------------------------------------------------------
 
