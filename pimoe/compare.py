@@ -513,9 +513,9 @@ def offload_figures(run: BackendRun, ref: BackendRun, L_run: int, L_full: int) -
         sec = seconds(name)
         by_share[name] = {"predicted_seconds_per_token": sec, "predicted_tps": 1.0 / sec, "x_reference": ref_s / sec}
     keep = profile.subtree_filter(prof.regions, tg)
-    disp_run = sum(len(r.dispatches or ()) for r in prof.regions if keep[r.index] and r.dispatches)
-    layer_disp = sum(len(r.dispatches or ()) for r in prof.regions if keep[r.index] and r.dispatches
-                     and _under_layer(prof.regions, r))
+    with_disp = [r for r in prof.regions if keep[r.index] and r.dispatches]
+    disp_run = sum(len(r.dispatches) for r in with_disp)
+    layer_disp = sum(len(r.dispatches) for r in with_disp if profile.within(prof.regions, r, lambda q: q.name == "layer"))
     per_token = (disp_run + (L_full / L_run - 1) * layer_disp) / steps
     model_overhead = (prediction._TIMING_PARAMS or timing.PI4).dispatch_overhead_s
     lo, hi = 0.0, 1e-3
@@ -531,14 +531,6 @@ def offload_figures(run: BackendRun, ref: BackendRun, L_run: int, L_full: int) -
     return {"reference": ref.backend, "by_share": by_share, "dispatches_per_token": per_token,
             "dispatch_overhead_s": model_overhead, "break_even_dispatch_overhead_s": break_even,
             "break_even_share": "central"}
-
-
-def _under_layer(regions, r) -> bool:
-    while r is not None:
-        if r.name == "layer":
-            return True
-        r = regions[r.parent] if r.parent >= 0 else None
-    return False
 
 
 def offload_text(result: "Comparison") -> str:

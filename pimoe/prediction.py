@@ -163,14 +163,6 @@ def predict_regions(prof: profile.Profiler, where, steps: int, share=None,
     return out
 
 
-def _on_qpu_lane(regions, r) -> bool:
-    while r is not None:
-        if r.tags.get("lane") == "qpu":
-            return True
-        r = regions[r.parent] if r.parent >= 0 else None
-    return False
-
-
 def predicted_trace_events(prof: profile.Profiler, where, pid: int, process_name: str) -> list[dict]:
     """A Perfetto timeline of the Pi 4 PREDICTION: the selected steps back to back, each region as long
     as predicted, children laid out in order from their parent's start."""
@@ -197,7 +189,7 @@ def predicted_trace_events(prof: profile.Profiler, where, pid: int, process_name
             start[r.index] = next_child.get(r.parent, start[r.parent])
             next_child[r.parent] = start[r.index] + incl[r.index]
         args = dict(r.tags, predicted=True)
-        tid = 2 if _on_qpu_lane(regions, r) else 1
+        tid = 2 if profile.within(regions, r, lambda q: q.tags.get("lane") == "qpu") else 1
         events.append({"name": r.name, "cat": "predicted", "ph": "X", "pid": pid, "tid": tid,
                        "ts": start[r.index] * 1e6, "dur": incl[r.index] * 1e6, "args": args})
     return events

@@ -265,6 +265,15 @@ def subtree_filter(regions: list[Region], where) -> list[bool]:
     return keep
 
 
+def within(regions: list[Region], r: Region, where) -> bool:
+    """Whether region r or one of the regions enclosing it satisfies where(region)."""
+    while r is not None:
+        if where(r):
+            return True
+        r = regions[r.parent] if r.parent >= 0 else None
+    return False
+
+
 class NullProfiler:
     """The profiler while profiling is off: every hook is a no-op."""
 
