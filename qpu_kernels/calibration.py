@@ -28,7 +28,7 @@ import numpy as np
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
 from qpu_kernels.sgemm import check_result, random_operands
-from qpu_kernels.emit import emit_broadcast, emit_loop_end, emit_program_end
+from qpu_kernels.emit import emit_broadcast, emit_load_uniforms, emit_loop_end, emit_program_end
 from qpu_kernels.launch import launch, launch_with_table, param_table
 
 N_QPUS = 8
@@ -167,8 +167,7 @@ def qpu_sgemm_naive(asm):
     reg_a_row, reg_b_row, reg_c, reg_alpha, reg_beta, reg_p, reg_q, reg_r = (rf[i] for i in range(8))
     reg_b_col, reg_a_k, reg_b_k, reg_i, reg_j, reg_k, reg_row_a, reg_row_b = (rf[i] for i in range(8, 16))
     reg_strip = rf16
-    for reg in (reg_a_row, reg_b_row, reg_c, reg_alpha, reg_beta, reg_p, reg_q, reg_r):
-        nop(sig=ldunifrf(reg))
+    emit_load_uniforms(asm, reg_a_row, reg_b_row, reg_c, reg_alpha, reg_beta, reg_p, reg_q, reg_r)
     eidx(r0)
     shl(r0, r0, 2)                              # lane c reads and writes column j0 + c
     add(reg_b_row, reg_b_row, r0)

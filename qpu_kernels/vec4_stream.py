@@ -31,7 +31,7 @@ import numpy as np
 
 from pimoe.errors import PimoeError
 from pimoe.qpu import qpu
-from qpu_kernels.emit import emit_program_end, emit_thread_id
+from qpu_kernels.emit import emit_load_uniforms, emit_program_end, emit_thread_id
 from qpu_kernels.launch import check_equal, check_sum, launch
 
 N_QPUS = 8                   # 1 thread on each QPU
@@ -83,9 +83,7 @@ def qpu_vec4_sum(asm):
     """partial[16 * qpu + lane] = sum (mod 2^32) of the lane's 4 words of each of its QPU's rows.
     uniforms: src, partial (128 uint32), trips, 2 config words, the rewind offset (-12)."""
     reg_src, reg_dst, reg_trips, reg_sum = rf0, rf1, rf2, rf3
-    nop(sig=ldunifrf(reg_src))
-    nop(sig=ldunifrf(reg_dst))
-    nop(sig=ldunifrf(reg_trips))
+    emit_load_uniforms(asm, reg_src, reg_dst, reg_trips)
     _emit_setup(asm, reg_src, reg_dst, 2)
     nop(sig=thrsw)                       # the one thread switch; afterwards loads need none
     mov(reg_sum, 0)
@@ -147,9 +145,7 @@ def qpu_vec4_scopy(asm):
     """y[:] = x[:] (float32) with vec4 loads and stores. uniforms: src, dst, trips, 1 config word
     (load, load, prefetch, store), the rewind offset (-8)."""
     reg_src, reg_dst, reg_trips = rf0, rf1, rf2
-    nop(sig=ldunifrf(reg_src))
-    nop(sig=ldunifrf(reg_dst))
-    nop(sig=ldunifrf(reg_trips))
+    emit_load_uniforms(asm, reg_src, reg_dst, reg_trips)
     _emit_setup(asm, reg_src, reg_dst, 4)
     nop(sig=thrsw)
     nop()
