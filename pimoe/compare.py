@@ -45,7 +45,7 @@ import pimoe
 from pimoe import prediction, profile
 from pimoe.errors import PimoeError
 from pimoe.gguf_file import GGUFFile
-from pimoe.records import environment, model_info
+from pimoe.records import backend_label, environment, model_info
 from pimoe.synth import PRESETS, make_model
 
 SHAPES = tuple(PRESETS)      # every real-shape preset of `pimoe make-model`
@@ -612,15 +612,6 @@ def scale_to_full(tg_regions: dict[str, dict], tg_predicted: dict[str, float] | 
 def _mean_sd(values) -> tuple[float, float]:
     v = np.asarray(values, float)
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def backend_label(backend: str, driver: str | None = None) -> str:
-    """The backend as the tables print it: qpu says whether it ran on hardware, the hardware route over the
-    virtual V3D device (whose jobs the emulator runs), or the emulator (a record's run has the same two
-    fields: backend_label(run["backend"], run["driver"]))."""
-    if backend in ("qpu", "hybrid"):
-        return f"{backend} ({ {'hw': 'hw', 'virtual': 'virtual V3D'}.get(driver, 'emulator') })"
-    return backend
 
 
 def summary_rows(result: Comparison) -> list[dict]:
