@@ -45,7 +45,7 @@ import pimoe
 from pimoe import prediction, profile
 from pimoe.errors import PimoeError
 from pimoe.gguf_file import GGUFFile
-from pimoe.records import environment, model_info
+from pimoe.records import backend_label, environment, model_info
 from pimoe.synth import PRESETS, make_model
 
 SHAPES = tuple(PRESETS)      # every real-shape preset of `pimoe make-model`
@@ -606,15 +606,6 @@ def _mean_sd(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def backend_label(backend: str, driver: str | None = None) -> str:
-    """The backend as the tables print it: qpu says whether it ran on hardware, the hardware route over the
-    virtual V3D device (whose jobs the emulator runs), or the emulator (a record's run has the same two
-    fields: backend_label(run["backend"], run["driver"]))."""
-    if backend in ("qpu", "hybrid"):
-        return f"{backend} ({ {'hw': 'hw', 'virtual': 'virtual V3D'}.get(driver, 'emulator') })"
-    return backend
-
-
 def summary_rows(result: Comparison) -> list[dict]:
     """The llama-bench-like table as rows (also the record's CSV): dicts, the form the record stores and
     table_text() reads back."""
@@ -641,11 +632,7 @@ def summary_rows(result: Comparison) -> list[dict]:
                              bytes_per_token=bytes_tok, GBps=bytes_tok * ptps / 1e9))
         sc = r.scaled
         if sc.factor != 1:
-            # the full model's size and parameters: the blk.* tensors x factor, the rest once
-            f = sc.factor
-            full = dict(base, size_bytes=m["file_bytes"] + (f - 1) * m.get("layer_weight_bytes", 0),
-                        params=m["params"] + (f - 1) * m.get("layer_params", 0))
-            base = dict(full, model=f"{m['file']} x{sc.layers_full}L")
+            base = dict(base, **_full_model(m, sc))
             rows.append(dict(base, backend=r.label, test=f"tg{r.n_gen} x{sc.layers_full}L",
                              source="measured, scaled", tps_mean=sc.tps, tps_sd=None,
                              bytes_per_token=sc.bytes_per_token,
@@ -657,6 +644,19 @@ def summary_rows(result: Comparison) -> list[dict]:
                                  GBps=sc.bytes_per_token * sc.predicted_tps / 1e9))
         rows += _pi4_measured_rows(r, m)
     return rows
+
+
+def _full_model(m: dict, sc: Scaled) -> dict:
+    """The full model a scaled run stands for: its name, size and parameters (the blk.* tensors x factor,
+    the rest once)."""
+    f = sc.factor
+    return {"model": f"{m['file']} x{sc.layers_full}L",
+            "size_bytes": m["file_bytes"] + (f - 1) * m.get("layer_weight_bytes", 0),
+            "params": m["params"] + (f - 1) * m.get("layer_params", 0)}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return seconds * 1e3 if seconds is not None else None
 
 
 def pi4_label(run: BackendRun) -> str:
@@ -672,23 +672,23 @@ def _pi4_measured_rows(r: BackendRun, m: dict) -> list[dict]:
         return []
     hw = pm["route"] == "hw"
     q = pm["qpu"]
-    ms = lambda v: v * 1e3 if v is not None else None   # noqa: E731
     common = {"backend": pi4_label(r), "threads": r.threads if hw else prediction.PI4_CPU_THREADS,
               "source": "measured on a Pi 4 (--qpu hw)" if hw else "virtual stand-in: emulator-predicted, not measured",
-              "qpu_dispatches_per_token": q["dispatches_per_token"], "qpu_ms_per_token": ms(q["measured_seconds_per_token"]),
-              "qpu_predicted_ms_per_token": ms(q["predicted_seconds_per_token"]),
+              "qpu_dispatches_per_token": q["dispatches_per_token"], "qpu_ms_per_token": _ms(q["measured_seconds_per_token"]),
+              "qpu_predicted_ms_per_token": _ms(q["predicted_seconds_per_token"]),
               "qpu_measured_to_predicted": q["measured_to_predicted"]}
     rows = []
-    for key, suffix in (("decode", ""), ("decode_scaled", f" x{r.scaled.layers_full}L" if r.scaled else "")):
+    for key in ("decode", "decode_scaled"):
         d = pm.get(key)
         if not d or not d["measured_tps"]:
             continue
-        nbytes = r.bytes_per_token if key == "decode" else r.scaled.bytes_per_token
-        model = m["file"] if key == "decode" else f"{m['file']} x{r.scaled.layers_full}L"
-        size = m["file_bytes"] + (r.scaled.factor - 1) * m.get("layer_weight_bytes", 0) if key != "decode" else m["file_bytes"]
-        params = m["params"] + (r.scaled.factor - 1) * m.get("layer_params", 0) if key != "decode" else m["params"]
-        rows.append(dict(common, model=model, size_bytes=size, params=params, test=f"tg{r.n_gen}{suffix}",
-                         tps_mean=d["measured_tps"], tps_sd=d.get("measured_tps_sd") if key == "decode" else None,
+        if key == "decode":
+            model = {"model": m["file"], "size_bytes": m["file_bytes"], "params": m["params"]}
+            test, sd, nbytes = f"tg{r.n_gen}", d.get("measured_tps_sd"), r.bytes_per_token
+        else:
+            model = _full_model(m, r.scaled)
+            test, sd, nbytes = f"tg{r.n_gen} x{r.scaled.layers_full}L", None, r.scaled.bytes_per_token
+        rows.append(dict(common, **model, test=test, tps_mean=d["measured_tps"], tps_sd=sd,
                          bytes_per_token=nbytes, GBps=nbytes * d["measured_tps"] / 1e9,
                          predicted_tps=d["predicted_tps"], measured_to_predicted=d["measured_to_predicted"]))
     return rows
@@ -719,10 +719,9 @@ def measured_text(result: "Comparison") -> str:
             if d:
                 out.append(f"| {r.backend} | {what} | {f(d['predicted_tps'], '.2f')} | {f(d['measured_tps'], '.2f')} "
                            f"| {f(d['measured_to_predicted'], '.3f')} |")
-        ms = lambda v: v * 1e3 if v is not None else None   # noqa: E731
         out.append(f"| {r.backend} | QPU dispatches, ms ({q['predicted_dispatches_per_token']:.0f} predicted, "
-                   f"{q['dispatches_per_token']:.0f} run) | {f(ms(q['predicted_seconds_per_token']), '.4f')} | "
-                   f"{f(ms(q['measured_seconds_per_token']), '.4f')} | {f(q['measured_to_predicted'], '.3f')} |")
+                   f"{q['dispatches_per_token']:.0f} run) | {f(_ms(q['predicted_seconds_per_token']), '.4f')} | "
+                   f"{f(_ms(q['measured_seconds_per_token']), '.4f')} | {f(q['measured_to_predicted'], '.3f')} |")
         out.append(f"  measured: {pm['measured_label']}" if not hw else
                    f"  measured: decode: {pm['measured_label']}; QPU: {q['measured_label']}")
     return "\n".join(out)

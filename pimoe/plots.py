@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pimoe.errors import PimoeError
-from pimoe.records import read_record
+from pimoe.records import backend_label, read_record
 
 REGION_ORDER = ("embedding", "attention", "router", "experts", "upload", "dispatch", "compute", "readback",
                 "shared_expert", "output_head", "sampling", "other")
@@ -113,14 +113,6 @@ def plot_bandwidth(rec: dict, out_dir: Path) -> list[Path]:
 
 # -- compare ---------------------------------------------------------------------------------------------
 
-def _label(run: dict) -> str:
-    """A run as compare's tables print it (pimoe.compare.backend_label)."""
-    b = run["backend"]
-    if b in ("qpu", "hybrid"):
-        return f"{b} ({ {'hw': 'hw', 'virtual': 'virtual V3D'}.get(run.get('driver'), 'emulator') })"
-    return b
-
-
 def _predicted_label(run: dict) -> str:
     """A run's Pi 4 prediction: a compare --qpu virtual device run's ("qpu@virtual") is the stand-in row."""
     return f"{run['backend']} (Pi 4" + (", virtual stand-in)" if "@" in run.get("name", "") else ")")
@@ -170,7 +162,8 @@ def plot_breakdown(rec: dict, out_dir: Path) -> list[Path]:
             regs = run["tg_regions"] if kind == "measured" else run.get("tg_predicted")
             if not regs:
                 continue
-            bars = [(_label(run) if kind == "measured" else _predicted_label(run), 1.0)]
+            bars = [(backend_label(run["backend"], run.get("driver")) if kind == "measured"
+                     else _predicted_label(run), 1.0)]
             if kind == "predicted" and factor != 1:
                 bars.append((f"{_predicted_label(run)} x{rec['layers_full']}L", factor))
             seg = _segments(regs)

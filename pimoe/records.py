@@ -253,6 +253,15 @@ def write_record(record: dict, results_dir="results", kind: str | None = None,
     return path, csv_path
 
 
+def backend_label(backend: str, driver: str | None = None) -> str:
+    """A run's backend as compare's tables and plots print it: qpu (and hybrid) say whether they ran on
+    hardware, the hardware route over the virtual V3D device (whose jobs the emulator runs), or the emulator.
+    A compare record's run has the same two fields: backend_label(run["backend"], run.get("driver"))."""
+    if backend in ("qpu", "hybrid"):
+        return f"{backend} ({ {'hw': 'hw', 'virtual': 'virtual V3D'}.get(driver, 'emulator') })"
+    return backend
+
+
 def read_record(path) -> dict:
     path = Path(path)
     try:

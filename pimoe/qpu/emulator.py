@@ -55,6 +55,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -830,8 +831,6 @@ def _run_dispatch(memory, mem_base, table, errors, code_base, entry, *, uniforms
                            stale_uniform_reads=int(disp[core.D_STALE_UNIF]),
                            unshadowed_stores=int(disp[core.D_SHADOW_MISSED]))
     if counters.unshadowed_stores:
-        import warnings
-
         warnings.warn(f"QPU dispatch: {counters.unshadowed_stores} TMU stores went to pages the emulator could not "
                       f"keep for uniform reads (more stored pages than the {cap} it sized for): uniform reads of "
                       f"those pages saw the new words, where a Pi 4 reads the old ones", RuntimeWarning,

@@ -230,10 +230,9 @@ def _per_thread(counters, near: bool = False) -> tuple[dict[str, np.ndarray], in
     out = {}
     shape = np.shape(per["instructions"]) if "instructions" in per else None
     bins = [name for _, _, name in _near_bins(per)] if near and shape is not None else []
-    for name in _NEEDED + _OPTIONAL + tuple(bins) + (SWITCH_WAITS,):
+    switch_waits = (SWITCH_WAITS,) if SWITCH_WAITS in per else ()   # absent: thread_waits() uses the old rule
+    for name in _NEEDED + _OPTIONAL + tuple(bins) + switch_waits:
         if name not in per:
-            if name == SWITCH_WAITS:   # absent: thread_waits() uses the old rule
-                continue
             if name in _NEEDED:
                 raise PimoeError(f"predict(): counters lack '{name}'")
             out[name] = np.zeros(shape)

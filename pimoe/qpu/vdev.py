@@ -411,7 +411,7 @@ class VirtualV3D:
 _ORIG = {"open": os.open, "close": os.close, "ioctl": fcntl.ioctl, "mmap": mmap.mmap}
 _state = {"dev": None, "depth": 0}
 _files: dict[int, VirtualFile] = {}
-_devmem: dict[int, vdev_regs.DevMemFile] = {}       # open /dev/mem descriptors inside the block
+_devmem: dict[int, vdev_regs.V3DRegisters] = {}     # open /dev/mem descriptors inside the block: their windows
 
 
 def current() -> VirtualV3D | None:
@@ -438,7 +438,7 @@ def _open(path, flags, mode=0o777, *, dir_fd=None):
         return fd
     if dev is not None and dir_fd is None and os.fspath(path) == vdev_regs.DEVMEM_PATH:
         fd = _ORIG["open"](os.devnull, os.O_RDWR | (flags & os.O_CLOEXEC))
-        _devmem[fd] = vdev_regs.DevMemFile(dev.registers())
+        _devmem[fd] = dev.registers()
         return fd
     if dir_fd is None:
         return _ORIG["open"](path, flags, mode)
@@ -498,16 +498,16 @@ class _mmap(mmap.mmap):
 
     def __new__(cls, fileno, length, *args, **kwargs):
         f = _files.get(fileno) if isinstance(fileno, int) else None
-        mem = _devmem.get(fileno) if f is None and isinstance(fileno, int) else None
-        if f is None and mem is None:
+        regs = _devmem.get(fileno) if f is None and isinstance(fileno, int) else None
+        if f is None and regs is None:
             return super().__new__(cls, fileno, length, *args, **kwargs)
         offset = kwargs.pop("offset", 0)
         if len(args) >= 4:
             offset, args = args[3], args[:3]
-        if mem is not None:
-            at = mem.regs.map_offset(int(offset), int(length))
-            window = super().__new__(cls, mem.regs.memfd, length, *args, offset=at, **kwargs)
-            mem.regs.track(window)
+        if regs is not None:
+            at = regs.map_offset(int(offset), int(length))
+            window = super().__new__(cls, regs.memfd, length, *args, offset=at, **kwargs)
+            regs.track(window)
             return window
         bo = f.dev.bo_at_mmap_offset(int(offset), int(length))
         return super().__new__(cls, f.dev.memfd, length, *args, offset=bo.addr - f.dev.base, **kwargs)
@@ -600,7 +600,7 @@ def virtual_v3d(job_timeout: float = DEFAULT_JOB_TIMEOUT, gpu_timeout: float = D
             _files.pop(fd, None)
             with contextlib.suppress(OSError):
                 _ORIG["close"](fd)
-        for fd in [fd for fd, m in _devmem.items() if m.regs is dev.regs]:
+        for fd in [fd for fd, regs in _devmem.items() if regs is dev.regs]:
             _devmem.pop(fd, None)
             with contextlib.suppress(OSError):
                 _ORIG["close"](fd)

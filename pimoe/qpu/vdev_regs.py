@@ -80,13 +80,6 @@ PARAM_REGISTER = {U.PARAM_V3D_UIFCFG: HUB_UIFCFG, U.PARAM_V3D_HUB_IDENT1: HUB_ID
 POLL_S = 1e-3                    # how often the device looks at the windows while they are mapped
 
 
-class DevMemFile:
-    """An open /dev/mem inside virtual_v3d()."""
-
-    def __init__(self, regs: "V3DRegisters"):
-        self.regs = regs
-
-
 class V3DRegisters:
     """The hub and core-0 register windows (one memfd: hub at 0, core 0 at WINDOW) and the counters.
 

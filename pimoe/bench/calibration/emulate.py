@@ -121,32 +121,27 @@ def emulate_all(progress: bool = True) -> dict[str, dict[str, object]]:
                         "target": list(target), "counters": extrapolate(samples[:2], samples[2], target)}
         if bar:
             bar.update()
-    sizes = [(32, 4, 64), (64, 4, 64), (32, 8, 64), (32, 4, 128), (64, 8, 128)]   # the last one: the check
-    samples = []
-    for p, q, r in sizes:
-        with EmuDriver(data_area_size=4 * (p * q + q * r + p * r) + (1 << 16)) as drv:
-            counters = ck.run_sgemm(drv, p=p, q=q, r=r)[0]
-        samples.append(_sample(_sgemm_features(p, q, r), counters))
-    size = pub["sgemm"]["size"]
-    target = _sgemm_features(size["p"], size["q"], size["r"])
-    result["sgemm"] = {"kernel": KERNEL_OF["sgemm"], "features": ["1", "i_trips", "tiles", "tiles*Q"], "sizes": [list(s) for s in sizes],
-                       "samples": [list(s.features) for s in samples], "target": list(target),
-                       "counters": extrapolate(samples[:4], samples[4], target)}
+    # the sgemms: 4 sizes for the solve, the last one the check
+    gemms = {
+        "sgemm": (ck.run_sgemm, _sgemm_features, ["1", "i_trips", "tiles", "tiles*Q"],
+                  [(32, 4, 64), (64, 4, 64), (32, 8, 64), (32, 4, 128), (64, 8, 128)]),
+        # the 2019 naive sgemm: features (1, rows, strips, k steps)
+        "sgemm_naive": (ck.run_sgemm_naive, ck.naive_features, ["1", "rows", "strips", "strips*Q"],
+                        [(1, 2, 16), (2, 2, 16), (1, 3, 16), (1, 2, 32), (3, 5, 48)]),
+    }
+    for name, (run, features_of, feature_names, sizes) in gemms.items():
+        samples = []
+        for p, q, r in sizes:
+            with EmuDriver(data_area_size=4 * (p * q + q * r + p * r) + (1 << 16)) as drv:
+                counters = run(drv, p=p, q=q, r=r)[0]
+            samples.append(_sample(features_of(p, q, r), counters))
+        size = pub[name]["size"]
+        target = features_of(size["p"], size["q"], size["r"])
+        result[name] = {"kernel": KERNEL_OF[name], "features": feature_names, "sizes": [list(s) for s in sizes],
+                        "samples": [list(s.features) for s in samples], "target": list(target),
+                        "counters": extrapolate(samples[:4], samples[4], target)}
+        if bar:
+            bar.update()
     if bar:
-        bar.update()
-    # the 2019 naive sgemm: features (1, rows, strips, k steps); the last size is the check
-    sizes = [(1, 2, 16), (2, 2, 16), (1, 3, 16), (1, 2, 32), (3, 5, 48)]
-    samples = []
-    for p, q, r in sizes:
-        with EmuDriver(data_area_size=4 * (p * q + q * r + p * r) + (1 << 16)) as drv:
-            counters = ck.run_sgemm_naive(drv, p=p, q=q, r=r)[0]
-        samples.append(_sample(ck.naive_features(p, q, r), counters))
-    size = pub["sgemm_naive"]["size"]
-    target = ck.naive_features(size["p"], size["q"], size["r"])
-    result["sgemm_naive"] = {"kernel": KERNEL_OF["sgemm_naive"], "features": ["1", "rows", "strips", "strips*Q"],
-                             "sizes": [list(s) for s in sizes], "samples": [list(s.features) for s in samples],
-                             "target": list(target), "counters": extrapolate(samples[:4], samples[4], target)}
-    if bar:
-        bar.update()
         bar.close()
     return result
